@@ -1,0 +1,1 @@
+"""User-facing entry points: the `ecgllm` command line (Python API and REST come later)."""

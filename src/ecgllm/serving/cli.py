@@ -1,0 +1,221 @@
+"""The `ecgllm` command line.
+
+Exit codes: 0 success, 2 bad command-line usage, 3 the input file cannot be read as an ECG,
+4 the output could not be written, 1 an unexpected internal error (run with --debug for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ecgllm import __version__
+from ecgllm.io import ECG, ECGQualityWarning, ECGReadError, read_ecg
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT = 0, 1, 2, 3, 4
+BUNDLED = Path(__file__).resolve().parents[1] / "data"
+EXIT_CODES_HELP = """exit codes:
+  0  success
+  2  bad command-line usage
+  3  the input file cannot be read as an ECG (the message says why and what to do)
+  4  the output file could not be written
+  1  unexpected internal error (re-run with --debug for the traceback)"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def bundled_example() -> Path:
+    """Path of the real PTB-XL record shipped inside the package (ecg_id 1, 100 Hz)."""
+    return BUNDLED / "ptbxl_00001_lr.hea"
+
+
+def _add_read_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="ECG file: WFDB .hea/.dat (or record path), .npy/.npz, .csv, .dcm, .mat, "
+                                ".h5; or a PTB-XL / MIMIC-IV-ECG folder with --record-id")
+    g = p.add_argument_group("reading hints (only needed when the file does not say)")
+    g.add_argument("--fs", type=float, help="sampling rate in Hz (NumPy/CSV without a time column)")
+    g.add_argument("--leads", help="comma-separated lead names, one per channel, e.g. I,II,V1")
+    g.add_argument("--units", default="mV", help="amplitude units of NumPy/CSV data: mV (default), uV, V")
+    g.add_argument("--record-id", type=int, help="PTB-XL ecg_id or MIMIC-IV-ECG study_id inside a dataset folder")
+    g.add_argument("--exam-id", type=int, help="exam of a CODE-15%% HDF5 file")
+    g.add_argument("--format", choices=["wfdb", "numpy", "csv", "dicom", "mat", "hdf5"],
+                   help="force a reader instead of auto-detection")
+    g.add_argument("--start", type=float, default=0.0, help="start of the window to read, in seconds")
+    g.add_argument("--duration", type=float, help="length of the window to read, in seconds")
+
+
+def _read(args: argparse.Namespace) -> ECG:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ECGQualityWarning)  # surfaced through meta["warnings"] instead
+        return read_ecg(
+            args.file, fs=args.fs, leads=args.leads.split(",") if args.leads else None, units=args.units,
+            record_id=args.record_id, exam_id=args.exam_id, format=args.format, start_s=args.start,
+            duration_s=args.duration)
+
+
+def _fmt(value: float | None, unit: str, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f} {unit}"
+
+
+def _info_dict(ecg: ECG, measure: bool) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "file": ecg.meta.get("source"), "format": ecg.meta.get("format"), "fs": ecg.fs,
+        "leads": ecg.leads, "n_samples": ecg.n_samples, "duration_s": round(ecg.duration_s, 3),
+        "age": _plain(ecg.meta.get("age")), "sex": _plain(ecg.meta.get("sex")),
+        "bad_leads": ecg.bad_leads, "warnings": list(ecg.meta.get("warnings", [])),
+    }
+    if measure:
+        from ecgllm.signal import measure as run_measure
+
+        m = run_measure(ecg).to_dict()
+        info["warnings"] += m.pop("warnings")
+        info["measurement_warnings"] = [w for w in info["warnings"] if w not in ecg.meta.get("warnings", [])]
+        info.update(m)
+    return info
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars and strings from file metadata, as JSON-friendly Python values."""
+    if value is None:
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    return value if isinstance(value, (int, float)) else str(value)
+
+
+def _print_info(info: dict[str, Any]) -> None:
+    rows = [
+        ("File", info["file"]), ("Format", info["format"]),
+        ("Leads", f"{len(info['leads'])}: {', '.join(info['leads'])}"),
+        ("Sampling", f"{info['fs']:g} Hz, {info['n_samples']} samples, {info['duration_s']:.2f} s"),
+    ]
+    if info.get("age") is not None or info.get("sex") is not None:
+        rows.append(("Patient", f"age {info.get('age', 'n/a')}, sex {info.get('sex', 'n/a')}"))
+    if "heart_rate" in info:
+        rows += [
+            ("Heart rate", f"{_fmt(info['heart_rate'], 'bpm')} (RR {_fmt(info['rr_ms'], 'ms')}, "
+                           f"{info['n_beats']} beats on lead {info['rhythm_lead']})"),
+            ("PR / QRS / QT", f"{_fmt(info['pr_ms'], 'ms')} / {_fmt(info['qrs_ms'], 'ms')} / "
+                              f"{_fmt(info['qt_ms'], 'ms')}"),
+            ("QTc", f"{_fmt(info['qtc_bazett_ms'], 'ms')} (Bazett), "
+                    f"{_fmt(info['qtc_fridericia_ms'], 'ms')} (Fridericia)"),
+            ("QRS axis", "n/a" if info["axis_deg"] is None else f"{info['axis_deg']:.0f}° ({info['axis_category']})"),
+            ("Quality", "n/a" if info["quality"] is None else f"{info['quality_label']} (score {info['quality']:.2f})"),
+        ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    if info["warnings"]:
+        print("Warnings:")
+        for w in info["warnings"]:
+            print(f"  - {w}")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    ecg = _read(args)
+    info = _info_dict(ecg, measure=not args.no_measure)
+    if args.json:
+        print(json.dumps(info, ensure_ascii=False))
+    else:
+        _print_info(info)
+    return EXIT_OK
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from ecgllm.render import plot_ecg
+
+    ecg = _read(args)
+    heart_rate = None
+    if not args.no_measure:
+        from ecgllm.signal import measure
+
+        heart_rate = measure(ecg).heart_rate
+    try:
+        out = plot_ecg(ecg, args.output, seconds=args.seconds, heart_rate=heart_rate, dpi=args.dpi)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"error: cannot write {args.output}: {exc}", file=sys.stderr)
+        return EXIT_OUTPUT
+    print(f"wrote {out} ({ecg.n_leads} leads, {min(args.seconds, ecg.duration_s):.1f} s)")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    example = bundled_example()
+    parser = argparse.ArgumentParser(
+        prog="ecgllm", formatter_class=_Formatter,
+        description="ecgllm: read electrocardiograms, measure them and (soon) ask a language model about them.",
+        epilog=f"""examples:
+  ecgllm info {example}
+  ecgllm info record.hea --json
+  ecgllm plot record.hea -o ecg.png
+
+{EXIT_CODES_HELP}""")
+    parser.add_argument("--version", action="version", version=f"ecgllm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for internal errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("info", formatter_class=_Formatter, help="print leads, rate, duration, measurements, warnings",
+                       description="Read one ECG and print its leads, sampling rate, duration, the measurements "
+                                   "(heart rate, PR, QRS, QT, QTc, frontal axis, quality) and any warnings.",
+                       epilog=f"""examples:
+  ecgllm info {example}
+  ecgllm info ptbxl/ --record-id 1 --json     # by id inside a PTB-XL folder
+  ecgllm info exam.csv --fs 500               # CSV without a time column
+  ecgllm info holter/208.hea --start 60 --duration 10
+
+{EXIT_CODES_HELP}""")
+    _add_read_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--no-measure", action="store_true", help="skip measurements (faster)")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("plot", formatter_class=_Formatter, help="draw a multi-lead plot (25 mm/s, 10 mm/mV) to PNG",
+                       description="Draw every lead on a millimetre grid at clinical proportions "
+                                   "(25 mm/s, 10 mm/mV) with lead labels and mV / seconds axes.",
+                       epilog=f"""examples:
+  ecgllm plot {example} -o ecg.png
+  ecgllm plot holter/208.hea --start 120 --seconds 8 -o strip.png
+  ecgllm plot record.hea -o ecg.pdf            # vector output by suffix
+
+{EXIT_CODES_HELP}""")
+    _add_read_options(p)
+    p.add_argument("-o", "--output", required=True, help="output image (.png, .pdf or .svg)")
+    p.add_argument("--seconds", type=float, default=10.0, help="how many seconds to draw (default 10)")
+    p.add_argument("--dpi", type=int, default=100, help="resolution of PNG output (default 100)")
+    p.add_argument("--no-measure", action="store_true", help="do not measure the heart rate for the title")
+    p.set_defaults(func=cmd_plot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args))
+    except ECGReadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # last resort: a message, not a traceback, unless asked for
+        if args.debug:
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc} (re-run with --debug for details)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Zero-phase filters from scipy.signal: band-pass, baseline-wander removal, notch."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from scipy import ndimage, signal as sps
+
+
+@lru_cache(maxsize=64)
+def _butter(kind: str, cutoff: tuple[float, ...], fs: float, order: int) -> np.ndarray:
+    return sps.butter(order, cutoff if len(cutoff) > 1 else cutoff[0], btype=kind, fs=fs, output="sos")
+
+
+def _filtfilt(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
+    # sosfiltfilt needs more samples than its default padding; shorter input uses shorter padding.
+    padlen = min(3 * (2 * len(sos) + 1), x.shape[-1] - 1)
+    return sps.sosfiltfilt(sos, x, axis=-1, padlen=max(padlen, 0)).astype(np.float32)
+
+
+def bandpass(x: np.ndarray, fs: float, low: float | None = 0.5, high: float | None = 40.0,
+             order: int = 2) -> np.ndarray:
+    """Butterworth band-pass (or high/low-pass when one edge is None), applied forward and backward.
+
+    The high edge is clipped below Nyquist so the same settings work at 100 Hz and 1 kHz.
+    """
+    nyquist = fs / 2
+    if high is not None and high >= nyquist * 0.95:
+        high = None
+    if low is None and high is None:
+        return x.astype(np.float32, copy=False)
+    if low is None:
+        sos = _butter("lowpass", (float(high),), fs, order)
+    elif high is None:
+        sos = _butter("highpass", (float(low),), fs, order)
+    else:
+        sos = _butter("bandpass", (float(low), float(high)), fs, order)
+    return _filtfilt(sos, x)
+
+
+def remove_baseline(x: np.ndarray, fs: float, method: str = "highpass", cutoff: float = 0.5) -> np.ndarray:
+    """Remove baseline wander: a 0.5 Hz zero-phase high-pass, or the classic two-stage median filter."""
+    if method == "highpass":
+        return bandpass(x, fs, low=cutoff, high=None)
+    if method == "median":
+        # 200 ms then 600 ms medians trace the baseline under QRS and T waves.
+        w1, w2 = int(0.2 * fs) | 1, int(0.6 * fs) | 1
+        base = ndimage.median_filter(x, size=(1, w1) if x.ndim == 2 else w1, mode="nearest")
+        base = ndimage.median_filter(base, size=(1, w2) if x.ndim == 2 else w2, mode="nearest")
+        return (x - base).astype(np.float32)
+    raise ValueError(f"unknown baseline method {method!r}; use 'highpass' or 'median'")
+
+
+def notch(x: np.ndarray, fs: float, freq: float = 50.0, quality: float = 30.0) -> np.ndarray:
+    """Remove mains interference at ``freq`` (50 or 60 Hz); a no-op when it lies above Nyquist."""
+    if freq >= fs / 2:
+        return x.astype(np.float32, copy=False)
+    b, a = sps.iirnotch(freq, quality, fs=fs)
+    return sps.filtfilt(b, a, x, axis=-1).astype(np.float32)
