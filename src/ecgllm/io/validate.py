@@ -44,6 +44,28 @@ def lead_problems(signal: np.ndarray, leads: list[str]) -> dict[str, str]:
     return problems
 
 
+def normalise_demographics(meta: dict[str, Any]) -> None:
+    """Age as a number of years and sex as "M"/"F", whatever spelling the file used ("042Y", "Male", 1)."""
+    age = meta.get("age")
+    if age is not None:
+        text = str(age.item() if hasattr(age, "item") else age).strip().upper()
+        unit = text[-1] if text and text[-1] in "YMWD" else "Y"
+        digits = text.rstrip("YMWD")
+        try:
+            years = float(digits) / {"Y": 1, "M": 12, "W": 52.18, "D": 365.25}[unit]
+            meta["age"] = round(years, 1) if years != int(years) else int(years)
+        except ValueError:
+            meta.pop("age")
+    sex = meta.get("sex")
+    if sex is not None:
+        text = str(sex.item() if hasattr(sex, "item") else sex).strip().lower()
+        mapped = {"m": "M", "male": "M", "man": "M", "f": "F", "female": "F", "woman": "F"}.get(text)
+        if mapped is None:
+            meta.pop("sex")
+        else:
+            meta["sex"] = mapped
+
+
 def build_ecg(
     signal: np.ndarray,
     fs: float | None,
@@ -109,6 +131,7 @@ def build_ecg(
         raise InvalidSignalError(path, f"has no usable lead: {problems}.",
                                  "Every lead is flat-lined or saturated; check the electrodes and the export.")
     meta = dict(meta or {})
+    normalise_demographics(meta)
     meta.setdefault("source", str(path) if path is not None else None)
     meta["format"] = fmt
     meta["bad_leads"] = problems

@@ -108,7 +108,7 @@ def _fast_read(hea: Path, text: str) -> RawRecord | None:
     invalid = -32768 if fmt == "16" else -2048
     if (digital == invalid).any():
         signal[(digital.T == invalid)] = np.nan
-    meta = {"record_name": rec[0], "wfdb_format": fmt}
+    meta = {"record_id": rec[0], "wfdb_format": fmt}
     meta.update(_parse_comments(lines))
     return RawRecord(signal=signal, fs=fs, names=names, meta=meta)
 
@@ -148,7 +148,7 @@ def _wfdb_read(hea: Path, sampfrom: int, sampto: int | None) -> RawRecord:
         raise TruncatedDataError(hea, f"holds {rec.p_signal.shape[0]} samples, the header announces {expected}.",
                                  "The signal file was cut short; copy it again.")
     scale = np.array([UNIT_TO_MV.get(str(u).lower(), 1.0) for u in (rec.units or ["mV"] * rec.n_sig)])
-    meta: dict[str, Any] = {"record_name": rec.record_name, "wfdb_format": ",".join(map(str, set(rec.fmt or [])))}
+    meta: dict[str, Any] = {"record_id": rec.record_name, "wfdb_format": ",".join(map(str, set(rec.fmt or [])))}
     meta.update(_parse_comments(["# " + c for c in (rec.comments or [])]))
     return RawRecord(signal=(rec.p_signal * scale).T, fs=float(rec.fs), names=list(rec.sig_name), meta=meta)
 
