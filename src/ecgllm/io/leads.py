@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 STANDARD_12: tuple[str, ...] = (
     "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
@@ -25,6 +26,7 @@ _ALIASES = {
 _NOISE = re.compile(r"\(.*?\)|\blead\b|\bderivation\b|[\s_\-.:]")
 
 
+@lru_cache(maxsize=4096)  # the same few dozen spellings recur in every file of a dataset
 def canonical_lead(name: str) -> str | None:
     """Return the canonical spelling of a lead name, or None when it is not an ECG lead.
 

@@ -97,7 +97,7 @@ def read_ecg(
         ECGReadError: a subclass naming the file, the problem and what to do.
     """
     path = Path(path).expanduser()
-    if path.is_dir():
+    if path.suffix.lower() not in _BY_SUFFIX and path.is_dir():
         if record_id is None:
             raise UnsupportedFormatError(path, "is a folder.",
                                          "Pass a record file, or a dataset root with record_id=... (--record-id).")
@@ -110,9 +110,10 @@ def read_ecg(
                                      f"Supported: WFDB, NumPy, CSV, DICOM, MATLAB (CinC/CPSC/CODE-15%), HDF5 "
                                      f"(CODE-15%); or force one with format= ({', '.join(FORMATS)}).")
     target = header_path(path) if fmt == "wfdb" else path
-    if not target.exists():
-        raise ECGFileNotFoundError(target, "does not exist.", "Check the path (and, for WFDB, the .hea file).")
-    size = target.stat().st_size
+    try:
+        size = target.stat().st_size
+    except FileNotFoundError:
+        raise ECGFileNotFoundError(target, "does not exist.", "Check the path (and, for WFDB, the .hea file).") from None
     if size == 0:
         raise EmptyFileError(target, "is an empty file.", "Export or copy the recording again.")
     if size > limits.max_file_bytes:

@@ -26,21 +26,20 @@ FLAT_PEAK_TO_PEAK_MV = 0.01
 SATURATED_FRACTION = 0.05
 
 
-def lead_problems(signal: np.ndarray, leads: list[str]) -> dict[str, str]:
-    """Leads that are flat-lined or saturated, mapped to the reason."""
-    problems: dict[str, str] = {}
+def lead_problems(signal: np.ndarray, leads: list[str], hi: np.ndarray | None = None,
+                  lo: np.ndarray | None = None) -> dict[str, str]:
+    """Leads that are flat-lined or saturated, mapped to the reason (``hi``/``lo``: per-lead max/min)."""
     if signal.shape[1] == 0:
-        return problems
-    hi = signal.max(axis=1)
-    lo = signal.min(axis=1)
-    for k, lead in enumerate(leads):
-        if hi[k] - lo[k] < FLAT_PEAK_TO_PEAK_MV:
-            problems[lead] = "flat-lined"
-            continue
-        row = signal[k]
-        at_edge = max(np.count_nonzero(row == hi[k]), np.count_nonzero(row == lo[k]))
-        if at_edge >= SATURATED_FRACTION * row.size:
-            problems[lead] = "saturated"
+        return {}
+    hi = signal.max(axis=1) if hi is None else hi
+    lo = signal.min(axis=1) if lo is None else lo
+    flat = (hi - lo) < FLAT_PEAK_TO_PEAK_MV
+    at_edge = np.maximum(np.count_nonzero(signal == hi[:, None], axis=1),
+                         np.count_nonzero(signal == lo[:, None], axis=1))
+    saturated = at_edge >= SATURATED_FRACTION * signal.shape[1]
+    problems: dict[str, str] = {}
+    for k in np.flatnonzero(flat | saturated):
+        problems[leads[k]] = "flat-lined" if flat[k] else "saturated"
     return problems
 
 
@@ -118,15 +117,16 @@ def build_ecg(
                             "Read a window with start_s=/duration_s=, or raise ReadLimits.max_duration_s.")
 
     signal = signal.astype(np.float32, copy=False)
-    finite = np.isfinite(signal)
-    if not finite.all():
+    hi, lo = signal.max(axis=1), signal.min(axis=1)  # NaN and inf show up in these, saving a full pass
+    if not (np.isfinite(hi).all() and np.isfinite(lo).all()):
+        finite = np.isfinite(signal)
         bad = [leads[k] for k in np.flatnonzero(~finite.all(axis=1))]
         count = int((~finite).sum())
         raise InvalidSignalError(
             path, f"contains {count} NaN/inf samples in leads {bad}.",
             "Re-export the recording, or remove those leads before reading.")
 
-    problems = lead_problems(signal, leads)
+    problems = lead_problems(signal, leads, hi, lo)
     if problems and len(problems) == len(leads):
         raise InvalidSignalError(path, f"has no usable lead: {problems}.",
                                  "Every lead is flat-lined or saturated; check the electrodes and the export.")

@@ -32,19 +32,23 @@ def reorder_leads(
     derive: bool = True,
     exclude: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(signal [len(target), T], present_mask [len(target)])``.
+    """Return ``(signal [..., len(target), T], present_mask [len(target)])``.
 
+    The lead axis is the second to last, so a batch ``[B, leads, T]`` of same-layout records works too.
+    The result may share memory with ``signal`` (when nothing needs mapping): treat it as read-only.
     Leads absent from the input (or listed in ``exclude``, e.g. flat-lined ones) are zero rows with
     ``present_mask`` False, so a model can tell "missing" from "zero volts".
     """
     names = [canonical_lead(n) or n for n in leads]
-    values = {n: signal[k] for k, n in enumerate(names) if n not in exclude}
+    if tuple(names) == tuple(target) and not exclude:  # already in order: nothing to map or derive
+        return signal.astype(np.float32, copy=False), np.ones(len(target), dtype=bool)
+    values = {n: signal[..., k, :] for k, n in enumerate(names) if n not in exclude}
     if derive:
         values = derive_limb_leads(values)
-    out = np.zeros((len(target), signal.shape[1]), dtype=np.float32)
+    out = np.zeros(signal.shape[:-2] + (len(target), signal.shape[-1]), dtype=np.float32)
     mask = np.zeros(len(target), dtype=bool)
     for k, name in enumerate(target):
         if name in values:
-            out[k] = values[name]
+            out[..., k, :] = values[name]
             mask[k] = True
     return out, mask

@@ -30,5 +30,5 @@ def normalize(x: np.ndarray, mode: NormMode = "none", mask: np.ndarray | None = 
     else:
         raise ValueError(f"unknown normalisation {mode!r}; choose one of {NORM_MODES}")
     if mask is not None:
-        out[~mask] = 0.0
+        out[..., ~mask, :] = 0.0
     return out

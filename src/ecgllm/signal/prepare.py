@@ -88,7 +88,10 @@ class PreparedECG:
 def prepare_array(signal: np.ndarray, fs: float, leads: list[str], config: PrepConfig,
                   exclude: set[str] | frozenset[str] = frozenset(),
                   rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Array-level pipeline: reorder -> resample -> filter -> window -> normalise."""
+    """Array-level pipeline: reorder -> resample -> filter -> window -> normalise.
+
+    ``signal`` is ``[leads, T]`` or a batch ``[B, leads, T]`` of records sharing rate and lead layout.
+    """
     x, mask = reorder_leads(signal, leads, config.leads, derive=config.derive_limb_leads, exclude=exclude)
     x = resample(x, fs, config.fs)
     if config.baseline != "none":
@@ -109,3 +112,27 @@ def prepare(ecg: ECG, config: PrepConfig | None = None, rng: np.random.Generator
     exclude = set(ecg.bad_leads) if config.mask_bad_leads else set()
     x, mask = prepare_array(ecg.signal, ecg.fs, ecg.leads, config, exclude, rng)
     return PreparedECG(signal=x, mask=mask, fs=config.fs, leads=config.leads, meta=dict(ecg.meta))
+
+
+def prepare_batch(ecgs: list[ECG], config: PrepConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Prepare many records at once: ``(signals [N, leads, T], masks [N, leads])`` in input order.
+
+    Records that share rate, lead layout, length and bad leads are stacked and filtered in one call,
+    which is several times faster than one `prepare` per record (filter set-up dominates at 10 s).
+    Needs a fixed ``config.window_s`` so that every output has the same length.
+    """
+    config = config or PrepConfig()
+    if config.n_samples is None:
+        raise ValueError("prepare_batch needs PrepConfig.window_s so all outputs have one length")
+    out = np.zeros((len(ecgs), len(config.leads), config.n_samples), dtype=np.float32)
+    masks = np.zeros((len(ecgs), len(config.leads)), dtype=bool)
+    groups: dict[tuple, list[int]] = {}
+    for i, ecg in enumerate(ecgs):
+        bad = frozenset(ecg.bad_leads) if config.mask_bad_leads else frozenset()
+        groups.setdefault((ecg.fs, tuple(ecg.leads), ecg.n_samples, bad), []).append(i)
+    for (fs, leads, _, bad), index in groups.items():
+        stacked = np.stack([ecgs[i].signal for i in index])
+        x, mask = prepare_array(stacked, fs, list(leads), config, bad)
+        out[index] = x
+        masks[index] = mask
+    return out, masks

@@ -86,10 +86,11 @@ def _fast_read(hea: Path, text: str) -> RawRecord | None:
         return None
     fmt = fmts.pop()
     dat = hea.parent / files.pop()
-    if not dat.exists():
+    try:
+        raw = dat.read_bytes()
+    except FileNotFoundError:
         raise ECGFileNotFoundError(dat, "is missing; its header names it as the signal file.",
-                                   "Keep the .hea and .dat files of a record side by side.")
-    raw = dat.read_bytes()
+                                   "Keep the .hea and .dat files of a record side by side.") from None
     if fmt == "16":
         need = n_sig * n_samp * 2
         if len(raw) < need:
@@ -103,11 +104,13 @@ def _fast_read(hea: Path, text: str) -> RawRecord | None:
                                      f"per lead ({need} bytes).", "The file was cut short; copy it again.")
         digital = _unpack_212(np.frombuffer(raw, dtype=np.uint8, count=need), n_sig * n_samp).reshape(n_samp, n_sig)
     scale = np.asarray(units, np.float32) / np.asarray(gains, np.float32)
-    signal = (digital.T.astype(np.float32) - np.asarray(bases, np.float32)[:, None]) * scale[:, None]
+    signal = digital.T.astype(np.float32)  # one contiguous copy; the rest is in place
+    signal -= np.asarray(bases, np.float32)[:, None]
+    signal *= scale[:, None]
     # -32768 is WFDB's "no sample" marker in format 16; -2048 in format 212.
-    invalid = -32768 if fmt == "16" else -2048
-    if (digital == invalid).any():
-        signal[(digital.T == invalid)] = np.nan
+    marker = -32768 if fmt == "16" else -2048
+    if digital.min() == marker:
+        signal[digital.T == marker] = np.nan
     meta = {"record_id": rec[0], "wfdb_format": fmt}
     meta.update(_parse_comments(lines))
     return RawRecord(signal=signal, fs=fs, names=names, meta=meta)
@@ -157,14 +160,14 @@ def read_wfdb(path: Path, *, start_s: float = 0.0, duration_s: float | None = No
               force_wfdb: bool = False) -> RawRecord:
     """Read a WFDB record given its .hea, its .dat or its extension-less record path."""
     hea = header_path(path)
-    if not hea.exists():
-        raise ECGFileNotFoundError(hea, "does not exist.", "Give the path of the record's .hea file.")
-    if hea.stat().st_size == 0:
-        raise EmptyFileError(hea, "is an empty file.", "Copy the WFDB header again.")
     try:
         text = hea.read_text(encoding="latin-1")
+    except FileNotFoundError:
+        raise ECGFileNotFoundError(hea, "does not exist.", "Give the path of the record's .hea file.") from None
     except OSError as exc:
         raise HeaderError(hea, f"could not be read ({exc}).") from None
+    if not text:
+        raise EmptyFileError(hea, "is an empty file.", "Copy the WFDB header again.")
     first = next((ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")), "")
     if len(first.split()) < 2 or not first.split()[1].isdigit():
         raise UnsupportedFormatError(hea, "does not start with a WFDB record line (name, signals, fs, samples).",
