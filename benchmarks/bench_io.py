@@ -4,7 +4,8 @@
 
 Writes benchmarks/results/io.json with, measured in the same run:
   records_per_s           read_ecg + prepare (100 Hz, 0.5-40 Hz band-pass, z-score, 10 s), all records,
-                          `workers` processes writing into one shared-memory array
+                          `workers` processes writing into one shared-memory array; median of
+                          `repeats` full passes (all passes in records_per_s_runs)
   records_per_s_1proc     the same pipeline in one process, on a subset
   baseline_records_per_s  a plain `wfdb.rdsamp` loop (one process, read only), on the same subset
   measure_records_per_s   ecgllm.signal.measure (neurokit2), `workers` processes, on a subset
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--ptbxl", help="PTB-XL root with records100/ (default: unpack the shared pack once)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--subset", type=int, default=3000, help="records for the 1-process and baseline runs")
+    parser.add_argument("--repeats", type=int, default=3, help="full passes; the median is reported")
     parser.add_argument("--measure-n", type=int, default=400, help="records for the measurement run")
     args = parser.parse_args()
 
@@ -109,10 +111,12 @@ def main() -> None:
 
     baseline = bench_baseline(subset)
     one_proc = bench_prepare(subset, 1)
-    rate = bench_prepare(paths, args.workers)
+    runs = [bench_prepare(paths, args.workers) for _ in range(args.repeats)]
+    rate = float(np.median(runs))
     measure_rate, measured = bench_measure(subset[: args.measure_n], args.workers)
     write_result("io.json", {
         "records_per_s": round(rate, 1),
+        "records_per_s_runs": [round(r, 1) for r in runs],
         "baseline_records_per_s": round(baseline, 1),
         "ratio_vs_baseline": round(rate / baseline, 2),
         "records_per_s_1proc": round(one_proc, 1),

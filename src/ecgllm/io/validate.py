@@ -34,9 +34,13 @@ def lead_problems(signal: np.ndarray, leads: list[str], hi: np.ndarray | None = 
     hi = signal.max(axis=1) if hi is None else hi
     lo = signal.min(axis=1) if lo is None else lo
     flat = (hi - lo) < FLAT_PEAK_TO_PEAK_MV
-    at_edge = np.maximum(np.count_nonzero(signal == hi[:, None], axis=1),
-                         np.count_nonzero(signal == lo[:, None], axis=1))
-    saturated = at_edge >= SATURATED_FRACTION * signal.shape[1]
+    threshold = SATURATED_FRACTION * signal.shape[1]
+    at_hi, at_lo = signal == hi[:, None], signal == lo[:, None]
+    saturated = np.zeros(len(leads), dtype=bool)
+    # Whole-array counts are ~10x cheaper than per-lead ones; only when they could reach the
+    # threshold for some lead is the per-lead count needed.
+    if np.count_nonzero(at_hi) >= threshold or np.count_nonzero(at_lo) >= threshold:
+        saturated = np.maximum(at_hi.sum(axis=1), at_lo.sum(axis=1)) >= threshold
     problems: dict[str, str] = {}
     for k in np.flatnonzero(flat | saturated):
         problems[leads[k]] = "flat-lined" if flat[k] else "saturated"

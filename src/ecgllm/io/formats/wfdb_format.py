@@ -104,7 +104,7 @@ def _fast_read(hea: Path, text: str) -> RawRecord | None:
                                      f"per lead ({need} bytes).", "The file was cut short; copy it again.")
         digital = _unpack_212(np.frombuffer(raw, dtype=np.uint8, count=need), n_sig * n_samp).reshape(n_samp, n_sig)
     scale = np.asarray(units, np.float32) / np.asarray(gains, np.float32)
-    signal = digital.T.astype(np.float32)  # one contiguous copy; the rest is in place
+    signal = digital.T.astype(np.float32, order="C")  # one row-major copy; the rest is in place
     signal -= np.asarray(bases, np.float32)[:, None]
     signal *= scale[:, None]
     # -32768 is WFDB's "no sample" marker in format 16; -2048 in format 212.
