@@ -84,6 +84,33 @@ def main() -> None:
     study.mkdir(parents=True, exist_ok=True)
     wfdb.wrsamp("40000001", fs=rec.fs, units=rec.units, sig_name=rec.sig_name, d_signal=rec.d_signal,
                 fmt=rec.fmt, adc_gain=rec.adc_gain, baseline=rec.baseline, write_dir=str(study))
+    # PTB-XL metadata: the official statements table, and the label-only layout of the shared copy
+    # (first 120 records of ptbxl_labels.csv with their rows of ptbxl_database_partial.csv).
+    copy(SHARED / "ptbxl/scp_statements.csv", OUT / "ptbxl/scp_statements.csv")
+    labels_dir = OUT / "ptbxl_labels"
+    labels_dir.mkdir(parents=True, exist_ok=True)
+    copy(SHARED / "ptbxl/scp_statements.csv", labels_dir / "scp_statements.csv")
+    labels = (SHARED / "ptbxl/ptbxl_labels.csv").read_text().splitlines()
+    (labels_dir / "ptbxl_labels.csv").write_text("\n".join(labels[:121]) + "\n")
+    import pandas as pd
+
+    partial = pd.read_csv(SHARED / "ptbxl/ptbxl_database_partial.csv")
+    partial[partial.ecg_id <= 60].to_csv(labels_dir / "ptbxl_database_partial.csv", index=False)
+
+    # ECG-QA official layout: vocabularies and split lists whole, 40 samples of each shipped chunk.
+    qa_src, qa_dst = SHARED / "ecgqa/ecgqa/ptbxl", OUT / "ecgqa/ptbxl"
+    for name in ("answers.csv", "answers_for_each_template.csv", "train_ecgs.tsv", "valid_ecgs.tsv",
+                 "test_ecgs.tsv"):
+        copy(qa_src / name, qa_dst / name)
+    import gzip
+    import json
+
+    for chunk in ("template/train/120000", "template/train/260000", "paraphrased/valid/60000",
+                  "template/valid/60000"):
+        data = json.load(gzip.open(qa_src / f"{chunk}.json.gz", "rt"))[:40]
+        target = qa_dst / f"{chunk}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(data))
     print("fixtures written to", OUT)
 
 

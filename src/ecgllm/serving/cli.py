@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
   ecgllm info {example}
   ecgllm info record.hea --json
   ecgllm plot record.hea -o ecg.png
+  ecgllm data prepare ptbxl --source ptb-xl/ --out cache/ptbxl100
 
 {EXIT_CODES_HELP}""")
     parser.add_argument("--version", action="version", version=f"ecgllm {__version__}")
@@ -193,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dpi", type=int, default=100, help="resolution of PNG output (default 100)")
     p.add_argument("--no-measure", action="store_true", help="do not measure the heart rate for the title")
     p.set_defaults(func=cmd_plot)
+
+    from ecgllm.serving.cli_data import add_data_commands
+
+    add_data_commands(sub, _Formatter, EXIT_CODES_HELP)
     return parser
 
 
