@@ -22,7 +22,7 @@ def test_info_table_on_bundled_example(capsys):
     assert main(["info", str(bundled_example())]) == EXIT_OK
     out = capsys.readouterr().out
     for text in ("Leads          12: I, II, III, aVR", "100 Hz, 1000 samples, 10.00 s", "Heart rate", "bpm",
-                 "PR / QRS / QT", "Bazett", "Fridericia", "QRS axis", "(normal)", "Quality"):
+                 "P / PR / QRS / QT", "Bazett", "Fridericia", "QRS axis", "(normal)", "Quality"):
         assert text in out
 
 

@@ -101,8 +101,8 @@ def _print_info(info: dict[str, Any]) -> None:
         rows += [
             ("Heart rate", f"{_fmt(info['heart_rate'], 'bpm')} (RR {_fmt(info['rr_ms'], 'ms')}, "
                            f"{info['n_beats']} beats on lead {info['rhythm_lead']})"),
-            ("PR / QRS / QT", f"{_fmt(info['pr_ms'], 'ms')} / {_fmt(info['qrs_ms'], 'ms')} / "
-                              f"{_fmt(info['qt_ms'], 'ms')}"),
+            ("P / PR / QRS / QT", f"{_fmt(info['p_ms'], 'ms')} / {_fmt(info['pr_ms'], 'ms')} / "
+                                  f"{_fmt(info['qrs_ms'], 'ms')} / {_fmt(info['qt_ms'], 'ms')}"),
             ("QTc", f"{_fmt(info['qtc_bazett_ms'], 'ms')} (Bazett), "
                     f"{_fmt(info['qtc_fridericia_ms'], 'ms')} (Fridericia)"),
             ("QRS axis", "n/a" if info["axis_deg"] is None else f"{info['axis_deg']:.0f}° ({info['axis_category']})"),

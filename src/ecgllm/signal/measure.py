@@ -26,7 +26,7 @@ AXIS_CATEGORIES = ("normal", "left", "right", "extreme")
 LIMB_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF")
 HEXAXIAL_DEG = (0.0, 60.0, 120.0, -150.0, -30.0, 90.0)  # direction of each limb lead in the frontal plane
 # Plausible ranges; values outside them come from failed delineation and are reported as missing.
-PLAUSIBLE_MS = {"pr_ms": (60, 400), "qrs_ms": (40, 250), "qt_ms": (200, 700)}
+PLAUSIBLE_MS = {"p_ms": (30, 200), "pr_ms": (60, 400), "qrs_ms": (40, 250), "qt_ms": (200, 700)}
 
 
 @dataclass
@@ -45,6 +45,7 @@ class Measurements:
     rr_ms: float | None = None
     rr_std_ms: float | None = None
     n_beats: int = 0
+    p_ms: float | None = None
     pr_ms: float | None = None
     qrs_ms: float | None = None
     qt_ms: float | None = None
@@ -98,7 +99,7 @@ def _delineate(template: np.ndarray, r_index: int, fs: float, nk) -> dict[str, f
     rpeaks = np.array([r0 + i * cycle.size for i in range(copies)])
     _, waves = nk.ecg_delineate(tiled, rpeaks, sampling_rate=int(DELINEATION_FS), method="prominence")
     out: dict[str, float] = {}
-    for key in ("ECG_P_Onsets", "ECG_R_Onsets", "ECG_R_Offsets", "ECG_T_Peaks", "ECG_T_Offsets"):
+    for key in ("ECG_P_Onsets", "ECG_P_Offsets", "ECG_R_Onsets", "ECG_R_Offsets", "ECG_T_Peaks", "ECG_T_Offsets"):
         values = np.asarray([v for v in waves.get(key, []) if v is not None and not np.isnan(v)], dtype=float)
         if values.size == 0:
             continue
@@ -168,8 +169,11 @@ def measure(ecg: ECG) -> Measurements:
     return m
 
 
+_LABEL = {"p_ms": "P duration", "pr_ms": "PR", "qrs_ms": "QRS", "qt_ms": "QT"}
+
+
 def _intervals(m: Measurements, fid: dict[str, float]) -> None:
-    pairs = {"pr_ms": ("ECG_P_Onsets", "ECG_R_Onsets"), "qrs_ms": ("ECG_R_Onsets", "ECG_R_Offsets"),
+    pairs = {"p_ms": ("ECG_P_Onsets", "ECG_P_Offsets"), "pr_ms": ("ECG_P_Onsets", "ECG_R_Onsets"), "qrs_ms": ("ECG_R_Onsets", "ECG_R_Offsets"),
              "qt_ms": ("ECG_R_Onsets", "ECG_T_Offsets")}
     for name, (start, end) in pairs.items():
         if start in fid and end in fid:
@@ -178,9 +182,9 @@ def _intervals(m: Measurements, fid: dict[str, float]) -> None:
             if lo <= value <= hi:
                 setattr(m, name, value)
             else:
-                m.warnings.append(f"{name[:-3].upper()} of {value:.0f} ms is implausible and was dropped")
+                m.warnings.append(f"{_LABEL[name]} of {value:.0f} ms is implausible and was dropped")
         else:
-            m.warnings.append(f"{name[:-3].upper()} could not be delineated")
+            m.warnings.append(f"{_LABEL[name]} could not be delineated")
     if m.qt_ms is not None and m.rr_ms:
         rr_s = m.rr_ms / 1000
         m.qtc_bazett_ms = m.qt_ms / math.sqrt(rr_s)
