@@ -21,7 +21,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_info_table_on_bundled_example(capsys):
     assert main(["info", str(bundled_example())]) == EXIT_OK
     out = capsys.readouterr().out
-    for text in ("Leads          12: I, II, III, aVR", "100 Hz, 1000 samples, 10.00 s", "Heart rate", "bpm",
+    for text in ("12: I, II, III, aVR", "100 Hz, 1000 samples, 10.00 s", "Heart rate", "bpm",
                  "P / PR / QRS / QT", "Bazett", "Fridericia", "QRS axis", "(normal)", "Quality"):
         assert text in out
 
