@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pickle
 import shutil
-import warnings
 
 import numpy as np
 import pytest
@@ -29,7 +28,10 @@ from ecgllm.io import (
 from tests.conftest import FIXTURES, PTBXL_1
 
 
-def copy_record(tmp_path, stem=PTBXL_1.with_suffix("")):
+RECORD_STEM = PTBXL_1.with_suffix("")
+
+
+def copy_record(tmp_path, stem=RECORD_STEM):
     for ext in (".hea", ".dat"):
         shutil.copyfile(stem.with_suffix(ext), tmp_path / (stem.name + ext))
     return tmp_path / (stem.name + ".hea")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pandas as pd
 import pytest
@@ -184,3 +183,38 @@ def test_agreement_with_official_noise_answers(full):
                                         ("V3,V4-V6", "V3 V4 V5 V6"), ("v1,2", "V1 V2"), (" , mittel,  ", "")])
 def test_noise_lead_parsing(text, leads):
     assert parse_lead_spec(text) == frozenset(leads.split())
+
+
+def test_cli_generate_and_measure(tmp_path, capsys):
+    from ecgllm.serving.cli import main
+
+    out = tmp_path / "g.json"
+    args = ["data", "generate", "ecgqa", "--ptbxl", str(FIXTURES / "ptbxl_labels"), "--ecgqa", str(FIXTURES / "ecgqa")]
+    assert main(args + ["--n", "120", "--out", str(out)]) == 0
+    samples = json.loads(out.read_text())
+    train = ECGQA(FIXTURES / "ecgqa").split_ecg_ids("train")
+    assert len(samples) == 120 and all(set(s) == OFFICIAL_KEYS for s in samples)
+    assert {e for s in samples for e in s["ecg_id"]} <= train
+    assert main(args + ["--n", "20", "--format", "llava", "--out", str(tmp_path / "l.json")]) == 0
+    assert "<ecg>" in json.loads((tmp_path / "l.json").read_text())[0]["conversations"][0]["value"]
+    assert main(["data", "generate", "instruct", "--ptbxl", str(FIXTURES / "ptbxl_labels"), "--pool", "ptbxl",
+                 "--split", "valid", "--n", "10", "--out", str(tmp_path / "i.jsonl")]) == 0
+    assert len(list(read_jsonl(tmp_path / "i.jsonl"))) == 10
+    assert main(["data", "generate", "ecgqa", "--ptbxl", str(FIXTURES / "ptbxl_labels"), "--n", "5",
+                 "--out", str(out)]) == 2
+    assert "--ecgqa" in capsys.readouterr().err
+    assert main(["data", "measure", "ptbxl", "--source", str(FIXTURES / "ptbxl"), "--out",
+                 str(tmp_path / "m.csv"), "--quiet"]) == 0
+    table = pd.read_csv(tmp_path / "m.csv", index_col="ecg_id")
+    assert list(table.index) == [1, 2] and 55 < table.at[1, "heart_rate"] < 75
+
+
+def test_ecgqa_mimic_variant_maps_study_ids(tmp_path):
+    import shutil
+
+    shutil.copytree(FIXTURES / "ecgqa/ptbxl", tmp_path / "mimic-iv-ecg")
+    qa = ECGQA(tmp_path / "mimic-iv-ecg")
+    assert qa.source == "mimic-iv-ecg"
+    sample = qa.samples("train")[0]
+    sample.ecg_id = [40000001]
+    assert qa.ecg_paths(sample, FIXTURES / "mimic")[0].name == "40000001"

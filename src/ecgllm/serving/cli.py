@@ -17,6 +17,17 @@ from ecgllm import __version__
 from ecgllm.io import ECG, ECGQualityWarning, ECGReadError, read_ecg
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT = 0, 1, 2, 3, 4
+
+
+def _dataset_errors() -> tuple[type[Exception], ...]:
+    from ecgllm.datasets.download import DownloadError
+    from ecgllm.datasets.ecgqa import ECGQAFormatError
+    from ecgllm.datasets.ptbxl import DatasetError
+
+    return (DatasetError, ECGQAFormatError, DownloadError)
+
+
+DATASET_ERRORS = _dataset_errors()
 BUNDLED = Path(__file__).resolve().parents[1] / "data"
 EXIT_CODES_HELP = """exit codes:
   0  success
@@ -209,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.func(args))
-    except ECGReadError as exc:
+    except (ECGReadError, *DATASET_ERRORS) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:

@@ -68,6 +68,97 @@ def cmd_download(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _load_pool(args: argparse.Namespace, ptbxl) -> set[int]:
+    """Records a generator may use: an ECG-QA split list (default) or PTB-XL folds of a split."""
+    if args.pool == "ecgqa":
+        from ecgllm.datasets import ECGQA
+
+        return ECGQA(args.ecgqa).split_ecg_ids(args.split)
+    return set(int(i) for i in ptbxl.split_ids(args.split))
+
+
+def _measurements(path: str | None):
+    import pandas as pd
+
+    return pd.read_csv(path, index_col="ecg_id") if path else None
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    from ecgllm.datasets.measurements import measure_records
+    from ecgllm.datasets.ptbxl import PTBXL
+
+    ptbxl = PTBXL.load(args.metadata or args.source, records_root=args.source)
+    if ptbxl.root is None:
+        print(f"error: {args.source}: no records100/ or records500/ folder.", file=sys.stderr)
+        return EXIT_INPUT
+    ids = ptbxl.ecg_ids if args.limit is None else ptbxl.ecg_ids[: args.limit]
+    table = measure_records({int(i): ptbxl.record_path(int(i), prefer_fs=args.fs) for i in ids},
+                            workers=args.workers, progress=not args.quiet)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out)
+    print(f"wrote {args.out} ({len(table)} records, {int(table['heart_rate'].notna().sum())} measured)")
+    return EXIT_OK
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import json
+
+    from ecgllm.datasets.conversation import from_ecgqa
+    from ecgllm.datasets.ptbxl import PTBXL
+
+    if args.pool == "ecgqa" and not args.ecgqa:
+        print("error: --pool ecgqa needs --ecgqa DIR (the ECG-QA release folder), or use --pool ptbxl",
+              file=sys.stderr)
+        return EXIT_USAGE
+    ptbxl = PTBXL.load(args.ptbxl)
+    pool = _load_pool(args, ptbxl) & set(int(i) for i in ptbxl.ecg_ids)  # split records this dataset has
+    measurements = _measurements(args.measurements)
+    out = Path(args.out)
+    if args.kind == "ecgqa":
+        from ecgllm.datasets.ecgqa_attributes import build_attributes
+        from ecgllm.datasets.ecgqa_generator import ECGQAGenerator
+
+        samples = ECGQAGenerator(build_attributes(ptbxl, measurements), pool).generate(args.n, seed=args.seed)
+        if args.format == "official":
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(samples))
+        else:
+            conversations = [from_ecgqa(s, split=args.split, source="ecgqa-generated") for s in samples]
+            _write(conversations, out, args.format)
+        count = len(samples)
+    else:
+        from ecgllm.datasets.instruct import InstructBuilder
+
+        conversations = InstructBuilder(ptbxl, pool, measurements).build(args.n, seed=args.seed, split=args.split)
+        _write(conversations, out, "llava" if args.format == "llava" else "jsonl")
+        count = len(conversations)
+    print(f"wrote {out} ({count} {args.kind} samples from {len(pool)} {args.split} records, seed {args.seed})")
+    return EXIT_OK
+
+
+def _write(conversations, out: Path, fmt: str) -> None:
+    import json
+
+    from ecgllm.datasets.conversation import write_jsonl
+
+    if fmt == "llava":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps([c.to_llava() for c in conversations], ensure_ascii=False))
+    else:
+        write_jsonl(conversations, out)
+
+
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    """Arguments shared by the commands that read every record of a PTB-XL folder."""
+    p.add_argument("dataset", choices=["ptbxl"])
+    p.add_argument("--source", required=True, help="dataset root with records100/ and/or records500/")
+    p.add_argument("--metadata", help="folder with ptbxl_database.csv or ptbxl_labels.csv (default: --source)")
+    p.add_argument("--out", required=True, help="what to create")
+    p.add_argument("--fs", type=int, default=100, choices=[100, 500], help="sampling rate / record folder")
+    p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def add_data_commands(sub: argparse._SubParsersAction, formatter: type, exit_help: str) -> None:
     data = sub.add_parser("data", help="download datasets and build training caches",
                           description="Dataset tools.", formatter_class=formatter)
@@ -82,13 +173,7 @@ def add_data_commands(sub: argparse._SubParsersAction, formatter: type, exit_hel
   ecgllm data prepare ptbxl --source unpacked/ --metadata shared/data/ptbxl --out cache/ptbxl100 --fs 100
 
 {exit_help}""")
-    p.add_argument("dataset", choices=["ptbxl"])
-    p.add_argument("--source", required=True, help="dataset root with records100/ and/or records500/")
-    p.add_argument("--metadata", help="folder with ptbxl_database.csv or ptbxl_labels.csv (default: --source)")
-    p.add_argument("--out", required=True, help="cache folder to create (must not exist)")
-    p.add_argument("--fs", type=int, default=100, choices=[100, 500], help="sampling rate of the cache")
-    p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_source_args(p)
     p.set_defaults(func=cmd_prepare)
 
     p = data_sub.add_parser(
@@ -107,3 +192,41 @@ def add_data_commands(sub: argparse._SubParsersAction, formatter: type, exit_hel
     p.add_argument("--workers", type=int, default=8, help="parallel connections (default 8)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_download)
+
+    p = data_sub.add_parser(
+        "measure", formatter_class=formatter, help="measure every record into a CSV (numeric features)",
+        description="Run ecgllm's measurements (rate, intervals, axis, quality) on every record of a dataset; "
+                    "the CSV feeds the numeric-feature questions of the generators.",
+        epilog=f"""examples:
+  ecgllm data measure ptbxl --source ptb-xl/ --out measurements.csv
+
+{exit_help}""")
+    _add_source_args(p)
+    p.add_argument("--limit", type=int, help="only the first N records")
+    p.set_defaults(func=cmd_measure)
+
+    p = data_sub.add_parser(
+        "generate", formatter_class=formatter, help="generate ECG-QA-style or ECGInstruct-style conversations",
+        description="Generate seeded, deterministic training data from labelled records of ONE split. By default "
+                    "the pool is an ECG-QA split list (--pool ecgqa), so ECG-QA test ECGs are never used for "
+                    "training data; --pool ptbxl uses PTB-XL strat_fold splits instead.",
+        epilog=f"""examples:
+  ecgllm data generate ecgqa --ptbxl shared/data/ptbxl --ecgqa shared/data/ecgqa/ecgqa --split train \
+      --n 100000 --out train_ecgqa.json                       # official ECG-QA JSON schema
+  ecgllm data generate instruct --ptbxl shared/data/ptbxl --ecgqa shared/data/ecgqa/ecgqa --split train \
+      --measurements measurements.csv --n 50000 --out instruct.jsonl
+  ecgllm data generate ecgqa ... --format llava --out llava.json   # LLaVA conversation format
+
+{exit_help}""")
+    p.add_argument("kind", choices=["ecgqa", "instruct"])
+    p.add_argument("--ptbxl", required=True, help="folder with ptbxl_database.csv or ptbxl_labels.csv")
+    p.add_argument("--ecgqa", help="ECG-QA release folder (ecgqa/ptbxl), needed for --pool ecgqa")
+    p.add_argument("--pool", choices=["ecgqa", "ptbxl"], default="ecgqa", help="which split system")
+    p.add_argument("--split", choices=["train", "valid", "test"], default="train")
+    p.add_argument("--measurements", help="CSV from `ecgllm data measure` (numeric features, feature tasks)")
+    p.add_argument("--n", type=int, default=10000, help="number of samples (default 10000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=["official", "jsonl", "llava"], default="official",
+                   help="ecgqa: official JSON (default), conversation JSONL or LLaVA; instruct: jsonl or llava")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_generate)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ecgllm.io.errors import EmptyFileError, HeaderError, SamplingRateError
-from ecgllm.io.formats.raw import UNIT_TO_MV, RawRecord
+from ecgllm.io.formats.raw import RawRecord, unit_scale
 from ecgllm.io.leads import STANDARD_12, canonical_lead
 
 _TIME_COLUMNS = {"time": 1.0, "t": 1.0, "seconds": 1.0, "sec": 1.0, "s": 1.0, "time_s": 1.0,
@@ -89,8 +89,6 @@ def read_csv(path: Path, *, fs: float | None = None, leads: list[str] | None = N
                               "Add a header with lead names, or pass leads=[...] (--leads).")
         lead_names = list(STANDARD_12)
         meta["assumed_leads"] = True
-    scale = UNIT_TO_MV.get(units.lower())
-    if scale is None:
-        raise HeaderError(path, f"states units {units!r}, which ecgllm does not know.", "Use mV, uV or V.")
+    scale = unit_scale(path, units)
     signal = data[:, keep].T.astype(np.float32) * scale
     return RawRecord(signal=signal, fs=fs, names=lead_names, meta=meta)

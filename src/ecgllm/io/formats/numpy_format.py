@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ecgllm.io.errors import HeaderError, UnsupportedFormatError
-from ecgllm.io.formats.raw import UNIT_TO_MV, RawRecord, orient
+from ecgllm.io.formats.raw import RawRecord, unit_scale, orient
 from ecgllm.io.leads import STANDARD_12
 
 _SIGNAL_KEYS = ("signal", "ecg", "data", "x", "arr_0")
@@ -63,7 +63,5 @@ def read_numpy(path: Path, *, fs: float | None = None, leads: list[str] | None =
                               "Pass leads=[...] (or --leads), or store 'leads' in an .npz.")
         leads = list(STANDARD_12)
         meta["assumed_leads"] = True
-    scale = UNIT_TO_MV.get(units.lower())
-    if scale is None:
-        raise HeaderError(path, f"states units {units!r}, which ecgllm does not know.", "Use mV, uV or V.")
+    scale = unit_scale(path, units)
     return RawRecord(signal=array.astype(np.float32) * scale, fs=fs, names=list(leads), meta=meta)

@@ -11,6 +11,16 @@ UNIT_TO_MV = {"mv": 1.0, "millivolt": 1.0, "millivolts": 1.0, "uv": 1e-3, "µv":
               "microvolts": 1e-3, "v": 1e3, "volt": 1e3, "nv": 1e-6}
 
 
+def unit_scale(path, units: str) -> float:
+    """Factor from ``units`` to millivolts; a HeaderError naming the file for unknown units."""
+    from ecgllm.io.errors import HeaderError
+
+    scale = UNIT_TO_MV.get(units.lower())
+    if scale is None:
+        raise HeaderError(path, f"states units {units!r}, which ecgllm does not know.", "Use mV, uV or V.")
+    return scale
+
+
 @dataclass
 class RawRecord:
     signal: np.ndarray  # [leads, samples], millivolts
