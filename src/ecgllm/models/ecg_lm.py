@@ -1,0 +1,162 @@
+"""`EcgLanguageModel`: an ECG encoder and a projector feeding any Hugging Face causal LM (LLaVA-style).
+
+The processor puts ``n_ecg_tokens`` ``<ecg>`` placeholder tokens per ECG into the prompt; the model embeds
+the prompt, checks that the number of placeholders equals ECGs × tokens, and scatters the projected encoder
+tokens into those positions (``masked_scatter``, in batch order). Several ECGs per prompt and mixed ECG
+counts across a batch work because ECGs are consumed in the order their placeholders appear.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ecgllm import __version__
+from ecgllm.models.encoders import build_encoder
+from ecgllm.models.processor import EcgProcessor, ProcessorConfig
+from ecgllm.models.projector import build_projector
+
+LLM_POLICIES = ("frozen", "lora", "full")
+ENCODER_POLICIES = ("frozen", "trained")
+
+
+@dataclass
+class EcgLMConfig:
+    llm: str | None = None                       # local HF folder, or None for the embedded SmolLM2
+    encoder: str = "resnet1d"
+    encoder_kwargs: dict = field(default_factory=dict)
+    projector: str = "mlp2x_gelu"
+    llm_policy: str = "lora"
+    encoder_policy: str = "trained"
+    lora: dict = field(default_factory=lambda: {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
+                                                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]})
+
+    def __post_init__(self) -> None:
+        if self.llm_policy not in LLM_POLICIES:
+            raise ValueError(f"llm_policy must be one of {LLM_POLICIES}")
+        if self.encoder_policy not in ENCODER_POLICIES:
+            raise ValueError(f"encoder_policy must be one of {ENCODER_POLICIES}")
+
+
+class EcgTokenCountError(ValueError):
+    """The prompt's ``<ecg>`` placeholders do not match the ECGs given."""
+
+
+class EcgLanguageModel(nn.Module):
+    def __init__(self, config: EcgLMConfig, llm: nn.Module, ecg_token_id: int) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = build_encoder(config.encoder, **config.encoder_kwargs)
+        self.llm = llm
+        hidden = llm.get_input_embeddings().embedding_dim
+        self.projector = build_projector(config.projector, self.encoder.dim, hidden)
+        self.ecg_token_id = ecg_token_id
+        self._apply_policies()
+
+    # ------------------------------------------------------------------------------------ building
+    @classmethod
+    def build(cls, config: EcgLMConfig, processor_config: ProcessorConfig | None = None,
+              llm=None, tokenizer=None) -> tuple["EcgLanguageModel", EcgProcessor]:
+        """A fresh model and its processor (``llm``/``tokenizer`` may be given, e.g. tiny ones in tests)."""
+        if llm is None or tokenizer is None:
+            from ecgllm.models.llm import load_llm
+
+            llm, tokenizer = load_llm(config.llm)
+        encoder = build_encoder(config.encoder, **config.encoder_kwargs)  # to learn n_tokens
+        processor_config = processor_config or ProcessorConfig()
+        processor_config.n_ecg_tokens = encoder.n_tokens
+        processor = EcgProcessor(tokenizer, processor_config)
+        llm.resize_token_embeddings(len(tokenizer))
+        return cls(config, llm, processor.ecg_token_id), processor
+
+    def _apply_policies(self) -> None:
+        if self.config.llm_policy == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            self.llm = get_peft_model(self.llm, LoraConfig(task_type="CAUSAL_LM", **self.config.lora))
+        elif self.config.llm_policy == "frozen":
+            self.llm.requires_grad_(False)
+        if self.config.encoder_policy == "frozen":
+            self.encoder.requires_grad_(False)
+
+    # ------------------------------------------------------------------------------------ forward
+    def embed(self, input_ids: torch.Tensor, ecg: torch.Tensor | None, ecg_mask: torch.Tensor | None) -> torch.Tensor:
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        slots = input_ids == self.ecg_token_id
+        n_ecgs = 0 if ecg is None else ecg.shape[0]
+        expected = n_ecgs * self.encoder.n_tokens
+        if int(slots.sum()) != expected:
+            raise EcgTokenCountError(f"the prompts hold {int(slots.sum())} <ecg> placeholder tokens but {n_ecgs} "
+                                     f"ECGs × {self.encoder.n_tokens} tokens = {expected} were given")
+        if n_ecgs == 0:
+            return embeds
+        tokens = self.projector(self.encoder(ecg.to(embeds.device), None if ecg_mask is None else ecg_mask.to(embeds.device)))
+        return embeds.masked_scatter(slots.unsqueeze(-1), tokens.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
+
+    def forward(self, input_ids, attention_mask=None, ecg=None, ecg_mask=None, labels=None):
+        return self.llm(inputs_embeds=self.embed(input_ids, ecg, ecg_mask), attention_mask=attention_mask,
+                        labels=labels)
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask=None, ecg=None, ecg_mask=None, max_new_tokens: int = 64,
+                 **kwargs) -> torch.Tensor:
+        """New tokens only (greedy by default), with the KV cache."""
+        embeds = self.embed(input_ids, ecg, ecg_mask)
+        kwargs.setdefault("do_sample", False)
+        return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                 use_cache=True, **kwargs)
+
+    # ------------------------------------------------------------------------------------ saving
+    def save_pretrained(self, directory: str | Path, processor: EcgProcessor) -> Path:
+        """One self-describing folder: config, encoder + projector weights, LoRA adapter (or full LLM
+        weights), processor (tokenizer, chat template, ECG preparation), and the base-LLM pointer."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"ecgllm_version": __version__, "config": asdict(self.config)}
+        (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        save_file({k: v.contiguous() for k, v in self.encoder.state_dict().items()}, directory / "encoder.safetensors")
+        save_file({k: v.contiguous() for k, v in self.projector.state_dict().items()}, directory / "projector.safetensors")
+        if self.config.llm_policy == "lora":
+            self.llm.save_pretrained(directory / "adapter")
+        elif self.config.llm_policy == "full":
+            self.llm.save_pretrained(directory / "llm", safe_serialization=True)
+        processor.save_pretrained(directory)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, llm=None) -> tuple["EcgLanguageModel", EcgProcessor]:
+        """Load a folder written by `save_pretrained` (``llm``: the base model, e.g. a tiny one in tests)."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        meta = json.loads((directory / "config.json").read_text())
+        config = EcgLMConfig(**meta["config"])
+        processor = EcgProcessor.from_pretrained(directory)
+        if config.llm_policy == "full":
+            from transformers import AutoModelForCausalLM
+
+            llm = AutoModelForCausalLM.from_pretrained(str(directory / "llm"))
+        elif llm is None:
+            from ecgllm.models.llm import load_llm
+
+            llm, _ = load_llm(config.llm)
+        llm.resize_token_embeddings(len(processor.tokenizer))
+        adapter = directory / "adapter"
+        policy = config.llm_policy
+        if policy == "lora":
+            config.llm_policy = "frozen"  # the saved adapter is attached below instead of a fresh one
+        model = cls(config, llm, processor.ecg_token_id)
+        if policy == "lora":
+            from peft import PeftModel
+
+            model.llm = PeftModel.from_pretrained(llm, str(adapter))
+            config.llm_policy = "lora"
+        model.encoder.load_state_dict(load_file(directory / "encoder.safetensors"))
+        model.projector.load_state_dict(load_file(directory / "projector.safetensors"))
+        return model.eval(), processor

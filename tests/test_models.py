@@ -1,0 +1,171 @@
+"""Encoders, processor and EcgLanguageModel on a tiny random Llama (the real SmolLM2 in one slow test)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ecgllm import read_ecg
+from ecgllm.models import EcgLanguageModel, EcgLMConfig, EcgTokenCountError, ProcessorConfig, build_encoder
+from ecgllm.models.processor import IGNORE_INDEX
+from tests.conftest import FIXTURES, PTBXL_1
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["Does this ECG show atrial fibrillation? yes no sinus rhythm normal ECG 1 2 earlier recent",
+              "You are a careful assistant that reads electrocardiograms. system user assistant"] * 20
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<|im_start|>", "<|im_end|>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
+                                   eos_token="<|im_end|>", bos_token="<|im_start|>")
+    fast.chat_template = CHATML
+    return fast
+
+
+def tiny_llm(vocab: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                                        tie_word_embeddings=True))
+
+
+def make(tiny_tokenizer, policy="lora", encoder="resnet1d"):
+    import copy
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    kwargs = {"widths": (16, 32), "n_tokens": 4} if encoder == "resnet1d" else {"dim": 32, "depth": 1, "heads": 2, "patch": 100}
+    config = EcgLMConfig(llm="tiny", encoder=encoder, encoder_kwargs=kwargs, llm_policy=policy,
+                         lora={"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})
+    torch.manual_seed(0)
+    return EcgLanguageModel.build(config, ProcessorConfig(), llm=tiny_llm(len(tokenizer)), tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="module")
+def ecgs():
+    return [read_ecg(PTBXL_1), read_ecg(FIXTURES / "dicom/waveform_ecg.dcm")]
+
+
+QA = [{"role": "user", "content": "Does this ECG show atrial fibrillation?"}, {"role": "assistant", "content": "no"}]
+
+
+@pytest.mark.parametrize("name", ["resnet1d", "patch_transformer"])
+def test_encoders_shape_and_masked_leads_have_no_influence(name):
+    torch.manual_seed(0)
+    enc = build_encoder(name, **({"widths": (16, 32), "n_tokens": 8} if name == "resnet1d" else {"dim": 32, "depth": 1, "heads": 2}))
+    enc.eval()
+    x = torch.randn(2, 12, 1000)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[:, 6:] = False
+    tokens = enc(x, mask)
+    assert tokens.shape == (2, enc.n_tokens, enc.dim) and enc.pool(tokens).shape == (2, enc.dim)
+    y = x.clone()
+    y[:, 6:] = torch.randn(2, 6, 1000) * 5  # garbage in masked leads
+    assert torch.allclose(enc(y, mask), tokens, atol=1e-5)
+    assert not torch.allclose(enc(x, torch.ones_like(mask)), tokens, atol=1e-3)  # the mask itself matters
+
+
+def test_processor_expands_placeholders_and_masks_loss(tiny_tokenizer, ecgs):
+    model, processor = make(tiny_tokenizer)
+    batch = processor([QA], [[ecgs[0]]])
+    n = processor.config.n_ecg_tokens
+    assert int((batch["input_ids"] == processor.ecg_token_id).sum()) == n
+    learned = batch["labels"][batch["labels"] != IGNORE_INDEX]
+    assert processor.tokenizer.decode(learned) == "no<|im_end|>"  # only the answer (and its end of turn)
+    assert batch["ecg"].shape == (1, 12, 1000) and batch["ecg_mask"].all()
+    gen = processor([QA[:1]], [[ecgs[0]]], train=False)
+    assert "labels" not in gen and processor.tokenizer.decode(gen["input_ids"][0]).endswith("<|im_start|>assistant\n")
+
+
+def test_count_mismatch_is_a_clear_error(tiny_tokenizer, ecgs):
+    model, processor = make(tiny_tokenizer)
+    batch = processor([QA], [[ecgs[0]]])
+    with pytest.raises(EcgTokenCountError, match="placeholder tokens but 2 ECGs"):
+        model(batch["input_ids"], batch["attention_mask"], torch.cat([batch["ecg"]] * 2), None, batch["labels"])
+
+
+def test_mixed_ecg_counts_in_one_batch_match_single_runs(tiny_tokenizer, ecgs):
+    model, processor = make(tiny_tokenizer, policy="full")
+    model.eval()
+    compare = [{"role": "user", "content": "What changed?"}, {"role": "assistant", "content": "sinus rhythm"}]
+    batch = processor([QA, compare], [[ecgs[0]], [ecgs[0], ecgs[1]]])
+    assert batch["ecg"].shape[0] == 3
+    logits = model(**batch).logits
+    for i, (conv, group) in enumerate([(QA, [ecgs[0]]), (compare, [ecgs[0], ecgs[1]])]):
+        single = processor([conv], [group])
+        n = single["input_ids"].shape[1]
+        alone = model(**single).logits
+        assert torch.allclose(logits[i, :n], alone[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("policy", ["frozen", "lora", "full"])
+def test_training_policies_and_loss(tiny_tokenizer, ecgs, policy):
+    model, processor = make(tiny_tokenizer, policy=policy)
+    batch = processor([QA], [[ecgs[0]]])
+    loss = model(**batch).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    llm_grads = [n for n, p in model.llm.named_parameters() if p.grad is not None]
+    assert any(p.grad is not None for p in model.projector.parameters())
+    if policy == "frozen":
+        assert not llm_grads
+    elif policy == "lora":
+        assert llm_grads and all("lora" in n for n in llm_grads)
+    else:
+        assert any("embed_tokens" in n for n in llm_grads)
+
+
+@pytest.mark.parametrize("policy,encoder", [("lora", "resnet1d"), ("full", "patch_transformer")])
+def test_save_and_load_round_trip(tmp_path, tiny_tokenizer, ecgs, policy, encoder):
+    model, processor = make(tiny_tokenizer, policy=policy, encoder=encoder)
+    model.eval()
+    batch = processor([QA], [[ecgs[0]]])
+    before = model(**batch).logits
+    model.save_pretrained(tmp_path / "ckpt", processor)
+    base = tiny_llm(len(tiny_tokenizer))  # the same base weights the checkpoint points at
+    loaded, loaded_processor = EcgLanguageModel.from_pretrained(tmp_path / "ckpt", llm=base)
+    after = loaded(**loaded_processor([QA], [[ecgs[0]]])).logits
+    assert torch.allclose(before, after, atol=1e-5)
+    assert loaded_processor.prep == processor.prep
+
+
+def test_generation_returns_new_tokens(tiny_tokenizer, ecgs):
+    model, processor = make(tiny_tokenizer)
+    model.eval()
+    batch = processor([QA[:1], QA[:1]], [[ecgs[0]], [ecgs[1]]], train=False)
+    batch.pop("labels", None)
+    out = model.generate(**batch, max_new_tokens=5)
+    assert out.shape[0] == 2 and 1 <= out.shape[1] <= 5
+
+
+def test_other_sampling_rates_and_lead_orders_are_prepared_the_same_way(tiny_tokenizer, ecgs):
+    _, processor = make(tiny_tokenizer)
+    x, mask = processor.prepare_ecgs([ecgs[1]])  # DICOM at 1000 Hz
+    assert x.shape == (1, 12, 1000) and mask.all()
+    holter = read_ecg(FIXTURES / "mitdb/208.hea", duration_s=10)  # 2 leads, 360 Hz
+    x, mask = processor.prepare_ecgs([holter])
+    assert x.shape == (1, 12, 1000) and mask.sum() == 2
+
+
+@pytest.mark.slow
+def test_real_smollm2_forward_and_generate(ecgs):
+    """The embedded default LLM, offline: converted once from the wheel's GGUF, then loaded from cache."""
+    config = EcgLMConfig(encoder_kwargs={"widths": (32, 64), "n_tokens": 8})
+    model, processor = EcgLanguageModel.build(config)
+    model.eval()
+    batch = processor([QA], [[ecgs[0]]])
+    assert torch.isfinite(model(**batch).loss)
+    prompt = processor([QA[:1]], [[ecgs[0]]], train=False)
+    assert model.generate(**prompt, max_new_tokens=3).shape[1] >= 1
