@@ -209,7 +209,35 @@ def build_parser() -> argparse.ArgumentParser:
     from ecgllm.serving.cli_data import add_data_commands
 
     add_data_commands(sub, _Formatter, EXIT_CODES_HELP)
+
+    p = sub.add_parser("train", formatter_class=_Formatter, help="run a training recipe (YAML)",
+                       description="Run one training stage from a YAML recipe on HF Accelerate. Checkpoints are "
+                                   "atomic; re-running the same command resumes from the latest one and ends with "
+                                   "the same weights as an uninterrupted run. Several processes or GPUs: "
+                                   "`accelerate launch -m ecgllm.serving.cli train RECIPE` or torchrun.",
+                       epilog=f"""examples:
+  ecgllm train recipes/instruct_tiny.yaml
+  torchrun --standalone --nproc_per_node 2 -m ecgllm.serving.cli train recipes/instruct_tiny.yaml
+
+{EXIT_CODES_HELP}""")
+    p.add_argument("recipe", help="YAML recipe (see recipes/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
     return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ecgllm.training.config import RecipeError, load_recipe
+    from ecgllm.training.loop import train
+
+    try:
+        config = load_recipe(args.recipe)
+    except RecipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    final = train(config, progress=not args.quiet)
+    print(f"wrote {final}")
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

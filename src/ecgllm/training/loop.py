@@ -1,0 +1,135 @@
+"""One training loop for every stage, on HF Accelerate (CPU, one GPU, or several via `accelerate launch`
+/ torchrun). Checkpoints are atomic (written to a temporary folder, then renamed) and hold model, optimizer,
+scheduler and RNG states plus the step, so a killed run resumes with exactly the same batches and ends
+with bit-identical weights."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ecgllm.training.config import TrainConfig
+
+STATE_FILE = "trainer_state.json"
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    done = sorted(p for p in (output_dir / "checkpoints").glob("step-*") if (p / STATE_FILE).exists())
+    return done[-1] if done else None
+
+
+def _save_checkpoint(accelerator, output_dir: Path, step: int, keep: int) -> None:
+    root = output_dir / "checkpoints"
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-step-{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step}))
+        tmp.rename(final)  # the checkpoint only counts once it is complete
+        for old in sorted(p for p in root.glob("step-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True) -> Path:
+    """Run (or resume) a training stage; returns the folder of the final model."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, set_seed
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from ecgllm.datasets.cache import ECGCache
+    from ecgllm.models.ecg_lm import EcgLanguageModel
+    from ecgllm.models.processor import ProcessorConfig
+    from ecgllm.training.data import ConversationDataset, make_collate
+
+    output_dir = Path(config.output_dir)
+    # cpu=True is how Accelerate recognises a torchrun/`accelerate launch` run without GPUs (gloo backend).
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=config.optim.grad_accum,
+                              mixed_precision=config.mixed_precision,
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    set_seed(config.seed)
+    model, processor = EcgLanguageModel.build(config.model, ProcessorConfig(prep=config.prep.to_dict()),
+                                              llm=llm, tokenizer=tokenizer)
+    if config.data.ecg_cache is None:
+        raise ValueError("data.ecg_cache is required (build one with `ecgllm data prepare`)")
+    dataset = ConversationDataset(config.data.train, ECGCache.open(config.data.ecg_cache), config.data.max_samples)
+    loader = DataLoader(dataset, batch_size=config.optim.batch_size, shuffle=True,
+                        collate_fn=make_collate(processor), num_workers=0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    warmup = max(config.optim.warmup_steps, 0)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress_ = (step - warmup) / max(1, config.optim.max_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress_, 1.0)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+
+    step = 0
+    resume = latest_checkpoint(output_dir)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        step = json.loads((resume / STATE_FILE).read_text())["step"]
+        accelerator.print(f"resuming from {resume} (step {step})")
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "recipe.json").write_text(json.dumps(config.to_dict(), indent=2, default=str) + "\n")
+    metrics_path = output_dir / "metrics.jsonl"
+
+    micro_per_epoch = len(loader)
+    # Accelerate also syncs at the end of the loader, so a short last group still makes a step.
+    steps_per_epoch = max(1, math.ceil(micro_per_epoch / config.optim.grad_accum))
+    bar = tqdm(total=config.optim.max_steps, initial=step, unit="step", desc=config.stage,
+               disable=not (progress and accelerator.is_main_process))
+    model.train()
+    started = time.time()
+    while step < config.optim.max_steps:
+        epoch, done_in_epoch = divmod(step, steps_per_epoch)
+        loader.set_epoch(epoch)
+        batches = loader
+        if done_in_epoch:
+            batches = accelerator.skip_first_batches(loader, done_in_epoch * config.optim.grad_accum)
+        for batch in batches:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.optim.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, config.optim.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            bar.update(1)
+            if step % config.log_every == 0 or step == config.optim.max_steps:
+                mean_loss = accelerator.gather(loss.detach()).mean().item()
+                if accelerator.is_main_process:
+                    with metrics_path.open("a") as fh:
+                        fh.write(json.dumps({"step": step, "loss": round(mean_loss, 5),
+                                             "lr": scheduler.get_last_lr()[0],
+                                             "elapsed_s": round(time.time() - started, 2)}) + "\n")
+                    bar.set_postfix(loss=f"{mean_loss:.3f}")
+            if step % config.save_every == 0 or step == config.optim.max_steps:
+                _save_checkpoint(accelerator, output_dir, step, config.keep_checkpoints)
+            if step >= config.optim.max_steps:
+                break
+    bar.close()
+    final = output_dir / "final"
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(final, processor)
+    accelerator.wait_for_everyone()
+    return final

@@ -1,0 +1,127 @@
+"""Training on Accelerate: a tiny recipe end to end, SIGKILL + resume with bit-identical weights, and two
+CPU processes (gloo) through torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from ecgllm.datasets import PTBXL
+from ecgllm.datasets.cache import build_cache
+from ecgllm.datasets.conversation import write_jsonl
+from ecgllm.datasets.instruct import InstructBuilder
+from ecgllm.signal import PrepConfig
+from ecgllm.training.config import RecipeError, load_recipe
+from tests.conftest import FIXTURES
+from tests.test_models import tiny_llm, tiny_tokenizer  # noqa: F401  (fixture)
+
+CLI = [sys.executable, "-m", "ecgllm.serving.cli"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_tokenizer):  # noqa: F811
+    root = tmp_path_factory.mktemp("train")
+    ptbxl = PTBXL.load(FIXTURES / "ptbxl")
+    paths = [ptbxl.record_path(i, prefer_fs=100) for i in ptbxl.ecg_ids]
+    build_cache(paths, ptbxl.table[["strat_fold"]].reset_index(), root / "cache",
+                PrepConfig(fs=100.0, bandpass=None, window_s=10.0), "test", workers=1, progress=False)
+    write_jsonl(InstructBuilder(ptbxl, ptbxl.ecg_ids).build(48, seed=0, split="train"), root / "train.jsonl")
+    llm = tiny_llm(len(tiny_tokenizer))
+    llm.save_pretrained(root / "tiny-llm")       # any local Hugging Face causal-LM folder works
+    tiny_tokenizer.save_pretrained(root / "tiny-llm")
+    return root
+
+
+def recipe(workspace: Path, name: str, **optim) -> Path:
+    data = {
+        "stage": "instruction", "output_dir": str(workspace / name),
+        "data": {"train": str(workspace / "train.jsonl"), "ecg_cache": str(workspace / "cache")},
+        "model": {"llm": str(workspace / "tiny-llm"), "encoder": "resnet1d",
+                  "encoder_kwargs": {"widths": [8, 16], "n_tokens": 4}, "llm_policy": "lora",
+                  "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}},
+        "prep": {"fs": 100.0, "normalize": "zscore", "window_s": 10.0},
+        "optim": {"lr": 0.001, "batch_size": 4, "grad_accum": 2, "max_steps": 12, **optim},
+        "seed": 0, "save_every": 2, "log_every": 1,
+    }
+    path = workspace / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def final_weights(run: Path) -> dict:
+    final = run / "final"
+    tensors = {f"encoder.{k}": v for k, v in load_file(final / "encoder.safetensors").items()}
+    tensors.update({f"projector.{k}": v for k, v in load_file(final / "projector.safetensors").items()})
+    tensors.update({f"adapter.{k}": v for k, v in load_file(final / "adapter/adapter_model.safetensors").items()})
+    return tensors
+
+
+def test_recipe_trains_logs_and_saves(workspace):
+    result = subprocess.run(CLI + ["train", str(recipe(workspace, "basic")), "--quiet"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = workspace / "basic"
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 13))
+    assert metrics[-1]["loss"] < metrics[0]["loss"]  # it learns something
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000010", "step-00000012"]
+    from ecgllm.models import EcgLanguageModel
+
+    model, processor = EcgLanguageModel.from_pretrained(run / "final")
+    assert processor.prep.normalize == "zscore" and model.encoder.n_tokens == 4
+
+
+def test_sigkill_then_resume_gives_bit_identical_weights(workspace):
+    clean = recipe(workspace, "clean", max_steps=30)
+    assert subprocess.run(CLI + ["train", str(clean), "--quiet"], capture_output=True).returncode == 0
+    killed = recipe(workspace, "killed", max_steps=30)
+    kill_at = random.Random().randrange(4, 20, 2)  # a random checkpointed step
+    process = subprocess.Popen(CLI + ["train", str(killed), "--quiet"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    target = workspace / "killed" / "checkpoints" / f"step-{kill_at:08d}"
+    deadline = time.time() + 120
+    while not target.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (workspace / "killed" / "final").exists()
+    resumed = subprocess.run(CLI + ["train", str(killed), "--quiet"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    a, b = final_weights(workspace / "clean"), final_weights(workspace / "killed")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_two_cpu_processes_with_gloo(workspace):
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "ecgllm.serving.cli", "train",
+                             str(recipe(workspace, "ddp", max_steps=4)), "--quiet"], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (workspace / "ddp" / "final" / "adapter").is_dir()
+    assert len((workspace / "ddp" / "metrics.jsonl").read_text().splitlines()) == 4  # logged once, by rank 0
+
+
+def test_recipe_errors_name_the_problem(tmp_path):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("stage: x\noutput_dir: o\ndata: {train: t.jsonl}\noptim: {learning_rate: 1}\n")
+    with pytest.raises(RecipeError, match="unknown keys \\['learning_rate'\\]"):
+        load_recipe(bad)
+    bad.write_text("stage: x\ndata: {train: t.jsonl}\n")
+    with pytest.raises(RecipeError, match="missing required key 'output_dir'"):
+        load_recipe(bad)
+    bad.write_text("stage: x\noutput_dir: o\ndata: {train: t.jsonl}\nmodel: {llm_policy: half}\n")
+    with pytest.raises(RecipeError, match="llm_policy"):
+        load_recipe(bad)
+    assert load_recipe(Path(__file__).parents[1] / "recipes/instruct_tiny.yaml").model.llm_policy == "lora"
