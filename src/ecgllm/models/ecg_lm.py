@@ -21,6 +21,22 @@ from ecgllm.models.processor import EcgProcessor, ProcessorConfig
 from ecgllm.models.projector import build_projector
 
 LLM_POLICIES = ("frozen", "lora", "full")
+
+
+def add_ecg_token_rows(llm: nn.Module, vocab_size: int) -> None:
+    """Grow the embeddings for the ``<ecg>`` token deterministically (mean of the existing rows).
+
+    transformers' default samples new rows at random, so a LoRA checkpoint reloaded on its base model
+    would get a different ``<ecg>`` output row each time; the row's input side is never used (the
+    placeholders are replaced by ECG tokens) and generation suppresses the token.
+    """
+    old = llm.get_input_embeddings().weight.shape[0]
+    if vocab_size <= old:
+        return
+    llm.resize_token_embeddings(vocab_size, mean_resizing=False)
+    with torch.no_grad():
+        for matrix in {id(m): m for m in (llm.get_input_embeddings(), llm.get_output_embeddings()) if m is not None}.values():
+            matrix.weight[old:] = matrix.weight[:old].mean(0)
 ENCODER_POLICIES = ("frozen", "trained")
 
 
@@ -70,7 +86,7 @@ class EcgLanguageModel(nn.Module):
         processor_config = processor_config or ProcessorConfig()
         processor_config.n_ecg_tokens = encoder.n_tokens
         processor = EcgProcessor(tokenizer, processor_config)
-        llm.resize_token_embeddings(len(tokenizer))
+        add_ecg_token_rows(llm, len(tokenizer))
         return cls(config, llm, processor.ecg_token_id), processor
 
     def _apply_policies(self) -> None:
@@ -107,6 +123,7 @@ class EcgLanguageModel(nn.Module):
         """New tokens only (greedy by default), with the KV cache."""
         embeds = self.embed(input_ids, ecg, ecg_mask)
         kwargs.setdefault("do_sample", False)
+        kwargs.setdefault("suppress_tokens", [self.ecg_token_id])  # never emit the placeholder itself
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
                                  use_cache=True, **kwargs)
 
@@ -146,7 +163,7 @@ class EcgLanguageModel(nn.Module):
             from ecgllm.models.llm import load_llm
 
             llm, _ = load_llm(config.llm)
-        llm.resize_token_embeddings(len(processor.tokenizer))
+        add_ecg_token_rows(llm, len(processor.tokenizer))
         adapter = directory / "adapter"
         policy = config.llm_policy
         if policy == "lora":

@@ -227,14 +227,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ecgllm.training.config import RecipeError, load_recipe
-    from ecgllm.training.loop import train
+    from ecgllm.training.config import RecipeError, load_encoder_recipe, load_recipe, recipe_stage
 
     try:
+        stage = recipe_stage(args.recipe)
+        if stage == "encoder_pretraining":
+            from ecgllm.training.pretrain_encoder import pretrain_encoder
+
+            result = pretrain_encoder(load_encoder_recipe(args.recipe), progress=not args.quiet)
+            print(f"fold-10 macro AUC: superclasses {result['super_macro_auc']:.4f}, "
+                  f"71 statements {result['all71_macro_auc']:.4f}; {result['epoch_s']:.0f} s/epoch")
+            return EXIT_OK
         config = load_recipe(args.recipe)
     except RecipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
+    from ecgllm.training.loop import train
+
     final = train(config, progress=not args.quiet)
     print(f"wrote {final}")
     return EXIT_OK

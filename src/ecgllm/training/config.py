@@ -69,9 +69,7 @@ def _build(cls, values: dict[str, Any], where: str):
         raise RecipeError(f"{where}: {exc}") from None
 
 
-def load_recipe(path: str | Path) -> TrainConfig:
-    """Read a YAML recipe (see ``recipes/``) into a `TrainConfig`."""
-    path = Path(path)
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -80,7 +78,29 @@ def load_recipe(path: str | Path) -> TrainConfig:
         raise RecipeError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of keys")
-    raw = dict(raw)
+    return dict(raw)
+
+
+def recipe_stage(path: str | Path) -> str:
+    raw = _read_yaml(Path(path))
+    if "stage" not in raw:
+        raise RecipeError(f"{path}: missing required key 'stage'")
+    return str(raw["stage"])
+
+
+def load_encoder_recipe(path: str | Path):
+    """An ``encoder_pretraining`` recipe as `EncoderPretrainConfig`."""
+    from ecgllm.training.pretrain_encoder import EncoderPretrainConfig
+
+    raw = _read_yaml(Path(path))
+    raw.pop("stage", None)
+    return _build(EncoderPretrainConfig, raw, str(path))
+
+
+def load_recipe(path: str | Path) -> TrainConfig:
+    """Read a YAML recipe (see ``recipes/``) into a `TrainConfig`."""
+    path = Path(path)
+    raw = _read_yaml(path)
     for key in ("stage", "output_dir", "data"):
         if key not in raw:
             raise RecipeError(f"{path}: missing required key '{key}'")

@@ -1,0 +1,187 @@
+"""Encoder pretraining on PTB-XL: multi-label classification of the 71 SCP statements and the 5
+diagnostic superclasses from random 2.5 s crops; scored on whole records by averaging sliding windows.
+
+Split discipline: PTB-XL folds 1–8 train, 9 valid (model selection), 10 test. ``exclude_ids`` removes
+ECGs from training, e.g. every ECG-QA test ECG when the encoder will answer ECG-QA questions.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ecgllm.models.encoders import build_encoder
+
+
+@dataclass
+class EncoderPretrainConfig:
+    output_dir: str
+    ecg_cache: str                     # 100 Hz cache from `ecgllm data prepare`
+    ptbxl: str                         # folder with ptbxl_database.csv or ptbxl_labels.csv
+    encoder: str = "resnet1d"
+    encoder_kwargs: dict = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    normalize: str = "zscore"          # "zscore" per lead and record, or "mv" (keeps absolute voltage)
+    crop_s: float = 2.5
+    eval_stride_s: float = 1.25
+    exclude_ids_file: str | None = None  # e.g. ECG-QA test_ecgs.tsv (second column = ecg_id)
+    seed: int = 0
+    threads: int | None = None
+
+
+class EncoderClassifier(nn.Module):
+    def __init__(self, encoder: nn.Module, n_outputs: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.dim, n_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder.pool(self.encoder(x)))
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean(-1, keepdims=True)) / (x.std(-1, keepdims=True) + 1e-6)
+
+
+def _read_excluded(path: str | None) -> set[int]:
+    if not path:
+        return set()
+    ids = set()
+    for line in Path(path).read_text().splitlines():
+        parts = line.replace(",", "\t").split("\t")
+        if parts and parts[-1].strip().isdigit():
+            ids.add(int(parts[-1]))
+    return ids
+
+
+@torch.no_grad()
+def score_records(model: EncoderClassifier, signals: np.ndarray, crop: int, stride: int,
+                  batch: int = 256) -> np.ndarray:
+    """Mean sigmoid score over sliding windows of each record ([N, leads, T] z-scored)."""
+    model.eval()
+    starts = list(range(0, signals.shape[-1] - crop + 1, stride))
+    out = []
+    for i in range(0, len(signals), batch):
+        chunk = torch.from_numpy(signals[i:i + batch])
+        windows = torch.stack([chunk[..., s:s + crop] for s in starts], 1)  # [B, W, L, crop]
+        b, w = windows.shape[:2]
+        probs = torch.sigmoid(model(windows.reshape(b * w, *windows.shape[2:]))).reshape(b, w, -1).mean(1)
+        out.append(probs.numpy())
+    return np.concatenate(out)
+
+
+def macro_auc(y: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    keep = (y.sum(0) > 0) & (y.sum(0) < len(y))  # AUC needs both classes present
+    return float(roc_auc_score(y[:, keep], scores[:, keep], average="macro"))
+
+
+def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> dict:
+    from accelerate.utils import set_seed
+    from tqdm import tqdm
+
+    from ecgllm.datasets.cache import ECGCache
+    from ecgllm.datasets.ptbxl import PTBXL
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    set_seed(config.seed)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = ECGCache.open(config.ecg_cache)
+    fs = float(cache.meta["fs"])
+    ptbxl = PTBXL.load(config.ptbxl)
+    ids = cache.index["ecg_id"].to_numpy()
+    _, classes71, y71 = ptbxl.label_matrix("all", ids)
+    _, supers, ysup = ptbxl.label_matrix("superclass", ids)
+    y = np.concatenate([y71, ysup], 1).astype(np.float32)
+    folds = ptbxl.table.loc[ids, "strat_fold"].to_numpy()
+    excluded = _read_excluded(config.exclude_ids_file)
+    train = np.flatnonzero((folds <= 8) & ~np.isin(ids, list(excluded)))
+    valid, test = np.flatnonzero(folds == 9), np.flatnonzero(folds == 10)
+    raw = cache.load_all()
+    # z-scoring removes absolute voltage (voltage criteria of hypertrophy, low QRS voltage); "mv" keeps it.
+    if config.normalize == "zscore":
+        signals = _zscore(raw)
+    elif config.normalize == "mv":
+        signals = raw - raw.mean(-1, keepdims=True)  # remove each lead's offset, keep its voltage
+    else:
+        raise ValueError(f"normalize must be 'zscore' or 'mv', got {config.normalize!r}")
+    signals = signals.astype(np.float32)
+    crop, stride = int(config.crop_s * fs), int(config.eval_stride_s * fs)
+
+    encoder = build_encoder(config.encoder, **config.encoder_kwargs)
+    model = EncoderClassifier(encoder, y.shape[1])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = int(np.ceil(len(train) / config.batch_size))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps_per_epoch)
+    loss_fn = nn.BCEWithLogitsLoss()
+    start_epoch, history = 0, []
+    state_path = out / "checkpoint.pt"
+    if state_path.exists():  # resume after a crash: whole epochs are atomic
+        state = torch.load(state_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start_epoch, history = state["epoch"], state["history"]
+    rng = np.random.default_rng(config.seed)
+    for _ in range(start_epoch):
+        rng.permutation(len(train))  # keep the data order identical to an uninterrupted run
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        t0 = time.time()
+        order = train[rng.permutation(len(train))]
+        offsets = rng.integers(0, signals.shape[-1] - crop + 1, size=len(order))
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress)
+        losses = []
+        for b in bar:
+            rows = order[b * config.batch_size:(b + 1) * config.batch_size]
+            offs = offsets[b * config.batch_size:(b + 1) * config.batch_size]
+            x = torch.from_numpy(np.stack([signals[r, :, o:o + crop] for r, o in zip(rows, offs)]))
+            loss = loss_fn(model(x), torch.from_numpy(y[rows]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+        epoch_s = time.time() - t0
+        scores = score_records(model, signals[valid], crop, stride)
+        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "epoch_s": round(epoch_s, 1),
+                 "valid_super_auc": round(macro_auc(y[valid, 71:], scores[:, 71:]), 4),
+                 "valid_all71_auc": round(macro_auc(y[valid, :71], scores[:, :71]), 4)}
+        history.append(entry)
+        with (out / "metrics.jsonl").open("a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+        tmp = out / "checkpoint.pt.tmp"
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch + 1,
+                    "history": history}, tmp)
+        tmp.replace(state_path)
+    scores = score_records(model, signals[test], crop, stride)
+    result = {"encoder": config.encoder, "encoder_kwargs": config.encoder_kwargs,
+              "params": sum(p.numel() for p in encoder.parameters()),
+              "super_macro_auc": round(macro_auc(y[test, 71:], scores[:, 71:]), 4),
+              "all71_macro_auc": round(macro_auc(y[test, :71], scores[:, :71]), 4),
+              "epoch_s": round(float(np.median([h["epoch_s"] for h in history])), 1), "epochs": config.epochs,
+              "train_records": int(len(train)), "excluded_records": int(len(excluded)), "history": history,
+              "config": asdict(config)}
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, out / "encoder.safetensors")
+    (out / "encoder_config.json").write_text(json.dumps({"encoder": config.encoder,
+                                                         "encoder_kwargs": config.encoder_kwargs}, indent=2))
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    shutil.rmtree(out / "tmp", ignore_errors=True)
+    return result

@@ -1,0 +1,68 @@
+"""Encoder pretraining stage on a small real PTB-XL subset: metrics from scores, split discipline, resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from ecgllm.datasets import PTBXL
+from ecgllm.datasets.cache import build_cache
+from ecgllm.signal import PrepConfig
+from tests.conftest import SHARED, needs_shared
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory):
+    if not SHARED.exists():
+        pytest.skip("../shared/data is not available")
+    sys.path.insert(0, str(SHARED / "ptbxl"))
+    import ptbxl_pack
+
+    root = tmp_path_factory.mktemp("enc")
+    ptbxl = PTBXL.load(SHARED / "ptbxl")
+    table = ptbxl.table
+    ids = [int(i) for fold in range(1, 11) for i in table.index[table.strat_fold == fold][:24]]
+    ptbxl_pack.unpack_wfdb(str(SHARED / "ptbxl"), str(root / "wfdb"), ecg_ids=ids)
+    paths = [root / "wfdb" / f"records100/{i // 1000 * 1000:05d}/{i:05d}_lr" for i in ids]
+    build_cache(paths, table.loc[ids, ["strat_fold"]].reset_index(), root / "cache",
+                PrepConfig(fs=100.0, bandpass=None, window_s=10.0), "test", workers=1, progress=False)
+    (root / "exclude.tsv").write_text("".join(f"{k}\t{i}\n" for k, i in enumerate(ids[:5])))
+    return root, ids
+
+
+@needs_shared
+def test_encoder_pretraining_recipe_and_resume(subset):
+    root, ids = subset
+    recipe = {"stage": "encoder_pretraining", "output_dir": str(root / "run"), "ecg_cache": str(root / "cache"),
+              "ptbxl": str(SHARED / "ptbxl"), "encoder": "resnet1d",
+              "encoder_kwargs": {"widths": [8, 16], "n_tokens": 4, "blocks_per_stage": 1},
+              "epochs": 2, "batch_size": 32, "exclude_ids_file": str(root / "exclude.tsv")}
+    (root / "r.yaml").write_text(yaml.safe_dump(recipe))
+    cli = [sys.executable, "-m", "ecgllm.serving.cli", "train", str(root / "r.yaml"), "--quiet"]
+    result = subprocess.run(cli, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "fold-10 macro AUC" in result.stdout
+    out = json.loads((root / "run/result.json").read_text())
+    assert 0.0 <= out["super_macro_auc"] <= 1.0 and 0.0 <= out["all71_macro_auc"] <= 1.0
+    assert out["train_records"] == 8 * 24 - 5 and out["excluded_records"] == 5  # folds 1-8 minus excluded
+    assert (root / "run/encoder.safetensors").exists()
+    # re-running the same recipe resumes from the last finished epoch instead of training again
+    again = subprocess.run(cli, capture_output=True, text=True)
+    assert again.returncode == 0
+    epochs = [json.loads(line)["epoch"] for line in (root / "run/metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+    assert json.loads((root / "run/result.json").read_text())["super_macro_auc"] == out["super_macro_auc"]
+
+
+def test_macro_auc_uses_scores_and_skips_single_class_columns():
+    import numpy as np
+
+    from ecgllm.training.pretrain_encoder import macro_auc
+
+    y = np.array([[1, 0, 1], [0, 0, 1], [1, 0, 1], [0, 0, 1]])
+    scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.5], [0.6, 0.2, 0.5], [0.4, 0.1, 0.5]])
+    assert macro_auc(y, scores) == 1.0  # only column 0 has both classes
