@@ -160,7 +160,7 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_data_commands(sub: argparse._SubParsersAction, formatter: type, exit_help: str) -> None:
-    data = sub.add_parser("data", help="download datasets and build training caches",
+    data = sub.add_parser("data", help="download, cache, measure and generate datasets",
                           description="Dataset tools.", formatter_class=formatter)
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
