@@ -205,3 +205,18 @@ def test_download_unreachable_host(tmp_path, capsys):
     assert main(["data", "download", "ptbxl", "--out", str(tmp_path), "--url", "http://127.0.0.1:9/",
                  "--quiet"]) == 3
     assert "cannot fetch the file list" in capsys.readouterr().err
+
+
+def test_cache_marks_unreadable_records_instead_of_failing(tmp_path):
+    good = FIXTURES / "ptbxl/records100/00000/00001_lr"
+    for ext in (".hea", ".dat"):
+        shutil.copyfile(FIXTURES / f"ptbxl/records100/00000/00002_lr{ext}", tmp_path / f"00002_lr{ext}")
+    dat = tmp_path / "00002_lr.dat"
+    dat.write_bytes(dat.read_bytes()[:1000])  # truncated
+    index = PTBXL.load(FIXTURES / "ptbxl").table[["strat_fold"]].reset_index()
+    out = build_cache([good, tmp_path / "00002_lr"], index, tmp_path / "c", PrepConfig(bandpass=None), "test",
+                      workers=1, progress=False)
+    cache = ECGCache.open(out)
+    assert cache.index["ok"].tolist() == [True, False]
+    assert cache.meta["n_failed"] == 1 and "00002_lr" in cache.meta["failures"][0]
+    assert np.abs(cache.batch([1])).max() > 0 and np.abs(cache.batch([2])).max() == 0

@@ -35,8 +35,8 @@ def _init_worker(out_path: str, config: dict) -> None:
     _state["config"] = PrepConfig.from_dict(config)
 
 
-def _fill(job: tuple[int, list[str]]) -> tuple[int, list[str]]:
-    """Read and prepare one chunk of records into the shared output; return (count, failures)."""
+def _fill(job: tuple[int, list[str]]) -> tuple[int, list[tuple[int, str]]]:
+    """Read and prepare one chunk of records into the shared output; return (count, [(row, error)])."""
     from ecgllm.io import ECGReadError, read_ecg
     from ecgllm.signal import prepare_batch
 
@@ -47,7 +47,7 @@ def _fill(job: tuple[int, list[str]]) -> tuple[int, list[str]]:
             ecgs.append(read_ecg(p))
             rows.append(start + i)
         except ECGReadError as exc:
-            failures.append(str(exc))
+            failures.append((start + i, str(exc)))
     if ecgs:
         signals, _ = prepare_batch(ecgs, _state["config"])
         _state["out"][rows] = signals.astype(np.float16)
@@ -73,7 +73,7 @@ def build_cache(paths: list[Path], index: pd.DataFrame, out: str | Path, config:
         shape = (len(paths), len(config.leads), config.n_samples)
         np.lib.format.open_memmap(signals_path, mode="w+", dtype=np.float16, shape=shape).flush()
         jobs = [(i, [str(p) for p in paths[i:i + CHUNK]]) for i in range(0, len(paths), CHUNK)]
-        failures: list[str] = []
+        failures: list[tuple[int, str]] = []
         bar = tqdm(total=len(paths), unit="rec", desc="preparing", disable=not progress)
         args = (str(signals_path), config.to_dict())
         if workers <= 1:
@@ -92,14 +92,13 @@ def build_cache(paths: list[Path], index: pd.DataFrame, out: str | Path, config:
         index = index.reset_index(drop=True).copy()
         index.insert(0, "row", np.arange(len(index)))
         index["ok"] = True
-        if failures:
-            bad = {Path(f.split(":")[0]).stem for f in failures}
-            index.loc[[Path(p).stem in bad for p in paths], "ok"] = False
+        index.loc[[row for row, _ in failures], "ok"] = False  # their rows stay zero in signals.npy
         index.to_csv(tmp / "index.csv", index=False)
         meta = {"fs": config.fs, "leads": list(config.leads), "samples": config.n_samples, "dtype": "float16",
                 "units": "mV", "n_records": len(paths), "n_failed": len(failures), "prep": config.to_dict(),
                 "source": source, "ecgllm_version": __version__,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "failures": failures[:100]}
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "failures": [message for _, message in failures[:100]]}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         tmp.rename(out)
     except BaseException:

@@ -132,7 +132,7 @@ def _compare(t: Template, a: RecordAttributes, b: RecordAttributes, values: list
     return sorted(result) or ["none"]
 
 
-def fill(pattern: str, values: list[str], lead: str | None, attribute_type: str) -> str:
+def fill(pattern: str, values: list[str], lead: str | None) -> str:
     """Put the chosen values into a template pattern (``${lead}`` reads "lead aVL")."""
     text = pattern
     if lead is not None:
@@ -169,9 +169,9 @@ def regenerate_answer(sample, attributes: dict[int, RecordAttributes]) -> list[s
     values, lead = _regenerate_inputs(t, sample)
     if (t.scope == "noise_lead" and lead is None) or (t.kind == "verify" and _names_a_value(t) and not values):
         return None
-    if t.op == "verify_any" or t.kind == "query" and t.scope not in ("noise_leads", "numeric_range",
-                                                                      "numeric_in_range"):
-        values = []
+    narrowed = t.scope in ("noise_leads", "numeric_range", "numeric_in_range")
+    if t.op == "verify_any" or (t.kind == "query" and not narrowed):
+        values = []  # the question names no value; the official attribute field lists answers instead
     return answer_for(t, [attributes[e] for e in sample.ecg_id], values, lead)
 
 
@@ -317,7 +317,7 @@ class ECGQAGenerator:
             if found is None:
                 continue
             ecg_ids, values, lead, answer = found
-            question = fill(t.pattern, values, lead, t.attribute_type)
+            question = fill(t.pattern, values, lead)
             qid = question_ids.setdefault((t.template_id, question), len(question_ids))
             out.append({
                 "template_id": t.template_id, "question_id": qid, "sample_id": start_id + len(out),
