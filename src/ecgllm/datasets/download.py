@@ -15,11 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from ecgllm.errors import InputError
+
 PTBXL_URL = "https://physionet.org/files/ptb-xl/1.0.3/"
 BLOCK = 1 << 16
 
 
-class DownloadError(Exception):
+class DownloadError(InputError):
     """A file could not be fetched or failed verification; the message names it."""
 
 

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ecgllm.errors import InputError
+
 SPLITS = ("train", "valid", "test")
 VARIANTS = ("template", "paraphrased")
 QUESTION_TYPES = (
@@ -25,7 +27,7 @@ QUESTION_TYPES = (
 ATTRIBUTE_TYPES = ("scp_code", "noise", "stage_of_infarction", "extra_systole", "heart_axis", "numeric_feature")
 
 
-class ECGQAFormatError(Exception):
+class ECGQAFormatError(InputError):
     """A file does not follow the official ECG-QA format; the message names it and the problem."""
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ecgllm.errors import InputError
+
 SPLIT_FOLDS = {"train": tuple(range(1, 9)), "valid": (9,), "test": (10,)}
 SUPERCLASSES = ("NORM", "MI", "STTC", "CD", "HYP")
 LABEL_KINDS = ("all", "diagnostic", "superclass", "subclass", "form", "rhythm")
@@ -25,7 +27,7 @@ METADATA_COLUMNS = ("report", "heart_axis", "infarction_stadium1", "infarction_s
                     "validated_by_human", "recording_date", "device", "site", "nurse")
 
 
-class DatasetError(Exception):
+class DatasetError(InputError):
     """A dataset folder or table is missing or malformed; the message says what to provide."""
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ecgllm.errors import InputError
 
-class ECGReadError(Exception):
+
+class ECGReadError(InputError):
     """Base class: the file could not be turned into a valid ECG record."""
 
     def __init__(self, path: str | Path | None, problem: str, hint: str = "") -> None:

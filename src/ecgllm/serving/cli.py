@@ -14,27 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from ecgllm import __version__
-from ecgllm.io import ECG, ECGQualityWarning, ECGReadError, read_ecg
+from ecgllm.errors import InputError
+from ecgllm.io import ECG, ECGQualityWarning, read_ecg
+from ecgllm.serving.exit_codes import (
+    EXIT_CODES_HELP, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE,
+)
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT = 0, 1, 2, 3, 4
-
-
-def _dataset_errors() -> tuple[type[Exception], ...]:
-    from ecgllm.datasets.download import DownloadError
-    from ecgllm.datasets.ecgqa import ECGQAFormatError
-    from ecgllm.datasets.ptbxl import DatasetError
-
-    return (DatasetError, ECGQAFormatError, DownloadError)
-
-
-DATASET_ERRORS = _dataset_errors()
 BUNDLED = Path(__file__).resolve().parents[1] / "data"
-EXIT_CODES_HELP = """exit codes:
-  0  success
-  2  bad command-line usage
-  3  the input file cannot be read as an ECG (the message says why and what to do)
-  4  the output file could not be written
-  1  unexpected internal error (re-run with --debug for the traceback)"""
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -227,24 +213,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ecgllm.training.config import RecipeError, load_encoder_recipe, load_recipe, recipe_stage
+    from ecgllm.training.config import load_encoder_recipe, load_recipe, recipe_stage
 
-    try:
-        stage = recipe_stage(args.recipe)
-        if stage == "encoder_pretraining":
-            from ecgllm.training.pretrain_encoder import pretrain_encoder
+    if recipe_stage(args.recipe) == "encoder_pretraining":
+        from ecgllm.training.pretrain_encoder import pretrain_encoder
 
-            result = pretrain_encoder(load_encoder_recipe(args.recipe), progress=not args.quiet)
-            print(f"fold-10 macro AUC: superclasses {result['super_macro_auc']:.4f}, "
-                  f"71 statements {result['all71_macro_auc']:.4f}; {result['epoch_s']:.0f} s/epoch")
-            return EXIT_OK
-        config = load_recipe(args.recipe)
-    except RecipeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+        result = pretrain_encoder(load_encoder_recipe(args.recipe), progress=not args.quiet)
+        print(f"fold-10 macro AUC: superclasses {result['super_macro_auc']:.4f}, "
+              f"71 statements {result['all71_macro_auc']:.4f}; {result['epoch_s']:.0f} s/epoch")
+        return EXIT_OK
     from ecgllm.training.loop import train
 
-    final = train(config, progress=not args.quiet)
+    final = train(load_recipe(args.recipe), progress=not args.quiet)
     print(f"wrote {final}")
     return EXIT_OK
 
@@ -257,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.func(args))
-    except (ECGReadError, *DATASET_ERRORS) as exc:
+    except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""`ecgllm data ...`: download datasets and build training caches."""
+"""`ecgllm data ...`: download, cache, measure and generate datasets."""
 
 from __future__ import annotations
 
@@ -6,22 +6,18 @@ import argparse
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT = 0, 2, 3, 4
+from ecgllm.serving.exit_codes import EXIT_INPUT, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from ecgllm.datasets.cache import build_cache
-    from ecgllm.datasets.ptbxl import DatasetError, PTBXL
+    from ecgllm.datasets.ptbxl import PTBXL
     from ecgllm.io.formats.wfdb_format import ptbxl_record_path
     from ecgllm.io.errors import ECGFileNotFoundError
     from ecgllm.signal import PrepConfig
 
     source = Path(args.source)
-    try:
-        ptbxl = PTBXL.load(args.metadata or source, records_root=source)
-    except DatasetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+    ptbxl = PTBXL.load(args.metadata or source, records_root=source)
     if ptbxl.root is None:
         print(f"error: {source}: no records100/ or records500/ folder. Unpack or download PTB-XL first "
               "(ecgllm data download ptbxl --out DIR).", file=sys.stderr)
@@ -55,14 +51,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from ecgllm.datasets.download import DownloadError, download_ptbxl
+    from ecgllm.datasets.download import download_ptbxl
 
-    try:
-        report = download_ptbxl(args.out, base_url=args.url, fs=args.fs, workers=args.workers,
-                                progress=not args.quiet)
-    except DownloadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+    report = download_ptbxl(args.out, base_url=args.url, fs=args.fs, workers=args.workers, progress=not args.quiet)
     print(f"{args.out}: {report.downloaded} files downloaded ({report.resumed} resumed), "
           f"{report.skipped} already present and verified, {report.bytes / 2**20:.1f} MiB")
     return EXIT_OK

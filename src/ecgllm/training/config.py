@@ -8,11 +8,13 @@ from typing import Any
 
 import yaml
 
+from ecgllm.errors import InputError
+
 from ecgllm.models.ecg_lm import EcgLMConfig
 from ecgllm.signal.prepare import PrepConfig
 
 
-class RecipeError(Exception):
+class RecipeError(InputError):
     """A recipe is missing a key, has an unknown one, or a value of the wrong kind."""
 
 
