@@ -127,15 +127,18 @@ class ECGCache:
         signals = np.load(path / "signals.npy", mmap_mode="r")
         return cls(path=path, signals=signals, index=index, meta=meta)
 
+    def __post_init__(self) -> None:
+        # Built once: batch() runs for every training item.
+        self._row_of = dict(zip(self.index["ecg_id"].tolist(), self.index["row"].tolist()))
+
     def __len__(self) -> int:
         return int(self.signals.shape[0])
 
     def rows(self, ecg_ids) -> np.ndarray:
-        lookup = pd.Series(self.index["row"].to_numpy(), index=self.index["ecg_id"].to_numpy())
-        missing = [i for i in ecg_ids if i not in lookup.index]
+        missing = [i for i in ecg_ids if int(i) not in self._row_of]
         if missing:
             raise KeyError(f"ecg ids not in the cache: {missing[:10]}")
-        return lookup.loc[list(ecg_ids)].to_numpy()
+        return np.asarray([self._row_of[int(i)] for i in ecg_ids], dtype=np.int64)
 
     def batch(self, ecg_ids) -> np.ndarray:
         """Signals of the given ids, float32 ``[B, leads, T]``, in the order asked."""

@@ -8,7 +8,6 @@ ECGs from training, e.g. every ECG-QA test ECG when the encoder will answer ECG-
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -183,5 +182,4 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
     (out / "encoder_config.json").write_text(json.dumps({"encoder": config.encoder,
                                                          "encoder_kwargs": config.encoder_kwargs}, indent=2))
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    shutil.rmtree(out / "tmp", ignore_errors=True)
     return result
