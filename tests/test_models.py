@@ -141,6 +141,37 @@ def test_save_and_load_round_trip(tmp_path, tiny_tokenizer, ecgs, policy, encode
     assert loaded_processor.prep == processor.prep
 
 
+def test_pretrained_encoder_starts_the_llm_stage_and_its_labels_travel_with_the_checkpoint(tmp_path, tiny_tokenizer):
+    import copy
+    import json
+
+    from ecgllm.training.pretrain_encoder import save_encoder
+
+    kwargs = {"widths": [16, 32], "n_tokens": 4}
+    torch.manual_seed(1)
+    pretrained = build_encoder("resnet1d", **kwargs)
+    (tmp_path / "enc").mkdir()
+    save_encoder(tmp_path / "enc", pretrained, "resnet1d", kwargs, "mv", 100.0)
+    (tmp_path / "enc/labels.json").write_text(json.dumps({"superclass": ["CD", "HYP", "MI", "NORM", "STTC"]}))
+    config = EcgLMConfig(llm="tiny", encoder="resnet1d", encoder_kwargs=kwargs, encoder_init=str(tmp_path / "enc"),
+                         lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]})
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    model, processor = EcgLanguageModel.build(config, ProcessorConfig(), llm=tiny_llm(len(tokenizer)), tokenizer=tokenizer)
+    for name, value in pretrained.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[name], value), name
+    model.save_pretrained(tmp_path / "ckpt", processor)
+    loaded, _ = EcgLanguageModel.from_pretrained(tmp_path / "ckpt", llm=tiny_llm(len(tokenizer)))
+    assert loaded.label_vocab["superclass"][3] == "NORM"
+    # an encoder trained on z-scored input must not silently receive millivolts, nor another architecture
+    save_encoder(tmp_path / "enc", pretrained, "resnet1d", kwargs, "zscore", 100.0)
+    with pytest.raises(ValueError, match="normalize"):
+        EcgLanguageModel.build(config, ProcessorConfig(), llm=tiny_llm(len(tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))
+    other = EcgLMConfig(llm="tiny", encoder="resnet1d", encoder_kwargs={"widths": [16, 16], "n_tokens": 4},
+                        encoder_init=str(tmp_path / "enc"))
+    with pytest.raises(ValueError, match="recipe asks for"):
+        EcgLanguageModel.build(other, ProcessorConfig(), llm=tiny_llm(len(tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))
+
+
 def test_generation_returns_new_tokens(tiny_tokenizer, ecgs):
     model, processor = make(tiny_tokenizer)
     model.eval()

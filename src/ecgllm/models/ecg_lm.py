@@ -48,6 +48,7 @@ class EcgLMConfig:
     projector: str = "mlp2x_gelu"
     llm_policy: str = "lora"
     encoder_policy: str = "trained"
+    encoder_init: str | None = None              # a finished encoder pretraining run to start from
     lora: dict = field(default_factory=lambda: {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
                                                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]})
 
@@ -71,6 +72,7 @@ class EcgLanguageModel(nn.Module):
         hidden = llm.get_input_embeddings().embedding_dim
         self.projector = build_projector(config.projector, self.encoder.dim, hidden)
         self.ecg_token_id = ecg_token_id
+        self.label_vocab: dict[str, list[str]] = {}  # label vocabularies of the pretrained encoder, if any
         self._apply_policies()
 
     # ------------------------------------------------------------------------------------ building
@@ -87,7 +89,32 @@ class EcgLanguageModel(nn.Module):
         processor_config.n_ecg_tokens = encoder.n_tokens
         processor = EcgProcessor(tokenizer, processor_config)
         add_ecg_token_rows(llm, len(tokenizer))
-        return cls(config, llm, processor.ecg_token_id), processor
+        model = cls(config, llm, processor.ecg_token_id)
+        if config.encoder_init:
+            model.load_pretrained_encoder(config.encoder_init, processor_config.prep)
+        return model, processor
+
+    def load_pretrained_encoder(self, folder: str | Path, prep: dict) -> None:
+        """Start from an encoder pretraining run: its weights, label vocabulary, and a check that the
+        processor feeds the encoder the input it was trained on."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        try:
+            saved = json.loads((folder / "encoder_config.json").read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"encoder_init: {folder} holds no encoder_config.json; point it at a "
+                                    f"finished `ecgllm train` encoder run") from None
+        if saved["encoder"] != self.config.encoder or saved["encoder_kwargs"] != self.config.encoder_kwargs:
+            raise ValueError(f"encoder_init: {folder} holds {saved['encoder']} {saved['encoder_kwargs']}, the "
+                             f"recipe asks for {self.config.encoder} {self.config.encoder_kwargs}")
+        expected = {"mv": "none", "zscore": "zscore"}[saved["input"]["normalize"]]
+        if prep.get("normalize") != expected or float(prep.get("fs", 0)) != float(saved["input"]["fs"]):
+            raise ValueError(f"encoder_init: the encoder was trained on {saved['input']} input; set prep.fs to "
+                             f"{saved['input']['fs']} and prep.normalize to {expected!r}")
+        self.encoder.load_state_dict(load_file(folder / "encoder.safetensors"))
+        if (folder / "labels.json").exists():
+            self.label_vocab = json.loads((folder / "labels.json").read_text())
 
     def _apply_policies(self) -> None:
         if self.config.llm_policy == "lora":
@@ -144,6 +171,8 @@ class EcgLanguageModel(nn.Module):
         elif self.config.llm_policy == "full":
             self.llm.save_pretrained(directory / "llm", safe_serialization=True)
         processor.save_pretrained(directory)
+        if self.label_vocab:
+            (directory / "labels.json").write_text(json.dumps(self.label_vocab) + "\n")
         return directory
 
     @classmethod
@@ -176,4 +205,6 @@ class EcgLanguageModel(nn.Module):
             config.llm_policy = "lora"
         model.encoder.load_state_dict(load_file(directory / "encoder.safetensors"))
         model.projector.load_state_dict(load_file(directory / "projector.safetensors"))
+        if (directory / "labels.json").exists():
+            model.label_vocab = json.loads((directory / "labels.json").read_text())
         return model.eval(), processor

@@ -215,7 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args: argparse.Namespace) -> int:
     from ecgllm.training.config import load_encoder_recipe, load_recipe, recipe_stage
 
-    if recipe_stage(args.recipe) == "encoder_pretraining":
+    stage = recipe_stage(args.recipe)
+    if stage == "encoder_contrastive":
+        from ecgllm.training.contrastive import pretrain_contrastive
+
+        result = pretrain_contrastive(load_encoder_recipe(args.recipe), progress=not args.quiet)
+        print(f"contrastive pretraining done: valid loss {result['history'][-1]['valid_loss']:.4f}; "
+              f"encoder in {load_encoder_recipe(args.recipe).output_dir}")
+        return EXIT_OK
+    if stage == "encoder_pretraining":
         from ecgllm.training.pretrain_encoder import pretrain_encoder
 
         result = pretrain_encoder(load_encoder_recipe(args.recipe), progress=not args.quiet)

@@ -91,12 +91,15 @@ def recipe_stage(path: str | Path) -> str:
 
 
 def load_encoder_recipe(path: str | Path):
-    """An ``encoder_pretraining`` recipe as `EncoderPretrainConfig`."""
+    """An ``encoder_pretraining`` recipe as `EncoderPretrainConfig`, or an ``encoder_contrastive`` one as
+    `ContrastiveConfig`."""
+    from ecgllm.training.contrastive import ContrastiveConfig
     from ecgllm.training.pretrain_encoder import EncoderPretrainConfig
 
     raw = _read_yaml(Path(path))
-    raw.pop("stage", None)
-    return _build(EncoderPretrainConfig, raw, str(path))
+    stage = raw.pop("stage", "encoder_pretraining")
+    cls = ContrastiveConfig if stage == "encoder_contrastive" else EncoderPretrainConfig
+    return _build(cls, raw, str(path))
 
 
 def load_recipe(path: str | Path) -> TrainConfig:

@@ -11,12 +11,16 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from ecgllm.models.encoders import build_encoder
+
+if TYPE_CHECKING:
+    from ecgllm.datasets.ptbxl import PTBXL
 
 
 @dataclass
@@ -34,6 +38,8 @@ class EncoderPretrainConfig:
     crop_s: float = 2.5
     eval_stride_s: float = 1.25
     exclude_ids_file: str | None = None  # e.g. ECG-QA test_ecgs.tsv (second column = ecg_id)
+    init_encoder: str | None = None    # a finished encoder run (e.g. contrastive) to start from
+    ema_decay: float = 0.0             # > 0 scores and saves an exponential moving average of the weights
     seed: int = 0
     threads: int | None = None
 
@@ -86,42 +92,95 @@ def macro_auc(y: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(y[:, keep], scores[:, keep], average="macro"))
 
 
-def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> dict:
-    from accelerate.utils import set_seed
-    from tqdm import tqdm
+@dataclass
+class PTBXLArrays:
+    """Signals and labels of a prepared PTB-XL cache with the standard split (folds 1-8 / 9 / 10)."""
 
+    ids: np.ndarray
+    signals: np.ndarray              # [N, leads, T] float32, normalised as configured
+    y: np.ndarray                    # [N, 71 + 5] multi-hot: the 71 statements, then the superclasses
+    classes71: list[str]
+    superclasses: list[str]
+    train: np.ndarray                # row indices
+    valid: np.ndarray
+    test: np.ndarray
+    excluded: int
+    fs: float
+
+
+def load_ptbxl_arrays(ecg_cache: str, ptbxl_dir: str, normalize: str,
+                      exclude_ids_file: str | None = None) -> tuple[PTBXLArrays, "PTBXL"]:
     from ecgllm.datasets.cache import ECGCache
     from ecgllm.datasets.ptbxl import PTBXL
+
+    cache = ECGCache.open(ecg_cache)
+    ptbxl = PTBXL.load(ptbxl_dir)
+    ids = cache.index["ecg_id"].to_numpy()
+    _, classes71, y71 = ptbxl.label_matrix("all", ids)
+    _, supers, ysup = ptbxl.label_matrix("superclass", ids)
+    folds = ptbxl.table.loc[ids, "strat_fold"].to_numpy()
+    excluded = _read_excluded(exclude_ids_file)
+    raw = cache.load_all()
+    # z-scoring removes absolute voltage (voltage criteria of hypertrophy, low QRS voltage); "mv" keeps it.
+    if normalize == "zscore":
+        signals = _zscore(raw)
+    elif normalize == "mv":
+        signals = raw - raw.mean(-1, keepdims=True)  # remove each lead's offset, keep its voltage
+    else:
+        raise ValueError(f"normalize must be 'zscore' or 'mv', got {normalize!r}")
+    arrays = PTBXLArrays(ids=ids, signals=signals.astype(np.float32),
+                         y=np.concatenate([y71, ysup], 1).astype(np.float32), classes71=list(classes71),
+                         superclasses=list(supers),
+                         train=np.flatnonzero((folds <= 8) & ~np.isin(ids, list(excluded))),
+                         valid=np.flatnonzero(folds == 9), test=np.flatnonzero(folds == 10),
+                         excluded=len(excluded), fs=float(cache.meta["fs"]))
+    return arrays, ptbxl
+
+
+def random_crops(signals: np.ndarray, rows: np.ndarray, offsets: np.ndarray, crop: int) -> torch.Tensor:
+    return torch.from_numpy(np.stack([signals[r, :, o:o + crop] for r, o in zip(rows, offsets)]))
+
+
+def load_encoder_weights(encoder: nn.Module, folder: str) -> None:
+    """Initialise ``encoder`` from another run's ``encoder.safetensors`` (e.g. contrastive pretraining)."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / "encoder.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"init_encoder: {path} not found (point it at a finished encoder run)")
+    encoder.load_state_dict(load_file(path))
+
+
+def save_encoder(out: Path, encoder: nn.Module, name: str, kwargs: dict, normalize: str, fs: float) -> None:
+    """Encoder weights plus what a later stage needs to feed it the same input."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, out / "encoder.safetensors")
+    (out / "encoder_config.json").write_text(json.dumps({"encoder": name, "encoder_kwargs": kwargs,
+                                                         "input": {"normalize": normalize, "fs": fs}}, indent=2))
+
+
+def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> dict:
+    from accelerate.utils import set_seed
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    from tqdm import tqdm
 
     if config.threads:
         torch.set_num_threads(config.threads)
     set_seed(config.seed)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cache = ECGCache.open(config.ecg_cache)
-    fs = float(cache.meta["fs"])
-    ptbxl = PTBXL.load(config.ptbxl)
-    ids = cache.index["ecg_id"].to_numpy()
-    _, classes71, y71 = ptbxl.label_matrix("all", ids)
-    _, supers, ysup = ptbxl.label_matrix("superclass", ids)
-    y = np.concatenate([y71, ysup], 1).astype(np.float32)
-    folds = ptbxl.table.loc[ids, "strat_fold"].to_numpy()
-    excluded = _read_excluded(config.exclude_ids_file)
-    train = np.flatnonzero((folds <= 8) & ~np.isin(ids, list(excluded)))
-    valid, test = np.flatnonzero(folds == 9), np.flatnonzero(folds == 10)
-    raw = cache.load_all()
-    # z-scoring removes absolute voltage (voltage criteria of hypertrophy, low QRS voltage); "mv" keeps it.
-    if config.normalize == "zscore":
-        signals = _zscore(raw)
-    elif config.normalize == "mv":
-        signals = raw - raw.mean(-1, keepdims=True)  # remove each lead's offset, keep its voltage
-    else:
-        raise ValueError(f"normalize must be 'zscore' or 'mv', got {config.normalize!r}")
-    signals = signals.astype(np.float32)
-    crop, stride = int(config.crop_s * fs), int(config.eval_stride_s * fs)
+    data, _ = load_ptbxl_arrays(config.ecg_cache, config.ptbxl, config.normalize, config.exclude_ids_file)
+    signals, y, train, valid, test = data.signals, data.y, data.train, data.valid, data.test
+    crop, stride = int(config.crop_s * data.fs), int(config.eval_stride_s * data.fs)
 
     encoder = build_encoder(config.encoder, **config.encoder_kwargs)
+    if config.init_encoder:
+        load_encoder_weights(encoder, config.init_encoder)
     model = EncoderClassifier(encoder, y.shape[1])
+    # An exponential moving average of the weights scores more smoothly than the last step's weights.
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+           if config.ema_decay else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = int(np.ceil(len(train) / config.batch_size))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps_per_epoch)
@@ -133,12 +192,12 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng"])
         start_epoch, history = state["epoch"], state["history"]
-    rng = np.random.default_rng(config.seed)
-    for _ in range(start_epoch):
-        rng.permutation(len(train))  # keep the data order identical to an uninterrupted run
     for epoch in range(start_epoch, config.epochs):
+        rng = np.random.default_rng([config.seed, epoch])  # per epoch, so a resumed run sees the same data
         model.train()
         t0 = time.time()
         order = train[rng.permutation(len(train))]
@@ -148,15 +207,17 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
         for b in bar:
             rows = order[b * config.batch_size:(b + 1) * config.batch_size]
             offs = offsets[b * config.batch_size:(b + 1) * config.batch_size]
-            x = torch.from_numpy(np.stack([signals[r, :, o:o + crop] for r, o in zip(rows, offs)]))
-            loss = loss_fn(model(x), torch.from_numpy(y[rows]))
+            loss = loss_fn(model(random_crops(signals, rows, offs, crop)), torch.from_numpy(y[rows]))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             losses.append(loss.item())
         epoch_s = time.time() - t0
-        scores = score_records(model, signals[valid], crop, stride)
+        scorer = model if ema is None else ema.module
+        scores = score_records(scorer, signals[valid], crop, stride)
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "epoch_s": round(epoch_s, 1),
                  "valid_super_auc": round(macro_auc(y[valid, 71:], scores[:, 71:]), 4),
                  "valid_all71_auc": round(macro_auc(y[valid, :71], scores[:, :71]), 4)}
@@ -166,20 +227,22 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
         tmp = out / "checkpoint.pt.tmp"
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch + 1,
-                    "history": history}, tmp)
+                    "history": history, "ema": None if ema is None else ema.state_dict()}, tmp)
         tmp.replace(state_path)
-    scores = score_records(model, signals[test], crop, stride)
+    final = model if ema is None else ema.module
+    scores = score_records(final, signals[test], crop, stride)
     result = {"encoder": config.encoder, "encoder_kwargs": config.encoder_kwargs,
               "params": sum(p.numel() for p in encoder.parameters()),
               "super_macro_auc": round(macro_auc(y[test, 71:], scores[:, 71:]), 4),
               "all71_macro_auc": round(macro_auc(y[test, :71], scores[:, :71]), 4),
               "epoch_s": round(float(np.median([h["epoch_s"] for h in history])), 1), "epochs": config.epochs,
-              "train_records": int(len(train)), "excluded_records": int(len(excluded)), "history": history,
+              "train_records": int(len(train)), "excluded_records": data.excluded, "history": history,
               "config": asdict(config)}
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, out / "encoder.safetensors")
-    (out / "encoder_config.json").write_text(json.dumps({"encoder": config.encoder,
-                                                         "encoder_kwargs": config.encoder_kwargs}, indent=2))
+    save_encoder(out, final.encoder, config.encoder, config.encoder_kwargs, config.normalize, data.fs)
+    # The classifier head and its label vocabulary serve the classifier baselines and the text-tags pipeline.
+    save_file({k: v.contiguous() for k, v in final.head.state_dict().items()}, out / "head.safetensors")
+    (out / "labels.json").write_text(json.dumps({"all71": data.classes71, "superclass": data.superclasses}) + "\n")
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

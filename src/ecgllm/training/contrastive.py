@@ -1,0 +1,190 @@
+"""Contrastive ECG–text pretraining (CLIP-style) on PTB-XL: each ECG is pulled towards the text written about
+it (its free-text report where the metadata has one, and/or the descriptions of its SCP statements) and away
+from the other texts in the batch.
+
+The text tower is deliberately small: character n-gram TF-IDF (the reports are mostly German, the statement
+descriptions English) reduced by truncated SVD, then a trainable two-layer MLP. Many records share the same
+text ("sinus rhythm; normal ECG"), so targets are soft: every batch item with the identical text counts as a
+positive instead of a false negative.
+
+The encoder it produces is meant as the starting point of supervised pretraining (``init_encoder``); the
+benchmark ``benchmarks/bench_contrastive.py`` measures whether that start helps on fold 10.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ecgllm.models.encoders import build_encoder
+from ecgllm.training.pretrain_encoder import load_ptbxl_arrays, random_crops, save_encoder
+
+TEXT_SOURCES = ("report", "statements", "both")
+
+
+@dataclass
+class ContrastiveConfig:
+    output_dir: str
+    ecg_cache: str
+    ptbxl: str
+    encoder: str = "resnet1d"
+    encoder_kwargs: dict = field(default_factory=dict)
+    text: str = "both"                 # "report", "statements" or "both"
+    text_features: int = 256           # SVD components of the TF-IDF text features
+    embed_dim: int = 128
+    epochs: int = 10
+    batch_size: int = 256              # in-batch negatives: larger is better, memory allowing
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    normalize: str = "mv"
+    crop_s: float = 2.5
+    exclude_ids_file: str | None = None
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.text not in TEXT_SOURCES:
+            raise ValueError(f"text must be one of {TEXT_SOURCES}, got {self.text!r}")
+
+
+def record_texts(ptbxl, ids: np.ndarray, source: str) -> list[str]:
+    """The text paired with each record ('' when the record has none of the requested kind)."""
+    descriptions = ptbxl.statements["description"].to_dict()
+    has_report = "report" in ptbxl.table.columns
+    texts = []
+    for ecg_id in ids:
+        parts = []
+        if source in ("report", "both") and has_report:
+            report = ptbxl.table.at[int(ecg_id), "report"]
+            if isinstance(report, str) and report.strip():
+                parts.append(report.strip().lower())
+        if source in ("statements", "both"):
+            codes = sorted(ptbxl.labels(int(ecg_id), "all"))
+            parts.append("; ".join(descriptions.get(c, c) for c in codes))
+        texts.append(" | ".join(p for p in parts if p))
+    return texts
+
+
+def text_features(texts: list[str], fit_rows: np.ndarray, n_components: int, seed: int) -> np.ndarray:
+    """TF-IDF (character 3-5-grams) -> truncated SVD -> standardised, fitted on the training rows only."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), min_df=3, sublinear_tf=True)
+    vectorizer.fit([texts[i] for i in fit_rows])
+    matrix = vectorizer.transform(texts)
+    n_components = min(n_components, matrix.shape[1] - 1)
+    svd = TruncatedSVD(n_components, random_state=seed).fit(matrix[fit_rows])
+    feats = svd.transform(matrix)
+    mean, std = feats[fit_rows].mean(0), feats[fit_rows].std(0) + 1e-6
+    return ((feats - mean) / std).astype(np.float32)
+
+
+class ECGTextModel(nn.Module):
+    def __init__(self, encoder: nn.Module, text_dim: int, embed_dim: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.ecg_proj = nn.Linear(encoder.dim, embed_dim)
+        self.text_proj = nn.Sequential(nn.Linear(text_dim, 2 * embed_dim), nn.GELU(), nn.Linear(2 * embed_dim, embed_dim))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def forward(self, ecg: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        e = F.normalize(self.ecg_proj(self.encoder.pool(self.encoder(ecg))), dim=-1)
+        t = F.normalize(self.text_proj(text), dim=-1)
+        return self.logit_scale.clamp(max=math.log(100)).exp() * e @ t.T
+
+
+def clip_loss(logits: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
+    """Symmetric cross-entropy with soft targets: items sharing a text are all positives."""
+    same = (text_ids[:, None] == text_ids[None, :]).float()
+    targets = same / same.sum(1, keepdim=True)
+    return 0.5 * (torch.sum(-targets * F.log_softmax(logits, 1), 1).mean()
+                  + torch.sum(-targets * F.log_softmax(logits.T, 1), 1).mean())
+
+
+@torch.no_grad()
+def _valid_loss(model: ECGTextModel, signals, feats, text_ids, rows, crop: int, batch: int) -> float:
+    model.eval()
+    start = (signals.shape[-1] - crop) // 2
+    losses = []
+    for i in range(0, len(rows) - batch + 1, batch):  # full batches only: the loss depends on batch size
+        r = rows[i:i + batch]
+        x = torch.from_numpy(signals[r, :, start:start + crop])
+        losses.append(clip_loss(model(x, torch.from_numpy(feats[r])), torch.from_numpy(text_ids[r])).item())
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def pretrain_contrastive(config: ContrastiveConfig, progress: bool = True) -> dict:
+    from accelerate.utils import set_seed
+    from tqdm import tqdm
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    set_seed(config.seed)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data, ptbxl = load_ptbxl_arrays(config.ecg_cache, config.ptbxl, config.normalize, config.exclude_ids_file)
+    texts = record_texts(ptbxl, data.ids, config.text)
+    has_text = np.array([bool(t) for t in texts])
+    train, valid = data.train[has_text[data.train]], data.valid[has_text[data.valid]]
+    feats = text_features(texts, train, config.text_features, config.seed)
+    _, text_ids = np.unique(np.array(texts, dtype=object).astype(str), return_inverse=True)
+    crop = int(config.crop_s * data.fs)
+
+    encoder = build_encoder(config.encoder, **config.encoder_kwargs)
+    model = ECGTextModel(encoder, feats.shape[1], config.embed_dim)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = len(train) // config.batch_size  # full batches: the loss needs negatives
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps_per_epoch)
+    start_epoch, history = 0, []
+    state_path = out / "checkpoint.pt"
+    if state_path.exists():  # whole epochs are atomic
+        state = torch.load(state_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start_epoch, history = state["epoch"], state["history"]
+    for epoch in range(start_epoch, config.epochs):
+        rng = np.random.default_rng([config.seed, epoch])
+        model.train()
+        t0 = time.time()
+        order = train[rng.permutation(len(train))]
+        offsets = rng.integers(0, data.signals.shape[-1] - crop + 1, size=len(order))
+        losses = []
+        for b in tqdm(range(steps_per_epoch), desc=f"contrastive {epoch + 1}/{config.epochs}", disable=not progress):
+            rows = order[b * config.batch_size:(b + 1) * config.batch_size]
+            offs = offsets[b * config.batch_size:(b + 1) * config.batch_size]
+            logits = model(random_crops(data.signals, rows, offs, crop), torch.from_numpy(feats[rows]))
+            loss = clip_loss(logits, torch.from_numpy(text_ids[rows]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+        entry = {"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4),
+                 "valid_loss": round(_valid_loss(model, data.signals, feats, text_ids, valid, crop,
+                                                 config.batch_size), 4),
+                 "epoch_s": round(time.time() - t0, 1)}
+        history.append(entry)
+        with (out / "metrics.jsonl").open("a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+        tmp = out / "checkpoint.pt.tmp"
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch + 1,
+                    "history": history}, tmp)
+        tmp.replace(state_path)
+    save_encoder(out, model.encoder, config.encoder, config.encoder_kwargs, config.normalize, data.fs)
+    result = {"encoder": config.encoder, "text": config.text, "train_pairs": int(len(train)),
+              "valid_pairs": int(len(valid)), "distinct_train_texts": int(len(np.unique(text_ids[train]))),
+              "history": history, "config": asdict(config)}
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
