@@ -19,3 +19,11 @@ def ptbxl_signal() -> tuple[np.ndarray, float]:
 
     ecg = read_ecg(PTBXL_1)
     return ecg.signal.copy(), ecg.fs
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
+    """A tiny BPE tokenizer with a chat template (see tests/tiny_models.py); one per test module."""
+    from tests.tiny_models import make_tiny_tokenizer
+
+    return make_tiny_tokenizer()

@@ -24,13 +24,13 @@ from ecgllm.datasets.instruct import InstructBuilder
 from ecgllm.signal import PrepConfig
 from ecgllm.training.config import RecipeError, load_recipe
 from tests.conftest import FIXTURES
-from tests.test_models import tiny_llm, tiny_tokenizer  # noqa: F401  (fixture)
+from tests.tiny_models import tiny_llm
 
 CLI = [sys.executable, "-m", "ecgllm.serving.cli"]
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, tiny_tokenizer):  # noqa: F811
+def workspace(tmp_path_factory, tiny_tokenizer):
     root = tmp_path_factory.mktemp("train")
     ptbxl = PTBXL.load(FIXTURES / "ptbxl")
     paths = [ptbxl.record_path(i, prefer_fs=100) for i in ptbxl.ecg_ids]

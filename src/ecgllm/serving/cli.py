@@ -195,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ecgllm.serving.cli_data import add_data_commands
 
     add_data_commands(sub, _Formatter, EXIT_CODES_HELP)
+    from ecgllm.serving.cli_eval import add_eval_commands
+
+    add_eval_commands(sub, _Formatter, EXIT_CODES_HELP)
 
     p = sub.add_parser("train", formatter_class=_Formatter, help="run a training recipe (YAML)",
                        description="Run one training stage from a YAML recipe on HF Accelerate. Checkpoints are "

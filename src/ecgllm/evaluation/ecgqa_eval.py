@@ -1,0 +1,115 @@
+"""ECG-QA evaluation runs: a model answers an official-format file (under a probe), the answers are scored by
+the same scorer as external predictions, and one run folder gets metrics, report and plots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from ecgllm.errors import InputError
+from ecgllm.datasets.severity import most_severe, strata_for
+from ecgllm.evaluation.ecgqa_score import load_gold, read_predictions, score_predictions, summarize
+from ecgllm.evaluation.report import run_info, write_run
+from ecgllm.evaluation.runner import ModelAnswerer, run_samples
+
+
+class NoDefaultModelError(InputError):
+    """No model was given and no default checkpoint is installed."""
+
+
+def resolve_model_dir(model: str | None) -> Path:
+    """The given checkpoint folder, or the shipped default one."""
+    from ecgllm.models.default import default_checkpoint
+
+    if model:
+        path = Path(model)
+        if not (path / "config.json").exists():
+            raise NoDefaultModelError(f"{path}: not an ecgllm checkpoint folder (no config.json); "
+                                      f"give a folder written by `ecgllm train`.")
+        return path
+    path = default_checkpoint()
+    if path is None:
+        raise NoDefaultModelError("no default checkpoint is installed in this version of ecgllm; pass --model DIR "
+                                  "(a folder written by `ecgllm train`).")
+    return path
+
+
+def add_strata(table: pd.DataFrame, ptbxl_labels: str | Path | None) -> pd.DataFrame:
+    """Severity stratum per sample (the more severe of its ECGs) when PTB-XL labels are at hand."""
+    if ptbxl_labels is None:
+        return table
+    from ecgllm.datasets.ptbxl import PTBXL
+
+    ptbxl = PTBXL.load(ptbxl_labels)
+    ids = set(table["ecg_id"]) | set(table["ecg_id_last"])
+    strata = strata_for(ptbxl, ids)
+    table = table.copy()
+    table["stratum"] = [most_severe([strata.get(a, "no diagnostic label"), strata.get(b, "no diagnostic label")])
+                        for a, b in zip(table["ecg_id"], table["ecg_id_last"])]
+    return table
+
+
+@dataclass
+class EcgqaRun:
+    data: Sequence[str]
+    ptbxl: str
+    out: str
+    model: str | None = None
+    probe: str = "none"
+    labels: str | None = None        # folder with PTB-XL labels for the strata (default: --ptbxl if it has them)
+    limit: int | None = None
+    seed: int = 0
+    batch_size: int = 16
+    max_new_tokens: int = 32
+
+
+def _labels_dir(run: EcgqaRun) -> Path | None:
+    for candidate in (run.labels, run.ptbxl):
+        if candidate and any((Path(candidate) / f).exists() for f in ("ptbxl_database.csv", "ptbxl_labels.csv")):
+            return Path(candidate)
+    return None
+
+
+def evaluate_ecgqa(run: EcgqaRun, model=None, processor=None, progress: bool = True) -> dict:
+    """Answer, score and report; ``model``/``processor`` may be passed in (tests, or several probes in a row)."""
+    from ecgllm.datasets.ptbxl_signals import PTBXLSignals
+
+    gold = load_gold(run.data)
+    samples = sorted(gold.samples.values(), key=lambda s: (s.variant or "", s.sample_id))
+    if run.limit:
+        samples = samples[:run.limit]
+    model_name = "given in memory"
+    if model is None:
+        from ecgllm.models.ecg_lm import EcgLanguageModel
+
+        model_dir = resolve_model_dir(run.model)
+        model, processor = EcgLanguageModel.from_pretrained(model_dir)
+        model_name = str(model_dir)
+    source = PTBXLSignals.open(run.ptbxl)
+    source.prefetch({i for s in samples for i in s.ecg_id})
+    labels_dir = _labels_dir(run)
+    patients = None
+    if labels_dir is not None:
+        from ecgllm.datasets.ptbxl import PTBXL
+
+        table = PTBXL.load(labels_dir).table
+        if "patient_id" in table:
+            patients = {int(i): p for i, p in table["patient_id"].dropna().items()}
+    out = Path(run.out)
+    predictions = run_samples(samples, ModelAnswerer(model, processor, run.batch_size, run.max_new_tokens),
+                              source.get, out / "predictions.jsonl", run.probe, run.seed, patients,
+                              run.batch_size, progress)
+    wanted = {(s.variant, s.sample_id) for s in samples}
+    gold.samples = {k: v for k, v in gold.samples.items() if k in wanted}
+    table, extra = score_predictions(gold, read_predictions(predictions))
+    table = add_strata(table, labels_dir)
+    metrics = summarize(table, extra, seed=run.seed)
+    metrics["probe"] = run.probe
+    metrics["gold_version"] = gold.version
+    info = run_info(model_name, gold.version, run.seed, {"probe": run.probe, "data": list(map(str, run.data)),
+                                                         "samples": len(samples)})
+    write_run(out, metrics, info, f"ECG-QA evaluation ({run.probe})", table=table)
+    return metrics

@@ -1,0 +1,134 @@
+"""Running a model over ECG-QA samples, batched (sorted by length) with a progress bar, under a probe:
+
+- ``none``: each sample with its own ECG(s);
+- ``blind``: the ECGs are removed from the prompt (no ``<ecg>`` tokens at all): what the model knows from the
+  question alone;
+- ``random-ecg``: every ECG is replaced by another ECG of the evaluated set, from another patient where the
+  patient is known: accuracy should fall towards blind if answers really come from the ECG.
+
+Predictions are appended to a JSONL file batch by batch, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ecgllm.datasets.conversation import ecg_tags
+from ecgllm.datasets.ecgqa import QASample
+from ecgllm.io.record import ECG
+
+PROBES = ("none", "blind", "random-ecg")
+
+
+@dataclass
+class Prompt:
+    question: str
+    ecgs: list[ECG]
+    tags: list[str]
+
+
+class ModelAnswerer:
+    """Greedy answers of an `EcgLanguageModel`, plus P(yes) / (P(yes) + P(no)) at the first answer token."""
+
+    def __init__(self, model, processor, batch_size: int = 16, max_new_tokens: int = 32) -> None:
+        self.model, self.processor = model.eval(), processor
+        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        tok = processor.tokenizer
+        self._yes = sorted({tok.encode(w, add_special_tokens=False)[0] for w in ("yes", "Yes", " yes", " Yes")})
+        self._no = sorted({tok.encode(w, add_special_tokens=False)[0] for w in ("no", "No", " no", " No")})
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[Prompt]) -> list[tuple[str, float]]:
+        turns = [[{"role": "user", "content": p.question}] for p in prompts]
+        batch = self.processor(turns, [p.ecgs for p in prompts], tags=[p.tags for p in prompts], train=False)
+        device = next(self.model.parameters()).device
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, output_scores=True,
+                                  return_dict_in_generate=True,
+                                  pad_token_id=self.processor.tokenizer.pad_token_id)
+        first = torch.softmax(out.scores[0].float(), dim=-1)
+        p_yes = first[:, self._yes].sum(-1)
+        p_no = first[:, self._no].sum(-1)
+        probs = (p_yes / (p_yes + p_no).clamp(min=1e-12)).tolist()
+        texts = self.processor.tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
+        return [(t.strip(), p) for t, p in zip(texts, probs)]
+
+
+def random_ecg_mapping(ecg_ids: Sequence[int], seed: int = 0, patient_of: dict[int, object] | None = None) -> dict[int, int]:
+    """Each id -> another id of the same pool, never itself and, when patients are known, never the same
+    patient (a permutation, so every ECG is still used once)."""
+    ids = np.array(sorted({int(i) for i in ecg_ids}))
+    if len(ids) < 2:
+        raise ValueError("random-ECG needs at least two distinct ECGs")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(ids))
+    patient_of = patient_of or {}
+
+    def clash(a: int, b: int) -> bool:
+        pa, pb = patient_of.get(int(ids[a])), patient_of.get(int(ids[b]))
+        return a == b or (pa is not None and pa == pb)
+
+    for _ in range(20):  # repair clashes by swapping targets with random positions
+        bad = [i for i in range(len(ids)) if clash(i, perm[i])]
+        if not bad:
+            break
+        for i in bad:
+            j = int(rng.integers(len(ids)))
+            if not clash(i, perm[j]) and not clash(j, perm[i]):
+                perm[i], perm[j] = perm[j], perm[i]
+    return {int(ids[i]): int(ids[perm[i]]) for i in range(len(ids))}
+
+
+def build_prompt(sample: QASample, get_ecg: Callable[[int], ECG], probe: str, mapping: dict[int, int] | None) -> Prompt:
+    if probe == "blind":
+        return Prompt(sample.question, [], [])
+    ids = [mapping[i] for i in sample.ecg_id] if probe == "random-ecg" else list(sample.ecg_id)
+    consecutive = sample.question_type.startswith("comparison_consecutive")
+    return Prompt(sample.question, [get_ecg(i) for i in ids], ecg_tags(len(ids), consecutive))
+
+
+def _done(path: Path) -> set[tuple[str, int]]:
+    done = set()
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                done.add((row.get("variant") or "", int(row["sample_id"])))
+            except (json.JSONDecodeError, KeyError, ValueError):
+                continue  # a line cut by a crash: it is recomputed
+    return done
+
+
+def run_samples(samples: Sequence[QASample], answerer: Callable[[Sequence[Prompt]], list[tuple[str, float]]],
+                get_ecg: Callable[[int], ECG], out_jsonl: str | Path, probe: str = "none", seed: int = 0,
+                patient_of: dict | None = None, batch_size: int = 16, progress: bool = True) -> Path:
+    """Answer every sample (resuming from ``out_jsonl``) and return the predictions file."""
+    from tqdm import tqdm
+
+    if probe not in PROBES:
+        raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
+    out_jsonl = Path(out_jsonl)
+    out_jsonl.parent.mkdir(parents=True, exist_ok=True)
+    mapping = (random_ecg_mapping([i for s in samples for i in s.ecg_id], seed, patient_of)
+               if probe == "random-ecg" else None)
+    done = _done(out_jsonl)
+    todo = [s for s in samples if (s.variant or "", s.sample_id) not in done]
+    todo.sort(key=lambda s: (len(s.ecg_id), len(s.question)))  # similar lengths share a batch: less padding
+    with out_jsonl.open("a", encoding="utf-8") as fh, tqdm(total=len(samples), initial=len(samples) - len(todo),
+                                                            desc=f"answering ({probe})", disable=not progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            answers = answerer([build_prompt(s, get_ecg, probe, mapping) for s in chunk])
+            for s, (text, p_yes) in zip(chunk, answers):
+                used = [] if probe == "blind" else [mapping[i] if mapping else i for i in s.ecg_id]
+                fh.write(json.dumps({"sample_id": s.sample_id, "variant": s.variant, "answer": text,
+                                     "p_yes": round(float(p_yes), 6), "probe": probe, "ecg_ids": used}) + "\n")
+            fh.flush()
+            bar.update(len(chunk))
+    return out_jsonl

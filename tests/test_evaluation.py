@@ -1,0 +1,249 @@
+"""Evaluation harness: answer parsing (property tests), the ECG-QA scorer on hand-checked files and on the
+official chunks, probes and the `ecgllm eval` commands on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ecgllm.datasets.ecgqa_templates import load_templates
+from ecgllm.evaluation.answers import key, parse_answer, parse_choice
+from ecgllm.evaluation.ecgqa_score import load_gold, score_file, score_predictions
+from tests.conftest import FIXTURES, SHARED, needs_shared
+from tests.tiny_models import tiny_llm
+
+TEMPLATES = load_templates()
+LIST_TEMPLATES = [t for t in TEMPLATES.values() if len(t.answer_classes) > 3]
+QA_FIXTURE = FIXTURES / "ecgqa/ptbxl"
+
+
+# ----------------------------------------------------------------------------------------- parsing
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_subset_in_any_order_case_and_separator_parses_back(data):
+    template = data.draw(st.sampled_from(LIST_TEMPLATES))
+    chosen = data.draw(st.lists(st.sampled_from(template.answer_classes), min_size=1, max_size=4, unique=True))
+    chosen = data.draw(st.permutations(chosen))
+    seps = data.draw(st.lists(st.sampled_from([", ", ",", "; ", " and ", " & ", "\n", " ,  "]),
+                              min_size=len(chosen), max_size=len(chosen)))
+    case = data.draw(st.sampled_from([str.lower, str.upper, str.title, lambda s: s]))
+    text = "".join(case(c) + s for c, s in zip(chosen, seps))[: -len(seps[-1])] + data.draw(st.sampled_from(["", ".", " "]))
+    parsed = parse_answer(text, template.answer_classes)
+    assert parsed.answers == frozenset(chosen), text
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=60), tid=st.sampled_from(sorted(TEMPLATES)))
+def test_parsing_never_crashes_and_never_invents_an_option(text, tid):
+    options = TEMPLATES[tid].answer_classes
+    parsed = parse_answer(text, options)
+    assert parsed.answers is None or parsed.answers <= set(options)
+
+
+@settings(max_examples=200, deadline=None)
+@given(word=st.sampled_from(["yes", "no", "not sure"]), case=st.sampled_from([str.lower, str.upper, str.capitalize]),
+       tail=st.sampled_from(["", ".", "!", ", it does.", " - clearly", ", there is evidence."]))
+def test_yes_no_not_sure_with_any_case_and_trailing_words(word, case, tail):
+    assert parse_answer(case(word) + tail, ("no", "not sure", "yes")).answers == {word}
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("AF", {"atrial fibrillation"}), ("afib", {"atrial fibrillation"}), ("Atrial Fibrillation.", {"atrial fibrillation"}),
+    ("LBBB", {"complete left bundle branch block"}), ("1st degree AV block", {"first degree av block"}),
+    ("leads V1, V2 and aVR", {"lead V1", "lead V2", "lead aVR"}), ("v5", {"lead V5"}),
+    ("The answer is: NSR", {"sinus rhythm"}), ("none", {"none"}),
+])
+def test_synonyms_abbreviations_and_lead_names(text, expected):
+    options = tuple(sorted({c for t in TEMPLATES.values() for c in t.answer_classes}))
+    assert parse_answer(text, options).answers == expected
+
+
+def test_unparseable_answers_are_none_not_a_random_option():
+    options = TEMPLATES[2].answer_classes  # no / yes
+    for text in ("maybe", "", "the ECG looks interesting", "yesno"):
+        assert parse_answer(text, options).answers is None
+    assert parse_answer(["AF", 3], ("atrial fibrillation",)).answers is None
+
+
+@pytest.mark.parametrize("text,index", [("B", 1), ("(c)", 2), ("Answer: A", 0), ("b) sinus bradycardia", 1),
+                                        ("Sinus tachycardia", 2), ("I think it is sinus bradycardia.", 1),
+                                        ("E", None), ("sinus", None), ("", None)])
+def test_multiple_choice_letters_and_option_texts(text, index):
+    assert parse_choice(text, ["sinus rhythm", "sinus bradycardia", "sinus tachycardia"]) == index
+
+
+# ----------------------------------------------------------------------------------------- scorer
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_scorer_on_a_hand_checked_file(tmp_path):
+    gold = json.loads((QA_FIXTURE / "template/valid/60000.json").read_text())[:6]
+    (tmp_path / "gold.json").write_text(json.dumps(gold))
+    rows = [{"sample_id": gold[0]["sample_id"], "answer": list(reversed(gold[0]["answer"]))},  # right, other order
+            {"sample_id": gold[1]["sample_id"], "answer": ", ".join(gold[1]["answer"]).upper()},  # right, upper case
+            {"sample_id": gold[2]["sample_id"], "answer": "definitely something"},                # unparseable
+            {"sample_id": gold[3]["sample_id"], "answer": gold[3]["answer"][:-1] or ["none"]},    # wrong set
+            {"sample_id": 999999, "answer": "yes"}]                                               # unknown id
+    # gold[4], gold[5]: missing
+    metrics, table = score_file(_write(tmp_path / "p.jsonl", rows), tmp_path / "gold.json", n_boot=200)
+    assert metrics["overall_em"] == pytest.approx(2 / 6, abs=1e-4)
+    assert (metrics["missing"], metrics["unparseable"], metrics["unknown_predictions"]) == (2, 1, 0 + 1)
+    assert table["correct"].sum() == 2
+    qtypes = {s["question_type"] for s in gold}
+    assert set(metrics["per_question_type"]) == qtypes
+    lo, hi = metrics["overall_em_ci95"]
+    assert lo <= metrics["overall_em"] <= hi
+
+
+def test_template_and_paraphrased_need_the_variant_and_give_the_gap(tmp_path):
+    gold = load_gold([QA_FIXTURE / "template/valid", QA_FIXTURE / "paraphrased/valid"])
+    assert gold.variants == ["paraphrased", "template"]
+    template = json.loads((QA_FIXTURE / "template/valid/60000.json").read_text())
+    rows = [{"sample_id": s["sample_id"], "answer": s["answer"], "variant": "template"} for s in template]
+    rows += [{"sample_id": s["sample_id"], "answer": "no idea", "variant": "paraphrased"} for s in template]
+    table, _ = score_predictions(gold, rows)
+    from ecgllm.evaluation.ecgqa_score import summarize
+
+    metrics = summarize(table, n_boot=100)
+    assert metrics["per_variant"] == {"paraphrased": 0.0, "template": 1.0}
+    assert metrics["paraphrase_gap"] == 1.0
+    from ecgllm.datasets.ecgqa import ECGQAFormatError
+
+    with pytest.raises(ECGQAFormatError, match="variant"):
+        score_predictions(gold, [{"sample_id": template[0]["sample_id"], "answer": "yes"}])
+
+
+@needs_shared
+@pytest.mark.parametrize("chunk", ["template/train/120000.json.gz", "paraphrased/train/260000.json.gz",
+                                   "template/valid/60000.json.gz"])
+def test_official_answers_score_one_on_every_official_chunk(tmp_path, chunk):
+    import gzip
+
+    path = SHARED / "ecgqa/ecgqa/ptbxl" / chunk
+    gold = json.load(gzip.open(path, "rt"))
+    rows = [{"sample_id": s["sample_id"], "answer": " and ".join(s["answer"][::-1])} for s in gold]
+    metrics, _ = score_file(_write(tmp_path / "p.jsonl", rows), path, n_boot=50)
+    assert metrics["overall_em"] == 1.0 and metrics["unparseable"] == 0
+    # and answering "no" to everything gives exactly the share of samples whose gold is ["no"]
+    rows = [{"sample_id": s["sample_id"], "answer": "No."} for s in gold]
+    metrics, _ = score_file(_write(tmp_path / "p.jsonl", rows), path, n_boot=50)
+    assert metrics["overall_em"] == pytest.approx(sum(s["answer"] == ["no"] for s in gold) / len(gold), abs=1e-4)
+
+
+def test_score_command_writes_metrics_report_and_plots(tmp_path):
+    gold = QA_FIXTURE / "template/valid/60000.json"
+    rows = [{"sample_id": s["sample_id"], "answer": s["answer"] if i % 2 else "yes"}
+            for i, s in enumerate(json.loads(gold.read_text()))]
+    preds = _write(tmp_path / "p.jsonl", rows)
+    result = subprocess.run([sys.executable, "-m", "ecgllm.serving.cli", "eval", "ecgqa-score", str(preds), "--gold",
+                             str(gold), "--out", str(tmp_path / "run"), "--ptbxl-labels", str(FIXTURES / "ptbxl_labels")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert 0 <= metrics["overall_em"] <= 1 and metrics["per_question_type"]
+    assert metrics["run"]["data_version"] and "ecgqa-score" in metrics["run"]["command"]
+    assert (tmp_path / "run/report.md").read_text().startswith("# ECG-QA scores")
+    assert (tmp_path / "run/per_question_type.png").stat().st_size > 1000
+    bad = _write(tmp_path / "bad.jsonl", [{"answer": "yes"}])
+    result = subprocess.run([sys.executable, "-m", "ecgllm.serving.cli", "eval", "ecgqa-score", str(bad), "--gold",
+                             str(gold), "--out", str(tmp_path / "run2")], capture_output=True, text=True)
+    assert result.returncode == 3 and "bad.jsonl:1" in result.stderr and "Traceback" not in result.stderr
+
+
+# ----------------------------------------------------------------------------------------- model runs
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, tiny_tokenizer):
+    import copy
+
+    import torch
+
+    from ecgllm.models import EcgLanguageModel, EcgLMConfig, ProcessorConfig
+
+    root = tmp_path_factory.mktemp("tinyckpt")
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    llm = tiny_llm(len(tokenizer))
+    llm.save_pretrained(root / "llm")
+    tokenizer.save_pretrained(root / "llm")
+    config = EcgLMConfig(llm=str(root / "llm"), encoder="resnet1d", encoder_kwargs={"widths": [8, 16], "n_tokens": 2},
+                         lora={"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]})
+    torch.manual_seed(0)
+    model, processor = EcgLanguageModel.build(config, ProcessorConfig(), llm=tiny_llm(len(tokenizer)),
+                                              tokenizer=tokenizer)
+    model.save_pretrained(root / "ckpt", processor)
+    return root / "ckpt"
+
+
+@pytest.fixture()
+def two_record_gold(tmp_path):
+    """Questions about the two PTB-XL records shipped as fixtures (ecg_id 1 and 2), in the official format."""
+    samples = [{"sample_id": i, "template_id": 2 if i % 2 else 1, "question_id": 0, "question_type": "single-verify",
+                "attribute_type": "scp_code", "question": "Does this ECG show sinus rhythm?",
+                "answer": ["yes"], "ecg_id": [1 + i % 2], "attribute": ["sinus rhythm"]} for i in range(6)]
+    samples.append({"sample_id": 6, "template_id": 32, "question_id": 0,
+                    "question_type": "comparison_consecutive-verify", "attribute_type": "scp_code",
+                    "question": "Does the second ECG show sinus rhythm as compared to the first ECG?",
+                    "answer": ["no"], "ecg_id": [1, 2], "attribute": ["sinus rhythm"]})
+    path = tmp_path / "template" / "valid" / "gold.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(samples))
+    return path
+
+
+def test_eval_ecgqa_with_probes_resumes_and_scores(tmp_path, tiny_checkpoint, two_record_gold):
+    cli = [sys.executable, "-m", "ecgllm.serving.cli", "eval", "ecgqa", "--data", str(two_record_gold), "--ptbxl",
+           str(FIXTURES / "ptbxl"), "--model", str(tiny_checkpoint), "--batch-size", "4", "--quiet"]
+    result = subprocess.run(cli + ["--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    preds = [json.loads(line) for line in (tmp_path / "run/predictions.jsonl").read_text().splitlines()]
+    assert sorted(p["sample_id"] for p in preds) == list(range(7))
+    assert all(0.0 <= p["p_yes"] <= 1.0 for p in preds)
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert metrics["n"] == 7 and set(metrics["per_stratum"]) <= {"normal", "one abnormal", "several abnormal",
+                                                                "no diagnostic label"}
+    # a re-run finds every answer done and appends nothing
+    again = subprocess.run(cli + ["--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert again.returncode == 0
+    assert len((tmp_path / "run/predictions.jsonl").read_text().splitlines()) == 7
+    # random-ECG swaps records 1 and 2; blind uses none
+    result = subprocess.run(cli + ["--out", str(tmp_path / "rnd"), "--probe", "random-ecg"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    used = {json.loads(line)["sample_id"]: json.loads(line)["ecg_ids"]
+            for line in (tmp_path / "rnd/predictions.jsonl").read_text().splitlines()}
+    assert used[0] == [2] and used[1] == [1] and used[6] == [2, 1]
+
+
+def test_probes_report_and_missing_default_model(tmp_path, tiny_checkpoint, two_record_gold):
+    from ecgllm.evaluation.probes import run_probes
+
+    summary = run_probes([str(two_record_gold)], str(FIXTURES / "ptbxl"), str(tmp_path / "probes"),
+                         model=str(tiny_checkpoint), progress=False)
+    assert {"with_ecg_em", "blind_em", "random_ecg_em", "random_ecg_fall_towards_blind"} <= set(summary)
+    for probe in ("none", "blind", "random-ecg"):
+        assert (tmp_path / "probes" / probe / "metrics.json").exists()
+    assert "Random-ECG falls" in (tmp_path / "probes/report.md").read_text()
+    env = {**__import__("os").environ, "ECGLLM_MODEL": str(tmp_path / "nowhere")}
+    result = subprocess.run([sys.executable, "-m", "ecgllm.serving.cli", "eval", "ecgqa", "--data", str(two_record_gold),
+                             "--ptbxl", str(FIXTURES / "ptbxl"), "--out", str(tmp_path / "x")],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 3 and "--model" in result.stderr
+
+
+def test_random_ecg_mapping_is_a_derangement_across_patients():
+    from ecgllm.evaluation.runner import random_ecg_mapping
+
+    ids = list(range(1, 41))
+    patient = {i: i // 2 for i in ids}  # pairs of records share a patient
+    mapping = random_ecg_mapping(ids, seed=3, patient_of=patient)
+    assert sorted(mapping.values()) == ids
+    assert all(patient[a] != patient[b] for a, b in mapping.items())
+
+
+def test_key_normalisation():
+    assert key("  ST/T-Change. ") == "st t change" == key("st t change")
