@@ -247,3 +247,48 @@ def test_random_ecg_mapping_is_a_derangement_across_patients():
 
 def test_key_normalisation():
     assert key("  ST/T-Change. ") == "st t change" == key("st t change")
+
+
+# ----------------------------------------------------------------------------------------- ECGBench suite
+def test_statement_matcher_prefers_the_longest_phrase():
+    from ecgllm.evaluation.ecgbench import StatementMatcher
+
+    matcher = StatementMatcher.from_statements({"IMI": "inferior myocardial infarction", "SR": "sinus rhythm",
+                                                "CLBBB": "complete left bundle branch block", "AFIB": "atrial fibrillation"})
+    assert matcher("Sinus rhythm. Inferior myocardial infarction; LBBB.") == {"SR", "IMI", "CLBBB"}
+    assert matcher("atrial fibrillation") == {"AFIB"} and matcher("nothing to see") == set()
+
+
+def test_detection_metrics_from_scores_and_from_binary_answers_differ_and_are_labelled():
+    import numpy as np
+
+    from ecgllm.evaluation.ecgbench import SUPERCLASSES, superclass_detection
+
+    y = np.array([[1, 0, 0, 0, 1], [0, 1, 0, 1, 0], [1, 1, 1, 0, 0], [0, 0, 1, 1, 1]])
+    truth = iter(y.ravel())
+
+    def answerer(prompts):  # right on every question, with graded confidence
+        out = []
+        for _ in prompts:
+            t = next(truth)
+            out.append(("Yes." if t else "No.", 0.9 if t else 0.2))
+        return out
+
+    metrics, scores = superclass_detection(answerer, [None] * 4, y, batch=7, progress=False)
+    assert metrics["macro_auc_from_scores"] == 1.0 and metrics["macro_f1"] == 1.0 and metrics["hamming_loss"] == 0.0
+    assert "auc_from_binary_answers_as_anchors_report" in metrics and scores.shape == (4, len(SUPERCLASSES))
+
+
+@needs_shared
+def test_ecgbench_suite_runs_end_to_end_on_real_records(tmp_path, tiny_checkpoint):
+    from ecgllm.evaluation.ecgbench import run_ecgbench
+
+    metrics = run_ecgbench(tmp_path / "bench", str(SHARED / "ptbxl"), model=str(tiny_checkpoint), records=6,
+                           external=str(SHARED / "external"), batch_size=8, progress=False)
+    assert metrics["superclass_detection"]["questions"] == 30
+    assert 0 <= metrics["report_generation"]["label_f1_micro"] <= 1
+    assert metrics["multiple_choice"]["questions"] <= 6
+    assert metrics["zero_shot_cpsc2018"]["records"] == 6 and metrics["zero_shot_code15"]["questions"] == 60
+    lo, hi = metrics["zero_shot_code15"]["accuracy_ci95"]
+    assert lo <= metrics["zero_shot_code15"]["accuracy"] <= hi
+    assert (tmp_path / "bench/report.md").exists() and (tmp_path / "bench/metrics.json").exists()

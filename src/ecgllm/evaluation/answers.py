@@ -22,7 +22,7 @@ YES, NO, NOT_SURE = "yes", "no", "not sure"
 
 # alias -> canonical answers it may mean; the one in the task's options wins (e.g. "normal" is "within the
 # normal range" for an interval question and "normal heart axis" for an axis question).
-_ALIASES: dict[str, tuple[str, ...]] = {
+ALIASES: dict[str, tuple[str, ...]] = {
     # rhythm
     "af": ("atrial fibrillation",), "afib": ("atrial fibrillation",), "a fib": ("atrial fibrillation",),
     "atrial fib": ("atrial fibrillation",), "aflt": ("atrial flutter",), "afl": ("atrial flutter",),
@@ -182,7 +182,7 @@ def _canonical(piece: str, options: tuple[str, ...]) -> str | None:
         return keys[k]
     if k.endswith("s") and k[:-1] in keys:  # plurals: "atrial premature complexes"
         return keys[k[:-1]]
-    for candidate in _ALIASES.get(k, ()):
+    for candidate in ALIASES.get(k, ()):
         if key(candidate) in keys:
             return keys[key(candidate)]
     lead = _lead(k)

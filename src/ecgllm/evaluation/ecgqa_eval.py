@@ -66,7 +66,7 @@ class EcgqaRun:
     max_new_tokens: int = 32
 
 
-def _labels_dir(run: EcgqaRun) -> Path | None:
+def labels_dir_for(run: EcgqaRun) -> Path | None:
     for candidate in (run.labels, run.ptbxl):
         if candidate and any((Path(candidate) / f).exists() for f in ("ptbxl_database.csv", "ptbxl_labels.csv")):
             return Path(candidate)
@@ -90,7 +90,7 @@ def evaluate_ecgqa(run: EcgqaRun, model=None, processor=None, progress: bool = T
         model_name = str(model_dir)
     source = PTBXLSignals.open(run.ptbxl)
     source.prefetch({i for s in samples for i in s.ecg_id})
-    labels_dir = _labels_dir(run)
+    labels_dir = labels_dir_for(run)
     patients = None
     if labels_dir is not None:
         from ecgllm.datasets.ptbxl import PTBXL

@@ -129,7 +129,8 @@ def write_run(out: str | Path, metrics: Mapping, info: Mapping, title: str, sect
     tmp.replace(out / "metrics.json")
     plots = []
     for key, label in (("per_question_type", "EM per question type"), ("per_attribute_type", "EM per attribute type"),
-                       ("per_stratum", "EM per severity stratum"), ("per_probe", "EM per probe")):
+                       ("per_stratum", "EM per severity stratum"), ("per_probe", "EM per probe"),
+                       ("per_baseline", "EM per baseline")):
         p = plot_group_bars(metrics, key, out / f"{key}.png", label)
         if p:
             plots.append(p)

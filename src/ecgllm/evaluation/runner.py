@@ -128,7 +128,7 @@ def run_samples(samples: Sequence[QASample], answerer: Callable[[Sequence[Prompt
             for s, (text, p_yes) in zip(chunk, answers):
                 used = [] if probe == "blind" else [mapping[i] if mapping else i for i in s.ecg_id]
                 fh.write(json.dumps({"sample_id": s.sample_id, "variant": s.variant, "answer": text,
-                                     "p_yes": round(float(p_yes), 6), "probe": probe, "ecg_ids": used}) + "\n")
+                                     "p_yes": None if p_yes != p_yes else round(float(p_yes), 6), "probe": probe, "ecg_ids": used}) + "\n")
             fh.flush()
             bar.update(len(chunk))
     return out_jsonl

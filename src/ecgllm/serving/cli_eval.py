@@ -56,6 +56,31 @@ def cmd_probes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_baselines(args: argparse.Namespace) -> int:
+    from ecgllm.evaluation.baselines import run_baselines
+
+    summary = run_baselines(args.train, args.data, args.ptbxl, args.out, encoder=args.encoder, llm=args.llm,
+                            which=args.baselines, labels=args.labels, limit=args.limit, seed=args.seed,
+                            progress=not args.quiet)
+    for name, em in summary["per_baseline"].items():
+        lo, hi = summary["per_baseline_ci95"][name]
+        print(f"{name:15s} EM {em:.4f} [{lo:.4f}, {hi:.4f}]")
+    print(f"wrote {Path(args.out) / 'report.md'}")
+    return EXIT_OK
+
+
+def cmd_ecgbench(args: argparse.Namespace) -> int:
+    from ecgllm.evaluation.ecgbench import run_ecgbench
+
+    metrics = run_ecgbench(args.out, args.ptbxl, model=args.model, labels=args.labels, records=args.records,
+                           external=args.external, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
+    for task, values in metrics.items():
+        shown = {k: v for k, v in values.items() if not isinstance(v, (dict, list))}
+        print(f"{task}: {shown}")
+    print(f"wrote {Path(args.out) / 'report.md'}")
+    return EXIT_OK
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", required=True, metavar="OFFICIAL",
                    help="official-format ECG-QA file(s) or folder(s) (.json or .json.gz; template/ and/or paraphrased/)")
@@ -122,3 +147,46 @@ example:
                                        "stratum.")
     _add_run_args(s)
     s.set_defaults(func=cmd_probes)
+
+    s = actions.add_parser("baselines", formatter_class=formatter, help="ECG-QA baselines in one report",
+                           description="Baselines scored exactly like a model: majority answer per template "
+                                       "(question-only prior), a question-only text classifier, the ECG-QA "
+                                       "classifier upper bound (frozen pretrained encoder + one head per template) "
+                                       "and the training-free text-tags pipeline (the encoder's labels written into "
+                                       "the prompt of the same LLM).",
+                           epilog="""example:
+  ecgllm eval baselines --train ecgqa/ptbxl/template/train --data ecgqa/ptbxl/template/valid \
+      --ptbxl ptb-xl/ --encoder runs/encoder_ptbxl --out runs/eval/baselines""")
+    s.add_argument("--train", nargs="+", required=True, metavar="OFFICIAL", help="official-format training samples")
+    s.add_argument("--data", nargs="+", required=True, metavar="OFFICIAL", help="official-format samples to answer")
+    s.add_argument("--ptbxl", required=True, metavar="DIR", help="PTB-XL signals (official folder, cache or pack)")
+    s.add_argument("--encoder", metavar="RUN", help="finished encoder run (classifier and text-tags baselines)")
+    s.add_argument("--llm", metavar="DIR", help="LLM for text-tags (default: the embedded SmolLM2)")
+    s.add_argument("--baselines", nargs="+", default=["majority", "question-only"],
+                   choices=["majority", "question-only", "classifier", "text-tags"])
+    s.add_argument("--out", required=True, metavar="RUN_DIR")
+    s.add_argument("--labels", metavar="DIR", help="PTB-XL labels (strata, statement names)")
+    s.add_argument("--limit", type=int, help="only the first N samples")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_baselines)
+
+    s = actions.add_parser("ecgbench", formatter_class=formatter, help="ECGBench-style suite on PTB-XL + zero-shot sets",
+                           description="Superclass abnormality detection on PTB-XL fold 10 (macro AUC from answer "
+                                       "scores; the 0/1 'AUC' of the anchors labelled separately; macro F1; Hamming "
+                                       "loss), report generation (label F1 of extracted statements, BLEU, ROUGE-L), "
+                                       "multiple choice, and zero-shot CPSC 2018 / CODE-15%% samples with Wilson "
+                                       "intervals.",
+                           epilog="""example:
+  ecgllm eval ecgbench --ptbxl shared/data/ptbxl --model runs/m/final --external shared/data/external \
+      --records 200 --out runs/eval/ecgbench""")
+    s.add_argument("--ptbxl", required=True, metavar="DIR", help="PTB-XL signals (official folder, cache or pack)")
+    s.add_argument("--model", metavar="DIR", help="checkpoint folder (default: the shipped checkpoint)")
+    s.add_argument("--labels", metavar="DIR", help="PTB-XL labels (default: --ptbxl when it holds them)")
+    s.add_argument("--external", metavar="DIR", help="folder with cpsc2018/ and code15/ samples (zero-shot sets)")
+    s.add_argument("--records", type=int, default=200, help="fold-10 records to ask about (seeded sample)")
+    s.add_argument("--out", required=True, metavar="RUN_DIR")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_ecgbench)
