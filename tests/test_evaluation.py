@@ -292,3 +292,34 @@ def test_ecgbench_suite_runs_end_to_end_on_real_records(tmp_path, tiny_checkpoin
     lo, hi = metrics["zero_shot_code15"]["accuracy_ci95"]
     assert lo <= metrics["zero_shot_code15"]["accuracy"] <= hi
     assert (tmp_path / "bench/report.md").exists() and (tmp_path / "bench/metrics.json").exists()
+
+
+def test_all_four_baselines_are_scored_like_a_model(tmp_path, tiny_checkpoint, two_record_gold):
+    import torch
+    from safetensors.torch import save_file
+
+    from ecgllm.datasets import PTBXL
+    from ecgllm.evaluation.baselines import run_baselines
+    from ecgllm.models import build_encoder
+    from ecgllm.training.pretrain_encoder import save_encoder
+
+    statements = list(PTBXL.load(FIXTURES / "ptbxl_labels").statements.index)
+    run = tmp_path / "encoder_run"
+    run.mkdir()
+    torch.manual_seed(0)
+    save_encoder(run, build_encoder("resnet1d", widths=[8, 16], n_tokens=2), "resnet1d",
+                 {"widths": [8, 16], "n_tokens": 2}, "mv", 100.0)
+    head = torch.nn.Linear(16, len(statements) + 5)
+    torch.nn.init.constant_(head.bias, 5.0)  # every statement "found": the prompt lists all of them
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, run / "head.safetensors")
+    (run / "labels.json").write_text(json.dumps({"all71": statements, "superclass": ["CD", "HYP", "MI", "NORM", "STTC"]}))
+    summary = run_baselines([str(two_record_gold)], [str(two_record_gold)], str(FIXTURES / "ptbxl"), str(tmp_path / "bl"),
+                            encoder=str(run), llm=str(tiny_checkpoint.parent / "llm"),
+                            labels=str(FIXTURES / "ptbxl_labels"), progress=False,
+                            which=["majority", "question-only", "classifier", "text-tags"])
+    assert set(summary["per_baseline"]) == {"majority", "question-only", "classifier", "text-tags"}
+    # the verify questions' majority answer is "yes" (6 of 7 samples): the prior gets exactly those right
+    assert summary["per_baseline"]["majority"] == pytest.approx(6 / 7, abs=1e-3)
+    for name in summary["per_baseline"]:
+        assert (tmp_path / "bl" / name / "metrics.json").exists()
+    assert "| text-tags |" in (tmp_path / "bl/report.md").read_text()
