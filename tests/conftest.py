@@ -27,3 +27,27 @@ def tiny_tokenizer():
     from tests.tiny_models import make_tiny_tokenizer
 
     return make_tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, tiny_tokenizer):
+    """A saved untrained checkpoint (tiny Llama + LoRA + small ResNet): real loading code, fast."""
+    import copy
+
+    import torch
+
+    from ecgllm.models import EcgLanguageModel, EcgLMConfig, ProcessorConfig
+    from tests.tiny_models import tiny_llm
+
+    root = tmp_path_factory.mktemp("tinyckpt")
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    llm = tiny_llm(len(tokenizer))
+    llm.save_pretrained(root / "llm")
+    tokenizer.save_pretrained(root / "llm")
+    config = EcgLMConfig(llm=str(root / "llm"), encoder="resnet1d", encoder_kwargs={"widths": [8, 16], "n_tokens": 2},
+                         lora={"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]})
+    torch.manual_seed(0)
+    model, processor = EcgLanguageModel.build(config, ProcessorConfig(), llm=tiny_llm(len(tokenizer)),
+                                              tokenizer=tokenizer)
+    model.save_pretrained(root / "ckpt", processor)
+    return root / "ckpt"

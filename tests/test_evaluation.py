@@ -15,7 +15,6 @@ from ecgllm.datasets.ecgqa_templates import load_templates
 from ecgllm.evaluation.answers import key, parse_answer, parse_choice
 from ecgllm.evaluation.ecgqa_score import load_gold, score_file, score_predictions
 from tests.conftest import FIXTURES, SHARED, needs_shared
-from tests.tiny_models import tiny_llm
 
 TEMPLATES = load_templates()
 LIST_TEMPLATES = [t for t in TEMPLATES.values() if len(t.answer_classes) > 3]
@@ -158,28 +157,6 @@ def test_score_command_writes_metrics_report_and_plots(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- model runs
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, tiny_tokenizer):
-    import copy
-
-    import torch
-
-    from ecgllm.models import EcgLanguageModel, EcgLMConfig, ProcessorConfig
-
-    root = tmp_path_factory.mktemp("tinyckpt")
-    tokenizer = copy.deepcopy(tiny_tokenizer)
-    llm = tiny_llm(len(tokenizer))
-    llm.save_pretrained(root / "llm")
-    tokenizer.save_pretrained(root / "llm")
-    config = EcgLMConfig(llm=str(root / "llm"), encoder="resnet1d", encoder_kwargs={"widths": [8, 16], "n_tokens": 2},
-                         lora={"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]})
-    torch.manual_seed(0)
-    model, processor = EcgLanguageModel.build(config, ProcessorConfig(), llm=tiny_llm(len(tokenizer)),
-                                              tokenizer=tokenizer)
-    model.save_pretrained(root / "ckpt", processor)
-    return root / "ckpt"
-
-
 @pytest.fixture()
 def two_record_gold(tmp_path):
     """Questions about the two PTB-XL records shipped as fixtures (ecg_id 1 and 2), in the official format."""

@@ -203,7 +203,8 @@ def run_ecgbench(out: str | Path, ptbxl: str, model: str | None = None, labels: 
     """The whole suite for one model into one run folder."""
     from ecgllm.datasets.ptbxl import PTBXL
     from ecgllm.datasets.ptbxl_signals import PTBXLSignals
-    from ecgllm.evaluation.ecgqa_eval import EcgqaRun, labels_dir_for, resolve_model_dir
+    from ecgllm.evaluation.ecgqa_eval import EcgqaRun, labels_dir_for
+    from ecgllm.models.default import resolve_model_dir
     from ecgllm.evaluation.report import plot_reliability, run_info, write_run
     from ecgllm.evaluation.runner import ModelAnswerer
 

@@ -9,32 +9,11 @@ from typing import Sequence
 
 import pandas as pd
 
-from ecgllm.errors import InputError
+from ecgllm.models.default import resolve_model_dir
 from ecgllm.datasets.severity import most_severe, strata_for
 from ecgllm.evaluation.ecgqa_score import load_gold, read_predictions, score_predictions, summarize
 from ecgllm.evaluation.report import run_info, write_run
 from ecgllm.evaluation.runner import ModelAnswerer, run_samples
-
-
-class NoDefaultModelError(InputError):
-    """No model was given and no default checkpoint is installed."""
-
-
-def resolve_model_dir(model: str | None) -> Path:
-    """The given checkpoint folder, or the shipped default one."""
-    from ecgllm.models.default import default_checkpoint
-
-    if model:
-        path = Path(model)
-        if not (path / "config.json").exists():
-            raise NoDefaultModelError(f"{path}: not an ecgllm checkpoint folder (no config.json); "
-                                      f"give a folder written by `ecgllm train`.")
-        return path
-    path = default_checkpoint()
-    if path is None:
-        raise NoDefaultModelError("no default checkpoint is installed in this version of ecgllm; pass --model DIR "
-                                  "(a folder written by `ecgllm train`).")
-    return path
 
 
 def add_strata(table: pd.DataFrame, ptbxl_labels: str | Path | None) -> pd.DataFrame:

@@ -7,7 +7,8 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from ecgllm.evaluation.ecgqa_eval import EcgqaRun, evaluate_ecgqa, resolve_model_dir
+from ecgllm.evaluation.ecgqa_eval import EcgqaRun, evaluate_ecgqa
+from ecgllm.models.default import resolve_model_dir
 from ecgllm.evaluation.report import run_info, write_run
 
 

@@ -93,15 +93,22 @@ def build_prompt(sample: QASample, get_ecg: Callable[[int], ECG], probe: str, ma
     return Prompt(sample.question, [get_ecg(i) for i in ids], ecg_tags(len(ids), consecutive))
 
 
-def _done(path: Path) -> set[tuple[str, int]]:
+def done_keys(path: Path, key: Callable[[dict], object]) -> set:
+    """Keys of the complete lines of an append-only JSONL output; a last line cut by a crash is removed, so
+    the resumed run writes it again instead of leaving half a line behind."""
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as fh:
+            fh.truncate(data.rfind(b"\n") + 1)
+        data = data[: data.rfind(b"\n") + 1]
     done = set()
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-                done.add((row.get("variant") or "", int(row["sample_id"])))
-            except (json.JSONDecodeError, KeyError, ValueError):
-                continue  # a line cut by a crash: it is recomputed
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        try:
+            done.add(key(json.loads(line)))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
     return done
 
 
@@ -117,7 +124,7 @@ def run_samples(samples: Sequence[QASample], answerer: Callable[[Sequence[Prompt
     out_jsonl.parent.mkdir(parents=True, exist_ok=True)
     mapping = (random_ecg_mapping([i for s in samples for i in s.ecg_id], seed, patient_of)
                if probe == "random-ecg" else None)
-    done = _done(out_jsonl)
+    done = done_keys(out_jsonl, lambda row: (row.get("variant") or "", int(row["sample_id"])))
     todo = [s for s in samples if (s.variant or "", s.sample_id) not in done]
     todo.sort(key=lambda s: (len(s.ecg_id), len(s.question)))  # similar lengths share a batch: less padding
     with out_jsonl.open("a", encoding="utf-8") as fh, tqdm(total=len(samples), initial=len(samples) - len(todo),

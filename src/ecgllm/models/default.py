@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ecgllm.errors import InputError
+
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "data" / "checkpoint"
 
 
@@ -13,3 +15,22 @@ def default_checkpoint() -> Path | None:
     override = os.environ.get("ECGLLM_MODEL")
     path = Path(override) if override else SHIPPED_CHECKPOINT
     return path if (path / "config.json").exists() else None
+
+
+class NoDefaultModelError(InputError):
+    """No model was given and no default checkpoint is installed."""
+
+
+def resolve_model_dir(model: str | None) -> Path:
+    """The given checkpoint folder, or the shipped default one."""
+    if model:
+        path = Path(model)
+        if not (path / "config.json").exists():
+            raise NoDefaultModelError(f"{path}: not an ecgllm checkpoint folder (no config.json); "
+                                      f"give a folder written by `ecgllm train`.")
+        return path
+    path = default_checkpoint()
+    if path is None:
+        raise NoDefaultModelError("no default checkpoint is installed in this version of ecgllm; pass --model DIR "
+                                  "(a folder written by `ecgllm train`).")
+    return path

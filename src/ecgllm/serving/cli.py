@@ -195,7 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ecgllm.serving.cli_data import add_data_commands
 
     add_data_commands(sub, _Formatter, EXIT_CODES_HELP)
+    from ecgllm.serving.cli_ask import add_ask_commands
     from ecgllm.serving.cli_eval import add_eval_commands
+
+    add_ask_commands(sub, _Formatter, EXIT_CODES_HELP)
 
     add_eval_commands(sub, _Formatter, EXIT_CODES_HELP)
 

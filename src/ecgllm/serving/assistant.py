@@ -1,0 +1,150 @@
+"""The Python API: ``ECGAssistant.load().ask(ecg_or_path, question)``.
+
+Every answer comes with the measurements of the ECG(s) (heart rate, intervals, axis; computed with
+neurokit2 next to the model, so a user can check the answer against numbers) and its timing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from threading import Thread
+from typing import Iterator, Sequence, Union
+
+import torch
+
+from ecgllm.datasets.conversation import ecg_tags
+from ecgllm.io.reader import read_ecg
+from ecgllm.io.record import ECG
+
+ECGLike = Union[ECG, str, Path]
+REPORT_QUESTION = "Write a short clinical report of this ECG."
+_MEASURED = ("heart_rate", "rr_ms", "pr_ms", "qrs_ms", "qt_ms", "qtc_bazett_ms", "axis_deg", "axis_category",
+             "quality_label")
+
+
+@dataclass
+class Answer:
+    text: str
+    question: str
+    measurements: list[dict] = field(default_factory=list)   # one dict per ECG
+    timing: dict[str, float] = field(default_factory=dict)    # seconds: read, measure, generate, total
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _summary(ecg: ECG) -> dict:
+    from ecgllm.signal.measure import measure
+
+    try:
+        m = measure(ecg)
+    except Exception as exc:  # measurements are an extra: a failure must not cost the answer
+        return {"error": f"measurement failed: {exc}"}
+    out = {k: getattr(m, k) for k in _MEASURED}
+    return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+class ECGAssistant:
+    """A loaded checkpoint that answers questions about one or two ECGs.
+
+    Example:
+        >>> from ecgllm import ECGAssistant
+        >>> assistant = ECGAssistant.load()                    # the default checkpoint
+        >>> answer = assistant.ask("00001_lr.hea", "Does this ECG show atrial fibrillation?")
+        >>> answer.text, answer.measurements[0]["heart_rate"]
+    """
+
+    def __init__(self, model, processor, name: str = "") -> None:
+        self.model, self.processor, self.name = model.eval(), processor, name
+
+    @classmethod
+    def load(cls, directory: str | Path | None = None) -> "ECGAssistant":
+        """Load a checkpoint folder (``ecgllm train`` output), or the default checkpoint when omitted."""
+        from ecgllm.models.default import resolve_model_dir
+        from ecgllm.models.ecg_lm import EcgLanguageModel
+
+        path = resolve_model_dir(str(directory) if directory else None)
+        model, processor = EcgLanguageModel.from_pretrained(path)
+        return cls(model, processor, str(path))
+
+    # ------------------------------------------------------------------------------------ helpers
+    @staticmethod
+    def _read(ecgs: Sequence[ECGLike]) -> list[ECG]:
+        return [e if isinstance(e, ECG) else read_ecg(e) for e in ecgs]
+
+    def _batch(self, questions: Sequence[str], ecg_lists: Sequence[list[ECG]], consecutive: bool):
+        turns = [[{"role": "user", "content": q}] for q in questions]
+        tags = [ecg_tags(len(e), consecutive) if e else [] for e in ecg_lists]
+        return self.processor(turns, list(ecg_lists), tags=tags, train=False)
+
+    @torch.no_grad()
+    def _generate(self, questions, ecg_lists, consecutive: bool, max_new_tokens: int) -> list[str]:
+        batch = self._batch(questions, ecg_lists, consecutive)
+        out = self.model.generate(**batch, max_new_tokens=max_new_tokens,
+                                  pad_token_id=self.processor.tokenizer.pad_token_id)
+        return [t.strip() for t in self.processor.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def _answer(self, ecgs: Sequence[ECGLike], question: str, consecutive: bool, max_new_tokens: int,
+                measure: bool) -> Answer:
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("the question is empty")
+        t0 = time.perf_counter()
+        records = self._read(ecgs)
+        t1 = time.perf_counter()
+        measurements = [_summary(e) for e in records] if measure else []
+        t2 = time.perf_counter()
+        text = self._generate([question.strip()], [records], consecutive, max_new_tokens)[0]
+        t3 = time.perf_counter()
+        return Answer(text, question.strip(), measurements,
+                      {"read_s": round(t1 - t0, 4), "measure_s": round(t2 - t1, 4), "generate_s": round(t3 - t2, 4),
+                       "total_s": round(t3 - t0, 4)})
+
+    # ------------------------------------------------------------------------------------ public API
+    def ask(self, ecg: ECGLike, question: str, max_new_tokens: int = 64, measure: bool = True) -> Answer:
+        """Answer a question about one ECG (a record, or a path any reader accepts)."""
+        return self._answer([ecg], question, False, max_new_tokens, measure)
+
+    def compare(self, earlier: ECGLike, later: ECGLike, question: str = "What changed?", max_new_tokens: int = 64,
+                measure: bool = True) -> Answer:
+        """Answer a question about two ECGs of one patient, the earlier first."""
+        return self._answer([earlier, later], question, True, max_new_tokens, measure)
+
+    def report(self, ecg: ECGLike, max_new_tokens: int = 96) -> Answer:
+        """A short free-text report of one ECG."""
+        return self._answer([ecg], REPORT_QUESTION, False, max_new_tokens, True)
+
+    def ask_batch(self, items: Sequence[tuple[ECGLike | Sequence[ECGLike], str]], batch_size: int = 16,
+                  max_new_tokens: int = 64) -> list[Answer]:
+        """Answer many (ecg or [ecg, ecg], question) pairs; batched after sorting by length, returned in the
+        order given. Measurements are skipped here for speed (use `ask` for them)."""
+        parsed = []
+        for ecgs, question in items:
+            ecgs = [ecgs] if isinstance(ecgs, (ECG, str, Path)) else list(ecgs)
+            parsed.append((self._read(ecgs), question))
+        order = sorted(range(len(parsed)), key=lambda i: (len(parsed[i][0]), len(parsed[i][1])))
+        answers: list[Answer | None] = [None] * len(parsed)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            t0 = time.perf_counter()
+            texts = self._generate([parsed[i][1] for i in chunk], [parsed[i][0] for i in chunk],
+                                   consecutive=True, max_new_tokens=max_new_tokens)
+            per = (time.perf_counter() - t0) / len(chunk)
+            for i, text in zip(chunk, texts):
+                answers[i] = Answer(text, parsed[i][1], [], {"generate_s": round(per, 4)})
+        return answers  # type: ignore[return-value]
+
+    def stream(self, ecg: ECGLike | Sequence[ECGLike], question: str, max_new_tokens: int = 64) -> Iterator[str]:
+        """Yield the answer's text piece by piece as it is generated."""
+        from transformers import TextIteratorStreamer
+
+        ecgs = [ecg] if isinstance(ecg, (ECG, str, Path)) else list(ecg)
+        batch = self._batch([question], [self._read(ecgs)], consecutive=len(ecgs) == 2)
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_special_tokens=True)
+        kwargs = dict(batch, max_new_tokens=max_new_tokens, streamer=streamer,
+                      pad_token_id=self.processor.tokenizer.pad_token_id)
+        worker = Thread(target=self.model.generate, kwargs=kwargs, daemon=True)
+        worker.start()
+        yield from streamer
+        worker.join()
