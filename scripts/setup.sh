@@ -11,6 +11,15 @@ if [[ "${1:-}" == "--dev" ]]; then
 fi
 python="${PYTHON:-python3}"
 
+# The web UI test drives Debian's Chromium through its chromedriver (no browser download at run time).
+if [[ -n "$extras" ]] && ! command -v chromedriver >/dev/null; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "note: chromium + chromium-driver are not installed; the browser test will be skipped" >&2
+  fi
+fi
+
 if [[ ! -x .venv/bin/python ]]; then
   "$python" -m venv .venv
 fi

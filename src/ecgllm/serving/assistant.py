@@ -35,7 +35,7 @@ class Answer:
         return asdict(self)
 
 
-def _summary(ecg: ECG) -> dict:
+def measurement_summary(ecg: ECG) -> dict:
     from ecgllm.signal.measure import measure
 
     try:
@@ -93,7 +93,7 @@ class ECGAssistant:
         t0 = time.perf_counter()
         records = self._read(ecgs)
         t1 = time.perf_counter()
-        measurements = [_summary(e) for e in records] if measure else []
+        measurements = [measurement_summary(e) for e in records] if measure else []
         t2 = time.perf_counter()
         text = self._generate([question.strip()], [records], consecutive, max_new_tokens)[0]
         t3 = time.perf_counter()

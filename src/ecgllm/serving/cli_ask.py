@@ -106,6 +106,27 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    from ecgllm.serving.api import ServeSettings, create_app
+    from ecgllm.serving.uploads import UploadLimits
+
+    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    if args.api_key_env and not api_key:
+        print(f"error: --api-key-env {args.api_key_env}: that variable is not set", file=sys.stderr)
+        return EXIT_INPUT
+    settings = ServeSettings(api_key=api_key, workers=args.workers, queue=args.queue,
+                             request_timeout_s=args.timeout, max_new_tokens=args.max_new_tokens,
+                             upload=UploadLimits(max_bytes=int(args.max_upload_mb * 2**20)))
+    app = create_app(_assistant(args), settings)
+    print(f"ecgllm serving on http://{args.host}:{args.port}/  (API docs: /docs)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return EXIT_OK
+
+
 def add_ask_commands(sub: argparse._SubParsersAction, formatter: type, exit_help: str) -> None:
     def common(p: argparse.ArgumentParser, tokens: int) -> None:
         p.add_argument("--model", metavar="DIR", help="checkpoint folder (default: the shipped checkpoint)")
@@ -166,3 +187,24 @@ def add_ask_commands(sub: argparse._SubParsersAction, formatter: type, exit_help
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("serve", formatter_class=formatter, help="REST API + web UI",
+                       description="Serve the REST API (POST /v1/ask, /v1/report; GET /v1/health, /v1/models; "
+                                   "OpenAPI at /docs) and the web UI at / from one process. Listens on 127.0.0.1 "
+                                   "unless told otherwise. Requests beyond the workers and the queue get 503 with "
+                                   "Retry-After.",
+                       epilog=f"""examples:
+  ecgllm serve --port 8000
+  ECGLLM_API_KEY=secret ecgllm serve --api-key-env ECGLLM_API_KEY --host 0.0.0.0
+  curl -F ecg=@00001_lr.hea -F ecg=@00001_lr.dat -F question="Is this a normal ECG?" localhost:8000/v1/ask
+
+{exit_help}""")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    common(p, 64)
+    p.add_argument("--api-key-env", metavar="VAR", help="require header X-API-Key equal to this variable's value")
+    p.add_argument("--workers", type=int, default=1, help="model calls at once")
+    p.add_argument("--queue", type=int, default=16, help="requests that may wait for a worker")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--max-upload-mb", type=float, default=50.0)
+    p.set_defaults(func=cmd_serve)

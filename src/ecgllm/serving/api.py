@@ -1,0 +1,194 @@
+"""REST API and web UI (FastAPI): ``create_app(assistant, settings)``; ``ecgllm serve`` runs it with uvicorn.
+
+Endpoints: ``GET /v1/health``, ``GET /v1/models``, ``POST /v1/ask``, ``POST /v1/report``, ``POST /v1/plot``
+(the UI's plot + measurements), ``GET /`` (the web UI), ``/docs`` and ``/openapi.json``.
+
+Uploads are multipart (field ``ecg``: one or two records — single files, a WFDB ``.hea`` + ``.dat`` pair or a
+zip of one record) or JSON arrays. Limits: upload bytes, image pixels (checked before decoding), record
+duration and lead count, a per-request timeout, and a bounded queue: when every worker is busy and the queue is
+full the answer is 503 with ``Retry-After``. An API key, when set, is compared in constant time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from ecgllm import __version__
+from ecgllm.errors import InputError
+from ecgllm.io.limits import ReadLimits
+from ecgllm.serving.uploads import UploadLimits, UploadTooLargeError, save_records
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+@dataclass
+class ServeSettings:
+    api_key: str | None = None
+    workers: int = 1                      # model calls at once (CPU-bound: more rarely helps on 2 cores)
+    queue: int = 16                       # requests allowed to wait; beyond that: 503 + Retry-After
+    request_timeout_s: float = 120.0
+    retry_after_s: int = 5
+    max_new_tokens: int = 64
+    upload: UploadLimits = field(default_factory=UploadLimits)
+    read: ReadLimits = field(default_factory=lambda: ReadLimits(max_duration_s=600.0, max_leads=16,
+                                                                 max_file_bytes=50 * 2**20))
+
+
+class _Gate:
+    """At most ``workers`` model calls at once and ``queue`` waiting; the rest are turned away."""
+
+    def __init__(self, workers: int, queue: int) -> None:
+        self.semaphore = asyncio.Semaphore(workers)
+        self.capacity, self.inside = workers + queue, 0
+
+
+def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
+    settings = settings or ServeSettings()
+    gate = _Gate(settings.workers, settings.queue)
+    app = FastAPI(title="ecgllm", version=__version__,
+                  description="Ask a language model about electrocardiograms. Not a medical device.")
+
+    def check_key(request: Request) -> None:
+        if settings.api_key:
+            given = request.headers.get("x-api-key", "")
+            if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+                raise HTTPException(401, "missing or wrong API key (header X-API-Key)")
+
+    async def read_upload(request: Request) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.upload.max_bytes + 65536:
+            raise UploadTooLargeError(f"the request is larger than {settings.upload.max_bytes / 2**20:.0f} MiB")
+        kind = request.headers.get("content-type", "")
+        if kind.startswith("application/json"):
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise InputError("the JSON body must be an object")
+            return [], body
+        if not kind.startswith("multipart/form-data"):
+            raise InputError("send multipart/form-data (field 'ecg' with files, 'question') or application/json")
+        form = await request.form(max_files=settings.upload.max_files, max_fields=8)
+        files = []
+        for item in form.getlist("ecg"):
+            if isinstance(item, str):
+                raise InputError("the field 'ecg' must hold files")
+            data = await item.read(settings.upload.max_bytes + 1)
+            if len(data) > settings.upload.max_bytes:
+                raise UploadTooLargeError(f"a file is larger than {settings.upload.max_bytes / 2**20:.0f} MiB")
+            files.append((item.filename or "", data))
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        return files, fields
+
+    def records_from(files, body, folder: Path):
+        from ecgllm.io.reader import read_ecg
+        from ecgllm.io.validate import build_ecg
+
+        if files:
+            return [read_ecg(p, limits=settings.read) for p in save_records(files, folder, settings.upload)]
+        arrays = body.get("ecgs")
+        if not isinstance(arrays, list) or not 1 <= len(arrays) <= 2:
+            raise InputError('JSON needs "ecgs": a list of one or two {"signal": [[...], ...], "fs": Hz, '
+                             '"leads": [...]} objects')
+        import numpy as np
+
+        out = []
+        for item in arrays:
+            try:
+                signal = np.asarray(item["signal"], dtype=np.float32)
+                fs, leads = float(item["fs"]), [str(x) for x in item["leads"]]
+            except (KeyError, TypeError, ValueError):
+                raise InputError('each ECG needs "signal" (leads x samples, mV), "fs" and "leads"') from None
+            if signal.ndim != 2:
+                raise InputError("signal must be a 2-D list: one row of samples per lead")
+            out.append(build_ecg(signal, fs, leads, path=None, fmt="json", limits=settings.read))
+        return out
+
+    async def run(request: Request, work) -> Any:
+        check_key(request)
+        if gate.inside >= gate.capacity:
+            raise HTTPException(503, "busy: every worker is answering and the queue is full; retry later",
+                                headers={"Retry-After": str(settings.retry_after_s)})
+        gate.inside += 1
+        try:
+            files, body = await read_upload(request)
+            async with gate.semaphore:
+                try:
+                    return await asyncio.wait_for(run_in_threadpool(work, files, body), settings.request_timeout_s)
+                except asyncio.TimeoutError:
+                    raise HTTPException(504, f"no answer within {settings.request_timeout_s:.0f} s") from None
+        finally:
+            gate.inside -= 1
+
+    @app.exception_handler(InputError)
+    async def input_error(_request, exc: InputError):
+        status = 413 if isinstance(exc, UploadTooLargeError) else 422
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    @app.get("/v1/health")
+    def health() -> dict:
+        return {"status": "ok", "version": __version__, "model": assistant.name, "waiting_or_running": gate.inside}
+
+    @app.get("/v1/models")
+    def models() -> dict:
+        config = assistant.model.config
+        return {"models": [{"id": assistant.name, "llm": config.llm or "SmolLM2-135M-Instruct (embedded)",
+                            "encoder": config.encoder, "tokens_per_ecg": assistant.model.encoder.n_tokens,
+                            "fs": assistant.processor.prep.fs, "leads": list(assistant.processor.prep.leads)}]}
+
+    @app.post("/v1/ask")
+    async def ask(request: Request) -> dict:
+        """Multipart: ``ecg`` (1-2 records) + ``question``; or JSON {"question", "ecgs": [...]}."""
+        def work(files, body):
+            question = str(body.get("question", "")).strip()
+            if not question:
+                raise InputError("the question is empty (field 'question')")
+            with tempfile.TemporaryDirectory(prefix="ecgllm-upload-") as tmp:
+                ecgs = records_from(files, body, Path(tmp))
+            answer = (assistant.ask(ecgs[0], question, settings.max_new_tokens) if len(ecgs) == 1 else
+                      assistant.compare(ecgs[0], ecgs[1], question, settings.max_new_tokens))
+            return {"answer": answer.text, "question": answer.question, "measurements": answer.measurements,
+                    "timing": answer.timing, "model": assistant.name}
+        return await run(request, work)
+
+    @app.post("/v1/report")
+    async def report(request: Request) -> dict:
+        """Multipart ``ecg`` (one record) or JSON {"ecgs": [one]}: a short report with measurements."""
+        def work(files, body):
+            with tempfile.TemporaryDirectory(prefix="ecgllm-upload-") as tmp:
+                ecgs = records_from(files, body, Path(tmp))
+            answer = assistant.report(ecgs[0], max(settings.max_new_tokens, 96))
+            return {"report": answer.text, "measurements": answer.measurements, "timing": answer.timing,
+                    "model": assistant.name}
+        return await run(request, work)
+
+    @app.post("/v1/plot")
+    async def plot(request: Request) -> dict:
+        """The 12-lead plot (PNG as a data URL) and the measurements of each uploaded record."""
+        def work(files, body):
+            from ecgllm.render.plot import plot_ecg
+            from ecgllm.serving.assistant import measurement_summary
+
+            out = []
+            with tempfile.TemporaryDirectory(prefix="ecgllm-upload-") as tmp:
+                for i, ecg in enumerate(records_from(files, body, Path(tmp))):
+                    png = plot_ecg(ecg, Path(tmp) / f"plot{i}.png", dpi=70)
+                    out.append({"image": "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode(),
+                                "measurements": measurement_summary(ecg), "leads": ecg.leads, "fs": ecg.fs,
+                                "duration_s": round(ecg.n_samples / ecg.fs, 2)})
+            return {"records": out}
+        return await run(request, work)
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(STATIC / "index.html")
+
+    return app

@@ -1,0 +1,204 @@
+"""REST API: endpoints, uploads of every kind, limits, API key, queue overflow; the served web UI driven by
+headless Chromium."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import FIXTURES, PTBXL_1
+
+HEA, DAT = PTBXL_1, PTBXL_1.with_suffix(".dat")
+DICOM = FIXTURES / "dicom/waveform_ecg.dcm"
+ARTIFACTS = Path(os.environ.get("ECGLLM_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
+
+
+@pytest.fixture(scope="module")
+def assistant(tiny_checkpoint):
+    from ecgllm import ECGAssistant
+
+    return ECGAssistant.load(tiny_checkpoint)
+
+
+def client_for(assistant, **settings):
+    from fastapi.testclient import TestClient
+
+    from ecgllm.serving.api import ServeSettings, create_app
+
+    return TestClient(create_app(assistant, ServeSettings(max_new_tokens=4, **settings)))
+
+
+def wfdb_files():
+    return [("ecg", ("00001_lr.hea", HEA.read_bytes())), ("ecg", ("00001_lr.dat", DAT.read_bytes()))]
+
+
+def test_health_models_and_openapi(assistant):
+    client = client_for(assistant)
+    assert client.get("/v1/health").json()["status"] == "ok"
+    assert client.get("/v1/models").json()["models"][0]["tokens_per_ecg"] == 2
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/ask", "/v1/report", "/v1/health", "/v1/models"} <= set(paths)
+
+
+def test_ask_with_a_wfdb_pair_a_single_file_a_zip_json_and_two_records(assistant):
+    client = client_for(assistant)
+    r = client.post("/v1/ask", files=wfdb_files(), data={"question": "Is this a normal ECG?"})
+    assert r.status_code == 200, r.text
+    assert isinstance(r.json()["answer"], str) and r.json()["measurements"][0]["heart_rate"] > 30
+    r = client.post("/v1/ask", files=[("ecg", ("x.dcm", DICOM.read_bytes()))], data={"question": "Rhythm?"})
+    assert r.status_code == 200, r.text
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.write(HEA, "folder/00001_lr.hea")
+        z.write(DAT, "folder/00001_lr.dat")
+    r = client.post("/v1/ask", files=[("ecg", ("record.zip", buffer.getvalue()))], data={"question": "Rhythm?"})
+    assert r.status_code == 200, r.text
+    signal = (np.sin(np.linspace(0, 60, 5000))[None].repeat(12, 0) * 0.5).round(4).tolist()
+    body = {"question": "Is this normal?", "ecgs": [{"signal": signal, "fs": 500, "leads":
+            ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]}]}
+    assert client.post("/v1/ask", json=body).status_code == 200
+    r = client.post("/v1/ask", files=[*wfdb_files(), ("ecg", ("b.dcm", DICOM.read_bytes()))],
+                    data={"question": "What changed?"})
+    assert r.status_code == 200 and len(r.json()["measurements"]) == 2
+    r = client.post("/v1/report", files=wfdb_files())
+    assert r.status_code == 200 and "report" in r.json()
+    r = client.post("/v1/plot", files=wfdb_files())
+    assert r.json()["records"][0]["image"].startswith("data:image/png;base64,")
+
+
+def test_bad_uploads_get_clear_4xx_answers(assistant, tmp_path):
+    client = client_for(assistant)
+    cases = [
+        ([("ecg", ("x.exe", b"MZ..."))], 422, "not accepted"),
+        ([("ecg", ("x.csv", b"garbage\n1,2\n"))], 422, ""),
+        ([("ecg", ("x.zip", b"not a zip"))], 422, "zip"),
+        ([("ecg", ("a.dcm", b"1")), ("ecg", ("b.dcm", b"2")), ("ecg", ("c.dcm", b"3"))], 422, "one or two"),
+        ([], 422, ""),
+    ]
+    for files, status, words in cases:
+        r = client.post("/v1/ask", files=files or None, data={"question": "Is this normal?"})
+        assert r.status_code == status, (files, r.text)
+        assert words in r.json()["detail"]
+    r = client.post("/v1/ask", files=wfdb_files(), data={"question": "  "})
+    assert r.status_code == 422 and "empty" in r.json()["detail"]
+    # a path in the file name never reaches the disk: only the extension is used
+    r = client.post("/v1/ask", files=[("ecg", ("../../etc/evil.hea", HEA.read_bytes())),
+                                      ("ecg", ("../../etc/evil.dat", DAT.read_bytes()))], data={"question": "x?"})
+    assert r.status_code in (200, 422) and not Path("/etc/evil.hea").exists()
+
+
+def test_limits_image_bombs_and_api_key(assistant):
+    from PIL import Image
+
+    client = client_for(assistant)
+    big = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(big, format="PNG")  # 81 MP, a few hundred kB compressed
+    r = client.post("/v1/ask", files=[("ecg", ("photo.png", big.getvalue()))], data={"question": "x?"})
+    assert r.status_code == 413 and "pixels" in r.json()["detail"]
+    from ecgllm.serving.uploads import UploadLimits
+
+    small = client_for(assistant, upload=UploadLimits(max_bytes=1000))
+    assert small.post("/v1/ask", files=wfdb_files(), data={"question": "x?"}).status_code == 413
+    keyed = client_for(assistant, api_key="s3cret")
+    assert keyed.post("/v1/ask", files=wfdb_files(), data={"question": "x?"}).status_code == 401
+    ok = keyed.post("/v1/ask", files=wfdb_files(), data={"question": "x?"}, headers={"X-API-Key": "s3cret"})
+    assert ok.status_code == 200
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ecgllm.serving.cli", "serve", "--port", str(port), "--model",
+                             str(tiny_checkpoint), "--max-new-tokens", "6", "--queue", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    import httpx
+
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(url + "/v1/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail(f"server did not start: {proc.stdout.read()[-2000:]}")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_served_api_answers_and_turns_away_overflow_with_503(server):
+    import concurrent.futures
+
+    import httpx
+
+    files = [("ecg", ("00001_lr.hea", HEA.read_bytes())), ("ecg", ("00001_lr.dat", DAT.read_bytes()))]
+    r = httpx.post(server + "/v1/ask", files=files, data={"question": "Is this a normal ECG?"}, timeout=60)
+    assert r.status_code == 200 and "answer" in r.json()
+
+    def one(_):
+        return httpx.post(server + "/v1/ask", files=files, data={"question": "Is this a normal ECG?"},
+                          timeout=120).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(24) as pool:
+        codes = list(pool.map(one, range(24)))
+    assert set(codes) <= {200, 503} and 200 in codes and 503 in codes  # 1 worker + 4 waiting: the rest is 503
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None or shutil.which("chromedriver") is None,
+                    reason="Debian chromium + chromium-driver are not installed")
+def test_web_ui_in_headless_chromium_uploads_asks_and_shows_plot(server):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.get(server + "/")
+        driver.find_element(By.ID, "ecg1").send_keys(f"{HEA}\n{DAT}")
+        wait = WebDriverWait(driver, 60)
+        plot = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "img.ecgplot")))
+        wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", plot) > 0)
+        driver.find_element(By.ID, "question").send_keys("Does this ECG show atrial fibrillation?")
+        driver.find_element(By.ID, "ask").click()
+        answer = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#chat .answer")))
+        assert answer.text.strip() and "heart_rate" in driver.find_element(By.ID, "plots").text
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "web_ui.png"))
+        assert (ARTIFACTS / "web_ui.png").stat().st_size > 10_000
+    finally:
+        driver.quit()
+
+
+def test_serve_help_and_bad_api_key_env():
+    result = subprocess.run([sys.executable, "-m", "ecgllm.serving.cli", "serve", "--help"], capture_output=True,
+                            text=True)
+    assert result.returncode == 0 and "127.0.0.1" in result.stdout
+    env = {k: v for k, v in os.environ.items() if k != "NOPE_KEY"}
+    result = subprocess.run([sys.executable, "-m", "ecgllm.serving.cli", "serve", "--api-key-env", "NOPE_KEY"],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 3 and json.dumps("NOPE_KEY").strip('"') in result.stderr
