@@ -64,5 +64,9 @@ class FileTooLargeError(ECGReadError):
     """The file is bigger than the configured size limit."""
 
 
+class CorruptFileError(ECGReadError):
+    """The file's format was recognised but its parser failed on its contents (damaged or not what it claims)."""
+
+
 class ECGQualityWarning(UserWarning):
     """Some leads are flat-lined or saturated; the record is still usable."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ecgllm.io.errors import ECGFileNotFoundError, EmptyFileError, FileTooLargeError, UnsupportedFormatError
+from ecgllm.io.errors import (CorruptFileError, ECGFileNotFoundError, ECGReadError, EmptyFileError, FileTooLargeError,
+                              UnsupportedFormatError)
 from ecgllm.io.formats.csv_format import read_csv
 from ecgllm.io.formats.dicom_format import read_dicom
 from ecgllm.io.formats.hdf5_format import read_code15_hdf5
@@ -123,8 +124,17 @@ def read_ecg(
         raise UnsupportedFormatError(path, "is an image; reading photographed or scanned ECGs is not available in "
                                      "this version.", "Provide the signal file (WFDB, DICOM, CSV, ...) instead.")
 
-    raw = _read_raw(fmt, path, fs=fs, leads=leads, units=units, exam_id=exam_id, index=index,
-                    start_s=start_s, duration_s=duration_s)
+    try:
+        raw = _read_raw(fmt, path, fs=fs, leads=leads, units=units, exam_id=exam_id, index=index,
+                        start_s=start_s, duration_s=duration_s)
+    except ECGReadError:
+        raise
+    except MemoryError:
+        raise FileTooLargeError(path, "needs more memory to read than is available.",
+                                "The header may announce a huge record; check the file.") from None
+    except Exception as exc:  # third-party parsers raise anything on damaged files; users get one typed error
+        raise CorruptFileError(path, f"could not be read as {fmt} ({type(exc).__name__}: {str(exc)[:200]}).",
+                               "The file may be damaged or truncated; export or copy it again.") from exc
     if fmt != "wfdb" and (start_s or duration_s is not None):
         rate = raw.fs if raw.fs else 0
         a = int(round(start_s * rate))
