@@ -35,3 +35,21 @@ def test_readme_main_job_runs(tmp_path):
         result = subprocess.run([str(ROOT / args[0])] + args[1:], cwd=ROOT, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
     assert (tmp_path / "ecg.png").stat().st_size > 10_000
+
+
+def test_readme_python_api_example_runs(tiny_checkpoint):
+    """The README's Python block, with ``checkpoint`` bound to a tiny saved checkpoint."""
+    import contextlib
+    import io
+    import os
+
+    block = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    out = io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        with contextlib.redirect_stdout(out):
+            exec(compile(block, "README.md", "exec"), {"checkpoint": str(tiny_checkpoint)})
+    finally:
+        os.chdir(cwd)
+    assert out.getvalue().strip()
