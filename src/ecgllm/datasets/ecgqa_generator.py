@@ -189,8 +189,11 @@ class ECGQAGenerator:
     """Seeded, deterministic ECG-QA-style sample generator over a pool of records (one split)."""
 
     def __init__(self, attributes: dict[int, RecordAttributes], pool: list[int] | set[int],
-                 templates: dict[int, Template] | None = None) -> None:
+                 templates: dict[int, Template] | None = None, strata: dict[int, str] | None = None) -> None:
         self.attributes = attributes
+        self.strata = strata or {}          # severity stratum per record (intervention sampling)
+        self._intervention = False
+        self._stratum_prior: dict[str, float] = {}
         self.templates = {k: t for k, t in (templates or load_templates()).items() if t.supported}
         ids = sorted(int(i) for i in pool if int(i) in attributes)
         by_patient: dict[int, list[RecordAttributes]] = defaultdict(list)
@@ -229,6 +232,8 @@ class ECGQAGenerator:
         if t.scope == "numeric_range":
             feature = _pick(rng, sorted(a.numeric))
             if t.kind == "verify":
+                if self._intervention:  # the asked range must not depend on the record
+                    return [feature, _pick(rng, RANGE_NAMES)]
                 return [feature, a.numeric[feature] if rng.random() < 1 / 3 else _pick(rng, RANGE_NAMES)]
             if t.kind == "choose":
                 first = _pick(rng, RANGE_NAMES)
@@ -242,7 +247,8 @@ class ECGQAGenerator:
         present = sorted(_present(t, a, lead=lead) or set()) if t.scope != "noise_leads" else sorted(a.noise or {})
         if t.scope == "noise_leads":
             options = sorted({"baseline drift", "static noise", "burst noise", "electrodes problems"})
-        first = _pick(rng, present) if present and rng.random() < 0.5 else _pick(rng, options)
+        biased = present and not self._intervention and rng.random() < 0.5
+        first = _pick(rng, present) if biased else _pick(rng, options)
         if t.kind == "choose":
             second = _pick(rng, [o for o in options if o != first])
             return [first, second] if rng.random() < 0.5 else [second, first]
@@ -270,7 +276,7 @@ class ECGQAGenerator:
             return list(pair), [_pick(rng, FEATURES)]
         a, b = (self.attributes[i] for i in pair)
         pool = sorted((a.statements.keys() | b.statements.keys()) & t.value_set)
-        value = _pick(rng, pool) if pool and rng.random() < 0.5 else _pick(rng, t.values)
+        value = _pick(rng, pool) if pool and not self._intervention and rng.random() < 0.5 else _pick(rng, t.values)
         return list(pair), [value]
 
     def _draw(self, t: Template, rng: np.random.Generator) -> tuple[list[int], list[str], str | None] | None:
@@ -280,18 +286,37 @@ class ECGQAGenerator:
             picked = self._comparison(t, rng)
             return None if picked is None else (picked[0], picked[1], lead)
         candidates = self._candidates(t)
+        if self._intervention and self.strata:  # stratum first, drawn from P(s), then a record of that stratum
+            names = list(self._stratum_prior)
+            wanted = names[int(rng.choice(len(names), p=list(self._stratum_prior.values())))]
+            in_stratum = candidates[np.array([self.strata.get(int(i)) == wanted for i in candidates], dtype=bool)] \
+                if candidates.size else candidates
+            candidates = in_stratum if in_stratum.size else candidates
         if candidates.size == 0:
             return None
         ecg_id = int(candidates[int(rng.integers(candidates.size))])
         return [ecg_id], self._pick_values(t, self.attributes[ecg_id], rng, lead), lead
 
     def generate(self, n: int, seed: int = 0, template_ids: list[int] | None = None, start_id: int = 0,
-                 yes_rate: float = 1 / 3, tries: int = 30) -> list[dict]:
+                 yes_rate: float | None = 1 / 3, tries: int = 30, intervention: bool = False) -> list[dict]:
         """``n`` samples in the official schema, templates drawn uniformly (or from ``template_ids``).
 
         Yes/no questions aim at ``yes_rate`` "yes" answers (the official release has about 1:2): the
-        wanted answer is drawn first, then up to ``tries`` draws look for ECGs and values that give it.
+        wanted answer is drawn first, then up to ``tries`` draws look for ECGs and values that give it —
+        which makes the question depend on the record, as in the official data.
+
+        ``intervention=True`` samples do(Q) instead (de-biased pre-training data): the severity stratum is
+        drawn from P(s) (needs ``strata``), a record of that stratum, and the question's values independently
+        of the record; no answer is aimed at. The answer is still computed from the record's labels.
         """
+        if intervention and not self.strata:
+            raise ValueError("intervention sampling needs the records' severity strata (ECGQAGenerator(strata=...))")
+        self._intervention = intervention
+        if intervention:
+            from ecgllm.datasets.severity import stratum_weights
+
+            self._stratum_prior = stratum_weights([self.strata[i] for i in self.pools.ids if i in self.strata])
+            yes_rate = None
         rng = np.random.default_rng(seed)
         tids = sorted(template_ids or self.templates)
         question_ids: dict[tuple[int, str], int] = {}
@@ -301,7 +326,7 @@ class ECGQAGenerator:
             attempts += 1
             t = self.templates[tids[int(rng.integers(len(tids)))]]
             wanted = None
-            if t.kind == "verify":
+            if t.kind == "verify" and yes_rate is not None:
                 wanted = "yes" if rng.random() < yes_rate else "no"
             found = None
             for _ in range(tries if wanted else 1):

@@ -49,6 +49,8 @@ class EcgLMConfig:
     llm_policy: str = "lora"
     encoder_policy: str = "trained"
     encoder_init: str | None = None              # a finished encoder pretraining run to start from
+    n_strata: int = 0                            # > 0: stratified backdoor adjustment (severity embedding)
+    stratum_prior: list = field(default_factory=list)  # P(s), used to marginalise at inference
     lora: dict = field(default_factory=lambda: {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
                                                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]})
 
@@ -71,6 +73,10 @@ class EcgLanguageModel(nn.Module):
         self.llm = llm
         hidden = llm.get_input_embeddings().embedding_dim
         self.projector = build_projector(config.projector, self.encoder.dim, hidden)
+        # Severity stratum embedding added to the ECG tokens; zero at start, so it changes nothing until trained.
+        self.stratum_embedding = nn.Embedding(config.n_strata, hidden) if config.n_strata else None
+        if self.stratum_embedding is not None:
+            nn.init.zeros_(self.stratum_embedding.weight)
         self.ecg_token_id = ecg_token_id
         self.label_vocab: dict[str, list[str]] = {}  # label vocabularies of the pretrained encoder, if any
         self._apply_policies()
@@ -126,8 +132,32 @@ class EcgLanguageModel(nn.Module):
         if self.config.encoder_policy == "frozen":
             self.encoder.requires_grad_(False)
 
+    def load_weights_from(self, directory: str | Path) -> None:
+        """Continue from an earlier stage's checkpoint folder (same architecture): encoder, projector, strata,
+        and the LoRA adapter or full LLM weights. The base LLM itself is not touched."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        if not (directory / "config.json").exists():
+            raise FileNotFoundError(f"init_from: {directory} is not a checkpoint folder (no config.json)")
+        self.encoder.load_state_dict(load_file(directory / "encoder.safetensors"))
+        self.projector.load_state_dict(load_file(directory / "projector.safetensors"))
+        if self.stratum_embedding is not None and (directory / "strata.safetensors").exists():
+            self.stratum_embedding.load_state_dict(load_file(directory / "strata.safetensors"))
+        if self.config.llm_policy == "lora" and (directory / "adapter/adapter_model.safetensors").exists():
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.llm, load_file(directory / "adapter/adapter_model.safetensors"))
+        elif self.config.llm_policy == "full" and (directory / "llm").is_dir():
+            from transformers import AutoModelForCausalLM
+
+            self.llm.load_state_dict(AutoModelForCausalLM.from_pretrained(str(directory / "llm")).state_dict())
+        if (directory / "labels.json").exists():
+            self.label_vocab = json.loads((directory / "labels.json").read_text())
+
     # ------------------------------------------------------------------------------------ forward
-    def embed(self, input_ids: torch.Tensor, ecg: torch.Tensor | None, ecg_mask: torch.Tensor | None) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, ecg: torch.Tensor | None, ecg_mask: torch.Tensor | None,
+              ecg_strata: torch.Tensor | None = None) -> torch.Tensor:
         embeds = self.llm.get_input_embeddings()(input_ids)
         slots = input_ids == self.ecg_token_id
         n_ecgs = 0 if ecg is None else ecg.shape[0]
@@ -138,21 +168,83 @@ class EcgLanguageModel(nn.Module):
         if n_ecgs == 0:
             return embeds
         tokens = self.projector(self.encoder(ecg.to(embeds.device), None if ecg_mask is None else ecg_mask.to(embeds.device)))
+        if self.stratum_embedding is not None and ecg_strata is not None:
+            tokens = tokens + self.stratum_embedding(ecg_strata.to(embeds.device))[:, None, :]
         return embeds.masked_scatter(slots.unsqueeze(-1), tokens.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
 
-    def forward(self, input_ids, attention_mask=None, ecg=None, ecg_mask=None, labels=None):
-        return self.llm(inputs_embeds=self.embed(input_ids, ecg, ecg_mask), attention_mask=attention_mask,
-                        labels=labels)
+    def forward(self, input_ids, attention_mask=None, ecg=None, ecg_mask=None, labels=None, ecg_strata=None,
+                sample_weight=None):
+        """``sample_weight`` [B]: per-conversation loss weights (inverse-propensity de-biasing): the loss is the
+        weighted mean of each conversation's mean token loss."""
+        embeds = self.embed(input_ids, ecg, ecg_mask, ecg_strata)
+        if sample_weight is None or labels is None:
+            return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
+        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask)
+        logits, targets = out.logits[:, :-1].float(), labels[:, 1:]
+        token_loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                 ignore_index=-100, reduction="none").view(targets.shape)
+        counted = (targets != -100).float()
+        per_sample = (token_loss * counted).sum(1) / counted.sum(1).clamp(min=1.0)
+        weight = sample_weight.to(per_sample.dtype)
+        out.loss = (per_sample * weight).sum() / weight.sum().clamp(min=1e-8)
+        return out
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, ecg=None, ecg_mask=None, max_new_tokens: int = 64,
-                 **kwargs) -> torch.Tensor:
-        """New tokens only (greedy by default), with the KV cache."""
-        embeds = self.embed(input_ids, ecg, ecg_mask)
+                 ecg_strata=None, **kwargs):
+        """New tokens only (greedy by default), with the KV cache. A stratified model without given strata
+        answers with P(A | do(Q), E) = Σ_s P(A | Q, E, s) P(s): its next-token distributions under every
+        stratum are averaged with the prior P(s) at each step."""
+        if self.stratum_embedding is not None and ecg_strata is None and ecg is not None and ecg.shape[0]:
+            return self._generate_marginal(input_ids, attention_mask, ecg, ecg_mask, max_new_tokens, **kwargs)
+        embeds = self.embed(input_ids, ecg, ecg_mask, ecg_strata)
         kwargs.setdefault("do_sample", False)
         kwargs.setdefault("suppress_tokens", [self.ecg_token_id])  # never emit the placeholder itself
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
                                  use_cache=True, **kwargs)
+
+    def _generate_marginal(self, input_ids, attention_mask, ecg, ecg_mask, max_new_tokens: int,
+                           return_dict_in_generate: bool = False, output_scores: bool = False, pad_token_id=None,
+                           eos_token_id=None, streamer=None, **_ignored):
+        from types import SimpleNamespace
+
+        n, batch = self.config.n_strata, input_ids.shape[0]
+        prior = torch.tensor(self.config.stratum_prior or [1.0 / n] * n, dtype=torch.float32)
+        prior = (prior / prior.sum()).to(input_ids.device)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        embeds = torch.cat([self.embed(input_ids, ecg, ecg_mask, torch.full((ecg.shape[0],), s, dtype=torch.long))
+                            for s in range(n)])                              # [n * B, T, H]: one copy per stratum
+        mask = attention_mask.repeat(n, 1)
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+        eos = eos_token_id if eos_token_id is not None else self.llm.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        pad = pad_token_id if pad_token_id is not None else (min(eos) if eos else 0)
+        done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+        tokens, scores, last = [], [], positions[:, -1:]
+        for _ in range(max_new_tokens):
+            logits = out.logits[:, -1].float()
+            logits[:, self.ecg_token_id] = float("-inf")  # as `generate` suppresses the placeholder
+            mixed = (prior[:, None, None] * torch.softmax(logits, -1).view(n, batch, -1)).sum(0)
+            scores.append(mixed.clamp(min=1e-30).log())
+            step = torch.where(done, torch.full_like(done, pad, dtype=torch.long), mixed.argmax(-1))
+            tokens.append(step)
+            if streamer is not None:
+                streamer.put(step.cpu())
+            done |= torch.isin(step, torch.tensor(sorted(eos), device=step.device)) if eos else done
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones(n * batch, 1, dtype=mask.dtype, device=mask.device)], -1)
+            last = last + 1
+            out = self.llm(input_ids=step.repeat(n)[:, None], attention_mask=mask, position_ids=last,
+                           past_key_values=out.past_key_values, use_cache=True)
+        if streamer is not None:
+            streamer.end()
+        sequences = torch.stack(tokens, 1)
+        if return_dict_in_generate:
+            return SimpleNamespace(sequences=sequences, scores=tuple(scores) if output_scores else None)
+        return sequences
 
     # ------------------------------------------------------------------------------------ saving
     def save_pretrained(self, directory: str | Path, processor: EcgProcessor) -> Path:
@@ -166,6 +258,8 @@ class EcgLanguageModel(nn.Module):
         (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         save_file({k: v.contiguous() for k, v in self.encoder.state_dict().items()}, directory / "encoder.safetensors")
         save_file({k: v.contiguous() for k, v in self.projector.state_dict().items()}, directory / "projector.safetensors")
+        if self.stratum_embedding is not None:
+            save_file({"weight": self.stratum_embedding.weight.detach().contiguous()}, directory / "strata.safetensors")
         if self.config.llm_policy == "lora":
             self.llm.save_pretrained(directory / "adapter")
         elif self.config.llm_policy == "full":
@@ -205,6 +299,8 @@ class EcgLanguageModel(nn.Module):
             config.llm_policy = "lora"
         model.encoder.load_state_dict(load_file(directory / "encoder.safetensors"))
         model.projector.load_state_dict(load_file(directory / "projector.safetensors"))
+        if model.stratum_embedding is not None:
+            model.stratum_embedding.load_state_dict(load_file(directory / "strata.safetensors"))
         if (directory / "labels.json").exists():
             model.label_vocab = json.loads((directory / "labels.json").read_text())
         return model.eval(), processor

@@ -109,7 +109,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from ecgllm.datasets.ecgqa_attributes import build_attributes
         from ecgllm.datasets.ecgqa_generator import ECGQAGenerator
 
-        samples = ECGQAGenerator(build_attributes(ptbxl, measurements), pool).generate(args.n, seed=args.seed)
+        strata = None
+        if args.intervention:
+            from ecgllm.datasets.severity import strata_for
+
+            strata = strata_for(ptbxl, pool)
+        generator = ECGQAGenerator(build_attributes(ptbxl, measurements), pool, strata=strata)
+        samples = generator.generate(args.n, seed=args.seed, intervention=args.intervention)
         if args.format == "official":
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(samples))
@@ -124,6 +130,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
         _write(conversations, out, "llava" if args.format == "llava" else "jsonl")
         count = len(conversations)
     print(f"wrote {out} ({count} {args.kind} samples from {len(pool)} {args.split} records, seed {args.seed})")
+    return EXIT_OK
+
+
+def cmd_debias(args: argparse.Namespace) -> int:
+    import json
+
+    from ecgllm.datasets.debias import annotate
+    from ecgllm.datasets.ptbxl import PTBXL
+
+    summary = annotate(args.conversations, args.out, PTBXL.load(args.ptbxl))
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {args.out}")
     return EXIT_OK
 
 
@@ -219,5 +237,22 @@ def add_data_commands(sub: argparse._SubParsersAction, formatter: type, exit_hel
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=["official", "jsonl", "llava"], default="official",
                    help="ecgqa: official JSON (default), conversation JSONL or LLaVA; instruct: jsonl or llava")
+    p.add_argument("--intervention", action="store_true",
+                   help="ecgqa: de-biased sampling do(Q): severity stratum from P(s), then a record, then the "
+                        "question independently of the record (backdoor adjustment by intervention)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_generate)
+
+    p = data_sub.add_parser(
+        "debias", formatter_class=formatter, help="annotate conversations with severity strata and IPW weights",
+        description="Add each conversation's severity strata (from PTB-XL labels) and its inverse-propensity "
+                    "weight P(s)/P(s|q) to its meta, for the ipw and stratified training estimators. Prints how "
+                    "well the question alone predicts the answer (the shortcut the method removes).",
+        epilog=f"""examples:
+  ecgllm data debias train.jsonl --ptbxl shared/data/ptbxl -o train_debiased.jsonl
+
+{exit_help}""")
+    p.add_argument("conversations", help="conversation JSONL")
+    p.add_argument("--ptbxl", required=True, help="folder with ptbxl_database.csv or ptbxl_labels.csv")
+    p.add_argument("-o", "--out", required=True, help="annotated JSONL")
+    p.set_defaults(func=cmd_debias)

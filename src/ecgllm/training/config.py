@@ -36,6 +36,9 @@ class OptimConfig:
     max_grad_norm: float = 1.0
 
 
+DEBIAS_METHODS = ("none", "intervention", "ipw", "stratified")
+
+
 @dataclass
 class TrainConfig:
     stage: str
@@ -49,6 +52,15 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     mixed_precision: str = "no"    # "bf16" where the hardware supports it
+    # Backdoor adjustment for the severity confounder: "none", "intervention" (the data was generated with
+    # `--intervention`; the loop itself is plain), "ipw" (per-sample weights P(s)/P(s|q)) or "stratified"
+    # (severity embedding, marginalised over P(s) at inference); ipw/stratified need `ecgllm data debias`.
+    debias: str = "none"
+    init_from: str | None = None   # a previous stage's final/ folder: start from its encoder, projector, adapter
+
+    def __post_init__(self) -> None:
+        if self.debias not in DEBIAS_METHODS:
+            raise ValueError(f"debias must be one of {DEBIAS_METHODS}, got {self.debias!r}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from torch.utils.data import Dataset
 
 from ecgllm.datasets.cache import ECGCache
+from ecgllm.datasets.severity import SUPERCLASS_STRATA
 from ecgllm.io.record import ECG
+
+
+STRATUM_INDEX = {name: i for i, name in enumerate(SUPERCLASS_STRATA)}
 
 
 class ConversationDataset(Dataset):
@@ -39,11 +44,23 @@ class ConversationDataset(Dataset):
         meta = self.cache.meta
         ecgs = [ECG(s, meta["fs"], list(meta["leads"]), {}) for s in signals]
         turns = [{"role": t["role"], "content": t["content"]} for t in row["turns"]]
-        return turns, ecgs, [e.get("tag", "") for e in row["ecgs"]]
+        meta = row.get("meta", {})
+        strata = [STRATUM_INDEX.get(s, STRATUM_INDEX["no diagnostic label"]) for s in meta.get("strata", [])]
+        return turns, ecgs, [e.get("tag", "") for e in row["ecgs"]], float(meta.get("ipw_weight", 1.0)), strata
 
 
-def make_collate(processor):
+def make_collate(processor, debias: str = "none"):
+    """Batches from the processor; ``ipw`` adds per-sample loss weights, ``stratified`` the ECGs' strata
+    (both written into the data by `ecgllm data debias`)."""
     def collate(items):
-        turns, ecgs, tags = zip(*items)
-        return processor(list(turns), list(ecgs), tags=list(tags), train=True)
+        turns, ecgs, tags, weights, strata = zip(*items)
+        batch = processor(list(turns), list(ecgs), tags=list(tags), train=True)
+        if debias == "ipw":
+            batch["sample_weight"] = torch.tensor(weights, dtype=torch.float32)
+        elif debias == "stratified":
+            flat = [s for per_sample, group in zip(strata, ecgs) for s in (per_sample or [0] * len(group))]
+            if len(flat) != batch["ecg"].shape[0]:
+                raise ValueError("stratified de-biasing needs meta.strata for every ECG (run `ecgllm data debias`)")
+            batch["ecg_strata"] = torch.tensor(flat, dtype=torch.long)
+        return batch
     return collate

@@ -13,9 +13,21 @@ from pathlib import Path
 
 import torch
 
+from ecgllm.datasets.severity import SUPERCLASS_STRATA
 from ecgllm.training.config import TrainConfig
 
 STATE_FILE = "trainer_state.json"
+
+
+def stratum_prior(dataset) -> list[float]:
+    """P(s) over the training ECGs (meta.strata), in `SUPERCLASS_STRATA` order."""
+    counts = [0] * len(SUPERCLASS_STRATA)
+    for row in dataset.rows:
+        for name in row.get("meta", {}).get("strata", []):
+            counts[SUPERCLASS_STRATA.index(name) if name in SUPERCLASS_STRATA else -1] += 1
+    if not sum(counts):
+        raise ValueError("debias: stratified needs meta.strata in the training data (run `ecgllm data debias`)")
+    return [c / sum(counts) for c in counts]
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -58,13 +70,17 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True) 
                               mixed_precision=config.mixed_precision,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     set_seed(config.seed)
-    model, processor = EcgLanguageModel.build(config.model, ProcessorConfig(prep=config.prep.to_dict()),
-                                              llm=llm, tokenizer=tokenizer)
     if config.data.ecg_cache is None:
         raise ValueError("data.ecg_cache is required (build one with `ecgllm data prepare`)")
     dataset = ConversationDataset(config.data.train, ECGCache.open(config.data.ecg_cache), config.data.max_samples)
+    if config.debias == "stratified" and not config.model.n_strata:
+        config.model.n_strata, config.model.stratum_prior = len(SUPERCLASS_STRATA), stratum_prior(dataset)
+    model, processor = EcgLanguageModel.build(config.model, ProcessorConfig(prep=config.prep.to_dict()),
+                                              llm=llm, tokenizer=tokenizer)
+    if config.init_from:
+        model.load_weights_from(config.init_from)
     loader = DataLoader(dataset, batch_size=config.optim.batch_size, shuffle=True,
-                        collate_fn=make_collate(processor), num_workers=0)
+                        collate_fn=make_collate(processor, config.debias), num_workers=0)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     warmup = max(config.optim.warmup_steps, 0)

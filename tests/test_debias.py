@@ -1,0 +1,180 @@
+"""Backdoor adjustment: severity strata, intervention sampling, IPW weights, the weighted loss, stratified
+marginal decoding, and the three estimators through `ecgllm train`."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ecgllm.datasets.debias import ipw_weights, question_prior_accuracy
+from ecgllm.datasets.severity import count_stratum, most_severe, superclass_stratum
+from tests.conftest import FIXTURES, PTBXL_1, SHARED, needs_shared
+from tests.tiny_models import tiny_llm
+
+CLI = [sys.executable, "-m", "ecgllm.serving.cli"]
+
+
+def test_strata_are_defined_from_labels():
+    assert superclass_stratum(["NORM"]) == "normal"
+    assert superclass_stratum(["MI"]) == "one abnormal" == superclass_stratum(["NORM", "CD"])
+    assert superclass_stratum(["MI", "STTC"]) == "several abnormal"
+    assert superclass_stratum([]) == "no diagnostic label"
+    assert count_stratum(["SR", "NORM"]) == "0" and count_stratum(["AFIB", "IMI", "LVH", "PVC"]) == "3+"
+    assert most_severe(["normal", "several abnormal"]) == "several abnormal"
+
+
+def test_ipw_weights_undo_the_question_stratum_dependence():
+    # question "a" is asked mostly of sick records, "b" mostly of healthy ones
+    questions = ["a"] * 8 + ["a"] * 2 + ["b"] * 2 + ["b"] * 8
+    strata = ["sick"] * 8 + ["healthy"] * 2 + ["sick"] * 2 + ["healthy"] * 8
+    w = ipw_weights(questions, strata, smoothing=0.0)
+    # weighted, each question sees the strata at their marginal P(s) = 1/2
+    for q in ("a", "b"):
+        rows = [i for i, x in enumerate(questions) if x == q]
+        sick = sum(w[i] for i in rows if strata[i] == "sick")
+        assert sick / sum(w[i] for i in rows) == pytest.approx(0.5)
+    assert w.mean() == pytest.approx(1.0)
+    assert question_prior_accuracy(["q"] * 100, ["yes"] * 100) == 1.0
+
+
+@needs_shared
+def test_intervention_sampling_cuts_the_stratum_question_link():
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    from ecgllm.datasets import PTBXL
+    from ecgllm.datasets.ecgqa import ECGQA
+    from ecgllm.datasets.ecgqa_attributes import build_attributes
+    from ecgllm.datasets.ecgqa_generator import ECGQAGenerator
+    from ecgllm.datasets.severity import strata_for
+
+    ptbxl = PTBXL.load(SHARED / "ptbxl")
+    pool = sorted(ECGQA(SHARED / "ecgqa/ecgqa").split_ecg_ids("train"))[:3000]
+    strata = strata_for(ptbxl, pool)
+    generator = ECGQAGenerator(build_attributes(ptbxl), pool, strata=strata)
+    single = [t for t, tpl in generator.templates.items() if tpl.question_type.startswith("single")]
+
+    def ami(samples):
+        return adjusted_mutual_info_score([strata[s["ecg_id"][0]] for s in samples],
+                                          [f"{s['template_id']}|{s['question']}" for s in samples])
+
+    vanilla = generator.generate(3000, seed=1, template_ids=single)
+    intervened = generator.generate(3000, seed=1, template_ids=single, intervention=True)
+    assert ami(intervened) < 0.5 * ami(vanilla)
+    with pytest.raises(ValueError, match="strata"):
+        ECGQAGenerator(build_attributes(ptbxl), pool).generate(5, intervention=True)
+
+
+@pytest.fixture()
+def tiny_stratified(tiny_tokenizer):
+    from ecgllm.models import EcgLanguageModel, EcgLMConfig, ProcessorConfig
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    config = EcgLMConfig(llm="tiny", encoder_kwargs={"widths": [8, 16], "n_tokens": 2}, n_strata=4,
+                         stratum_prior=[0.4, 0.3, 0.2, 0.1], lora={"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]})
+    torch.manual_seed(0)
+    return EcgLanguageModel.build(config, ProcessorConfig(), llm=tiny_llm(len(tokenizer)), tokenizer=tokenizer)
+
+
+def _batch(processor, train: bool):
+    from ecgllm import read_ecg
+
+    ecg = read_ecg(PTBXL_1)
+    turns = [[{"role": "user", "content": "Does this ECG show atrial fibrillation?"},
+              {"role": "assistant", "content": "no"}][: 2 if train else 1]] * 2
+    return processor(turns, [[ecg], [ecg]], train=train)
+
+
+def test_uniform_weights_give_the_plain_loss_and_weights_matter(tiny_stratified):
+    model, processor = tiny_stratified
+    model.eval()
+    batch = _batch(processor, train=True)
+    plain = model(**batch).loss
+    weighted = model(**batch, sample_weight=torch.ones(2)).loss
+    assert torch.allclose(plain, weighted, atol=1e-5)
+    assert torch.allclose(model(**batch, sample_weight=torch.tensor([3.0, 3.0])).loss, plain, atol=1e-5)
+
+
+def test_marginal_decoding_mixes_the_strata_with_the_prior(tiny_stratified):
+    model, processor = tiny_stratified
+    model.eval()
+    batch = _batch(processor, train=False)
+    batch.pop("labels", None)
+    kwargs = dict(max_new_tokens=5, return_dict_in_generate=True, output_scores=True,
+                  pad_token_id=processor.tokenizer.pad_token_id)
+    # a zero stratum embedding (untrained): every stratum is the same model, so the mixture is plain greedy
+    marginal = model.generate(**batch, **kwargs)
+    plain = model.generate(**batch, ecg_strata=torch.zeros(2, dtype=torch.long), **kwargs)
+    n = min(marginal.sequences.shape[1], plain.sequences.shape[1])
+    assert torch.equal(marginal.sequences[:, :n], plain.sequences[:, :n])
+    # with distinct strata the first step's distribution is exactly Σ_s P(s) P(token | s)
+    with torch.no_grad():
+        model.stratum_embedding.weight.normal_(0, 2.0)
+    marginal = model.generate(**batch, **kwargs)
+    mixed = sum(p * torch.softmax(model.generate(**batch, ecg_strata=torch.full((2,), s), **kwargs).scores[0], -1)
+                for s, p in enumerate([0.4, 0.3, 0.2, 0.1]))
+    mixed[:, model.ecg_token_id] = 0
+    assert torch.allclose(marginal.scores[0].exp(), mixed, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def debias_workspace(tmp_path_factory, tiny_tokenizer):
+    from ecgllm.datasets import PTBXL
+    from ecgllm.datasets.cache import build_cache
+    from ecgllm.datasets.conversation import write_jsonl
+    from ecgllm.datasets.instruct import InstructBuilder
+    from ecgllm.signal import PrepConfig
+
+    root = tmp_path_factory.mktemp("debias")
+    ptbxl = PTBXL.load(FIXTURES / "ptbxl")
+    paths = [ptbxl.record_path(i, prefer_fs=100) for i in ptbxl.ecg_ids]
+    build_cache(paths, ptbxl.table[["strat_fold"]].reset_index(), root / "cache",
+                PrepConfig(fs=100.0, bandpass=None, window_s=10.0), "test", workers=1, progress=False)
+    write_jsonl(InstructBuilder(ptbxl, ptbxl.ecg_ids).build(24, seed=0, split="train"), root / "train.jsonl")
+    result = subprocess.run(CLI + ["data", "debias", str(root / "train.jsonl"), "--ptbxl", str(FIXTURES / "ptbxl"),
+                                   "-o", str(root / "train_debiased.jsonl")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    llm = tiny_llm(len(tiny_tokenizer))
+    llm.save_pretrained(root / "tiny-llm")
+    tiny_tokenizer.save_pretrained(root / "tiny-llm")
+    return root
+
+
+@pytest.mark.parametrize("method", ["ipw", "stratified"])
+def test_debiased_training_runs_saves_and_chains(debias_workspace, method):
+    root = debias_workspace
+    row = json.loads((root / "train_debiased.jsonl").read_text().splitlines()[0])
+    assert {"strata", "stratum", "ipw_weight"} <= set(row["meta"])
+    base = {"stage": "debiased_pretraining", "data": {"train": str(root / "train_debiased.jsonl"),
+                                                       "ecg_cache": str(root / "cache")},
+            "model": {"llm": str(root / "tiny-llm"), "encoder_kwargs": {"widths": [8, 16], "n_tokens": 2},
+                      "lora": {"r": 2, "lora_alpha": 4, "lora_dropout": 0.0, "target_modules": ["q_proj"]}},
+            "prep": {"fs": 100.0, "normalize": "zscore"}, "optim": {"batch_size": 4, "max_steps": 3},
+            "save_every": 3, "log_every": 1, "debias": method}
+    first = dict(base, output_dir=str(root / f"{method}-1"))
+    (root / f"{method}-1.yaml").write_text(yaml.safe_dump(first))
+    result = subprocess.run(CLI + ["train", str(root / f"{method}-1.yaml"), "--quiet"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = json.loads((root / f"{method}-1/final/config.json").read_text())["config"]
+    if method == "stratified":
+        assert config["n_strata"] == 4 and abs(sum(config["stratum_prior"]) - 1) < 1e-6
+        assert (root / f"{method}-1/final/strata.safetensors").exists()
+    # the next stage starts from this one's weights
+    second = dict(base, output_dir=str(root / f"{method}-2"), init_from=str(root / f"{method}-1/final"),
+                  debias="none" if method == "ipw" else method)
+    second["optim"] = {"batch_size": 4, "max_steps": 1, "lr": 0.0}
+    (root / f"{method}-2.yaml").write_text(yaml.safe_dump(second))
+    result = subprocess.run(CLI + ["train", str(root / f"{method}-2.yaml"), "--quiet"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    from safetensors.torch import load_file
+
+    a = load_file(root / f"{method}-1/final/projector.safetensors")
+    b = load_file(root / f"{method}-2/final/projector.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # lr 0: the chained stage kept the first stage's weights
+    assert np.isfinite([json.loads(x)["loss"] for x in (root / f"{method}-1/metrics.jsonl").read_text().splitlines()]).all()
