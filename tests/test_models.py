@@ -114,6 +114,7 @@ def test_pretrained_encoder_starts_the_llm_stage_and_its_labels_travel_with_the_
     import copy
     import json
 
+    from ecgllm.signal import PrepConfig
     from ecgllm.training.pretrain_encoder import save_encoder
 
     kwargs = {"widths": [16, 32], "n_tokens": 4}
@@ -125,7 +126,8 @@ def test_pretrained_encoder_starts_the_llm_stage_and_its_labels_travel_with_the_
     config = EcgLMConfig(llm="tiny", encoder="resnet1d", encoder_kwargs=kwargs, encoder_init=str(tmp_path / "enc"),
                          lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]})
     tokenizer = copy.deepcopy(tiny_tokenizer)
-    model, processor = EcgLanguageModel.build(config, ProcessorConfig(), llm=tiny_llm(len(tokenizer)), tokenizer=tokenizer)
+    centered = ProcessorConfig(prep=PrepConfig(normalize="center").to_dict())  # what an "mv" encoder was fed
+    model, processor = EcgLanguageModel.build(config, centered, llm=tiny_llm(len(tokenizer)), tokenizer=tokenizer)
     for name, value in pretrained.state_dict().items():
         assert torch.equal(model.encoder.state_dict()[name], value), name
     model.save_pretrained(tmp_path / "ckpt", processor)

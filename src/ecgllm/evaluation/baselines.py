@@ -90,12 +90,10 @@ class EncoderFeatures:
     def _input(self, ecgs: Sequence[ECG]) -> tuple[torch.Tensor, torch.Tensor]:
         from ecgllm.signal.prepare import PrepConfig, prepare
 
-        prep = PrepConfig(fs=self.fs, bandpass=None, normalize="zscore" if self.normalize == "zscore" else "none",
+        prep = PrepConfig(fs=self.fs, bandpass=None, normalize="zscore" if self.normalize == "zscore" else "center",
                           window_s=10.0)
         prepared = [prepare(e, prep) for e in ecgs]
         x = np.stack([p.signal for p in prepared])
-        if self.normalize == "mv":
-            x = x - x.mean(-1, keepdims=True)
         return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(np.stack([p.mask for p in prepared]))
 
     @torch.no_grad()

@@ -111,10 +111,13 @@ class EcgLanguageModel(nn.Module):
         except FileNotFoundError:
             raise FileNotFoundError(f"encoder_init: {folder} holds no encoder_config.json; point it at a "
                                     f"finished `ecgllm train` encoder run") from None
-        if saved["encoder"] != self.config.encoder or saved["encoder_kwargs"] != self.config.encoder_kwargs:
+        # n_tokens only sets the final pooling, so an encoder pretrained with 16 tokens may serve with 8
+        same = {k: v for k, v in saved["encoder_kwargs"].items() if k != "n_tokens"} == \
+            {k: v for k, v in self.config.encoder_kwargs.items() if k != "n_tokens"}
+        if saved["encoder"] != self.config.encoder or not same:
             raise ValueError(f"encoder_init: {folder} holds {saved['encoder']} {saved['encoder_kwargs']}, the "
                              f"recipe asks for {self.config.encoder} {self.config.encoder_kwargs}")
-        expected = {"mv": "none", "zscore": "zscore"}[saved["input"]["normalize"]]
+        expected = {"mv": "center", "zscore": "zscore"}[saved["input"]["normalize"]]
         if prep.get("normalize") != expected or float(prep.get("fs", 0)) != float(saved["input"]["fs"]):
             raise ValueError(f"encoder_init: the encoder was trained on {saved['input']} input; set prep.fs to "
                              f"{saved['input']['fs']} and prep.normalize to {expected!r}")
@@ -261,7 +264,8 @@ class EcgLanguageModel(nn.Module):
         if self.stratum_embedding is not None:
             save_file({"weight": self.stratum_embedding.weight.detach().contiguous()}, directory / "strata.safetensors")
         if self.config.llm_policy == "lora":
-            self.llm.save_pretrained(directory / "adapter")
+            # the resized embedding is the base one plus a deterministic <ecg> row: no need to store 100+ MB
+            self.llm.save_pretrained(directory / "adapter", save_embedding_layers=False)
         elif self.config.llm_policy == "full":
             self.llm.save_pretrained(directory / "llm", safe_serialization=True)
         processor.save_pretrained(directory)

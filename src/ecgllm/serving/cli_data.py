@@ -64,8 +64,13 @@ def _load_pool(args: argparse.Namespace, ptbxl) -> set[int]:
     if args.pool == "ecgqa":
         from ecgllm.datasets import ECGQA
 
-        return ECGQA(args.ecgqa).split_ecg_ids(args.split)
-    return set(int(i) for i in ptbxl.split_ids(args.split))
+        pool = ECGQA(args.ecgqa).split_ecg_ids(args.split)
+    else:
+        pool = set(int(i) for i in ptbxl.split_ids(args.split))
+    if getattr(args, "fold", None):
+        folds = ptbxl.table["strat_fold"]
+        pool = {i for i in pool if i in folds.index and int(folds.at[i]) in args.fold}
+    return pool
 
 
 def _measurements(path: str | None):
@@ -115,7 +120,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
             strata = strata_for(ptbxl, pool)
         generator = ECGQAGenerator(build_attributes(ptbxl, measurements), pool, strata=strata)
-        samples = generator.generate(args.n, seed=args.seed, intervention=args.intervention)
+        samples = generator.generate(args.n, seed=args.seed, intervention=args.intervention,
+                                     template_ids=args.template_ids)
         if args.format == "official":
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(samples))
@@ -130,6 +136,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
         _write(conversations, out, "llava" if args.format == "llava" else "jsonl")
         count = len(conversations)
     print(f"wrote {out} ({count} {args.kind} samples from {len(pool)} {args.split} records, seed {args.seed})")
+    return EXIT_OK
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Official ECG-QA files -> conversation JSONL (one question each), optionally a seeded subsample."""
+    import numpy as np
+
+    from ecgllm.datasets.conversation import from_ecgqa, write_jsonl
+    from ecgllm.evaluation.ecgqa_score import load_gold
+
+    samples = sorted(load_gold(args.official).samples.values(), key=lambda s: (s.variant or "", s.sample_id))
+    if args.n and args.n < len(samples):
+        keep = np.sort(np.random.default_rng(args.seed).choice(len(samples), args.n, replace=False))
+        samples = [samples[i] for i in keep]
+    count = write_jsonl((from_ecgqa(s.to_official(), split=args.split, source=f"ecgqa-{s.variant or 'official'}")
+                         for s in samples), args.out)
+    print(f"wrote {args.out} ({count} conversations)")
     return EXIT_OK
 
 
@@ -237,11 +260,28 @@ def add_data_commands(sub: argparse._SubParsersAction, formatter: type, exit_hel
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=["official", "jsonl", "llava"], default="official",
                    help="ecgqa: official JSON (default), conversation JSONL or LLaVA; instruct: jsonl or llava")
+    p.add_argument("--fold", type=int, nargs="+", help="keep only records of these PTB-XL strat_folds "
+                                                     "(e.g. --split test --fold 10: ECG-QA test ECGs of fold 10)")
+    p.add_argument("--template-ids", type=int, nargs="+", help="only these ECG-QA templates")
     p.add_argument("--intervention", action="store_true",
                    help="ecgqa: de-biased sampling do(Q): severity stratum from P(s), then a record, then the "
                         "question independently of the record (backdoor adjustment by intervention)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_generate)
+
+    p = data_sub.add_parser(
+        "convert", formatter_class=formatter, help="official ECG-QA files -> conversation JSONL",
+        description="Turn official-format ECG-QA samples (files or folders) into training conversations.",
+        epilog=f"""examples:
+  ecgllm data convert shared/data/ecgqa/ecgqa/ptbxl/template/train --split train --n 2000 -o official_train.jsonl
+
+{exit_help}""")
+    p.add_argument("official", nargs="+", help="official-format files or folders")
+    p.add_argument("--split", default="train", help="split name written into the conversations' meta")
+    p.add_argument("--n", type=int, help="seeded random subsample of this size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--out", required=True)
+    p.set_defaults(func=cmd_convert)
 
     p = data_sub.add_parser(
         "debias", formatter_class=formatter, help="annotate conversations with severity strata and IPW weights",

@@ -6,19 +6,21 @@ from typing import Literal
 
 import numpy as np
 
-NormMode = Literal["none", "zscore", "minmax"]
-NORM_MODES: tuple[str, ...] = ("none", "zscore", "minmax")
+NormMode = Literal["none", "center", "zscore", "minmax"]
+NORM_MODES: tuple[str, ...] = ("none", "center", "zscore", "minmax")
 
 
 def normalize(x: np.ndarray, mode: NormMode = "none", mask: np.ndarray | None = None,
               eps: float = 1e-6) -> np.ndarray:
     """Normalise each lead (row) of ``x``.
 
-    ``none`` keeps millivolts; ``zscore`` gives zero mean / unit variance per lead; ``minmax`` maps each
+    ``none`` keeps millivolts; ``center`` keeps millivolts minus each lead's mean; ``zscore`` gives zero mean / unit variance per lead; ``minmax`` maps each
     lead to [-1, 1]. Rows where ``mask`` is False stay exactly zero.
     """
     if mode == "none":
         out = x.astype(np.float32, copy=True)
+    elif mode == "center":
+        out = (x - x.mean(axis=-1, keepdims=True)).astype(np.float32)
     elif mode == "zscore":
         mean = x.mean(axis=-1, keepdims=True)
         std = x.std(axis=-1, keepdims=True)
