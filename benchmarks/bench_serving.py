@@ -82,7 +82,11 @@ def main() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        asyncio.run(burst(url, 2, 1, args.timeout))  # warm-up: first calls pay one-time costs
+        else:
+            sys.exit("the server did not come up within 60 s")
+        warm = asyncio.run(burst(url, 2, 1, args.timeout))  # warm-up: first calls pay one-time costs
+        if any(c != 200 for c, _ in warm):
+            sys.exit(f"warm-up requests failed: {warm}")
         started = time.perf_counter()
         results = asyncio.run(burst(url, args.requests, args.concurrency, args.timeout))
         wall = time.perf_counter() - started
@@ -95,6 +99,7 @@ def main() -> None:
         "requests": len(results), "concurrency": args.concurrency, "workers": 1, "queue": args.queue,
         "answered": int((np.array(codes) == 200).sum()), "rejected_503": codes.count(503),
         "errors": sum(c not in (200, 503) for c in codes),
+        "status_codes": {str(c): codes.count(c) for c in sorted(set(codes))},
         "p50_ms": round(float(np.percentile(ok, 50)), 1) if len(ok) else None,
         "p95_ms": round(float(np.percentile(ok, 95)), 1) if len(ok) else None,
         "wall_s": round(wall, 1), "checkpoint": str(checkpoint), "environment": environment()})

@@ -71,6 +71,8 @@ def test_ask_with_a_wfdb_pair_a_single_file_a_zip_json_and_two_records(assistant
     r = client.post("/v1/ask", files=[*wfdb_files(), ("ecg", ("b.dcm", DICOM.read_bytes()))],
                     data={"question": "What changed?"})
     assert r.status_code == 200 and len(r.json()["measurements"]) == 2
+    renamed = [("ecg", ("a.hea", HEA.read_bytes())), ("ecg", ("a.dat", DAT.read_bytes()))]  # header says 00001_lr
+    assert client.post("/v1/ask", files=renamed, data={"question": "Rhythm?"}).status_code == 200
     r = client.post("/v1/report", files=wfdb_files())
     assert r.status_code == 200 and "report" in r.json()
     r = client.post("/v1/plot", files=wfdb_files())

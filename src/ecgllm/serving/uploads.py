@@ -96,6 +96,10 @@ def _rewrite_header(text: str, stem: str, dat_names: dict[str, str]) -> str:
             first = False
             continue
         name = line.split()[0]
+        if name not in dat_names and len(set(dat_names.values())) == 1:
+            name_to = next(iter(dat_names.values()))  # one signal file uploaded under another name: use it
+            out.append(line.replace(name, name_to, 1))
+            continue
         out.append(line.replace(name, dat_names.get(name, name), 1) if name in dat_names else line)
     return "\n".join(out) + "\n"
 
