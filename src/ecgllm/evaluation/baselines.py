@@ -195,7 +195,7 @@ def run_baselines(train: Sequence[str], data: Sequence[str], ptbxl: str, out: st
     from ecgllm.datasets.ptbxl import PTBXL
     from ecgllm.datasets.ptbxl_signals import PTBXLSignals
     from ecgllm.evaluation.ecgqa_eval import EcgqaRun, add_strata, labels_dir_for
-    from ecgllm.evaluation.ecgqa_score import load_gold, read_predictions, score_predictions, summarize
+    from ecgllm.evaluation.ecgqa_score import first_samples, load_gold, read_predictions, score_predictions, summarize
     from ecgllm.evaluation.report import run_info, write_run
     from ecgllm.evaluation.runner import run_samples
 
@@ -206,7 +206,7 @@ def run_baselines(train: Sequence[str], data: Sequence[str], ptbxl: str, out: st
         raise ValueError("the classifier and text-tags baselines need --encoder (a finished encoder run)")
     train_set = list(load_gold(train).samples.values())
     gold = load_gold(data)
-    test = sorted(gold.samples.values(), key=lambda s: (s.variant or "", s.sample_id))[:limit]
+    test = first_samples(gold, limit)
     gold.samples = {(s.variant, s.sample_id): s for s in test}
     labels_dir = labels_dir_for(EcgqaRun(data=data, ptbxl=ptbxl, out=out, labels=labels))
     source = PTBXLSignals.open(ptbxl)

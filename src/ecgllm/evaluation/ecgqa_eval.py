@@ -11,7 +11,7 @@ import pandas as pd
 
 from ecgllm.models.default import resolve_model_dir
 from ecgllm.datasets.severity import most_severe, strata_for
-from ecgllm.evaluation.ecgqa_score import load_gold, read_predictions, score_predictions, summarize
+from ecgllm.evaluation.ecgqa_score import first_samples, load_gold, read_predictions, score_predictions, summarize
 from ecgllm.evaluation.report import run_info, write_run
 from ecgllm.evaluation.runner import ModelAnswerer, run_samples
 
@@ -57,9 +57,7 @@ def evaluate_ecgqa(run: EcgqaRun, model=None, processor=None, progress: bool = T
     from ecgllm.datasets.ptbxl_signals import PTBXLSignals
 
     gold = load_gold(run.data)
-    samples = sorted(gold.samples.values(), key=lambda s: (s.variant or "", s.sample_id))
-    if run.limit:
-        samples = samples[:run.limit]
+    samples = first_samples(gold, run.limit)
     model_name = "given in memory"
     if model is None:
         from ecgllm.models.ecg_lm import EcgLanguageModel

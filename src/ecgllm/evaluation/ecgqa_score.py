@@ -66,6 +66,14 @@ def load_gold(paths: str | Path | Sequence[str | Path]) -> GoldSet:
     return GoldSet(samples, files, digest.hexdigest()[:16], variants)
 
 
+def first_samples(gold: GoldSet, limit: int | None) -> list[QASample]:
+    """The samples of the first ``limit`` sample ids (every variant of each), in a stable order: a limited
+    run still compares template and paraphrased questions on the same samples."""
+    ids = sorted({sid for _, sid in gold.samples})
+    keep = set(ids[:limit]) if limit else set(ids)
+    return sorted((s for (_, sid), s in gold.samples.items() if sid in keep), key=lambda s: (s.variant or "", s.sample_id))
+
+
 def read_predictions(path: str | Path) -> list[dict]:
     """Prediction lines; a line that is not JSON or lacks ``sample_id``/``answer`` is an error naming it."""
     rows = []

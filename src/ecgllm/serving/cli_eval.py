@@ -90,7 +90,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (created; a re-run resumes)")
     p.add_argument("--labels", metavar="DIR", help="PTB-XL labels for severity strata and patient ids "
                                                    "(default: --ptbxl when it holds them)")
-    p.add_argument("--limit", type=int, help="only the first N samples (by sample_id)")
+    p.add_argument("--limit", type=int, help="only the first N sample ids (each in every variant given)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--quiet", action="store_true", help="no progress bar")

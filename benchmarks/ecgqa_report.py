@@ -1,0 +1,67 @@
+"""Turn benchmarks/results/ecgqa_model.json into docs/results/ecgqa_model.md and its plot. Every number in the
+page comes from that JSON, which `benchmarks/ecgqa_model.py` writes.
+
+    python benchmarks/ecgqa_report.py
+"""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib
+import numpy as np
+from common import RESULTS, ROOT
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+DOCS = ROOT / "docs" / "results"
+PROBES = [("template_em", "template"), ("paraphrased_em", "paraphrased"), ("random_ecg_em", "random ECG"),
+          ("blind_em", "blind")]
+
+
+def fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def main() -> None:
+    r = json.loads((RESULTS / "ecgqa_model.json").read_text())
+    DOCS.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    x = np.arange(len(PROBES))
+    for i, (name, values) in enumerate((("vanilla", r["vanilla"]), ("de-biased", r))):
+        ax.bar(x + (i - 0.5) * 0.38, [values[k] for k, _ in PROBES], 0.38, label=name)
+    ax.set_xticks(x, [label for _, label in PROBES])
+    ax.set_ylabel("exact match")
+    ax.set_title("ECG-QA official valid chunk (comparison_irrelevant-query)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(DOCS / "ecgqa_model.png", dpi=120)
+    plt.close(fig)
+    rows = ["| model | template EM | paraphrased EM | paraphrase gap | random-ECG EM | blind EM | random-ECG fall to blind |",
+            "|---|---|---|---|---|---|---|"]
+    for name, v in (("vanilla", r["vanilla"]), ("de-biased (shipped candidate)", r)):
+        rows.append(f"| {name} | {fmt(v['template_em'])} | {fmt(v['paraphrased_em'])} | {fmt(v['paraphrase_gap'])} | "
+                    f"{fmt(v['random_ecg_em'])} | {fmt(v['blind_em'])} | {fmt(v['random_ecg_fall_towards_blind'])} |")
+    gen_rows = []
+    if "generated_fold10" in r:
+        gen_rows = ["| model | EM | random-ECG EM | blind EM | fall to blind |", "|---|---|---|---|---|"]
+        for name, v in (("vanilla", r["vanilla"]["generated_fold10"]), ("de-biased", r["generated_fold10"])):
+            gen_rows.append(f"| {name} | {fmt(v['em'])} | {fmt(v['random_ecg_em'])} | {fmt(v['blind_em'])} | "
+                            f"{fmt(v['random_ecg_fall_towards_blind'])} |")
+        qtypes = sorted(r["generated_fold10"]["per_question_type"])
+        gen_rows += ["", "| question type | vanilla | de-biased |", "|---|---|---|"]
+        gen_rows += [f"| {q} | {fmt(r['vanilla']['generated_fold10']['per_question_type'].get(q))} | "
+                     f"{fmt(r['generated_fold10']['per_question_type'].get(q))} |" for q in qtypes]
+    baselines = ["| baseline | official valid (template) | generated fold-10 test |", "|---|---|---|"]
+    for name, em in r.get("baselines_official_valid_template", {}).items():
+        baselines.append(f"| {name} | {fmt(em)} | {fmt(r.get('baselines_generated_fold10', {}).get(name))} |")
+    page = (DOCS / "ecgqa_model.template.md").read_text()
+    page = page.replace("{{MAIN_TABLE}}", "\n".join(rows)).replace("{{GENERATED_TABLE}}", "\n".join(gen_rows))
+    page = page.replace("{{BASELINES}}", "\n".join(baselines)).replace("{{LIMIT}}", str(r["limit_sample_ids"]))
+    (DOCS / "ecgqa_model.md").write_text(page)
+    print(f"wrote {DOCS / 'ecgqa_model.md'}")
+
+
+if __name__ == "__main__":
+    main()
