@@ -51,3 +51,24 @@ def tiny_checkpoint(tmp_path_factory, tiny_tokenizer):
                                               tokenizer=tokenizer)
     model.save_pretrained(root / "ckpt", processor)
     return root / "ckpt"
+
+
+def make_training_workspace(root: Path, tokenizer, n_conversations: int = 48) -> Path:
+    """A prepared cache of the fixture PTB-XL records, generated conversations and a saved tiny LLM folder."""
+    from ecgllm.datasets import PTBXL
+    from ecgllm.datasets.cache import build_cache
+    from ecgllm.datasets.conversation import write_jsonl
+    from ecgllm.datasets.instruct import InstructBuilder
+    from ecgllm.signal import PrepConfig
+    from tests.tiny_models import tiny_llm
+
+    ptbxl = PTBXL.load(FIXTURES / "ptbxl")
+    paths = [ptbxl.record_path(i, prefer_fs=100) for i in ptbxl.ecg_ids]
+    build_cache(paths, ptbxl.table[["strat_fold"]].reset_index(), root / "cache",
+                PrepConfig(fs=100.0, bandpass=None, window_s=10.0), "test", workers=1, progress=False)
+    write_jsonl(InstructBuilder(ptbxl, ptbxl.ecg_ids).build(n_conversations, seed=0, split="train"),
+                root / "train.jsonl")
+    llm = tiny_llm(len(tokenizer))
+    llm.save_pretrained(root / "tiny-llm")       # any local Hugging Face causal-LM folder works
+    tokenizer.save_pretrained(root / "tiny-llm")
+    return root

@@ -15,7 +15,7 @@ import yaml
 
 from ecgllm.datasets.debias import ipw_weights, question_prior_accuracy
 from ecgllm.datasets.severity import count_stratum, most_severe, superclass_stratum
-from tests.conftest import FIXTURES, PTBXL_1, SHARED, needs_shared
+from tests.conftest import FIXTURES, PTBXL_1, SHARED, make_training_workspace, needs_shared
 from tests.tiny_models import tiny_llm
 
 CLI = [sys.executable, "-m", "ecgllm.serving.cli"]
@@ -125,24 +125,10 @@ def test_marginal_decoding_mixes_the_strata_with_the_prior(tiny_stratified):
 
 @pytest.fixture(scope="module")
 def debias_workspace(tmp_path_factory, tiny_tokenizer):
-    from ecgllm.datasets import PTBXL
-    from ecgllm.datasets.cache import build_cache
-    from ecgllm.datasets.conversation import write_jsonl
-    from ecgllm.datasets.instruct import InstructBuilder
-    from ecgllm.signal import PrepConfig
-
-    root = tmp_path_factory.mktemp("debias")
-    ptbxl = PTBXL.load(FIXTURES / "ptbxl")
-    paths = [ptbxl.record_path(i, prefer_fs=100) for i in ptbxl.ecg_ids]
-    build_cache(paths, ptbxl.table[["strat_fold"]].reset_index(), root / "cache",
-                PrepConfig(fs=100.0, bandpass=None, window_s=10.0), "test", workers=1, progress=False)
-    write_jsonl(InstructBuilder(ptbxl, ptbxl.ecg_ids).build(24, seed=0, split="train"), root / "train.jsonl")
+    root = make_training_workspace(tmp_path_factory.mktemp("debias"), tiny_tokenizer, n_conversations=24)
     result = subprocess.run(CLI + ["data", "debias", str(root / "train.jsonl"), "--ptbxl", str(FIXTURES / "ptbxl"),
                                    "-o", str(root / "train_debiased.jsonl")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    llm = tiny_llm(len(tiny_tokenizer))
-    llm.save_pretrained(root / "tiny-llm")
-    tiny_tokenizer.save_pretrained(root / "tiny-llm")
     return root
 
 

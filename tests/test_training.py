@@ -17,30 +17,15 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from ecgllm.datasets import PTBXL
-from ecgllm.datasets.cache import build_cache
-from ecgllm.datasets.conversation import write_jsonl
-from ecgllm.datasets.instruct import InstructBuilder
-from ecgllm.signal import PrepConfig
 from ecgllm.training.config import RecipeError, load_recipe
-from tests.conftest import FIXTURES
-from tests.tiny_models import tiny_llm
+from tests.conftest import make_training_workspace
 
 CLI = [sys.executable, "-m", "ecgllm.serving.cli"]
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_tokenizer):
-    root = tmp_path_factory.mktemp("train")
-    ptbxl = PTBXL.load(FIXTURES / "ptbxl")
-    paths = [ptbxl.record_path(i, prefer_fs=100) for i in ptbxl.ecg_ids]
-    build_cache(paths, ptbxl.table[["strat_fold"]].reset_index(), root / "cache",
-                PrepConfig(fs=100.0, bandpass=None, window_s=10.0), "test", workers=1, progress=False)
-    write_jsonl(InstructBuilder(ptbxl, ptbxl.ecg_ids).build(48, seed=0, split="train"), root / "train.jsonl")
-    llm = tiny_llm(len(tiny_tokenizer))
-    llm.save_pretrained(root / "tiny-llm")       # any local Hugging Face causal-LM folder works
-    tiny_tokenizer.save_pretrained(root / "tiny-llm")
-    return root
+    return make_training_workspace(tmp_path_factory.mktemp("train"), tiny_tokenizer)
 
 
 def recipe(workspace: Path, name: str, **optim) -> Path:

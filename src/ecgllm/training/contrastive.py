@@ -17,7 +17,6 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +24,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ecgllm.models.encoders import build_encoder
-from ecgllm.training.pretrain_encoder import load_ptbxl_arrays, random_crops, save_encoder
+from ecgllm.training.pretrain_encoder import (load_epoch_state, load_ptbxl_arrays, random_crops,
+                                              save_encoder, save_epoch_state, start_run)
 
 TEXT_SOURCES = ("report", "statements", "both")
 
@@ -123,14 +123,9 @@ def _valid_loss(model: ECGTextModel, signals, feats, text_ids, rows, crop: int, 
 
 
 def pretrain_contrastive(config: ContrastiveConfig, progress: bool = True) -> dict:
-    from accelerate.utils import set_seed
     from tqdm import tqdm
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    set_seed(config.seed)
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = start_run(config.output_dir, config.seed, config.threads)
     data, ptbxl = load_ptbxl_arrays(config.ecg_cache, config.ptbxl, config.normalize, config.exclude_ids_file)
     texts = record_texts(ptbxl, data.ids, config.text)
     has_text = np.array([bool(t) for t in texts])
@@ -144,15 +139,8 @@ def pretrain_contrastive(config: ContrastiveConfig, progress: bool = True) -> di
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = len(train) // config.batch_size  # full batches: the loss needs negatives
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps_per_epoch)
-    start_epoch, history = 0, []
     state_path = out / "checkpoint.pt"
-    if state_path.exists():  # whole epochs are atomic
-        state = torch.load(state_path, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        start_epoch, history = state["epoch"], state["history"]
+    start_epoch, history = load_epoch_state(state_path, model, optimizer, scheduler)
     for epoch in range(start_epoch, config.epochs):
         rng = np.random.default_rng([config.seed, epoch])
         model.train()
@@ -177,11 +165,7 @@ def pretrain_contrastive(config: ContrastiveConfig, progress: bool = True) -> di
         history.append(entry)
         with (out / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
-        tmp = out / "checkpoint.pt.tmp"
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch + 1,
-                    "history": history}, tmp)
-        tmp.replace(state_path)
+        save_epoch_state(state_path, model, optimizer, scheduler, epoch + 1, history)
     save_encoder(out, model.encoder, config.encoder, config.encoder_kwargs, config.normalize, data.fs)
     result = {"encoder": config.encoder, "text": config.text, "train_pairs": int(len(train)),
               "valid_pairs": int(len(valid)), "distinct_train_texts": int(len(np.unique(text_ids[train]))),

@@ -160,16 +160,45 @@ def save_encoder(out: Path, encoder: nn.Module, name: str, kwargs: dict, normali
                                                          "input": {"normalize": normalize, "fs": fs}}, indent=2))
 
 
-def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> dict:
+def start_run(output_dir: str, seed: int, threads: int | None) -> Path:
+    """Threads, seeds and the output folder of an epoch-based encoder run."""
     from accelerate.utils import set_seed
+
+    if threads:
+        torch.set_num_threads(threads)
+    set_seed(seed)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def load_epoch_state(path: Path, model, optimizer, scheduler, ema=None) -> tuple[int, list]:
+    """Resume after a crash: whole epochs are atomic. Returns (epochs done, metric history)."""
+    if not path.exists():
+        return 0, []
+    state = torch.load(path, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    torch.set_rng_state(state["rng"])
+    return state["epoch"], state["history"]
+
+
+def save_epoch_state(path: Path, model, optimizer, scheduler, epoch: int, history: list, ema=None) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state(), "epoch": epoch, "history": history,
+                "ema": None if ema is None else ema.state_dict()}, tmp)
+    tmp.replace(path)
+
+
+def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> dict:
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     from tqdm import tqdm
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    set_seed(config.seed)
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = start_run(config.output_dir, config.seed, config.threads)
     data, _ = load_ptbxl_arrays(config.ecg_cache, config.ptbxl, config.normalize, config.exclude_ids_file)
     signals, y, train, valid, test = data.signals, data.y, data.train, data.valid, data.test
     crop, stride = int(config.crop_s * data.fs), int(config.eval_stride_s * data.fs)
@@ -185,17 +214,8 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
     steps_per_epoch = int(np.ceil(len(train) / config.batch_size))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps_per_epoch)
     loss_fn = nn.BCEWithLogitsLoss()
-    start_epoch, history = 0, []
     state_path = out / "checkpoint.pt"
-    if state_path.exists():  # resume after a crash: whole epochs are atomic
-        state = torch.load(state_path, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        torch.set_rng_state(state["rng"])
-        start_epoch, history = state["epoch"], state["history"]
+    start_epoch, history = load_epoch_state(state_path, model, optimizer, scheduler, ema)
     for epoch in range(start_epoch, config.epochs):
         rng = np.random.default_rng([config.seed, epoch])  # per epoch, so a resumed run sees the same data
         model.train()
@@ -224,11 +244,7 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
         history.append(entry)
         with (out / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
-        tmp = out / "checkpoint.pt.tmp"
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch + 1,
-                    "history": history, "ema": None if ema is None else ema.state_dict()}, tmp)
-        tmp.replace(state_path)
+        save_epoch_state(state_path, model, optimizer, scheduler, epoch + 1, history, ema)
     final = model if ema is None else ema.module
     scores = score_records(final, signals[test], crop, stride)
     result = {"encoder": config.encoder, "encoder_kwargs": config.encoder_kwargs,
