@@ -108,7 +108,7 @@ def add_eval_commands(sub: argparse._SubParsersAction, formatter: type, exit_hel
   ecgllm eval probes --data ecgqa/ptbxl --ptbxl ptb-xl/ --model runs/m/final --out runs/eval/probes
 
 {exit_help}""")
-    actions = p.add_subparsers(dest="action", metavar="ACTION", title="actions")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", title="actions", required=True)
 
     s = actions.add_parser("ecgqa-score", formatter_class=formatter, help="score a predictions JSONL",
                            description="Score predictions against official ECG-QA data: exact match of answer "

@@ -1,0 +1,63 @@
+"""Copy a trained checkpoint into the package as the default one (src/ecgllm/data/checkpoint/).
+
+Only what inference needs is copied (config, encoder, projector, strata, LoRA adapter, processor, labels);
+machine-local paths are dropped from the config; the weights must stay within the size budget on top of the
+SmolLM2 base, and the copy must load and answer before it replaces the shipped one.
+
+    python scripts/ship_checkpoint.py runs/ecgqa/instruct_debiased/final [--max-mb 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = ROOT / "src/ecgllm/data/checkpoint"
+KEEP = ("config.json", "encoder.safetensors", "projector.safetensors", "strata.safetensors", "labels.json",
+        "processor_config.json", "adapter", "tokenizer")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path, help="a checkpoint folder written by `ecgllm train` (…/final)")
+    parser.add_argument("--max-mb", type=float, default=40.0, help="weights budget on top of the base LLM")
+    args = parser.parse_args()
+    meta = json.loads((args.source / "config.json").read_text())
+    if meta["config"].get("llm_policy") == "full" or meta["config"].get("llm"):
+        print("error: only LoRA/frozen checkpoints on the embedded SmolLM2 base can be shipped", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(dir=TARGET.parent) as tmp:
+        staged = Path(tmp) / "checkpoint"
+        staged.mkdir()
+        for name in KEEP:
+            src = args.source / name
+            if src.is_dir():
+                shutil.copytree(src, staged / name)
+            elif src.exists():
+                shutil.copy2(src, staged / name)
+        meta["config"]["encoder_init"] = None  # a path on the training machine; the weights are in the folder
+        meta["shipped_from"] = args.source.name
+        (staged / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        weights = sum(p.stat().st_size for p in staged.rglob("*.safetensors"))
+        total = sum(p.stat().st_size for p in staged.rglob("*") if p.is_file())
+        if weights > args.max_mb * 2**20:
+            print(f"error: {weights / 2**20:.1f} MB of weights > {args.max_mb} MB", file=sys.stderr)
+            return 2
+        from ecgllm.serving.assistant import ECGAssistant
+
+        answer = ECGAssistant.load(staged).ask(ROOT / "src/ecgllm/data/ptbxl_00001_lr.hea",
+                                               "Does this ECG show atrial fibrillation?", max_new_tokens=8)
+        shutil.rmtree(TARGET, ignore_errors=True)
+        staged.rename(TARGET)
+    print(f"shipped {args.source} -> {TARGET}: {weights / 2**20:.1f} MB weights, {total / 2**20:.1f} MB in all; "
+          f"smoke answer: {answer.text!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
