@@ -33,6 +33,7 @@ def main() -> None:
         ax.bar(x + (i - 0.5) * 0.38, [values[k] for k, _ in PROBES], 0.38, label=name)
     ax.set_xticks(x, [label for _, label in PROBES])
     ax.set_ylabel("exact match")
+    ax.set_ylim(0, 1)
     ax.set_title("ECG-QA official valid chunk (comparison_irrelevant-query)")
     ax.legend()
     fig.tight_layout()
