@@ -128,7 +128,7 @@ def _free_port() -> int:
 def server(tiny_checkpoint):
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "ecgllm.serving.cli", "serve", "--port", str(port), "--model",
-                             str(tiny_checkpoint), "--max-new-tokens", "6", "--queue", "4"],
+                             str(tiny_checkpoint), "--max-new-tokens", "6", "--queue", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     import httpx
 
@@ -162,7 +162,7 @@ def test_served_api_answers_and_turns_away_overflow_with_503(server):
 
     with concurrent.futures.ThreadPoolExecutor(24) as pool:
         codes = list(pool.map(one, range(24)))
-    assert set(codes) <= {200, 503} and 200 in codes and 503 in codes  # 1 worker + 4 waiting: the rest is 503
+    assert set(codes) <= {200, 503} and 200 in codes and 503 in codes  # 1 worker + 2 waiting: the rest is 503
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None or shutil.which("chromedriver") is None,
