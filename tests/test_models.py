@@ -143,6 +143,60 @@ def test_pretrained_encoder_starts_the_llm_stage_and_its_labels_travel_with_the_
         EcgLanguageModel.build(other, ProcessorConfig(), llm=tiny_llm(len(tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))
 
 
+def test_label_tokens_name_the_classifier_s_likeliest_labels_and_survive_every_stage(tmp_path, tiny_tokenizer, ecgs):
+    """Label tokens: the encoder run's head picks the top-k labels, each token starts as its name's embedding,
+    and the module travels through save/load and init_from (a later stage with no encoder_init)."""
+    import copy
+    import json
+
+    from safetensors.torch import save_file
+
+    from ecgllm.signal import PrepConfig
+    from ecgllm.training.pretrain_encoder import save_encoder
+
+    kwargs = {"widths": [16, 32], "n_tokens": 4}
+    torch.manual_seed(2)
+    (tmp_path / "enc").mkdir()
+    save_encoder(tmp_path / "enc", build_encoder("resnet1d", **kwargs), "resnet1d", kwargs, "mv", 100.0)
+    codes = ["AFIB", "NORM", "LVH"]
+    head = torch.nn.Linear(32, 3)
+    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, tmp_path / "enc/head.safetensors")
+    names = {"AFIB": "atrial fibrillation", "NORM": "normal ecg", "LVH": "left ventricular hypertrophy"}
+    (tmp_path / "enc/labels.json").write_text(json.dumps({"all71": codes, "names": names}))
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
+    config = EcgLMConfig(llm="tiny", encoder_kwargs=kwargs, encoder_init=str(tmp_path / "enc"), label_tokens=2,
+                         encoder_policy="frozen", lora=lora)
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    base_vocab = len(tokenizer)  # before the processor adds <ecg>: the base LLM a checkpoint points at
+    prep = ProcessorConfig(prep=PrepConfig(normalize="center").to_dict())
+    model, processor = EcgLanguageModel.build(config, prep, llm=tiny_llm(base_vocab), tokenizer=tokenizer)
+    assert model.tokens_per_ecg == 6 and processor.config.n_ecg_tokens == 6
+    table = model.llm.get_input_embeddings().weight
+    ids = tokenizer(" atrial fibrillation", add_special_tokens=False)["input_ids"]
+    expected = table[ids].mean(0)
+    assert torch.allclose(torch.nn.functional.cosine_similarity(model.label_tokens.name_embeddings[0], expected, dim=0),
+                          torch.tensor(1.0), atol=1e-5)
+    model.eval()
+    x, mask = processor.prepare_ecgs([ecgs[0]])
+    pooled = model.encoder.pool(model.encoder(x, mask))
+    top = head(pooled).topk(2).indices[0]
+    tokens = model.label_tokens(pooled)[0]
+    assert torch.allclose(tokens, model.label_tokens.name_embeddings[top])  # confidence starts at zero
+    assert not any(p.requires_grad for p in model.label_tokens.head.parameters())
+    batch = processor([QA], [[ecgs[0]]])
+    before = model(**batch).logits
+    model.save_pretrained(tmp_path / "ckpt", processor)
+    loaded, loaded_processor = EcgLanguageModel.from_pretrained(tmp_path / "ckpt", llm=tiny_llm(base_vocab))
+    assert torch.allclose(before, loaded(**loaded_processor([QA], [[ecgs[0]]])).logits, atol=1e-5)
+    later = EcgLMConfig(llm="tiny", encoder_kwargs=kwargs, label_tokens=2, encoder_policy="frozen", lora=lora)
+    nxt, _ = EcgLanguageModel.build(later, prep, llm=tiny_llm(base_vocab), tokenizer=copy.deepcopy(tiny_tokenizer),
+                                    init_from=tmp_path / "ckpt")
+    nxt.load_weights_from(tmp_path / "ckpt")
+    assert torch.equal(nxt.label_tokens.name_embeddings, model.label_tokens.name_embeddings)
+    with pytest.raises(ValueError, match="encoder_init"):
+        EcgLanguageModel.build(later, prep, llm=tiny_llm(base_vocab), tokenizer=copy.deepcopy(tiny_tokenizer))
+
+
 def test_generation_returns_new_tokens(tiny_tokenizer, ecgs):
     model, processor = make(tiny_tokenizer)
     model.eval()

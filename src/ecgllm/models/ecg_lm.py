@@ -17,6 +17,7 @@ from torch import nn
 
 from ecgllm import __version__
 from ecgllm.models.encoders import build_encoder
+from ecgllm.models.label_tokens import LabelTokens
 from ecgllm.models.processor import EcgProcessor, ProcessorConfig
 from ecgllm.models.projector import build_projector
 
@@ -51,6 +52,7 @@ class EcgLMConfig:
     encoder_init: str | None = None              # a finished encoder pretraining run to start from
     n_strata: int = 0                            # > 0: stratified backdoor adjustment (severity embedding)
     stratum_prior: list = field(default_factory=list)  # P(s), used to marginalise at inference
+    label_tokens: int = 0                        # > 0: that many label tokens per ECG (needs encoder_init's head)
     lora: dict = field(default_factory=lambda: {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
                                                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]})
 
@@ -66,7 +68,7 @@ class EcgTokenCountError(ValueError):
 
 
 class EcgLanguageModel(nn.Module):
-    def __init__(self, config: EcgLMConfig, llm: nn.Module, ecg_token_id: int) -> None:
+    def __init__(self, config: EcgLMConfig, llm: nn.Module, ecg_token_id: int, n_labels: int | None = None) -> None:
         super().__init__()
         self.config = config
         self.encoder = build_encoder(config.encoder, **config.encoder_kwargs)
@@ -77,6 +79,12 @@ class EcgLanguageModel(nn.Module):
         self.stratum_embedding = nn.Embedding(config.n_strata, hidden) if config.n_strata else None
         if self.stratum_embedding is not None:
             nn.init.zeros_(self.stratum_embedding.weight)
+        self.label_tokens: LabelTokens | None = None
+        if config.label_tokens:
+            if not n_labels:
+                raise ValueError("label_tokens needs the encoder pretraining's classifier head: set encoder_init "
+                                 "to a finished encoder run (it holds head.safetensors)")
+            self.label_tokens = LabelTokens(self.encoder.dim, n_labels, hidden, config.label_tokens)
         self.ecg_token_id = ecg_token_id
         self.label_vocab: dict[str, list[str]] = {}  # label vocabularies of the pretrained encoder, if any
         self._apply_policies()
@@ -84,21 +92,36 @@ class EcgLanguageModel(nn.Module):
     # ------------------------------------------------------------------------------------ building
     @classmethod
     def build(cls, config: EcgLMConfig, processor_config: ProcessorConfig | None = None,
-              llm=None, tokenizer=None) -> tuple["EcgLanguageModel", EcgProcessor]:
-        """A fresh model and its processor (``llm``/``tokenizer`` may be given, e.g. tiny ones in tests)."""
+              llm=None, tokenizer=None, init_from: str | Path | None = None) -> tuple["EcgLanguageModel", EcgProcessor]:
+        """A fresh model and its processor (``llm``/``tokenizer`` may be given, e.g. tiny ones in tests).
+        ``init_from``: the earlier stage whose weights will be loaded (it sizes the label tokens when the recipe
+        names no ``encoder_init``)."""
         if llm is None or tokenizer is None:
             from ecgllm.models.llm import load_llm
 
             llm, tokenizer = load_llm(config.llm)
         encoder = build_encoder(config.encoder, **config.encoder_kwargs)  # to learn n_tokens
         processor_config = processor_config or ProcessorConfig()
-        processor_config.n_ecg_tokens = encoder.n_tokens
+        processor_config.n_ecg_tokens = encoder.n_tokens + config.label_tokens
         processor = EcgProcessor(tokenizer, processor_config)
         add_ecg_token_rows(llm, len(tokenizer))
-        model = cls(config, llm, processor.ecg_token_id)
+        head = _encoder_head(config.encoder_init) if config.label_tokens and config.encoder_init else None
+        n_labels = head["weight"].shape[0] if head is not None else None
+        if config.label_tokens and head is None and init_from is not None:
+            n_labels = _saved_label_count(init_from)
+        model = cls(config, llm, processor.ecg_token_id, n_labels=n_labels)
         if config.encoder_init:
             model.load_pretrained_encoder(config.encoder_init, processor_config.prep)
+        if model.label_tokens is not None and head is not None:
+            model.label_tokens.head.load_state_dict(head)
+            codes = model.label_vocab.get("all71", []) + model.label_vocab.get("superclass", [])
+            names = model.label_vocab.get("names", {})
+            model.label_tokens.set_names([names.get(c, c) for c in codes], tokenizer, model.llm.get_input_embeddings())
         return model, processor
+
+    @property
+    def tokens_per_ecg(self) -> int:
+        return self.encoder.n_tokens + (self.label_tokens.k if self.label_tokens is not None else 0)
 
     def load_pretrained_encoder(self, folder: str | Path, prep: dict) -> None:
         """Start from an encoder pretraining run: its weights, label vocabulary, and a check that the
@@ -147,6 +170,8 @@ class EcgLanguageModel(nn.Module):
         self.projector.load_state_dict(load_file(directory / "projector.safetensors"))
         if self.stratum_embedding is not None and (directory / "strata.safetensors").exists():
             self.stratum_embedding.load_state_dict(load_file(directory / "strata.safetensors"))
+        if self.label_tokens is not None and (directory / "label_tokens.safetensors").exists():
+            self.label_tokens.load_state_dict(load_file(directory / "label_tokens.safetensors"))
         if self.config.llm_policy == "lora" and (directory / "adapter/adapter_model.safetensors").exists():
             from peft import set_peft_model_state_dict
 
@@ -164,13 +189,16 @@ class EcgLanguageModel(nn.Module):
         embeds = self.llm.get_input_embeddings()(input_ids)
         slots = input_ids == self.ecg_token_id
         n_ecgs = 0 if ecg is None else ecg.shape[0]
-        expected = n_ecgs * self.encoder.n_tokens
+        expected = n_ecgs * self.tokens_per_ecg
         if int(slots.sum()) != expected:
             raise EcgTokenCountError(f"the prompts hold {int(slots.sum())} <ecg> placeholder tokens but {n_ecgs} "
-                                     f"ECGs × {self.encoder.n_tokens} tokens = {expected} were given")
+                                     f"ECGs × {self.tokens_per_ecg} tokens = {expected} were given")
         if n_ecgs == 0:
             return embeds
-        tokens = self.projector(self.encoder(ecg.to(embeds.device), None if ecg_mask is None else ecg_mask.to(embeds.device)))
+        features = self.encoder(ecg.to(embeds.device), None if ecg_mask is None else ecg_mask.to(embeds.device))
+        tokens = self.projector(features)
+        if self.label_tokens is not None:
+            tokens = torch.cat([tokens, self.label_tokens(self.encoder.pool(features)).to(tokens.dtype)], dim=1)
         if self.stratum_embedding is not None and ecg_strata is not None:
             tokens = tokens + self.stratum_embedding(ecg_strata.to(embeds.device))[:, None, :]
         return embeds.masked_scatter(slots.unsqueeze(-1), tokens.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
@@ -263,6 +291,9 @@ class EcgLanguageModel(nn.Module):
         save_file({k: v.contiguous() for k, v in self.projector.state_dict().items()}, directory / "projector.safetensors")
         if self.stratum_embedding is not None:
             save_file({"weight": self.stratum_embedding.weight.detach().contiguous()}, directory / "strata.safetensors")
+        if self.label_tokens is not None:
+            save_file({k: v.detach().contiguous() for k, v in self.label_tokens.state_dict().items()},
+                      directory / "label_tokens.safetensors")
         if self.config.llm_policy == "lora":
             # the resized embedding is the base one plus a deterministic <ecg> row: no need to store 100+ MB
             self.llm.save_pretrained(directory / "adapter", save_embedding_layers=False)
@@ -295,7 +326,10 @@ class EcgLanguageModel(nn.Module):
         policy = config.llm_policy
         if policy == "lora":
             config.llm_policy = "frozen"  # the saved adapter is attached below instead of a fresh one
-        model = cls(config, llm, processor.ecg_token_id)
+        label_file = directory / "label_tokens.safetensors"
+        label_state = load_file(label_file) if config.label_tokens and label_file.exists() else None
+        n_labels = None if label_state is None else label_state["head.weight"].shape[0]
+        model = cls(config, llm, processor.ecg_token_id, n_labels=n_labels)
         if policy == "lora":
             from peft import PeftModel
 
@@ -305,6 +339,28 @@ class EcgLanguageModel(nn.Module):
         model.projector.load_state_dict(load_file(directory / "projector.safetensors"))
         if model.stratum_embedding is not None:
             model.stratum_embedding.load_state_dict(load_file(directory / "strata.safetensors"))
+        if model.label_tokens is not None:
+            model.label_tokens.load_state_dict(label_state)
         if (directory / "labels.json").exists():
             model.label_vocab = json.loads((directory / "labels.json").read_text())
         return model.eval(), processor
+
+
+def _encoder_head(folder: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = Path(folder) / "head.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"label_tokens: {folder} holds no head.safetensors; point encoder_init at a finished "
+                                f"`ecgllm train` encoder run, or set label_tokens to 0")
+    return load_file(path)
+
+
+def _saved_label_count(checkpoint: str | Path) -> int | None:
+    from safetensors import safe_open
+
+    path = Path(checkpoint) / "label_tokens.safetensors"
+    if not path.exists():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        return int(f.get_slice("head.weight").get_shape()[0])

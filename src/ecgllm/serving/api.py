@@ -141,7 +141,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
     def models() -> dict:
         config = assistant.model.config
         return {"models": [{"id": assistant.name, "llm": config.llm or "SmolLM2-135M-Instruct (embedded)",
-                            "encoder": config.encoder, "tokens_per_ecg": assistant.model.encoder.n_tokens,
+                            "encoder": config.encoder, "tokens_per_ecg": assistant.model.tokens_per_ecg,
                             "fs": assistant.processor.prep.fs, "leads": list(assistant.processor.prep.leads)}]}
 
     @app.post("/v1/ask")

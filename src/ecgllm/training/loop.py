@@ -76,7 +76,7 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True) 
     if config.debias == "stratified" and not config.model.n_strata:
         config.model.n_strata, config.model.stratum_prior = len(SUPERCLASS_STRATA), stratum_prior(dataset)
     model, processor = EcgLanguageModel.build(config.model, ProcessorConfig(prep=config.prep.to_dict()),
-                                              llm=llm, tokenizer=tokenizer)
+                                              llm=llm, tokenizer=tokenizer, init_from=config.init_from)
     if config.init_from:
         model.load_weights_from(config.init_from)
     loader = DataLoader(dataset, batch_size=config.optim.batch_size, shuffle=True,

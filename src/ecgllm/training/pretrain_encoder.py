@@ -199,7 +199,7 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
     from tqdm import tqdm
 
     out = start_run(config.output_dir, config.seed, config.threads)
-    data, _ = load_ptbxl_arrays(config.ecg_cache, config.ptbxl, config.normalize, config.exclude_ids_file)
+    data, ptbxl = load_ptbxl_arrays(config.ecg_cache, config.ptbxl, config.normalize, config.exclude_ids_file)
     signals, y, train, valid, test = data.signals, data.y, data.train, data.valid, data.test
     crop, stride = int(config.crop_s * data.fs), int(config.eval_stride_s * data.fs)
 
@@ -259,6 +259,10 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
     save_encoder(out, final.encoder, config.encoder, config.encoder_kwargs, config.normalize, data.fs)
     # The classifier head and its label vocabulary serve the classifier baselines and the text-tags pipeline.
     save_file({k: v.contiguous() for k, v in final.head.state_dict().items()}, out / "head.safetensors")
-    (out / "labels.json").write_text(json.dumps({"all71": data.classes71, "superclass": data.superclasses}) + "\n")
+    from ecgllm.datasets.ecgqa_attributes import statement_names
+
+    names = statement_names(ptbxl.statements)  # read by the language model's label tokens
+    (out / "labels.json").write_text(json.dumps({"all71": data.classes71, "superclass": data.superclasses,
+                                                 "names": {c: names.get(c, c) for c in data.classes71 + data.superclasses}}) + "\n")
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
