@@ -18,6 +18,7 @@ class ReadLimits:
     max_duration_s: float = 24 * 3600.0
     max_file_bytes: int = 1 << 30
     max_leads: int = 64
+    max_image_pixels: int = 40_000_000   # decompression bombs: checked from the image header, before decoding
 
     def __post_init__(self) -> None:
         if not 0 < self.min_fs <= self.max_fs:

@@ -13,6 +13,7 @@ from ecgllm.io.formats.mat_format import read_mat
 from ecgllm.io.formats.numpy_format import read_numpy
 from ecgllm.io.formats.raw import RawRecord
 from ecgllm.io.formats.wfdb_format import header_path, read_wfdb, resolve_layout
+from ecgllm.io.image import ECGImage, read_image
 from ecgllm.io.limits import DEFAULT_LIMITS, ReadLimits
 from ecgllm.io.record import ECG
 from ecgllm.io.validate import build_ecg
@@ -78,12 +79,13 @@ def read_ecg(
     duration_s: float | None = None,
     format: str | None = None,
     limits: ReadLimits = DEFAULT_LIMITS,
-) -> ECG:
-    """Read one ECG from any supported file.
+) -> ECG | ECGImage:
+    """Read one ECG from any supported file: a signal as `ECG`, a photo or scan of a printout as `ECGImage`.
 
     Args:
-        path: a record file (.hea/.dat/extension-less WFDB path, .npy/.npz, .csv, .dcm, .mat, .h5), or a
-            PTB-XL / MIMIC-IV-ECG dataset root together with ``record_id``.
+        path: a record file (.hea/.dat/extension-less WFDB path, .npy/.npz, .csv, .dcm, .mat, .h5), an image
+            (.png, .jpg, ...; signal options do not apply), or a PTB-XL / MIMIC-IV-ECG dataset root together
+            with ``record_id``.
         fs: sampling rate in Hz, for formats that do not store it (or to override a wrong header).
         leads: lead names, one per channel, for formats that do not store them.
         units: amplitude units of NumPy/CSV data ("mV", "uV", "V").
@@ -121,8 +123,7 @@ def read_ecg(
         raise FileTooLargeError(target, f"is {size / 2**20:.1f} MiB; the limit is {limits.max_file_bytes / 2**20:.1f} MiB.",
                                 "Raise ReadLimits.max_file_bytes if you trust this file.")
     if fmt == "image":
-        raise UnsupportedFormatError(path, "is an image; reading photographed or scanned ECGs is not available in "
-                                     "this version.", "Provide the signal file (WFDB, DICOM, CSV, ...) instead.")
+        return read_image(path, limits.max_image_pixels)
 
     try:
         raw = _read_raw(fmt, path, fs=fs, leads=leads, units=units, exam_id=exam_id, index=index,

@@ -1,5 +1,10 @@
-"""Drawing ECGs: a readable multi-lead plot (paper-style renders come later in this package)."""
+"""Drawing ECGs: paper-style renders (clinical layouts, grid, calibration, seeded distortions) and a readable
+multi-lead plot."""
 
+from ecgllm.render.augment import AUGMENTATIONS, augmentation_table
+from ecgllm.render.paper import LAYOUTS, PaperGeometry, PaperStyle, RenderOptions, render_paper
 from ecgllm.render.plot import plot_ecg
+from ecgllm.render.render import RenderedECG, render_ecg
 
-__all__ = ["plot_ecg"]
+__all__ = ["plot_ecg", "render_ecg", "render_paper", "RenderedECG", "RenderOptions", "PaperStyle", "PaperGeometry",
+           "LAYOUTS", "AUGMENTATIONS", "augmentation_table"]

@@ -47,13 +47,21 @@ def _add_read_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--duration", type=float, help="length of the window to read, in seconds")
 
 
+class ImageNotSignalError(InputError):
+    """A command that needs the signal was given a picture of an ECG."""
+
+
 def _read(args: argparse.Namespace) -> ECG:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ECGQualityWarning)  # surfaced through meta["warnings"] instead
-        return read_ecg(
+        ecg = read_ecg(
             args.file, fs=args.fs, leads=args.leads.split(",") if args.leads else None, units=args.units,
             record_id=args.record_id, exam_id=args.exam_id, format=args.format, start_s=args.start,
             duration_s=args.duration)
+    if not isinstance(ecg, ECG):
+        raise ImageNotSignalError(f"{args.file}: is an image of an ECG; `ecgllm {args.command}` needs the signal "
+                                  f"(WFDB, DICOM, CSV, ...). Ask about an image with `ecgllm ask IMAGE \"...\"`.")
+    return ecg
 
 
 def _fmt(value: float | None, unit: str, digits: int = 0) -> str:
@@ -145,6 +153,34 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    from ecgllm.render import render_ecg
+
+    ecg = _read(args)
+    measurements = None
+    if args.header and not args.no_measure:
+        from ecgllm.signal import measure
+
+        measurements = measure(ecg).to_dict()
+    try:
+        rendered = render_ecg(ecg, args.layout, dpi=args.dpi, augment=args.augment, seed=args.seed,
+                              header=args.header, measurements=measurements)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.output)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rendered.image.save(out, **({"quality": 90} if out.suffix.lower() in (".jpg", ".jpeg") else {}))
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot write {out}: {exc}", file=sys.stderr)
+        return EXIT_OUTPUT
+    done = ", ".join(f"{k}={v}" for k, v in rendered.augmentations.items()) or "none"
+    print(f"wrote {out} ({rendered.image.size[0]}x{rendered.image.size[1]}, layout {args.layout}"
+          + (f", seed {args.seed}, distortions: {done}" if args.augment else "") + ")")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     example = bundled_example()
     parser = argparse.ArgumentParser(
@@ -154,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
   ecgllm info {example}
   ecgllm info record.hea --json
   ecgllm plot record.hea -o ecg.png
+  ecgllm render record.hea -o paper.png --augment --seed 1
   ecgllm data prepare ptbxl --source ptb-xl/ --out cache/ptbxl100
 
 {EXIT_CODES_HELP}""")
@@ -191,6 +228,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dpi", type=int, default=100, help="resolution of PNG output (default 100)")
     p.add_argument("--no-measure", action="store_true", help="do not measure the heart rate for the title")
     p.set_defaults(func=cmd_plot)
+
+    from ecgllm.render import LAYOUTS, augmentation_table
+
+    p = sub.add_parser("render", formatter_class=_Formatter, help="draw a printed-style 12-lead ECG (PNG/JPEG)",
+                       description="Draw the record as an ECG machine prints it: a clinical layout at 25 mm/s and "
+                                   "10 mm/mV on a millimetre grid, a 1 mV calibration pulse per row, lead labels and "
+                                   "a header (id, age, sex, rate, intervals). --augment adds seeded distortions that "
+                                   "make it look printed and photographed (same seed, same image):\n\n"
+                                   + augmentation_table(),
+                       epilog=f"""layouts:
+  3x4    I aVR V1 V4 / II aVL V2 V5 / III aVF V3 V6, 2.5 s each, plus a 10 s lead II rhythm strip
+  6x2    I-aVF left, V1-V6 right, 5 s each
+  12x1   every lead for 10 s
+
+examples:
+  ecgllm render {example} -o ecg.png
+  ecgllm render record.hea -o photo.jpg --layout 6x2 --augment --seed 7
+  ecgllm render record.hea -o print.png --dpi 200 --no-header
+
+{EXIT_CODES_HELP}""")
+    _add_read_options(p)
+    p.add_argument("-o", "--output", required=True, help="output image (.png or .jpg)")
+    p.add_argument("--layout", choices=sorted(LAYOUTS), default="3x4", help="page layout (default 3x4)")
+    p.add_argument("--dpi", type=float, default=100.0, help="resolution; 100 gives 1100x850 (default)")
+    p.add_argument("--augment", action="store_true", help="apply seeded print/photo distortions (see above)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the distortions (default 0)")
+    p.add_argument("--no-header", dest="header", action="store_false", help="leave out the header lines")
+    p.add_argument("--no-measure", action="store_true", help="do not measure rate and intervals for the header")
+    p.set_defaults(func=cmd_render)
 
     from ecgllm.serving.cli_data import add_data_commands
 
