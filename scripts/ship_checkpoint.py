@@ -1,10 +1,11 @@
 """Copy a trained checkpoint into the package as the default one (src/ecgllm/data/checkpoint/).
 
-Only what inference needs is copied (config, encoder, projector, strata, LoRA adapter, processor, labels);
+Only what inference needs is copied (config, encoder, projector, strata, label tokens, LoRA adapter, processor,
+labels; with --image-encoder, a distilled image encoder so that the checkpoint also reads ECG images);
 machine-local paths are dropped from the config; the weights must stay within the size budget on top of the
 SmolLM2 base, and the copy must load and answer before it replaces the shipped one.
 
-    python scripts/ship_checkpoint.py runs/ecgqa/instruct_debiased/final [--max-mb 40]
+    python scripts/ship_checkpoint.py runs/ecgqa/instruct_debiased/final [--image-encoder runs/ecgqa/image_encoder]
 """
 
 from __future__ import annotations
@@ -18,14 +19,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "src/ecgllm/data/checkpoint"
-KEEP = ("config.json", "encoder.safetensors", "projector.safetensors", "strata.safetensors", "labels.json",
-        "processor_config.json", "adapter", "tokenizer")
+KEEP = ("config.json", "encoder.safetensors", "projector.safetensors", "strata.safetensors", "label_tokens.safetensors",
+        "labels.json", "processor_config.json", "adapter", "tokenizer")
+
+
+def attach_image_encoder(checkpoint: Path, run: Path) -> None:
+    """Load the staged checkpoint, attach the image encoder (checks the token space) and write both back."""
+    from ecgllm.models.ecg_lm import EcgLanguageModel
+
+    model, processor = EcgLanguageModel.from_pretrained(checkpoint)
+    model.attach_image_encoder(run, processor)
+    for name in ("image_encoder.safetensors", "image_encoder.json"):
+        shutil.copy2(run / name, checkpoint / name)
+    processor.save_pretrained(checkpoint)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="a checkpoint folder written by `ecgllm train` (…/final)")
     parser.add_argument("--max-mb", type=float, default=40.0, help="weights budget on top of the base LLM")
+    parser.add_argument("--image-encoder", type=Path, help="an image-distillation run to attach (reads ECG images)")
     args = parser.parse_args()
     meta = json.loads((args.source / "config.json").read_text())
     if meta["config"].get("llm_policy") == "full" or meta["config"].get("llm"):
@@ -43,6 +56,8 @@ def main() -> int:
         meta["config"]["encoder_init"] = None  # a path on the training machine; the weights are in the folder
         meta["shipped_from"] = args.source.name
         (staged / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if args.image_encoder:
+            attach_image_encoder(staged, args.image_encoder)
         weights = sum(p.stat().st_size for p in staged.rglob("*.safetensors"))
         total = sum(p.stat().st_size for p in staged.rglob("*") if p.is_file())
         if weights > args.max_mb * 2**20:

@@ -66,3 +66,27 @@ def test_macro_auc_uses_scores_and_skips_single_class_columns():
     y = np.array([[1, 0, 1], [0, 0, 1], [1, 0, 1], [0, 0, 1]])
     scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.5], [0.6, 0.2, 0.5], [0.4, 0.1, 0.5]])
     assert macro_auc(y, scores) == 1.0  # only column 0 has both classes
+
+
+@needs_shared
+def test_image_distillation_stage_runs_resumes_and_reports(subset):
+    """Renders of the subset → the teacher's tokens; fold-10 renders (clean, distorted) give AUCs; resume."""
+    from ecgllm.training.distill_image import ImageDistillConfig, distill_image_encoder
+    from ecgllm.training.pretrain_encoder import EncoderPretrainConfig, pretrain_encoder
+
+    root, _ = subset
+    teacher = root / "teacher"
+    pretrain_encoder(EncoderPretrainConfig(output_dir=str(teacher), ecg_cache=str(root / "cache"),
+                                           ptbxl=str(SHARED / "ptbxl"), encoder_kwargs={"widths": [8, 16],
+                                           "n_tokens": 4, "blocks_per_stage": 1}, epochs=1, normalize="mv"),
+                     progress=False)
+    config = ImageDistillConfig(output_dir=str(root / "img"), teacher=str(teacher), ecg_cache=str(root / "cache"),
+                                ptbxl=str(SHARED / "ptbxl"), n_tokens=2,
+                                image={"height": 64, "width": 96, "widths": [4, 8], "heads": 2},
+                                n_train=16, n_eval=24, epochs=1, batch_size=8, workers=1)
+    result = distill_image_encoder(config, progress=False)
+    for key in ("image_clean_super_macro_auc", "image_augmented_super_macro_auc", "signal_super_macro_auc"):
+        assert 0.0 <= result[key] <= 1.0
+    assert result["n_train"] == 16 and (root / "img/image_encoder.safetensors").exists()
+    again = distill_image_encoder(config, progress=False)  # every epoch done: resumes and trains nothing
+    assert again["history"] == result["history"]

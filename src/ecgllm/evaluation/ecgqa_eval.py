@@ -43,6 +43,22 @@ class EcgqaRun:
     seed: int = 0
     batch_size: int = 16
     max_new_tokens: int = 32
+    modality: str = "signal"         # or "image" / "image-augmented": each ECG is rendered on paper first
+
+
+MODALITIES = ("signal", "image", "image-augmented")
+
+
+def rendered_source(get_ecg, augment: bool, seed: int):
+    """The same ECGs as pictures: each record rendered (3x4 layout), distorted with a seed of its own if asked."""
+    from ecgllm.io.image import ECGImage
+    from ecgllm.render import render_ecg
+
+    def get(ecg_id: int) -> ECGImage:
+        page = render_ecg(get_ecg(ecg_id), augment=augment, seed=seed * 1_000_003 + int(ecg_id)).image
+        return ECGImage(page, {"source": f"render of ecg_id {ecg_id}", "format": "image"})
+
+    return get
 
 
 def labels_dir_for(run: EcgqaRun) -> Path | None:
@@ -76,8 +92,11 @@ def evaluate_ecgqa(run: EcgqaRun, model=None, processor=None, progress: bool = T
         if "patient_id" in table:
             patients = {int(i): p for i, p in table["patient_id"].dropna().items()}
     out = Path(run.out)
+    if run.modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {run.modality!r}")
+    get_ecg = source.get if run.modality == "signal" else rendered_source(source.get, run.modality != "image", run.seed)
     predictions = run_samples(samples, ModelAnswerer(model, processor, run.batch_size, run.max_new_tokens),
-                              source.get, out / "predictions.jsonl", run.probe, run.seed, patients,
+                              get_ecg, out / "predictions.jsonl", run.probe, run.seed, patients,
                               run.batch_size, progress)
     wanted = {(s.variant, s.sample_id) for s in samples}
     gold.samples = {k: v for k, v in gold.samples.items() if k in wanted}
@@ -86,7 +105,9 @@ def evaluate_ecgqa(run: EcgqaRun, model=None, processor=None, progress: bool = T
     metrics = summarize(table, extra, seed=run.seed)
     metrics["probe"] = run.probe
     metrics["gold_version"] = gold.version
-    info = run_info(model_name, gold.version, run.seed, {"probe": run.probe, "data": list(map(str, run.data)),
+    metrics["modality"] = run.modality
+    info = run_info(model_name, gold.version, run.seed, {"probe": run.probe, "modality": run.modality,
+                                                         "data": list(map(str, run.data)),
                                                          "samples": len(samples)})
     write_run(out, metrics, info, f"ECG-QA evaluation ({run.probe})", table=table)
     return metrics

@@ -79,6 +79,7 @@ class EcgLanguageModel(nn.Module):
         self.stratum_embedding = nn.Embedding(config.n_strata, hidden) if config.n_strata else None
         if self.stratum_embedding is not None:
             nn.init.zeros_(self.stratum_embedding.weight)
+        self.image_encoder: nn.Module | None = None  # attached by `attach_image_encoder` (same token space)
         self.label_tokens: LabelTokens | None = None
         if config.label_tokens:
             if not n_labels:
@@ -183,19 +184,59 @@ class EcgLanguageModel(nn.Module):
         if (directory / "labels.json").exists():
             self.label_vocab = json.loads((directory / "labels.json").read_text())
 
+    def attach_image_encoder(self, folder: str | Path, processor: EcgProcessor) -> None:
+        """Add a distilled image encoder (`ecgllm.training.distill_image` output) so the checkpoint reads ECG
+        images through the same projector, label tokens and LLM; the processor learns its input size."""
+        from safetensors.torch import load_file
+
+        from ecgllm.models.image_encoder import ImageEncoder, ImageEncoderConfig
+
+        folder = Path(folder)
+        saved = json.loads((folder / "image_encoder.json").read_text())
+        config = ImageEncoderConfig(**saved["config"])
+        if (config.n_tokens, config.dim) != (self.encoder.n_tokens, self.encoder.dim):
+            raise ValueError(f"the image encoder in {folder} makes {config.n_tokens} tokens of width {config.dim}; "
+                             f"this model's signal encoder makes {self.encoder.n_tokens} of width {self.encoder.dim}")
+        encoder = ImageEncoder(config)
+        encoder.load_state_dict(load_file(folder / "image_encoder.safetensors"))
+        self.image_encoder = encoder.eval().requires_grad_(False)
+        self._image_meta = saved
+        processor.config.image = {"height": config.height, "width": config.width}
+
     # ------------------------------------------------------------------------------------ forward
+    def encode(self, ecg: torch.Tensor | None, ecg_mask: torch.Tensor | None, images: torch.Tensor | None = None,
+               ecg_is_image: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Encoder tokens [E, N, D] of every ECG in prompt order: signals by the signal encoder, pictures by the
+        image encoder (``ecg_is_image`` [E] says which is which)."""
+        if ecg_is_image is None or not bool(ecg_is_image.any()):
+            if ecg is None or ecg.shape[0] == 0:
+                return None
+            return self.encoder(ecg, ecg_mask)
+        if self.image_encoder is None:
+            raise ValueError("this model has no image encoder; it reads ECG signals only")
+        from_images = self.image_encoder(images)
+        features = from_images.new_zeros(len(ecg_is_image), *from_images.shape[1:])
+        features[ecg_is_image] = from_images
+        if bool((~ecg_is_image).any()):
+            features[~ecg_is_image] = self.encoder(ecg, ecg_mask).to(features.dtype)
+        return features
+
     def embed(self, input_ids: torch.Tensor, ecg: torch.Tensor | None, ecg_mask: torch.Tensor | None,
-              ecg_strata: torch.Tensor | None = None) -> torch.Tensor:
+              ecg_strata: torch.Tensor | None = None, images: torch.Tensor | None = None,
+              ecg_is_image: torch.Tensor | None = None) -> torch.Tensor:
         embeds = self.llm.get_input_embeddings()(input_ids)
         slots = input_ids == self.ecg_token_id
-        n_ecgs = 0 if ecg is None else ecg.shape[0]
+        device = embeds.device
+        features = self.encode(None if ecg is None else ecg.to(device), None if ecg_mask is None else ecg_mask.to(device),
+                               None if images is None else images.to(device),
+                               None if ecg_is_image is None else ecg_is_image.to(device))
+        n_ecgs = 0 if features is None else features.shape[0]
         expected = n_ecgs * self.tokens_per_ecg
         if int(slots.sum()) != expected:
             raise EcgTokenCountError(f"the prompts hold {int(slots.sum())} <ecg> placeholder tokens but {n_ecgs} "
                                      f"ECGs × {self.tokens_per_ecg} tokens = {expected} were given")
         if n_ecgs == 0:
             return embeds
-        features = self.encoder(ecg.to(embeds.device), None if ecg_mask is None else ecg_mask.to(embeds.device))
         tokens = self.projector(features)
         if self.label_tokens is not None:
             tokens = torch.cat([tokens, self.label_tokens(self.encoder.pool(features)).to(tokens.dtype)], dim=1)
@@ -204,10 +245,10 @@ class EcgLanguageModel(nn.Module):
         return embeds.masked_scatter(slots.unsqueeze(-1), tokens.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
 
     def forward(self, input_ids, attention_mask=None, ecg=None, ecg_mask=None, labels=None, ecg_strata=None,
-                sample_weight=None):
+                sample_weight=None, images=None, ecg_is_image=None):
         """``sample_weight`` [B]: per-conversation loss weights (inverse-propensity de-biasing): the loss is the
         weighted mean of each conversation's mean token loss."""
-        embeds = self.embed(input_ids, ecg, ecg_mask, ecg_strata)
+        embeds = self.embed(input_ids, ecg, ecg_mask, ecg_strata, images, ecg_is_image)
         if sample_weight is None or labels is None:
             return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
         out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask)
@@ -222,21 +263,23 @@ class EcgLanguageModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, ecg=None, ecg_mask=None, max_new_tokens: int = 64,
-                 ecg_strata=None, **kwargs):
+                 ecg_strata=None, images=None, ecg_is_image=None, **kwargs):
         """New tokens only (greedy by default), with the KV cache. A stratified model without given strata
         answers with P(A | do(Q), E) = Σ_s P(A | Q, E, s) P(s): its next-token distributions under every
         stratum are averaged with the prior P(s) at each step."""
-        if self.stratum_embedding is not None and ecg_strata is None and ecg is not None and ecg.shape[0]:
-            return self._generate_marginal(input_ids, attention_mask, ecg, ecg_mask, max_new_tokens, **kwargs)
-        embeds = self.embed(input_ids, ecg, ecg_mask, ecg_strata)
+        n_ecgs = len(ecg_is_image) if ecg_is_image is not None else 0 if ecg is None else ecg.shape[0]
+        if self.stratum_embedding is not None and ecg_strata is None and n_ecgs:
+            return self._generate_marginal(input_ids, attention_mask, ecg, ecg_mask, max_new_tokens, n_ecgs=n_ecgs,
+                                           images=images, ecg_is_image=ecg_is_image, **kwargs)
+        embeds = self.embed(input_ids, ecg, ecg_mask, ecg_strata, images, ecg_is_image)
         kwargs.setdefault("do_sample", False)
         kwargs.setdefault("suppress_tokens", [self.ecg_token_id])  # never emit the placeholder itself
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
                                  use_cache=True, **kwargs)
 
-    def _generate_marginal(self, input_ids, attention_mask, ecg, ecg_mask, max_new_tokens: int,
-                           return_dict_in_generate: bool = False, output_scores: bool = False, pad_token_id=None,
-                           eos_token_id=None, streamer=None, **_ignored):
+    def _generate_marginal(self, input_ids, attention_mask, ecg, ecg_mask, max_new_tokens: int, n_ecgs: int,
+                           images=None, ecg_is_image=None, return_dict_in_generate: bool = False,
+                           output_scores: bool = False, pad_token_id=None, eos_token_id=None, streamer=None, **_ignored):
         from types import SimpleNamespace
 
         n, batch = self.config.n_strata, input_ids.shape[0]
@@ -244,8 +287,8 @@ class EcgLanguageModel(nn.Module):
         prior = (prior / prior.sum()).to(input_ids.device)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        embeds = torch.cat([self.embed(input_ids, ecg, ecg_mask, torch.full((ecg.shape[0],), s, dtype=torch.long))
-                            for s in range(n)])                              # [n * B, T, H]: one copy per stratum
+        embeds = torch.cat([self.embed(input_ids, ecg, ecg_mask, torch.full((n_ecgs,), s, dtype=torch.long), images,
+                                       ecg_is_image) for s in range(n)])                              # [n * B, T, H]: one copy per stratum
         mask = attention_mask.repeat(n, 1)
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
@@ -294,6 +337,10 @@ class EcgLanguageModel(nn.Module):
         if self.label_tokens is not None:
             save_file({k: v.detach().contiguous() for k, v in self.label_tokens.state_dict().items()},
                       directory / "label_tokens.safetensors")
+        if self.image_encoder is not None:
+            save_file({k: v.contiguous() for k, v in self.image_encoder.state_dict().items()},
+                      directory / "image_encoder.safetensors")
+            (directory / "image_encoder.json").write_text(json.dumps(self._image_meta, indent=2) + "\n")
         if self.config.llm_policy == "lora":
             # the resized embedding is the base one plus a deterministic <ecg> row: no need to store 100+ MB
             self.llm.save_pretrained(directory / "adapter", save_embedding_layers=False)
@@ -341,6 +388,8 @@ class EcgLanguageModel(nn.Module):
             model.stratum_embedding.load_state_dict(load_file(directory / "strata.safetensors"))
         if model.label_tokens is not None:
             model.label_tokens.load_state_dict(label_state)
+        if (directory / "image_encoder.safetensors").exists():
+            model.attach_image_encoder(directory, processor)
         if (directory / "labels.json").exists():
             model.label_vocab = json.loads((directory / "labels.json").read_text())
         return model.eval(), processor

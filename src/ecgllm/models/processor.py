@@ -16,11 +16,17 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ecgllm.errors import InputError
+from ecgllm.io.image import ECGImage
 from ecgllm.io.record import ECG
 from ecgllm.signal.prepare import PrepConfig, PreparedECG, prepare
 
 ECG_TOKEN = "<ecg>"
 IGNORE_INDEX = -100
+
+
+class ImageNotSupportedError(InputError):
+    """An ECG image was given to a checkpoint without an image encoder."""
 
 
 @dataclass
@@ -30,6 +36,7 @@ class ProcessorConfig:
     ecg_token: str = ECG_TOKEN
     system_prompt: str | None = "You are a careful assistant that reads electrocardiograms."
     max_length: int = 1024
+    image: dict | None = None       # {"height", "width"} of the image encoder's input; None: signals only
 
 
 class EcgProcessor:
@@ -84,7 +91,7 @@ class EcgProcessor:
             cursor = end
         return spans
 
-    def __call__(self, conversations: list[list[dict[str, str]]], ecgs: list[Sequence[ECG | PreparedECG]],
+    def __call__(self, conversations: list[list[dict[str, str]]], ecgs: list[Sequence[ECG | PreparedECG | ECGImage]],
                  tags: list[Sequence[str]] | None = None, train: bool = True) -> dict[str, Any]:
         """Batch for training (``train=True``: right padding, labels on assistant tokens) or generation
         (left padding, prompt ends with the assistant header)."""
@@ -108,8 +115,22 @@ class EcgProcessor:
                     labels[i, inside] = encoded["input_ids"][i, inside]
             batch["labels"] = labels
         flat = [e for group in ecgs for e in group]
-        batch["ecg"], batch["ecg_mask"] = self.prepare_ecgs(flat)
+        is_image = [isinstance(e, ECGImage) for e in flat]
+        batch["ecg"], batch["ecg_mask"] = self.prepare_ecgs([e for e, img in zip(flat, is_image) if not img])
+        if any(is_image):
+            batch["images"] = self.prepare_images([e for e, img in zip(flat, is_image) if img])
+            batch["ecg_is_image"] = torch.tensor(is_image, dtype=torch.bool)
         return batch
+
+    def prepare_images(self, images: Sequence[ECGImage]) -> torch.Tensor:
+        """``[E, 1, H, W]`` image-encoder inputs, sized as the checkpoint's image encoder was trained."""
+        from ecgllm.models.image_encoder import image_input
+
+        if not self.config.image:
+            raise ImageNotSupportedError("this checkpoint reads ECG signals only (it has no image encoder); give "
+                                         "the recording itself (WFDB, DICOM, CSV, ...) or a checkpoint with one")
+        h, w = int(self.config.image["height"]), int(self.config.image["width"])
+        return torch.from_numpy(np.stack([image_input(e.image, h, w) for e in images]))
 
     # ------------------------------------------------------------------------------------ saving
     def save_pretrained(self, directory: str | Path) -> None:

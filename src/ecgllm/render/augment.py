@@ -27,6 +27,7 @@ AUGMENTATIONS: tuple[Augmentation, ...] = (
     Augmentation("paper", 0.5, "off-white or yellowed paper (aged printout)"),
     Augmentation("grid_colour", 0.4, "grid in orange, green, blue or grey instead of red"),
     Augmentation("no_grid", 0.1, "plain paper, no grid"),
+    Augmentation("page", 0.5, "another machine's page: header band 15-45 mm, trace 0.15-0.5 mm thick"),
     Augmentation("rotation", 0.5, "rotation by up to ±4°, the uncovered corners in a table colour"),
     Augmentation("perspective", 0.4, "camera perspective: each corner moved by up to 5% of the page"),
     Augmentation("wrinkles", 0.3, "smooth brightness field of a wrinkled sheet (±8%)"),
@@ -47,6 +48,15 @@ _GRID_COLOURS = {  # (minor, major)
 def augmentation_table() -> str:
     """The distortions and their probabilities as text (for --help and docs)."""
     return "\n".join(f"  {a.name:<12} p={a.probability:.2f}  {a.what}" for a in AUGMENTATIONS)
+
+
+def random_page(rng: np.random.Generator, applied: dict) -> dict:
+    """Page-layout changes for `RenderOptions` (header band, trace thickness), or none."""
+    if rng.random() >= PROBABILITY["page"]:
+        return {}
+    page = {"header_mm": round(float(rng.uniform(15, 45)), 1), "line_mm": round(float(rng.uniform(0.15, 0.5)), 2)}
+    applied["page"] = page
+    return page
 
 
 def random_style(rng: np.random.Generator, applied: dict) -> PaperStyle:

@@ -51,6 +51,8 @@ class RenderOptions:
     mm_per_s: float = 25.0
     mm_per_mv: float = 10.0
     header: bool = True
+    header_mm: float = 24.0         # height of the band above the grid that holds the header
+    line_mm: float = 0.25           # trace thickness
     style: PaperStyle = field(default_factory=PaperStyle)
 
     def __post_init__(self) -> None:
@@ -166,7 +168,7 @@ def render_paper(ecg: ECG, options: RenderOptions = RenderOptions(),
     strip_mm = o.seconds * o.mm_per_s
     pulse_mm = 7.0                                        # 1 mm lead-in, 5 mm (0.2 s) pulse, 1 mm gap
     left_mm = (page_w_mm - strip_mm - pulse_mm) / 2
-    top_mm = 24.0 if o.header else 8.0
+    top_mm = o.header_mm if o.header else 8.0
     bottom_mm = 10.0
     pitch_mm = (page_h_mm - top_mm - bottom_mm) / n_rows
 
@@ -178,7 +180,7 @@ def render_paper(ecg: ECG, options: RenderOptions = RenderOptions(),
     image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(image)
     traces, offsets = _leads_in_mv(ecg, o.seconds)
-    line_width = max(1, int(round(0.25 * ppm)))
+    line_width = max(1, int(round(o.line_mm * ppm)))
     label_font = _font(3.2 * ppm)
     panels: list[Panel] = []
     layout = PaperGeometry(width, height, ppm, o.mm_per_s, o.mm_per_mv, (), offsets)

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from ecgllm.io.record import ECG
-from ecgllm.render.augment import distort, random_style
+from ecgllm.render.augment import distort, random_page, random_style
 from ecgllm.render.paper import PaperGeometry, RenderOptions, header_lines, render_paper
 
 
@@ -27,7 +27,7 @@ def render_ecg(ecg: ECG, layout: str = "3x4", *, dpi: float = 100.0, augment: bo
     applied: dict = {}
     rng = np.random.default_rng(seed)
     if augment:
-        options = replace(options, style=random_style(rng, applied))
+        options = replace(options, style=random_style(rng, applied), **random_page(rng, applied))
     image, geometry = render_paper(ecg, options, header_lines(ecg, measurements) if header else None)
     if augment:
         image = distort(image, rng, applied)

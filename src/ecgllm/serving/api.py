@@ -174,12 +174,21 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
     async def plot(request: Request) -> dict:
         """The 12-lead plot (PNG as a data URL) and the measurements of each uploaded record."""
         def work(files, body):
+            from ecgllm.io.image import ECGImage
             from ecgllm.render.plot import plot_ecg
             from ecgllm.serving.assistant import measurement_summary
 
             out = []
             with tempfile.TemporaryDirectory(prefix="ecgllm-upload-") as tmp:
                 for i, ecg in enumerate(records_from(files, body, Path(tmp))):
+                    if isinstance(ecg, ECGImage):  # a picture is shown as it is (downscaled), not re-plotted
+                        thumbnail = ecg.image.copy()
+                        thumbnail.thumbnail((1100, 1100))
+                        thumbnail.save(Path(tmp) / f"plot{i}.png")
+                        out.append({"image": "data:image/png;base64," + base64.b64encode(
+                            (Path(tmp) / f"plot{i}.png").read_bytes()).decode(),
+                            "measurements": measurement_summary(ecg), "kind": "image"})
+                        continue
                     png = plot_ecg(ecg, Path(tmp) / f"plot{i}.png", dpi=70)
                     out.append({"image": "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode(),
                                 "measurements": measurement_summary(ecg), "leads": ecg.leads, "fs": ecg.fs,

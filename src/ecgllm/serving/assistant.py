@@ -16,9 +16,10 @@ import torch
 
 from ecgllm.datasets.conversation import ecg_tags
 from ecgllm.io.reader import read_ecg
+from ecgllm.io.image import ECGImage
 from ecgllm.io.record import ECG
 
-ECGLike = Union[ECG, str, Path]
+ECGLike = Union[ECG, ECGImage, str, Path]
 REPORT_QUESTION = "Write a short clinical report of this ECG."
 _MEASURED = ("heart_rate", "rr_ms", "pr_ms", "qrs_ms", "qt_ms", "qtc_bazett_ms", "axis_deg", "axis_category",
              "quality_label")
@@ -35,8 +36,12 @@ class Answer:
         return asdict(self)
 
 
-def measurement_summary(ecg: ECG) -> dict:
+def measurement_summary(ecg: ECG | ECGImage) -> dict:
+    """What neurokit2 measures on a signal; an image is not measured (its size is reported instead)."""
     from ecgllm.signal.measure import measure
+
+    if isinstance(ecg, ECGImage):
+        return {"image": f"{ecg.size[0]}x{ecg.size[1]}", "note": "measurements need the signal, not a picture"}
 
     try:
         m = measure(ecg)
@@ -71,8 +76,8 @@ class ECGAssistant:
 
     # ------------------------------------------------------------------------------------ helpers
     @staticmethod
-    def _read(ecgs: Sequence[ECGLike]) -> list[ECG]:
-        return [e if isinstance(e, ECG) else read_ecg(e) for e in ecgs]
+    def _read(ecgs: Sequence[ECGLike]) -> list[ECG | ECGImage]:
+        return [e if isinstance(e, (ECG, ECGImage)) else read_ecg(e) for e in ecgs]
 
     def _batch(self, questions: Sequence[str], ecg_lists: Sequence[list[ECG]], consecutive: bool):
         turns = [[{"role": "user", "content": q}] for q in questions]
@@ -121,7 +126,7 @@ class ECGAssistant:
         order given. Measurements are skipped here for speed (use `ask` for them)."""
         parsed = []
         for ecgs, question in items:
-            ecgs = [ecgs] if isinstance(ecgs, (ECG, str, Path)) else list(ecgs)
+            ecgs = [ecgs] if isinstance(ecgs, (ECG, ECGImage, str, Path)) else list(ecgs)
             parsed.append((self._read(ecgs), question))
         order = sorted(range(len(parsed)), key=lambda i: (len(parsed[i][0]), len(parsed[i][1])))
         answers: list[Answer | None] = [None] * len(parsed)
@@ -139,7 +144,7 @@ class ECGAssistant:
         """Yield the answer's text piece by piece as it is generated."""
         from transformers import TextIteratorStreamer
 
-        ecgs = [ecg] if isinstance(ecg, (ECG, str, Path)) else list(ecg)
+        ecgs = [ecg] if isinstance(ecg, (ECG, ECGImage, str, Path)) else list(ecg)
         batch = self._batch([question], [self._read(ecgs)], consecutive=len(ecgs) == 2)
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_special_tokens=True)
         kwargs = dict(batch, max_new_tokens=max_new_tokens, streamer=streamer,

@@ -295,6 +295,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"contrastive pretraining done: valid loss {result['history'][-1]['valid_loss']:.4f}; "
               f"encoder in {load_encoder_recipe(args.recipe).output_dir}")
         return EXIT_OK
+    if stage == "image_distillation":
+        from ecgllm.training.distill_image import distill_image_encoder
+
+        config = load_encoder_recipe(args.recipe)
+        result = distill_image_encoder(config, progress=not args.quiet)
+        print(f"fold-10 superclass macro AUC: images {result['image_clean_super_macro_auc']:.4f} clean, "
+              f"{result['image_augmented_super_macro_auc']:.4f} distorted; signals {result['signal_super_macro_auc']:.4f}; "
+              f"image encoder in {config.output_dir}")
+        return EXIT_OK
     if stage == "encoder_pretraining":
         from ecgllm.training.pretrain_encoder import pretrain_encoder
 

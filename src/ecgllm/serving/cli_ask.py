@@ -138,6 +138,7 @@ def add_ask_commands(sub: argparse._SubParsersAction, formatter: type, exit_help
                        epilog=f"""examples:
   ecgllm ask 00001_lr.hea "Does this ECG show atrial fibrillation?"
   ecgllm ask ecg.dcm "Is the QRS duration within the normal range?" --json
+  ecgllm ask photo.jpg "Is this a normal ECG?"       # a photo or scan of a printed 12-lead ECG
 
 {exit_help}""")
     p.add_argument("ecg", help="ECG file")

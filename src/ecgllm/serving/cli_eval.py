@@ -40,7 +40,7 @@ def cmd_ecgqa(args: argparse.Namespace) -> int:
 
     run = EcgqaRun(data=args.data, ptbxl=args.ptbxl, out=args.out, model=args.model, probe=args.probe,
                    labels=args.labels, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
-                   max_new_tokens=args.max_new_tokens)
+                   max_new_tokens=args.max_new_tokens, modality=args.modality)
     metrics = evaluate_ecgqa(run, progress=not args.quiet)
     _print_summary(metrics, args.out)
     return EXIT_OK
@@ -137,6 +137,9 @@ example:
                                        "ECG from the same data.")
     _add_run_args(s)
     s.add_argument("--probe", choices=["none", "blind", "random-ecg"], default="none")
+    s.add_argument("--modality", choices=["signal", "image", "image-augmented"], default="signal",
+                   help="give the model each ECG as its signal (default) or as a paper render, clean or with "
+                        "seeded print/photo distortions (needs a checkpoint with an image encoder)")
     s.add_argument("--max-new-tokens", type=int, default=32)
     s.set_defaults(func=cmd_ecgqa)
 

@@ -103,14 +103,16 @@ def recipe_stage(path: str | Path) -> str:
 
 
 def load_encoder_recipe(path: str | Path):
-    """An ``encoder_pretraining`` recipe as `EncoderPretrainConfig`, or an ``encoder_contrastive`` one as
-    `ContrastiveConfig`."""
+    """An ``encoder_pretraining`` recipe as `EncoderPretrainConfig`, an ``encoder_contrastive`` one as
+    `ContrastiveConfig`, an ``image_distillation`` one as `ImageDistillConfig`."""
     from ecgllm.training.contrastive import ContrastiveConfig
+    from ecgllm.training.distill_image import ImageDistillConfig
     from ecgllm.training.pretrain_encoder import EncoderPretrainConfig
 
     raw = _read_yaml(Path(path))
     stage = raw.pop("stage", "encoder_pretraining")
-    cls = ContrastiveConfig if stage == "encoder_contrastive" else EncoderPretrainConfig
+    cls = {"encoder_contrastive": ContrastiveConfig, "image_distillation": ImageDistillConfig}.get(
+        stage, EncoderPretrainConfig)
     return _build(cls, raw, str(path))
 
 

@@ -1,0 +1,187 @@
+"""ECG images: render speed, image vs signal reading on PTB-XL fold 10, and real printed ECGs zero-shot.
+
+    python benchmarks/images.py --model CHECKPOINT --distill runs/ecgqa/image_encoder \
+        --generated-test runs/ecgqa/data/test_fold10_generated.json --signals cache/ptbxl100 --limit 30
+    -> benchmarks/results/images.json, docs/results/images.md
+
+1. Render speed at 1100x850 (100 dpi, 3x4 + rhythm strip): clean and with distortions, in one process and in
+   two (this machine's cores); baseline in the same run: the matplotlib multi-lead plot (`ecgllm plot`).
+2. Fold-10 superclass macro AUC of the image encoder on clean and distorted renders vs the signal encoder on
+   the same records (read from the distillation run, which computes both).
+3. ECG-QA exact match on generated fold-10 questions with the ECGs given as signals, clean renders and
+   distorted renders (the signal vs image gap of the whole model).
+4. The real printed ECGs in ../shared/data/external/ecg_images (20 photographed/printed 12-lead reports:
+   normal, myocardial infarction, abnormal heartbeat, history of MI): the model is asked "Is this a normal
+   ECG?" (ECG-QA's template), scored against label == normal; and the label tokens' P(normal ECG) as a score
+   (AUC). Wilson 95% CIs: n is 20.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from common import ROOT, SHARED, environment, write_result
+
+from ecgllm import read_ecg
+from ecgllm.render import plot_ecg, render_ecg
+
+BUNDLED = ROOT / "src/ecgllm/data/ptbxl_00001_lr.hea"
+DOC = ROOT / "docs/results/images.md"
+
+
+def _render(task: tuple[int, bool]) -> int:
+    seed, augment = task
+    return render_ecg(_ECG, augment=augment, seed=seed).image.size[0]
+
+
+_ECG = read_ecg(BUNDLED)
+
+
+def render_speed(n: int) -> dict:
+    import tempfile
+
+    out = {}
+    for augment in (False, True):
+        t0 = time.perf_counter()
+        for seed in range(n):
+            render_ecg(_ECG, augment=augment, seed=seed)
+        out[f"{'augmented' if augment else 'clean'}_1proc_per_s"] = round(n / (time.perf_counter() - t0), 1)
+        with ProcessPoolExecutor(2) as pool:
+            list(pool.map(_render, [(s, augment) for s in range(4)]))  # start the workers
+            t0 = time.perf_counter()
+            list(pool.map(_render, [(s, augment) for s in range(n)], chunksize=8))
+        out[f"{'augmented' if augment else 'clean'}_2proc_per_s"] = round(n / (time.perf_counter() - t0), 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        k = max(5, n // 10)
+        t0 = time.perf_counter()
+        for i in range(k):
+            plot_ecg(_ECG, Path(tmp) / f"{i}.png")
+        out["baseline_matplotlib_plot_per_s"] = round(k / (time.perf_counter() - t0), 2)
+    out["speedup_vs_matplotlib"] = round(out["clean_1proc_per_s"] / out["baseline_matplotlib_plot_per_s"], 1)
+    return out
+
+
+def printed_images(model_dir: str) -> dict:
+    import pandas as pd
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from ecgllm import ECGAssistant
+    from ecgllm.evaluation.answers import parse_answer
+    from ecgllm.evaluation.stats import wilson_ci
+
+    folder = SHARED / "external/ecg_images"
+    labels = pd.read_csv(folder / "labels.csv")
+    assistant = ECGAssistant.load(model_dir)
+    model, processor = assistant.model, assistant.processor
+    # the classifier head scores the 71 statements, then the 5 superclasses: NORM's superclass column
+    normal_column = len(model.label_vocab["all71"]) + model.label_vocab["superclass"].index("NORM")
+    rows = []
+    for _, row in labels.iterrows():
+        image = read_ecg(folder / row.file)
+        answer = assistant.ask(image, "Is this a normal ECG?", max_new_tokens=8, measure=False).text
+        parsed = parse_answer(answer, ("yes", "no")).answers
+        with torch.no_grad():
+            pooled = model.image_encoder(processor.prepare_images([image])).mean(1)
+            p_normal = float(torch.sigmoid(model.label_tokens.head(pooled))[0, normal_column])
+        rows.append({"file": row.file, "label": row.label, "answer": answer,
+                     "said_normal": None if not parsed else "yes" in parsed, "p_normal": round(p_normal, 4)})
+    truth = np.array([r["label"] == "normal" for r in rows])
+    said = [r["said_normal"] for r in rows]
+    correct = sum(s is not None and s == t for s, t in zip(said, truth))
+    lo, hi = wilson_ci(correct, len(rows))
+    scores = np.array([r["p_normal"] for r in rows])
+    p_correct = int(((scores >= 0.5) == truth).sum())
+    return {"n": len(rows), "task": "normal vs not normal (MI, abnormal heartbeat, history of MI)",
+            "llm_accuracy": round(correct / len(rows), 3), "llm_ci95": [round(lo, 3), round(hi, 3)],
+            "llm_unparsed": sum(s is None for s in said), "llm_said_normal": sum(bool(s) for s in said),
+            "label_token_accuracy": round(p_correct / len(rows), 3),
+            "label_token_ci95": [round(v, 3) for v in wilson_ci(p_correct, len(rows))],
+            "label_token_auc": round(float(roc_auc_score(truth, scores)), 3),
+            "majority_accuracy": round(max(truth.mean(), 1 - truth.mean()), 3), "per_image": rows}
+
+
+def ecgqa_modalities(model_dir: str, data: str, signals: str, limit: int, out: Path) -> dict:
+    from ecgllm.evaluation.ecgqa_eval import EcgqaRun, evaluate_ecgqa
+    from ecgllm.models.ecg_lm import EcgLanguageModel
+
+    model, processor = EcgLanguageModel.from_pretrained(model_dir)
+    result = {}
+    for modality in ("signal", "image", "image-augmented"):
+        run = EcgqaRun(data=[data], ptbxl=signals, out=str(out / modality), labels=str(SHARED / "ptbxl"),
+                       limit=limit, modality=modality)
+        metrics = evaluate_ecgqa(run, model, processor)
+        result[modality] = {"em": round(metrics["overall_em"], 3), "n": metrics["n"],
+                            "ci95": [round(v, 3) for v in metrics["overall_em_ci95"]]}
+    return result
+
+
+def write_doc(result: dict, command: str) -> None:
+    r, d, p, q = result["render"], result["fold10"], result["printed"], result["ecgqa"]
+    lines = [
+        "# ECG images: renders, the image encoder, real printed ECGs", "",
+        "Every number here is read from `benchmarks/results/images.json`, written by", "", "```bash", command, "```",
+        "", "## Rendering (1100×850, 3x4 + lead II rhythm strip)", "",
+        "| | images/s |", "|---|---|",
+        f"| clean, 1 process | {r['clean_1proc_per_s']} |", f"| clean, 2 processes | {r['clean_2proc_per_s']} |",
+        f"| distorted, 1 process | {r['augmented_1proc_per_s']} |",
+        f"| distorted, 2 processes | {r['augmented_2proc_per_s']} |",
+        f"| baseline: matplotlib plot (`ecgllm plot`) | {r['baseline_matplotlib_plot_per_s']} |", "",
+        "## PTB-XL fold 10: image encoder vs signal encoder (superclass macro AUC)", "",
+        f"{d['n_eval']} fold-10 records; the image encoder was distilled on {d['n_train']} renders of ECG-QA train "
+        "ECGs in folds 1-8.", "",
+        "| input | superclass macro AUC | 71-statement macro AUC |", "|---|---|---|",
+        f"| signal (teacher) | {d['signal_super_macro_auc']} | {d['signal_all71_macro_auc']} |",
+        f"| clean render | {d['image_clean_super_macro_auc']} | {d['image_clean_all71_macro_auc']} |",
+        f"| distorted render | {d['image_augmented_super_macro_auc']} | {d['image_augmented_all71_macro_auc']} |", "",
+        "## ECG-QA exact match, the same questions with the ECGs as signals or pictures", "",
+        "| ECGs given as | EM | 95% CI | n |", "|---|---|---|---|",
+        *[f"| {k} | {v['em']} | {v['ci95'][0]}–{v['ci95'][1]} | {v['n']} |" for k, v in q.items()], "",
+        "## Real printed ECGs, zero-shot", "",
+        f"{p['n']} printed 12-lead reports ({p['task']}). The model is asked \"Is this a normal ECG?\".", "",
+        "| reader | accuracy | 95% CI |", "|---|---|---|",
+        f"| model's answer | {p['llm_accuracy']} | {p['llm_ci95'][0]}–{p['llm_ci95'][1]} |",
+        f"| label tokens, P(normal ECG) ≥ 0.5 | {p['label_token_accuracy']} | "
+        f"{p['label_token_ci95'][0]}–{p['label_token_ci95'][1]} |",
+        f"| majority class | {p['majority_accuracy']} | |", "",
+        f"P(normal ECG) as a score: AUC {p['label_token_auc']}. The model said \"normal\" for "
+        f"{p['llm_said_normal']} of {p['n']} images; {p['llm_unparsed']} answers were not a yes/no.", ""]
+    DOC.write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="checkpoint with an image encoder")
+    parser.add_argument("--distill", required=True, help="the image-distillation run (result.json)")
+    parser.add_argument("--generated-test", required=True, help="generated fold-10 ECG-QA test file")
+    parser.add_argument("--signals", required=True, help="PTB-XL signals: official folder or prepared cache")
+    parser.add_argument("--limit", type=int, default=30, help="ECG-QA sample ids per modality")
+    parser.add_argument("--render-n", type=int, default=100)
+    parser.add_argument("--out", default="runs/images_eval", help="folder for the evaluation runs")
+    args = parser.parse_args()
+    command = (f"python benchmarks/images.py --model {args.model} --distill {args.distill} --generated-test "
+               f"{args.generated_test} --signals {args.signals} --limit {args.limit} --render-n {args.render_n}")
+    fold10 = json.loads((Path(args.distill) / "result.json").read_text())
+    result = {"render": render_speed(args.render_n),
+              "fold10": {k: v for k, v in fold10.items() if k not in ("history",)},
+              "ecgqa": ecgqa_modalities(args.model, args.generated_test, args.signals, args.limit, Path(args.out)),
+              "printed": printed_images(args.model)}
+    flat = {"render_images_per_s": result["render"]["augmented_2proc_per_s"],
+            "render_clean_images_per_s": result["render"]["clean_2proc_per_s"],
+            "image_super_macro_auc": fold10["image_clean_super_macro_auc"],
+            "image_augmented_super_macro_auc": fold10["image_augmented_super_macro_auc"],
+            "signal_super_macro_auc": fold10["signal_super_macro_auc"],
+            "printed_images_accuracy": result["printed"]["llm_accuracy"],
+            "printed_images_n": result["printed"]["n"],
+            "printed_images_ci95": result["printed"]["llm_ci95"]}
+    write_result("images.json", {**flat, **result, "command": command, "environment": environment()})
+    write_doc(result, command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Image-encoder distillation: renders of PTB-XL records → the frozen signal encoder's tokens of the same records.
+
+The teacher is a finished encoder pretraining run (its encoder, pooled to the language model's tokens per
+ECG, and its classifier head). The student (`ecgllm.models.image_encoder`) sees a render of the record —
+layout, paper and distortions drawn at random with the record's seed — and learns to reproduce the teacher's
+tokens (mean squared error, scaled by their variance) and the head's label probabilities computed from them
+(binary cross-entropy against the teacher's probabilities), so the label tokens come out right too.
+
+Split discipline as for the signal encoder: training renders come from PTB-XL folds 1-8 minus the excluded
+ids (every ECG-QA test ECG); fold 10 is rendered clean and distorted to report superclass macro AUC against
+the teacher reading the signals of the same records.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ecgllm.models.image_encoder import ImageEncoder, ImageEncoderConfig, image_input
+
+LAYOUT_CHOICES = (("3x4", 0.6), ("6x2", 0.2), ("12x1", 0.2))
+
+
+@dataclass
+class ImageDistillConfig:
+    output_dir: str
+    teacher: str                        # a finished encoder pretraining run
+    ecg_cache: str                      # 100 Hz cache from `ecgllm data prepare`
+    ptbxl: str
+    exclude_ids_file: str | None = None
+    n_tokens: int = 4                   # the language model's tokens per ECG (its encoder_kwargs.n_tokens)
+    image: dict = field(default_factory=dict)   # ImageEncoderConfig fields (size, widths, heads)
+    n_train: int = 6000                 # records rendered for training (one render each)
+    augment_probability: float = 0.7    # share of training renders with print/photo distortions
+    n_eval: int = 600                   # fold-10 records rendered for the report
+    epochs: int = 4
+    batch_size: int = 32
+    lr: float = 2e-3
+    label_weight: float = 1.0
+    seed: int = 0
+    threads: int | None = None
+    workers: int = 2                    # processes that render
+
+
+def _teacher(run: Path, n_tokens: int):
+    from safetensors.torch import load_file
+
+    from ecgllm.models.encoders import build_encoder
+
+    saved = json.loads((run / "encoder_config.json").read_text())
+    kwargs = dict(saved["encoder_kwargs"], n_tokens=n_tokens)
+    encoder = build_encoder(saved["encoder"], **kwargs)
+    encoder.load_state_dict(load_file(run / "encoder.safetensors"))
+    head_weights = load_file(run / "head.safetensors")
+    head = nn.Linear(head_weights["weight"].shape[1], head_weights["weight"].shape[0])
+    head.load_state_dict(head_weights)
+    return encoder.eval().requires_grad_(False), head.eval().requires_grad_(False), saved
+
+
+@torch.no_grad()
+def teacher_targets(encoder, head, signals: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    tokens, logits = [], []
+    for i in range(0, len(signals), batch):
+        t = encoder(torch.from_numpy(signals[i: i + batch]))
+        tokens.append(t.numpy())
+        logits.append(head(encoder.pool(t)).numpy())
+    return np.concatenate(tokens), np.concatenate(logits)
+
+
+def _render_one(task: tuple) -> np.ndarray:
+    from ecgllm.io.leads import STANDARD_12
+    from ecgllm.io.record import ECG
+    from ecgllm.render import render_ecg
+
+    signal, fs, seed, augment, height, width = task
+    rng = np.random.default_rng(seed)
+    names, weights = zip(*LAYOUT_CHOICES)
+    layout = str(rng.choice(names, p=np.asarray(weights) / sum(weights)))
+    page = render_ecg(ECG(signal, fs, list(STANDARD_12)), layout, augment=augment, seed=seed).image
+    return (image_input(page, height, width)[0] * 255).round().astype(np.uint8)
+
+
+def render_set(signals: np.ndarray, fs: float, seeds: np.ndarray, augment: np.ndarray, config: ImageEncoderConfig,
+               workers: int, progress: bool, label: str) -> np.ndarray:
+    """One render per record (layout and distortions from its seed) → uint8 [N, H, W] image inputs."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    tasks = [(signals[i], fs, int(seeds[i]), bool(augment[i]), config.height, config.width) for i in range(len(signals))]
+    out = np.empty((len(tasks), config.height, config.width), dtype=np.uint8)
+    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        for i, image in enumerate(tqdm(pool.map(_render_one, tasks, chunksize=16), total=len(tasks),
+                                       desc=f"render {label}", disable=not progress)):
+            out[i] = image
+    return out
+
+
+def _load_or_render(path: Path, make) -> np.ndarray:
+    """Renders are cached next to the run, so a resumed run does not draw them again."""
+    if path.exists():
+        return np.load(path, mmap_mode="r")
+    images = make()
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, images)
+    tmp.replace(path)
+    return images
+
+
+@torch.no_grad()
+def student_outputs(student: ImageEncoder, head: nn.Module, images: np.ndarray,
+                    batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    student.eval()
+    tokens, logits = [], []
+    for i in range(0, len(images), batch):
+        x = torch.from_numpy(np.asarray(images[i: i + batch], dtype=np.float32) / 255.0)[:, None]
+        t = student(x)
+        tokens.append(t.numpy())
+        logits.append(head(t.mean(1)).numpy())
+    return np.concatenate(tokens), np.concatenate(logits)
+
+
+def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> dict:
+    from ecgllm.training.pretrain_encoder import (load_epoch_state, load_ptbxl_arrays, macro_auc, save_epoch_state,
+                                                  start_run)
+
+    out = start_run(config.output_dir, config.seed, config.threads)
+    encoder, head, saved = _teacher(Path(config.teacher), config.n_tokens)
+    image_config = ImageEncoderConfig(**{"n_tokens": config.n_tokens, "dim": encoder.dim, **config.image})
+    data, _ = load_ptbxl_arrays(config.ecg_cache, config.ptbxl, saved["input"]["normalize"], config.exclude_ids_file)
+    rng = np.random.default_rng(config.seed)
+    train = rng.permutation(data.train)[: config.n_train]
+    test = rng.permutation(data.test)[: config.n_eval]
+    seeds = rng.integers(0, 2**31 - 1, size=len(train))
+    augment = rng.random(len(train)) < config.augment_probability
+    train_images = _load_or_render(out / "renders_train.npy", lambda: render_set(
+        data.signals[train], data.fs, seeds, augment, image_config, config.workers, progress, "train"))
+    test_seeds = np.arange(len(test)) + 10_000_019
+    clean = _load_or_render(out / "renders_test_clean.npy", lambda: render_set(
+        data.signals[test], data.fs, test_seeds, np.zeros(len(test), bool), image_config, config.workers, progress,
+        "fold 10 clean"))
+    distorted = _load_or_render(out / "renders_test_augmented.npy", lambda: render_set(
+        data.signals[test], data.fs, test_seeds, np.ones(len(test), bool), image_config, config.workers, progress,
+        "fold 10 distorted"))
+    target_tokens, target_logits = teacher_targets(encoder, head, data.signals[train])
+    scale = float(target_tokens.var()) + 1e-8
+
+    student = ImageEncoder(image_config)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=1e-4)
+    steps_per_epoch = int(np.ceil(len(train) / config.batch_size))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps_per_epoch,
+                                                    pct_start=0.1)
+    state_path = out / "checkpoint.pt"
+    done, history = load_epoch_state(state_path, student, optimizer, scheduler)
+    from tqdm.auto import tqdm
+
+    for epoch in range(done, config.epochs):
+        student.train()
+        order = np.random.default_rng(config.seed + epoch).permutation(len(train))
+        losses, t0 = [], time.time()
+        bar = tqdm(range(steps_per_epoch), desc=f"distil epoch {epoch + 1}/{config.epochs}", disable=not progress)
+        for step in bar:
+            rows = np.sort(order[step * config.batch_size: (step + 1) * config.batch_size])
+            x = torch.from_numpy(np.asarray(train_images[rows], dtype=np.float32) / 255.0)[:, None]
+            tokens = student(x)
+            token_loss = nn.functional.mse_loss(tokens, torch.from_numpy(target_tokens[rows])) / scale
+            label_loss = nn.functional.binary_cross_entropy_with_logits(
+                head(tokens.mean(1)), torch.sigmoid(torch.from_numpy(target_logits[rows])))
+            loss = token_loss + config.label_weight * label_loss
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "epoch_s": round(time.time() - t0, 1)}
+        history.append(entry)
+        with (out / "metrics.jsonl").open("a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+        save_epoch_state(state_path, student, optimizer, scheduler, epoch + 1, history)
+
+    y = data.y[test]
+    _, teacher_logits = teacher_targets(encoder, head, data.signals[test])
+    result = {"teacher": config.teacher, "n_train": int(len(train)), "n_eval": int(len(test)),
+              "params": sum(p.numel() for p in student.parameters()), "history": history,
+              "signal_super_macro_auc": round(macro_auc(y[:, 71:], teacher_logits[:, 71:]), 4),
+              "signal_all71_macro_auc": round(macro_auc(y[:, :71], teacher_logits[:, :71]), 4)}
+    for name, images in (("clean", clean), ("augmented", distorted)):
+        _, logits = student_outputs(student, head, images)
+        result[f"image_{name}_super_macro_auc"] = round(macro_auc(y[:, 71:], logits[:, 71:]), 4)
+        result[f"image_{name}_all71_macro_auc"] = round(macro_auc(y[:, :71], logits[:, :71]), 4)
+    save_image_encoder(out, student, {"teacher": config.teacher, "config": asdict(config)})
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def save_image_encoder(folder: Path, student: ImageEncoder, provenance: dict) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in student.state_dict().items()}, folder / "image_encoder.safetensors")
+    (folder / "image_encoder.json").write_text(json.dumps({"config": student.config.to_dict(), **provenance},
+                                                          indent=2) + "\n")

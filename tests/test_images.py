@@ -1,0 +1,116 @@
+"""ECG images end to end: a distilled image encoder attached to a checkpoint answers about pictures through the
+same projector and LLM; the distillation stage runs, resumes and reports; signal-only checkpoints refuse images."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ecgllm import read_ecg
+from ecgllm.models.image_encoder import ImageEncoder, ImageEncoderConfig, image_input
+from ecgllm.render import render_ecg
+from tests.conftest import PTBXL_1
+
+CLI = [sys.executable, "-m", "ecgllm.serving.cli"]
+TINY_IMAGE = {"height": 64, "width": 96, "widths": [4, 8], "heads": 2}
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    path = tmp_path_factory.mktemp("page") / "photo.jpg"
+    render_ecg(read_ecg(PTBXL_1), augment=True, seed=5).image.save(path, quality=85)
+    return path
+
+
+@pytest.fixture(scope="module")
+def image_checkpoint(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint with an (untrained) image encoder attached, saved and reloaded."""
+    from ecgllm.models.ecg_lm import EcgLanguageModel
+    from ecgllm.training.distill_image import save_image_encoder
+
+    root = tmp_path_factory.mktemp("imgckpt")
+    model, processor = EcgLanguageModel.from_pretrained(tiny_checkpoint)
+    torch.manual_seed(0)
+    student = ImageEncoder(ImageEncoderConfig(n_tokens=model.encoder.n_tokens, dim=model.encoder.dim, **TINY_IMAGE))
+    save_image_encoder(root / "run", student, {"teacher": "test"}) if (root / "run").mkdir() is None else None
+    model.attach_image_encoder(root / "run", processor)
+    model.save_pretrained(root / "ckpt", processor)
+    shutil.copytree(tiny_checkpoint.parent / "llm", root / "llm")  # the base LLM the config points at
+    return root / "ckpt"
+
+
+def test_image_input_inverts_ink_and_resizes(page):
+    x = image_input(read_ecg(page).image, 64, 96)
+    assert x.shape == (1, 64, 96) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0 and np.median(x) < 0.5  # mostly paper (dark after inversion)
+
+
+def test_a_checkpoint_with_an_image_encoder_answers_about_pictures_and_mixed_pairs(image_checkpoint, page):
+    from ecgllm import ECGAssistant
+
+    assistant = ECGAssistant.load(image_checkpoint)
+    assert assistant.model.image_encoder is not None and assistant.processor.config.image["height"] == 64
+    answer = assistant.ask(page, "Is this a normal ECG?", max_new_tokens=4)
+    assert isinstance(answer.text, str) and "image" in answer.measurements[0]
+    mixed = assistant.compare(PTBXL_1, page, "What changed?", max_new_tokens=4)  # signal, then picture
+    assert len(mixed.measurements) == 2 and "heart_rate" in mixed.measurements[0]
+    # the picture's tokens come from the image encoder, in prompt order
+    batch = assistant.processor([[{"role": "user", "content": "?"}]], [[read_ecg(PTBXL_1), read_ecg(page)]],
+                                train=False)
+    assert batch["ecg"].shape[0] == 1 and batch["images"].shape == (1, 1, 64, 96)
+    assert batch["ecg_is_image"].tolist() == [False, True]
+    features = assistant.model.encode(batch["ecg"], batch["ecg_mask"], batch["images"], batch["ecg_is_image"])
+    assert torch.allclose(features[1], assistant.model.image_encoder(batch["images"])[0])
+    assert torch.allclose(features[0], assistant.model.encoder(batch["ecg"], batch["ecg_mask"])[0])
+
+
+def test_signal_only_checkpoints_refuse_pictures_with_a_sentence(tiny_checkpoint, page):
+    result = subprocess.run(CLI + ["ask", str(page), "Is this a normal ECG?", "--model", str(tiny_checkpoint)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3
+    assert "signals only" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ecgqa_eval_with_the_ecgs_rendered_as_pictures(image_checkpoint, tmp_path):
+    """`ecgllm eval ecgqa --modality image-augmented`: the same questions, every ECG drawn on paper first."""
+    import json
+
+    from ecgllm.evaluation.ecgqa_eval import EcgqaRun, evaluate_ecgqa
+    from tests.conftest import FIXTURES
+
+    samples = [{"sample_id": i, "template_id": 1, "question_id": 0, "question_type": "single-verify",
+                "attribute_type": "scp_code", "question": "Does this ECG show sinus rhythm?", "answer": ["yes"],
+                "ecg_id": [1 + i % 2], "attribute": ["sinus rhythm"]} for i in range(3)]
+    gold = tmp_path / "template/test/gold.json"
+    gold.parent.mkdir(parents=True)
+    gold.write_text(json.dumps(samples))
+    run = EcgqaRun(data=[str(gold)], ptbxl=str(FIXTURES / "ptbxl"), out=str(tmp_path / "run"),
+                   model=str(image_checkpoint), modality="image-augmented", batch_size=2, max_new_tokens=4)
+    metrics = evaluate_ecgqa(run, progress=False)
+    assert metrics["n"] == 3 and metrics["modality"] == "image-augmented"
+    with pytest.raises(ValueError, match="modality"):
+        evaluate_ecgqa(EcgqaRun(data=[str(gold)], ptbxl=str(FIXTURES / "ptbxl"), out=str(tmp_path / "x"),
+                                model=str(image_checkpoint), modality="fax"), progress=False)
+
+
+def test_rest_api_answers_about_an_uploaded_photo_and_shows_it(image_checkpoint, page, tiny_checkpoint):
+    from fastapi.testclient import TestClient
+
+    from ecgllm import ECGAssistant
+    from ecgllm.serving.api import ServeSettings, create_app
+
+    client = TestClient(create_app(ECGAssistant.load(image_checkpoint), ServeSettings(max_new_tokens=4)))
+    photo = [("ecg", ("photo.jpg", page.read_bytes()))]
+    r = client.post("/v1/ask", files=photo, data={"question": "Is this a normal ECG?"})
+    assert r.status_code == 200, r.text
+    assert "image" in r.json()["measurements"][0]
+    shown = client.post("/v1/plot", files=photo).json()["records"][0]
+    assert shown["kind"] == "image" and shown["image"].startswith("data:image/png;base64,")
+    signals_only = TestClient(create_app(ECGAssistant.load(tiny_checkpoint), ServeSettings(max_new_tokens=4)))
+    r = signals_only.post("/v1/ask", files=photo, data={"question": "Is this a normal ECG?"})
+    assert r.status_code == 422 and "signals only" in r.json()["detail"]
