@@ -37,6 +37,11 @@ def seeds(tmp: Path) -> list[Seed]:
     csv = "\n".join(["time," + ",".join(ecg.leads)] +
                     [f"{t / ecg.fs:.3f}," + ",".join(f"{v:.3f}" for v in ecg.signal[:, t]) for t in range(300)])
     wfdb = FIXTURES / "ptbxl/records100/00000/00001_lr"
+    from ecgllm.render import render_ecg
+
+    page = render_ecg(ecg, dpi=30).image  # a small real render: 330 x 255 pixels
+    page.save(tmp / "rec.png")
+    page.save(tmp / "rec.jpg", quality=80)
     return [
         Seed("wfdb", {"rec.hea": wfdb.with_suffix(".hea").read_bytes().replace(b"00001_lr", b"rec"),
                       "rec.dat": wfdb.with_suffix(".dat").read_bytes()}, {"rec.hea"}),
@@ -48,6 +53,8 @@ def seeds(tmp: Path) -> list[Seed]:
         Seed("cinc", {"rec.hea": (FIXTURES / "cinc/00002_hrm.hea").read_bytes().replace(b"00002_hrm", b"rec"),
                       "rec.mat": (FIXTURES / "cinc/00002_hrm.mat").read_bytes()}, {"rec.hea"}),
         Seed("hdf5", {"rec.hdf5": (FIXTURES / "code15/exams_sample.hdf5").read_bytes()}, kwargs={"index": 0}),
+        Seed("png", {"rec.png": (tmp / "rec.png").read_bytes()}),
+        Seed("jpeg", {"rec.jpg": (tmp / "rec.jpg").read_bytes()}),
     ]
 
 
@@ -95,6 +102,7 @@ def fuzz_case(seed: Seed, folder: Path, rng: np.random.Generator, timeout_s: int
     """Write one mutated copy and read it: 'ok', 'typed-error', or 'crash: ...' / 'hang'."""
     from ecgllm import read_ecg
     from ecgllm.io.errors import ECGReadError
+    from ecgllm.io.image import ECGImage
 
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -107,6 +115,8 @@ def fuzz_case(seed: Seed, folder: Path, rng: np.random.Generator, timeout_s: int
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ecg = read_ecg(folder / list(seed.files)[0], **seed.kwargs)
+        if isinstance(ecg, ECGImage):
+            return "ok" if ecg.image.mode == "RGB" and min(ecg.size) >= 64 else "crash: invalid image returned"
         if not (np.isfinite(ecg.signal).all() and ecg.signal.ndim == 2 and ecg.fs > 0):
             return "crash: invalid ECG returned"
         return "ok"

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tests.fuzz_readers import fuzz_case, seeds
 
 EXAMPLES = int(os.environ.get("ECGLLM_FUZZ_EXAMPLES", "150"))
-FORMATS = ["wfdb", "npy", "npz", "csv", "dicom", "mat", "cinc", "hdf5"]
+FORMATS = ["wfdb", "npy", "npz", "csv", "dicom", "mat", "cinc", "hdf5", "png", "jpeg"]
 
 
 @pytest.fixture(scope="module")
