@@ -135,10 +135,11 @@ def write_doc(result: dict, command: str) -> None:
         "## PTB-XL fold 10: image encoder vs signal encoder (superclass macro AUC)", "",
         f"{d['n_eval']} fold-10 records; the image encoder was distilled on {d['n_train']} renders of ECG-QA train "
         "ECGs in folds 1-8.", "",
-        "| input | superclass macro AUC | 71-statement macro AUC |", "|---|---|---|",
-        f"| signal (teacher) | {d['signal_super_macro_auc']} | {d['signal_all71_macro_auc']} |",
-        f"| clean render | {d['image_clean_super_macro_auc']} | {d['image_clean_all71_macro_auc']} |",
-        f"| distorted render | {d['image_augmented_super_macro_auc']} | {d['image_augmented_all71_macro_auc']} |", "",
+        "| input | superclass macro AUC | superclass macro F1 | superclass Hamming loss | 71-statement macro AUC |",
+        "|---|---|---|---|---|",
+        *[f"| {label} | {d[k + '_super_macro_auc']} | {d[k + '_super_macro_f1']} | {d[k + '_super_hamming_loss']} | "
+          f"{d[k + '_all71_macro_auc']} |" for label, k in (("signal (teacher)", "signal"), ("clean render", "image_clean"),
+                                                              ("distorted render", "image_augmented"))], "",
         "## ECG-QA exact match, the same questions with the ECGs as signals or pictures", "",
         "| ECGs given as | EM | 95% CI | n |", "|---|---|---|---|",
         *[f"| {k} | {v['em']} | {v['ci95'][0]}–{v['ci95'][1]} | {v['n']} |" for k, v in q.items()], "",

@@ -127,8 +127,7 @@ def student_outputs(student: ImageEncoder, head: nn.Module, images: np.ndarray,
 
 
 def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> dict:
-    from ecgllm.training.pretrain_encoder import (load_epoch_state, load_ptbxl_arrays, macro_auc, save_epoch_state,
-                                                  start_run)
+    from ecgllm.training.pretrain_encoder import load_epoch_state, load_ptbxl_arrays, save_epoch_state, start_run
 
     out = start_run(config.output_dir, config.seed, config.threads)
     encoder, head, saved = _teacher(Path(config.teacher), config.n_tokens)
@@ -189,16 +188,28 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> 
     y = data.y[test]
     _, teacher_logits = teacher_targets(encoder, head, data.signals[test])
     result = {"teacher": config.teacher, "n_train": int(len(train)), "n_eval": int(len(test)),
-              "params": sum(p.numel() for p in student.parameters()), "history": history,
-              "signal_super_macro_auc": round(macro_auc(y[:, 71:], teacher_logits[:, 71:]), 4),
-              "signal_all71_macro_auc": round(macro_auc(y[:, :71], teacher_logits[:, :71]), 4)}
-    for name, images in (("clean", clean), ("augmented", distorted)):
-        _, logits = student_outputs(student, head, images)
-        result[f"image_{name}_super_macro_auc"] = round(macro_auc(y[:, 71:], logits[:, 71:]), 4)
-        result[f"image_{name}_all71_macro_auc"] = round(macro_auc(y[:, :71], logits[:, :71]), 4)
+              "params": sum(p.numel() for p in student.parameters()), "history": history}
+    outputs = [("signal", teacher_logits)] + [(f"image_{name}", student_outputs(student, head, images)[1])
+                                              for name, images in (("clean", clean), ("augmented", distorted))]
+    for name, logits in outputs:
+        result.update(superclass_metrics(name, y, logits))
     save_image_encoder(out, student, {"teacher": config.teacher, "config": asdict(config)})
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def superclass_metrics(name: str, y: np.ndarray, logits: np.ndarray) -> dict:
+    """Macro AUC from scores (superclasses and 71 statements); macro F1 and Hamming loss of the superclasses at
+    probability 0.5."""
+    from sklearn.metrics import f1_score, hamming_loss
+
+    from ecgllm.training.pretrain_encoder import macro_auc
+
+    predicted = (logits[:, 71:] > 0).astype(int)  # sigmoid(logit) > 0.5
+    return {f"{name}_super_macro_auc": round(macro_auc(y[:, 71:], logits[:, 71:]), 4),
+            f"{name}_all71_macro_auc": round(macro_auc(y[:, :71], logits[:, :71]), 4),
+            f"{name}_super_macro_f1": round(float(f1_score(y[:, 71:], predicted, average="macro", zero_division=0)), 4),
+            f"{name}_super_hamming_loss": round(float(hamming_loss(y[:, 71:], predicted)), 4)}
 
 
 def save_image_encoder(folder: Path, student: ImageEncoder, provenance: dict) -> None:
