@@ -62,6 +62,9 @@ def main() -> None:
     parser.add_argument("--encoder", type=Path, help="encoder run for the classifier baseline")
     parser.add_argument("--limit", type=int, default=200, help="sample ids per data set (each in both variants)")
     parser.add_argument("--out", type=Path, default=Path("runs/ecgqa/eval"))
+    parser.add_argument("--extra", action="append", default=[], metavar="NAME=DIR",
+                        help="another checkpoint to evaluate the same way (e.g. a later stage), reported under "
+                             "other_models")
     parser.add_argument("--signals", default=str(SHARED / "ptbxl"),
                         help="PTB-XL signals: the pack folder (default), an official folder or a prepared cache "
                              "(fastest)")
@@ -70,6 +73,9 @@ def main() -> None:
     debiased = evaluate(args.debiased, args.out / "debiased", args.generated_test, args.limit, args.signals)
     result.update({k: v for k, v in debiased.items()})
     result["vanilla"] = evaluate(args.vanilla, args.out / "vanilla", args.generated_test, args.limit, args.signals)
+    extras = dict(item.split("=", 1) for item in args.extra)
+    result["other_models"] = {name: evaluate(Path(path), args.out / name, args.generated_test, args.limit,
+                                             args.signals) for name, path in extras.items()}
     which = ["majority", "question-only"] + (["classifier"] if args.encoder else [])
     train = [str(QA / "template/train")]
     result["baselines_official_valid_template"] = run_baselines(
@@ -81,7 +87,7 @@ def main() -> None:
             train, [str(args.generated_test)], args.signals, str(args.out / "baselines_generated"),
             encoder=str(args.encoder) if args.encoder else None, which=which, labels=str(SHARED / "ptbxl"),
             limit=args.limit)["per_baseline"]
-    result["models"] = {"debiased": str(args.debiased), "vanilla": str(args.vanilla)}
+    result["models"] = {"debiased": str(args.debiased), "vanilla": str(args.vanilla), **extras}
     result["environment"] = environment()
     write_result("ecgqa_model.json", result)
 

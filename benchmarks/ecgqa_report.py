@@ -26,11 +26,14 @@ def fmt(v) -> str:
 
 def main() -> None:
     r = json.loads((RESULTS / "ecgqa_model.json").read_text())
+    arms = [("vanilla", r["vanilla"]), ("de-biased (shipped)", r)] + [
+        (name.replace("_", " "), v) for name, v in r.get("other_models", {}).items()]
     DOCS.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 3.6))
     x = np.arange(len(PROBES))
-    for i, (name, values) in enumerate((("vanilla", r["vanilla"]), ("de-biased", r))):
-        ax.bar(x + (i - 0.5) * 0.38, [values[k] for k, _ in PROBES], 0.38, label=name)
+    width = 0.8 / len(arms)
+    for i, (name, values) in enumerate(arms):
+        ax.bar(x + (i - (len(arms) - 1) / 2) * width, [values[k] for k, _ in PROBES], width, label=name)
     ax.set_xticks(x, [label for _, label in PROBES])
     ax.set_ylabel("exact match")
     ax.set_ylim(0, 1)
@@ -41,24 +44,24 @@ def main() -> None:
     plt.close(fig)
     rows = ["| model | template EM | paraphrased EM | paraphrase gap | random-ECG EM | blind EM | random-ECG fall to blind |",
             "|---|---|---|---|---|---|---|"]
-    for name, v in (("vanilla", r["vanilla"]), ("de-biased", r)):
+    for name, v in arms:
         rows.append(f"| {name} | {fmt(v['template_em'])} | {fmt(v['paraphrased_em'])} | {fmt(v['paraphrase_gap'])} | "
                     f"{fmt(v['random_ecg_em'])} | {fmt(v['blind_em'])} | {fmt(v['random_ecg_fall_towards_blind'])} |")
     gen_rows = []
     if "generated_fold10" in r:
         gen_rows = ["| model | EM | random-ECG EM | blind EM | fall to blind |", "|---|---|---|---|---|"]
-        for name, v in (("vanilla", r["vanilla"]["generated_fold10"]), ("de-biased", r["generated_fold10"])):
+        for name, v in ((n, a["generated_fold10"]) for n, a in arms):
             gen_rows.append(f"| {name} | {fmt(v['em'])} | {fmt(v['random_ecg_em'])} | {fmt(v['blind_em'])} | "
                             f"{fmt(v['random_ecg_fall_towards_blind'])} |")
         qtypes = sorted(r["generated_fold10"]["per_question_type"])
-        gen_rows += ["", "| question type | vanilla | de-biased |", "|---|---|---|"]
-        gen_rows += [f"| {q} | {fmt(r['vanilla']['generated_fold10']['per_question_type'].get(q))} | "
-                     f"{fmt(r['generated_fold10']['per_question_type'].get(q))} |" for q in qtypes]
+        gen_rows += ["", "| question type | " + " | ".join(n for n, _ in arms) + " |", "|---" * (len(arms) + 1) + "|"]
+        gen_rows += [f"| {q} | " + " | ".join(fmt(a["generated_fold10"]["per_question_type"].get(q)) for _, a in arms)
+                     + " |" for q in qtypes]
     baselines = ["| baseline | official valid (template) | generated fold-10 test |", "|---|---|---|"]
     for name, em in r.get("baselines_official_valid_template", {}).items():
         baselines.append(f"| {name} | {fmt(em)} | {fmt(r.get('baselines_generated_fold10', {}).get(name))} |")
     reading = []
-    for name, v in (("vanilla", r["vanilla"]), ("de-biased", r)):
+    for name, v in arms:
         for label, em, blind in (("official valid", v["template_em"], v["blind_em"]),
                                  ("generated fold-10", v.get("generated_fold10", {}).get("em"),
                                   v.get("generated_fold10", {}).get("blind_em"))):

@@ -114,3 +114,67 @@ def test_rest_api_answers_about_an_uploaded_photo_and_shows_it(image_checkpoint,
     signals_only = TestClient(create_app(ECGAssistant.load(tiny_checkpoint), ServeSettings(max_new_tokens=4)))
     r = signals_only.post("/v1/ask", files=photo, data={"question": "Is this a normal ECG?"})
     assert r.status_code == 422 and "signals only" in r.json()["detail"]
+
+
+def test_image_instruction_data_trains_through_the_image_encoder(tmp_path, tiny_tokenizer):
+    """`ecgllm data as-images` marks ECGs as renders; a training stage then feeds those pages through the
+    (frozen) image encoder into the same projector and LLM, and the result reads pictures."""
+    import copy
+    import json
+
+    import yaml
+    from safetensors.torch import load_file
+
+    from ecgllm.datasets.cache import ECGCache
+    from ecgllm.io import ECGImage
+    from ecgllm.training.data import ConversationDataset
+    from ecgllm.training.distill_image import save_image_encoder
+    from tests.conftest import make_training_workspace
+
+    ws = make_training_workspace(tmp_path, copy.deepcopy(tiny_tokenizer), n_conversations=16)
+    result = subprocess.run(CLI + ["data", "as-images", str(ws / "train.jsonl"), "-o", str(ws / "images.jsonl"),
+                                   "--share", "0.5", "--seed", "3"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    counts = json.loads(result.stdout.splitlines()[0])
+    assert counts["conversations"] == 16 and counts["rendered_ecgs"] > 0 and counts["signal_ecgs"] > 0
+    again = tmp_path / "again.jsonl"
+    subprocess.run(CLI + ["data", "as-images", str(ws / "train.jsonl"), "-o", str(again), "--share", "0.5",
+                          "--seed", "3"], capture_output=True, check=True)
+    assert again.read_text() == (ws / "images.jsonl").read_text()  # seeded
+    dataset = ConversationDataset(ws / "images.jsonl", ECGCache.open(ws / "cache"))
+    kinds = [type(e) for i in range(len(dataset)) for e in dataset[i][1]]
+    assert ECGImage in kinds and any(k is not ECGImage for k in kinds)
+
+    (tmp_path / "img").mkdir()
+    torch.manual_seed(0)
+    save_image_encoder(tmp_path / "img", ImageEncoder(ImageEncoderConfig(n_tokens=4, dim=16, **TINY_IMAGE)), {})
+    recipe = {"stage": "instruction", "output_dir": str(tmp_path / "run"),
+              "data": {"train": str(ws / "images.jsonl"), "ecg_cache": str(ws / "cache")},
+              "model": {"llm": str(ws / "tiny-llm"), "encoder": "resnet1d",
+                        "encoder_kwargs": {"widths": [8, 16], "n_tokens": 4}, "encoder_policy": "frozen",
+                        "image_encoder_init": str(tmp_path / "img"),
+                        "lora": {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}},
+              "prep": {"fs": 100.0, "normalize": "zscore", "window_s": 10.0},
+              "optim": {"lr": 0.001, "batch_size": 4, "max_steps": 3}, "save_every": 3}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    result = subprocess.run(CLI + ["train", str(tmp_path / "r.yaml"), "--quiet"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = tmp_path / "run/final"
+    # the frozen image encoder (batch norm included) is saved exactly as given
+    saved = load_file(final / "image_encoder.safetensors")
+    assert all(torch.equal(v, load_file(tmp_path / "img/image_encoder.safetensors")[k]) for k, v in saved.items())
+    from ecgllm import ECGAssistant
+
+    assistant = ECGAssistant.load(final)
+    page = tmp_path / "page.png"
+    render_ecg(read_ecg(PTBXL_1), seed=1).image.save(page)
+    assert isinstance(assistant.ask(page, "Is this a normal ECG?", max_new_tokens=3, measure=False).text, str)
+
+
+def test_frozen_encoders_keep_their_batch_norm_statistics_in_training(image_checkpoint):
+    from ecgllm.models.ecg_lm import EcgLanguageModel
+
+    model, _ = EcgLanguageModel.from_pretrained(image_checkpoint)
+    model.config.encoder_policy = "frozen"
+    model.train()
+    assert model.llm.training and not model.encoder.training and not model.image_encoder.training

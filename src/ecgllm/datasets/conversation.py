@@ -18,6 +18,7 @@ class ECGRef:
     record_id: int | str
     tag: str = ""
     path: str | None = None
+    render: dict | None = None  # {"layout", "augment", "seed"}: the model sees this paper render, not the signal
 
 
 @dataclass

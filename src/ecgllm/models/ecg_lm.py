@@ -53,6 +53,7 @@ class EcgLMConfig:
     n_strata: int = 0                            # > 0: stratified backdoor adjustment (severity embedding)
     stratum_prior: list = field(default_factory=list)  # P(s), used to marginalise at inference
     label_tokens: int = 0                        # > 0: that many label tokens per ECG (needs encoder_init's head)
+    image_encoder_init: str | None = None        # a distilled image encoder run: the model also reads ECG images
     lora: dict = field(default_factory=lambda: {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
                                                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]})
 
@@ -113,6 +114,8 @@ class EcgLanguageModel(nn.Module):
         model = cls(config, llm, processor.ecg_token_id, n_labels=n_labels)
         if config.encoder_init:
             model.load_pretrained_encoder(config.encoder_init, processor_config.prep)
+        if config.image_encoder_init:
+            model.attach_image_encoder(config.image_encoder_init, processor)
         if model.label_tokens is not None and head is not None:
             model.label_tokens.head.load_state_dict(head)
             codes = model.label_vocab.get("all71", []) + model.label_vocab.get("superclass", [])
@@ -159,7 +162,7 @@ class EcgLanguageModel(nn.Module):
         if self.config.encoder_policy == "frozen":
             self.encoder.requires_grad_(False)
 
-    def load_weights_from(self, directory: str | Path) -> None:
+    def load_weights_from(self, directory: str | Path, processor: EcgProcessor | None = None) -> None:
         """Continue from an earlier stage's checkpoint folder (same architecture): encoder, projector, strata,
         and the LoRA adapter or full LLM weights. The base LLM itself is not touched."""
         from safetensors.torch import load_file
@@ -173,6 +176,8 @@ class EcgLanguageModel(nn.Module):
             self.stratum_embedding.load_state_dict(load_file(directory / "strata.safetensors"))
         if self.label_tokens is not None and (directory / "label_tokens.safetensors").exists():
             self.label_tokens.load_state_dict(load_file(directory / "label_tokens.safetensors"))
+        if self.image_encoder is None and (directory / "image_encoder.safetensors").exists() and processor is not None:
+            self.attach_image_encoder(directory, processor)
         if self.config.llm_policy == "lora" and (directory / "adapter/adapter_model.safetensors").exists():
             from peft import set_peft_model_state_dict
 
@@ -202,6 +207,16 @@ class EcgLanguageModel(nn.Module):
         self.image_encoder = encoder.eval().requires_grad_(False)
         self._image_meta = saved
         processor.config.image = {"height": config.height, "width": config.width}
+
+    def train(self, mode: bool = True) -> "EcgLanguageModel":
+        """Frozen encoders stay in eval mode: their batch-norm statistics must not drift with the LLM's batches
+        (they did before this fix: a "frozen" encoder's running statistics moved by up to 20%)."""
+        super().train(mode)
+        if self.config.encoder_policy == "frozen":
+            self.encoder.eval()
+        if self.image_encoder is not None:
+            self.image_encoder.eval()
+        return self
 
     # ------------------------------------------------------------------------------------ forward
     def encode(self, ecg: torch.Tensor | None, ecg_mask: torch.Tensor | None, images: torch.Tensor | None = None,

@@ -156,6 +156,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_as_images(args: argparse.Namespace) -> int:
+    import json
+
+    from ecgllm.datasets.render_refs import as_images
+
+    counts = as_images(args.conversations, args.out, args.share, args.augment_share, args.seed)
+    print(json.dumps(counts))
+    print(f"wrote {args.out}")
+    return EXIT_OK
+
+
 def cmd_debias(args: argparse.Namespace) -> int:
     import json
 
@@ -282,6 +293,25 @@ def add_data_commands(sub: argparse._SubParsersAction, formatter: type, exit_hel
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--out", required=True)
     p.set_defaults(func=cmd_convert)
+
+    p = data_sub.add_parser(
+        "as-images", formatter_class=formatter, help="give a share of the conversations' ECGs as paper renders",
+        description="Image instruction data: a seeded share of the conversations get, for each ECG, a render spec "
+                    "(layout 3x4/6x2/12x1, print/photo distortions or not, seed); training and evaluation draw that "
+                    "page from the record's signal when they load it, so answers stay those of the labels. Needs a "
+                    "model with an image encoder (recipe key model.image_encoder_init).",
+        epilog=f"""examples:
+  ecgllm data as-images train.jsonl -o train_images.jsonl --share 0.5 --seed 1
+  ecgllm data as-images valid.jsonl -o valid_photos.jsonl --share 1 --augment-share 1
+
+{exit_help}""")
+    p.add_argument("conversations", help="conversation JSONL (any builder's output)")
+    p.add_argument("-o", "--out", required=True)
+    p.add_argument("--share", type=float, default=1.0, help="share of conversations given as images (default 1)")
+    p.add_argument("--augment-share", type=float, default=0.7,
+                   help="share of those renders with print/photo distortions (default 0.7)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_as_images)
 
     p = data_sub.add_parser(
         "debias", formatter_class=formatter, help="annotate conversations with severity strata and IPW weights",

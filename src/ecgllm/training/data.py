@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from ecgllm.datasets.cache import ECGCache
 from ecgllm.datasets.severity import SUPERCLASS_STRATA
+from ecgllm.io.image import ECGImage
 from ecgllm.io.record import ECG
 
 
@@ -42,11 +43,23 @@ class ConversationDataset(Dataset):
         ids = [int(e["record_id"]) for e in row["ecgs"]]
         signals = self.cache.batch(ids)
         meta = self.cache.meta
-        ecgs = [ECG(s, meta["fs"], list(meta["leads"]), {}) for s in signals]
+        ecgs = [_as_rendered(ECG(s, meta["fs"], list(meta["leads"]), {}), ref.get("render"))
+                for s, ref in zip(signals, row["ecgs"])]
         turns = [{"role": t["role"], "content": t["content"]} for t in row["turns"]]
         meta = row.get("meta", {})
         strata = [STRATUM_INDEX.get(s, STRATUM_INDEX["no diagnostic label"]) for s in meta.get("strata", [])]
         return turns, ecgs, [e.get("tag", "") for e in row["ecgs"]], float(meta.get("ipw_weight", 1.0)), strata
+
+
+def _as_rendered(ecg: ECG, render: dict | None) -> ECG | ECGImage:
+    """The ECG itself, or the paper render its reference asks for (`ecgllm data as-images`)."""
+    if not render:
+        return ecg
+    from ecgllm.render import render_ecg
+
+    page = render_ecg(ecg, render.get("layout", "3x4"), augment=bool(render.get("augment")),
+                      seed=int(render.get("seed", 0))).image
+    return ECGImage(page, {"format": "image", "render": render})
 
 
 def make_collate(processor, debias: str = "none"):
@@ -59,7 +72,7 @@ def make_collate(processor, debias: str = "none"):
             batch["sample_weight"] = torch.tensor(weights, dtype=torch.float32)
         elif debias == "stratified":
             flat = [s for per_sample, group in zip(strata, ecgs) for s in (per_sample or [0] * len(group))]
-            if len(flat) != batch["ecg"].shape[0]:
+            if len(flat) != len(batch.get("ecg_is_image", batch["ecg"])):
                 raise ValueError("stratified de-biasing needs meta.strata for every ECG (run `ecgllm data debias`)")
             batch["ecg_strata"] = torch.tensor(flat, dtype=torch.long)
         return batch

@@ -30,7 +30,7 @@ LAYOUT_CHOICES = (("3x4", 0.6), ("6x2", 0.2), ("12x1", 0.2))
 @dataclass
 class ImageDistillConfig:
     output_dir: str
-    teacher: str                        # a finished encoder pretraining run
+    teacher: str                        # an encoder pretraining run, or the checkpoint the encoder will serve
     ecg_cache: str                      # 100 Hz cache from `ecgllm data prepare`
     ptbxl: str
     exclude_ids_file: str | None = None
@@ -49,15 +49,28 @@ class ImageDistillConfig:
 
 
 def _teacher(run: Path, n_tokens: int):
+    """The signal encoder and classifier head to imitate: from an encoder pretraining run, or from a language
+    model checkpoint (its own copy of the encoder, as the LLM was trained with it, and its label-token head)."""
     from safetensors.torch import load_file
 
     from ecgllm.models.encoders import build_encoder
 
-    saved = json.loads((run / "encoder_config.json").read_text())
+    if (run / "encoder_config.json").exists():
+        saved = json.loads((run / "encoder_config.json").read_text())
+        head_weights = load_file(run / "head.safetensors")
+    elif (run / "label_tokens.safetensors").exists():
+        config = json.loads((run / "config.json").read_text())["config"]
+        prep = json.loads((run / "processor_config.json").read_text())["prep"]
+        saved = {"encoder": config["encoder"], "encoder_kwargs": config["encoder_kwargs"],
+                 "input": {"normalize": {"center": "mv", "zscore": "zscore"}[prep["normalize"]], "fs": prep["fs"]}}
+        head_weights = {k[len("head."):]: v for k, v in load_file(run / "label_tokens.safetensors").items()
+                        if k.startswith("head.")}
+    else:
+        raise FileNotFoundError(f"teacher: {run} is neither an encoder run (encoder_config.json) nor a checkpoint "
+                                f"with label tokens")
     kwargs = dict(saved["encoder_kwargs"], n_tokens=n_tokens)
     encoder = build_encoder(saved["encoder"], **kwargs)
     encoder.load_state_dict(load_file(run / "encoder.safetensors"))
-    head_weights = load_file(run / "head.safetensors")
     head = nn.Linear(head_weights["weight"].shape[1], head_weights["weight"].shape[0])
     head.load_state_dict(head_weights)
     return encoder.eval().requires_grad_(False), head.eval().requires_grad_(False), saved

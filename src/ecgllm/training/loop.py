@@ -78,7 +78,7 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True) 
     model, processor = EcgLanguageModel.build(config.model, ProcessorConfig(prep=config.prep.to_dict()),
                                               llm=llm, tokenizer=tokenizer, init_from=config.init_from)
     if config.init_from:
-        model.load_weights_from(config.init_from)
+        model.load_weights_from(config.init_from, processor)
     loader = DataLoader(dataset, batch_size=config.optim.batch_size, shuffle=True,
                         collate_fn=make_collate(processor, config.debias), num_workers=0)
     params = [p for p in model.parameters() if p.requires_grad]
