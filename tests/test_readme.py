@@ -28,12 +28,15 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_readme_main_job_runs(tmp_path):
-    """The ecgllm part of the main-job command (setup is what CI itself just ran)."""
+    """The ecgllm part of the main-job command (setup is what CI itself just ran): the shipped model answers
+    about the bundled record, and the record is rendered."""
     main_job = readme_setup_commands()[0]
     for part in main_job.split(" && ")[1:]:
         args = shlex.split(part.replace("-o ecg.png", f"-o {tmp_path / 'ecg.png'}"))
         result = subprocess.run([str(ROOT / args[0])] + args[1:], cwd=ROOT, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
+        if args[1] == "ask":
+            assert result.stdout.strip(), "the shipped model gave no answer"
     assert (tmp_path / "ecg.png").stat().st_size > 10_000
 
 

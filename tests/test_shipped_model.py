@@ -1,0 +1,67 @@
+"""The shipped default checkpoint: loads offline on a CPU, answers from the ECG (not from the wording), compares
+two records and reads a picture of a printout. Uses the real SmolLM2 base, so it is marked slow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ecgllm.models.default import SHIPPED_CHECKPOINT
+from tests.conftest import FIXTURES, PTBXL_1
+
+CLI = [sys.executable, "-m", "ecgllm.serving.cli"]
+AFIB = [FIXTURES / "ptbxl_afib/00318_lr.hea", FIXTURES / "ptbxl_afib/00452_lr.hea"]  # fold 10, never trained on
+NORMAL = [PTBXL_1, FIXTURES / "ptbxl/records100/00000/00002_lr.hea"]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def assistant():
+    from ecgllm import ECGAssistant
+
+    return ECGAssistant.load()
+
+
+def _ask(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "ECGLLM_MODEL"}
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_the_default_checkpoint_is_shipped_small_and_self_describing():
+    weights = sum(p.stat().st_size for p in SHIPPED_CHECKPOINT.rglob("*.safetensors"))
+    assert 0 < weights <= 40 * 2**20
+    config = json.loads((SHIPPED_CHECKPOINT / "config.json").read_text())["config"]
+    assert config["llm"] is None and config["encoder_init"] is None  # the embedded base; no machine-local paths
+
+
+def test_readme_question_on_the_bundled_record_and_a_comparison_from_the_shell():
+    result = _ask("ask", str(PTBXL_1), "Does this ECG show atrial fibrillation?", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    answer = json.loads(result.stdout)["text"]
+    assert answer.strip().lower().startswith("no"), answer  # PTB-XL record 1: sinus rhythm
+    result = _ask("compare", str(NORMAL[0]), str(NORMAL[1]), "What changed?")
+    assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]
+
+
+def test_the_answer_follows_the_ecg(assistant):
+    """The same question gets 'yes' for atrial fibrillation records and 'no' for sinus-rhythm ones."""
+    question = "Does this ECG show symptoms of atrial fibrillation?"
+    answers = {str(p): assistant.ask(p, question, max_new_tokens=4, measure=False).text.lower() for p in AFIB + NORMAL}
+    assert all(answers[str(p)].startswith("yes") for p in AFIB), answers
+    assert all(answers[str(p)].startswith("no") for p in NORMAL), answers
+
+
+def test_a_photo_of_a_printout_is_answered(assistant, tmp_path):
+    from ecgllm import read_ecg
+    from ecgllm.render import render_ecg
+
+    if assistant.model.image_encoder is None:
+        pytest.fail("the shipped checkpoint has no image encoder")
+    photo = tmp_path / "photo.jpg"
+    render_ecg(read_ecg(PTBXL_1), augment=True, seed=2).image.save(photo, quality=85)
+    result = _ask("ask", str(photo), "Is this a normal ECG?")
+    assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]
