@@ -53,7 +53,14 @@ def main() -> int:
                 shutil.copytree(src, staged / name)
             elif src.exists():
                 shutil.copy2(src, staged / name)
+        (staged / "adapter" / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template
+        adapter_config = staged / "adapter" / "adapter_config.json"
+        if adapter_config.exists():  # the base is passed in at load time; do not ship the training machine's path
+            adapter = json.loads(adapter_config.read_text())
+            adapter["base_model_name_or_path"] = None
+            adapter_config.write_text(json.dumps(adapter, indent=2) + "\n")
         meta["config"]["encoder_init"] = None  # a path on the training machine; the weights are in the folder
+        meta["config"]["image_encoder_init"] = None
         meta["shipped_from"] = args.source.name
         (staged / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         if args.image_encoder:

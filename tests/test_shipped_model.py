@@ -36,6 +36,8 @@ def test_the_default_checkpoint_is_shipped_small_and_self_describing():
     assert 0 < weights <= 40 * 2**20
     config = json.loads((SHIPPED_CHECKPOINT / "config.json").read_text())["config"]
     assert config["llm"] is None and config["encoder_init"] is None  # the embedded base; no machine-local paths
+    for path in SHIPPED_CHECKPOINT.rglob("*.json"):
+        assert "/work/" not in path.read_text() and "/home/" not in path.read_text(), path
 
 
 def test_readme_question_on_the_bundled_record_and_a_comparison_from_the_shell():
