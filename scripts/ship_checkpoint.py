@@ -29,8 +29,15 @@ def attach_image_encoder(checkpoint: Path, run: Path) -> None:
 
     model, processor = EcgLanguageModel.from_pretrained(checkpoint)
     model.attach_image_encoder(run, processor)
-    for name in ("image_encoder.safetensors", "image_encoder.json"):
-        shutil.copy2(run / name, checkpoint / name)
+    shutil.copy2(run / "image_encoder.safetensors", checkpoint / "image_encoder.safetensors")
+    saved = json.loads((run / "image_encoder.json").read_text())
+
+    def local(value):  # paths of the training machine shrink to their last part
+        return Path(value).name if isinstance(value, str) and "/" in value else value
+
+    saved = {k: ({kk: local(vv) for kk, vv in v.items()} if isinstance(v, dict) and k != "config" else local(v))
+             for k, v in saved.items()}
+    (checkpoint / "image_encoder.json").write_text(json.dumps(saved, indent=2) + "\n")
     processor.save_pretrained(checkpoint)
 
 

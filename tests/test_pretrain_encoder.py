@@ -88,5 +88,9 @@ def test_image_distillation_stage_runs_resumes_and_reports(subset):
     for key in ("image_clean_super_macro_auc", "image_augmented_super_macro_auc", "signal_super_macro_auc"):
         assert 0.0 <= result[key] <= 1.0
     assert result["n_train"] == 16 and (root / "img/image_encoder.safetensors").exists()
+    from ecgllm.models.image_encoder import ImageEncoderConfig
+
+    saved = json.loads((root / "img/image_encoder.json").read_text())
+    assert ImageEncoderConfig(**saved["config"]).n_tokens == 2 and saved["distillation"]["n_train"] == 16
     again = distill_image_encoder(config, progress=False)  # every epoch done: resumes and trains nothing
     assert again["history"] == result["history"]

@@ -206,7 +206,7 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> 
                                               for name, images in (("clean", clean), ("augmented", distorted))]
     for name, logits in outputs:
         result.update(superclass_metrics(name, y, logits))
-    save_image_encoder(out, student, {"teacher": config.teacher, "config": asdict(config)})
+    save_image_encoder(out, student, {"teacher": config.teacher, "distillation": asdict(config)})
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -229,5 +229,5 @@ def save_image_encoder(folder: Path, student: ImageEncoder, provenance: dict) ->
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in student.state_dict().items()}, folder / "image_encoder.safetensors")
-    (folder / "image_encoder.json").write_text(json.dumps({"config": student.config.to_dict(), **provenance},
+    (folder / "image_encoder.json").write_text(json.dumps({**provenance, "config": student.config.to_dict()},
                                                           indent=2) + "\n")
