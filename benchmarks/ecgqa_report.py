@@ -57,6 +57,12 @@ def main() -> None:
         gen_rows += ["", "| question type | " + " | ".join(n for n, _ in arms) + " |", "|---" * (len(arms) + 1) + "|"]
         gen_rows += [f"| {q} | " + " | ".join(fmt(a["generated_fold10"]["per_question_type"].get(q)) for _, a in arms)
                      + " |" for q in qtypes]
+        strata = sorted({k for _, a in arms for k in a["generated_fold10"].get("per_stratum", {})})
+        if strata:
+            gen_rows += ["", "Severity stratum of the sample's (most severe) ECG:", "",
+                         "| stratum | " + " | ".join(n for n, _ in arms) + " |", "|---" * (len(arms) + 1) + "|"]
+            gen_rows += [f"| {k} | " + " | ".join(fmt(a["generated_fold10"].get("per_stratum", {}).get(k))
+                                                 for _, a in arms) + " |" for k in strata]
     baselines = ["| baseline | official valid (template) | generated fold-10 test |", "|---|---|---|"]
     for name, em in r.get("baselines_official_valid_template", {}).items():
         baselines.append(f"| {name} | {fmt(em)} | {fmt(r.get('baselines_generated_fold10', {}).get(name))} |")
