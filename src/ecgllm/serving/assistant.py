@@ -76,7 +76,8 @@ class ECGAssistant:
 
     # ------------------------------------------------------------------------------------ helpers
     @staticmethod
-    def _read(ecgs: Sequence[ECGLike]) -> list[ECG | ECGImage]:
+    def read(ecgs: Sequence[ECGLike]) -> list[ECG | ECGImage]:
+        """Records and pictures as given, or read from paths (any format `read_ecg` accepts)."""
         return [e if isinstance(e, (ECG, ECGImage)) else read_ecg(e) for e in ecgs]
 
     def _batch(self, questions: Sequence[str], ecg_lists: Sequence[list[ECG]], consecutive: bool):
@@ -96,7 +97,7 @@ class ECGAssistant:
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty")
         t0 = time.perf_counter()
-        records = self._read(ecgs)
+        records = self.read(ecgs)
         t1 = time.perf_counter()
         measurements = [measurement_summary(e) for e in records] if measure else []
         t2 = time.perf_counter()
@@ -127,7 +128,7 @@ class ECGAssistant:
         parsed = []
         for ecgs, question in items:
             ecgs = [ecgs] if isinstance(ecgs, (ECG, ECGImage, str, Path)) else list(ecgs)
-            parsed.append((self._read(ecgs), question))
+            parsed.append((self.read(ecgs), question))
         order = sorted(range(len(parsed)), key=lambda i: (len(parsed[i][0]), len(parsed[i][1])))
         answers: list[Answer | None] = [None] * len(parsed)
         for start in range(0, len(order), batch_size):
@@ -145,7 +146,7 @@ class ECGAssistant:
         from transformers import TextIteratorStreamer
 
         ecgs = [ecg] if isinstance(ecg, (ECG, ECGImage, str, Path)) else list(ecg)
-        batch = self._batch([question], [self._read(ecgs)], consecutive=len(ecgs) == 2)
+        batch = self._batch([question], [self.read(ecgs)], consecutive=len(ecgs) == 2)
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_special_tokens=True)
         kwargs = dict(batch, max_new_tokens=max_new_tokens, streamer=streamer,
                       pad_token_id=self.processor.tokenizer.pad_token_id)

@@ -91,7 +91,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             for r in chunk:
                 try:
                     paths = [r["ecg"]] if isinstance(r["ecg"], str) else list(r["ecg"])
-                    items.append((assistant._read(paths), r))
+                    items.append((assistant.read(paths), r))
                 except InputError as exc:  # one bad file must not stop the batch
                     failed.append({"id": r["id"], "error": str(exc)})
             answers = assistant.ask_batch([(e, r["question"]) for e, r in items], args.batch_size,
