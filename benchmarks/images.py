@@ -137,8 +137,8 @@ def write_doc(result: dict, command: str) -> None:
         f"| distorted, 2 processes | {r['augmented_2proc_per_s']} |",
         f"| baseline: matplotlib plot (`ecgllm plot`) | {r['baseline_matplotlib_plot_per_s']} |", "",
         "## PTB-XL fold 10: image encoder vs signal encoder (superclass macro AUC)", "",
-        f"{d['n_eval']} fold-10 records; the image encoder was distilled on {d['n_train']} renders of ECG-QA train "
-        "ECGs in folds 1-8.", "",
+        f"{d['n_eval']} fold-10 records; the image encoder was distilled on {d['n_train']} renders of PTB-XL folds "
+        "1-8 records (every ECG-QA test ECG excluded).", "",
         "| input | superclass macro AUC | superclass macro F1 | superclass Hamming loss | 71-statement macro AUC |",
         "|---|---|---|---|---|",
         *[f"| {label} | {d[k + '_super_macro_auc']} | {d[k + '_super_macro_f1']} | {d[k + '_super_hamming_loss']} | "
