@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ecgllm.datasets.conversation import read_jsonl, write_jsonl
-
-LAYOUT_SHARES = {"3x4": 0.6, "6x2": 0.2, "12x1": 0.2}
+from ecgllm.render.augment import random_layout
 
 
 def as_images(conversations: str | Path, out: str | Path, share: float = 1.0, augment_share: float = 0.7,
@@ -22,7 +21,6 @@ def as_images(conversations: str | Path, out: str | Path, share: float = 1.0, au
     if not 0.0 <= share <= 1.0 or not 0.0 <= augment_share <= 1.0:
         raise ValueError("share and augment_share must lie in 0..1")
     rng = np.random.default_rng(seed)
-    layouts, weights = zip(*LAYOUT_SHARES.items())
     counts = {"conversations": 0, "rendered_ecgs": 0, "signal_ecgs": 0}
 
     def converted():
@@ -30,7 +28,7 @@ def as_images(conversations: str | Path, out: str | Path, share: float = 1.0, au
             counts["conversations"] += 1
             if rng.random() < share:
                 for ref in conversation.ecgs:
-                    ref.render = {"layout": str(rng.choice(layouts, p=np.asarray(weights))),
+                    ref.render = {"layout": random_layout(rng),
                                   "augment": bool(rng.random() < augment_share),
                                   "seed": int(rng.integers(0, 2**31 - 1))}
                     counts["rendered_ecgs"] += 1

@@ -55,8 +55,8 @@ def rendered_source(get_ecg, augment: bool, seed: int):
     from ecgllm.render import render_ecg
 
     def get(ecg_id: int) -> ECGImage:
-        page = render_ecg(get_ecg(ecg_id), augment=augment, seed=seed * 1_000_003 + int(ecg_id)).image
-        return ECGImage(page, {"source": f"render of ecg_id {ecg_id}", "format": "image"})
+        rendered = render_ecg(get_ecg(ecg_id), augment=augment, seed=seed * 1_000_003 + int(ecg_id))
+        return rendered.as_ecg_image(source=f"render of ecg_id {ecg_id}")
 
     return get
 

@@ -38,6 +38,7 @@ AUGMENTATIONS: tuple[Augmentation, ...] = (
     Augmentation("jpeg", 0.5, "JPEG compression, quality 25-90"),
 )
 PROBABILITY = {a.name: a.probability for a in AUGMENTATIONS}
+LAYOUT_SHARES = {"3x4": 0.6, "6x2": 0.2, "12x1": 0.2}  # how often each layout is drawn for training renders
 
 _GRID_COLOURS = {  # (minor, major)
     "orange": ((252, 222, 190), (240, 160, 90)), "green": ((205, 235, 205), (120, 190, 120)),
@@ -48,6 +49,12 @@ _GRID_COLOURS = {  # (minor, major)
 def augmentation_table() -> str:
     """The distortions and their probabilities as text (for --help and docs)."""
     return "\n".join(f"  {a.name:<12} p={a.probability:.2f}  {a.what}" for a in AUGMENTATIONS)
+
+
+def random_layout(rng: np.random.Generator) -> str:
+    """A layout drawn with `LAYOUT_SHARES` (one draw from ``rng``)."""
+    names, shares = zip(*LAYOUT_SHARES.items())
+    return str(rng.choice(names, p=np.asarray(shares) / sum(shares)))
 
 
 def random_page(rng: np.random.Generator, applied: dict) -> dict:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from PIL import Image
 
+from ecgllm.io.image import ECGImage
 from ecgllm.io.record import ECG
 from ecgllm.render.augment import distort, random_page, random_style
 from ecgllm.render.paper import PaperGeometry, RenderOptions, header_lines, render_paper
@@ -17,6 +18,10 @@ class RenderedECG:
     image: Image.Image
     geometry: PaperGeometry            # where each lead lies on the clean page (before any distortion)
     augmentations: dict = field(default_factory=dict)
+
+    def as_ecg_image(self, **meta) -> ECGImage:
+        """The page as the `ECGImage` a model reads (as if it had been photographed)."""
+        return ECGImage(self.image, {"format": "image", **meta})
 
 
 def render_ecg(ecg: ECG, layout: str = "3x4", *, dpi: float = 100.0, augment: bool = False, seed: int = 0,

@@ -57,9 +57,8 @@ def _as_rendered(ecg: ECG, render: dict | None) -> ECG | ECGImage:
         return ecg
     from ecgllm.render import render_ecg
 
-    page = render_ecg(ecg, render.get("layout", "3x4"), augment=bool(render.get("augment")),
-                      seed=int(render.get("seed", 0))).image
-    return ECGImage(page, {"format": "image", "render": render})
+    return render_ecg(ecg, render.get("layout", "3x4"), augment=bool(render.get("augment")),
+                      seed=int(render.get("seed", 0))).as_ecg_image(render=render)
 
 
 def make_collate(processor, debias: str = "none"):

@@ -24,8 +24,6 @@ from torch import nn
 
 from ecgllm.models.image_encoder import ImageEncoder, ImageEncoderConfig, image_input
 
-LAYOUT_CHOICES = (("3x4", 0.6), ("6x2", 0.2), ("12x1", 0.2))
-
 
 @dataclass
 class ImageDistillConfig:
@@ -90,11 +88,10 @@ def _render_one(task: tuple) -> np.ndarray:
     from ecgllm.io.leads import STANDARD_12
     from ecgllm.io.record import ECG
     from ecgllm.render import render_ecg
+    from ecgllm.render.augment import random_layout
 
     signal, fs, seed, augment, height, width = task
-    rng = np.random.default_rng(seed)
-    names, weights = zip(*LAYOUT_CHOICES)
-    layout = str(rng.choice(names, p=np.asarray(weights) / sum(weights)))
+    layout = random_layout(np.random.default_rng(seed))
     page = render_ecg(ECG(signal, fs, list(STANDARD_12)), layout, augment=augment, seed=seed).image
     return (image_input(page, height, width)[0] * 255).round().astype(np.uint8)
 
