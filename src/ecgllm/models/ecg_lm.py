@@ -210,7 +210,7 @@ class EcgLanguageModel(nn.Module):
 
     def train(self, mode: bool = True) -> "EcgLanguageModel":
         """Frozen encoders stay in eval mode: their batch-norm statistics must not drift with the LLM's batches
-        (they did before this fix: a "frozen" encoder's running statistics moved by up to 20%)."""
+        (they did before this fix: a "frozen" encoder's saved running statistics differed from the run it came from)."""
         super().train(mode)
         if self.config.encoder_policy == "frozen":
             self.encoder.eval()
