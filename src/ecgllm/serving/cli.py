@@ -185,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     example = bundled_example()
     parser = argparse.ArgumentParser(
         prog="ecgllm", formatter_class=_Formatter,
-        description="ecgllm: read electrocardiograms, measure them and (soon) ask a language model about them.",
+        description="ecgllm: read electrocardiograms (signals or photos of printouts), measure and draw them, and ask "
+                    "a language model about one or two of them.",
         epilog=f"""examples:
   ecgllm info {example}
   ecgllm info record.hea --json
