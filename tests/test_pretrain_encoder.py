@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from ecgllm.datasets import PTBXL
@@ -56,6 +57,26 @@ def test_encoder_pretraining_recipe_and_resume(subset):
     epochs = [json.loads(line)["epoch"] for line in (root / "run/metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
     assert json.loads((root / "run/result.json").read_text())["super_macro_auc"] == out["super_macro_auc"]
+
+
+@needs_shared
+def test_encoder_pretraining_under_bf16_autocast(subset):
+    """The same stage with `mixed_precision: bf16` (what a GPU run would use; CPU autocast here) trains to
+    finite losses and saves fp32 weights."""
+    from safetensors.torch import load_file
+
+    from ecgllm.training.config import load_encoder_recipe
+    from ecgllm.training.pretrain_encoder import pretrain_encoder
+
+    root, _ = subset
+    recipe = {"stage": "encoder_pretraining", "output_dir": str(root / "bf16"), "ecg_cache": str(root / "cache"),
+              "ptbxl": str(SHARED / "ptbxl"), "encoder": "resnet1d", "device": "auto", "mixed_precision": "bf16",
+              "encoder_kwargs": {"widths": [8, 16], "n_tokens": 4, "blocks_per_stage": 1},
+              "epochs": 1, "batch_size": 32}
+    (root / "bf16.yaml").write_text(yaml.safe_dump(recipe))
+    result = pretrain_encoder(load_encoder_recipe(root / "bf16.yaml"), progress=False)
+    assert result["history"][0]["loss"] > 0 and 0.0 <= result["super_macro_auc"] <= 1.0
+    assert {t.dtype for t in load_file(root / "bf16/encoder.safetensors").values()} <= {torch.float32, torch.int64}
 
 
 def test_macro_auc_uses_scores_and_skips_single_class_columns():

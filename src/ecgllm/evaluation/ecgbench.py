@@ -199,21 +199,20 @@ def zero_shot(answerer: Answerer, folder: Path, batch: int = 16, progress: bool 
 
 def run_ecgbench(out: str | Path, ptbxl: str, model: str | None = None, labels: str | None = None,
                  records: int = 200, external: str | None = None, seed: int = 0, batch_size: int = 16,
-                 progress: bool = True, loaded=None) -> dict:
+                 progress: bool = True, loaded=None, device: str = "auto",
+                 dtype: str = "auto") -> dict:
     """The whole suite for one model into one run folder."""
     from ecgllm.datasets.ptbxl import PTBXL
     from ecgllm.datasets.ptbxl_signals import PTBXLSignals
     from ecgllm.evaluation.ecgqa_eval import EcgqaRun, labels_dir_for
-    from ecgllm.models.default import resolve_model_dir
+    from ecgllm.models.default import load_checkpoint
     from ecgllm.evaluation.report import plot_reliability, run_info, write_run
     from ecgllm.evaluation.runner import ModelAnswerer
 
     model_name = "given in memory"
     if loaded is None:
-        from ecgllm.models.ecg_lm import EcgLanguageModel
-
-        model_dir = resolve_model_dir(model)
-        loaded, model_name = EcgLanguageModel.from_pretrained(model_dir), str(model_dir)
+        *loaded, model_dir = load_checkpoint(model, device, dtype)
+        model_name = str(model_dir)
     labels_dir = labels_dir_for(EcgqaRun(data=[], ptbxl=ptbxl, out=str(out), labels=labels))
     if labels_dir is None:
         raise FileNotFoundError("PTB-XL labels are needed (ptbxl_labels.csv or ptbxl_database.csv): pass --labels")

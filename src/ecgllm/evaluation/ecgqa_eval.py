@@ -9,7 +9,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from ecgllm.models.default import resolve_model_dir
+from ecgllm.models.default import load_checkpoint
 from ecgllm.datasets.severity import most_severe, strata_for
 from ecgllm.evaluation.ecgqa_score import first_samples, load_gold, read_predictions, score_predictions, summarize
 from ecgllm.evaluation.report import run_info, write_run
@@ -44,6 +44,8 @@ class EcgqaRun:
     batch_size: int = 16
     max_new_tokens: int = 32
     modality: str = "signal"         # or "image" / "image-augmented": each ECG is rendered on paper first
+    device: str = "auto"             # where the model runs: a CUDA GPU when PyTorch sees one, else the CPU
+    dtype: str = "auto"              # bf16 on a GPU that supports it, fp32 elsewhere
 
 
 MODALITIES = ("signal", "image", "image-augmented")
@@ -76,10 +78,7 @@ def evaluate_ecgqa(run: EcgqaRun, model=None, processor=None, progress: bool = T
     samples = first_samples(gold, run.limit)
     model_name = "given in memory"
     if model is None:
-        from ecgllm.models.ecg_lm import EcgLanguageModel
-
-        model_dir = resolve_model_dir(run.model)
-        model, processor = EcgLanguageModel.from_pretrained(model_dir)
+        model, processor, model_dir = load_checkpoint(run.model, run.device, run.dtype)
         model_name = str(model_dir)
     source = PTBXLSignals.open(run.ptbxl)
     source.prefetch({i for s in samples for i in s.ecg_id})

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ecgllm.evaluation.ecgqa_eval import EcgqaRun, evaluate_ecgqa
-from ecgllm.models.default import resolve_model_dir
+from ecgllm.models.default import load_checkpoint
 from ecgllm.evaluation.report import run_info, write_run
 
 
@@ -21,13 +21,10 @@ def fall_towards_blind(em_model: float, em_random: float, em_blind: float) -> fl
 
 def run_probes(data: Sequence[str], ptbxl: str, out: str, model: str | None = None, labels: str | None = None,
                limit: int | None = None, seed: int = 0, batch_size: int = 16, progress: bool = True,
-               loaded=None) -> dict:
+               loaded=None, device: str = "auto", dtype: str = "auto") -> dict:
     """``loaded``: an already loaded (model, processor) pair (tests, or a caller that holds one)."""
     if loaded is None:
-        from ecgllm.models.ecg_lm import EcgLanguageModel
-
-        model_dir = resolve_model_dir(model)
-        loaded = EcgLanguageModel.from_pretrained(model_dir)
+        *loaded, model_dir = load_checkpoint(model, device, dtype)
         model = str(model_dir)
     results = {}
     for probe in ("none", "blind", "random-ecg"):

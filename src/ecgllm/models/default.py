@@ -34,3 +34,15 @@ def resolve_model_dir(model: str | None) -> Path:
         raise NoDefaultModelError("no default checkpoint is installed in this version of ecgllm; pass --model DIR "
                                   "(a folder written by `ecgllm train`).")
     return path
+
+
+def load_checkpoint(model: str | None, device: str = "auto", dtype: str = "auto"):
+    """``(model, processor, folder)``: the given checkpoint, or the default one, placed on ``device`` (``auto``:
+    a CUDA GPU when PyTorch sees one) in ``dtype`` (``auto``: bf16 on a GPU that supports it, else fp32)."""
+    from ecgllm.models.ecg_lm import EcgLanguageModel
+    from ecgllm.models.placement import resolve_device, resolve_dtype
+
+    folder = resolve_model_dir(model)
+    placed = resolve_device(device)
+    loaded, processor = EcgLanguageModel.from_pretrained(folder, device=placed, dtype=resolve_dtype(dtype, placed))
+    return loaded, processor, folder

@@ -242,8 +242,12 @@ class EcgLanguageModel(nn.Module):
         embeds = self.llm.get_input_embeddings()(input_ids)
         slots = input_ids == self.ecg_token_id
         device = embeds.device
-        features = self.encode(None if ecg is None else ecg.to(device), None if ecg_mask is None else ecg_mask.to(device),
-                               None if images is None else images.to(device),
+        # inputs take the encoders' dtype, so a model loaded in bf16 reads fp32 batches
+        ecg_dtype = next(self.encoder.parameters()).dtype
+        image_dtype = ecg_dtype if self.image_encoder is None else next(self.image_encoder.parameters()).dtype
+        features = self.encode(None if ecg is None else ecg.to(device, ecg_dtype),
+                               None if ecg_mask is None else ecg_mask.to(device),
+                               None if images is None else images.to(device, image_dtype),
                                None if ecg_is_image is None else ecg_is_image.to(device))
         n_ecgs = 0 if features is None else features.shape[0]
         expected = n_ecgs * self.tokens_per_ecg
@@ -367,8 +371,10 @@ class EcgLanguageModel(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, llm=None) -> tuple["EcgLanguageModel", EcgProcessor]:
-        """Load a folder written by `save_pretrained` (``llm``: the base model, e.g. a tiny one in tests)."""
+    def from_pretrained(cls, directory: str | Path, llm=None, device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None) -> tuple["EcgLanguageModel", EcgProcessor]:
+        """Load a folder written by `save_pretrained` (``llm``: the base model, e.g. a tiny one in tests), on
+        ``device`` in ``dtype`` (default: where and as it was loaded, the CPU in fp32)."""
         from safetensors.torch import load_file
 
         directory = Path(directory)
@@ -407,6 +413,8 @@ class EcgLanguageModel(nn.Module):
             model.attach_image_encoder(directory, processor)
         if (directory / "labels.json").exists():
             model.label_vocab = json.loads((directory / "labels.json").read_text())
+        if device is not None or dtype is not None:
+            model.to(device=device, dtype=dtype)
         return model.eval(), processor
 
 

@@ -38,8 +38,20 @@ class ECGEncoder(nn.Module):
         return tokens.mean(dim=1)
 
 
+class _SqueezeExcite(nn.Module):
+    """Channel gates from the block's time-averaged output: which leads' patterns matter for this record."""
+
+    def __init__(self, channels: int, reduction: int) -> None:
+        super().__init__()
+        hidden = max(8, channels // reduction)
+        self.gate = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x.mean(-1)).unsqueeze(-1)
+
+
 class _ResBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int, kernel: int = 7) -> None:
+    def __init__(self, c_in: int, c_out: int, stride: int, kernel: int = 7, se_reduction: int = 0) -> None:
         super().__init__()
         self.conv1 = nn.Conv1d(c_in, c_out, kernel, stride, kernel // 2, bias=False)
         self.bn1 = nn.BatchNorm1d(c_out)
@@ -47,18 +59,20 @@ class _ResBlock(nn.Module):
         self.bn2 = nn.BatchNorm1d(c_out)
         self.skip = (nn.Identity() if stride == 1 and c_in == c_out else
                      nn.Sequential(nn.Conv1d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm1d(c_out)))
+        self.se = _SqueezeExcite(c_out, se_reduction) if se_reduction else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(y)) + self.skip(x))
+        return torch.relu(self.se(self.bn2(self.conv2(y))) + self.skip(x))
 
 
 @register_encoder("resnet1d")
 class ResNet1d(ECGEncoder):
-    """1-D ResNet; the last feature map is pooled into ``n_tokens`` time tokens of width ``dim``."""
+    """1-D ResNet; the last feature map is pooled into ``n_tokens`` time tokens of width ``dim``.
+    ``se_reduction`` > 0 adds squeeze-and-excitation channel gates to every block."""
 
     def __init__(self, n_leads: int = 12, widths: tuple[int, ...] = (64, 128, 192, 256), n_tokens: int = 16,
-                 blocks_per_stage: int = 2) -> None:
+                 blocks_per_stage: int = 2, se_reduction: int = 0) -> None:
         super().__init__()
         self.n_leads, self.dim, self.n_tokens = n_leads, widths[-1], n_tokens
         self.stem = nn.Sequential(nn.Conv1d(2 * n_leads, widths[0], 15, 2, 7, bias=False),
@@ -66,7 +80,7 @@ class ResNet1d(ECGEncoder):
         stages, c = [], widths[0]
         for w in widths:
             for b in range(blocks_per_stage):
-                stages.append(_ResBlock(c, w, stride=2 if b == 0 else 1))
+                stages.append(_ResBlock(c, w, stride=2 if b == 0 else 1, se_reduction=se_reduction))
                 c = w
         self.stages = nn.Sequential(*stages)
         self.to_tokens = nn.AdaptiveAvgPool1d(n_tokens)

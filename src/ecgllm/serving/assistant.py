@@ -65,13 +65,14 @@ class ECGAssistant:
         self.model, self.processor, self.name = model.eval(), processor, name
 
     @classmethod
-    def load(cls, directory: str | Path | None = None) -> "ECGAssistant":
-        """Load a checkpoint folder (``ecgllm train`` output), or the default checkpoint when omitted."""
-        from ecgllm.models.default import resolve_model_dir
-        from ecgllm.models.ecg_lm import EcgLanguageModel
+    def load(cls, directory: str | Path | None = None, device: str = "auto", dtype: str = "auto") -> "ECGAssistant":
+        """Load a checkpoint folder (``ecgllm train`` output), or the default checkpoint when omitted.
 
-        path = resolve_model_dir(str(directory) if directory else None)
-        model, processor = EcgLanguageModel.from_pretrained(path)
+        ``device``: ``auto`` (a CUDA GPU when PyTorch sees one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``;
+        ``dtype``: ``auto`` (bf16 on a GPU that supports it, fp32 elsewhere), ``float32`` or ``bfloat16``."""
+        from ecgllm.models.default import load_checkpoint
+
+        model, processor, path = load_checkpoint(str(directory) if directory else None, device, dtype)
         return cls(model, processor, str(path))
 
     # ------------------------------------------------------------------------------------ helpers
@@ -83,7 +84,9 @@ class ECGAssistant:
     def _batch(self, questions: Sequence[str], ecg_lists: Sequence[list[ECG]], consecutive: bool):
         turns = [[{"role": "user", "content": q}] for q in questions]
         tags = [ecg_tags(len(e), consecutive) if e else [] for e in ecg_lists]
-        return self.processor(turns, list(ecg_lists), tags=tags, train=False)
+        batch = self.processor(turns, list(ecg_lists), tags=tags, train=False)
+        device = next(self.model.parameters()).device
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     @torch.no_grad()
     def _generate(self, questions, ecg_lists, consecutive: bool, max_new_tokens: int) -> list[str]:

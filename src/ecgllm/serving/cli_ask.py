@@ -13,7 +13,27 @@ from ecgllm.serving.exit_codes import EXIT_INPUT, EXIT_OK, EXIT_OUTPUT
 def _assistant(args: argparse.Namespace):
     from ecgllm.serving.assistant import ECGAssistant
 
-    return ECGAssistant.load(args.model)
+    return ECGAssistant.load(args.model, args.device, args.dtype)
+
+
+def device_argument(value: str) -> str:
+    """argparse type: a device PyTorch can use here (a usage error, exit 2, otherwise)."""
+    from ecgllm.models.placement import resolve_device
+
+    try:
+        resolve_device(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def add_placement_arguments(p: argparse.ArgumentParser) -> None:
+    from ecgllm.models.placement import DTYPES
+
+    p.add_argument("--device", type=device_argument, default="auto",
+                   help="auto (a CUDA GPU when PyTorch sees one, else the CPU), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="auto",
+                   help="weights' precision; auto = bfloat16 on a GPU that supports it, float32 elsewhere")
 
 
 def _show(answer, as_json: bool) -> None:
@@ -131,6 +151,7 @@ def add_ask_commands(sub: argparse._SubParsersAction, formatter: type, exit_help
     def common(p: argparse.ArgumentParser, tokens: int) -> None:
         p.add_argument("--model", metavar="DIR", help="checkpoint folder (default: the shipped checkpoint)")
         p.add_argument("--max-new-tokens", type=int, default=tokens)
+        add_placement_arguments(p)
 
     p = sub.add_parser("ask", formatter_class=formatter, help="ask a question about one ECG",
                        description="Answer a question about one ECG file (any supported format). The answer goes "

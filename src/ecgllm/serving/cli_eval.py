@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ecgllm.serving.cli_ask import add_placement_arguments
 from ecgllm.serving.exit_codes import EXIT_OK
 
 
@@ -40,7 +41,7 @@ def cmd_ecgqa(args: argparse.Namespace) -> int:
 
     run = EcgqaRun(data=args.data, ptbxl=args.ptbxl, out=args.out, model=args.model, probe=args.probe,
                    labels=args.labels, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
-                   max_new_tokens=args.max_new_tokens, modality=args.modality)
+                   max_new_tokens=args.max_new_tokens, modality=args.modality, device=args.device, dtype=args.dtype)
     metrics = evaluate_ecgqa(run, progress=not args.quiet)
     _print_summary(metrics, args.out)
     return EXIT_OK
@@ -50,7 +51,8 @@ def cmd_probes(args: argparse.Namespace) -> int:
     from ecgllm.evaluation.probes import run_probes
 
     summary = run_probes(args.data, args.ptbxl, args.out, model=args.model, labels=args.labels, limit=args.limit,
-                         seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
+                         seed=args.seed, batch_size=args.batch_size, progress=not args.quiet, device=args.device,
+                         dtype=args.dtype)
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}, indent=2))
     print(f"wrote {Path(args.out) / 'report.md'}")
     return EXIT_OK
@@ -73,7 +75,8 @@ def cmd_ecgbench(args: argparse.Namespace) -> int:
     from ecgllm.evaluation.ecgbench import run_ecgbench
 
     metrics = run_ecgbench(args.out, args.ptbxl, model=args.model, labels=args.labels, records=args.records,
-                           external=args.external, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
+                           external=args.external, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
+                           device=args.device, dtype=args.dtype)
     for task, values in metrics.items():
         shown = {k: v for k, v in values.items() if not isinstance(v, (dict, list))}
         print(f"{task}: {shown}")
@@ -94,6 +97,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_placement_arguments(p)
 
 
 def add_eval_commands(sub: argparse._SubParsersAction, formatter: type, exit_help: str) -> None:
@@ -192,4 +196,5 @@ example:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--quiet", action="store_true")
+    add_placement_arguments(s)
     s.set_defaults(func=cmd_ecgbench)

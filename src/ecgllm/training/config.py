@@ -51,7 +51,7 @@ class TrainConfig:
     save_every: int = 50
     keep_checkpoints: int = 2
     log_every: int = 10
-    mixed_precision: str = "no"    # "bf16" where the hardware supports it
+    mixed_precision: str = "no"    # "bf16" on GPUs that support it (CPU autocast works too, without a speed-up)
     # Backdoor adjustment for the severity confounder: "none", "intervention" (the data was generated with
     # `--intervention`; the loop itself is plain), "ipw" (per-sample weights P(s)/P(s|q)) or "stratified"
     # (severity embedding, marginalised over P(s) at inference); ipw/stratified need `ecgllm data debias`.
@@ -61,6 +61,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.debias not in DEBIAS_METHODS:
             raise ValueError(f"debias must be one of {DEBIAS_METHODS}, got {self.debias!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16' (GPUs only), got {self.mixed_precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

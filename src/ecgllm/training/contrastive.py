@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ecgllm.models.encoders import build_encoder
+from ecgllm.models.placement import Placement
 from ecgllm.training.pretrain_encoder import (load_epoch_state, load_ptbxl_arrays, random_crops,
                                               save_encoder, save_epoch_state, start_run)
 
@@ -49,6 +50,8 @@ class ContrastiveConfig:
     exclude_ids_file: str | None = None
     seed: int = 0
     threads: int | None = None
+    device: str = "auto"               # "auto" uses a CUDA GPU when PyTorch sees one
+    mixed_precision: str = "no"        # "bf16": autocast the forward passes
 
     def __post_init__(self) -> None:
         if self.text not in TEXT_SOURCES:
@@ -111,20 +114,23 @@ def clip_loss(logits: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _valid_loss(model: ECGTextModel, signals, feats, text_ids, rows, crop: int, batch: int) -> float:
+def _valid_loss(model: ECGTextModel, signals, feats, text_ids, rows, crop: int, batch: int,
+                place: Placement) -> float:
     model.eval()
     start = (signals.shape[-1] - crop) // 2
     losses = []
     for i in range(0, len(rows) - batch + 1, batch):  # full batches only: the loss depends on batch size
         r = rows[i:i + batch]
-        x = torch.from_numpy(signals[r, :, start:start + crop])
-        losses.append(clip_loss(model(x, torch.from_numpy(feats[r])), torch.from_numpy(text_ids[r])).item())
+        with place.autocast():
+            logits = model(place.tensor(signals[r, :, start:start + crop]), place.tensor(feats[r]))
+        losses.append(clip_loss(logits.float(), place.tensor(text_ids[r])).item())
     return float(np.mean(losses)) if losses else float("nan")
 
 
 def pretrain_contrastive(config: ContrastiveConfig, progress: bool = True) -> dict:
     from tqdm import tqdm
 
+    place = Placement.resolve(config.device, config.mixed_precision)
     out = start_run(config.output_dir, config.seed, config.threads)
     data, ptbxl = load_ptbxl_arrays(config.ecg_cache, config.ptbxl, config.normalize, config.exclude_ids_file)
     texts = record_texts(ptbxl, data.ids, config.text)
@@ -135,7 +141,7 @@ def pretrain_contrastive(config: ContrastiveConfig, progress: bool = True) -> di
     crop = int(config.crop_s * data.fs)
 
     encoder = build_encoder(config.encoder, **config.encoder_kwargs)
-    model = ECGTextModel(encoder, feats.shape[1], config.embed_dim)
+    model = ECGTextModel(encoder, feats.shape[1], config.embed_dim).to(place.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = len(train) // config.batch_size  # full batches: the loss needs negatives
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps_per_epoch)
@@ -151,8 +157,9 @@ def pretrain_contrastive(config: ContrastiveConfig, progress: bool = True) -> di
         for b in tqdm(range(steps_per_epoch), desc=f"contrastive {epoch + 1}/{config.epochs}", disable=not progress):
             rows = order[b * config.batch_size:(b + 1) * config.batch_size]
             offs = offsets[b * config.batch_size:(b + 1) * config.batch_size]
-            logits = model(random_crops(data.signals, rows, offs, crop), torch.from_numpy(feats[rows]))
-            loss = clip_loss(logits, torch.from_numpy(text_ids[rows]))
+            with place.autocast():
+                logits = model(random_crops(data.signals, rows, offs, crop).to(place.device), place.tensor(feats[rows]))
+            loss = clip_loss(logits.float(), place.tensor(text_ids[rows]))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -160,13 +167,13 @@ def pretrain_contrastive(config: ContrastiveConfig, progress: bool = True) -> di
             losses.append(loss.item())
         entry = {"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4),
                  "valid_loss": round(_valid_loss(model, data.signals, feats, text_ids, valid, crop,
-                                                 config.batch_size), 4),
+                                                 config.batch_size, place), 4),
                  "epoch_s": round(time.time() - t0, 1)}
         history.append(entry)
         with (out / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
         save_epoch_state(state_path, model, optimizer, scheduler, epoch + 1, history)
-    save_encoder(out, model.encoder, config.encoder, config.encoder_kwargs, config.normalize, data.fs)
+    save_encoder(out, model.encoder.cpu(), config.encoder, config.encoder_kwargs, config.normalize, data.fs)
     result = {"encoder": config.encoder, "text": config.text, "train_pairs": int(len(train)),
               "valid_pairs": int(len(valid)), "distinct_train_texts": int(len(np.unique(text_ids[train]))),
               "history": history, "config": asdict(config)}

@@ -44,6 +44,8 @@ class ImageDistillConfig:
     seed: int = 0
     threads: int | None = None
     workers: int = 2                    # processes that render
+    device: str = "auto"                # "auto" uses a CUDA GPU when PyTorch sees one
+    mixed_precision: str = "no"         # "bf16": autocast the student's forward passes
 
 
 def _teacher(run: Path, n_tokens: int):
@@ -77,10 +79,11 @@ def _teacher(run: Path, n_tokens: int):
 @torch.no_grad()
 def teacher_targets(encoder, head, signals: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
     tokens, logits = [], []
+    device = next(encoder.parameters()).device
     for i in range(0, len(signals), batch):
-        t = encoder(torch.from_numpy(signals[i: i + batch]))
-        tokens.append(t.numpy())
-        logits.append(head(encoder.pool(t)).numpy())
+        t = encoder(torch.from_numpy(signals[i: i + batch]).to(device))
+        tokens.append(t.cpu().numpy())
+        logits.append(head(encoder.pool(t)).cpu().numpy())
     return np.concatenate(tokens), np.concatenate(logits)
 
 
@@ -127,20 +130,25 @@ def _load_or_render(path: Path, make) -> np.ndarray:
 def student_outputs(student: ImageEncoder, head: nn.Module, images: np.ndarray,
                     batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     student.eval()
+    device = next(student.parameters()).device
     tokens, logits = [], []
     for i in range(0, len(images), batch):
-        x = torch.from_numpy(np.asarray(images[i: i + batch], dtype=np.float32) / 255.0)[:, None]
+        x = torch.from_numpy(np.asarray(images[i: i + batch], dtype=np.float32) / 255.0)[:, None].to(device)
         t = student(x)
-        tokens.append(t.numpy())
-        logits.append(head(t.mean(1)).numpy())
+        tokens.append(t.cpu().numpy())
+        logits.append(head(t.mean(1)).cpu().numpy())
     return np.concatenate(tokens), np.concatenate(logits)
 
 
 def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> dict:
     from ecgllm.training.pretrain_encoder import load_epoch_state, load_ptbxl_arrays, save_epoch_state, start_run
 
+    from ecgllm.models.placement import Placement
+
+    place = Placement.resolve(config.device, config.mixed_precision)
     out = start_run(config.output_dir, config.seed, config.threads)
     encoder, head, saved = _teacher(Path(config.teacher), config.n_tokens)
+    encoder, head = encoder.to(place.device), head.to(place.device)
     image_config = ImageEncoderConfig(**{"n_tokens": config.n_tokens, "dim": encoder.dim, **config.image})
     data, _ = load_ptbxl_arrays(config.ecg_cache, config.ptbxl, saved["input"]["normalize"], config.exclude_ids_file)
     rng = np.random.default_rng(config.seed)
@@ -160,7 +168,7 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> 
     target_tokens, target_logits = teacher_targets(encoder, head, data.signals[train])
     scale = float(target_tokens.var()) + 1e-8
 
-    student = ImageEncoder(image_config)
+    student = ImageEncoder(image_config).to(place.device)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=1e-4)
     steps_per_epoch = int(np.ceil(len(train) / config.batch_size))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps_per_epoch,
@@ -176,11 +184,12 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> 
         bar = tqdm(range(steps_per_epoch), desc=f"distil epoch {epoch + 1}/{config.epochs}", disable=not progress)
         for step in bar:
             rows = np.sort(order[step * config.batch_size: (step + 1) * config.batch_size])
-            x = torch.from_numpy(np.asarray(train_images[rows], dtype=np.float32) / 255.0)[:, None]
-            tokens = student(x)
-            token_loss = nn.functional.mse_loss(tokens, torch.from_numpy(target_tokens[rows])) / scale
+            x = place.tensor(np.asarray(train_images[rows], dtype=np.float32) / 255.0)[:, None]
+            with place.autocast():
+                tokens = student(x).float()
+            token_loss = nn.functional.mse_loss(tokens, place.tensor(target_tokens[rows])) / scale
             label_loss = nn.functional.binary_cross_entropy_with_logits(
-                head(tokens.mean(1)), torch.sigmoid(torch.from_numpy(target_logits[rows])))
+                head(tokens.mean(1)), torch.sigmoid(place.tensor(target_logits[rows])))
             loss = token_loss + config.label_weight * label_loss
             optimizer.zero_grad()
             loss.backward()
@@ -203,7 +212,7 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> 
                                               for name, images in (("clean", clean), ("augmented", distorted))]
     for name, logits in outputs:
         result.update(superclass_metrics(name, y, logits))
-    save_image_encoder(out, student, {"teacher": config.teacher, "distillation": asdict(config)})
+    save_image_encoder(out, student.cpu(), {"teacher": config.teacher, "distillation": asdict(config)})
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 

@@ -40,18 +40,22 @@ class EncoderPretrainConfig:
     exclude_ids_file: str | None = None  # e.g. ECG-QA test_ecgs.tsv (second column = ecg_id)
     init_encoder: str | None = None    # a finished encoder run (e.g. contrastive) to start from
     ema_decay: float = 0.0             # > 0 scores and saves an exponential moving average of the weights
+    head_dropout: float = 0.0          # dropout on the pooled features before the classifier head
     seed: int = 0
     threads: int | None = None
+    device: str = "auto"               # "auto" uses a CUDA GPU when PyTorch sees one
+    mixed_precision: str = "no"        # "bf16": autocast the forward passes (on GPUs that support it)
 
 
 class EncoderClassifier(nn.Module):
-    def __init__(self, encoder: nn.Module, n_outputs: int) -> None:
+    def __init__(self, encoder: nn.Module, n_outputs: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)  # no weights: the saved head stays a plain linear layer
         self.head = nn.Linear(encoder.dim, n_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder.pool(self.encoder(x)))
+        return self.head(self.dropout(self.encoder.pool(self.encoder(x))))
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:
@@ -72,16 +76,17 @@ def _read_excluded(path: str | None) -> set[int]:
 @torch.no_grad()
 def score_records(model: EncoderClassifier, signals: np.ndarray, crop: int, stride: int,
                   batch: int = 256) -> np.ndarray:
-    """Mean sigmoid score over sliding windows of each record ([N, leads, T] z-scored)."""
+    """Mean sigmoid score over sliding windows of each record ([N, leads, T] z-scored), on the model's device."""
     model.eval()
+    device = next(model.parameters()).device
     starts = list(range(0, signals.shape[-1] - crop + 1, stride))
     out = []
     for i in range(0, len(signals), batch):
-        chunk = torch.from_numpy(signals[i:i + batch])
+        chunk = torch.from_numpy(signals[i:i + batch]).to(device)
         windows = torch.stack([chunk[..., s:s + crop] for s in starts], 1)  # [B, W, L, crop]
         b, w = windows.shape[:2]
         probs = torch.sigmoid(model(windows.reshape(b * w, *windows.shape[2:]))).reshape(b, w, -1).mean(1)
-        out.append(probs.numpy())
+        out.append(probs.float().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -176,7 +181,7 @@ def load_epoch_state(path: Path, model, optimizer, scheduler, ema=None) -> tuple
     """Resume after a crash: whole epochs are atomic. Returns (epochs done, metric history)."""
     if not path.exists():
         return 0, []
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=False, map_location="cpu")  # load_state_dict moves to each device
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -198,6 +203,9 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     from tqdm import tqdm
 
+    from ecgllm.models.placement import Placement
+
+    place = Placement.resolve(config.device, config.mixed_precision)
     out = start_run(config.output_dir, config.seed, config.threads)
     data, ptbxl = load_ptbxl_arrays(config.ecg_cache, config.ptbxl, config.normalize, config.exclude_ids_file)
     signals, y, train, valid, test = data.signals, data.y, data.train, data.valid, data.test
@@ -206,7 +214,7 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
     encoder = build_encoder(config.encoder, **config.encoder_kwargs)
     if config.init_encoder:
         load_encoder_weights(encoder, config.init_encoder)
-    model = EncoderClassifier(encoder, y.shape[1])
+    model = EncoderClassifier(encoder, y.shape[1], config.head_dropout).to(place.device)
     # An exponential moving average of the weights scores more smoothly than the last step's weights.
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
            if config.ema_decay else None)
@@ -227,7 +235,9 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
         for b in bar:
             rows = order[b * config.batch_size:(b + 1) * config.batch_size]
             offs = offsets[b * config.batch_size:(b + 1) * config.batch_size]
-            loss = loss_fn(model(random_crops(signals, rows, offs, crop)), torch.from_numpy(y[rows]))
+            with place.autocast():
+                logits = model(random_crops(signals, rows, offs, crop).to(place.device))
+            loss = loss_fn(logits.float(), place.tensor(y[rows]))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -256,6 +266,7 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
               "config": asdict(config)}
     from safetensors.torch import save_file
 
+    final = final.cpu()  # saved weights load anywhere
     save_encoder(out, final.encoder, config.encoder, config.encoder_kwargs, config.normalize, data.fs)
     # The classifier head and its label vocabulary serve the classifier baselines and the text-tags pipeline.
     save_file({k: v.contiguous() for k, v in final.head.state_dict().items()}, out / "head.safetensors")
