@@ -57,7 +57,12 @@ def main() -> None:
         command = f"python benchmarks/bench_encoder.py --recipe {args.recipe}"
     summary = {k: result[k] for k in ("super_macro_auc", "all71_macro_auc", "epoch_s", "encoder", "encoder_kwargs",
                                       "params", "epochs", "train_records")}
-    summary["normalize"] = result["config"].get("normalize", "zscore")
+    config = result["config"]
+    summary["normalize"] = config.get("normalize", "zscore")
+    summary["recipe"] = {k: config.get(k) for k in ("crop_s", "eval_stride_s", "batch_size", "lr", "weight_decay",
+                                                    "head_dropout", "ema_decay", "init_encoder", "seed")}
+    # the whole bill, not just one epoch: training time summed over epochs (validation scoring excluded)
+    summary["train_minutes"] = round(sum(h["epoch_s"] for h in result["history"]) / 60, 1)
     summary["goals"] = GOALS
     summary["goals_met"] = {k: (summary[k] <= v if k == "epoch_s" else summary[k] >= v) for k, v in GOALS.items()}
     summary["reference_same_machine"] = ("plain 0.75M 1-D ResNet, 2.5 s crops, sliding windows: about 0.933 "

@@ -46,6 +46,19 @@ def test_encoders_shape_and_masked_leads_have_no_influence(name):
     assert not torch.allclose(enc(x, torch.ones_like(mask)), tokens, atol=1e-3)  # the mask itself matters
 
 
+def test_resnet_options_squeeze_excite_and_meanmax_pooling():
+    torch.manual_seed(0)
+    plain = build_encoder("resnet1d", widths=(16, 32), n_tokens=8)
+    gated = build_encoder("resnet1d", widths=(16, 32), n_tokens=8, se_reduction=4, pool="meanmax")
+    assert sum(p.numel() for p in gated.parameters()) > sum(p.numel() for p in plain.parameters())
+    tokens = gated.eval()(torch.randn(2, 12, 500))
+    pooled = gated.pool(tokens)
+    assert pooled.shape == (2, 32)
+    assert torch.allclose(pooled, tokens.mean(1) + tokens.amax(1))  # one beat's peak survives the pooling
+    with pytest.raises(ValueError, match="pool must be"):
+        build_encoder("resnet1d", pool="median")
+
+
 def test_processor_expands_placeholders_and_masks_loss(tiny_tokenizer, ecgs):
     model, processor = make(tiny_tokenizer)
     batch = processor([QA], [[ecgs[0]]])

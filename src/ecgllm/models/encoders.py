@@ -69,12 +69,15 @@ class _ResBlock(nn.Module):
 @register_encoder("resnet1d")
 class ResNet1d(ECGEncoder):
     """1-D ResNet; the last feature map is pooled into ``n_tokens`` time tokens of width ``dim``.
-    ``se_reduction`` > 0 adds squeeze-and-excitation channel gates to every block."""
+    ``se_reduction`` > 0 adds squeeze-and-excitation channel gates to every block. ``pool="meanmax"`` pools
+    tokens into mean + max, so one abnormal beat in a long window is not averaged away."""
 
     def __init__(self, n_leads: int = 12, widths: tuple[int, ...] = (64, 128, 192, 256), n_tokens: int = 16,
-                 blocks_per_stage: int = 2, se_reduction: int = 0) -> None:
+                 blocks_per_stage: int = 2, se_reduction: int = 0, pool: str = "mean") -> None:
         super().__init__()
-        self.n_leads, self.dim, self.n_tokens = n_leads, widths[-1], n_tokens
+        if pool not in ("mean", "meanmax"):
+            raise ValueError(f"pool must be 'mean' or 'meanmax', got {pool!r}")
+        self.n_leads, self.dim, self.n_tokens, self.pool_mode = n_leads, widths[-1], n_tokens, pool
         self.stem = nn.Sequential(nn.Conv1d(2 * n_leads, widths[0], 15, 2, 7, bias=False),
                                   nn.BatchNorm1d(widths[0]), nn.ReLU())
         stages, c = [], widths[0]
@@ -91,6 +94,11 @@ class ResNet1d(ECGEncoder):
         m = lead_mask.to(x.dtype).unsqueeze(-1)
         features = torch.cat([x * m, m.expand_as(x)], dim=1)  # presence as input, not a silent zero
         return self.to_tokens(self.stages(self.stem(features))).transpose(1, 2)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.pool_mode == "meanmax":
+            return tokens.mean(dim=1) + tokens.amax(dim=1)
+        return tokens.mean(dim=1)
 
 
 @register_encoder("patch_transformer")

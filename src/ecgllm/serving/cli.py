@@ -270,11 +270,17 @@ examples:
     add_eval_commands(sub, _Formatter, EXIT_CODES_HELP)
 
     p = sub.add_parser("train", formatter_class=_Formatter, help="run a training recipe (YAML)",
-                       description="Run one training stage from a YAML recipe on HF Accelerate. Checkpoints are "
-                                   "atomic; re-running the same command resumes from the latest one and ends with "
-                                   "the same weights as an uninterrupted run. Several processes or GPUs: "
-                                   "`accelerate launch -m ecgllm.serving.cli train RECIPE` or torchrun.",
+                       description="Run one training stage from a YAML recipe. The recipe's `stage` picks it: "
+                                   "encoder_pretraining, encoder_contrastive and image_distillation train whole "
+                                   "epochs (resume after the last finished one); alignment, pretraining and "
+                                   "instruction stages of the language model run on HF Accelerate with atomic "
+                                   "checkpoints, and re-running the same command resumes to the same weights as an "
+                                   "uninterrupted run. A CUDA GPU is used when PyTorch sees one (`device: cpu` in "
+                                   "an encoder recipe forbids it); `mixed_precision: bf16` autocasts. Several "
+                                   "processes or GPUs: `accelerate launch -m ecgllm.serving.cli train RECIPE` or "
+                                   "torchrun.",
                        epilog=f"""examples:
+  ecgllm train recipes/encoder_ptbxl.yaml          # PTB-XL encoder, fold-10 macro AUC at the end
   ecgllm train recipes/instruct_tiny.yaml
   torchrun --standalone --nproc_per_node 2 -m ecgllm.serving.cli train recipes/instruct_tiny.yaml
 

@@ -35,7 +35,7 @@ class EncoderPretrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     normalize: str = "zscore"          # "zscore" per lead and record, or "mv" (keeps absolute voltage)
-    crop_s: float = 2.5
+    crop_s: float | list[float] = 2.5  # a list trains on crops of several lengths (one length per batch)
     eval_stride_s: float = 1.25
     exclude_ids_file: str | None = None  # e.g. ECG-QA test_ecgs.tsv (second column = ecg_id)
     init_encoder: str | None = None    # a finished encoder run (e.g. contrastive) to start from
@@ -74,20 +74,24 @@ def _read_excluded(path: str | None) -> set[int]:
 
 
 @torch.no_grad()
-def score_records(model: EncoderClassifier, signals: np.ndarray, crop: int, stride: int,
+def score_records(model: EncoderClassifier, signals: np.ndarray, crop: int | list[int], stride: int,
                   batch: int = 256) -> np.ndarray:
-    """Mean sigmoid score over sliding windows of each record ([N, leads, T] z-scored), on the model's device."""
+    """Mean sigmoid score over sliding windows of each record ([N, leads, T]), on the model's device. With
+    several crop lengths, each length's mean counts equally."""
     model.eval()
     device = next(model.parameters()).device
-    starts = list(range(0, signals.shape[-1] - crop + 1, stride))
-    out = []
-    for i in range(0, len(signals), batch):
-        chunk = torch.from_numpy(signals[i:i + batch]).to(device)
-        windows = torch.stack([chunk[..., s:s + crop] for s in starts], 1)  # [B, W, L, crop]
-        b, w = windows.shape[:2]
-        probs = torch.sigmoid(model(windows.reshape(b * w, *windows.shape[2:]))).reshape(b, w, -1).mean(1)
-        out.append(probs.float().cpu().numpy())
-    return np.concatenate(out)
+    per_length = []
+    for length in ([crop] if isinstance(crop, int) else crop):
+        starts = list(range(0, signals.shape[-1] - length + 1, stride))
+        out = []
+        for i in range(0, len(signals), batch):
+            chunk = torch.from_numpy(signals[i:i + batch]).to(device)
+            windows = torch.stack([chunk[..., s:s + length] for s in starts], 1)  # [B, W, L, length]
+            b, w = windows.shape[:2]
+            probs = torch.sigmoid(model(windows.reshape(b * w, *windows.shape[2:]))).reshape(b, w, -1).mean(1)
+            out.append(probs.float().cpu().numpy())
+        per_length.append(np.concatenate(out))
+    return np.mean(per_length, axis=0)
 
 
 def macro_auc(y: np.ndarray, scores: np.ndarray) -> float:
@@ -209,7 +213,8 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
     out = start_run(config.output_dir, config.seed, config.threads)
     data, ptbxl = load_ptbxl_arrays(config.ecg_cache, config.ptbxl, config.normalize, config.exclude_ids_file)
     signals, y, train, valid, test = data.signals, data.y, data.train, data.valid, data.test
-    crop, stride = int(config.crop_s * data.fs), int(config.eval_stride_s * data.fs)
+    crops = [int(c * data.fs) for c in (config.crop_s if isinstance(config.crop_s, list) else [config.crop_s])]
+    stride = int(config.eval_stride_s * data.fs)
 
     encoder = build_encoder(config.encoder, **config.encoder_kwargs)
     if config.init_encoder:
@@ -229,14 +234,20 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
         model.train()
         t0 = time.time()
         order = train[rng.permutation(len(train))]
-        offsets = rng.integers(0, signals.shape[-1] - crop + 1, size=len(order))
+        if len(crops) == 1:
+            lengths = np.full(steps_per_epoch, crops[0])
+            offsets = rng.integers(0, signals.shape[-1] - crops[0] + 1, size=len(order))
+        else:  # one length per batch; offsets uniform over each record's room for that length
+            lengths = rng.choice(crops, size=steps_per_epoch)
+            room = signals.shape[-1] - np.repeat(lengths, config.batch_size)[: len(order)] + 1
+            offsets = (rng.random(len(order)) * room).astype(int)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress)
         losses = []
         for b in bar:
             rows = order[b * config.batch_size:(b + 1) * config.batch_size]
             offs = offsets[b * config.batch_size:(b + 1) * config.batch_size]
             with place.autocast():
-                logits = model(random_crops(signals, rows, offs, crop).to(place.device))
+                logits = model(random_crops(signals, rows, offs, int(lengths[b])).to(place.device))
             loss = loss_fn(logits.float(), place.tensor(y[rows]))
             optimizer.zero_grad()
             loss.backward()
@@ -247,7 +258,7 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
             losses.append(loss.item())
         epoch_s = time.time() - t0
         scorer = model if ema is None else ema.module
-        scores = score_records(scorer, signals[valid], crop, stride)
+        scores = score_records(scorer, signals[valid], crops, stride)
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "epoch_s": round(epoch_s, 1),
                  "valid_super_auc": round(macro_auc(y[valid, 71:], scores[:, 71:]), 4),
                  "valid_all71_auc": round(macro_auc(y[valid, :71], scores[:, :71]), 4)}
@@ -256,7 +267,7 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
             fh.write(json.dumps(entry) + "\n")
         save_epoch_state(state_path, model, optimizer, scheduler, epoch + 1, history, ema)
     final = model if ema is None else ema.module
-    scores = score_records(final, signals[test], crop, stride)
+    scores = score_records(final, signals[test], crops, stride)
     result = {"encoder": config.encoder, "encoder_kwargs": config.encoder_kwargs,
               "params": sum(p.numel() for p in encoder.parameters()),
               "super_macro_auc": round(macro_auc(y[test, 71:], scores[:, 71:]), 4),
