@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.run_dir:
         result = json.loads((Path(args.run_dir) / "result.json").read_text())
-        command = f"ecgllm train <recipe> (run {args.run_dir}); python benchmarks/bench_encoder.py --run-dir RUN"
+        command = "ecgllm train recipes/encoder_ptbxl.yaml; python benchmarks/bench_encoder.py --run-dir RUN"
     else:
         raw = yaml.safe_load(Path(args.recipe).read_text())
         raw.pop("stage", None)

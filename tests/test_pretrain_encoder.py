@@ -61,8 +61,8 @@ def test_encoder_pretraining_recipe_and_resume(subset):
 
 @needs_shared
 def test_encoder_pretraining_under_bf16_autocast(subset):
-    """The same stage with `mixed_precision: bf16` (what a GPU run would use; CPU autocast here) trains to
-    finite losses and saves fp32 weights."""
+    """The same stage with `mixed_precision: bf16` (what a GPU run would use; CPU autocast here) and crops of
+    two lengths trains to finite losses and saves fp32 weights."""
     from safetensors.torch import load_file
 
     from ecgllm.training.config import load_encoder_recipe
@@ -71,6 +71,7 @@ def test_encoder_pretraining_under_bf16_autocast(subset):
     root, _ = subset
     recipe = {"stage": "encoder_pretraining", "output_dir": str(root / "bf16"), "ecg_cache": str(root / "cache"),
               "ptbxl": str(SHARED / "ptbxl"), "encoder": "resnet1d", "device": "auto", "mixed_precision": "bf16",
+              "crop_s": [2.5, 5.0],
               "encoder_kwargs": {"widths": [8, 16], "n_tokens": 4, "blocks_per_stage": 1},
               "epochs": 1, "batch_size": 32}
     (root / "bf16.yaml").write_text(yaml.safe_dump(recipe))

@@ -215,6 +215,8 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
     signals, y, train, valid, test = data.signals, data.y, data.train, data.valid, data.test
     crops = [int(c * data.fs) for c in (config.crop_s if isinstance(config.crop_s, list) else [config.crop_s])]
     stride = int(config.eval_stride_s * data.fs)
+    if max(crops) > signals.shape[-1] or min(crops) < 1:
+        raise ValueError(f"crop_s {config.crop_s}: every crop must fit the {signals.shape[-1] / data.fs:g} s records")
 
     encoder = build_encoder(config.encoder, **config.encoder_kwargs)
     if config.init_encoder:

@@ -1,0 +1,99 @@
+"""Compare finished encoder pretraining runs on PTB-XL: fold-9 / fold-10 macro AUC, the two runs' average,
+and the statements whose AUC (folds 9 + 10 pooled) moves most from the first run to the second.
+
+    python benchmarks/encoder_compare.py RUN_A RUN_B [--ecg-cache DIR] [--ptbxl DIR] [--aggregations]
+
+Each run is an `ecgllm train recipes/encoder_ptbxl.yaml` output folder (its checkpoint.pt and result.json).
+``--aggregations`` also scores the first run with the max over windows and with one pass over the whole
+record, against the mean over windows that training uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CACHE, SHARED  # noqa: E402
+
+from ecgllm.models.encoders import build_encoder  # noqa: E402
+from ecgllm.training.pretrain_encoder import (EncoderClassifier, load_ptbxl_arrays, macro_auc,  # noqa: E402
+                                              score_records)
+
+
+def load_run(run: Path, n_outputs: int) -> tuple[EncoderClassifier, dict]:
+    config = json.loads((run / "result.json").read_text())["config"]
+    model = EncoderClassifier(build_encoder(config["encoder"], **config["encoder_kwargs"]), n_outputs)
+    state = torch.load(run / "checkpoint.pt", weights_only=False, map_location="cpu")
+    if state.get("ema"):  # the run scored and saved its weight average
+        state = {"model": {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}}
+    model.load_state_dict(state["model"])
+    return model.eval(), config
+
+
+def crops_of(config: dict, fs: float) -> list[int]:
+    crop = config["crop_s"]
+    return [int(c * fs) for c in (crop if isinstance(crop, list) else [crop])]
+
+
+def aucs(y: np.ndarray, scores: np.ndarray) -> str:
+    return f"super {macro_auc(y[:, 71:], scores[:, 71:]):.4f} / 71 {macro_auc(y[:, :71], scores[:, :71]):.4f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs=2, type=Path)
+    parser.add_argument("--ecg-cache", default=str(CACHE / "bench_cache_ptbxl100"))
+    parser.add_argument("--ptbxl", default=str(SHARED / "ptbxl"))
+    parser.add_argument("--aggregations", action="store_true")
+    parser.add_argument("--top", type=int, default=8, help="statements shown at each end")
+    args = parser.parse_args()
+    from sklearn.metrics import roc_auc_score
+
+    torch.manual_seed(0)
+    first = json.loads((args.runs[0] / "result.json").read_text())["config"]
+    data, _ = load_ptbxl_arrays(args.ecg_cache, args.ptbxl, first["normalize"])
+    stride = int(first["eval_stride_s"] * data.fs)
+    scores: dict[tuple[int, str], np.ndarray] = {}
+    for k, run in enumerate(args.runs):
+        model, config = load_run(run, data.y.shape[1])
+        for split in ("valid", "test"):
+            rows = getattr(data, split)
+            scores[k, split] = score_records(model, data.signals[rows], crops_of(config, data.fs), stride)
+            print(f"{run.name:>24s} fold {9 if split == 'valid' else 10}: {aucs(data.y[rows], scores[k, split])}")
+        if args.aggregations and k == 0:
+            crop = crops_of(config, data.fs)[0]
+            with torch.no_grad():
+                for split in ("valid", "test"):
+                    rows = getattr(data, split)
+                    starts = range(0, data.signals.shape[-1] - crop + 1, stride)
+                    windows = [torch.sigmoid(model(torch.from_numpy(data.signals[rows][..., s:s + crop]))).numpy()
+                               for s in starts]
+                    whole = torch.sigmoid(model(torch.from_numpy(data.signals[rows]))).numpy()
+                    fold = 9 if split == "valid" else 10
+                    print(f"{'':>24s} fold {fold}, max over windows: {aucs(data.y[rows], np.max(windows, 0))}")
+                    print(f"{'':>24s} fold {fold}, whole record:     {aucs(data.y[rows], whole)}")
+    for split in ("valid", "test"):
+        rows = getattr(data, split)
+        mean = (scores[0, split] + scores[1, split]) / 2
+        print(f"{'average of the two':>24s} fold {9 if split == 'valid' else 10}: {aucs(data.y[rows], mean)}")
+    y = np.concatenate([data.y[data.valid], data.y[data.test]])
+    pooled = [np.concatenate([scores[k, "valid"], scores[k, "test"]]) for k in (0, 1)]
+    moves = []
+    for j, code in enumerate(data.classes71):
+        if 0 < y[:, j].sum() < len(y):
+            a, b = (roc_auc_score(y[:, j], p[:, j]) for p in pooled)
+            moves.append((b - a, code, int(y[:, j].sum()), a, b))
+    moves.sort()
+    print("statement AUC, folds 9+10 pooled (first run -> second run):")
+    for delta, code, positives, a, b in moves[: args.top] + moves[-args.top:]:
+        print(f"  {code:8s} {a:.3f} -> {b:.3f} ({delta:+.3f}; {positives} positives)")
+
+
+if __name__ == "__main__":
+    main()
