@@ -37,6 +37,8 @@ def test_asking_for_a_missing_gpu_is_a_clear_error_not_a_silent_cpu_run():
 def test_bad_names_are_refused():
     with pytest.raises(ValueError, match="device must be"):
         resolve_device("tpu")
+    with pytest.raises(ValueError, match="device must be"):
+        resolve_device("cuda:x")
     with pytest.raises(ValueError, match="dtype must be"):
         resolve_dtype("float8", torch.device("cpu"))
     with pytest.raises(ValueError, match="mixed_precision"):

@@ -22,12 +22,15 @@ def resolve_device(name: str | None = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.split(":")[0] not in DEVICES:
         raise ValueError(f"device must be one of auto, cpu, cuda or cuda:N, got {name!r}")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # e.g. "cuda:x"
+        raise ValueError(f"device must be one of auto, cpu, cuda or cuda:N, got {name!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
             raise ValueError(f"device {name!r}: PyTorch sees no CUDA GPU here (this PyTorch is {build}); "
-                             f"use --device cpu or auto")
+                             f"use device cpu or auto")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA GPU(s) visible")
     return device
