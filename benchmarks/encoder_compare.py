@@ -67,17 +67,12 @@ def main() -> None:
             scores[k, split] = score_records(model, data.signals[rows], crops_of(config, data.fs), stride)
             print(f"{run.name:>24s} fold {9 if split == 'valid' else 10}: {aucs(data.y[rows], scores[k, split])}")
         if args.aggregations and k == 0:
-            crop = crops_of(config, data.fs)[0]
-            with torch.no_grad():
-                for split in ("valid", "test"):
-                    rows = getattr(data, split)
-                    starts = range(0, data.signals.shape[-1] - crop + 1, stride)
-                    windows = [torch.sigmoid(model(torch.from_numpy(data.signals[rows][..., s:s + crop]))).numpy()
-                               for s in starts]
-                    whole = torch.sigmoid(model(torch.from_numpy(data.signals[rows]))).numpy()
-                    fold = 9 if split == "valid" else 10
-                    print(f"{'':>24s} fold {fold}, max over windows: {aucs(data.y[rows], np.max(windows, 0))}")
-                    print(f"{'':>24s} fold {fold}, whole record:     {aucs(data.y[rows], whole)}")
+            for split in ("valid", "test"):
+                rows, fold = getattr(data, split), 9 if split == "valid" else 10
+                window_max = score_records(model, data.signals[rows], crops_of(config, data.fs), stride, reduce="max")
+                whole = score_records(model, data.signals[rows], data.signals.shape[-1], stride)  # one window
+                print(f"{'':>24s} fold {fold}, max over windows: {aucs(data.y[rows], window_max)}")
+                print(f"{'':>24s} fold {fold}, whole record:     {aucs(data.y[rows], whole)}")
     for split in ("valid", "test"):
         rows = getattr(data, split)
         mean = (scores[0, split] + scores[1, split]) / 2

@@ -22,6 +22,7 @@ import torch
 from ecgllm.datasets.conversation import ecg_tags
 from ecgllm.datasets.ecgqa import QASample
 from ecgllm.io.record import ECG
+from ecgllm.models.placement import to_model_device
 
 PROBES = ("none", "blind", "random-ecg")
 
@@ -46,9 +47,8 @@ class ModelAnswerer:
     @torch.no_grad()
     def __call__(self, prompts: Sequence[Prompt]) -> list[tuple[str, float]]:
         turns = [[{"role": "user", "content": p.question}] for p in prompts]
-        batch = self.processor(turns, [p.ecgs for p in prompts], tags=[p.tags for p in prompts], train=False)
-        device = next(self.model.parameters()).device
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch = to_model_device(self.processor(turns, [p.ecgs for p in prompts], tags=[p.tags for p in prompts],
+                                               train=False), self.model)
         out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, output_scores=True,
                                   return_dict_in_generate=True,
                                   pad_token_id=self.processor.tokenizer.pad_token_id)

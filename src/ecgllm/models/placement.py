@@ -36,6 +36,12 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     return device
 
 
+def to_model_device(batch: dict, model: torch.nn.Module) -> dict:
+    """A processor batch with its tensors moved to the device the model's weights are on."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def bf16_supported(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
 

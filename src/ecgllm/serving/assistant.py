@@ -15,9 +15,10 @@ from typing import Iterator, Sequence, Union
 import torch
 
 from ecgllm.datasets.conversation import ecg_tags
-from ecgllm.io.reader import read_ecg
 from ecgllm.io.image import ECGImage
+from ecgllm.io.reader import read_ecg
 from ecgllm.io.record import ECG
+from ecgllm.models.placement import to_model_device
 
 ECGLike = Union[ECG, ECGImage, str, Path]
 REPORT_QUESTION = "Write a short clinical report of this ECG."
@@ -84,9 +85,7 @@ class ECGAssistant:
     def _batch(self, questions: Sequence[str], ecg_lists: Sequence[list[ECG]], consecutive: bool):
         turns = [[{"role": "user", "content": q}] for q in questions]
         tags = [ecg_tags(len(e), consecutive) if e else [] for e in ecg_lists]
-        batch = self.processor(turns, list(ecg_lists), tags=tags, train=False)
-        device = next(self.model.parameters()).device
-        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return to_model_device(self.processor(turns, list(ecg_lists), tags=tags, train=False), self.model)
 
     @torch.no_grad()
     def _generate(self, questions, ecg_lists, consecutive: bool, max_new_tokens: int) -> list[str]:

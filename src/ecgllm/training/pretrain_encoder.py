@@ -75,9 +75,11 @@ def _read_excluded(path: str | None) -> set[int]:
 
 @torch.no_grad()
 def score_records(model: EncoderClassifier, signals: np.ndarray, crop: int | list[int], stride: int,
-                  batch: int = 256) -> np.ndarray:
-    """Mean sigmoid score over sliding windows of each record ([N, leads, T]), on the model's device. With
-    several crop lengths, each length's mean counts equally."""
+                  batch: int = 256, reduce: str = "mean") -> np.ndarray:
+    """Sigmoid scores over sliding windows of each record ([N, leads, T]), on the model's device, reduced by
+    their mean (or ``reduce="max"``). With several crop lengths, each length's result counts equally."""
+    if reduce not in ("mean", "max"):
+        raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
     model.eval()
     device = next(model.parameters()).device
     per_length = []
@@ -88,7 +90,8 @@ def score_records(model: EncoderClassifier, signals: np.ndarray, crop: int | lis
             chunk = torch.from_numpy(signals[i:i + batch]).to(device)
             windows = torch.stack([chunk[..., s:s + length] for s in starts], 1)  # [B, W, L, length]
             b, w = windows.shape[:2]
-            probs = torch.sigmoid(model(windows.reshape(b * w, *windows.shape[2:]))).reshape(b, w, -1).mean(1)
+            probs = torch.sigmoid(model(windows.reshape(b * w, *windows.shape[2:]))).reshape(b, w, -1)
+            probs = probs.amax(1) if reduce == "max" else probs.mean(1)
             out.append(probs.float().cpu().numpy())
         per_length.append(np.concatenate(out))
     return np.mean(per_length, axis=0)
@@ -236,7 +239,7 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
         model.train()
         t0 = time.time()
         order = train[rng.permutation(len(train))]
-        if len(crops) == 1:
+        if len(crops) == 1:  # the single-length draw of earlier recipes, kept so their runs replay exactly
             lengths = np.full(steps_per_epoch, crops[0])
             offsets = rng.integers(0, signals.shape[-1] - crops[0] + 1, size=len(order))
         else:  # one length per batch; offsets uniform over each record's room for that length
