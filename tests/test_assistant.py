@@ -66,16 +66,23 @@ def test_cli_ask_compare_report(tiny_checkpoint, tmp_path):
     result = subprocess.run(CLI + ["ask", str(PTBXL_1), "Is this a normal ECG?", "--model", str(tiny_checkpoint),
                                    "--json", "--max-new-tokens", "4"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert {"text", "measurements", "timing"} <= set(json.loads(result.stdout))
+    answer = json.loads(result.stdout)
+    assert {"text", "measurements", "timing"} <= set(answer)
+    assert answer["timing"]["total_s"] >= answer["timing"]["read_s"] > 0  # read by the CLI, before the model loads
     result = subprocess.run(CLI + ["compare", str(PTBXL_1), str(PTBXL_2), "--model", str(tiny_checkpoint),
                                    "--max-new-tokens", "4"], capture_output=True, text=True)
     assert result.returncode == 0 and "[ECG 2 measured]" in result.stderr
     result = subprocess.run(CLI + ["report", str(PTBXL_1), "-o", str(tmp_path / "r.md"), "--model",
                                    str(tiny_checkpoint), "--max-new-tokens", "4"], capture_output=True, text=True)
     assert result.returncode == 0 and "## Measurements" in (tmp_path / "r.md").read_text()
+
+    # The file is read before the model: a broken file is named even when the checkpoint would fail too.
     result = subprocess.run(CLI + ["ask", str(tmp_path / "missing.hea"), "Is this normal?", "--model",
-                                   str(tiny_checkpoint)], capture_output=True, text=True)
-    assert result.returncode == 3 and "Traceback" not in result.stderr
+                                   str(tmp_path / "no_checkpoint")], capture_output=True, text=True)
+    assert result.returncode == 3 and "missing.hea" in result.stderr and "Traceback" not in result.stderr
+    result = subprocess.run(CLI + ["ask", str(PTBXL_1), "  ", "--model", str(tiny_checkpoint)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "the question is empty" in result.stderr
 
 
 def test_batch_killed_midway_resumes_without_losing_or_duplicating_lines(tiny_checkpoint, tmp_path):
@@ -101,3 +108,12 @@ def test_batch_killed_midway_resumes_without_losing_or_duplicating_lines(tiny_ch
     ids = [line["id"] for line in lines]
     assert sorted(ids) == sorted(r["id"] for r in rows) and len(ids) == len(set(ids))
     assert "error" in next(line for line in lines if line["id"] == "broken")
+
+
+def test_batch_names_the_line_with_an_empty_question(tmp_path):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"ecg": str(PTBXL_1), "question": "Is this normal?"}) + "\n"
+                         + json.dumps({"ecg": str(PTBXL_1), "question": " "}) + "\n")
+    result = subprocess.run(CLI + ["batch", str(questions), "-o", str(tmp_path / "a.jsonl"), "--model",
+                                   str(tmp_path / "no_checkpoint")], capture_output=True, text=True)
+    assert result.returncode == 3 and "q.jsonl:2:" in result.stderr and "Traceback" not in result.stderr

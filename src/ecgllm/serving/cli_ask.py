@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from ecgllm.serving.exit_codes import EXIT_INPUT, EXIT_OK, EXIT_OUTPUT
@@ -14,6 +15,27 @@ def _assistant(args: argparse.Namespace):
     from ecgllm.serving.assistant import ECGAssistant
 
     return ECGAssistant.load(args.model, args.device, args.dtype)
+
+
+def _read_first(paths: list[str]) -> tuple[list, float]:
+    """Read the ECG files before the model loads (seconds), so a broken file is reported at once."""
+    from ecgllm.serving.assistant import ECGAssistant
+
+    t0 = time.perf_counter()
+    return ECGAssistant.read(paths), time.perf_counter() - t0
+
+
+def _count_read_time(answer, read_s: float):
+    answer.timing["read_s"] = round(read_s, 4)
+    answer.timing["total_s"] = round(answer.timing.get("total_s", 0.0) + read_s, 4)
+    return answer
+
+
+def question_argument(value: str) -> str:
+    """argparse type: a question with some text in it (a usage error, exit 2, otherwise)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("the question is empty")
+    return value
 
 
 def device_argument(value: str) -> str:
@@ -51,19 +73,22 @@ def _show(answer, as_json: bool) -> None:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    _show(_assistant(args).ask(args.ecg, args.question, args.max_new_tokens, measure=not args.no_measure), args.json)
+    (ecg,), read_s = _read_first([args.ecg])
+    answer = _assistant(args).ask(ecg, args.question, args.max_new_tokens, measure=not args.no_measure)
+    _show(_count_read_time(answer, read_s), args.json)
     return EXIT_OK
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    answer = _assistant(args).compare(args.earlier, args.later, args.question, args.max_new_tokens,
-                                      measure=not args.no_measure)
-    _show(answer, args.json)
+    (earlier, later), read_s = _read_first([args.earlier, args.later])
+    answer = _assistant(args).compare(earlier, later, args.question, args.max_new_tokens, measure=not args.no_measure)
+    _show(_count_read_time(answer, read_s), args.json)
     return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    answer = _assistant(args).report(args.ecg, args.max_new_tokens)
+    (ecg,), read_s = _read_first([args.ecg])
+    answer = _count_read_time(_assistant(args).report(ecg, args.max_new_tokens), read_s)
     if args.output:
         lines = [f"# ECG report: {Path(args.ecg).name}", "", answer.text, "", "## Measurements", ""]
         for m in answer.measurements:
@@ -94,6 +119,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         try:
             row = json.loads(line)
             ecg, question = row["ecg"], row["question"]
+            if not isinstance(question, str) or not question.strip():
+                raise TypeError("empty question")
         except (json.JSONDecodeError, KeyError, TypeError):
             print(f'error: {args.input}:{number}: expected {{"ecg": PATH or [OLD, NEW], "question": ..., '
                   f'"id": optional}}', file=sys.stderr)
@@ -163,7 +190,7 @@ def add_ask_commands(sub: argparse._SubParsersAction, formatter: type, exit_help
 
 {exit_help}""")
     p.add_argument("ecg", help="ECG file")
-    p.add_argument("question")
+    p.add_argument("question", type=question_argument)
     common(p, 64)
     p.add_argument("--json", action="store_true", help="answer, measurements and timing as JSON")
     p.add_argument("--no-measure", action="store_true", help="skip the measurements (faster)")
@@ -177,7 +204,7 @@ def add_ask_commands(sub: argparse._SubParsersAction, formatter: type, exit_help
 {exit_help}""")
     p.add_argument("earlier", help="earlier ECG file")
     p.add_argument("later", help="later ECG file")
-    p.add_argument("question", nargs="?", default="What changed?")
+    p.add_argument("question", nargs="?", default="What changed?", type=question_argument)
     common(p, 64)
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-measure", action="store_true")

@@ -41,6 +41,7 @@ class EncoderPretrainConfig:
     init_encoder: str | None = None    # a finished encoder run (e.g. contrastive) to start from
     ema_decay: float = 0.0             # > 0 scores and saves an exponential moving average of the weights
     head_dropout: float = 0.0          # dropout on the pooled features before the classifier head
+    pos_weight_power: float = 0.0      # > 0 weighs each label's positives by (negatives / positives) ** power
     seed: int = 0
     threads: int | None = None
     device: str = "auto"               # "auto" uses a CUDA GPU when PyTorch sees one
@@ -149,6 +150,13 @@ def load_ptbxl_arrays(ecg_cache: str, ptbxl_dir: str, normalize: str,
     return arrays, ptbxl
 
 
+def positive_weights(y: np.ndarray, power: float) -> np.ndarray:
+    """(negatives / positives) ** power per label: statements with a few dozen training positives (STE_, TAB_)
+    otherwise hardly move the shared features, and macro AUC counts them as much as NORM."""
+    positives = y.sum(0).clip(min=1)
+    return ((len(y) - positives) / positives) ** power
+
+
 def random_crops(signals: np.ndarray, rows: np.ndarray, offsets: np.ndarray, crop: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([signals[r, :, o:o + crop] for r, o in zip(rows, offsets)]))
 
@@ -231,7 +239,8 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = int(np.ceil(len(train) / config.batch_size))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps_per_epoch)
-    loss_fn = nn.BCEWithLogitsLoss()
+    pos_weight = place.tensor(positive_weights(y[train], config.pos_weight_power)) if config.pos_weight_power else None
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     state_path = out / "checkpoint.pt"
     start_epoch, history = load_epoch_state(state_path, model, optimizer, scheduler, ema)
     for epoch in range(start_epoch, config.epochs):
