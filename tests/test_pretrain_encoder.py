@@ -61,8 +61,8 @@ def test_encoder_pretraining_recipe_and_resume(subset):
 
 @needs_shared
 def test_encoder_pretraining_under_bf16_autocast(subset):
-    """The same stage with `mixed_precision: bf16` (what a GPU run would use; CPU autocast here) and crops of
-    two lengths trains to finite losses and saves fp32 weights."""
+    """The same stage with `mixed_precision: bf16` (what a GPU run would use; CPU autocast here), crops of
+    two lengths and weighted positives trains to finite losses and saves fp32 weights."""
     from safetensors.torch import load_file
 
     from ecgllm.training.config import load_encoder_recipe
@@ -71,7 +71,7 @@ def test_encoder_pretraining_under_bf16_autocast(subset):
     root, _ = subset
     recipe = {"stage": "encoder_pretraining", "output_dir": str(root / "bf16"), "ecg_cache": str(root / "cache"),
               "ptbxl": str(SHARED / "ptbxl"), "encoder": "resnet1d", "device": "auto", "mixed_precision": "bf16",
-              "crop_s": [2.5, 5.0],
+              "crop_s": [2.5, 5.0], "pos_weight_power": 0.5,
               "encoder_kwargs": {"widths": [8, 16], "n_tokens": 4, "blocks_per_stage": 1},
               "epochs": 1, "batch_size": 32}
     (root / "bf16.yaml").write_text(yaml.safe_dump(recipe))
@@ -88,6 +88,19 @@ def test_macro_auc_uses_scores_and_skips_single_class_columns():
     y = np.array([[1, 0, 1], [0, 0, 1], [1, 0, 1], [0, 0, 1]])
     scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.5], [0.6, 0.2, 0.5], [0.4, 0.1, 0.5]])
     assert macro_auc(y, scores) == 1.0  # only column 0 has both classes
+
+
+def test_positive_weights_lift_rare_labels():
+    import numpy as np
+
+    from ecgllm.training.pretrain_encoder import positive_weights
+
+    y = np.zeros((100, 3))
+    y[:2, 0] = 1    # a rare statement
+    y[:50, 1] = 1   # a common one
+    y[:80, 2] = 1   # a majority label: its positives count less
+    assert np.allclose(positive_weights(y, 0.5), [7.0, 1.0, 0.5])  # (98 / 2) ** 0.5 = 7, (20 / 80) ** 0.5
+    assert np.allclose(positive_weights(y, 0.0), 1.0)
 
 
 @needs_shared
@@ -116,3 +129,27 @@ def test_image_distillation_stage_runs_resumes_and_reports(subset):
     assert ImageEncoderConfig(**saved["config"]).n_tokens == 2 and saved["distillation"]["n_train"] == 16
     again = distill_image_encoder(config, progress=False)  # every epoch done: resumes and trains nothing
     assert again["history"] == result["history"]
+
+
+@pytest.mark.parametrize("key, value, message", [("crop_s", [2.5, -1], "crop_s"), ("normalize", "raw", "normalize"),
+                                                  ("pos_weight_power", -0.5, "pos_weight_power"),
+                                                  ("init_encoder", "no/such/run", "encoder_contrastive.yaml")])
+def test_encoder_recipe_mistakes_are_clear_input_errors(tmp_path, key, value, message):
+    """Exit 3 with a sentence, before any data is read (the cache path here does not even exist)."""
+    recipe = {"stage": "encoder_pretraining", "output_dir": str(tmp_path / "run"), "ecg_cache": str(tmp_path / "none"),
+              "ptbxl": str(tmp_path / "none"), "encoder_kwargs": {"widths": [8, 16], "n_tokens": 4}, key: value}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    result = subprocess.run([sys.executable, "-m", "ecgllm.serving.cli", "train", str(tmp_path / "r.yaml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 3 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_init_encoder_of_another_shape_names_both_configurations(tmp_path):
+    from ecgllm.models.encoders import build_encoder
+    from ecgllm.training.config import RecipeError
+    from ecgllm.training.pretrain_encoder import load_encoder_weights, save_encoder
+
+    save_encoder(tmp_path, build_encoder("resnet1d", widths=[8, 16], n_tokens=4), "resnet1d",
+                 {"widths": [8, 16], "n_tokens": 4}, "mv", 100.0)
+    with pytest.raises(RecipeError, match=r"does not fit.*'widths': \[8, 16\]"):
+        load_encoder_weights(build_encoder("resnet1d", widths=[8, 32], n_tokens=4), str(tmp_path))

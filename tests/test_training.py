@@ -110,3 +110,26 @@ def test_recipe_errors_name_the_problem(tmp_path):
     with pytest.raises(RecipeError, match="llm_policy"):
         load_recipe(bad)
     assert load_recipe(Path(__file__).parents[1] / "recipes/instruct_tiny.yaml").model.llm_policy == "lora"
+
+
+ENCODER_STAGES = ("encoder_pretraining", "encoder_contrastive", "image_distillation")
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes").rglob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_recipe_reads(recipe):
+    from ecgllm.training.config import load_encoder_recipe, recipe_stage
+
+    config = load_encoder_recipe(recipe) if recipe_stage(recipe) in ENCODER_STAGES else load_recipe(recipe)
+    assert config.output_dir
+
+
+def test_encoder_recipe_starts_from_a_contrastive_run_of_the_same_encoder():
+    from ecgllm.training.config import load_encoder_recipe
+
+    recipes = Path(__file__).parents[1] / "recipes"
+    encoder = load_encoder_recipe(recipes / "encoder_ptbxl.yaml")
+    contrastive = load_encoder_recipe(recipes / "encoder_contrastive.yaml")
+    assert encoder.init_encoder == contrastive.output_dir
+    assert (encoder.encoder, encoder.encoder_kwargs, encoder.normalize) == \
+        (contrastive.encoder, contrastive.encoder_kwargs, contrastive.normalize)
