@@ -45,6 +45,13 @@ def test_bad_names_are_refused():
         Placement.resolve("cpu", "fp16")
 
 
+def test_cli_dtype_choices_are_the_placement_dtypes():
+    from ecgllm.models.placement import DTYPES
+    from ecgllm.serving.cli_ask import DTYPE_NAMES
+
+    assert sorted(DTYPE_NAMES) == sorted(DTYPES)
+
+
 @pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU")
 def test_cli_device_flag_is_validated_before_loading(tmp_path):
     result = subprocess.run([sys.executable, "-m", "ecgllm.serving.cli", "ask", str(PTBXL_1), "Is this normal?",

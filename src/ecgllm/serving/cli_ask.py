@@ -17,12 +17,17 @@ def _assistant(args: argparse.Namespace):
     return ECGAssistant.load(args.model, args.device, args.dtype)
 
 
+# placement.DTYPES' names (a test keeps them equal): importing placement imports torch, ~2 s before any file is read
+DTYPE_NAMES = ("auto", "bfloat16", "float32")
+
+
 def _read_first(paths: list[str]) -> tuple[list, float]:
-    """Read the ECG files before the model loads (seconds), so a broken file is reported at once."""
-    from ecgllm.serving.assistant import ECGAssistant
+    """Read the ECG files before the model loads (seconds), so a broken file is reported at once (the readers
+    do not import torch)."""
+    from ecgllm.io.reader import read_ecg
 
     t0 = time.perf_counter()
-    return ECGAssistant.read(paths), time.perf_counter() - t0
+    return [read_ecg(p) for p in paths], time.perf_counter() - t0
 
 
 def _count_read_time(answer, read_s: float):
@@ -40,6 +45,8 @@ def question_argument(value: str) -> str:
 
 def device_argument(value: str) -> str:
     """argparse type: a device PyTorch can use here (a usage error, exit 2, otherwise)."""
+    if value in ("auto", "cpu"):  # always valid; checking them would import torch (~2 s) before a file is read
+        return value
     from ecgllm.models.placement import resolve_device
 
     try:
@@ -50,11 +57,9 @@ def device_argument(value: str) -> str:
 
 
 def add_placement_arguments(p: argparse.ArgumentParser) -> None:
-    from ecgllm.models.placement import DTYPES
-
     p.add_argument("--device", type=device_argument, default="auto",
                    help="auto (a CUDA GPU when PyTorch sees one, else the CPU), cpu, cuda or cuda:N")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="auto",
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default="auto",
                    help="weights' precision; auto = bfloat16 on a GPU that supports it, float32 elsewhere")
 
 

@@ -1,5 +1,6 @@
 """Encoder pretraining on PTB-XL: multi-label classification of the 71 SCP statements and the 5
-diagnostic superclasses from random 2.5 s crops; scored on whole records by averaging sliding windows.
+diagnostic superclasses from random crops (2.5 s and 5 s in the recipe); scored on whole records by averaging
+sliding windows.
 
 Split discipline: PTB-XL folds 1–8 train, 9 valid (model selection), 10 test. ``exclude_ids`` removes
 ECGs from training, e.g. every ECG-QA test ECG when the encoder will answer ECG-QA questions.
