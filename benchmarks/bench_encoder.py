@@ -42,13 +42,18 @@ def ensure_cache(ptbxl_root: Path) -> Path:
     return cache
 
 
+def benchmark_settings(recipe: str, output_dir: Path, ecg_cache: str) -> dict:
+    """A recipe's keys with this benchmark's folders, standard folds and no ECG-QA exclusion."""
+    raw = yaml.safe_load(Path(recipe).read_text())
+    raw.pop("stage", None)
+    raw.update(output_dir=str(output_dir), ecg_cache=ecg_cache, ptbxl=str(SHARED / "ptbxl"), exclude_ids_file=None)
+    return raw
+
+
 def run_contrastive(recipe: str, ecg_cache: str) -> str:
     from ecgllm.training.contrastive import ContrastiveConfig, pretrain_contrastive
 
-    raw = yaml.safe_load(Path(recipe).read_text())
-    raw.pop("stage", None)
-    raw.update(output_dir=str(CACHE / "bench_contrastive_run"), ecg_cache=ecg_cache, ptbxl=str(SHARED / "ptbxl"),
-               exclude_ids_file=None)
+    raw = benchmark_settings(recipe, CACHE / "bench_contrastive_run", ecg_cache)
     pretrain_contrastive(ContrastiveConfig(**raw))
     return raw["output_dir"]
 
@@ -66,10 +71,8 @@ def main() -> None:
         command = ("ecgllm train recipes/encoder_contrastive.yaml; ecgllm train recipes/encoder_ptbxl.yaml; "
                    "python benchmarks/bench_encoder.py --run-dir RUN")
     else:
-        raw = yaml.safe_load(Path(args.recipe).read_text())
-        raw.pop("stage", None)
-        raw.update(output_dir=str(CACHE / "bench_encoder_run"), ecg_cache=str(ensure_cache(ptbxl_wfdb_dir(args.ptbxl))),
-                   ptbxl=str(SHARED / "ptbxl"), exclude_ids_file=None)
+        raw = benchmark_settings(args.recipe, CACHE / "bench_encoder_run",
+                                 str(ensure_cache(ptbxl_wfdb_dir(args.ptbxl))))
         if raw.get("init_encoder"):  # the recipe starts from contrastive pretraining: run that first
             raw["init_encoder"] = run_contrastive(args.contrastive_recipe, raw["ecg_cache"])
         result = pretrain_encoder(EncoderPretrainConfig(**raw))

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CACHE, SHARED  # noqa: E402
 
 from ecgllm.models.encoders import build_encoder  # noqa: E402
-from ecgllm.training.pretrain_encoder import (EncoderClassifier, load_ptbxl_arrays, macro_auc,  # noqa: E402
-                                              score_records)
+from ecgllm.training.pretrain_encoder import (EncoderClassifier, crop_samples, load_ptbxl_arrays,  # noqa: E402
+                                              macro_auc, score_records)
 
 
 def load_run(run: Path, n_outputs: int) -> tuple[EncoderClassifier, dict]:
@@ -34,11 +34,6 @@ def load_run(run: Path, n_outputs: int) -> tuple[EncoderClassifier, dict]:
         state = {"model": {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}}
     model.load_state_dict(state["model"])
     return model.eval(), config
-
-
-def crops_of(config: dict, fs: float) -> list[int]:
-    crop = config["crop_s"]
-    return [int(c * fs) for c in (crop if isinstance(crop, list) else [crop])]
 
 
 def aucs(y: np.ndarray, scores: np.ndarray) -> str:
@@ -64,12 +59,12 @@ def main() -> None:
         model, config = load_run(run, data.y.shape[1])
         for split in ("valid", "test"):
             rows = getattr(data, split)
-            scores[k, split] = score_records(model, data.signals[rows], crops_of(config, data.fs), stride)
+            scores[k, split] = score_records(model, data.signals[rows], crop_samples(config["crop_s"], data.fs), stride)
             print(f"{run.name:>24s} fold {9 if split == 'valid' else 10}: {aucs(data.y[rows], scores[k, split])}")
         if args.aggregations and k == 0:
             for split in ("valid", "test"):
                 rows, fold = getattr(data, split), 9 if split == "valid" else 10
-                window_max = score_records(model, data.signals[rows], crops_of(config, data.fs), stride, reduce="max")
+                window_max = score_records(model, data.signals[rows], crop_samples(config["crop_s"], data.fs), stride, reduce="max")
                 whole = score_records(model, data.signals[rows], data.signals.shape[-1], stride)  # one window
                 print(f"{'':>24s} fold {fold}, max over windows: {aucs(data.y[rows], window_max)}")
                 print(f"{'':>24s} fold {fold}, whole record:     {aucs(data.y[rows], whole)}")

@@ -153,3 +153,10 @@ def test_init_encoder_of_another_shape_names_both_configurations(tmp_path):
                  {"widths": [8, 16], "n_tokens": 4}, "mv", 100.0)
     with pytest.raises(RecipeError, match=r"does not fit.*'widths': \[8, 16\]"):
         load_encoder_weights(build_encoder("resnet1d", widths=[8, 32], n_tokens=4), str(tmp_path))
+
+
+def test_contrastive_recipe_checks_its_normalisation_when_read():
+    from ecgllm.training.contrastive import ContrastiveConfig
+
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        ContrastiveConfig(output_dir="o", ecg_cache="c", ptbxl="p", normalize="raw")

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from ecgllm.models.encoders import build_encoder
 from ecgllm.models.placement import Placement
-from ecgllm.training.pretrain_encoder import (load_epoch_state, load_ptbxl_arrays, random_crops,
+from ecgllm.training.pretrain_encoder import (check_normalize, load_epoch_state, load_ptbxl_arrays, random_crops,
                                               save_encoder, save_epoch_state, start_run)
 
 TEXT_SOURCES = ("report", "statements", "both")
@@ -56,6 +56,7 @@ class ContrastiveConfig:
     def __post_init__(self) -> None:
         if self.text not in TEXT_SOURCES:
             raise ValueError(f"text must be one of {TEXT_SOURCES}, got {self.text!r}")
+        check_normalize(self.normalize)
 
 
 def record_texts(ptbxl, ids: np.ndarray, source: str) -> list[str]:

@@ -24,6 +24,19 @@ if TYPE_CHECKING:
     from ecgllm.datasets.ptbxl import PTBXL
 
 
+NORMALIZATIONS = ("zscore", "mv")
+
+
+def check_normalize(normalize: str) -> None:
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+
+
+def crop_samples(crop_s: float | list[float], fs: float) -> list[int]:
+    """Crop length(s) of a recipe's ``crop_s`` (seconds, one or a list) in samples."""
+    return [int(c * fs) for c in (crop_s if isinstance(crop_s, list) else [crop_s])]
+
+
 @dataclass
 class EncoderPretrainConfig:
     output_dir: str
@@ -49,8 +62,7 @@ class EncoderPretrainConfig:
     mixed_precision: str = "no"        # "bf16": autocast the forward passes (on GPUs that support it)
 
     def __post_init__(self) -> None:  # a recipe's mistakes surface when it is read, not after the data load
-        if self.normalize not in ("zscore", "mv"):
-            raise ValueError(f"normalize must be 'zscore' or 'mv', got {self.normalize!r}")
+        check_normalize(self.normalize)
         crops = self.crop_s if isinstance(self.crop_s, list) else [self.crop_s]
         if not crops or any(not isinstance(c, (int, float)) or c <= 0 for c in crops):
             raise ValueError(f"crop_s must be a positive number of seconds or a list of them, got {self.crop_s!r}")
@@ -143,14 +155,13 @@ def load_ptbxl_arrays(ecg_cache: str, ptbxl_dir: str, normalize: str,
     _, supers, ysup = ptbxl.label_matrix("superclass", ids)
     folds = ptbxl.table.loc[ids, "strat_fold"].to_numpy()
     excluded = _read_excluded(exclude_ids_file)
+    check_normalize(normalize)
     raw = cache.load_all()
     # z-scoring removes absolute voltage (voltage criteria of hypertrophy, low QRS voltage); "mv" keeps it.
     if normalize == "zscore":
         signals = _zscore(raw)
-    elif normalize == "mv":
-        signals = raw - raw.mean(-1, keepdims=True)  # remove each lead's offset, keep its voltage
     else:
-        raise ValueError(f"normalize must be 'zscore' or 'mv', got {normalize!r}")
+        signals = raw - raw.mean(-1, keepdims=True)  # remove each lead's offset, keep its voltage
     arrays = PTBXLArrays(ids=ids, signals=signals.astype(np.float32),
                          y=np.concatenate([y71, ysup], 1).astype(np.float32), classes71=list(classes71),
                          superclasses=list(supers),
@@ -250,7 +261,7 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
         load_encoder_weights(encoder, config.init_encoder)
     data, ptbxl = load_ptbxl_arrays(config.ecg_cache, config.ptbxl, config.normalize, config.exclude_ids_file)
     signals, y, train, valid, test = data.signals, data.y, data.train, data.valid, data.test
-    crops = [int(c * data.fs) for c in (config.crop_s if isinstance(config.crop_s, list) else [config.crop_s])]
+    crops = crop_samples(config.crop_s, data.fs)
     stride = int(config.eval_stride_s * data.fs)
     if max(crops) > signals.shape[-1] or min(crops) < 1:
         raise ValueError(f"crop_s {config.crop_s}: every crop must fit the {signals.shape[-1] / data.fs:g} s records")
