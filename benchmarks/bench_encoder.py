@@ -84,8 +84,8 @@ def main() -> None:
     if "super_macro_auc_labelled_records" in result:  # the goal is checked on all fold-10 records, the stricter one
         summary["super_macro_auc_labelled_records"] = result["super_macro_auc_labelled_records"]
     summary["recipe"] = {k: config.get(k) for k in ("crop_s", "eval_stride_s", "batch_size", "lr", "weight_decay",
-                                                    "head_dropout", "pos_weight_power", "ema_decay", "init_encoder",
-                                                    "seed")}
+                                                    "head_dropout", "pos_weight_power", "superclass_loss_weight",
+                                                    "mixup_alpha", "ema_decay", "init_encoder", "seed")}
     # the whole bill, not just one epoch: training time summed over epochs (validation scoring excluded), plus
     # the run the encoder started from (e.g. contrastive pretraining) when there is one
     summary["train_minutes"] = round(sum(h["epoch_s"] for h in result["history"]) / 60, 1)
@@ -99,7 +99,7 @@ def main() -> None:
     summary["reference_same_machine"] = ("plain 0.75M 1-D ResNet, 2.5 s crops, sliding windows: about 0.933 "
                                          "(super) / 0.914 (71) in ~12 min (from the issue)")
     summary["valid_history"] = [{k: h[k] for k in ("epoch", "valid_super_auc", "valid_all71_auc")}
-                                for h in result["history"]]
+                                for h in result["history"] if "valid_super_auc" in h]  # valid_every > 1 skips some
     write_result("encoder_ptbxl.json", {**summary, "command": command, **environment()})
 
 

@@ -41,7 +41,7 @@ def test_encoder_pretraining_recipe_and_resume(subset):
     recipe = {"stage": "encoder_pretraining", "output_dir": str(root / "run"), "ecg_cache": str(root / "cache"),
               "ptbxl": str(SHARED / "ptbxl"), "encoder": "resnet1d",
               "encoder_kwargs": {"widths": [8, 16], "n_tokens": 4, "blocks_per_stage": 1},
-              "epochs": 2, "batch_size": 32, "exclude_ids_file": str(root / "exclude.tsv")}
+              "epochs": 2, "batch_size": 32, "exclude_ids_file": str(root / "exclude.tsv"), "valid_every": 2}
     (root / "r.yaml").write_text(yaml.safe_dump(recipe))
     cli = [sys.executable, "-m", "ecgllm.serving.cli", "train", str(root / "r.yaml"), "--quiet"]
     result = subprocess.run(cli, capture_output=True, text=True)
@@ -51,6 +51,7 @@ def test_encoder_pretraining_recipe_and_resume(subset):
     assert 0.0 <= out["super_macro_auc"] <= 1.0 and 0.0 <= out["all71_macro_auc"] <= 1.0
     assert out["train_records"] == 8 * 24 - 5 and out["excluded_records"] == 5  # folds 1-8 minus excluded
     assert (root / "run/encoder.safetensors").exists()
+    assert "valid_super_auc" not in out["history"][0] and "valid_super_auc" in out["history"][1]  # valid_every: 2
     # re-running the same recipe resumes from the last finished epoch instead of training again
     again = subprocess.run(cli, capture_output=True, text=True)
     assert again.returncode == 0
@@ -62,7 +63,7 @@ def test_encoder_pretraining_recipe_and_resume(subset):
 @needs_shared
 def test_encoder_pretraining_under_bf16_autocast(subset):
     """The same stage with `mixed_precision: bf16` (what a GPU run would use; CPU autocast here), crops of
-    two lengths and weighted positives trains to finite losses and saves fp32 weights."""
+    two lengths, weighted positives and superclasses, and mixup trains to finite losses and saves fp32 weights."""
     from safetensors.torch import load_file
 
     from ecgllm.training.config import load_encoder_recipe
@@ -71,7 +72,7 @@ def test_encoder_pretraining_under_bf16_autocast(subset):
     root, _ = subset
     recipe = {"stage": "encoder_pretraining", "output_dir": str(root / "bf16"), "ecg_cache": str(root / "cache"),
               "ptbxl": str(SHARED / "ptbxl"), "encoder": "resnet1d", "device": "auto", "mixed_precision": "bf16",
-              "crop_s": [2.5, 5.0], "pos_weight_power": 0.5,
+              "crop_s": [2.5, 5.0], "pos_weight_power": 0.5, "superclass_loss_weight": 4.0, "mixup_alpha": 0.4,
               "encoder_kwargs": {"widths": [8, 16], "n_tokens": 4, "blocks_per_stage": 1},
               "epochs": 1, "batch_size": 32}
     (root / "bf16.yaml").write_text(yaml.safe_dump(recipe))
@@ -101,6 +102,30 @@ def test_positive_weights_lift_rare_labels():
     y[:80, 2] = 1   # a majority label: its positives count less
     assert np.allclose(positive_weights(y, 0.5), [7.0, 1.0, 0.5])  # (98 / 2) ** 0.5 = 7, (20 / 80) ** 0.5
     assert np.allclose(positive_weights(y, 0.0), 1.0)
+
+
+def test_superclass_loss_weight_scales_only_the_last_five_outputs():
+    from ecgllm.models.placement import Placement
+    from ecgllm.training.pretrain_encoder import superclass_weights
+
+    place = Placement.resolve("cpu", "no")
+    assert superclass_weights(76, 1.0, place) is None  # plain mean: earlier recipes replay exactly
+    weights = superclass_weights(76, 4.0, place)
+    assert weights.shape == (76,) and (weights[:71] == 1).all() and (weights[71:] == 4).all()
+
+
+def test_mixup_blends_each_crop_with_its_own_labels():
+    import numpy as np
+
+    from ecgllm.training.pretrain_encoder import mixup
+
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    crops = labels[:, :1, None].expand(4, 1, 50).clone()  # each crop's value is its first label
+    x, target = mixup(crops, labels, 0.4, np.random.default_rng(0))
+    assert torch.allclose(x[:, 0, 0], target[:, 0])  # the labels were blended with the same partner and share
+    assert not torch.equal(target, labels) and ((target >= 0) & (target <= 1)).all()
+    again, _ = mixup(crops, labels, 0.4, np.random.default_rng(0))
+    assert torch.equal(x, again)  # seeded: a resumed run replays the same batches
 
 
 @needs_shared
@@ -133,6 +158,8 @@ def test_image_distillation_stage_runs_resumes_and_reports(subset):
 
 @pytest.mark.parametrize("key, value, message", [("crop_s", [2.5, -1], "crop_s"), ("normalize", "raw", "normalize"),
                                                   ("pos_weight_power", -0.5, "pos_weight_power"),
+                                                  ("superclass_loss_weight", 0, "superclass_loss_weight"),
+                                                  ("mixup_alpha", -1, "mixup_alpha"), ("valid_every", 0, "valid_every"),
                                                   ("init_encoder", "no/such/run", "encoder_contrastive.yaml")])
 def test_encoder_recipe_mistakes_are_clear_input_errors(tmp_path, key, value, message):
     """Exit 3 with a sentence, before any data is read (the cache path here does not even exist)."""

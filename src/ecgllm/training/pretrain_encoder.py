@@ -56,6 +56,9 @@ class EncoderPretrainConfig:
     ema_decay: float = 0.0             # > 0 scores and saves an exponential moving average of the weights
     head_dropout: float = 0.0          # dropout on the pooled features before the classifier head
     pos_weight_power: float = 0.0      # > 0 weighs each label's positives by (negatives / positives) ** power
+    superclass_loss_weight: float = 1.0  # weight of each of the 5 superclass outputs' loss against a statement's
+    mixup_alpha: float = 0.0           # > 0 trains on mixup: pairs of crops and their labels blended by Beta(a, a)
+    valid_every: int = 1               # score fold 9 every N epochs and after the last (each costs ~half an epoch)
     seed: int = 0
     threads: int | None = None
     device: str = "auto"               # "auto" uses a CUDA GPU when PyTorch sees one
@@ -66,8 +69,13 @@ class EncoderPretrainConfig:
         crops = self.crop_s if isinstance(self.crop_s, list) else [self.crop_s]
         if not crops or any(not isinstance(c, (int, float)) or c <= 0 for c in crops):
             raise ValueError(f"crop_s must be a positive number of seconds or a list of them, got {self.crop_s!r}")
-        if self.pos_weight_power < 0:
-            raise ValueError(f"pos_weight_power must be >= 0, got {self.pos_weight_power}")
+        for key in ("pos_weight_power", "mixup_alpha"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.superclass_loss_weight <= 0:
+            raise ValueError(f"superclass_loss_weight must be > 0, got {self.superclass_loss_weight}")
+        if not isinstance(self.valid_every, int) or self.valid_every < 1:
+            raise ValueError(f"valid_every must be a whole number of epochs >= 1, got {self.valid_every!r}")
 
 
 class EncoderClassifier(nn.Module):
@@ -178,6 +186,24 @@ def positive_weights(y: np.ndarray, power: float) -> np.ndarray:
     return ((len(y) - positives) / positives) ** power
 
 
+def superclass_weights(n_outputs: int, weight: float, place) -> torch.Tensor | None:
+    """Per-output loss weights: the last 5 outputs (superclasses) weigh ``weight``, the 71 statements 1. With
+    equal weights the superclasses are 5 of 76 terms of the loss the shared features learn from."""
+    if weight == 1.0:
+        return None
+    weights = np.ones(n_outputs, dtype=np.float32)
+    weights[-5:] = weight
+    return place.tensor(weights)
+
+
+def mixup(x: torch.Tensor, target: torch.Tensor, alpha: float,
+          rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blend each crop and its labels with another crop of the batch by one Beta(alpha, alpha) share."""
+    share = float(rng.beta(alpha, alpha))
+    partner = torch.from_numpy(rng.permutation(len(x)))
+    return share * x + (1 - share) * x[partner], share * target + (1 - share) * target[partner]
+
+
 def random_crops(signals: np.ndarray, rows: np.ndarray, offsets: np.ndarray, crop: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([signals[r, :, o:o + crop] for r, o in zip(rows, offsets)]))
 
@@ -274,7 +300,8 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
     steps_per_epoch = int(np.ceil(len(train) / config.batch_size))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps_per_epoch)
     pos_weight = place.tensor(positive_weights(y[train], config.pos_weight_power)) if config.pos_weight_power else None
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    loss_fn = nn.BCEWithLogitsLoss(weight=superclass_weights(y.shape[1], config.superclass_loss_weight, place),
+                                   pos_weight=pos_weight)
     state_path = out / "checkpoint.pt"
     start_epoch, history = load_epoch_state(state_path, model, optimizer, scheduler, ema)
     for epoch in range(start_epoch, config.epochs):
@@ -291,12 +318,16 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
             offsets = (rng.random(len(order)) * room).astype(int)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress)
         losses = []
+        mix_rng = np.random.default_rng([config.seed, epoch, 1])  # own stream: recipes without mixup replay exactly
         for b in bar:
             rows = order[b * config.batch_size:(b + 1) * config.batch_size]
             offs = offsets[b * config.batch_size:(b + 1) * config.batch_size]
+            x, target = random_crops(signals, rows, offs, int(lengths[b])), torch.from_numpy(y[rows])
+            if config.mixup_alpha:
+                x, target = mixup(x, target, config.mixup_alpha, mix_rng)
             with place.autocast():
-                logits = model(random_crops(signals, rows, offs, int(lengths[b])).to(place.device))
-            loss = loss_fn(logits.float(), place.tensor(y[rows]))
+                logits = model(x.to(place.device))
+            loss = loss_fn(logits.float(), target.to(place.device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -304,12 +335,11 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
             if ema is not None:
                 ema.update_parameters(model)
             losses.append(loss.item())
-        epoch_s = time.time() - t0
-        scorer = model if ema is None else ema.module
-        scores = score_records(scorer, signals[valid], crops, stride)
-        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "epoch_s": round(epoch_s, 1),
-                 "valid_super_auc": round(macro_auc(y[valid, 71:], scores[:, 71:]), 4),
-                 "valid_all71_auc": round(macro_auc(y[valid, :71], scores[:, :71]), 4)}
+        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "epoch_s": round(time.time() - t0, 1)}
+        if (epoch + 1) % config.valid_every == 0 or epoch + 1 == config.epochs:
+            scores = score_records(model if ema is None else ema.module, signals[valid], crops, stride)
+            entry |= {"valid_super_auc": round(macro_auc(y[valid, 71:], scores[:, 71:]), 4),
+                      "valid_all71_auc": round(macro_auc(y[valid, :71], scores[:, :71]), 4)}
         history.append(entry)
         with (out / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
