@@ -1,7 +1,8 @@
-"""Compare finished encoder pretraining runs on PTB-XL: fold-9 / fold-10 macro AUC, the two runs' average,
-and the statements whose AUC (folds 9 + 10 pooled) moves most from the first run to the second.
+"""Compare finished encoder pretraining runs on PTB-XL: fold-9 / fold-10 macro AUC of each, of the average of
+their scores (what an ensemble of the runs would reach), and the statements whose AUC (folds 9 + 10 pooled)
+moves most from the first run to the second.
 
-    python benchmarks/encoder_compare.py RUN_A RUN_B [--ecg-cache DIR] [--ptbxl DIR] [--aggregations]
+    python benchmarks/encoder_compare.py RUN_A RUN_B [RUN ...] [--ecg-cache DIR] [--ptbxl DIR] [--aggregations]
 
 Each run is an `ecgllm train recipes/encoder_ptbxl.yaml` output folder (its checkpoint.pt and result.json).
 ``--aggregations`` also scores the first run with the max over windows and with one pass over the whole
@@ -42,12 +43,14 @@ def aucs(y: np.ndarray, scores: np.ndarray) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs=2, type=Path)
+    parser.add_argument("runs", nargs="+", type=Path, help="two or more runs")
     parser.add_argument("--ecg-cache", default=str(CACHE / "bench_cache_ptbxl100"))
     parser.add_argument("--ptbxl", default=str(SHARED / "ptbxl"))
     parser.add_argument("--aggregations", action="store_true")
     parser.add_argument("--top", type=int, default=8, help="statements shown at each end")
     args = parser.parse_args()
+    if len(args.runs) < 2:
+        parser.error("give at least two runs")
     from sklearn.metrics import roc_auc_score
 
     torch.manual_seed(0)
@@ -70,8 +73,9 @@ def main() -> None:
                 print(f"{'':>24s} fold {fold}, whole record:     {aucs(data.y[rows], whole)}")
     for split in ("valid", "test"):
         rows = getattr(data, split)
-        mean = (scores[0, split] + scores[1, split]) / 2
-        print(f"{'average of the two':>24s} fold {9 if split == 'valid' else 10}: {aucs(data.y[rows], mean)}")
+        mean = np.mean([scores[k, split] for k in range(len(args.runs))], axis=0)
+        label = f"average of the {len(args.runs)}"
+        print(f"{label:>24s} fold {9 if split == 'valid' else 10}: {aucs(data.y[rows], mean)}")
     y = np.concatenate([data.y[data.valid], data.y[data.test]])
     pooled = [np.concatenate([scores[k, "valid"], scores[k, "test"]]) for k in (0, 1)]
     moves = []

@@ -49,6 +49,9 @@ def test_encoder_pretraining_recipe_and_resume(subset):
     assert "fold-10 macro AUC" in result.stdout
     out = json.loads((root / "run/result.json").read_text())
     assert 0.0 <= out["super_macro_auc"] <= 1.0 and 0.0 <= out["all71_macro_auc"] <= 1.0
+    for key in ("super_macro_auc_ci95", "all71_macro_auc_ci95"):
+        low, high = out[key]
+        assert 0.0 <= low <= high <= 1.0
     assert out["train_records"] == 8 * 24 - 5 and out["excluded_records"] == 5  # folds 1-8 minus excluded
     assert (root / "run/encoder.safetensors").exists()
     assert "valid_super_auc" not in out["history"][0] and "valid_super_auc" in out["history"][1]  # valid_every: 2
@@ -89,6 +92,18 @@ def test_macro_auc_uses_scores_and_skips_single_class_columns():
     y = np.array([[1, 0, 1], [0, 0, 1], [1, 0, 1], [0, 0, 1]])
     scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.5], [0.6, 0.2, 0.5], [0.4, 0.1, 0.5]])
     assert macro_auc(y, scores) == 1.0  # only column 0 has both classes
+
+
+def test_macro_auc_interval_is_tight_for_a_perfect_ranking_and_wide_for_noise():
+    import numpy as np
+
+    from ecgllm.training.pretrain_encoder import macro_auc_ci95
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((300, 3)) < 0.3).astype(float)
+    assert macro_auc_ci95(y, y + 0.1 * rng.random(y.shape)) == [1.0, 1.0]
+    low, high = macro_auc_ci95(y, rng.random(y.shape))
+    assert low < 0.5 < high and high - low > 0.03
 
 
 def test_positive_weights_lift_rare_labels():
