@@ -55,7 +55,10 @@ def main() -> None:
 
     torch.manual_seed(0)
     first = json.loads((args.runs[0] / "result.json").read_text())["config"]
-    data, _ = load_ptbxl_arrays(args.ecg_cache, args.ptbxl, first["normalize"])
+    try:
+        data, _ = load_ptbxl_arrays(args.ecg_cache, args.ptbxl, first["normalize"])
+    except FileNotFoundError as exc:  # e.g. no benchmark cache yet: bench_encoder.py builds it
+        parser.error(f"{exc} (--ecg-cache; `python benchmarks/bench_encoder.py` builds the default one)")
     stride = int(first["eval_stride_s"] * data.fs)
     scores: dict[tuple[int, str], np.ndarray] = {}
     for k, run in enumerate(args.runs):
