@@ -8,7 +8,8 @@ The recipe starts from contrastive ECG-text pretraining (init_encoder), so that 
 
 Builds the 100 Hz cache once (.cache/bench_cache_ptbxl100, shared with bench_datasets.py), trains with the
 recipe's settings (standard folds, no ECG-QA exclusion: this is the PTB-XL benchmark) and writes
-benchmarks/results/encoder_ptbxl.json: super_macro_auc, all71_macro_auc, epoch_s, encoder (+ history).
+benchmarks/results/encoder_ptbxl.json: super_macro_auc, all71_macro_auc (each with a 95 % bootstrap interval
+over the fold-10 records), epoch_s, encoder (+ history).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from ecgllm.models.encoders import build_encoder
 
 if TYPE_CHECKING:
     from ecgllm.datasets.ptbxl import PTBXL
+    from ecgllm.models.placement import Placement
 
 
 NORMALIZATIONS = ("zscore", "mv")
@@ -205,7 +206,7 @@ def positive_weights(y: np.ndarray, power: float) -> np.ndarray:
     return ((len(y) - positives) / positives) ** power
 
 
-def superclass_weights(n_outputs: int, weight: float, place) -> torch.Tensor | None:
+def superclass_weights(n_outputs: int, weight: float, place: Placement) -> torch.Tensor | None:
     """Per-output loss weights: the last 5 outputs (superclasses) weigh ``weight``, the 71 statements 1. With
     equal weights the superclasses are 5 of 76 terms of the loss the shared features learn from."""
     if weight == 1.0:
