@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CACHE, SHARED  # noqa: E402
 
 from ecgllm.models.encoders import build_encoder  # noqa: E402
-from ecgllm.training.pretrain_encoder import (EncoderClassifier, crop_samples, load_ptbxl_arrays,  # noqa: E402
-                                              macro_auc, score_records)
+from ecgllm.training.pretrain_encoder import (EncoderClassifier, crop_samples, group_aucs,  # noqa: E402
+                                              load_ptbxl_arrays, score_records)
 
 
 def load_run(run: Path, n_outputs: int) -> tuple[EncoderClassifier, dict]:
@@ -38,7 +38,8 @@ def load_run(run: Path, n_outputs: int) -> tuple[EncoderClassifier, dict]:
 
 
 def aucs(y: np.ndarray, scores: np.ndarray) -> str:
-    return f"super {macro_auc(y[:, 71:], scores[:, 71:]):.4f} / 71 {macro_auc(y[:, :71], scores[:, :71]):.4f}"
+    super_auc, all71_auc = group_aucs(y, scores)
+    return f"super {super_auc:.4f} / 71 {all71_auc:.4f}"
 
 
 def main() -> None:
@@ -63,14 +64,15 @@ def main() -> None:
     scores: dict[tuple[int, str], np.ndarray] = {}
     for k, run in enumerate(args.runs):
         model, config = load_run(run, data.y.shape[1])
+        crops = crop_samples(config["crop_s"], data.fs)
         for split in ("valid", "test"):
             rows = getattr(data, split)
-            scores[k, split] = score_records(model, data.signals[rows], crop_samples(config["crop_s"], data.fs), stride)
+            scores[k, split] = score_records(model, data.signals[rows], crops, stride)
             print(f"{run.name:>24s} fold {9 if split == 'valid' else 10}: {aucs(data.y[rows], scores[k, split])}")
         if args.aggregations and k == 0:
             for split in ("valid", "test"):
                 rows, fold = getattr(data, split), 9 if split == "valid" else 10
-                window_max = score_records(model, data.signals[rows], crop_samples(config["crop_s"], data.fs), stride, reduce="max")
+                window_max = score_records(model, data.signals[rows], crops, stride, reduce="max")
                 whole = score_records(model, data.signals[rows], data.signals.shape[-1], stride)  # one window
                 print(f"{'':>24s} fold {fold}, max over windows: {aucs(data.y[rows], window_max)}")
                 print(f"{'':>24s} fold {fold}, whole record:     {aucs(data.y[rows], whole)}")

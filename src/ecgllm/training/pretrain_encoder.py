@@ -136,6 +136,11 @@ def macro_auc(y: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(y[:, keep], scores[:, keep], average="macro"))
 
 
+def group_aucs(y: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """(superclass, 71-statement) macro AUC: outputs 71-75 are the 5 superclasses, 0-70 the statements."""
+    return macro_auc(y[:, 71:], scores[:, 71:]), macro_auc(y[:, :71], scores[:, :71])
+
+
 def macro_auc_ci95(y: np.ndarray, scores: np.ndarray, resamples: int = 200) -> list[float]:
     """95 % bootstrap interval of ``macro_auc`` over records. Which records make up fold 10 is itself a sample:
     two runs closer than this interval's width are not told apart by it."""
@@ -147,8 +152,8 @@ def macro_auc_ci95(y: np.ndarray, scores: np.ndarray, resamples: int = 200) -> l
 def fold10_summary(y: np.ndarray, scores: np.ndarray) -> dict:
     """Fold-10 macro AUCs of the 5 superclasses (outputs 71-75) and the 71 statements, with 95 % intervals."""
     labelled = y[:, 71:].sum(1) > 0
-    return {"super_macro_auc": round(macro_auc(y[:, 71:], scores[:, 71:]), 4),
-            "all71_macro_auc": round(macro_auc(y[:, :71], scores[:, :71]), 4),
+    super_auc, all71_auc = group_aucs(y, scores)
+    return {"super_macro_auc": round(super_auc, 4), "all71_macro_auc": round(all71_auc, 4),
             # the PTB-XL benchmark papers score superclasses only on records that have one (40 of fold 10 don't)
             "super_macro_auc_labelled_records": round(macro_auc(y[labelled, 71:], scores[labelled, 71:]), 4),
             "super_macro_auc_ci95": macro_auc_ci95(y[:, 71:], scores[:, 71:]),
@@ -357,9 +362,9 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
             losses.append(loss.item())
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "epoch_s": round(time.time() - t0, 1)}
         if (epoch + 1) % config.valid_every == 0 or epoch + 1 == config.epochs:
-            scores = score_records(model if ema is None else ema.module, signals[valid], crops, stride)
-            entry |= {"valid_super_auc": round(macro_auc(y[valid, 71:], scores[:, 71:]), 4),
-                      "valid_all71_auc": round(macro_auc(y[valid, :71], scores[:, :71]), 4)}
+            super_auc, all71_auc = group_aucs(y[valid], score_records(model if ema is None else ema.module,
+                                                                      signals[valid], crops, stride))
+            entry |= {"valid_super_auc": round(super_auc, 4), "valid_all71_auc": round(all71_auc, 4)}
         history.append(entry)
         with (out / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
