@@ -9,7 +9,12 @@ models in the same run:
   that stop at the end-of-turn token, as in use -> the top-level keys;
 - a freshly built model with 16 projected tokens per ECG and a trained encoder, forced to 8 new tokens (the
   length-controlled measure of earlier runs) -> "fixed_8_tokens".
-Writes benchmarks/results/llm_speed.json: train_samples_per_s, answer_latency_median_s / _p95_s,
+- the trainer itself, on the shipped checkpoint's architecture and the same generated questions, two ways in the
+  same run: the earlier path (shuffled batches padded to their longest conversation, logits over every
+  position) and the current one (batches grouped by length, logits only where labels are) -> "trainer".
+  ``train_speedup`` is the ratio of their samples/s; each reports tokens/s, the padding share and the time
+  per part (encoder, LLM forward, backward, optimizer).
+Writes benchmarks/results/llm_speed.json: train_samples_per_s, train_speedup, answer_latency_median_s / _p95_s,
 tokens_per_ecg, llm, and the sequence lengths used.
 """
 
@@ -35,25 +40,96 @@ from ecgllm.models import EcgLanguageModel, EcgLMConfig  # noqa: E402
 ENCODER = {"widths": [48, 96, 128, 192], "n_tokens": 16, "blocks_per_stage": 1}
 
 
+def convo(s, with_answer=True):
+    turns = [{"role": "user", "content": s["question"]}]
+    if with_answer:
+        turns.append({"role": "assistant", "content": ", ".join(s["answer"])})
+    return turns
+
+
+def compare_trainer_paths(model, processor, samples: list[dict], ecg: dict, batch_size: int = 8) -> dict:
+    """samples/s of the earlier and the current training path over the same conversations, same weights."""
+    from ecgllm.training.data import LengthGroupedBatchSampler
+
+    lengths = [len(processor.encode_for_training(convo(s), [""] * len(s["ecg_id"]))[0]) for s in samples]
+    order = np.random.default_rng(0).permutation(len(samples))
+    padded = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    grouped = list(LengthGroupedBatchSampler(lengths, batch_size, seed=0))
+    params = [p for p in model.parameters() if p.requires_grad]
+    start = {id(p): p.detach().clone() for p in params}
+    timed_encode = model.encode
+    seconds = {"encoder": 0.0}
+
+    def encode(*a, **k):
+        t0 = time.perf_counter()
+        out = timed_encode(*a, **k)
+        seconds["encoder"] += time.perf_counter() - t0
+        return out
+
+    model.encode = encode
+    results = {}
+    for name, batches, sparse in (("padded_full_logits", padded, False), ("grouped_sparse_logits", grouped, True)):
+        with torch.no_grad():  # both paths start from the same weights
+            for p in params:
+                p.copy_(start[id(p)])
+        model.sparse_logits = sparse
+        model.train()
+        optimizer = torch.optim.AdamW(params, lr=1e-4)
+        parts = {"encoder": 0.0, "llm_forward": 0.0, "backward": 0.0, "optimizer": 0.0, "collate": 0.0}
+        real = padded_tokens = 0
+        wall = time.perf_counter()
+        for i, rows in enumerate(batches):
+            t0 = time.perf_counter()
+            chunk = [samples[r] for r in rows]
+            batch = processor([convo(s) for s in chunk], [[ecg[e] for e in s["ecg_id"]] for s in chunk])
+            real += int(batch["attention_mask"].sum())
+            padded_tokens += batch["attention_mask"].numel()
+            seconds["encoder"] = 0.0
+            t1 = time.perf_counter()
+            loss = model(**batch).loss
+            t2 = time.perf_counter()
+            loss.backward()
+            t3 = time.perf_counter()
+            optimizer.step()
+            optimizer.zero_grad()
+            t4 = time.perf_counter()
+            for part, value in (("collate", t1 - t0), ("encoder", seconds["encoder"]),
+                                ("llm_forward", t2 - t1 - seconds["encoder"]), ("backward", t3 - t2),
+                                ("optimizer", t4 - t3)):
+                parts[part] += value
+        wall = time.perf_counter() - wall
+        results[name] = {"samples_per_s": round(len(samples) / wall, 2),
+                         "tokens_per_s": round(real / wall, 1),
+                         "padded_tokens_per_s": round(padded_tokens / wall, 1),
+                         "padding_share": round(1 - real / padded_tokens, 3),
+                         "seconds_by_part": {k: round(v, 2) for k, v in parts.items()},
+                         "wall_s": round(wall, 1), "batches": len(batches)}
+    model.encode = timed_encode
+    model.sparse_logits = True
+    speedup = results["grouped_sparse_logits"]["samples_per_s"] / results["padded_full_logits"]["samples_per_s"]
+    return {"samples": len(samples), "batch_size": batch_size, "mean_tokens": round(float(np.mean(lengths)), 1),
+            "train_speedup": round(speedup, 2), **results,
+            "note": "same conversations, same starting weights, fp32; 'padded_full_logits' is the trainer before "
+                    "length grouping and label-only logits"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ptbxl", help="PTB-XL root with records100/ (default: unpack the shared pack once)")
     parser.add_argument("--train-steps", type=int, default=6)
     parser.add_argument("--questions", type=int, default=20)
     parser.add_argument("--model", metavar="DIR", help="checkpoint to time (default: the shipped one)")
+    parser.add_argument("--trainer-samples", type=int, default=192,
+                        help="conversations each trainer path runs through (batches of 8)")
     args = parser.parse_args()
     torch.manual_seed(0)
     ptbxl = PTBXL.load(SHARED / "ptbxl", records_root=ptbxl_wfdb_dir(args.ptbxl))
     qa = ECGQA(SHARED / "ecgqa/ecgqa")
     samples = ECGQAGenerator(build_attributes(ptbxl), qa.split_ecg_ids("train")).generate(
-        8 * (args.train_steps + 1) + args.questions, seed=0)
-    ecg = {i: read_ecg(ptbxl.record_path(i, prefer_fs=100)) for s in samples for i in s["ecg_id"]}
-
-    def convo(s, with_answer=True):
-        turns = [{"role": "user", "content": s["question"]}]
-        if with_answer:
-            turns.append({"role": "assistant", "content": ", ".join(s["answer"])})
-        return turns
+        8 * (args.train_steps + 1) + args.questions + args.trainer_samples, seed=0)
+    trainer_samples = samples[len(samples) - args.trainer_samples:]
+    samples = samples[:len(samples) - args.trainer_samples]
+    ecg = {i: read_ecg(ptbxl.record_path(i, prefer_fs=100)) for s in samples + trainer_samples for i in s["ecg_id"]}
 
     def train_steps(model, processor) -> tuple[float, list[int]]:
         """Median seconds per batch-8 training step (the first step warms up) and the sequence lengths."""
@@ -90,6 +166,7 @@ def main() -> None:
     for name, p in shipped.llm.named_parameters():  # the adapter loads frozen for inference; train it here
         p.requires_grad_("lora_" in name)
     step_s, lengths = train_steps(shipped, processor)
+    trainer = compare_trainer_paths(shipped, processor, trainer_samples, ecg)
     assistant = ECGAssistant(shipped, processor, str(shipped_dir))
     seconds, new_tokens = [], []
     for s in questions:
@@ -108,7 +185,8 @@ def main() -> None:
               "train_sequence_tokens_mean": round(float(np.mean(lengths)), 1),
               "train_sequence_tokens_max": int(max(lengths)), **latency(seconds),
               "answer_new_tokens_mean": round(float(np.mean(new_tokens)), 1),
-              "answers_stop_at": "the end-of-turn token (at most 8 new tokens)"}
+              "answers_stop_at": "the end-of-turn token (at most 8 new tokens)",
+              "train_speedup": trainer["train_speedup"], "trainer": trainer}
     del shipped, assistant
 
     # 2. a fresh model with 16 projected tokens per ECG, always 8 new tokens (length-controlled)

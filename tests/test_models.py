@@ -27,6 +27,11 @@ def ecgs():
     return [read_ecg(PTBXL_1), read_ecg(FIXTURES / "dicom/waveform_ecg.dcm")]
 
 
+def logits_of(model, batch):
+    """All logits of a training batch (with labels the model computes only the loss)."""
+    return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+
+
 QA = [{"role": "user", "content": "Does this ECG show atrial fibrillation?"}, {"role": "assistant", "content": "no"}]
 
 
@@ -84,12 +89,38 @@ def test_mixed_ecg_counts_in_one_batch_match_single_runs(tiny_tokenizer, ecgs):
     compare = [{"role": "user", "content": "What changed?"}, {"role": "assistant", "content": "sinus rhythm"}]
     batch = processor([QA, compare], [[ecgs[0]], [ecgs[0], ecgs[1]]])
     assert batch["ecg"].shape[0] == 3
+    batch.pop("labels")
     logits = model(**batch).logits
     for i, (conv, group) in enumerate([(QA, [ecgs[0]]), (compare, [ecgs[0], ecgs[1]])]):
         single = processor([conv], [group])
         n = single["input_ids"].shape[1]
+        single.pop("labels")
         alone = model(**single).logits
         assert torch.allclose(logits[i, :n], alone[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_sparse_logits_loss_equals_the_full_logits_loss(tiny_tokenizer, ecgs, weighted):
+    """The training loss computed only where labels are equals the loss through all logits, gradients too."""
+    model, processor = make(tiny_tokenizer, policy="lora")
+    convs = [QA, [{"role": "user", "content": "Is this a normal ECG? sinus rhythm"},
+                  {"role": "assistant", "content": "yes"},
+                  {"role": "user", "content": "Does this ECG show atrial fibrillation?"},
+                  {"role": "assistant", "content": "no"}]]
+    batch = processor(convs, [[ecgs[0]], [ecgs[0]]])
+    if weighted:
+        batch["sample_weight"] = torch.tensor([0.3, 1.7])
+    losses, grads = [], []
+    for sparse in (True, False):
+        model.sparse_logits = sparse
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad and p.grad is not None])
+    assert torch.allclose(losses[0], losses[1], atol=1e-5)
+    assert len(grads[0]) == len(grads[1]) > 0
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*grads))
 
 
 @pytest.mark.parametrize("policy", ["frozen", "lora", "full"])
@@ -114,11 +145,11 @@ def test_save_and_load_round_trip(tmp_path, tiny_tokenizer, ecgs, policy, encode
     model, processor = make(tiny_tokenizer, policy=policy, encoder=encoder)
     model.eval()
     batch = processor([QA], [[ecgs[0]]])
-    before = model(**batch).logits
+    before = logits_of(model, batch)
     model.save_pretrained(tmp_path / "ckpt", processor)
     base = tiny_llm(len(tiny_tokenizer))  # the same base weights the checkpoint points at
     loaded, loaded_processor = EcgLanguageModel.from_pretrained(tmp_path / "ckpt", llm=base)
-    after = loaded(**loaded_processor([QA], [[ecgs[0]]])).logits
+    after = logits_of(loaded, loaded_processor([QA], [[ecgs[0]]]))
     assert torch.allclose(before, after, atol=1e-5)
     assert loaded_processor.prep == processor.prep
 
@@ -197,10 +228,10 @@ def test_label_tokens_name_the_classifier_s_likeliest_labels_and_survive_every_s
     assert torch.allclose(tokens, model.label_tokens.name_embeddings[top])  # confidence starts at zero
     assert not any(p.requires_grad for p in model.label_tokens.head.parameters())
     batch = processor([QA], [[ecgs[0]]])
-    before = model(**batch).logits
+    before = logits_of(model, batch)
     model.save_pretrained(tmp_path / "ckpt", processor)
     loaded, loaded_processor = EcgLanguageModel.from_pretrained(tmp_path / "ckpt", llm=tiny_llm(base_vocab))
-    assert torch.allclose(before, loaded(**loaded_processor([QA], [[ecgs[0]]])).logits, atol=1e-5)
+    assert torch.allclose(before, logits_of(loaded, loaded_processor([QA], [[ecgs[0]]])), atol=1e-5)
     later = EcgLMConfig(llm="tiny", encoder_kwargs=kwargs, label_tokens=2, encoder_policy="frozen", lora=lora)
     nxt, _ = EcgLanguageModel.build(later, prep, llm=tiny_llm(base_vocab), tokenizer=copy.deepcopy(tiny_tokenizer),
                                     init_from=tmp_path / "ckpt")

@@ -14,7 +14,9 @@ from ecgllm.models.default import SHIPPED_CHECKPOINT
 from tests.conftest import FIXTURES, PTBXL_1
 
 CLI = [sys.executable, "-m", "ecgllm.serving.cli"]
-AFIB = [FIXTURES / "ptbxl_afib/00318_lr.hea", FIXTURES / "ptbxl_afib/00452_lr.hea"]  # fold 10, never trained on
+# Atrial fibrillation records of ECG-QA test patients (PTB-XL fold 10): no training stage may see them
+AFIB_IDS = (3544, 4203)
+AFIB = [FIXTURES / f"ptbxl_afib/{i:05d}_lr.hea" for i in AFIB_IDS]
 NORMAL = [PTBXL_1, FIXTURES / "ptbxl/records100/00000/00002_lr.hea"]
 pytestmark = pytest.mark.slow
 
@@ -47,6 +49,12 @@ def test_readme_question_on_the_bundled_record_and_a_comparison_from_the_shell()
     assert answer.strip().lower().startswith("no"), answer  # PTB-XL record 1: sinus rhythm
     result = _ask("compare", str(NORMAL[0]), str(NORMAL[1]), "What changed?")
     assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]
+
+
+def test_the_unseen_fixtures_are_of_held_out_patients():
+    from ecgllm.datasets.split_policy import load_policy
+
+    assert set(AFIB_IDS) <= load_policy().test_patient_records
 
 
 def test_the_answer_follows_the_ecg(assistant):

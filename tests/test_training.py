@@ -53,7 +53,7 @@ def final_weights(run: Path) -> dict:
 
 
 def test_recipe_trains_logs_and_saves(workspace):
-    result = subprocess.run(CLI + ["train", str(recipe(workspace, "basic")), "--quiet"], capture_output=True, text=True)
+    result = subprocess.run(CLI + ["train", str(recipe(workspace, "basic", lr=0.01)), "--quiet"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     run = workspace / "basic"
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -209,7 +209,9 @@ def run_ecgbench(out: str | Path, ptbxl: str, model: str | None = None, labels: 
     from ecgllm.evaluation.report import plot_reliability, run_info, write_run
     from ecgllm.evaluation.runner import ModelAnswerer
 
-    model_name = "given in memory"
+    from ecgllm.datasets.split_policy import load_policy, seen_by_checkpoint
+
+    model_name, model_dir = "given in memory", None
     if loaded is None:
         *loaded, model_dir = load_checkpoint(model, device, dtype)
         model_name = str(model_dir)
@@ -218,7 +220,9 @@ def run_ecgbench(out: str | Path, ptbxl: str, model: str | None = None, labels: 
         raise FileNotFoundError("PTB-XL labels are needed (ptbxl_labels.csv or ptbxl_database.csv): pass --labels")
     ptbxl_labels = PTBXL.load(labels_dir)
     table = ptbxl_labels.table
-    fold10 = np.array(sorted(table.index[table["strat_fold"] == 10]))
+    # fold 10 of ECG-QA test patients only: the LLM stages train on ECG-QA train ECGs, which fill most of fold 10
+    held_out = load_policy().test_patient_records
+    fold10 = np.array(sorted(i for i in table.index[table["strat_fold"] == 10] if int(i) in held_out))
     chosen = np.sort(np.random.default_rng(seed).choice(fold10, min(records, len(fold10)), replace=False))
     source = PTBXLSignals.open(ptbxl)
     source.prefetch(chosen)
@@ -249,7 +253,9 @@ def run_ecgbench(out: str | Path, ptbxl: str, model: str | None = None, labels: 
     sections["superclass detection"] += ("\n\n`macro_auc_from_scores` ranks P(yes); "
                                          "`auc_from_binary_answers_as_anchors_report` is the 0/1 \"AUC\" some papers "
                                          "report, kept only for comparison.")
-    info = run_info(model_name, f"PTB-XL fold 10, {len(chosen)} records (seed {seed})", seed)
+    seen = seen_by_checkpoint(model_dir, chosen) if model_dir is not None else {"split_policy": "not checked"}
+    info = run_info(model_name, f"PTB-XL fold 10 ∩ ECG-QA test patients, {len(chosen)} records (seed {seed})", seed,
+                    {"seen_in_training": seen})
     if not np.isnan(scores).any() and plot_reliability(y.ravel(), scores.ravel(), out / "reliability.png",
                                                          "superclass questions: P(yes) calibration"):
         sections["calibration"] = "![reliability](reliability.png)"

@@ -76,7 +76,7 @@ def evaluate_ecgqa(run: EcgqaRun, model=None, processor=None, progress: bool = T
 
     gold = load_gold(run.data)
     samples = first_samples(gold, run.limit)
-    model_name = "given in memory"
+    model_name, model_dir = "given in memory", None
     if model is None:
         model, processor, model_dir = load_checkpoint(run.model, run.device, run.dtype)
         model_name = str(model_dir)
@@ -90,6 +90,12 @@ def evaluate_ecgqa(run: EcgqaRun, model=None, processor=None, progress: bool = T
         table = PTBXL.load(labels_dir).table
         if "patient_id" in table:
             patients = {int(i): p for i, p in table["patient_id"].dropna().items()}
+    # before answering: a checkpoint trained under another split policy stops here
+    from ecgllm.datasets.split_policy import seen_by_checkpoint
+
+    evaluated = {i for s in samples for i in s.ecg_id}
+    seen = seen_by_checkpoint(model_dir, evaluated, patients=patients) if model_dir is not None else \
+        {"split_policy": "not checked (model given in memory)"}
     out = Path(run.out)
     if run.modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, got {run.modality!r}")
@@ -105,8 +111,9 @@ def evaluate_ecgqa(run: EcgqaRun, model=None, processor=None, progress: bool = T
     metrics["probe"] = run.probe
     metrics["gold_version"] = gold.version
     metrics["modality"] = run.modality
+    metrics["seen_in_training"] = seen
     info = run_info(model_name, gold.version, run.seed, {"probe": run.probe, "modality": run.modality,
                                                          "data": list(map(str, run.data)),
-                                                         "samples": len(samples)})
+                                                         "samples": len(samples), "seen_in_training": seen})
     write_run(out, metrics, info, f"ECG-QA evaluation ({run.probe})", table=table)
     return metrics

@@ -88,6 +88,7 @@ class EcgLanguageModel(nn.Module):
                                  "to a finished encoder run (it holds head.safetensors)")
             self.label_tokens = LabelTokens(self.encoder.dim, n_labels, hidden, config.label_tokens)
         self.ecg_token_id = ecg_token_id
+        self.sparse_logits = True  # training loss: vocabulary projection only where labels are (see forward)
         self.label_vocab: dict[str, list[str]] = {}  # label vocabularies of the pretrained encoder, if any
         self._apply_policies()
 
@@ -266,9 +267,37 @@ class EcgLanguageModel(nn.Module):
     def forward(self, input_ids, attention_mask=None, ecg=None, ecg_mask=None, labels=None, ecg_strata=None,
                 sample_weight=None, images=None, ecg_is_image=None):
         """``sample_weight`` [B]: per-conversation loss weights (inverse-propensity de-biasing): the loss is the
-        weighted mean of each conversation's mean token loss."""
+        weighted mean of each conversation's mean token loss.
+
+        With labels and ``sparse_logits`` on (the default), the vocabulary projection runs only where a label
+        is: an answer is a few tokens of a ~60-token prompt, and SmolLM2's 49k-word head over every position
+        costs more than its transformer layers. The loss is the same; ``logits`` are then not returned."""
         embeds = self.embed(input_ids, ecg, ecg_mask, ecg_strata, images, ecg_is_image)
-        if sample_weight is None or labels is None:
+        if labels is None:
+            return self.llm(inputs_embeds=embeds, attention_mask=attention_mask)
+        if not self.sparse_logits:
+            return self._dense_loss(embeds, attention_mask, labels, sample_weight)
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        hidden = base.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        targets = labels[:, 1:]
+        keep = targets != -100
+        logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
+        token_loss = nn.functional.cross_entropy(logits, targets[keep], reduction="none")
+        if sample_weight is None:
+            loss = token_loss.mean() if token_loss.numel() else logits.sum() * 0.0
+        else:
+            row = keep.nonzero()[:, 0]
+            per_sample = torch.zeros(targets.shape[0], dtype=token_loss.dtype, device=token_loss.device)
+            per_sample = per_sample.index_add(0, row, token_loss) / keep.sum(1).clamp(min=1).to(token_loss.dtype)
+            weight = sample_weight.to(per_sample.dtype)
+            loss = (per_sample * weight).sum() / weight.sum().clamp(min=1e-8)
+        return CausalLMOutputWithPast(loss=loss)
+
+    def _dense_loss(self, embeds, attention_mask, labels, sample_weight):
+        """The loss through the LLM's full logits (the path before ``sparse_logits``; kept to check it)."""
+        if sample_weight is None:
             return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
         out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask)
         logits, targets = out.logits[:, :-1].float(), labels[:, 1:]

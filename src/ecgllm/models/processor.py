@@ -62,8 +62,8 @@ class EcgProcessor:
         return signals, masks
 
     # ------------------------------------------------------------------------------------ text
-    def render(self, turns: list[dict[str, str]], tags: Sequence[str], add_generation_prompt: bool) -> str:
-        """Chat-template text with each ECG's tag and an expanded ``<ecg>`` span before the first question."""
+    def _messages(self, turns: list[dict[str, str]], tags: Sequence[str]) -> list[dict[str, str]]:
+        """The chat messages: system prompt, then each ECG's tag and ``<ecg>`` before the first question."""
         intro = "\n".join(f"{tag}: {self.config.ecg_token}" if tag else self.config.ecg_token for tag in tags)
         messages = [dict(m) for m in turns]
         first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
@@ -71,25 +71,66 @@ class EcgProcessor:
             messages[first_user]["content"] = f"{intro}\n{messages[first_user]['content']}"
         if self.config.system_prompt and messages[0]["role"] != "system":
             messages.insert(0, {"role": "system", "content": self.config.system_prompt})
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+        return messages
+
+    def _template(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def _expand(self, text: str) -> str:
         return text.replace(self.config.ecg_token, self.config.ecg_token * self.config.n_ecg_tokens)
 
-    def _assistant_char_spans(self, text: str, turns: list[dict[str, str]]) -> list[tuple[int, int]]:
-        spans, cursor = [], 0
+    def render(self, turns: list[dict[str, str]], tags: Sequence[str], add_generation_prompt: bool) -> str:
+        """Chat-template text with each ECG's tag and an expanded ``<ecg>`` span before the first question."""
+        return self._expand(self._template(self._messages(turns, tags), add_generation_prompt))
+
+    def segments(self, turns: list[dict[str, str]], tags: Sequence[str]) -> list[tuple[str, bool]]:
+        """The rendered training text as ``(piece, is_target)`` pieces, in order.
+
+        Each assistant message is placed by rendering the conversation up to it with the generation prompt
+        (exactly the text the model sees when it answers): the target piece is what follows, the message and
+        the end-of-turn token. The answer is never searched for in the text, so a question that contains the
+        answer's letters ("Is this a normal ECG?" -> "no") cannot move the loss.
+        """
+        messages = self._messages(turns, tags)
         eos = self.tokenizer.eos_token or ""
-        for m in turns:
-            if m["role"] != "assistant":
+        pieces: list[tuple[str, bool]] = []
+        done = ""
+        for k, message in enumerate(messages):
+            if message["role"] != "assistant":
                 continue
-            start = text.find(m["content"], cursor)
-            if start < 0:
-                raise ValueError("the chat template changed an assistant message; cannot locate it for the loss")
-            end = start + len(m["content"])
-            if eos and text.startswith(eos, end):
-                end += len(eos)  # learn to stop, too
-            spans.append((start, end))
-            cursor = end
-        return spans
+            prompt = self._template(messages[:k], add_generation_prompt=True)
+            through = self._template(messages[:k + 1], add_generation_prompt=False)
+            if not prompt.startswith(done) or not through.startswith(prompt + message["content"]):
+                raise ValueError("the chat template does not render an assistant message right after its "
+                                 "generation prompt; the loss cannot be placed on it")
+            after = through[len(prompt) + len(message["content"]):]
+            target = message["content"] + (eos if eos and after.startswith(eos) else "")
+            pieces.append((self._expand(prompt[len(done):]), False))
+            pieces.append((target, True))
+            done = prompt + target
+        full = self._template(messages, add_generation_prompt=False)
+        if not full.startswith(done):
+            raise ValueError("the chat template renders a conversation differently from its parts")
+        if full[len(done):]:
+            pieces.append((self._expand(full[len(done):]), False))
+        return pieces
+
+    def encode_for_training(self, turns: list[dict[str, str]], tags: Sequence[str]) -> tuple[list[int], list[int]]:
+        """``(input_ids, labels)`` of one conversation: the pieces of `segments` tokenised one by one, so the
+        labelled tokens are exactly each answer and its end-of-turn token, and nothing of the prompt."""
+        pieces = self.segments(turns, tags)
+        encoded = self.tokenizer([text for text, _ in pieces], add_special_tokens=False)["input_ids"]
+        ids: list[int] = []
+        labels: list[int] = []
+        for (_, is_target), piece in zip(pieces, encoded):
+            ids += piece
+            labels += piece if is_target else [IGNORE_INDEX] * len(piece)
+        return ids, labels
+
+    def _check_length(self, n_tokens: int) -> None:
+        if n_tokens > self.config.max_length:
+            raise ValueError(f"a prompt has {n_tokens} tokens; the limit is {self.config.max_length} "
+                             f"(ProcessorConfig.max_length)")
 
     def __call__(self, conversations: list[list[dict[str, str]]], ecgs: list[Sequence[ECG | PreparedECG | ECGImage]],
                  tags: list[Sequence[str]] | None = None, train: bool = True) -> dict[str, Any]:
@@ -98,22 +139,21 @@ class EcgProcessor:
         if len(conversations) != len(ecgs):
             raise ValueError(f"{len(conversations)} conversations but {len(ecgs)} ECG lists")
         tags = tags or [default_tags(len(e)) for e in ecgs]
-        texts = [self.render(c, t, add_generation_prompt=not train) for c, t in zip(conversations, tags)]
-        self.tokenizer.padding_side = "right" if train else "left"
-        encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
-                                 return_offsets_mapping=train)
-        if encoded["input_ids"].shape[1] > self.config.max_length:
-            raise ValueError(f"a prompt has {encoded['input_ids'].shape[1]} tokens; the limit is "
-                             f"{self.config.max_length} (ProcessorConfig.max_length)")
-        batch: dict[str, Any] = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        batch: dict[str, Any]
         if train:
-            labels = torch.full_like(encoded["input_ids"], IGNORE_INDEX)
-            offsets = encoded.pop("offset_mapping")
-            for i, (text, turns) in enumerate(zip(texts, conversations)):
-                for start, end in self._assistant_char_spans(text, turns):
-                    inside = (offsets[i, :, 0] >= start) & (offsets[i, :, 1] <= end) & (offsets[i, :, 1] > offsets[i, :, 0])
-                    labels[i, inside] = encoded["input_ids"][i, inside]
-            batch["labels"] = labels
+            rows = [self.encode_for_training(c, t) for c, t in zip(conversations, tags)]
+            width = max(len(ids) for ids, _ in rows)
+            self._check_length(width)
+            pad = self.tokenizer.pad_token_id
+            batch = {"input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows]),
+                     "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows]),
+                     "labels": torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for _, lab in rows])}
+        else:
+            texts = [self.render(c, t, add_generation_prompt=True) for c, t in zip(conversations, tags)]
+            self.tokenizer.padding_side = "left"
+            encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            self._check_length(encoded["input_ids"].shape[1])
+            batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
         flat = [e for group in ecgs for e in group]
         is_image = [isinstance(e, ECGImage) for e in flat]
         batch["ecg"], batch["ecg_mask"] = self.prepare_ecgs([e for e, img in zip(flat, is_image) if not img])

@@ -70,6 +70,16 @@ def _load_pool(args: argparse.Namespace, ptbxl) -> set[int]:
     if getattr(args, "fold", None):
         folds = ptbxl.table["strat_fold"]
         pool = {i for i in pool if i in folds.index and int(folds.at[i]) in args.fold}
+    if args.split == "train":
+        from ecgllm.datasets.split_policy import load_policy
+
+        policy = load_policy()
+        if args.pool == "ptbxl":  # folds 1-8 hold ECG-QA valid/test patients: the train pool is without them
+            held_out = policy.forbidden_in(pool)
+            pool -= set(held_out)
+            print(f"note: {len(held_out)} records of ECG-QA valid/test patients left out of the train pool "
+                  f"(split policy {policy.sha256[:12]})", file=sys.stderr)
+        policy.refuse(pool, source=f"--pool {args.pool} --split train", stage="data generate")
     return pool
 
 
@@ -147,6 +157,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from ecgllm.evaluation.ecgqa_score import load_gold
 
     samples = sorted(load_gold(args.official).samples.values(), key=lambda s: (s.variant or "", s.sample_id))
+    if args.split == "train":  # conversations to train on: none of an ECG-QA valid/test patient
+        from ecgllm.datasets.split_policy import load_policy
+
+        load_policy().refuse({e for s in samples for e in s.ecg_id}, source=str(args.official), stage="data convert")
     if args.n and args.n < len(samples):
         keep = np.sort(np.random.default_rng(args.seed).choice(len(samples), args.n, replace=False))
         samples = [samples[i] for i in keep]

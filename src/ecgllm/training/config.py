@@ -34,6 +34,8 @@ class OptimConfig:
     grad_accum: int = 1
     max_steps: int = 100
     max_grad_norm: float = 1.0
+    # Batches of conversations of similar length (training/data.py): far less padding for the same data.
+    group_by_length: bool = True
 
 
 DEBIAS_METHODS = ("none", "intervention", "ipw", "stratified")

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ecgllm.datasets.split_policy import write_training_records
 from ecgllm.models.encoders import build_encoder
 from ecgllm.models.placement import Placement
 from ecgllm.training.pretrain_encoder import (check_normalize, load_epoch_state, load_ptbxl_arrays, random_crops,
@@ -176,7 +177,8 @@ def pretrain_contrastive(config: ContrastiveConfig, progress: bool = True) -> di
         save_epoch_state(state_path, model, optimizer, scheduler, epoch + 1, history)
     save_encoder(out, model.encoder.cpu(), config.encoder, config.encoder_kwargs, config.normalize, data.fs)
     result = {"encoder": config.encoder, "text": config.text, "train_pairs": int(len(train)),
-              "valid_pairs": int(len(valid)), "distinct_train_texts": int(len(np.unique(text_ids[train]))),
+              "excluded_by_split_policy": data.excluded_by_policy, "valid_pairs": int(len(valid)), "distinct_train_texts": int(len(np.unique(text_ids[train]))),
               "history": history, "config": asdict(config)}
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_training_records(out, "encoder_contrastive", data.ids[train])
     return result

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
+
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from ecgllm.datasets.cache import ECGCache
 from ecgllm.datasets.severity import SUPERCLASS_STRATA
+from ecgllm.datasets.split_policy import load_policy
 from ecgllm.io.image import ECGImage
 from ecgllm.io.record import ECG
 
@@ -20,7 +24,8 @@ STRATUM_INDEX = {name: i for i, name in enumerate(SUPERCLASS_STRATA)}
 class ConversationDataset(Dataset):
     """Each item: (turns, ECGs, tags) for one conversation whose ECGs come from a prepared cache."""
 
-    def __init__(self, jsonl: str | Path, cache: ECGCache, max_samples: int | None = None) -> None:
+    def __init__(self, jsonl: str | Path, cache: ECGCache, max_samples: int | None = None,
+                 stage: str = "training") -> None:
         self.rows = []
         with Path(jsonl).open(encoding="utf-8") as fh:
             for line in fh:
@@ -29,6 +34,8 @@ class ConversationDataset(Dataset):
                 if max_samples and len(self.rows) >= max_samples:
                     break
         self.cache = cache
+        # before anything else: weight training never sees an ECG-QA valid/test patient (datasets/split_policy.py)
+        load_policy().refuse(self.ptbxl_record_ids(), source=str(jsonl), stage=stage)
         known = set(cache.index["ecg_id"].tolist())
         missing = {int(e["record_id"]) for r in self.rows for e in r["ecgs"]} - known
         if missing:
@@ -37,6 +44,17 @@ class ConversationDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def ptbxl_record_ids(self) -> set[int]:
+        """PTB-XL ecg_ids this data trains on (the split policy is about PTB-XL patients)."""
+        return {int(e["record_id"]) for r in self.rows for e in r["ecgs"]
+                if str(e.get("dataset", "ptbxl")).lower().replace("-", "") == "ptbxl"}
+
+    def text(self, i: int) -> tuple[list[dict[str, str]], list[str]]:
+        """Turns and ECG tags of conversation ``i`` (no signal is read)."""
+        row = self.rows[i]
+        return ([{"role": t["role"], "content": t["content"]} for t in row["turns"]],
+                [e.get("tag", "") for e in row["ecgs"]])
 
     def __getitem__(self, i: int):
         row = self.rows[i]
@@ -76,3 +94,46 @@ def make_collate(processor, debias: str = "none"):
             batch["ecg_strata"] = torch.tensor(flat, dtype=torch.long)
         return batch
     return collate
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of conversations of similar token length, so little of a batch is padding.
+
+    Each epoch: a seeded permutation, cut into groups of ``group_batches`` batches; each group is sorted by
+    length and cut into batches; the batches are shuffled. The order depends only on (seed, epoch), so a
+    resumed run sees the same batches.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, group_batches: int = 64) -> None:
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group = batch_size * group_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def sampler(self) -> "LengthGroupedBatchSampler":
+        """Accelerate sets the epoch through ``batch_sampler.sampler`` when it shards batches over processes."""
+        return self
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        batches = []
+        for start in range(0, len(order), self.group):
+            group = order[start:start + self.group]
+            group = group[np.argsort(-self.lengths[group], kind="stable")]
+            batches += [group[i:i + self.batch_size].tolist() for i in range(0, len(group), self.batch_size)]
+        for k in rng.permutation(len(batches)):
+            yield batches[k]
+
+
+def token_lengths(dataset: ConversationDataset, processor) -> list[int]:
+    """Training tokens of every conversation, as the processor will encode it."""
+    return [len(processor.encode_for_training(*dataset.text(i))[0]) for i in range(len(dataset))]

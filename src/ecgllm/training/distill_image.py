@@ -207,6 +207,7 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> 
     y = data.y[test]
     _, teacher_logits = teacher_targets(encoder, head, data.signals[test])
     result = {"teacher": config.teacher, "n_train": int(len(train)), "n_eval": int(len(test)),
+              "excluded_by_split_policy": data.excluded_by_policy,
               "params": sum(p.numel() for p in student.parameters()), "history": history}
     outputs = [("signal", teacher_logits)] + [(f"image_{name}", student_outputs(student, head, images)[1])
                                               for name, images in (("clean", clean), ("augmented", distorted))]
@@ -214,6 +215,9 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> 
         result.update(superclass_metrics(name, y, logits))
     save_image_encoder(out, student.cpu(), {"teacher": config.teacher, "distillation": asdict(config)})
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    from ecgllm.datasets.split_policy import write_training_records
+
+    write_training_records(out, "image_distillation", data.ids[train], inherited=[config.teacher])
     return result
 
 

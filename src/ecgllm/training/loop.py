@@ -60,9 +60,10 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True) 
     from tqdm import tqdm
 
     from ecgllm.datasets.cache import ECGCache
+    from ecgllm.datasets.split_policy import load_policy, write_training_records
     from ecgllm.models.ecg_lm import EcgLanguageModel
     from ecgllm.models.processor import ProcessorConfig
-    from ecgllm.training.data import ConversationDataset, make_collate
+    from ecgllm.training.data import ConversationDataset, LengthGroupedBatchSampler, make_collate, token_lengths
 
     output_dir = Path(config.output_dir)
     # cpu=True is how Accelerate recognises a torchrun/`accelerate launch` run without GPUs (gloo backend).
@@ -72,15 +73,22 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True) 
     set_seed(config.seed)
     if config.data.ecg_cache is None:
         raise ValueError("data.ecg_cache is required (build one with `ecgllm data prepare`)")
-    dataset = ConversationDataset(config.data.train, ECGCache.open(config.data.ecg_cache), config.data.max_samples)
+    dataset = ConversationDataset(config.data.train, ECGCache.open(config.data.ecg_cache), config.data.max_samples,
+                                  stage=config.stage)  # refuses records of ECG-QA valid/test patients
+    policy = load_policy()
     if config.debias == "stratified" and not config.model.n_strata:
         config.model.n_strata, config.model.stratum_prior = len(SUPERCLASS_STRATA), stratum_prior(dataset)
     model, processor = EcgLanguageModel.build(config.model, ProcessorConfig(prep=config.prep.to_dict()),
                                               llm=llm, tokenizer=tokenizer, init_from=config.init_from)
     if config.init_from:
         model.load_weights_from(config.init_from, processor)
-    loader = DataLoader(dataset, batch_size=config.optim.batch_size, shuffle=True,
-                        collate_fn=make_collate(processor, config.debias), num_workers=0)
+    collate = make_collate(processor, config.debias)
+    if config.optim.group_by_length:
+        sampler = LengthGroupedBatchSampler(token_lengths(dataset, processor), config.optim.batch_size, config.seed)
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0)
+    else:
+        loader = DataLoader(dataset, batch_size=config.optim.batch_size, shuffle=True, collate_fn=collate,
+                            num_workers=0)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     warmup = max(config.optim.warmup_steps, 0)
@@ -147,5 +155,7 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True) 
     final = output_dir / "final"
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(final, processor)
+        write_training_records(final, config.stage, dataset.ptbxl_record_ids(), policy=policy,
+                               inherited=[config.model.encoder_init, config.init_from, config.model.image_encoder_init])
     accelerator.wait_for_everyone()
     return final

@@ -9,6 +9,7 @@ ECGs from training, e.g. every ECG-QA test ECG when the encoder will answer ECG-
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ecgllm.datasets.split_policy import load_policy, write_training_records
 from ecgllm.models.encoders import build_encoder
 
 if TYPE_CHECKING:
@@ -174,6 +176,7 @@ class PTBXLArrays:
     test: np.ndarray
     excluded: int
     fs: float
+    excluded_by_policy: int = 0      # records of ECG-QA valid/test patients in folds 1-8 (split policy)
 
 
 def load_ptbxl_arrays(ecg_cache: str, ptbxl_dir: str, normalize: str,
@@ -188,6 +191,8 @@ def load_ptbxl_arrays(ecg_cache: str, ptbxl_dir: str, normalize: str,
     _, supers, ysup = ptbxl.label_matrix("superclass", ids)
     folds = ptbxl.table.loc[ids, "strat_fold"].to_numpy()
     excluded = _read_excluded(exclude_ids_file)
+    policy = load_policy()
+    held_out = np.isin(ids, list(policy.fit_forbidden)) & (folds <= 8)
     check_normalize(normalize)
     raw = cache.load_all()
     # z-scoring removes absolute voltage (voltage criteria of hypertrophy, low QRS voltage); "mv" keeps it.
@@ -198,9 +203,13 @@ def load_ptbxl_arrays(ecg_cache: str, ptbxl_dir: str, normalize: str,
     arrays = PTBXLArrays(ids=ids, signals=signals.astype(np.float32),
                          y=np.concatenate([y71, ysup], 1).astype(np.float32), classes71=list(classes71),
                          superclasses=list(supers),
-                         train=np.flatnonzero((folds <= 8) & ~np.isin(ids, list(excluded))),
+                         train=np.flatnonzero((folds <= 8) & ~np.isin(ids, list(excluded)) & ~held_out),
                          valid=np.flatnonzero(folds == 9), test=np.flatnonzero(folds == 10),
-                         excluded=len(excluded), fs=float(cache.meta["fs"]))
+                         excluded=len(excluded), fs=float(cache.meta["fs"]), excluded_by_policy=int(held_out.sum()))
+    policy.refuse(ids[arrays.train], source=str(ecg_cache), stage="encoder")  # a guard: the filter above
+    if arrays.excluded_by_policy:
+        print(f"split policy {policy.sha256[:12]}: {arrays.excluded_by_policy} records of ECG-QA valid/test patients "
+              f"in folds 1-8 of {ecg_cache} are left out of training", file=sys.stderr)
     return arrays, ptbxl
 
 
@@ -374,7 +383,8 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
               "params": sum(p.numel() for p in encoder.parameters()),
               **fold10_summary(y[test], score_records(final, signals[test], crops, stride)),
               "epoch_s": round(float(np.median([h["epoch_s"] for h in history])), 1), "epochs": config.epochs,
-              "train_records": int(len(train)), "excluded_records": data.excluded, "history": history,
+              "train_records": int(len(train)), "excluded_records": data.excluded,
+              "excluded_by_split_policy": data.excluded_by_policy, "history": history,
               "config": asdict(config)}
     from safetensors.torch import save_file
 
@@ -388,4 +398,5 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> di
     (out / "labels.json").write_text(json.dumps({"all71": data.classes71, "superclass": data.superclasses,
                                                  "names": {c: names.get(c, c) for c in data.classes71 + data.superclasses}}) + "\n")
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_training_records(out, "encoder_pretraining", data.ids[train], inherited=[config.init_encoder])
     return result
