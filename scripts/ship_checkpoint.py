@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "src/ecgllm/data/checkpoint"
 KEEP = ("config.json", "encoder.safetensors", "projector.safetensors", "strata.safetensors", "label_tokens.safetensors",
-        "labels.json", "processor_config.json", "adapter", "tokenizer")
+        "labels.json", "processor_config.json", "adapter", "tokenizer", "training_records.json")
 
 
 def attach_image_encoder(checkpoint: Path, run: Path) -> None:
@@ -72,6 +72,10 @@ def main() -> int:
         (staged / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         if args.image_encoder:
             attach_image_encoder(staged, args.image_encoder)
+            from ecgllm.datasets.split_policy import write_training_records
+
+            # what the image encoder was distilled on belongs to what the shipped checkpoint has seen
+            write_training_records(staged, None, inherited=[args.source, args.image_encoder])
         weights = sum(p.stat().st_size for p in staged.rglob("*.safetensors"))
         total = sum(p.stat().st_size for p in staged.rglob("*") if p.is_file())
         if weights > args.max_mb * 2**20:

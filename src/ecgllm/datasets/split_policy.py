@@ -125,11 +125,12 @@ def read_ids_file(path: str | Path) -> set[int]:
 TRAINING_RECORDS = "training_records.json"
 
 
-def write_training_records(folder: str | Path, stage: str, records: Iterable[int],
+def write_training_records(folder: str | Path, stage: str | None, records: Iterable[int] = (),
                            inherited: Iterable[str | Path | None] = (), policy: SplitPolicy | None = None) -> Path:
     """Record, in a run or checkpoint folder, the policy's hash and the PTB-XL records each stage that made
     it trained on: this stage's ``records`` plus the stages of the ``inherited`` folders (encoder_init,
-    init_from, image encoder). A folder trained under another policy cannot be inherited."""
+    init_from, image encoder). ``stage=None`` only merges the inherited folders' stages (shipping a checkpoint
+    with its image encoder). A folder trained under another policy cannot be inherited."""
     policy = policy or load_policy()
     stages = []
     for source in inherited:
@@ -143,7 +144,8 @@ def write_training_records(folder: str | Path, stage: str, records: Iterable[int
             raise PolicyMismatchError(f"{source}: trained under split policy {saved['split_policy_sha256'][:12]}, "
                                       f"this run uses {policy.sha256[:12]}; retrain it under the current policy")
         stages += [s for s in saved["stages"] if s not in stages]
-    stages.append({"stage": stage, "records": sorted(int(i) for i in records)})
+    if stage is not None:
+        stages.append({"stage": stage, "records": sorted(int(i) for i in records)})
     path = Path(folder) / TRAINING_RECORDS
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"split_policy_sha256": policy.sha256, "stages": stages}) + "\n")
