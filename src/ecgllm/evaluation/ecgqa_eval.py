@@ -94,6 +94,8 @@ def evaluate_ecgqa(run: EcgqaRun, model=None, processor=None, progress: bool = T
     from ecgllm.datasets.split_policy import seen_by_checkpoint
 
     evaluated = {i for s in samples for i in s.ecg_id}
+    if model_dir is None and run.model and Path(run.model).is_dir():
+        model_dir = Path(run.model)  # a loaded model passed in with the folder it came from
     seen = seen_by_checkpoint(model_dir, evaluated, patients=patients) if model_dir is not None else \
         {"split_policy": "not checked (model given in memory)"}
     out = Path(run.out)

@@ -1,0 +1,299 @@
+"""Evidence that a checkpoint answers ECG-QA from the ECG, in one run, into one JSON and one page.
+
+    python benchmarks/ecgqa_evidence.py [--model DIR] [--encoder RUN] [--n-generated 2100] [--out DIR]
+        -> benchmarks/results/ecgqa_evidence.json, docs/results/ecgqa_evidence.md (+ run folders under --out)
+
+What it measures (every number says its split; ECG-QA test patients are never trained on, which the run
+checks through the checkpoint's training_records.json):
+- a generated test set over ECG-QA *test* ECGs, all seven question types, official template wording: EM per
+  question type and per attribute type with 95 % bootstrap intervals; blind and random-ECG probes, with a paired
+  McNemar test between the answers with the real ECG and with another patient's ECG; the confusion of verify
+  answers; the majority, question-only and classifier baselines on the same questions;
+- the official ECG-QA *valid* questions we have (chunk 60000 and official_sample, template and paraphrased):
+  the same probes (valid is for model selection, so it is reported, never tuned on here);
+- "Is this a normal ECG?" on 200 ECG-QA test ECGs, 100 with NORM and 100 without: balanced accuracy;
+- zero-shot yes/no questions on the CPSC 2018 and CODE-15% samples in ../shared (other hospitals, 500 / 400 Hz),
+  scored against their labels.
+The page is written from the JSON only (`--page-only` re-renders it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, ROOT, SHARED, environment, write_result  # noqa: E402
+
+QA = SHARED / "ecgqa/ecgqa/ptbxl"
+SAMPLE = SHARED / "ecgqa/official_sample"
+PAGE = ROOT / "docs/results/ecgqa_evidence.md"
+RESULT = "ecgqa_evidence.json"
+TARGETS = {"em": 0.60, "margin_over_best_baseline": 0.15, "random_ecg_drop": 0.15, "single_verify_balanced_acc": 0.80,
+           "normal_balanced_acc": 0.85, "latency_median_s": 0.3}
+
+
+def generated_test(n: int, seed: int, out: Path) -> Path:
+    """Official-format questions over ECG-QA test ECGs (templates the generator can answer from our labels)."""
+    from ecgllm.datasets import ECGQA, PTBXL
+    from ecgllm.datasets.ecgqa_attributes import build_attributes
+    from ecgllm.datasets.ecgqa_generator import ECGQAGenerator
+
+    path = out / "generated_test" / "template" / "generated.json"
+    if not path.exists():
+        ptbxl = PTBXL.load(SHARED / "ptbxl")
+        samples = ECGQAGenerator(build_attributes(ptbxl), ECGQA(QA).split_ecg_ids("test")).generate(n, seed=seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(samples))
+    return path
+
+
+def normal_ecg_set(seed: int, out: Path, per_class: int = 100) -> Path:
+    """Template 2 ("Is this a normal ECG?") on ECG-QA test ECGs: ``per_class`` with NORM, ``per_class`` without."""
+    from ecgllm.datasets import ECGQA, PTBXL
+    from ecgllm.datasets.ecgqa_templates import load_templates
+
+    path = out / "normal_ecg" / "template" / "normal.json"
+    if not path.exists():
+        ptbxl = PTBXL.load(SHARED / "ptbxl")
+        test = sorted(ECGQA(QA).split_ecg_ids("test"))
+        normal = [i for i in test if "NORM" in ptbxl.table.at[i, "scp_codes"]]
+        other = [i for i in test if "NORM" not in ptbxl.table.at[i, "scp_codes"]]
+        rng = np.random.default_rng(seed)
+        chosen = [(int(i), "yes") for i in rng.choice(normal, per_class, replace=False)]
+        chosen += [(int(i), "no") for i in rng.choice(other, per_class, replace=False)]
+        t = load_templates()[2]
+        samples = [{"template_id": 2, "question_id": 0, "sample_id": k, "question_type": t.question_type,
+                    "attribute_type": t.attribute_type, "question": t.pattern, "answer": [answer],
+                    "ecg_id": [ecg_id], "attribute": None} for k, (ecg_id, answer) in enumerate(chosen)]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(samples))
+    return path
+
+
+def official_valid(out: Path) -> list[str]:
+    """The official valid files, with official_sample's placed under template/ and paraphrased/ folders so the
+    scorer knows their variant."""
+    paths = [str(QA / "template/valid"), str(QA / "paraphrased/valid")]
+    for variant in ("template", "paraphrased"):
+        target = out / "official_sample_valid" / variant / "sample.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(SAMPLE / f"{variant}_valid.json", target)
+        paths.append(str(target))
+    return paths
+
+
+def per_sample(run: Path) -> pd.DataFrame:
+    return pd.read_csv(run / "per_sample.csv", dtype={"gold": str, "prediction": str}, keep_default_na=False)
+
+
+def mcnemar_real_vs_random(probes: Path) -> dict:
+    """Paired test: the same questions answered with the real ECG and with another patient's ECG."""
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    real, rand = per_sample(probes / "none"), per_sample(probes / "random-ecg")
+    both = real.merge(rand, on=["sample_id", "variant"], suffixes=("_real", "_random"))
+    a, b = both["correct_real"].astype(bool), both["correct_random"].astype(bool)
+    table = [[int((a & b).sum()), int((a & ~b).sum())], [int((~a & b).sum()), int((~a & ~b).sum())]]
+    test = mcnemar(table, exact=False, correction=True)
+    return {"n": int(len(both)), "only_real_correct": table[0][1], "only_random_correct": table[1][0],
+            "statistic": round(float(test.statistic), 3), "p_value": float(f"{test.pvalue:.3g}")}
+
+
+def balanced_accuracy(table: pd.DataFrame) -> float | None:
+    """Mean recall over the gold answers yes / no (verify questions)."""
+    table = table[table["gold"].isin(["yes", "no"])]
+    recalls = [float((part["prediction"] == gold).mean()) for gold, part in table.groupby("gold")]
+    return round(float(np.mean(recalls)), 4) if len(recalls) == 2 else None
+
+
+def verify_confusion(table: pd.DataFrame) -> dict:
+    table = table[table["question_type"].str.endswith("verify")]
+    answers = sorted(set(table["gold"]) | {"(other)"})
+    predicted = table["prediction"].where(table["prediction"].isin(answers), "(other)")
+    return {g: {p: int(((table["gold"] == g) & (predicted == p)).sum()) for p in answers} for g in sorted(set(table["gold"]))}
+
+
+def probes_summary(run: Path, summary: dict) -> dict:
+    none = json.loads((run / "none" / "metrics.json").read_text())
+    table = per_sample(run / "none")
+    single_verify = table[table["question_type"] == "single-verify"]
+    out = {"em": summary["with_ecg_em"], "em_ci95": summary["per_probe_ci95"]["none"],
+           "blind_em": summary["blind_em"], "random_ecg_em": summary["random_ecg_em"],
+           "random_ecg_drop": round(summary["with_ecg_em"] - summary["random_ecg_em"], 4),
+           "random_ecg_fall_towards_blind": summary["random_ecg_fall_towards_blind"],
+           "mcnemar_real_vs_random_ecg": mcnemar_real_vs_random(run),
+           "single_verify_balanced_acc": balanced_accuracy(single_verify),
+           "verify_confusion": verify_confusion(table), "n": int(len(table)),
+           "seen_in_training": none.get("seen_in_training")}
+    for key in ("per_question_type", "per_question_type_ci95", "per_question_type_n", "per_attribute_type",
+                "per_attribute_type_ci95", "per_attribute_type_n", "per_variant", "paraphrase_gap"):
+        if key in none:
+            out[key] = none[key]
+    return out
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    from ecgllm.evaluation.baselines import run_baselines
+    from ecgllm.evaluation.ecgbench import zero_shot
+    from ecgllm.evaluation.ecgqa_eval import EcgqaRun, evaluate_ecgqa
+    from ecgllm.evaluation.probes import run_probes
+    from ecgllm.evaluation.runner import ModelAnswerer
+    from ecgllm.models.default import load_checkpoint
+
+    model, processor, model_dir = load_checkpoint(args.model, "cpu", "float32")
+    loaded = (model, processor)
+    out, labels, signals = args.out, str(SHARED / "ptbxl"), args.signals
+    result: dict = {"model": str(model_dir.relative_to(ROOT)) if model_dir.is_relative_to(ROOT) else str(model_dir),
+                    "targets": TARGETS}
+
+    generated = generated_test(args.n_generated, args.seed, out)
+    summary = run_probes([str(generated)], signals, str(out / "generated"), model=str(model_dir), labels=labels,
+                         loaded=loaded, batch_size=args.batch_size, progress=not args.quiet)
+    result["generated_test"] = {"split": "ECG-QA test ECGs (never trained on); generated questions, template wording",
+                                **probes_summary(out / "generated", summary)}
+
+    train = [str(QA / "template/train"), str(SAMPLE / "template_train.json")]
+    which = ["majority", "question-only"] + (["classifier"] if args.encoder else [])
+    baselines = run_baselines(train, [str(generated)], signals, str(out / "baselines"),
+                              encoder=str(args.encoder) if args.encoder else None, which=which, labels=labels,
+                              progress=not args.quiet)["per_baseline"]
+    result["generated_test"]["baselines"] = baselines
+    best = max(v["overall_em"] if isinstance(v, dict) else v for v in baselines.values())
+    result["generated_test"]["best_baseline_em"] = best
+    result["generated_test"]["margin_over_best_baseline"] = round(result["generated_test"]["em"] - best, 4)
+
+    normal = normal_ecg_set(args.seed, out)
+    metrics = evaluate_ecgqa(EcgqaRun(data=[str(normal)], ptbxl=signals, out=str(out / "normal_ecg_run"),
+                                      model=str(model_dir), labels=labels, batch_size=args.batch_size), *loaded,
+                             progress=not args.quiet)
+    table = per_sample(out / "normal_ecg_run")
+    result["normal_ecg"] = {"split": "ECG-QA test ECGs: 100 with NORM, 100 without", "n": int(len(table)),
+                            "balanced_acc": balanced_accuracy(table), "em": metrics["overall_em"],
+                            "answered_yes": int((table["prediction"] == "yes").sum())}
+
+    valid = official_valid(out)
+    summary = run_probes(valid, signals, str(out / "official_valid"), model=str(model_dir), labels=labels,
+                         loaded=loaded, batch_size=args.batch_size, progress=not args.quiet, limit=args.limit_valid)
+    result["official_valid"] = {"split": f"ECG-QA valid (chunk 60000 + official_sample; first {args.limit_valid} sample "
+                                         "ids), template and paraphrased",
+                                **probes_summary(out / "official_valid", summary)}
+
+    answerer = ModelAnswerer(model, processor, batch_size=args.batch_size, max_new_tokens=8)
+    result["zero_shot"] = {name: zero_shot(answerer, SHARED / "external" / name, args.batch_size, not args.quiet)
+                           for name in ("cpsc2018", "code15") if (SHARED / "external" / name).is_dir()}
+    latency = RESULTS / "llm_speed.json"
+    if latency.exists():
+        result["answer_latency_median_s"] = json.loads(latency.read_text()).get("answer_latency_median_s")
+    result["command"] = "python benchmarks/ecgqa_evidence.py " + " ".join(sys.argv[1:])
+    result["environment"] = environment()
+    return result
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def _ci(value, ci) -> str:
+    return f"{_fmt(value)} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else _fmt(value)
+
+
+def _target_rows(r: dict) -> list[str]:
+    g, t = r["generated_test"], r["targets"]
+    checks = [("EM, generated test", g["em"], f"≥ {t['em']}", g["em"] >= t["em"]),
+              ("EM − best baseline", g["margin_over_best_baseline"], f"≥ {t['margin_over_best_baseline']}",
+               g["margin_over_best_baseline"] >= t["margin_over_best_baseline"]),
+              ("EM − random-ECG EM", g["random_ecg_drop"], f"≥ {t['random_ecg_drop']}",
+               g["random_ecg_drop"] >= t["random_ecg_drop"]),
+              ("balanced accuracy, single-verify", g["single_verify_balanced_acc"],
+               f"≥ {t['single_verify_balanced_acc']}", (g["single_verify_balanced_acc"] or 0) >= t["single_verify_balanced_acc"]),
+              ("balanced accuracy, \"Is this a normal ECG?\"", r["normal_ecg"]["balanced_acc"],
+               f"≥ {t['normal_balanced_acc']}", (r["normal_ecg"]["balanced_acc"] or 0) >= t["normal_balanced_acc"])]
+    if r.get("answer_latency_median_s") is not None:
+        checks.append(("answer latency, median (s)", r["answer_latency_median_s"], f"≤ {t['latency_median_s']}",
+                       r["answer_latency_median_s"] <= t["latency_median_s"]))
+    rows = ["| target | measured | goal | met? | missed by |", "|---|---|---|---|---|"]
+    for name, value, goal, met in checks:
+        bound = float(goal.split(" ")[1])
+        gap = "" if met else _fmt(round(abs(bound - (value or 0)), 4))
+        rows.append(f"| {name} | {_fmt(value)} | {goal} | {'yes' if met else 'no'} | {gap} |")
+    return rows
+
+
+def _probe_section(name: str, p: dict) -> list[str]:
+    m = p["mcnemar_real_vs_random_ecg"]
+    lines = [f"## {name}", "", f"Split: {p['split']}. Questions: {p['n']}. Seen in training: "
+             f"`{json.dumps(p.get('seen_in_training'))}`.", "",
+             "| probe | EM |", "|---|---|", f"| with the ECG | {_ci(p['em'], p['em_ci95'])} |",
+             f"| blind (no ECG) | {_fmt(p['blind_em'])} |", f"| another patient's ECG | {_fmt(p['random_ecg_em'])} |", "",
+             f"McNemar, real vs random ECG (paired, n = {m['n']}): only real correct {m['only_real_correct']}, "
+             f"only random correct {m['only_random_correct']}, χ² = {m['statistic']}, p = {m['p_value']}.", ""]
+    for key, title in (("per_question_type", "question type"), ("per_attribute_type", "attribute type")):
+        if key in p:
+            lines += [f"| {title} | EM [95 % CI] | n |", "|---|---|---|"]
+            lines += [f"| {k} | {_ci(v, p.get(key + '_ci95', {}).get(k))} | {p.get(key + '_n', {}).get(k, '')} |"
+                      for k, v in p[key].items()]
+            lines.append("")
+    if "per_variant" in p:
+        lines += ["| wording | EM |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in p["per_variant"].items()] + [""]
+    confusion = p["verify_confusion"]
+    columns = sorted({c for row in confusion.values() for c in row})
+    lines += ["Verify answers (rows: gold, columns: answer):", "", "| gold | " + " | ".join(columns) + " |",
+              "|---|" + "---|" * len(columns)]
+    lines += [f"| {g} | " + " | ".join(str(row.get(c, 0)) for c in columns) + " |" for g, row in confusion.items()]
+    return lines + [""]
+
+
+def render_page(r: dict) -> str:
+    g = r["generated_test"]
+    lines = ["# ECG-QA: does the default model read the ECG?", "",
+             f"Generated by `{r['command']}` from `benchmarks/results/{RESULT}`; every figure below is read from that "
+             f"file. Model: `{r['model']}`.", "", "## Targets", ""] + _target_rows(r) + [""]
+    lines += _probe_section("Generated test set (ECG-QA test ECGs)", g)
+    lines += ["Baselines on the same questions (trained on the official template train data we have):", "",
+              "| baseline | EM |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v['overall_em'] if isinstance(v, dict) else v)} |" for k, v in g["baselines"].items()]
+    n = r["normal_ecg"]
+    lines += ["", "## \"Is this a normal ECG?\"", "", f"Split: {n['split']}. Balanced accuracy {_fmt(n['balanced_acc'])}; "
+              f"answered \"yes\" {n['answered_yes']} times of {n['n']}.", ""]
+    lines += _probe_section("Official ECG-QA valid questions", r["official_valid"])
+    lines += ["## Zero-shot: other hospitals and machines", "", "| data | questions | positives | metrics |", "|---|---|---|---|"]
+    for name, z in r["zero_shot"].items():
+        metrics = {k: v for k, v in z.items() if k not in ("records", "questions", "positives", "examples", "per_question")}
+        lines.append(f"| {name} | {z['questions']} | {z['positives']} | {json.dumps(metrics)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="checkpoint folder (default: the shipped one)")
+    parser.add_argument("--encoder", type=Path, help="encoder run for the classifier baseline")
+    parser.add_argument("--n-generated", type=int, default=2100)
+    parser.add_argument("--limit-valid", type=int, default=600,
+                        help="official valid: the first N sample ids (each in both wordings)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--signals", default=str(SHARED / "ptbxl"),
+                        help="PTB-XL signals: the pack folder (default), an official folder or a prepared cache")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs/ecgqa/evidence")
+    parser.add_argument("--page-only", action="store_true", help="re-render the page from the JSON")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    if not args.page_only:
+        write_result(RESULT, evaluate(args))
+    result = json.loads((RESULTS / RESULT).read_text())
+    PAGE.parent.mkdir(parents=True, exist_ok=True)
+    PAGE.write_text(render_page(result))
+    print(f"wrote {PAGE}")
+
+
+if __name__ == "__main__":
+    main()
