@@ -2,7 +2,11 @@
 answer of an official sample from our labels (used to check the generator against the official data).
 
 Every template's answer comes from `answer_for`; generation only chooses records, values and leads. So
-what we generate and what we check against the official release are computed by the same code.
+what we generate and what we check against the official release are computed by the same code. The rules
+are ECG-QA's own (see `ecgllm.datasets.ecgqa_attributes` and ``benchmarks/ecgqa_agreement.py``).
+
+Generated samples carry ``generator_version`` (`GENERATOR_VERSION`): data made by an older generator, whose
+answers differ from the official meaning, can be recognised and regenerated.
 """
 
 from __future__ import annotations
@@ -13,13 +17,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ecgllm.datasets.ecgqa_attributes import NORMAL_RANGES, RANGE_NAMES, RecordAttributes
-from ecgllm.datasets.ecgqa_templates import Template, load_templates
+from ecgllm.datasets.ecgqa_attributes import (
+    CODE_OF_NAME, DIAGNOSTIC_CODES, FEATURES, NORMAL_RANGES, RANGE_NAMES, SUPERCLASS_NAMES, RecordAttributes,
+)
+from ecgllm.datasets.ecgqa_templates import Template, load_templates, pattern_regex
 from ecgllm.io.leads import STANDARD_12
 
+# 1: answers before ECG-QA's rules were reproduced (likelihood thresholds, PTB-XL axis column, fitted ranges).
+# 2: ECG-QA's rules (issue 16): presence at any likelihood, lead statements, measured axis and features.
+GENERATOR_VERSION = 2
 WITHIN = "within the normal range"
-FEATURES = tuple(NORMAL_RANGES)
-_LEAD_IN_QUESTION = re.compile(r"\blead (I{1,3}|aV[RLF]|V[1-6])\b")
+NONE = "none"
+_LEAD_IN_QUESTION = re.compile(r"\blead (I{1,3}|aV[RLF]|V[1-6])(?![0-9A-Za-z])")
+_DIAGNOSTIC = frozenset(DIAGNOSTIC_CODES)
+_SUPERCLASSES = frozenset(SUPERCLASS_NAMES.values())
+# The "attribute" field of value-less yes/no templates in the official data.
+ANY_ATTRIBUTE = {12: "any kind of abnormal symptoms", 13: "any diagnostic symptoms", 14: "any diagnostic symptoms",
+                 15: "any form-related symptoms", 16: "any rhythm-related symptoms", 28: "any kind of noises",
+                 29: "any kind of noises", 35: "any kind of extra systoles", 2: "normal ecg"}
+# Comparison yes/no questions are only asked when the first ECG has the stated status (ECG-QA samples them
+# conditioned on it): "has X been resolved?" presumes X in the first ECG.
+_FIRST_PRESENT = {"resolved": True, "remain": True, "new": False, "absent": False}
+_FIRST_NORMAL = {"become_normal": False, "still_abnormal": False, "become_abnormal": True, "still_normal": True}
 
 
 def _pick(rng: np.random.Generator, seq):
@@ -27,24 +46,42 @@ def _pick(rng: np.random.Generator, seq):
     return seq[int(rng.integers(len(seq)))]
 
 
+def ranges_for(feature: str) -> tuple[str, ...]:
+    """Range classes a feature can take (ECG-QA's p duration has no lower bound, hence no "below")."""
+    lo = NORMAL_RANGES[feature][0]
+    return RANGE_NAMES[1:] if lo == -np.inf else RANGE_NAMES
+
+
+def _lead_order(leads) -> list[str]:
+    return [f"lead {x}" for x in STANDARD_12 if x in leads]
+
+
 def _present(t: Template, a: RecordAttributes, lead: str | None = None,
              value: str | None = None) -> set[str] | None:
-    """Values of the template's scope that record ``a`` shows; None when its labels do not cover it."""
+    """Values of the template's universe that record ``a`` shows; None when its labels do not cover it."""
     s = t.scope
     allowed = t.value_set
     if s in ("diagnostic_incl", "form", "rhythm", "statement"):
-        return {v for v in a.statements if v in allowed} if s != "statement" else set(a.statements)
+        return {v for v in a.statements if v in allowed}
     if s == "diagnostic_excl":
         relevant = {v: p for v, p in a.statements.items() if v in allowed}
         if any(np.isnan(p) for p in relevant.values()):
             return None
-        return {v for v, p in relevant.items() if p >= 100}
-    if s == "rhythm_not_sr":
-        return {v for v in a.statements if v in allowed and v != "sinus rhythm"}
+        return {v for v, p in relevant.items() if p in (0.0, 100.0)}  # 0.0: stated, likelihood not given
+    if s == "statement_or_superclass":
+        return set(a.statements) | set(a.superclasses)
     if s == "superclass":
         return set(a.superclasses)
     if s == "normal":
-        return {"normal"} if a.normal else set()
+        return {"normal ecg"} if a.normal else set()
+    if s == "abnormal":  # any code other than NORM and SR, the 11 codes ECG-QA never names included
+        return {c for c in a.codes if c not in ("NORM", "SR")}
+    if s in ("form_lead", "form_leads"):
+        if a.form_leads is None:
+            return None
+        if s == "form_lead":
+            return {v for v, leads in a.form_leads.items() if lead in leads}
+        return set(_lead_order(a.form_leads.get(value or "", ())))
     if s == "heart_axis":
         return None if a.heart_axis is None else {a.heart_axis}
     if s == "stage":
@@ -58,61 +95,100 @@ def _present(t: Template, a: RecordAttributes, lead: str | None = None,
             return set(a.noise)
         if s == "noise_lead":
             return {n for n, leads in a.noise.items() if lead in leads}
-        return {f"lead {x}" for x in a.noise.get(value or "", frozenset())}
+        return set(_lead_order(a.noise.get(value or "", ())))
     if s == "numeric_range":
         return None if value not in a.numeric else {a.numeric[value]}
     if s == "numeric_in_range":
-        if len(a.numeric) < len(FEATURES):
-            return None
         return {f for f, r in a.numeric.items() if r == value}
     return None
 
 
-def _none_answer(t: Template) -> str:
-    return "none of myocardial infarction" if "none of myocardial infarction" in t.answer_classes else "none"
+def _verify3(a: RecordAttributes, value: str) -> list[str] | None:
+    """Template 1: diagnostic codes answer yes (likelihood 0 or 100), not sure (15-80) or no; other codes and
+    the superclasses answer by presence."""
+    if value in _SUPERCLASSES:
+        return ["yes" if value in a.superclasses else "no"]
+    if value not in a.statements:
+        return ["no"]
+    if CODE_OF_NAME.get(value) not in _DIAGNOSTIC:
+        return ["yes"]
+    p = a.statements[value]
+    if np.isnan(p):
+        return None
+    return ["yes"] if p in (0.0, 100.0) else ["not sure"] if p in (15.0, 35.0, 50.0, 80.0) else ["no"]
 
 
 def answer_for(t: Template, records: list[RecordAttributes], values: list[str] | None = None,
                lead: str | None = None) -> list[str] | None:
-    """The answer of template ``t`` about ``records`` (one, or two for comparisons) and the values the
-    question names; None when our labels cannot answer it."""
+    """The answer of template ``t`` about ``records`` (one, or two for comparisons) and the values the question
+    names, in the order of the pattern's placeholders; None when the question is not asked of these records
+    (our labels do not cover it, or ECG-QA never asks it in this situation)."""
     values = values or []
     if t.question_type.startswith("comparison"):
         return _compare(t, records[0], records[1], values)
     a = records[0]
-    # Some scopes are narrowed by the first named value (the noise whose leads are asked, the feature whose
-    # range is asked, the range whose features are asked); the rest are the options the question offers.
-    narrowing = t.scope in ("noise_leads", "numeric_range", "numeric_in_range")
-    present = _present(t, a, lead=lead, value=values[0] if narrowing and values else None)
-    if present is None:
-        return None
-    options = values[1:] if t.scope == "numeric_range" else values
     if t.op == "verify3":
-        if values[0] not in present:
-            return ["no"]
-        p = a.statements[values[0]]
-        return None if np.isnan(p) else ["yes" if p >= 100 else "not sure"]
+        return _verify3(a, values[0]) if values else None
+    if t.op == "verify_any" and t.template_id == 35:
+        flag = a.any_extra_systole
+        return None if flag is None else ["yes" if flag else "no"]
+    # Some scopes are narrowed by the first named value (the statement or noise whose leads are asked, the
+    # feature whose range is asked, the range whose features are asked); the rest are the options offered.
+    narrowing = t.scope in ("form_leads", "noise_leads", "numeric_range", "numeric_in_range")
+    present = _present(t, a, lead=lead, value=values[0] if narrowing and values else None)
+    options = values[1:] if t.scope == "numeric_range" else values
+    if t.scope == "form_lead" and t.op == "verify" and values:
+        # a statement present without any lead in the report is never asked per lead
+        if a.form_leads is not None and values[0] in a.form_leads and not a.form_leads[values[0]]:
+            return None
+    if t.scope == "form_leads" and a.form_leads is not None and values and values[0] in a.form_leads \
+            and not a.form_leads[values[0]]:
+        return None
+    if present is None:
+        measured = a.axis_measured if t.scope == "heart_axis" else a.measured
+        if t.op == "choose" and t.scope in ("numeric_range", "heart_axis") and measured and len(options) >= 2:
+            return [NONE]  # a measured record with an undefined value shows neither offered option
+        return None
+    if t.scope == "numeric_in_range" and not a.measured:
+        return None
     if t.op == "verify":
         if t.scope == "normal":
             return ["yes" if present else "no"]
-        return ["yes" if options and options[0] in present else "no"]
+        return ["yes" if options and options[0] in present else "no"] if options else None
     if t.op == "verify_any":
         return ["yes" if present else "no"]
     if t.op == "choose":
+        if len(options) < 2:
+            return None
         chosen = [v for v in options[:2] if v in present]
-        return chosen or [_none_answer(t)]
+        return chosen or [NONE]
     if t.op == "query":
         if narrowing:
-            return sorted(present) or ["none"]
-        return sorted(present & t.value_set) or [_none_answer(t)]
+            if t.scope in ("form_leads", "noise_leads"):
+                return sorted(present, key=_lead_rank) or [NONE]
+            return sorted(present, key=FEATURES.index if t.scope == "numeric_in_range" else None) or [NONE]
+        chosen = [v for v in t.values if v in present]
+        if t.template_id in (22, 25):  # one class per record; a record with none is not asked
+            return chosen or None
+        return chosen or [NONE]
     return None
+
+
+def _lead_rank(name: str) -> int:
+    return STANDARD_12.index(name.removeprefix("lead "))
 
 
 def _compare(t: Template, a: RecordAttributes, b: RecordAttributes, values: list[str]) -> list[str] | None:
     if t.scope == "numeric":
-        if len(a.numeric) < len(FEATURES) or len(b.numeric) < len(FEATURES):
+        if not (a.measured and b.measured):
             return None
-        features = [values[0]] if t.kind == "verify" else list(FEATURES)
+        features = [f for f in ([values[0]] if t.kind == "verify" and values else FEATURES)
+                    if f in a.numeric and f in b.numeric]  # a feature counts where both ECGs define it
+        if t.kind == "verify":
+            if not features:
+                return None
+            if (a.numeric[features[0]] == WITHIN) != _FIRST_NORMAL[t.op]:
+                return None
         hits = []
         for f in features:
             na, nb = a.numeric[f] == WITHIN, b.numeric[f] == WITHIN
@@ -121,19 +197,20 @@ def _compare(t: Template, a: RecordAttributes, b: RecordAttributes, values: list
                 hits.append(f)
         if t.kind == "verify":
             return ["yes" if hits else "no"]
-        return sorted(hits) or ["none"]
+        return hits or [NONE]
     allowed = t.value_set
     sa = {v for v in a.statements if v in allowed}
     sb = {v for v in b.statements if v in allowed}
-    result = {"resolved": sa - sb, "new": sb - sa, "remain": sa & sb,
-              "absent": allowed - sa - sb}[t.op]
     if t.kind == "verify":
-        return ["yes" if values[0] in result else "no"]
-    return sorted(result) or ["none"]
+        if not values or values[0] not in allowed or (values[0] in sa) != _FIRST_PRESENT[t.op]:
+            return None
+        return ["yes" if (values[0] in sb) == (t.op in ("new", "remain")) else "no"]
+    result = {"resolved": sa - sb, "new": sb - sa, "remain": sa & sb}[t.op]
+    return [v for v in t.values if v in result] or [NONE]
 
 
 def fill(pattern: str, values: list[str], lead: str | None) -> str:
-    """Put the chosen values into a template pattern (``${lead}`` reads "lead aVL")."""
+    """Put the chosen values into a template pattern in placeholder order (``${lead}`` reads "lead aVL")."""
     text = pattern
     if lead is not None:
         text = text.replace("${lead}", f"lead {lead}")
@@ -143,36 +220,79 @@ def fill(pattern: str, values: list[str], lead: str | None) -> str:
     return text
 
 
-def _names_a_value(t: Template) -> bool:
-    """Does the question name an attribute value (any placeholder other than the lead)?"""
-    return "${" in t.pattern.replace("${lead}", "")
+def fill_named(pattern: str, named: dict[str, str], lead: str | None) -> str:
+    """Put values into any wording of a template by placeholder name (paraphrases reorder placeholders)."""
+    text = pattern.replace("${lead}", f"lead {lead}") if lead is not None else pattern
+    return re.sub(r"\$\{(\w+?)\}", lambda m: named.get(m.group(1), ""), text)
 
 
-def _regenerate_inputs(t: Template, sample) -> tuple[list[str], str | None]:
-    """Values and lead named by an official sample (its ``attribute`` field and question text)."""
-    lead_match = _LEAD_IN_QUESTION.search(sample.question)
-    lead = lead_match.group(1) if lead_match and "${lead}" in t.pattern else None
-    values = list(sample.attribute or [])
-    if not values and t.kind == "verify" and _names_a_value(t):
-        # Comparison samples carry no attribute field: the named value is only in the question text.
-        vocabulary = FEATURES if t.scope == "numeric" else t.values
-        named = [v for v in vocabulary if v in sample.question]
-        values = [max(named, key=len)] if named else []
-    return values, lead
+def _attribute_field(t: Template, values: list[str]) -> list[str] | None:
+    """The official ``attribute`` field: the named values, or the candidate universe of a query."""
+    if t.question_type.startswith("comparison"):
+        return None
+    if t.template_id in ANY_ATTRIBUTE:
+        return [ANY_ATTRIBUTE[t.template_id]]
+    if t.scope == "numeric_range":
+        feature = values[0]
+        ranges = values[1:] if t.kind != "query" else list(ranges_for(feature))
+        return [f"{r} of {feature}" for r in ranges]
+    if t.scope == "numeric_in_range":
+        return [f"{values[0]} of {f}" for f in FEATURES if values[0] in ranges_for(f)]
+    if t.kind == "query" and t.scope not in ("form_leads", "noise_leads"):
+        return list(t.values)
+    return list(values)
+
+
+def sample_values(t: Template, sample) -> tuple[list[str], str | None] | None:
+    """Values (in the pattern's placeholder order) and lead an official sample names; None if unreadable.
+
+    Template-version questions are read against the template's pattern; paraphrased ones from the sample's
+    ``attribute`` field and the value names their text contains.
+    """
+    names = t.placeholders
+    match = pattern_regex(t.pattern).match(sample.question)
+    if match is not None:
+        found = match.groupdict()
+        lead = found.pop("lead", None)
+        values = [found[n] for n in names]
+        known = set(RANGE_NAMES) | set(FEATURES) if t.scope.startswith("numeric") else t.value_set
+        # a value holding " or " (bigeminal pattern (..., or ventricular)) can split a choose question wrongly
+        if all(v in known for v in values):
+            return values, (lead.removeprefix("lead ") if lead else None)
+    lead_match = _LEAD_IN_QUESTION.findall(sample.question)
+    lead = lead_match[-1] if lead_match and "${lead}" in t.pattern else None
+    if "${lead}" in t.pattern and lead is None:
+        return None
+    if not names:
+        return [], lead
+    attribute = list(sample.attribute or [])
+    if t.scope.startswith("numeric") and not t.question_type.startswith("comparison"):
+        pairs = [a.split(" of ", 1) for a in attribute if " of " in a]
+        if not pairs:
+            return None
+        features = {f for _, f in pairs}
+        ranges = [r for r, _ in pairs]
+        if t.scope == "numeric_in_range":
+            return ([ranges[0]], lead) if len(set(ranges)) == 1 else None
+        if len(features) != 1:
+            return None
+        feature = features.pop()
+        return [feature] + (ranges if t.kind != "query" else []), lead
+    if attribute and t.kind != "query" or t.scope in ("form_leads", "noise_leads"):
+        return (attribute[:len(names)], lead) if len(attribute) >= len(names) else None
+    vocabulary = FEATURES if t.scope == "numeric" else t.values
+    named = [v for v in vocabulary if v in sample.question]
+    named = [v for v in named if not any(v != w and v in w for w in named)]  # "mi" inside "mi in ... leads"
+    if len(named) != len(names):
+        return None
+    return sorted(named, key=sample.question.index), lead
 
 
 def regenerate_answer(sample, attributes: dict[int, RecordAttributes]) -> list[str] | None:
-    """Our answer for an official sample (same template, ECGs and attributes); None if not covered."""
-    t = load_templates().get(sample.template_id)
-    if t is None or not t.supported or any(e not in attributes for e in sample.ecg_id):
-        return None
-    values, lead = _regenerate_inputs(t, sample)
-    if (t.scope == "noise_lead" and lead is None) or (t.kind == "verify" and _names_a_value(t) and not values):
-        return None
-    narrowed = t.scope in ("noise_leads", "numeric_range", "numeric_in_range")
-    if t.op == "verify_any" or (t.kind == "query" and not narrowed):
-        values = []  # the question names no value; the official attribute field lists answers instead
-    return answer_for(t, [attributes[e] for e in sample.ecg_id], values, lead)
+    """Our answer for an official sample (same template, ECGs and values); None if not covered."""
+    from ecgllm.datasets.ecgqa_check import regenerate
+
+    return regenerate(sample, attributes).answer
 
 
 @dataclass
@@ -203,27 +323,38 @@ class ECGQAGenerator:
         consecutive = []
         for records in by_patient.values():
             records.sort(key=lambda r: (r.recorded or "", r.ecg_id))  # time order; ecg_id breaks ties
-            consecutive += [(x.ecg_id, y.ecg_id) for x, y in zip(records, records[1:])]
+            # every (earlier, later) pair of one patient: ECG-QA's pairs are not always adjacent
+            consecutive += [(x.ecg_id, y.ecg_id) for k, x in enumerate(records) for y in records[k + 1:]]
         patients = {i: attributes[i].patient_id for i in ids if attributes[i].patient_id is not None}
         self.pools = GeneratorPools(ids=ids, consecutive=consecutive, patients=patients,
                                     with_patient=sorted(patients))
         self._covered: dict[int, np.ndarray] = {}
 
+    @staticmethod
+    def _covers(t: Template, a: RecordAttributes) -> bool:
+        """Can template ``t`` be asked about record ``a`` at all?"""
+        s = t.scope
+        if s == "numeric_range":
+            return bool(a.numeric)
+        if s == "numeric_in_range":
+            return len(a.numeric) == len(FEATURES)  # a missing measurement would read as "not in range"
+        if s in ("form_lead", "form_leads"):
+            return a.form_leads is not None
+        if s.startswith("noise"):
+            return a.noise is not None
+        if s == "extra_systole":
+            return a.extra_systoles is not None
+        if s == "stage":
+            return a.stages is not None and (t.template_id != 25 or bool(a.stages))
+        if s == "heart_axis":
+            return a.heart_axis is not None
+        if s == "diagnostic_excl":
+            return _present(t, a) is not None
+        return True
+
     def _candidates(self, t: Template) -> np.ndarray:
         if t.template_id not in self._covered:
-            ids = []
-            for i in self.pools.ids:
-                a = self.attributes[i]
-                if t.scope == "numeric_range":
-                    ok = bool(a.numeric)
-                elif t.scope == "numeric_in_range":
-                    ok = len(a.numeric) == len(FEATURES)
-                elif t.scope == "noise_leads":
-                    ok = a.noise is not None
-                else:
-                    ok = _present(t, a, lead="II") is not None
-                if ok:
-                    ids.append(i)
+            ids = [i for i in self.pools.ids if self._covers(t, self.attributes[i])]
             self._covered[t.template_id] = np.asarray(ids, dtype=np.int64)
         return self._covered[t.template_id]
 
@@ -231,22 +362,26 @@ class ECGQAGenerator:
                      lead: str | None) -> list[str]:
         if t.scope == "numeric_range":
             feature = _pick(rng, sorted(a.numeric))
+            ranges = ranges_for(feature)
             if t.kind == "verify":
                 if self._intervention:  # the asked range must not depend on the record
-                    return [feature, _pick(rng, RANGE_NAMES)]
-                return [feature, a.numeric[feature] if rng.random() < 1 / 3 else _pick(rng, RANGE_NAMES)]
+                    return [feature, _pick(rng, ranges)]
+                return [feature, a.numeric[feature] if rng.random() < 1 / 3 else _pick(rng, ranges)]
             if t.kind == "choose":
-                first = _pick(rng, RANGE_NAMES)
-                return [feature, first, _pick(rng, [r for r in RANGE_NAMES if r != first])]
+                first = _pick(rng, ranges)
+                return [feature, first, _pick(rng, [r for r in ranges if r != first])]
             return [feature]
         if t.scope == "numeric_in_range":
             return [_pick(rng, RANGE_NAMES)]
-        if t.kind == "query" and t.scope != "noise_leads" or t.op == "verify_any" or t.scope == "normal":
+        if not t.placeholders:
             return []
         options = list(t.values)
-        present = sorted(_present(t, a, lead=lead) or set()) if t.scope != "noise_leads" else sorted(a.noise or {})
-        if t.scope == "noise_leads":
-            options = sorted({"baseline drift", "static noise", "burst noise", "electrodes problems"})
+        if t.scope in ("form_leads", "noise_leads"):
+            shown = a.form_leads if t.scope == "form_leads" else a.noise
+            present = sorted(v for v, leads in (shown or {}).items() if leads)
+        else:
+            present = sorted(_present(t, a, lead=lead) or set())
+        present = [v for v in present if v in t.value_set]
         biased = present and not self._intervention and rng.random() < 0.5
         first = _pick(rng, present) if biased else _pick(rng, options)
         if t.kind == "choose":
@@ -272,12 +407,16 @@ class ECGQAGenerator:
             pair = (x, y)
         if t.kind != "verify":
             return list(pair), []
-        if t.scope == "numeric":
-            return list(pair), [_pick(rng, FEATURES)]
         a, b = (self.attributes[i] for i in pair)
-        pool = sorted((a.statements.keys() | b.statements.keys()) & t.value_set)
-        value = _pick(rng, pool) if pool and not self._intervention and rng.random() < 0.5 else _pick(rng, t.values)
-        return list(pair), [value]
+        if t.scope == "numeric":
+            both = sorted(a.numeric.keys() & b.numeric.keys())
+            return (list(pair), [_pick(rng, both)]) if both else None
+        # the question presumes a status in the first ECG: pick a value that has it
+        wanted = _FIRST_PRESENT[t.op]
+        pool = [v for v in t.values if (v in a.statements) == wanted]
+        if not pool:
+            return None
+        return list(pair), [_pick(rng, pool)]
 
     def _draw(self, t: Template, rng: np.random.Generator) -> tuple[list[int], list[str], str | None] | None:
         """One random (ECGs, values, lead) for template ``t``; None when nothing in the pool fits."""
@@ -298,12 +437,17 @@ class ECGQAGenerator:
         return [ecg_id], self._pick_values(t, self.attributes[ecg_id], rng, lead), lead
 
     def generate(self, n: int, seed: int = 0, template_ids: list[int] | None = None, start_id: int = 0,
-                 yes_rate: float | None = 1 / 3, tries: int = 30, intervention: bool = False) -> list[dict]:
+                 yes_rate: float | None = 1 / 3, tries: int = 30, intervention: bool = False,
+                 paraphrase: float = 0.0) -> list[dict]:
         """``n`` samples in the official schema, templates drawn uniformly (or from ``template_ids``).
 
         Yes/no questions aim at ``yes_rate`` "yes" answers (the official release has about 1:2): the
         wanted answer is drawn first, then up to ``tries`` draws look for ECGs and values that give it —
         which makes the question depend on the record, as in the official data.
+
+        ``paraphrase``: share of questions worded by one of the template's official paraphrases (train
+        wordings, `Template.paraphrases`) instead of the template wording; templates without paraphrases
+        keep their template wording. 0 (default) gives template wording only, 1 paraphrases wherever known.
 
         ``intervention=True`` samples do(Q) instead (de-biased pre-training data): the severity stratum is
         drawn from P(s) (needs ``strata``), a record of that stratum, and the question's values independently
@@ -311,6 +455,8 @@ class ECGQAGenerator:
         """
         if intervention and not self.strata:
             raise ValueError("intervention sampling needs the records' severity strata (ECGQAGenerator(strata=...))")
+        if not 0.0 <= paraphrase <= 1.0:
+            raise ValueError(f"paraphrase is a share of questions, between 0 and 1 (got {paraphrase})")
         self._intervention = intervention
         if intervention:
             from ecgllm.datasets.severity import stratum_weights
@@ -318,6 +464,8 @@ class ECGQAGenerator:
             self._stratum_prior = stratum_weights([self.strata[i] for i in self.pools.ids if i in self.strata])
             yes_rate = None
         rng = np.random.default_rng(seed)
+        # a separate stream for wording, so that paraphrase=0 and paraphrase>0 draw the same records and answers
+        wording_rng = np.random.default_rng([seed, 1])
         tids = sorted(template_ids or self.templates)
         question_ids: dict[tuple[int, str], int] = {}
         out: list[dict] = []
@@ -342,12 +490,15 @@ class ECGQAGenerator:
             if found is None:
                 continue
             ecg_ids, values, lead, answer = found
-            question = fill(t.pattern, values, lead)
+            wording = t.pattern
+            if t.paraphrases and paraphrase > 0 and wording_rng.random() < paraphrase:
+                wording = _pick(wording_rng, t.paraphrases)
+            question = fill_named(wording, dict(zip(t.placeholders, values)), lead)
             qid = question_ids.setdefault((t.template_id, question), len(question_ids))
             out.append({
                 "template_id": t.template_id, "question_id": qid, "sample_id": start_id + len(out),
                 "question_type": t.question_type, "attribute_type": t.attribute_type, "question": question,
-                "answer": answer, "ecg_id": ecg_ids,
-                "attribute": None if t.question_type.startswith("comparison") else (values or None),
+                "answer": answer, "ecg_id": ecg_ids, "attribute": _attribute_field(t, values),
+                "generator_version": GENERATOR_VERSION,
             })
         return out

@@ -1,10 +1,10 @@
-"""Normal ranges of ECG-QA's numeric features, estimated from official training samples.
+"""Normal ranges of ECG-QA's numeric features.
 
-ECG-QA labels a numeric feature (RR, P duration, PR, QRS, QT, QTc) as below/within/above its normal range
-using its own lead-II measurements and thresholds, neither of which is published in the material we have.
-Official comparison samples ("which features became normal / abnormal / stayed abnormal") constrain
-those labels, so for each feature we search the (low, high) pair that best reproduces the official
-*training* answers from ecgllm's measurements of the same ECGs. Validation samples judge the result.
+ECG-QA labels each numeric feature (RR, P duration, PR, QRS, QT, QTc; its NeuroKit2 lead-II measurements) as
+below / within / above an inclusive normal range. The ranges are ECG-QA's own thresholds, shipped in
+``data/ecgqa_normal_ranges.json`` (`load_ecgqa_ranges`); the QTc upper bound follows the official answers
+rather than ECG-QA's code (see the file). `feature_agreement` and `fit_normal_ranges` measure and search
+ranges against official comparison samples, to check a threshold against the released answers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ecgllm.datasets.ecgqa_attributes import MEASUREMENT_COLUMNS, NORMAL_RANGES
+from ecgllm.datasets.ecgqa_attributes import ECGQA_COLUMNS, MEASUREMENT_COLUMNS, NORMAL_RANGES
 
 RANGES_JSON = Path(__file__).resolve().parents[1] / "data" / "ecgqa_normal_ranges.json"
 # Comparison templates: required (abnormal in first ECG, abnormal in second) for a feature to be named.
@@ -28,12 +28,20 @@ def _rows(samples) -> list[tuple[int, int, int, set[str]]]:
             if s.template_id in NUMERIC_COMPARISONS]
 
 
+def feature_ms(measurements: pd.DataFrame, feature: str) -> pd.Series:
+    """A feature in ms from a measurement table (ECG-QA's seconds columns first, else ecgllm's ms columns)."""
+    if ECGQA_COLUMNS[feature] in measurements.columns:
+        return measurements[ECGQA_COLUMNS[feature]].astype(float) * 1000.0
+    return measurements[MEASUREMENT_COLUMNS[feature]].astype(float)
+
+
 def feature_agreement(samples, measurements: pd.DataFrame, feature: str, lo: float, hi: float) -> tuple[float, int]:
-    """Share of samples where our rule and the official answer agree on ``feature`` being named."""
+    """Share of comparison samples where the range (lo, hi) in ms and the official answer agree on ``feature``
+    being named."""
     rows = _rows(samples)
-    col = MEASUREMENT_COLUMNS[feature]
-    a = measurements[col].reindex([r[1] for r in rows]).to_numpy(dtype=float)
-    b = measurements[col].reindex([r[2] for r in rows]).to_numpy(dtype=float)
+    values = feature_ms(measurements, feature)
+    a = values.reindex([r[1] for r in rows]).to_numpy(dtype=float)
+    b = values.reindex([r[2] for r in rows]).to_numpy(dtype=float)
     ok = ~np.isnan(a) & ~np.isnan(b)
     need = np.array([NUMERIC_COMPARISONS[r[0]] for r in rows], dtype=bool).reshape(-1, 2)
     predicted = (((a < lo) | (a > hi)) == need[:, 0]) & (((b < lo) | (b > hi)) == need[:, 1])
@@ -43,10 +51,10 @@ def feature_agreement(samples, measurements: pd.DataFrame, feature: str, lo: flo
 
 
 def fit_normal_ranges(samples, measurements: pd.DataFrame) -> dict[str, dict]:
-    """Per feature: the (low, high) among percentiles of the measured values that agrees best."""
+    """Per feature: the (low, high) in ms among percentiles of the measured values that agrees best."""
     fitted = {}
-    for feature, col in MEASUREMENT_COLUMNS.items():
-        values = measurements[col].dropna().to_numpy(dtype=float)
+    for feature in MEASUREMENT_COLUMNS:
+        values = feature_ms(measurements, feature).dropna().to_numpy(dtype=float)
         lows = [-np.inf] + list(np.percentile(values, np.arange(0, 51)))
         highs = list(np.percentile(values, np.arange(50, 101))) + [np.inf]
         best = max((feature_agreement(samples, measurements, feature, lo, hi)[0], lo, hi)
@@ -63,7 +71,7 @@ def _edges(pair: list[float | None]) -> tuple[float, float]:
 
 
 def load_ecgqa_ranges() -> dict[str, tuple[float, float]]:
-    """Fitted ranges when the packaged file exists, else the standard clinical ranges."""
+    """ECG-QA's ranges (ms) from the packaged file when it exists, else `NORMAL_RANGES`."""
     if RANGES_JSON.exists():
         data = json.loads(RANGES_JSON.read_text())
         return {f: _edges(v["range_ms"]) for f, v in data["features"].items()}

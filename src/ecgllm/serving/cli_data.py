@@ -131,12 +131,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
             strata = strata_for(ptbxl, pool)
         generator = ECGQAGenerator(build_attributes(ptbxl, measurements), pool, strata=strata)
         samples = generator.generate(args.n, seed=args.seed, intervention=args.intervention,
-                                     template_ids=args.template_ids)
+                                     template_ids=args.template_ids, paraphrase=args.paraphrase)
         if args.format == "official":
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(samples))
         else:
             conversations = [from_ecgqa(s, split=args.split, source="ecgqa-generated") for s in samples]
+            for c, s in zip(conversations, samples):  # data of an older generator can be told apart
+                c.meta["generator_version"] = s["generator_version"]
             _write(conversations, out, args.format)
         count = len(samples)
     else:
@@ -280,7 +282,8 @@ def add_data_commands(sub: argparse._SubParsersAction, formatter: type, exit_hel
     p.add_argument("--ecgqa", help="ECG-QA release folder (ecgqa/ptbxl), needed for --pool ecgqa")
     p.add_argument("--pool", choices=["ecgqa", "ptbxl"], default="ecgqa", help="which split system")
     p.add_argument("--split", choices=["train", "valid", "test"], default="train")
-    p.add_argument("--measurements", help="CSV from `ecgllm data measure` (numeric features, feature tasks)")
+    p.add_argument("--measurements", help="CSV from `ecgllm data measure` (numeric features, feature tasks) or of "
+                                           "ECG-QA's own features (measure_ecgqa_records: rr_s ... axis_ecgqa_deg)")
     p.add_argument("--n", type=int, default=10000, help="number of samples (default 10000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=["official", "jsonl", "llava"], default="official",
@@ -291,6 +294,9 @@ def add_data_commands(sub: argparse._SubParsersAction, formatter: type, exit_hel
     p.add_argument("--intervention", action="store_true",
                    help="ecgqa: de-biased sampling do(Q): severity stratum from P(s), then a record, then the "
                         "question independently of the record (backdoor adjustment by intervention)")
+    p.add_argument("--paraphrase", type=float, default=0.0, metavar="SHARE",
+                   help="ecgqa: share of questions (0-1) worded by an official paraphrase of their template "
+                        "(train wordings) instead of the template wording (default 0: template wording only)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_generate)
 
