@@ -155,15 +155,18 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     generated = generated_test(args.n_generated, args.seed, out)
     summary = run_probes([str(generated)], signals, str(out / "generated"), model=str(model_dir), labels=labels,
-                         loaded=loaded, batch_size=args.batch_size, progress=not args.quiet)
-    result["generated_test"] = {"split": "ECG-QA test ECGs (never trained on); generated questions, template wording",
+                         loaded=loaded, batch_size=args.batch_size, progress=not args.quiet,
+                         limit=args.limit_generated)
+    asked = args.limit_generated or args.n_generated
+    result["generated_test"] = {"split": f"ECG-QA test ECGs (never trained on); the first {asked} of {args.n_generated} "
+                                         "generated questions, template wording",
                                 **probes_summary(out / "generated", summary)}
 
     train = [str(QA / "template/train"), str(SAMPLE / "template_train.json")]
     which = ["majority", "question-only"] + (["classifier"] if args.encoder else [])
     baselines = run_baselines(train, [str(generated)], signals, str(out / "baselines"),
                               encoder=str(args.encoder) if args.encoder else None, which=which, labels=labels,
-                              progress=not args.quiet)["per_baseline"]
+                              progress=not args.quiet, limit=args.limit_generated)["per_baseline"]
     result["generated_test"]["baselines"] = baselines
     best = max(v["overall_em"] if isinstance(v, dict) else v for v in baselines.values())
     result["generated_test"]["best_baseline_em"] = best
@@ -277,6 +280,8 @@ def main() -> None:
     parser.add_argument("--model", help="checkpoint folder (default: the shipped one)")
     parser.add_argument("--encoder", type=Path, help="encoder run for the classifier baseline")
     parser.add_argument("--n-generated", type=int, default=2100)
+    parser.add_argument("--limit-generated", type=int,
+                        help="answer only the first N generated questions (all of them by default)")
     parser.add_argument("--limit-valid", type=int, default=600,
                         help="official valid: the first N sample ids (each in both wordings)")
     parser.add_argument("--seed", type=int, default=0)
