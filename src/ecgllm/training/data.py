@@ -100,7 +100,8 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     """Shuffled batches of conversations of similar token length, so little of a batch is padding.
 
     Each epoch: a seeded permutation, cut into groups of ``group_batches`` batches; each group is sorted by
-    length and cut into batches; the batches are shuffled. The order depends only on (seed, epoch), so a
+    length and cut into batches; the full batches are shuffled and the one short batch, if any, comes last.
+    The order depends only on (seed, epoch), so a
     resumed run sees the same batches.
     """
 
@@ -130,8 +131,12 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             group = order[start:start + self.group]
             group = group[np.argsort(-self.lengths[group], kind="stable")]
             batches += [group[i:i + self.batch_size].tolist() for i in range(0, len(group), self.batch_size)]
-        for k in rng.permutation(len(batches)):
-            yield batches[k]
+        full = [b for b in batches if len(b) == self.batch_size]
+        short = [b for b in batches if len(b) < self.batch_size]
+        # the one short batch goes last: Accelerate's per-process sharding assumes only the final batch is short
+        for k in rng.permutation(len(full)):
+            yield full[k]
+        yield from short
 
 
 def token_lengths(dataset: ConversationDataset, processor) -> list[int]:
