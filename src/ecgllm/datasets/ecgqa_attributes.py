@@ -333,7 +333,7 @@ def build_attributes(ptbxl, measurements: pd.DataFrame | None = None,
 def statement_names(statements: pd.DataFrame) -> dict[str, str]:
     """A readable name for every PTB-XL statement and superclass code, in ECG-QA's words where ECG-QA names it
     (so that a label's name matches how questions ask about it), else the lower-cased SCP description."""
-    names = {str(code): SCP_NAMES.get(str(code)) or str(row["description"]).lower()
+    names = {str(code): scp_name(str(code), str(row["description"])) or str(row["description"]).lower()
              for code, row in statements.iterrows()}
     names.update(SUPERCLASS_NAMES)
     names["NORM"] = "normal ecg"

@@ -66,7 +66,7 @@ def regenerate(sample, attributes: dict[int, RecordAttributes]) -> Regeneration:
     unknown = [v for v in values if v not in _known_values(t)]
     if unknown:
         return Regeneration(None, BAD_VALUE, f"value {unknown}")
-    answer = answer_for(t, [attributes[e] for e in sample.ecg_id], values, lead)
+    answer = answer_for(t, [attributes[e] for e in sample.ecg_id], values, lead, strict=False)
     if answer is None:
         return Regeneration(None, NOT_COVERED)
     return Regeneration(answer)

@@ -119,13 +119,18 @@ def _verify3(a: RecordAttributes, value: str) -> list[str] | None:
 
 
 def answer_for(t: Template, records: list[RecordAttributes], values: list[str] | None = None,
-               lead: str | None = None) -> list[str] | None:
+               lead: str | None = None, strict: bool = True) -> list[str] | None:
     """The answer of template ``t`` about ``records`` (one, or two for comparisons) and the values the question
     names, in the order of the pattern's placeholders; None when the question is not asked of these records
-    (our labels do not cover it, or ECG-QA never asks it in this situation)."""
+    (our labels do not cover it, or ECG-QA never asks it in this situation).
+
+    A comparison yes/no question presumes a status in the first ECG ("has X been resolved?": X was there) and
+    its answer depends on the second ECG only. ``strict`` (generation) refuses questions whose presumption
+    our labels contradict; ``strict=False`` (checking official samples) answers them anyway, so that a
+    disagreement about the first ECG is scored, not skipped."""
     values = values or []
     if t.question_type.startswith("comparison"):
-        return _compare(t, records[0], records[1], values)
+        return _compare(t, records[0], records[1], values, strict)
     a = records[0]
     if t.op == "verify3":
         return _verify3(a, values[0]) if values else None
@@ -178,7 +183,8 @@ def _lead_rank(name: str) -> int:
     return STANDARD_12.index(name.removeprefix("lead "))
 
 
-def _compare(t: Template, a: RecordAttributes, b: RecordAttributes, values: list[str]) -> list[str] | None:
+def _compare(t: Template, a: RecordAttributes, b: RecordAttributes, values: list[str],
+             strict: bool = True) -> list[str] | None:
     if t.scope == "numeric":
         if not (a.measured and b.measured):
             return None
@@ -187,22 +193,22 @@ def _compare(t: Template, a: RecordAttributes, b: RecordAttributes, values: list
         if t.kind == "verify":
             if not features:
                 return None
-            if (a.numeric[features[0]] == WITHIN) != _FIRST_NORMAL[t.op]:
+            if strict and (a.numeric[features[0]] == WITHIN) != _FIRST_NORMAL[t.op]:
                 return None
+            normal_now = b.numeric[features[0]] == WITHIN
+            return ["yes" if normal_now == (t.op in ("become_normal", "still_normal")) else "no"]
         hits = []
         for f in features:
             na, nb = a.numeric[f] == WITHIN, b.numeric[f] == WITHIN
             if {"become_normal": not na and nb, "become_abnormal": na and not nb,
                     "still_abnormal": not na and not nb, "still_normal": na and nb}[t.op]:
                 hits.append(f)
-        if t.kind == "verify":
-            return ["yes" if hits else "no"]
         return hits or [NONE]
     allowed = t.value_set
     sa = {v for v in a.statements if v in allowed}
     sb = {v for v in b.statements if v in allowed}
     if t.kind == "verify":
-        if not values or values[0] not in allowed or (values[0] in sa) != _FIRST_PRESENT[t.op]:
+        if not values or values[0] not in allowed or (strict and (values[0] in sa) != _FIRST_PRESENT[t.op]):
             return None
         return ["yes" if (values[0] in sb) == (t.op in ("new", "remain")) else "no"]
     result = {"resolved": sa - sb, "new": sb - sa, "remain": sa & sb}[t.op]
