@@ -12,7 +12,6 @@ valid/test ECG); such records are counted in the policy file.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from dataclasses import dataclass
@@ -109,17 +108,6 @@ def load_policy(path: str | Path = POLICY_JSON) -> SplitPolicy:
     content = json.loads(Path(path).read_text())
     return SplitPolicy(frozenset(content["test_patient_records"]), frozenset(content["valid_patient_records"]),
                        int(content["unknown_patient_records"]), policy_hash(content))
-
-
-def read_ids_file(path: str | Path) -> set[int]:
-    """ecg_ids from a file: an ECG-QA ``*_ecgs.tsv`` (second column) or one id per line."""
-    ids: set[int] = set()
-    with Path(path).open() as fh:
-        for row in csv.reader(fh, delimiter="\t"):
-            cell = row[1] if len(row) >= 2 else (row[0] if row else "")
-            if cell.strip().isdigit():
-                ids.add(int(cell))
-    return ids
 
 
 TRAINING_RECORDS = "training_records.json"
