@@ -34,6 +34,8 @@ from common import RESULTS, ROOT, SHARED, environment, write_result  # noqa: E40
 QA = SHARED / "ecgqa/ecgqa/ptbxl"
 SAMPLE = SHARED / "ecgqa/official_sample"
 PAGE = ROOT / "docs/results/ecgqa_evidence.md"
+README = ROOT / "README.md"
+README_MARKERS = ("<!-- ecgqa-evidence:start (written by benchmarks/ecgqa_evidence.py) -->", "<!-- ecgqa-evidence:end -->")
 RESULT = "ecgqa_evidence.json"
 TARGETS = {"em": 0.60, "margin_over_best_baseline": 0.15, "random_ecg_drop": 0.15, "single_verify_balanced_acc": 0.80,
            "normal_balanced_acc": 0.85, "latency_median_s": 0.3}
@@ -275,6 +277,38 @@ def render_page(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme_block(r: dict) -> str:
+    """The README's summary of the shipped model's numbers, read from the JSON (the README holds no typed figure)."""
+    g, n, v = r["generated_test"], r["normal_ecg"], r["official_valid"]
+    zero = "; ".join(f"{name} {_fmt(z.get('balanced_acc'))} ({z['questions']} questions)" for name, z in r["zero_shot"].items())
+
+    def seen(p: dict) -> str:
+        s = p.get("seen_in_training") or {}
+        return f"{_fmt(s.get('records_seen_in_training'))} of {_fmt(s.get('records_evaluated'))}"
+
+    return "\n".join([
+        f"| measured on | split (ECGs seen in training) | EM | blind | another patient's ECG |",
+        "|---|---|---|---|---|",
+        f"| {g['n']} generated questions | ECG-QA test ({seen(g)}) | "
+        f"{_ci(g['em'], g['em_ci95'])} | {_fmt(g['blind_em'])} | {_fmt(g['random_ecg_em'])} |",
+        f"| {v['n']} official questions | ECG-QA valid ({seen(v)}) | "
+        f"{_ci(v['em'], v['em_ci95'])} | {_fmt(v['blind_em'])} | {_fmt(v['random_ecg_em'])} |",
+        "",
+        f"Best question-only or classifier baseline on the generated questions: {_fmt(g['best_baseline_em'])}. "
+        f"Balanced accuracy: single-verify {_fmt(g['single_verify_balanced_acc'])}, \"Is this a normal ECG?\" "
+        f"{_fmt(n['balanced_acc'])} ({n['split']}). Zero-shot yes/no on other hospitals' ECGs (balanced accuracy): "
+        f"{zero or 'n/a'}. Targets and what was missed: `docs/results/ecgqa_evidence.md`."])
+
+
+def update_readme(r: dict) -> None:
+    text = README.read_text()
+    start, end = README_MARKERS
+    if start not in text or end not in text:
+        return
+    head, rest = text.split(start, 1)
+    README.write_text(head + start + "\n" + readme_block(r) + "\n" + end + rest.split(end, 1)[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint folder (default: the shipped one)")
@@ -297,7 +331,8 @@ def main() -> None:
     result = json.loads((RESULTS / RESULT).read_text())
     PAGE.parent.mkdir(parents=True, exist_ok=True)
     PAGE.write_text(render_page(result))
-    print(f"wrote {PAGE}")
+    update_readme(result)
+    print(f"wrote {PAGE} and the summary in {README.name}")
 
 
 if __name__ == "__main__":

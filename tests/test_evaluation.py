@@ -257,6 +257,20 @@ def test_detection_metrics_from_scores_and_from_binary_answers_differ_and_are_la
 
 
 @needs_shared
+def test_zero_shot_scores_a_constant_answer_at_chance_balanced_accuracy():
+    from ecgllm.evaluation.ecgbench import zero_shot
+
+    def always_no(prompts):
+        return [("No.", 0.1) for _ in prompts]
+
+    result = zero_shot(always_no, SHARED / "external/code15", progress=False)
+    assert 0 < result["positives"] < result["questions"]
+    # accuracy looks good because most answers are "no"; balanced accuracy shows a constant answer for what it is
+    assert result["accuracy"] == round(1 - result["positives"] / result["questions"], 4)
+    assert result["sensitivity"] == 0.0 and result["specificity"] == 1.0 and result["balanced_acc"] == 0.5
+
+
+@needs_shared
 def test_ecgbench_suite_runs_end_to_end_on_real_records(tmp_path, tiny_checkpoint):
     from ecgllm.evaluation.ecgbench import run_ecgbench
 

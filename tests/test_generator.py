@@ -125,6 +125,22 @@ def test_generation_is_seeded_and_official_schema(small):
     assert 0.2 < yes / (yes + no) < 0.5  # close to the official 1:2
 
 
+def test_paired_generation_asks_each_question_of_two_ecgs_with_different_answers(small):
+    ptbxl, attrs = small
+    samples = ECGQAGenerator(attrs, ptbxl.ecg_ids).generate(600, seed=5, paired=True)
+    assert len(samples) == 600
+    pairs = [samples[k:k + 2] for k in range(0, len(samples), 2)]
+    for first, second in pairs:
+        assert first["question"] == second["question"] and first["template_id"] == second["template_id"]
+        assert first["ecg_id"] != second["ecg_id"] and sorted(first["answer"]) != sorted(second["answer"])
+        for s in (first, second):  # each answer is the record's own, as the checker derives it
+            sample = QASample(**{k: s[k] for k in OFFICIAL_KEYS})
+            assert set(regenerate_answer(sample, attrs)) == set(s["answer"])
+    # so for every worded verify question, "yes" and "no" come equally often: the wording predicts nothing
+    verify = [s for s in samples if s["answer"] in (["yes"], ["no"])]
+    assert verify and sum(s["answer"] == ["yes"] for s in verify) * 2 == len(verify)
+
+
 def test_comparison_pairs_follow_patients_and_time(small):
     ptbxl, attrs = small
     gen = ECGQAGenerator(attrs, ptbxl.ecg_ids)

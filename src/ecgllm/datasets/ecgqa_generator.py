@@ -444,7 +444,7 @@ class ECGQAGenerator:
 
     def generate(self, n: int, seed: int = 0, template_ids: list[int] | None = None, start_id: int = 0,
                  yes_rate: float | None = 1 / 3, tries: int = 30, intervention: bool = False,
-                 paraphrase: float = 0.0) -> list[dict]:
+                 paraphrase: float = 0.0, paired: bool = False) -> list[dict]:
         """``n`` samples in the official schema, templates drawn uniformly (or from ``template_ids``).
 
         Yes/no questions aim at ``yes_rate`` "yes" answers (the official release has about 1:2): the
@@ -458,6 +458,11 @@ class ECGQAGenerator:
         ``intervention=True`` samples do(Q) instead (de-biased pre-training data): the severity stratum is
         drawn from P(s) (needs ``strata``), a record of that stratum, and the question's values independently
         of the record; no answer is aimed at. The answer is still computed from the record's labels.
+
+        ``paired=True`` asks every question twice, in the same words, of two ECGs whose answers differ
+        (counterfactual pairs): for each wording, half the answers are one and half the other, so P(A | Q) carries
+        nothing and the loss can only fall by reading the ECG. A question for which no ECG of the pool gives
+        another answer is dropped; ``n`` counts samples, so ``n // 2`` pairs.
         """
         if intervention and not self.strata:
             raise ValueError("intervention sampling needs the records' severity strata (ECGQAGenerator(strata=...))")
@@ -496,15 +501,39 @@ class ECGQAGenerator:
             if found is None:
                 continue
             ecg_ids, values, lead, answer = found
+            asked = [(ecg_ids, answer)]
+            if paired:
+                partner = self._partner(t, values, lead, answer, rng, tries)
+                if partner is None:
+                    continue
+                asked.append(partner)
             wording = t.pattern
             if t.paraphrases and paraphrase > 0 and wording_rng.random() < paraphrase:
                 wording = _pick(wording_rng, t.paraphrases)
             question = fill_named(wording, dict(zip(t.placeholders, values)), lead)
             qid = question_ids.setdefault((t.template_id, question), len(question_ids))
-            out.append({
-                "template_id": t.template_id, "question_id": qid, "sample_id": start_id + len(out),
-                "question_type": t.question_type, "attribute_type": t.attribute_type, "question": question,
-                "answer": answer, "ecg_id": ecg_ids, "attribute": _attribute_field(t, values),
-                "generator_version": GENERATOR_VERSION,
-            })
-        return out
+            for ecg_ids, answer in asked:
+                out.append({
+                    "template_id": t.template_id, "question_id": qid, "sample_id": start_id + len(out),
+                    "question_type": t.question_type, "attribute_type": t.attribute_type, "question": question,
+                    "answer": answer, "ecg_id": ecg_ids, "attribute": _attribute_field(t, values),
+                    "generator_version": GENERATOR_VERSION,
+                })
+        return out[:n]
+
+    def _partner(self, t: Template, values: list[str], lead: str | None, answer: list[str],
+                 rng: np.random.Generator, tries: int) -> tuple[list[int], list[str]] | None:
+        """ECGs of the pool that answer the same question (``values``, ``lead``) otherwise than ``answer``."""
+        for _ in range(tries):
+            if t.question_type.startswith("comparison"):
+                picked = self._comparison(t, rng)
+                ecg_ids = None if picked is None else picked[0]
+            else:
+                candidates = self._candidates(t)
+                ecg_ids = [int(candidates[int(rng.integers(candidates.size))])] if candidates.size else None
+            if ecg_ids is None:
+                return None
+            other = answer_for(t, [self.attributes[i] for i in ecg_ids], values, lead)
+            if other is not None and sorted(other) != sorted(answer):
+                return ecg_ids, other
+        return None

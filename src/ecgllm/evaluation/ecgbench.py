@@ -191,9 +191,19 @@ def zero_shot(answerer: Answerer, folder: Path, batch: int = 16, progress: bool 
     answers = _batched(answerer, [Prompt(q, [ecgs[f]], [""]) for f, q, _ in questions], batch, folder.name, progress)
     parsed = [_yes(t) for t, _ in answers]
     right = sum(p == y for p, (_, _, y) in zip(parsed, questions))
-    return {"records": len(ecgs), "questions": len(questions), "positives": int(sum(y for _, _, y in questions)),
+    # Most answers are "no" here: accuracy alone rewards a model that always says "no", so the rates per class
+    # and their mean (balanced accuracy, 0.5 for any constant answer) come with it.
+    positives = [p == 1 for p, (_, _, y) in zip(parsed, questions) if y == 1]
+    negatives = [p == 0 for p, (_, _, y) in zip(parsed, questions) if y == 0]
+    sensitivity = float(np.mean(positives)) if positives else None
+    specificity = float(np.mean(negatives)) if negatives else None
+    balanced = None if sensitivity is None or specificity is None else (sensitivity + specificity) / 2
+    return {"records": len(ecgs), "questions": len(questions), "positives": len(positives),
             "accuracy": round(right / max(1, len(questions)), 4),
             "accuracy_ci95": [round(v, 4) for v in wilson_ci(right, len(questions))],
+            "sensitivity": None if sensitivity is None else round(sensitivity, 4),
+            "specificity": None if specificity is None else round(specificity, 4),
+            "balanced_acc": None if balanced is None else round(balanced, 4),
             "unparseable": int(sum(p is None for p in parsed))}
 
 

@@ -131,7 +131,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             strata = strata_for(ptbxl, pool)
         generator = ECGQAGenerator(build_attributes(ptbxl, measurements), pool, strata=strata)
         samples = generator.generate(args.n, seed=args.seed, intervention=args.intervention,
-                                     template_ids=args.template_ids, paraphrase=args.paraphrase)
+                                     template_ids=args.template_ids, paraphrase=args.paraphrase,
+                                     paired=args.paired)
         if args.format == "official":
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(samples))
@@ -294,6 +295,10 @@ def add_data_commands(sub: argparse._SubParsersAction, formatter: type, exit_hel
     p.add_argument("--intervention", action="store_true",
                    help="ecgqa: de-biased sampling do(Q): severity stratum from P(s), then a record, then the "
                         "question independently of the record (backdoor adjustment by intervention)")
+    p.add_argument("--paired", action="store_true",
+                   help="ecgqa: counterfactual pairs: each question is asked, in the same words, of two ECGs whose "
+                        "answers differ, so the wording alone predicts nothing (training data that forces reading "
+                        "the ECG)")
     p.add_argument("--paraphrase", type=float, default=0.0, metavar="SHARE",
                    help="ecgqa: share of questions (0-1) worded by an official paraphrase of their template "
                         "(train wordings) instead of the template wording (default 0: template wording only)")
