@@ -11,7 +11,8 @@ models in the same run:
   length-controlled measure of earlier runs) -> "fixed_8_tokens".
 - the trainer itself, on the shipped checkpoint's architecture and the same generated questions, two ways in the
   same run: the earlier path (shuffled batches padded to their longest conversation, logits over every
-  position) and the current one (batches grouped by length, logits only where labels are) -> "trainer".
+  position) and the current one (batches grouped by length, logits only where labels are, the batch's common
+  prefix run once) -> "trainer".
   ``train_speedup`` is the ratio of their samples/s; each reports tokens/s, the padding share and the time
   per part (encoder, LLM forward, backward, optimizer).
 Writes benchmarks/results/llm_speed.json: train_samples_per_s, train_speedup, answer_latency_median_s / _p95_s,
@@ -68,11 +69,12 @@ def compare_trainer_paths(model, processor, samples: list[dict], ecg: dict, batc
 
     model.encode = encode
     results = {}
-    for name, batches, sparse in (("padded_full_logits", padded, False), ("grouped_sparse_logits", grouped, True)):
+    for name, batches, sparse in (("padded_full_logits", padded, False),
+                                  ("grouped_sparse_logits_shared_prefix", grouped, True)):
         with torch.no_grad():  # both paths start from the same weights
             for p in params:
                 p.copy_(start[id(p)])
-        model.sparse_logits = sparse
+        model.sparse_logits = model.share_prefix = sparse
         model.train()
         optimizer = torch.optim.AdamW(params, lr=1e-4)
         parts = {"encoder": 0.0, "llm_forward": 0.0, "backward": 0.0, "optimizer": 0.0, "collate": 0.0}
@@ -105,12 +107,13 @@ def compare_trainer_paths(model, processor, samples: list[dict], ecg: dict, batc
                          "seconds_by_part": {k: round(v, 2) for k, v in parts.items()},
                          "wall_s": round(wall, 1), "batches": len(batches)}
     model.encode = timed_encode
-    model.sparse_logits = True
-    speedup = results["grouped_sparse_logits"]["samples_per_s"] / results["padded_full_logits"]["samples_per_s"]
+    model.sparse_logits = model.share_prefix = True
+    speedup = (results["grouped_sparse_logits_shared_prefix"]["samples_per_s"]
+               / results["padded_full_logits"]["samples_per_s"])
     return {"samples": len(samples), "batch_size": batch_size, "mean_tokens": round(float(np.mean(lengths)), 1),
             "train_speedup": round(speedup, 2), **results,
             "note": "same conversations, same starting weights, fp32; 'padded_full_logits' is the trainer before "
-                    "length grouping and label-only logits"}
+                    "length grouping, label-only logits and the shared prefix"}
 
 
 def main() -> None:

@@ -92,6 +92,22 @@ def test_axis_classes(degrees, name):
     assert axis_class(degrees) == name
 
 
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_net_qrs_adds_only_an_excursion_of_the_other_sign(sign):
+    """A monophasic complex (R or QS) that never crosses its onset level nets its own height, not more; a
+    biphasic one nets R minus S."""
+    import numpy as np
+
+    from ecgllm.datasets.ecgqa_numeric import _net_qrs
+
+    t = np.arange(400, dtype=np.float64)
+    mono = sign * (0.2 + np.exp(-0.5 * ((t - 200) / 8) ** 2))    # all of it 0.2 mV beyond the onset level
+    mono[100] = 0.0                                                 # the onset sample
+    assert _net_qrs(mono, 200, 100) == pytest.approx(sign * 1.2)
+    biphasic = sign * (np.exp(-0.5 * ((t - 200) / 8) ** 2) - 0.4 * np.exp(-0.5 * ((t - 240) / 6) ** 2))
+    assert _net_qrs(biphasic, 200, 150) == pytest.approx(sign * 0.6, abs=1e-3)
+
+
 def test_numeric_features_follow_ecgqa_procedure():
     """ecg_id 2 (100 Hz, resampled to 500 Hz): values of an independent re-implementation of ECG-QA's published
     NeuroKit2 procedure on the same resampled record (medians over beats, seconds; axis in degrees). The QRS

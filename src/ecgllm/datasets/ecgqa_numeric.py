@@ -95,7 +95,7 @@ def lead_ii_features(lead_ii: np.ndarray) -> dict[str, float]:
 
 def _net_qrs(x: np.ndarray, peak: int, onset: int) -> float:
     """Net QRS deflection of one beat: the largest excursion from the QRS-onset level near the R peak, plus
-    the largest excursion of the other sign near that point."""
+    the largest excursion of the other sign near that point (0 when the signal never crosses that level)."""
     base = x[onset]
     lo, hi = max(0, peak - SEARCH), min(len(x), peak + SEARCH)
     window = x[lo:hi] - base
@@ -103,7 +103,10 @@ def _net_qrs(x: np.ndarray, peak: int, onset: int) -> float:
     main = float(window[k])
     at = lo + k
     around = x[max(0, at - SEARCH):min(len(x), at + SEARCH)] - base
-    return main + float(around.min() if main > 0 else around.max())
+    # an "opposite" excursion has the other sign: a complex that stays on one side of the onset level (a
+    # monophasic R or QS) has none, so its own minimum (maximum) must not be added to it (~5 % of beats)
+    opposite = min(float(around.min()), 0.0) if main > 0 else max(float(around.max()), 0.0)
+    return main + opposite
 
 
 def heart_axis_degrees(lead_i: np.ndarray, lead_avf: np.ndarray) -> float | None:

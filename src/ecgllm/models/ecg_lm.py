@@ -89,6 +89,7 @@ class EcgLanguageModel(nn.Module):
             self.label_tokens = LabelTokens(self.encoder.dim, n_labels, hidden, config.label_tokens)
         self.ecg_token_id = ecg_token_id
         self.sparse_logits = True  # training loss: vocabulary projection only where labels are (see forward)
+        self.share_prefix = True   # ... and the batch's common leading tokens run once (see _hidden_states)
         self.label_vocab: dict[str, list[str]] = {}  # label vocabularies of the pretrained encoder, if any
         self._apply_policies()
 
@@ -271,7 +272,9 @@ class EcgLanguageModel(nn.Module):
 
         With labels and ``sparse_logits`` on (the default), the vocabulary projection runs only where a label
         is: an answer is a few tokens of a ~60-token prompt, and SmolLM2's 49k-word head over every position
-        costs more than its transformer layers. The loss is the same; ``logits`` are then not returned."""
+        costs more than its transformer layers. The loss is the same; ``logits`` are then not returned.
+        With ``share_prefix`` on too, the tokens every conversation of the batch begins with (the system prompt
+        and the user header) run through the LLM once, not once per conversation (`_hidden_states`)."""
         embeds = self.embed(input_ids, ecg, ecg_mask, ecg_strata, images, ecg_is_image)
         if labels is None:
             return self.llm(inputs_embeds=embeds, attention_mask=attention_mask)
@@ -280,7 +283,7 @@ class EcgLanguageModel(nn.Module):
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
         base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
-        hidden = base.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        hidden = self._hidden_states(base.get_decoder(), embeds, input_ids, attention_mask, labels)
         targets = labels[:, 1:]
         keep = targets != -100
         logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
@@ -294,6 +297,34 @@ class EcgLanguageModel(nn.Module):
             weight = sample_weight.to(per_sample.dtype)
             loss = (per_sample * weight).sum() / weight.sum().clamp(min=1e-8)
         return CausalLMOutputWithPast(loss=loss)
+
+    def _shared_prefix_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                              labels: torch.Tensor) -> int:
+        """How many leading tokens every row shares: same token, attended, not an ECG slot, and no label in
+        reach (the hidden state of position t predicts token t + 1, so the prefix ends before the first label)."""
+        same = (input_ids == input_ids[:1]).all(0) & (input_ids[0] != self.ecg_token_id)
+        if attention_mask is not None:
+            same &= attention_mask.bool().all(0)
+        labelled = (labels != -100).any(0).nonzero()
+        limit = int(labelled[0]) - 1 if labelled.numel() else input_ids.shape[1] - 1
+        return min(int(same.int().cumprod(0).sum()), max(limit, 0))
+
+    def _hidden_states(self, decoder: nn.Module, embeds: torch.Tensor, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+        """The decoder's last hidden states; a prefix common to the whole batch is computed for one row and its
+        keys/values repeated for the others (the same numbers: positions and the causal mask are unchanged)."""
+        n = self._shared_prefix_length(input_ids, attention_mask, labels) if self.share_prefix else 0
+        rows = embeds.shape[0]
+        if rows < 2 or n < 2:
+            return decoder(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        prefix = decoder(inputs_embeds=embeds[:1, :n], cache=cache, use_cache=True).last_hidden_state
+        cache.batch_repeat_interleave(rows)
+        rest = decoder(inputs_embeds=embeds[:, n:], attention_mask=attention_mask, cache=cache,
+                       use_cache=True).last_hidden_state
+        return torch.cat([prefix.expand(rows, -1, -1), rest], dim=1)
 
     def _dense_loss(self, embeds, attention_mask, labels, sample_weight):
         """The loss through the LLM's full logits (the path before ``sparse_logits``; kept to check it)."""
