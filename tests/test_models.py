@@ -252,6 +252,31 @@ def test_generation_returns_new_tokens(tiny_tokenizer, ecgs):
     assert out.shape[0] == 2 and 1 <= out.shape[1] <= 5
 
 
+def test_a_reused_prompt_prefix_gives_the_same_answers_and_follows_weight_changes(tiny_tokenizer, ecgs):
+    """Served answers reuse the keys/values of the prompt's common start; the scores must be those of a full
+    prefill, and a weight update must not serve a stale prefix."""
+    model, processor = make(tiny_tokenizer)
+    model.eval()
+    batch = processor([QA[:1]], [[ecgs[0]]], train=False)
+    batch.pop("labels", None)
+    assert model._shared_prefix_length(batch["input_ids"], batch["attention_mask"]) >= 2
+
+    def scores(**extra):
+        out = model.generate(**batch, max_new_tokens=3, output_scores=True, return_dict_in_generate=True, **extra)
+        return torch.stack(out.scores)
+
+    reused = scores()  # fills the memo
+    again = scores()   # served from it
+    from transformers import DynamicCache
+
+    full = scores(past_key_values=DynamicCache())  # an empty cache given: the whole prompt is prefilled
+    assert torch.allclose(reused, full, atol=1e-5) and torch.allclose(again, full, atol=1e-5)
+    with torch.no_grad():
+        next(p for n, p in model.llm.named_parameters() if "layers.0" in n).add_(0.5)
+    assert torch.allclose(scores(), scores(past_key_values=DynamicCache()), atol=1e-5)
+    assert not torch.allclose(scores(), full, atol=1e-3)
+
+
 def test_other_sampling_rates_and_lead_orders_are_prepared_the_same_way(tiny_tokenizer, ecgs):
     _, processor = make(tiny_tokenizer)
     x, mask = processor.prepare_ecgs([ecgs[1]])  # DICOM at 1000 Hz

@@ -299,13 +299,13 @@ class EcgLanguageModel(nn.Module):
         return CausalLMOutputWithPast(loss=loss)
 
     def _shared_prefix_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                              labels: torch.Tensor) -> int:
+                              labels: torch.Tensor | None = None) -> int:
         """How many leading tokens every row shares: same token, attended, not an ECG slot, and no label in
         reach (the hidden state of position t predicts token t + 1, so the prefix ends before the first label)."""
         same = (input_ids == input_ids[:1]).all(0) & (input_ids[0] != self.ecg_token_id)
         if attention_mask is not None:
             same &= attention_mask.bool().all(0)
-        labelled = (labels != -100).any(0).nonzero()
+        labelled = (labels != -100).any(0).nonzero() if labels is not None else input_ids[:0]
         limit = int(labelled[0]) - 1 if labelled.numel() else input_ids.shape[1] - 1
         return min(int(same.int().cumprod(0).sum()), max(limit, 0))
 
@@ -353,8 +353,34 @@ class EcgLanguageModel(nn.Module):
         embeds = self.embed(input_ids, ecg, ecg_mask, ecg_strata, images, ecg_is_image)
         kwargs.setdefault("do_sample", False)
         kwargs.setdefault("suppress_tokens", [self.ecg_token_id])  # never emit the placeholder itself
+        if "past_key_values" not in kwargs:
+            cache = self._prompt_prefix_cache(input_ids, attention_mask, embeds)
+            if cache is not None:
+                kwargs["past_key_values"] = cache
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
                                  use_cache=True, **kwargs)
+
+    def _prompt_prefix_cache(self, input_ids, attention_mask, embeds):
+        """Keys/values of the tokens every prompt of the batch begins with (system prompt, user header), computed
+        once and reused by later calls while the LLM's weights are unchanged: a served answer then runs only its
+        own tokens. None when the prompts share no prefix (e.g. left-padded batches)."""
+        import copy
+
+        from transformers import DynamicCache
+
+        n = self._shared_prefix_length(input_ids, attention_mask)
+        if n < 2:
+            return None
+        # any in-place change of a weight (an optimizer step, merging an adapter) bumps its version
+        key = (tuple(input_ids[0, :n].tolist()), sum(p._version for p in self.llm.parameters()))
+        if getattr(self, "_prefix_memo", (None,))[0] != key:
+            cache = DynamicCache()
+            self.llm(inputs_embeds=embeds[:1, :n], cache=cache, use_cache=True)
+            self._prefix_memo = (key, cache)
+        cache = copy.deepcopy(self._prefix_memo[1])
+        if embeds.shape[0] > 1:
+            cache.batch_repeat_interleave(embeds.shape[0])
+        return cache
 
     def _generate_marginal(self, input_ids, attention_mask, ecg, ecg_mask, max_new_tokens: int, n_ecgs: int,
                            images=None, ecg_is_image=None, return_dict_in_generate: bool = False,
