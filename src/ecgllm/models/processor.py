@@ -65,13 +65,22 @@ class EcgProcessor:
     def _messages(self, turns: list[dict[str, str]], tags: Sequence[str]) -> list[dict[str, str]]:
         """The chat messages: system prompt, then each ECG's tag and ``<ecg>`` before the first question."""
         intro = "\n".join(f"{tag}: {self.config.ecg_token}" if tag else self.config.ecg_token for tag in tags)
-        messages = [dict(m) for m in turns]
+        messages = [{**m, "content": self._inert(m["content"])} for m in turns]
         first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
         if intro:
             messages[first_user]["content"] = f"{intro}\n{messages[first_user]['content']}"
         if self.config.system_prompt and messages[0]["role"] != "system":
             messages.insert(0, {"role": "system", "content": self.config.system_prompt})
         return messages
+
+    def _inert(self, text: str) -> str:
+        """User (and answer) text with every special token made plain text: a question that contains "<ecg>" or
+        "<|im_end|>" must not create an ECG slot or end its turn. A zero-width space after the first character
+        leaves the words readable and splits the token."""
+        for token in self.tokenizer.all_special_tokens:
+            if len(token) > 1 and token in text:
+                text = text.replace(token, token[0] + "\u200b" + token[1:])
+        return text
 
     def _template(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
