@@ -283,11 +283,11 @@ def test_a_reused_prompt_prefix_gives_the_same_answers_and_follows_weight_change
     again = scores()   # served from it
     from transformers import DynamicCache
 
-    full = scores(past_key_values=DynamicCache())  # an empty cache given: the whole prompt is prefilled
+    full = scores(cache=DynamicCache())  # an empty cache given: the whole prompt is prefilled
     assert torch.allclose(reused, full, atol=1e-5) and torch.allclose(again, full, atol=1e-5)
     with torch.no_grad():
         next(p for n, p in model.llm.named_parameters() if "layers.0" in n).add_(0.5)
-    assert torch.allclose(scores(), scores(past_key_values=DynamicCache()), atol=1e-5)
+    assert torch.allclose(scores(), scores(cache=DynamicCache()), atol=1e-5)
     assert not torch.allclose(scores(), full, atol=1e-3)
 
 

@@ -353,10 +353,10 @@ class EcgLanguageModel(nn.Module):
         embeds = self.embed(input_ids, ecg, ecg_mask, ecg_strata, images, ecg_is_image)
         kwargs.setdefault("do_sample", False)
         kwargs.setdefault("suppress_tokens", [self.ecg_token_id])  # never emit the placeholder itself
-        if "past_key_values" not in kwargs:
+        if "cache" not in kwargs and "past_key_values" not in kwargs:
             cache = self._prompt_prefix_cache(input_ids, attention_mask, embeds)
             if cache is not None:
-                kwargs["past_key_values"] = cache
+                kwargs["cache"] = cache
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
                                  use_cache=True, **kwargs)
 
@@ -417,7 +417,7 @@ class EcgLanguageModel(nn.Module):
             mask = torch.cat([mask, torch.ones(n * batch, 1, dtype=mask.dtype, device=mask.device)], -1)
             last = last + 1
             out = self.llm(input_ids=step.repeat(n)[:, None], attention_mask=mask, position_ids=last,
-                           past_key_values=out.past_key_values, use_cache=True)
+                           cache=out.past_key_values, use_cache=True)
         if streamer is not None:
             streamer.end()
         sequences = torch.stack(tokens, 1)
