@@ -280,7 +280,9 @@ def test_a_reused_prompt_prefix_gives_the_same_answers_and_follows_weight_change
         return torch.stack(out.scores)
 
     reused = scores()  # fills the memo
+    key = model._prefix_memo[0]
     again = scores()   # served from it
+    assert model._prefix_memo[0] == key
     from transformers import DynamicCache
 
     full = scores(cache=DynamicCache())  # an empty cache given: the whole prompt is prefilled
@@ -288,6 +290,7 @@ def test_a_reused_prompt_prefix_gives_the_same_answers_and_follows_weight_change
     with torch.no_grad():
         next(p for n, p in model.llm.named_parameters() if "layers.0" in n).add_(0.5)
     assert torch.allclose(scores(), scores(cache=DynamicCache()), atol=1e-5)
+    assert model._prefix_memo[0] != key  # the changed weights made a new prefix
     assert not torch.allclose(scores(), full, atol=1e-3)
 
 

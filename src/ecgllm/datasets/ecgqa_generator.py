@@ -519,7 +519,7 @@ class ECGQAGenerator:
                     "answer": answer, "ecg_id": ecg_ids, "attribute": _attribute_field(t, values),
                     "generator_version": GENERATOR_VERSION,
                 })
-        return out[:n]
+        return out[: n - n % 2] if paired else out[:n]  # pairs stay whole
 
     def _partner(self, t: Template, values: list[str], lead: str | None, answer: list[str],
                  rng: np.random.Generator, tries: int) -> tuple[list[int], list[str]] | None:
@@ -527,12 +527,14 @@ class ECGQAGenerator:
         for _ in range(tries):
             if t.question_type.startswith("comparison"):
                 picked = self._comparison(t, rng)
-                ecg_ids = None if picked is None else picked[0]
+                if picked is None:  # one failed draw of a pair; another may succeed
+                    continue
+                ecg_ids = picked[0]
             else:
                 candidates = self._candidates(t)
-                ecg_ids = [int(candidates[int(rng.integers(candidates.size))])] if candidates.size else None
-            if ecg_ids is None:
-                return None
+                if not candidates.size:
+                    return None
+                ecg_ids = [int(candidates[int(rng.integers(candidates.size))])]
             other = answer_for(t, [self.attributes[i] for i in ecg_ids], values, lead)
             if other is not None and sorted(other) != sorted(answer):
                 return ecg_ids, other

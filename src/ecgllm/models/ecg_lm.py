@@ -353,17 +353,28 @@ class EcgLanguageModel(nn.Module):
         embeds = self.embed(input_ids, ecg, ecg_mask, ecg_strata, images, ecg_is_image)
         kwargs.setdefault("do_sample", False)
         kwargs.setdefault("suppress_tokens", [self.ecg_token_id])  # never emit the placeholder itself
-        if "cache" not in kwargs and "past_key_values" not in kwargs:
+        expanded = kwargs.get("num_beams", 1) > 1 or kwargs.get("num_return_sequences", 1) > 1
+        if "cache" not in kwargs and "past_key_values" not in kwargs and not expanded:
             cache = self._prompt_prefix_cache(input_ids, attention_mask, embeds)
             if cache is not None:
                 kwargs["cache"] = cache
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
                                  use_cache=True, **kwargs)
 
+    def _weights_state(self) -> tuple:
+        """What a cached prefix depends on besides its tokens: placement, precision, mode and the LLM's weights.
+        An optimizer step bumps a parameter's version, a reload or ``.to()`` moves its storage, and PEFT's merge
+        or disabling of the adapter (which do neither) flip flags on the LoRA layers."""
+        params = list(self.llm.parameters())
+        flags = sum(bool(getattr(m, "merged", False)) + 2 * bool(getattr(m, "disable_adapters", False))
+                    for m in self.llm.modules())
+        return (params[0].device, params[0].dtype, self.llm.training, flags,
+                sum(p._version for p in params), sum(p.data_ptr() for p in params))
+
     def _prompt_prefix_cache(self, input_ids, attention_mask, embeds):
         """Keys/values of the tokens every prompt of the batch begins with (system prompt, user header), computed
-        once and reused by later calls while the LLM's weights are unchanged: a served answer then runs only its
-        own tokens. None when the prompts share no prefix (e.g. left-padded batches)."""
+        once and reused by later calls while the LLM is unchanged (`_weights_state`): a served answer then runs
+        only its own tokens. None when the prompts share no prefix (e.g. left-padded batches)."""
         import copy
 
         from transformers import DynamicCache
@@ -371,13 +382,15 @@ class EcgLanguageModel(nn.Module):
         n = self._shared_prefix_length(input_ids, attention_mask)
         if n < 2:
             return None
-        # any in-place change of a weight (an optimizer step, merging an adapter) bumps its version
-        key = (tuple(input_ids[0, :n].tolist()), sum(p._version for p in self.llm.parameters()))
-        if getattr(self, "_prefix_memo", (None,))[0] != key:
+        key = (tuple(input_ids[0, :n].tolist()), self._weights_state())
+        memo = getattr(self, "_prefix_memo", None)  # read once: another thread may replace it meanwhile
+        if memo is None or memo[0] != key:
             cache = DynamicCache()
-            self.llm(inputs_embeds=embeds[:1, :n], cache=cache, use_cache=True)
-            self._prefix_memo = (key, cache)
-        cache = copy.deepcopy(self._prefix_memo[1])
+            base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+            base.get_decoder()(inputs_embeds=embeds[:1, :n], cache=cache, use_cache=True)
+            memo = (key, cache)
+            self._prefix_memo = memo
+        cache = copy.deepcopy(memo[1])
         if embeds.shape[0] > 1:
             cache.batch_repeat_interleave(embeds.shape[0])
         return cache

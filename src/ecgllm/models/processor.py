@@ -77,7 +77,8 @@ class EcgProcessor:
         """User (and answer) text with every special token made plain text: a question that contains "<ecg>" or
         "<|im_end|>" must not create an ECG slot or end its turn. A zero-width space after the first character
         leaves the words readable and splits the token."""
-        for token in self.tokenizer.all_special_tokens:
+        added = [t.content for t in getattr(self.tokenizer, "added_tokens_decoder", {}).values()]
+        for token in set(self.tokenizer.all_special_tokens) | set(added):
             if len(token) > 1 and token in text:
                 text = text.replace(token, token[0] + "\u200b" + token[1:])
         return text
