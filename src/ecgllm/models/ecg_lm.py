@@ -282,8 +282,8 @@ class EcgLanguageModel(nn.Module):
             return self._dense_loss(embeds, attention_mask, labels, sample_weight)
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
-        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
-        hidden = self._hidden_states(base.get_decoder(), embeds, input_ids, attention_mask, labels)
+        base = self._base_llm()
+        hidden = self._hidden_states(embeds, input_ids, attention_mask, labels)
         targets = labels[:, 1:]
         keep = targets != -100
         logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
@@ -309,18 +309,29 @@ class EcgLanguageModel(nn.Module):
         limit = int(labelled[0]) - 1 if labelled.numel() else input_ids.shape[1] - 1
         return min(int(same.int().cumprod(0).sum()), max(limit, 0))
 
-    def _hidden_states(self, decoder: nn.Module, embeds: torch.Tensor, input_ids: torch.Tensor,
-                       attention_mask: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+    def _base_llm(self) -> nn.Module:
+        """The causal LM under any PEFT wrapper (its decoder and output head)."""
+        return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+
+    def _run_prefix(self, embeds: torch.Tensor, n: int):
+        """``(hidden [1, n, H], cache)``: the first ``n`` positions of the first row through the decoder."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        hidden = self._base_llm().get_decoder()(inputs_embeds=embeds[:1, :n], cache=cache,
+                                                use_cache=True).last_hidden_state
+        return hidden, cache
+
+    def _hidden_states(self, embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                       labels: torch.Tensor) -> torch.Tensor:
         """The decoder's last hidden states; a prefix common to the whole batch is computed for one row and its
         keys/values repeated for the others (the same numbers: positions and the causal mask are unchanged)."""
+        decoder = self._base_llm().get_decoder()
         n = self._shared_prefix_length(input_ids, attention_mask, labels) if self.share_prefix else 0
         rows = embeds.shape[0]
         if rows < 2 or n < 2:
             return decoder(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
-        from transformers import DynamicCache
-
-        cache = DynamicCache()
-        prefix = decoder(inputs_embeds=embeds[:1, :n], cache=cache, use_cache=True).last_hidden_state
+        prefix, cache = self._run_prefix(embeds, n)
         cache.batch_repeat_interleave(rows)
         rest = decoder(inputs_embeds=embeds[:, n:], attention_mask=attention_mask, cache=cache,
                        use_cache=True).last_hidden_state
@@ -377,18 +388,13 @@ class EcgLanguageModel(nn.Module):
         only its own tokens. None when the prompts share no prefix (e.g. left-padded batches)."""
         import copy
 
-        from transformers import DynamicCache
-
         n = self._shared_prefix_length(input_ids, attention_mask)
         if n < 2:
             return None
         key = (tuple(input_ids[0, :n].tolist()), self._weights_state())
         memo = getattr(self, "_prefix_memo", None)  # read once: another thread may replace it meanwhile
         if memo is None or memo[0] != key:
-            cache = DynamicCache()
-            base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
-            base.get_decoder()(inputs_embeds=embeds[:1, :n], cache=cache, use_cache=True)
-            memo = (key, cache)
+            memo = (key, self._run_prefix(embeds, n)[1])
             self._prefix_memo = memo
         cache = copy.deepcopy(memo[1])
         if embeds.shape[0] > 1:

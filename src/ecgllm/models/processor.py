@@ -49,6 +49,9 @@ class EcgProcessor:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.ecg_token_id = tokenizer.convert_tokens_to_ids(config.ecg_token)
+        # strings the tokenizer turns into one special id: neutralised in user text (`_inert`)
+        added = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values()]
+        self._special_strings = sorted({t for t in [*tokenizer.all_special_tokens, *added] if len(t) > 1})
 
     # ------------------------------------------------------------------------------------ ECGs
     def prepare_ecgs(self, ecgs: Sequence[ECG | PreparedECG]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,9 +80,8 @@ class EcgProcessor:
         """User (and answer) text with every special token made plain text: a question that contains "<ecg>" or
         "<|im_end|>" must not create an ECG slot or end its turn. A zero-width space after the first character
         leaves the words readable and splits the token."""
-        added = [t.content for t in getattr(self.tokenizer, "added_tokens_decoder", {}).values()]
-        for token in set(self.tokenizer.all_special_tokens) | set(added):
-            if len(token) > 1 and token in text:
+        for token in self._special_strings:
+            if token in text:
                 text = text.replace(token, token[0] + "\u200b" + token[1:])
         return text
 
