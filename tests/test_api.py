@@ -46,7 +46,8 @@ def wfdb_files():
 def test_health_models_and_openapi(assistant):
     client = client_for(assistant)
     assert client.get("/v1/health").json()["status"] == "ok"
-    assert client.get("/v1/models").json()["models"][0]["tokens_per_ecg"] == 2
+    models = client.get("/v1/models").json()
+    assert models["object"] == "list" and models["data"][0]["tokens_per_ecg"] == 2
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/ask", "/v1/report", "/v1/health", "/v1/models"} <= set(paths)
 

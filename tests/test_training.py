@@ -45,7 +45,10 @@ def recipe(workspace: Path, name: str, **optim) -> Path:
 
 
 def final_weights(run: Path) -> dict:
-    final = run / "final"
+    return model_weights(run / "final")
+
+
+def model_weights(final: Path) -> dict:
     tensors = {f"encoder.{k}": v for k, v in load_file(final / "encoder.safetensors").items()}
     tensors.update({f"projector.{k}": v for k, v in load_file(final / "projector.safetensors").items()})
     tensors.update({f"adapter.{k}": v for k, v in load_file(final / "adapter/adapter_model.safetensors").items()})
@@ -64,6 +67,23 @@ def test_recipe_trains_logs_and_saves(workspace):
 
     model, processor = EcgLanguageModel.from_pretrained(run / "final")
     assert processor.prep.normalize == "zscore" and model.encoder.n_tokens == 4
+
+
+def test_an_intermediate_checkpoint_exports_to_a_model_folder(workspace):
+    basic = recipe(workspace, "basic", lr=0.01)
+    if not (workspace / "basic" / "final").exists():  # this test alone: train the run the one above trains
+        assert subprocess.run(CLI + ["train", str(basic), "--quiet"]).returncode == 0
+    for step in (10, 12):
+        result = subprocess.run(CLI + ["train", str(basic), "--export-step", str(step)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert (workspace / "basic" / f"step-{step}" / "training_records.json").exists()
+    final = final_weights(workspace / "basic")
+    exported_last = model_weights(workspace / "basic" / "step-12")
+    exported_earlier = model_weights(workspace / "basic" / "step-10")
+    assert exported_last.keys() == final.keys() and all((exported_last[k] == final[k]).all() for k in final)
+    assert any(not (exported_earlier[k] == final[k]).all() for k in final)  # step 10 is not the final model
+    missing = subprocess.run(CLI + ["train", str(basic), "--export-step", "5"], capture_output=True, text=True)
+    assert missing.returncode == 3 and "no finished checkpoint of step 5; there are: 10, 12" in missing.stderr
 
 
 def test_sigkill_then_resume_gives_bit_identical_weights(workspace):

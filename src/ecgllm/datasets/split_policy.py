@@ -120,7 +120,20 @@ def write_training_records(folder: str | Path, stage: str | None, records: Itera
     init_from, image encoder). ``stage=None`` only merges the inherited folders' stages (shipping a checkpoint
     with its image encoder). A folder trained under another policy cannot be inherited."""
     policy = policy or load_policy()
-    stages = []
+    stages = inherited_stages(inherited, policy)
+    if stage is not None:
+        stages.append({"stage": stage, "records": sorted(int(i) for i in records)})
+    path = Path(folder) / TRAINING_RECORDS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"split_policy_sha256": policy.sha256, "stages": stages}) + "\n")
+    return path
+
+
+def inherited_stages(inherited: Iterable[str | Path | None], policy: SplitPolicy | None = None) -> list[dict]:
+    """The stages recorded by the folders a run starts from (encoder_init, init_from, image encoder), merged;
+    raises `PolicyMismatchError` for one trained under another policy (a trainer checks this before step 1)."""
+    policy = policy or load_policy()
+    stages: list[dict] = []
     for source in inherited:
         if source is None:
             continue
@@ -132,12 +145,7 @@ def write_training_records(folder: str | Path, stage: str | None, records: Itera
             raise PolicyMismatchError(f"{source}: trained under split policy {saved['split_policy_sha256'][:12]}, "
                                       f"this run uses {policy.sha256[:12]}; retrain it under the current policy")
         stages += [s for s in saved["stages"] if s not in stages]
-    if stage is not None:
-        stages.append({"stage": stage, "records": sorted(int(i) for i in records)})
-    path = Path(folder) / TRAINING_RECORDS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"split_policy_sha256": policy.sha256, "stages": stages}) + "\n")
-    return path
+    return stages
 
 
 def read_training_records(folder: str | Path) -> dict | None:

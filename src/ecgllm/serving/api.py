@@ -1,12 +1,14 @@
 """REST API and web UI (FastAPI): ``create_app(assistant, settings)``; ``ecgllm serve`` runs it with uvicorn.
 
-Endpoints: ``GET /v1/health``, ``GET /v1/models``, ``POST /v1/ask``, ``POST /v1/report``, ``POST /v1/plot``
-(the UI's plot + measurements), ``GET /`` (the web UI), ``/docs`` and ``/openapi.json``.
+Endpoints: ``GET /v1/health``, ``POST /v1/ask``, ``POST /v1/report``, ``POST /v1/plot`` (the UI's plot +
+measurements), the OpenAI-compatible ``POST /v1/chat/completions`` and ``GET /v1/models``
+(`ecgllm.serving.openai_api`), ``GET /`` (the web UI), ``/docs`` and ``/openapi.json``.
 
 Uploads are multipart (field ``ecg``: one or two records — single files, a WFDB ``.hea`` + ``.dat`` pair or a
 zip of one record) or JSON arrays. Limits: upload bytes, image pixels (checked before decoding), record
 duration and lead count, a per-request timeout, and a bounded queue: when every worker is busy and the queue is
-full the answer is 503 with ``Retry-After``. An API key, when set, is compared in constant time.
+full the answer is 503 with ``Retry-After``. An API key, when set (header ``X-API-Key``, declared in the OpenAPI
+schema), is compared in constant time.
 """
 
 from __future__ import annotations
@@ -19,13 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request, Security
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ecgllm import __version__
 from ecgllm.errors import InputError
 from ecgllm.io.limits import ReadLimits
+from ecgllm.serving.openai_api import OPENAI_PATHS, add_openai_routes, openai_error
 from ecgllm.serving.uploads import UploadLimits, UploadTooLargeError, save_records
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -55,14 +62,18 @@ class _Gate:
 def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
     settings = settings or ServeSettings()
     gate = _Gate(settings.workers, settings.queue)
+    key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="needed when the server sets a key")
+    bearer = HTTPBearer(auto_error=False, description="the same key as OpenAI clients send it")
+
+    def check_key(given: str | None = Security(key_header),
+                  token: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+        key = given or (token.credentials if token else "")
+        if settings.api_key and not hmac.compare_digest(key.encode(), settings.api_key.encode()):
+            raise HTTPException(401, "missing or wrong API key (header X-API-Key, or Authorization: Bearer)")
+
+    protected = [Depends(check_key)]  # the model's endpoints; health, the UI and the schema stay open
     app = FastAPI(title="ecgllm", version=__version__,
                   description="Ask a language model about electrocardiograms. Not a medical device.")
-
-    def check_key(request: Request) -> None:
-        if settings.api_key:
-            given = request.headers.get("x-api-key", "")
-            if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
-                raise HTTPException(401, "missing or wrong API key (header X-API-Key)")
 
     async def read_upload(request: Request) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
         length = request.headers.get("content-length")
@@ -112,39 +123,58 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
             out.append(build_ecg(signal, fs, leads, path=None, fmt="json", limits=settings.read))
         return out
 
-    async def run(request: Request, work) -> Any:
-        check_key(request)
+    async def guarded(request: Request, work, *args) -> Any:
+        """Model work under the gate (``workers`` at once, ``queue`` waiting, the rest 503) and the timeout."""
         if gate.inside >= gate.capacity:
             raise HTTPException(503, "busy: every worker is answering and the queue is full; retry later",
                                 headers={"Retry-After": str(settings.retry_after_s)})
         gate.inside += 1
         try:
-            files, body = await read_upload(request)
             async with gate.semaphore:
                 try:
-                    return await asyncio.wait_for(run_in_threadpool(work, files, body), settings.request_timeout_s)
+                    return await asyncio.wait_for(run_in_threadpool(work, *args), settings.request_timeout_s)
                 except asyncio.TimeoutError:
                     raise HTTPException(504, f"no answer within {settings.request_timeout_s:.0f} s") from None
         finally:
             gate.inside -= 1
 
+    async def run(request: Request, work) -> Any:
+        files, body = await read_upload(request)
+        return await guarded(request, work, files, body)
+
     @app.exception_handler(InputError)
-    async def input_error(_request, exc: InputError):
+    async def input_error(request: Request, exc: InputError):
         status = 413 if isinstance(exc, UploadTooLargeError) else 422
+        if request.url.path in OPENAI_PATHS:
+            return openai_error(413 if status == 413 else 400, str(exc))
         return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if request.url.path in OPENAI_PATHS:
+            response = openai_error(exc.status_code, str(exc.detail),
+                                    "authentication_error" if exc.status_code == 401 else "server_error"
+                                    if exc.status_code >= 500 else "invalid_request_error")
+            response.headers.update(exc.headers or {})
+            return response
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        if request.url.path in OPENAI_PATHS:
+            first = exc.errors()[0] if exc.errors() else {}
+            where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+            return openai_error(400, f"{where or 'request'}: {first.get('msg', 'invalid request')}")
+        return await request_validation_exception_handler(request, exc)
 
     @app.get("/v1/health")
     def health() -> dict:
-        return {"status": "ok", "version": __version__, "model": assistant.name, "waiting_or_running": gate.inside}
+        return {"status": "ok", "version": __version__, "model": assistant.name, "model_version": assistant.version,
+                "waiting_or_running": gate.inside}
 
-    @app.get("/v1/models")
-    def models() -> dict:
-        config = assistant.model.config
-        return {"models": [{"id": assistant.name, "llm": config.llm or "SmolLM2-135M-Instruct (embedded)",
-                            "encoder": config.encoder, "tokens_per_ecg": assistant.model.tokens_per_ecg,
-                            "fs": assistant.processor.prep.fs, "leads": list(assistant.processor.prep.leads)}]}
+    add_openai_routes(app, assistant, settings, guarded, records_from, protected)
 
-    @app.post("/v1/ask")
+    @app.post("/v1/ask", dependencies=protected)
     async def ask(request: Request) -> dict:
         """Multipart: ``ecg`` (1-2 records) + ``question``; or JSON {"question", "ecgs": [...]}."""
         def work(files, body):
@@ -159,7 +189,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
                     "timing": answer.timing, "model": assistant.name}
         return await run(request, work)
 
-    @app.post("/v1/report")
+    @app.post("/v1/report", dependencies=protected)
     async def report(request: Request) -> dict:
         """Multipart ``ecg`` (one record) or JSON {"ecgs": [one]}: a short report with measurements."""
         def work(files, body):
@@ -170,7 +200,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
                     "model": assistant.name}
         return await run(request, work)
 
-    @app.post("/v1/plot")
+    @app.post("/v1/plot", dependencies=protected)
     async def plot(request: Request) -> dict:
         """The 12-lead plot (PNG as a data URL) and the measurements of each uploaded record."""
         def work(files, body):

@@ -52,6 +52,24 @@ def measurement_summary(ecg: ECG | ECGImage) -> dict:
     return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in out.items()}
 
 
+def model_identity(folder: Path) -> tuple[str, str]:
+    """A checkpoint's public name and the ecgllm version that wrote it: what responses and pages show of a
+    model, never the server's path to it. The shipped default is ``ecgllm-default``; another folder is named
+    by its last two path parts (``paired/final``)."""
+    import json
+
+    from ecgllm.models.default import default_checkpoint
+
+    shipped = default_checkpoint()
+    name = ("ecgllm-default" if shipped is not None and folder.resolve() == shipped.resolve()
+            else "/".join(folder.resolve().parts[-2:]))
+    try:
+        version = json.loads((folder / "config.json").read_text()).get("ecgllm_version", "")
+    except (OSError, ValueError):
+        version = ""
+    return name, str(version)
+
+
 class ECGAssistant:
     """A loaded checkpoint that answers questions about one or two ECGs.
 
@@ -62,8 +80,8 @@ class ECGAssistant:
         >>> answer.text, answer.measurements[0]["heart_rate"]
     """
 
-    def __init__(self, model, processor, name: str = "") -> None:
-        self.model, self.processor, self.name = model.eval(), processor, name
+    def __init__(self, model, processor, name: str = "", version: str = "") -> None:
+        self.model, self.processor, self.name, self.version = model.eval(), processor, name, version
 
     @classmethod
     def load(cls, directory: str | Path | None = None, device: str = "auto", dtype: str = "auto") -> "ECGAssistant":
@@ -74,7 +92,7 @@ class ECGAssistant:
         from ecgllm.models.default import load_checkpoint
 
         model, processor, path = load_checkpoint(str(directory) if directory else None, device, dtype)
-        return cls(model, processor, str(path))
+        return cls(model, processor, *model_identity(Path(path)))
 
     # ------------------------------------------------------------------------------------ helpers
     @staticmethod

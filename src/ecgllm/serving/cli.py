@@ -283,18 +283,25 @@ examples:
   ecgllm train recipes/encoder_ptbxl.yaml          # PTB-XL encoder, fold-10 macro AUC at the end
   ecgllm train recipes/instruct_tiny.yaml
   torchrun --standalone --nproc_per_node 2 -m ecgllm.serving.cli train recipes/instruct_tiny.yaml
+  ecgllm train recipes/ecgqa/paired_more.yaml --export-step 300   # checkpoint 300 -> a --model folder
 
 {EXIT_CODES_HELP}""")
     p.add_argument("recipe", help="YAML recipe (see recipes/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--export-step", type=int, metavar="N",
+                   help="train nothing: turn the run's checkpoint of step N into a model folder, OUTPUT_DIR/step-N/, "
+                        "that --model reads (language-model stages), e.g. to choose a checkpoint on ECG-QA valid")
     p.set_defaults(func=cmd_train)
     return parser
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ecgllm.training.config import load_encoder_recipe, load_recipe, recipe_stage
+    from ecgllm.training.config import RecipeError, load_encoder_recipe, load_recipe, recipe_stage
 
     stage = recipe_stage(args.recipe)
+    if args.export_step is not None and stage in ("encoder_contrastive", "image_distillation", "encoder_pretraining"):
+        raise RecipeError(f"{args.recipe}: --export-step is for language-model stages; a {stage} run's folder "
+                          f"is already what the next stage reads")
     if stage == "encoder_contrastive":
         from ecgllm.training.contrastive import pretrain_contrastive
 
@@ -318,8 +325,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"fold-10 macro AUC: superclasses {result['super_macro_auc']:.4f}, "
               f"71 statements {result['all71_macro_auc']:.4f}; {result['epoch_s']:.0f} s/epoch")
         return EXIT_OK
-    from ecgllm.training.loop import train
+    from ecgllm.training.loop import export_checkpoint, train
 
+    if args.export_step is not None:
+        print(f"wrote {export_checkpoint(load_recipe(args.recipe), args.export_step)}")
+        return EXIT_OK
     final = train(load_recipe(args.recipe), progress=not args.quiet)
     print(f"wrote {final}")
     return EXIT_OK

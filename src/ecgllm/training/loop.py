@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ecgllm.datasets.severity import SUPERCLASS_STRATA
-from ecgllm.training.config import TrainConfig
+from ecgllm.training.config import RecipeError, TrainConfig
 
 STATE_FILE = "trainer_state.json"
 
@@ -33,6 +33,67 @@ def stratum_prior(dataset) -> list[float]:
 def latest_checkpoint(output_dir: Path) -> Path | None:
     done = sorted(p for p in (output_dir / "checkpoints").glob("step-*") if (p / STATE_FILE).exists())
     return done[-1] if done else None
+
+
+def _inherited(config: TrainConfig) -> list[str | None]:
+    return [config.model.encoder_init, config.init_from, config.model.image_encoder_init]
+
+
+def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None):
+    """The stage's training data (refusing records of ECG-QA valid/test patients) and its model at the start
+    of training: built from the recipe, with the weights of ``init_from`` when it names an earlier stage."""
+    from ecgllm.datasets.cache import ECGCache
+    from ecgllm.datasets.split_policy import inherited_stages
+    from ecgllm.models.ecg_lm import EcgLanguageModel
+    from ecgllm.models.processor import ProcessorConfig
+    from ecgllm.training.data import ConversationDataset
+
+    if config.data.ecg_cache is None:
+        raise ValueError("data.ecg_cache is required (build one with `ecgllm data prepare`)")
+    inherited_stages(_inherited(config))  # a start trained under another split policy stops here, not at the end
+    dataset = ConversationDataset(config.data.train, ECGCache.open(config.data.ecg_cache), config.data.max_samples,
+                                  stage=config.stage)
+    if config.debias == "stratified" and not config.model.n_strata:
+        config.model.n_strata, config.model.stratum_prior = len(SUPERCLASS_STRATA), stratum_prior(dataset)
+    model, processor = EcgLanguageModel.build(config.model, ProcessorConfig(prep=config.prep.to_dict()),
+                                              llm=llm, tokenizer=tokenizer, init_from=config.init_from)
+    if config.init_from:
+        model.load_weights_from(config.init_from, processor)
+    return dataset, model, processor
+
+
+def _write_model_folder(folder: Path, config: TrainConfig, model, processor, dataset) -> Path:
+    """A self-contained model folder (what `--model` reads) with the records every stage behind it trained on."""
+    from ecgllm.datasets.split_policy import write_training_records
+
+    model.save_pretrained(folder, processor)
+    write_training_records(folder, config.stage, dataset.ptbxl_record_ids(), inherited=_inherited(config))
+    return folder
+
+
+def export_checkpoint(config: TrainConfig, step: int, llm=None, tokenizer=None) -> Path:
+    """Turn the run's checkpoint of ``step`` (Accelerate state: weights, optimizer, RNG) into a model folder,
+    ``<output_dir>/step-<N>/``, so intermediate checkpoints can be evaluated for model selection."""
+    from safetensors.torch import load_file
+
+    output_dir = Path(config.output_dir)
+    source = output_dir / "checkpoints" / f"step-{step:08d}"
+    if not (source / STATE_FILE).exists():
+        done = sorted(int(p.name.split("-")[1]) for p in (output_dir / "checkpoints").glob("step-*")
+                      if (p / STATE_FILE).exists())
+        raise RecipeError(f"{output_dir}: no finished checkpoint of step {step}; there are: "
+                          f"{', '.join(map(str, done)) or 'none'}")
+    dataset, model, processor = _dataset_and_model(config, llm, tokenizer)
+    state = load_file(source / "model.safetensors")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # safetensors stores a tied tensor once: the output projection shares the input embedding's storage.
+    current = model.state_dict()
+    loaded = {tensor.data_ptr() for name, tensor in current.items() if name not in missing}
+    tied = {name for name in missing if current[name].data_ptr() in loaded}
+    if unexpected or set(missing) - tied:
+        raise RecipeError(f"{source}: its weights do not fit the recipe's model (missing "
+                          f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    return _write_model_folder(output_dir / f"step-{step}", config, model, processor, dataset)
 
 
 def _save_checkpoint(accelerator, output_dir: Path, step: int, keep: int) -> None:
@@ -59,11 +120,7 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True) 
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from ecgllm.datasets.cache import ECGCache
-    from ecgllm.datasets.split_policy import load_policy, write_training_records
-    from ecgllm.models.ecg_lm import EcgLanguageModel
-    from ecgllm.models.processor import ProcessorConfig
-    from ecgllm.training.data import ConversationDataset, LengthGroupedBatchSampler, make_collate, token_lengths
+    from ecgllm.training.data import LengthGroupedBatchSampler, make_collate, token_lengths
 
     output_dir = Path(config.output_dir)
     # cpu=True is how Accelerate recognises a torchrun/`accelerate launch` run without GPUs (gloo backend).
@@ -71,17 +128,7 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True) 
                               mixed_precision=config.mixed_precision,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     set_seed(config.seed)
-    if config.data.ecg_cache is None:
-        raise ValueError("data.ecg_cache is required (build one with `ecgllm data prepare`)")
-    dataset = ConversationDataset(config.data.train, ECGCache.open(config.data.ecg_cache), config.data.max_samples,
-                                  stage=config.stage)  # refuses records of ECG-QA valid/test patients
-    policy = load_policy()
-    if config.debias == "stratified" and not config.model.n_strata:
-        config.model.n_strata, config.model.stratum_prior = len(SUPERCLASS_STRATA), stratum_prior(dataset)
-    model, processor = EcgLanguageModel.build(config.model, ProcessorConfig(prep=config.prep.to_dict()),
-                                              llm=llm, tokenizer=tokenizer, init_from=config.init_from)
-    if config.init_from:
-        model.load_weights_from(config.init_from, processor)
+    dataset, model, processor = _dataset_and_model(config, llm, tokenizer)
     collate = make_collate(processor, config.debias)
     if config.optim.group_by_length:
         sampler = LengthGroupedBatchSampler(token_lengths(dataset, processor), config.optim.batch_size, config.seed)
@@ -154,8 +201,6 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True) 
     bar.close()
     final = output_dir / "final"
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(final, processor)
-        write_training_records(final, config.stage, dataset.ptbxl_record_ids(), policy=policy,
-                               inherited=[config.model.encoder_init, config.init_from, config.model.image_encoder_init])
+        _write_model_folder(final, config, accelerator.unwrap_model(model), processor, dataset)
     accelerator.wait_for_everyone()
     return final

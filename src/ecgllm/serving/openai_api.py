@@ -1,0 +1,173 @@
+"""The OpenAI-compatible face of the REST API: ``POST /v1/chat/completions`` and ``GET /v1/models``, so that
+existing clients (the ``openai`` package, chat front-ends) can talk to ecgllm.
+
+The ECG travels as a content part of a user message:
+- ``{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}``: a photo or scan of a printout;
+- ``{"type": "file", "file": {"filename": "ecg.zip", "file_data": "<base64 or data URL>"}}``: a signal file
+  (DICOM, .npy/.npz, .csv, .mat, .h5, ...) or a zip of one WFDB record.
+
+One or two ECGs per conversation (two: the earlier first, as in ``ecgllm compare``), taken from the user
+messages in order; the question is the text of the last user message. Earlier turns' text is not used: the
+model answers one question at a time. Streaming sends the answer as one content chunk, then the end.
+Errors have OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ecgllm.errors import InputError
+
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
+_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(;[\w-]+=[\w.-]+)*;base64,(?P<data>.*)$", re.S)
+_IMAGE_SUFFIX = {"image/png": ".png", "image/jpeg": ".jpg", "image/jpg": ".jpg"}
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(BaseModel):
+    url: str = Field(description="a data URL: data:image/png;base64,... (remote URLs are not fetched)")
+
+
+class ImagePart(BaseModel):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class FileData(BaseModel):
+    filename: str | None = Field(None, description="its extension names the format: .dcm, .npy, .csv, .zip, ...")
+    file_data: str = Field(description="the file, base64 or a base64 data URL")
+
+
+class FilePart(BaseModel):
+    type: Literal["file"]
+    file: FileData
+
+
+ContentPart = Annotated[Union[TextPart, ImagePart, FilePart], Field(discriminator="type")]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[str, list[ContentPart], None] = None
+
+
+class ChatRequest(BaseModel):
+    """What ecgllm reads of an OpenAI chat request; sampling options it does not use are accepted and ignored
+    (answers are greedy, so they are reproducible)."""
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1, max_length=64)
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=1, le=512)
+    max_completion_tokens: int | None = Field(None, ge=1, le=512)
+
+
+def openai_error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}},
+                        status_code=status)
+
+
+def decode_part(part: ImagePart | FilePart, index: int) -> tuple[str, bytes]:
+    """A content part → (file name, bytes) for `save_records`; the name only carries the format."""
+    if isinstance(part, ImagePart):
+        match = _DATA_URL.match(part.image_url.url.strip())
+        if not match:
+            raise InputError("image_url must be a base64 data URL (data:image/png;base64,...); remote URLs are "
+                             "not fetched")
+        suffix = _IMAGE_SUFFIX.get((match["mime"] or "").lower())
+        if suffix is None:
+            raise InputError(f"image_url: {match['mime'] or 'no type'} is not accepted; send image/png or image/jpeg")
+        return f"part{index}{suffix}", _b64(match["data"], "image_url")
+    raw = part.file.file_data.strip()
+    match = _DATA_URL.match(raw)
+    data = _b64(match["data"] if match else raw, "file.file_data")
+    name = part.file.filename or ""
+    if not Path(name).suffix:
+        raise InputError("file.filename must name the format by its extension (.dcm, .npy, .csv, .zip, ...)")
+    return f"part{index}{Path(name).suffix.lower()}", data
+
+
+def _b64(text: str, field: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(f"{field} is not valid base64") from None
+
+
+def question_and_files(request: ChatRequest) -> tuple[str, list[tuple[str, bytes]]]:
+    users = [m for m in request.messages if m.role == "user"]
+    if not users:
+        raise InputError("messages hold no user message")
+    files: list[tuple[str, bytes]] = []
+    for message in users:
+        if isinstance(message.content, list):
+            files += [decode_part(p, len(files)) for p in message.content if not isinstance(p, TextPart)]
+    last = users[-1].content
+    texts = [last] if isinstance(last, str) else [p.text for p in last or [] if isinstance(p, TextPart)]
+    question = " ".join(t.strip() for t in texts if t and t.strip())
+    if not question:
+        raise InputError("the last user message has no text: it must ask a question")
+    if not 1 <= len(files) <= 2:
+        raise InputError(f"send one or two ECGs as content parts (image_url or file); the messages hold {len(files)}")
+    return question, files
+
+
+def add_openai_routes(app: FastAPI, assistant, settings, guarded, records_from, protected: list) -> None:
+    """``guarded(request, work)`` runs model work under the server's gate and timeout; ``records_from`` turns
+    uploaded files into ECG records; ``protected``: the API-key dependency (all from `ecgllm.serving.api`)."""
+
+    @app.get("/v1/models")
+    def models() -> dict:
+        """The served model, in OpenAI's list shape, with what a client needs to prepare ECGs."""
+        config = assistant.model.config
+        return {"object": "list", "data": [{
+            "id": assistant.name, "object": "model", "created": 0, "owned_by": "ecgllm",
+            "version": assistant.version, "llm": config.llm or "SmolLM2-135M-Instruct (embedded)",
+            "encoder": config.encoder, "tokens_per_ecg": assistant.model.tokens_per_ecg,
+            "fs": assistant.processor.prep.fs, "leads": list(assistant.processor.prep.leads)}]}
+
+    @app.post("/v1/chat/completions", dependencies=protected)
+    async def chat_completions(body: ChatRequest, request: Request) -> Any:
+        """OpenAI chat completions; the ECG(s) are content parts of the user messages (see the module doc)."""
+        question, files = question_and_files(body)
+        max_new = body.max_completion_tokens or body.max_tokens or settings.max_new_tokens
+
+        def work() -> str:
+            with tempfile.TemporaryDirectory(prefix="ecgllm-upload-") as tmp:
+                ecgs = records_from(files, {}, Path(tmp))
+            answer = (assistant.ask(ecgs[0], question, max_new, measure=False) if len(ecgs) == 1 else
+                      assistant.compare(ecgs[0], ecgs[1], question, max_new, measure=False))
+            return answer.text
+
+        text = await guarded(request, work)
+        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if not body.stream:
+            return {"id": ident, "object": "chat.completion", "created": created, "model": assistant.name,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                 "finish_reason": "stop"}]}
+
+        def events():
+            for delta, finish in (({"role": "assistant", "content": text}, None), ({}, "stop")):
+                chunk = {"id": ident, "object": "chat.completion.chunk", "created": created,
+                         "model": assistant.name, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                yield f"data: {json.dumps(chunk)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
