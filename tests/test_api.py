@@ -205,3 +205,50 @@ def test_serve_help_and_bad_api_key_env():
     result = subprocess.run([sys.executable, "-m", "ecgllm.serving.cli", "serve", "--api-key-env", "NOPE_KEY"],
                             capture_output=True, text=True, env=env)
     assert result.returncode == 3 and json.dumps("NOPE_KEY").strip('"') in result.stderr
+
+
+def test_a_timed_out_request_stops_its_generation_and_holds_its_slot_until_then(assistant, monkeypatch):
+    import threading
+
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def slow_generate(questions, ecg_lists, consecutive, max_new_tokens, max_time_s=None):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            started = time.monotonic()
+            while max_time_s is None or time.monotonic() - started < max_time_s:  # honours the deadline, as generate
+                time.sleep(0.01)
+            return ["stopped"] * len(questions)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(assistant, "_generate", slow_generate)
+    import concurrent.futures
+
+    import httpx
+    import uvicorn
+
+    from ecgllm.serving.api import ServeSettings, create_app
+
+    app = create_app(assistant, ServeSettings(request_timeout_s=1.5, workers=1, queue=8))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)  # one event loop, as `ecgllm serve` has
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    url = f"http://127.0.0.1:{server.config.port}/v1/ask"
+    try:
+        def one(_):
+            return httpx.post(url, files=wfdb_files(), data={"question": "Rhythm?"}, timeout=30).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            codes = list(pool.map(one, range(4)))
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert codes == [504] * 4, codes
+    assert peak[0] == 1  # one worker: never two generations at once, even after a timeout
+    assert running[0] == 0  # and every timed-out generation has stopped

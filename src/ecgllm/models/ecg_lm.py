@@ -403,8 +403,12 @@ class EcgLanguageModel(nn.Module):
 
     def _generate_marginal(self, input_ids, attention_mask, ecg, ecg_mask, max_new_tokens: int, n_ecgs: int,
                            images=None, ecg_is_image=None, return_dict_in_generate: bool = False,
-                           output_scores: bool = False, pad_token_id=None, eos_token_id=None, streamer=None, **_ignored):
+                           output_scores: bool = False, pad_token_id=None, eos_token_id=None, streamer=None,
+                           max_time: float | None = None, **_ignored):
+        import time
         from types import SimpleNamespace
+
+        started = time.monotonic()  # max_time: as `generate`'s, the answer so far once the time is up
 
         n, batch = self.config.n_strata, input_ids.shape[0]
         prior = torch.tensor(self.config.stratum_prior or [1.0 / n] * n, dtype=torch.float32)
@@ -431,7 +435,7 @@ class EcgLanguageModel(nn.Module):
             if streamer is not None:
                 streamer.put(step.cpu())
             done |= torch.isin(step, torch.tensor(sorted(eos), device=step.device)) if eos else done
-            if bool(done.all()):
+            if bool(done.all()) or (max_time is not None and time.monotonic() - started > max_time):
                 break
             mask = torch.cat([mask, torch.ones(n * batch, 1, dtype=mask.dtype, device=mask.device)], -1)
             last = last + 1

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import hmac
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -32,10 +34,44 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ecgllm import __version__
 from ecgllm.errors import InputError
 from ecgllm.io.limits import ReadLimits
+from ecgllm.serving.assistant import AnswerTimeoutError
 from ecgllm.serving.openai_api import OPENAI_PATHS, add_openai_routes, openai_error
 from ecgllm.serving.uploads import UploadLimits, UploadTooLargeError, save_records
 
 STATIC = Path(__file__).resolve().parent / "static"
+
+
+class ErrorDetail(BaseModel):
+    detail: str
+
+
+def _documented(*codes: int) -> dict:
+    """The error answers an endpoint can give, for the OpenAPI schema (clients and Schemathesis read them)."""
+    meaning = {401: "missing or wrong API key", 413: "an upload over a size or pixel limit",
+               422: "the request cannot be answered: an unreadable ECG, an empty question, a malformed body",
+               503: "busy: every worker answers and the queue is full; retry after Retry-After seconds",
+               504: "no answer within the request time (generation was stopped)"}
+    return {code: {"model": ErrorDetail, "description": meaning[code]} for code in codes}
+
+
+_ECG_JSON = {"type": "object", "required": ["signal", "fs", "leads"], "properties": {
+    "signal": {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
+               "description": "one row of samples per lead, in millivolts"},
+    "fs": {"type": "number", "description": "sampling rate, Hz"},
+    "leads": {"type": "array", "items": {"type": "string"}, "description": "lead names, one per row"}}}
+
+
+def _upload_body(question: bool) -> dict:
+    """The request body of an endpoint that reads ECGs: multipart files, or JSON signals."""
+    multipart = {"ecg": {"type": "array", "items": {"type": "string", "format": "binary"},
+                         "description": "one or two records: files, a WFDB .hea + .dat pair, a zip, a photo"}}
+    json_body = {"ecgs": {"type": "array", "items": _ECG_JSON, "minItems": 1, "maxItems": 2}}
+    required = ["question"] if question else []
+    if question:
+        multipart["question"] = json_body["question"] = {"type": "string"}
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": multipart, "required": ["ecg", *required]}},
+        "application/json": {"schema": {"type": "object", "properties": json_body, "required": ["ecgs", *required]}}}}}
 
 
 @dataclass
@@ -87,7 +123,11 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
             return [], body
         if not kind.startswith("multipart/form-data"):
             raise InputError("send multipart/form-data (field 'ecg' with files, 'question') or application/json")
-        form = await request.form(max_files=settings.upload.max_files, max_fields=8)
+        try:
+            form = await request.form(max_files=settings.upload.max_files, max_fields=8)
+        except StarletteHTTPException as exc:  # Starlette's 400 for too many files/fields or a broken body
+            raise InputError(f"the multipart body cannot be read: {exc.detail} (at most "
+                             f"{settings.upload.max_files} files in 'ecg', and 'question')") from None
         files = []
         for item in form.getlist("ecg"):
             if isinstance(item, str):
@@ -114,7 +154,8 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
         out = []
         for item in arrays:
             try:
-                signal = np.asarray(item["signal"], dtype=np.float32)
+                with np.errstate(over="ignore"):  # out-of-range values become inf, refused below as non-finite
+                    signal = np.asarray(item["signal"], dtype=np.float32)
                 fs, leads = float(item["fs"]), [str(x) for x in item["leads"]]
             except (KeyError, TypeError, ValueError):
                 raise InputError('each ECG needs "signal" (leads x samples, mV), "fs" and "leads"') from None
@@ -123,24 +164,27 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
             out.append(build_ecg(signal, fs, leads, path=None, fmt="json", limits=settings.read))
         return out
 
-    async def guarded(request: Request, work, *args) -> Any:
-        """Model work under the gate (``workers`` at once, ``queue`` waiting, the rest 503) and the timeout."""
+    async def guarded(work, *args) -> Any:
+        """``work(deadline, *args)`` under the gate (``workers`` at once, ``queue`` waiting, the rest 503). The
+        deadline (request arrival + the timeout) stops generation itself, so a timed-out request frees its worker
+        slot only when its work has really stopped: the slots count real work."""
         if gate.inside >= gate.capacity:
             raise HTTPException(503, "busy: every worker is answering and the queue is full; retry later",
                                 headers={"Retry-After": str(settings.retry_after_s)})
+        deadline = time.monotonic() + settings.request_timeout_s
         gate.inside += 1
         try:
             async with gate.semaphore:
                 try:
-                    return await asyncio.wait_for(run_in_threadpool(work, *args), settings.request_timeout_s)
-                except asyncio.TimeoutError:
-                    raise HTTPException(504, f"no answer within {settings.request_timeout_s:.0f} s") from None
+                    return await run_in_threadpool(work, deadline, *args)
+                except AnswerTimeoutError:
+                    raise HTTPException(504, f"no answer within {settings.request_timeout_s:g} s") from None
         finally:
             gate.inside -= 1
 
     async def run(request: Request, work) -> Any:
         files, body = await read_upload(request)
-        return await guarded(request, work, files, body)
+        return await guarded(work, files, body)
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError):
@@ -174,36 +218,39 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
 
     add_openai_routes(app, assistant, settings, guarded, records_from, protected)
 
-    @app.post("/v1/ask", dependencies=protected)
+    @app.post("/v1/ask", dependencies=protected, responses=_documented(401, 413, 422, 503, 504),
+              openapi_extra=_upload_body(question=True))
     async def ask(request: Request) -> dict:
         """Multipart: ``ecg`` (1-2 records) + ``question``; or JSON {"question", "ecgs": [...]}."""
-        def work(files, body):
+        def work(deadline, files, body):
             question = str(body.get("question", "")).strip()
             if not question:
                 raise InputError("the question is empty (field 'question')")
             with tempfile.TemporaryDirectory(prefix="ecgllm-upload-") as tmp:
                 ecgs = records_from(files, body, Path(tmp))
-            answer = (assistant.ask(ecgs[0], question, settings.max_new_tokens) if len(ecgs) == 1 else
-                      assistant.compare(ecgs[0], ecgs[1], question, settings.max_new_tokens))
+            answer = (assistant.ask(ecgs[0], question, settings.max_new_tokens, deadline=deadline) if len(ecgs) == 1
+                      else assistant.compare(ecgs[0], ecgs[1], question, settings.max_new_tokens, deadline=deadline))
             return {"answer": answer.text, "question": answer.question, "measurements": answer.measurements,
                     "timing": answer.timing, "model": assistant.name}
         return await run(request, work)
 
-    @app.post("/v1/report", dependencies=protected)
+    @app.post("/v1/report", dependencies=protected, responses=_documented(401, 413, 422, 503, 504),
+              openapi_extra=_upload_body(question=False))
     async def report(request: Request) -> dict:
         """Multipart ``ecg`` (one record) or JSON {"ecgs": [one]}: a short report with measurements."""
-        def work(files, body):
+        def work(deadline, files, body):
             with tempfile.TemporaryDirectory(prefix="ecgllm-upload-") as tmp:
                 ecgs = records_from(files, body, Path(tmp))
-            answer = assistant.report(ecgs[0], max(settings.max_new_tokens, 96))
+            answer = assistant.report(ecgs[0], max(settings.max_new_tokens, 96), deadline=deadline)
             return {"report": answer.text, "measurements": answer.measurements, "timing": answer.timing,
                     "model": assistant.name}
         return await run(request, work)
 
-    @app.post("/v1/plot", dependencies=protected)
+    @app.post("/v1/plot", dependencies=protected, responses=_documented(401, 413, 422, 503, 504),
+              openapi_extra=_upload_body(question=False))
     async def plot(request: Request) -> dict:
         """The 12-lead plot (PNG as a data URL) and the measurements of each uploaded record."""
-        def work(files, body):
+        def work(_deadline, files, body):  # no generation: reading and plotting are bounded by the limits
             from ecgllm.io.image import ECGImage
             from ecgllm.render.plot import plot_ecg
             from ecgllm.serving.assistant import measurement_summary

@@ -26,6 +26,10 @@ _MEASURED = ("heart_rate", "rr_ms", "pr_ms", "qrs_ms", "qt_ms", "qtc_bazett_ms",
              "quality_label")
 
 
+class AnswerTimeoutError(TimeoutError):
+    """An answer's deadline passed; its generation was stopped, not left running."""
+
+
 @dataclass
 class Answer:
     text: str
@@ -106,14 +110,15 @@ class ECGAssistant:
         return to_model_device(self.processor(turns, list(ecg_lists), tags=tags, train=False), self.model)
 
     @torch.no_grad()
-    def _generate(self, questions, ecg_lists, consecutive: bool, max_new_tokens: int) -> list[str]:
+    def _generate(self, questions, ecg_lists, consecutive: bool, max_new_tokens: int,
+                  max_time_s: float | None = None) -> list[str]:
         batch = self._batch(questions, ecg_lists, consecutive)
-        out = self.model.generate(**batch, max_new_tokens=max_new_tokens,
+        out = self.model.generate(**batch, max_new_tokens=max_new_tokens, max_time=max_time_s,
                                   pad_token_id=self.processor.tokenizer.pad_token_id)
         return [t.strip() for t in self.processor.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
     def _answer(self, ecgs: Sequence[ECGLike], question: str, consecutive: bool, max_new_tokens: int,
-                measure: bool) -> Answer:
+                measure: bool, deadline: float | None = None) -> Answer:
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty")
         t0 = time.perf_counter()
@@ -121,25 +126,32 @@ class ECGAssistant:
         t1 = time.perf_counter()
         measurements = [measurement_summary(e) for e in records] if measure else []
         t2 = time.perf_counter()
-        text = self._generate([question.strip()], [records], consecutive, max_new_tokens)[0]
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise AnswerTimeoutError("the time for this answer ran out before generation began")
+        text = self._generate([question.strip()], [records], consecutive, max_new_tokens, left)[0]
+        if deadline is not None and time.monotonic() > deadline:
+            raise AnswerTimeoutError("the time for this answer ran out; generation was stopped")
         t3 = time.perf_counter()
         return Answer(text, question.strip(), measurements,
                       {"read_s": round(t1 - t0, 4), "measure_s": round(t2 - t1, 4), "generate_s": round(t3 - t2, 4),
                        "total_s": round(t3 - t0, 4)})
 
     # ------------------------------------------------------------------------------------ public API
-    def ask(self, ecg: ECGLike, question: str, max_new_tokens: int = 64, measure: bool = True) -> Answer:
-        """Answer a question about one ECG (a record, or a path any reader accepts)."""
-        return self._answer([ecg], question, False, max_new_tokens, measure)
+    def ask(self, ecg: ECGLike, question: str, max_new_tokens: int = 64, measure: bool = True,
+            deadline: float | None = None) -> Answer:
+        """Answer a question about one ECG (a record, or a path any reader accepts). ``deadline``
+        (`time.monotonic()` seconds): generation stops there and `AnswerTimeoutError` is raised."""
+        return self._answer([ecg], question, False, max_new_tokens, measure, deadline)
 
     def compare(self, earlier: ECGLike, later: ECGLike, question: str = "What changed?", max_new_tokens: int = 64,
-                measure: bool = True) -> Answer:
+                measure: bool = True, deadline: float | None = None) -> Answer:
         """Answer a question about two ECGs of one patient, the earlier first."""
-        return self._answer([earlier, later], question, True, max_new_tokens, measure)
+        return self._answer([earlier, later], question, True, max_new_tokens, measure, deadline)
 
-    def report(self, ecg: ECGLike, max_new_tokens: int = 96) -> Answer:
+    def report(self, ecg: ECGLike, max_new_tokens: int = 96, deadline: float | None = None) -> Answer:
         """A short free-text report of one ECG."""
-        return self._answer([ecg], REPORT_QUESTION, False, max_new_tokens, True)
+        return self._answer([ecg], REPORT_QUESTION, False, max_new_tokens, True, deadline)
 
     def ask_batch(self, items: Sequence[tuple[ECGLike | Sequence[ECGLike], str]], batch_size: int = 16,
                   max_new_tokens: int = 64) -> list[Answer]:

@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -79,6 +79,23 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1, le=512)
 
 
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIError(BaseModel):
+    error: OpenAIErrorBody
+
+
+OPENAI_ERRORS = {code: {"model": OpenAIError, "description": text} for code, text in (
+    (400, "an invalid request: no ECG, no question, undecodable content, an unknown field value"),
+    (401, "missing or wrong API key (Authorization: Bearer)"), (413, "an upload over a size or pixel limit"),
+    (503, "busy: retry after Retry-After seconds"), (504, "no answer within the request time"))}
+
+
 def openai_error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}},
                         status_code=status)
@@ -130,7 +147,7 @@ def question_and_files(request: ChatRequest) -> tuple[str, list[tuple[str, bytes
 
 
 def add_openai_routes(app: FastAPI, assistant, settings, guarded, records_from, protected: list) -> None:
-    """``guarded(request, work)`` runs model work under the server's gate and timeout; ``records_from`` turns
+    """``guarded(work)`` runs model work under the server's gate and timeout; ``records_from`` turns
     uploaded files into ECG records; ``protected``: the API-key dependency (all from `ecgllm.serving.api`)."""
 
     @app.get("/v1/models")
@@ -143,20 +160,20 @@ def add_openai_routes(app: FastAPI, assistant, settings, guarded, records_from, 
             "encoder": config.encoder, "tokens_per_ecg": assistant.model.tokens_per_ecg,
             "fs": assistant.processor.prep.fs, "leads": list(assistant.processor.prep.leads)}]}
 
-    @app.post("/v1/chat/completions", dependencies=protected)
-    async def chat_completions(body: ChatRequest, request: Request) -> Any:
+    @app.post("/v1/chat/completions", dependencies=protected, responses=OPENAI_ERRORS)
+    async def chat_completions(body: ChatRequest) -> Any:
         """OpenAI chat completions; the ECG(s) are content parts of the user messages (see the module doc)."""
         question, files = question_and_files(body)
         max_new = body.max_completion_tokens or body.max_tokens or settings.max_new_tokens
 
-        def work() -> str:
+        def work(deadline: float) -> str:
             with tempfile.TemporaryDirectory(prefix="ecgllm-upload-") as tmp:
                 ecgs = records_from(files, {}, Path(tmp))
-            answer = (assistant.ask(ecgs[0], question, max_new, measure=False) if len(ecgs) == 1 else
-                      assistant.compare(ecgs[0], ecgs[1], question, max_new, measure=False))
+            answer = (assistant.ask(ecgs[0], question, max_new, measure=False, deadline=deadline) if len(ecgs) == 1
+                      else assistant.compare(ecgs[0], ecgs[1], question, max_new, measure=False, deadline=deadline))
             return answer.text
 
-        text = await guarded(request, work)
+        text = await guarded(work)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if not body.stream:
             return {"id": ident, "object": "chat.completion", "created": created, "model": assistant.name,
