@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -27,17 +28,44 @@ def test_ci_runs_the_readme_test_command():
     assert readme_setup_commands()[1] in ci
 
 
-def test_readme_main_job_runs(tmp_path):
-    """The ecgllm part of the main-job command (setup is what CI itself just ran): the shipped model answers
-    about the bundled record, and the record is rendered."""
+MEASURED = re.compile(r"  \[ECG 1 measured\] heart_rate=[\d.]+, rr_ms=[\d.]+, .*quality_label=\w+")
+TIMING = re.compile(r"  \[\d+\.\d\d s\]")
+
+
+def stderr_lines(text: str) -> list[str]:
+    """What a terminal keeps of stderr: each progress bar's carriage-return redraws end in its last state."""
+    return [line.rsplit("\r", 1)[-1] for line in text.split("\n") if line.rsplit("\r", 1)[-1].strip()]
+
+
+def test_readme_main_job_runs_and_says_only_what_a_user_needs(tmp_path):
+    """The ecgllm part of the main-job command (setup is what CI itself just ran), on a first run (the embedded
+    LLM is prepared: one line, one bar) and a later one: the answer on stdout; on stderr the measurements and the
+    time, and no library's bars, logs or warnings. ``--quiet`` leaves the answer alone."""
     main_job = readme_setup_commands()[0]
-    for part in main_job.split(" && ")[1:]:
-        args = shlex.split(part.replace("-o ecg.png", f"-o {tmp_path / 'ecg.png'}"))
-        result = subprocess.run([str(ROOT / args[0])] + args[1:], cwd=ROOT, capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
-        if args[1] == "ask":
+    env = dict(os.environ, ECGLLM_CACHE=str(tmp_path / "fresh-cache"))
+    llm_folder = tmp_path / "fresh-cache" / "llm" / "smollm2-135m-instruct"
+    for run in ("first", "later"):
+        for part in main_job.split(" && ")[1:]:
+            args = shlex.split(part.replace("-o ecg.png", f"-o {tmp_path / 'ecg.png'}"))
+            result = subprocess.run([str(ROOT / args[0])] + args[1:], cwd=ROOT, capture_output=True, text=True,
+                                    env=env)
+            assert result.returncode == 0, result.stderr
+            lines = stderr_lines(result.stderr)
+            if args[1] != "ask":
+                assert lines == [], result.stderr
+                continue
             assert result.stdout.strip(), "the shipped model gave no answer"
+            if run == "first":
+                assert lines[0] == (f"ecgllm: preparing the embedded language model once (SmolLM2-135M-Instruct "
+                                    f"-> {llm_folder}, ~30 s)"), result.stderr
+                assert all("|" in line or not line.strip() for line in lines[1:-2]), result.stderr  # one bar
+                lines = lines[-2:]
+            assert len(lines) == 2 and MEASURED.fullmatch(lines[0]) and TIMING.fullmatch(lines[1]), result.stderr
     assert (tmp_path / "ecg.png").stat().st_size > 10_000
+    ask = shlex.split(main_job.split(" && ")[1])
+    quiet = subprocess.run([str(ROOT / ask[0])] + ask[1:] + ["--quiet"], cwd=ROOT, capture_output=True, text=True,
+                           env=env)
+    assert quiet.returncode == 0 and quiet.stderr == "" and len(quiet.stdout.strip().splitlines()) == 1
 
 
 def test_readme_python_api_example_runs(tiny_checkpoint):

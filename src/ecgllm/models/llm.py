@@ -10,13 +10,56 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 DEFAULT_LLM = "smollm2-135m-instruct"
 
 
 class LLMNotFoundError(Exception):
     """The requested language model is not available locally; the message says how to get it."""
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Loading a model prints nothing of transformers' internals: no per-file progress bars, no info logs, and not
+    the deprecation warning peft's own attribute probe triggers (nothing a user can act on)."""
+    from transformers.utils import logging as hf_logging
+
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+@contextmanager
+def _silent_gguf_bar() -> Iterator[None]:
+    """transformers' GGUF reader draws its own tqdm bar, outside its progress-bar switch; ours replaces it."""
+    from functools import partial
+    from unittest import mock
+
+    from tqdm.auto import tqdm
+
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_reader
+    except ImportError:
+        yield
+        return
+    if not hasattr(gguf_reader, "tqdm"):
+        yield
+        return
+    with mock.patch.object(gguf_reader, "tqdm", partial(tqdm, disable=True)):
+        yield
 
 
 def cache_root() -> Path:
@@ -39,23 +82,37 @@ def convert_default_llm(target: Path | None = None) -> Path:
     """Convert the SmolLM2 GGUF into a safetensors model folder (atomically) and return its path."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tqdm import tqdm
+
     target = target or cache_root() / "llm" / DEFAULT_LLM
     if (target / "config.json").exists():
         return target
     gguf = smollm2_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    config = quantized.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # the weights are de-quantised fp32 now
-    model = type(quantized)(config)
-    model.load_state_dict(quantized.state_dict())
-    tmp = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(target)
+    # The one thing a first run prints besides the answer: one line and one bar, on stderr.
+    print(f"ecgllm: preparing the embedded language model once (SmolLM2-135M-Instruct -> {target}, ~30 s)",
+          file=sys.stderr)
+    with quiet_transformers(), tqdm(total=4, unit="step", file=sys.stderr, leave=False) as bar:
+        bar.set_description("reading the tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        bar.update()
+        bar.set_description("de-quantising the weights")
+        with _silent_gguf_bar():
+            quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        bar.update()
+        config = quantized.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config  # the weights are de-quantised fp32 now
+        model = type(quantized)(config)
+        model.load_state_dict(quantized.state_dict())
+        bar.update()
+        bar.set_description("writing safetensors")
+        tmp = target.with_name(target.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(target)
+        bar.update()
     return target
 
 
@@ -76,6 +133,7 @@ def load_llm(name_or_path: str | None = None, dtype=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_llm(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
+    with quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
     return model, tokenizer

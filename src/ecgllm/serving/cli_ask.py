@@ -12,9 +12,15 @@ from ecgllm.serving.exit_codes import EXIT_INPUT, EXIT_OK, EXIT_OUTPUT
 
 
 def _assistant(args: argparse.Namespace):
+    import contextlib
+    import io
+
     from ecgllm.serving.assistant import ECGAssistant
 
-    return ECGAssistant.load(args.model, args.device, args.dtype)
+    if not getattr(args, "answer_only", False):
+        return ECGAssistant.load(args.model, args.device, args.dtype)
+    with contextlib.redirect_stderr(io.StringIO()):  # --quiet: not even the one-time LLM preparation line
+        return ECGAssistant.load(args.model, args.device, args.dtype)
 
 
 # placement.DTYPES' names (a test keeps them equal): importing placement imports torch, ~2 s before any file is read
@@ -63,11 +69,13 @@ def add_placement_arguments(p: argparse.ArgumentParser) -> None:
                    help="weights' precision; auto = bfloat16 on a GPU that supports it, float32 elsewhere")
 
 
-def _show(answer, as_json: bool) -> None:
+def _show(answer, as_json: bool, answer_only: bool = False) -> None:
     if as_json:
         print(json.dumps(answer.to_dict(), indent=2))
         return
     print(answer.text)
+    if answer_only:
+        return
     for i, m in enumerate(answer.measurements, 1):
         if "error" in m:
             print(f"  [ECG {i}] {m['error']}", file=sys.stderr)
@@ -79,15 +87,17 @@ def _show(answer, as_json: bool) -> None:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     (ecg,), read_s = _read_first([args.ecg])
-    answer = _assistant(args).ask(ecg, args.question, args.max_new_tokens, measure=not args.no_measure)
-    _show(_count_read_time(answer, read_s), args.json)
+    answer = _assistant(args).ask(ecg, args.question, args.max_new_tokens,
+                                  measure=not (args.no_measure or args.answer_only))
+    _show(_count_read_time(answer, read_s), args.json, args.answer_only)
     return EXIT_OK
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     (earlier, later), read_s = _read_first([args.earlier, args.later])
-    answer = _assistant(args).compare(earlier, later, args.question, args.max_new_tokens, measure=not args.no_measure)
-    _show(_count_read_time(answer, read_s), args.json)
+    answer = _assistant(args).compare(earlier, later, args.question, args.max_new_tokens,
+                                      measure=not (args.no_measure or args.answer_only))
+    _show(_count_read_time(answer, read_s), args.json, args.answer_only)
     return EXIT_OK
 
 
@@ -106,7 +116,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             return EXIT_OUTPUT
         print(f"wrote {args.output}")
     else:
-        _show(answer, args.json)
+        _show(answer, args.json, args.answer_only)
     return EXIT_OK
 
 
@@ -180,6 +190,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def add_ask_commands(sub: argparse._SubParsersAction, formatter: type, exit_help: str) -> None:
+    def answer_only(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-q", "--quiet", dest="answer_only", action="store_true",
+                       help="print the answer only: no measurements, timing or one-time preparation line "
+                            "(errors still go to stderr)")
+
     def common(p: argparse.ArgumentParser, tokens: int) -> None:
         p.add_argument("--model", metavar="DIR", help="checkpoint folder (default: the shipped checkpoint)")
         p.add_argument("--max-new-tokens", type=int, default=tokens)
@@ -199,6 +214,7 @@ def add_ask_commands(sub: argparse._SubParsersAction, formatter: type, exit_help
     common(p, 64)
     p.add_argument("--json", action="store_true", help="answer, measurements and timing as JSON")
     p.add_argument("--no-measure", action="store_true", help="skip the measurements (faster)")
+    answer_only(p)
     p.set_defaults(func=cmd_ask)
 
     p = sub.add_parser("compare", formatter_class=formatter, help="compare two ECGs of one patient",
@@ -213,6 +229,7 @@ def add_ask_commands(sub: argparse._SubParsersAction, formatter: type, exit_help
     common(p, 64)
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-measure", action="store_true")
+    answer_only(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", formatter_class=formatter, help="write a short report of one ECG",
@@ -224,6 +241,7 @@ def add_ask_commands(sub: argparse._SubParsersAction, formatter: type, exit_help
     p.add_argument("-o", "--output", help="write Markdown here instead of printing")
     common(p, 96)
     p.add_argument("--json", action="store_true")
+    answer_only(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("batch", formatter_class=formatter, help="answer a JSONL file of questions (resumable)",
