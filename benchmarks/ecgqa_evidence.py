@@ -322,7 +322,8 @@ def update_readme(r: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint folder (default: the shipped one)")
-    parser.add_argument("--encoder", type=Path, help="encoder run for the classifier baseline")
+    parser.add_argument("--encoder", type=Path, help="encoder run, or a checkpoint with label tokens (its frozen "
+                        "encoder and classifier head), for the classifier baseline")
     parser.add_argument("--n-generated", type=int, default=2100)
     parser.add_argument("--limit-generated", type=int,
                         help="answer only the first N generated questions (all of them by default)")

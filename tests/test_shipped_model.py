@@ -82,3 +82,24 @@ def test_a_photo_of_a_printout_is_answered(assistant, tmp_path):
     render_ecg(read_ecg(PTBXL_1), augment=True, seed=2).image.save(photo, quality=85)
     result = _ask("ask", str(photo), "Is this a normal ECG?")
     assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]
+
+
+def test_the_classifier_baseline_reads_the_checkpoints_own_encoder_and_head(assistant):
+    """`EncoderFeatures` on a checkpoint: the frozen encoder the LLM reads and the head behind its label tokens,
+    giving the probabilities the label tokens are built from (an AF record ranks AFIB above a normal one)."""
+    import numpy as np
+    import torch
+
+    from ecgllm import read_ecg
+    from ecgllm.evaluation.baselines import EncoderFeatures
+
+    features = EncoderFeatures(SHIPPED_CHECKPOINT)
+    ecgs = [read_ecg(p) for p in (*AFIB, *NORMAL)]
+    probs = features.probabilities(features.embed(ecgs))
+    afib = features.labels["all71"].index("AFIB")
+    assert probs.shape == (4, 76) and probs[:2, afib].min() > probs[2:, afib].max()
+    batch = assistant.processor([[{"role": "user", "content": "x"}]], [ecgs[:1]], train=False)
+    with torch.no_grad():
+        pooled = assistant.model.encoder.pool(assistant.model.encoder(batch["ecg"], batch["ecg_mask"]))
+        expected = torch.sigmoid(assistant.model.label_tokens.head(pooled)).numpy()
+    assert np.allclose(expected[0], probs[0], atol=1e-5)  # the same numbers the model's label tokens see

@@ -65,7 +65,9 @@ def question_only_answers(train: Sequence[QASample], test: Sequence[QASample], s
 
 
 class EncoderFeatures:
-    """Frozen pretrained encoder (an `ecgllm train` encoder run): pooled embeddings and label probabilities."""
+    """Frozen pretrained encoder: pooled embeddings and label probabilities. ``run_dir`` is an `ecgllm train`
+    encoder run, or an LLM checkpoint with label tokens (its encoder and the classifier head it carries: the very
+    encoder the LLM reads, so the baseline shows what a classifier gets from the same features)."""
 
     def __init__(self, run_dir: str | Path) -> None:
         from safetensors.torch import load_file
@@ -73,19 +75,29 @@ class EncoderFeatures:
         from ecgllm.models.encoders import build_encoder
 
         run_dir = Path(run_dir)
-        try:
+        head = None
+        if (run_dir / "encoder_config.json").exists():
             config = json.loads((run_dir / "encoder_config.json").read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{run_dir}: no encoder_config.json; give a finished encoder run") from None
+            if (run_dir / "head.safetensors").exists():
+                head = load_file(run_dir / "head.safetensors")
+        elif (run_dir / "config.json").exists() and (run_dir / "label_tokens.safetensors").exists():
+            model = json.loads((run_dir / "config.json").read_text())["config"]
+            prep = json.loads((run_dir / "processor_config.json").read_text())["prep"]
+            config = {"encoder": model["encoder"], "encoder_kwargs": model["encoder_kwargs"],
+                      "input": {"normalize": prep["normalize"], "fs": prep["fs"]}}
+            tokens = load_file(run_dir / "label_tokens.safetensors")
+            head = {"weight": tokens["head.weight"], "bias": tokens["head.bias"]}
+        else:
+            raise FileNotFoundError(f"{run_dir}: neither a finished encoder run (encoder_config.json) nor a "
+                                    f"checkpoint with label tokens")
         self.encoder = build_encoder(config["encoder"], **config["encoder_kwargs"]).eval()
         self.encoder.load_state_dict(load_file(run_dir / "encoder.safetensors"))
         self.normalize, self.fs = config["input"]["normalize"], float(config["input"]["fs"])
         self.labels = json.loads((run_dir / "labels.json").read_text()) if (run_dir / "labels.json").exists() else {}
         self.head = None
-        if (run_dir / "head.safetensors").exists():
-            weights = load_file(run_dir / "head.safetensors")
-            self.head = torch.nn.Linear(weights["weight"].shape[1], weights["weight"].shape[0])
-            self.head.load_state_dict(weights)
+        if head is not None:
+            self.head = torch.nn.Linear(head["weight"].shape[1], head["weight"].shape[0])
+            self.head.load_state_dict(head)
 
     def _input(self, ecgs: Sequence[ECG]) -> tuple[torch.Tensor, torch.Tensor]:
         from ecgllm.signal.prepare import PrepConfig, prepare
