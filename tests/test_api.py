@@ -252,3 +252,29 @@ def test_a_timed_out_request_stops_its_generation_and_holds_its_slot_until_then(
     assert codes == [504] * 4, codes
     assert peak[0] == 1  # one worker: never two generations at once, even after a timeout
     assert running[0] == 0  # and every timed-out generation has stopped
+
+
+def test_requests_that_used_to_reach_a_500_get_a_4xx_with_a_sentence(assistant):
+    client = client_for(assistant)
+    long_question = "Does this ECG show atrial fibrillation? " * 300  # over the model's 1,024-token context
+    r = client.post("/v1/ask", files=wfdb_files(), data={"question": long_question})
+    assert r.status_code == 422 and "shorten the question" in r.json()["detail"], r.text
+    r = client.post("/v1/ask", content=b'{"question": "x?", "ecgs": [', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "not valid JSON" in r.json()["detail"]
+    huge = int("1" + "0" * 400)  # a JSON integer no float holds
+    body = {"question": "x?", "ecgs": [{"signal": [[huge] * 10] * 12, "fs": 100, "leads": ["I"] * 12}]}
+    assert client.post("/v1/ask", json=body).status_code == 422
+    body = {"question": "x?", "ecgs": [{"signal": [[0.1] * 1000] * 12, "fs": huge, "leads": ["I"] * 12}]}
+    assert client.post("/v1/ask", json=body).status_code == 422
+    r = client.post("/v1/ask", files=[("ecg", ("x.dcm", b"not a dicom file"))], data={"question": "x?"})
+    assert r.status_code == 422 and "ecgllm-upload" not in r.text  # no server path in the sentence
+    r = client.post("/v1/ask", files=[("ecg", ("photo.png", _png()))], data={"question": "x?"})
+    assert r.status_code == 422 and "image encoder" in r.json()["detail"]  # the tiny model reads signals only
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (800, 600), "white").save(buffer, format="PNG")
+    return buffer.getvalue()

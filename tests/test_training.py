@@ -116,6 +116,11 @@ def test_two_cpu_processes_with_gloo(workspace):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (workspace / "ddp" / "final" / "adapter").is_dir()
     assert len((workspace / "ddp" / "metrics.jsonl").read_text().splitlines()) == 4  # logged once, by rank 0
+    export = subprocess.run(CLI + ["train", str(workspace / "ddp.yaml"), "--export-step", "4"], capture_output=True,
+                            text=True)  # a multi-process run's checkpoint holds the wrapped model's names
+    assert export.returncode == 0, export.stderr[-2000:]
+    final, exported = final_weights(workspace / "ddp"), model_weights(workspace / "ddp" / "step-4")
+    assert final.keys() == exported.keys() and all((final[k] == exported[k]).all() for k in final)
 
 
 def test_recipe_errors_name_the_problem(tmp_path):

@@ -84,7 +84,7 @@ class EncoderFeatures:
             model = json.loads((run_dir / "config.json").read_text())["config"]
             prep = json.loads((run_dir / "processor_config.json").read_text())["prep"]
             config = {"encoder": model["encoder"], "encoder_kwargs": model["encoder_kwargs"],
-                      "input": {"normalize": prep["normalize"], "fs": prep["fs"]}}
+                      "input": {"normalize": prep["normalize"], "fs": prep["fs"]}, "prep": prep}
             tokens = load_file(run_dir / "label_tokens.safetensors")
             head = {"weight": tokens["head.weight"], "bias": tokens["head.bias"]}
         else:
@@ -93,6 +93,7 @@ class EncoderFeatures:
         self.encoder = build_encoder(config["encoder"], **config["encoder_kwargs"]).eval()
         self.encoder.load_state_dict(load_file(run_dir / "encoder.safetensors"))
         self.normalize, self.fs = config["input"]["normalize"], float(config["input"]["fs"])
+        self.prep = config.get("prep")  # a checkpoint's exact input preparation, as its processor applies it
         self.labels = json.loads((run_dir / "labels.json").read_text()) if (run_dir / "labels.json").exists() else {}
         self.head = None
         if head is not None:
@@ -102,8 +103,8 @@ class EncoderFeatures:
     def _input(self, ecgs: Sequence[ECG]) -> tuple[torch.Tensor, torch.Tensor]:
         from ecgllm.signal.prepare import PrepConfig, prepare
 
-        prep = PrepConfig(fs=self.fs, bandpass=None, normalize="zscore" if self.normalize == "zscore" else "center",
-                          window_s=10.0)
+        prep = PrepConfig(**self.prep) if self.prep else PrepConfig(
+            fs=self.fs, bandpass=None, normalize="zscore" if self.normalize == "zscore" else "center", window_s=10.0)
         prepared = [prepare(e, prep) for e in ecgs]
         x = np.stack([p.signal for p in prepared])
         return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(np.stack([p.mask for p in prepared]))

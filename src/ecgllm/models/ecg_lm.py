@@ -18,7 +18,7 @@ from torch import nn
 from ecgllm import __version__
 from ecgllm.models.encoders import build_encoder
 from ecgllm.models.label_tokens import LabelTokens
-from ecgllm.models.processor import EcgProcessor, ProcessorConfig
+from ecgllm.models.processor import EcgProcessor, ImageNotSupportedError, ProcessorConfig
 from ecgllm.models.projector import build_projector
 
 LLM_POLICIES = ("frozen", "lora", "full")
@@ -230,7 +230,9 @@ class EcgLanguageModel(nn.Module):
                 return None
             return self.encoder(ecg, ecg_mask)
         if self.image_encoder is None:
-            raise ValueError("this model has no image encoder; it reads ECG signals only")
+            raise ImageNotSupportedError("this model has no image encoder: it reads ECG signals only, not pictures "
+                                         "of printouts; send the signal file, or use a checkpoint with an image "
+                                         "encoder (the shipped one has one)")
         from_images = self.image_encoder(images)
         features = from_images.new_zeros(len(ecg_is_image), *from_images.shape[1:])
         features[ecg_is_image] = from_images

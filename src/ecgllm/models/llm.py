@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 DEFAULT_LLM = "smollm2-135m-instruct"
+ANNOUNCE_PREPARATION = True  # `--quiet` turns off the first run's one line and bar
 
 
 class LLMNotFoundError(Exception):
@@ -25,19 +26,17 @@ class LLMNotFoundError(Exception):
 
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """Loading a model prints nothing of transformers' internals: no per-file progress bars, no info logs, and not
-    the deprecation warning peft's own attribute probe triggers (nothing a user can act on)."""
+    """Loading a model prints nothing of transformers' internals: no per-file progress bars, and not the
+    deprecation warning peft's own attribute probe triggers (nothing a user can act on)."""
     from transformers.utils import logging as hf_logging
 
-    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # warnings stay on: a load that misses weights must still say so
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             yield
     finally:
-        hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
 
@@ -89,9 +88,11 @@ def convert_default_llm(target: Path | None = None) -> Path:
         return target
     gguf = smollm2_gguf()
     # The one thing a first run prints besides the answer: one line and one bar, on stderr.
-    print(f"ecgllm: preparing the embedded language model once (SmolLM2-135M-Instruct -> {target}, ~30 s)",
-          file=sys.stderr)
-    with quiet_transformers(), tqdm(total=4, unit="step", file=sys.stderr, leave=False) as bar:
+    if ANNOUNCE_PREPARATION:
+        print(f"ecgllm: preparing the embedded language model once (SmolLM2-135M-Instruct -> {target}, ~30 s)",
+              file=sys.stderr)
+    with quiet_transformers(), tqdm(total=4, unit="step", file=sys.stderr, leave=False,
+                                    disable=not ANNOUNCE_PREPARATION) as bar:
         bar.set_description("reading the tokenizer")
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         bar.update()

@@ -29,6 +29,10 @@ class ImageNotSupportedError(InputError):
     """An ECG image was given to a checkpoint without an image encoder."""
 
 
+class PromptTooLongError(InputError, ValueError):
+    """A conversation longer than the model's context (``ProcessorConfig.max_length``)."""
+
+
 @dataclass
 class ProcessorConfig:
     prep: dict = field(default_factory=lambda: PrepConfig().to_dict())
@@ -141,8 +145,8 @@ class EcgProcessor:
 
     def _check_length(self, n_tokens: int) -> None:
         if n_tokens > self.config.max_length:
-            raise ValueError(f"a prompt has {n_tokens} tokens; the limit is {self.config.max_length} "
-                             f"(ProcessorConfig.max_length)")
+            raise PromptTooLongError(f"the prompt has {n_tokens} tokens; this model reads at most "
+                                     f"{self.config.max_length}: shorten the question")
 
     def __call__(self, conversations: list[list[dict[str, str]]], ecgs: list[Sequence[ECG | PreparedECG | ECGImage]],
                  tags: list[Sequence[str]] | None = None, train: bool = True) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from ecgllm.errors import InputError
 from ecgllm.io.limits import ReadLimits
 from ecgllm.serving.assistant import AnswerTimeoutError
 from ecgllm.serving.openai_api import OPENAI_PATHS, add_openai_routes, openai_error
-from ecgllm.serving.uploads import UploadLimits, UploadTooLargeError, save_records
+from ecgllm.serving.uploads import UploadError, UploadLimits, UploadTooLargeError, save_records
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -69,9 +70,15 @@ def _upload_body(question: bool) -> dict:
     required = ["question"] if question else []
     if question:
         multipart["question"] = json_body["question"] = {"type": "string"}
+    # A small valid request (3 s of lead II at 100 Hz) for the docs' "try it out" and for Schemathesis.
+    example: dict = {"ecgs": [{"signal": [[round(math.sin(i / 4.0), 3) for i in range(300)]], "fs": 100,
+                               "leads": ["II"]}]}
+    if question:
+        example["question"] = "Is this a normal ECG?"
     return {"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "properties": multipart, "required": ["ecg", *required]}},
-        "application/json": {"schema": {"type": "object", "properties": json_body, "required": ["ecgs", *required]}}}}}
+        "application/json": {"schema": {"type": "object", "properties": json_body, "required": ["ecgs", *required]},
+                             "example": example}}}}
 
 
 @dataclass
@@ -117,7 +124,10 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
             raise UploadTooLargeError(f"the request is larger than {settings.upload.max_bytes / 2**20:.0f} MiB")
         kind = request.headers.get("content-type", "")
         if kind.startswith("application/json"):
-            body = await request.json()
+            try:
+                body = await request.json()
+            except (ValueError, RecursionError):  # not JSON, not UTF-8, or numbers/nesting Python refuses
+                raise InputError("the body is not valid JSON") from None
             if not isinstance(body, dict):
                 raise InputError("the JSON body must be an object")
             return [], body
@@ -144,7 +154,12 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
         from ecgllm.io.validate import build_ecg
 
         if files:
-            return [read_ecg(p, limits=settings.read) for p in save_records(files, folder, settings.upload)]
+            try:
+                return [read_ecg(p, limits=settings.read) for p in save_records(files, folder, settings.upload)]
+            except UploadError:
+                raise
+            except InputError as exc:  # a reader names the file: the server's temporary path, not the client's
+                raise UploadError(str(exc).replace(f"{folder}/", "uploaded ")) from None
         arrays = body.get("ecgs")
         if not isinstance(arrays, list) or not 1 <= len(arrays) <= 2:
             raise InputError('JSON needs "ecgs": a list of one or two {"signal": [[...], ...], "fs": Hz, '
@@ -157,23 +172,26 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
                 with np.errstate(over="ignore"):  # out-of-range values become inf, refused below as non-finite
                     signal = np.asarray(item["signal"], dtype=np.float32)
                 fs, leads = float(item["fs"]), [str(x) for x in item["leads"]]
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, OverflowError):
                 raise InputError('each ECG needs "signal" (leads x samples, mV), "fs" and "leads"') from None
             if signal.ndim != 2:
                 raise InputError("signal must be a 2-D list: one row of samples per lead")
             out.append(build_ecg(signal, fs, leads, path=None, fmt="json", limits=settings.read))
         return out
 
-    async def guarded(work, *args) -> Any:
-        """``work(deadline, *args)`` under the gate (``workers`` at once, ``queue`` waiting, the rest 503). The
-        deadline (request arrival + the timeout) stops generation itself, so a timed-out request frees its worker
-        slot only when its work has really stopped: the slots count real work."""
+    async def guarded(work, *args, read=None) -> Any:
+        """``work(deadline, *args)`` under the gate (``workers`` at once, ``queue`` waiting, the rest 503);
+        ``read``: an awaitable giving more arguments, awaited once admitted (an upload is only read then). The
+        deadline (admission + the timeout) stops generation itself, so a timed-out request frees its worker slot
+        only when its work has really stopped: the slots count real work."""
         if gate.inside >= gate.capacity:
             raise HTTPException(503, "busy: every worker is answering and the queue is full; retry later",
                                 headers={"Retry-After": str(settings.retry_after_s)})
         deadline = time.monotonic() + settings.request_timeout_s
         gate.inside += 1
         try:
+            if read is not None:
+                args = (*args, *await read)
             async with gate.semaphore:
                 try:
                     return await run_in_threadpool(work, deadline, *args)
@@ -183,8 +201,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
             gate.inside -= 1
 
     async def run(request: Request, work) -> Any:
-        files, body = await read_upload(request)
-        return await guarded(work, files, body)
+        return await guarded(work, read=read_upload(request))
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError):
@@ -192,6 +209,27 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
         if request.url.path in OPENAI_PATHS:
             return openai_error(413 if status == 413 else 400, str(exc))
         return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):  # a bug of ours: a sentence, never a traceback
+        import logging
+
+        logging.getLogger("ecgllm.serving").exception("unexpected error on %s", request.url.path)
+        message = f"the server failed on this request ({type(exc).__name__}); it is logged"
+        if request.url.path in OPENAI_PATHS:
+            return openai_error(500, message, "server_error")
+        return JSONResponse({"detail": message}, status_code=500)
+
+    @app.middleware("http")
+    async def refuse_oversized(request: Request, call_next):
+        """A declared body over the upload limit (base64 inflates files by 4/3) is refused before it is read."""
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > settings.upload.max_bytes * 4 // 3 + 65536:
+            message = f"the request is larger than {settings.upload.max_bytes / 2**20:.0f} MiB of ECG files"
+            if request.url.path in OPENAI_PATHS:
+                return openai_error(413, message)
+            return JSONResponse({"detail": message}, status_code=413)
+        return await call_next(request)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -246,7 +284,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
                     "model": assistant.name}
         return await run(request, work)
 
-    @app.post("/v1/plot", dependencies=protected, responses=_documented(401, 413, 422, 503, 504),
+    @app.post("/v1/plot", dependencies=protected, responses=_documented(401, 413, 422, 503),
               openapi_extra=_upload_body(question=False))
     async def plot(request: Request) -> dict:
         """The 12-lead plot (PNG as a data URL) and the measurements of each uploaded record."""

@@ -7,7 +7,6 @@ neurokit2 next to the model, so a user can check the answer against numbers) and
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from threading import Thread
@@ -36,7 +35,7 @@ class Answer:
     text: str
     question: str
     measurements: list[dict] = field(default_factory=list)   # one dict per ECG
-    timing: dict[str, float] = field(default_factory=dict)    # seconds: read, measure (beside generate), generate, total
+    timing: dict[str, float] = field(default_factory=dict)    # seconds: read, measure, generate, total
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,27 +59,22 @@ def measurement_summary(ecg: ECG | ECGImage) -> dict:
 def model_identity(folder: Path) -> tuple[str, str]:
     """A checkpoint's public name and the ecgllm version that wrote it: what responses and pages show of a
     model, never the server's path to it. The shipped default is ``ecgllm-default``; another folder is named
-    by its last two path parts (``paired/final``)."""
+    by its own name (``step-600``), a run's ``final`` folder with its run's (``paired/final``)."""
     import json
 
     from ecgllm.models.default import default_checkpoint
 
     shipped = default_checkpoint()
-    name = ("ecgllm-default" if shipped is not None and folder.resolve() == shipped.resolve()
-            else "/".join(folder.resolve().parts[-2:]))
+    resolved = folder.resolve()
+    if shipped is not None and resolved == shipped.resolve():
+        name = "ecgllm-default"
+    else:  # a run's `final/` is named with its run folder: `paired/final`
+        name = f"{resolved.parent.name}/{resolved.name}" if resolved.name == "final" else resolved.name or "model"
     try:
         version = json.loads((folder / "config.json").read_text()).get("ecgllm_version", "")
     except (OSError, ValueError):
         version = ""
     return name, str(version)
-
-
-_MEASURE_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ecgllm-measure")
-
-
-def _timed_measurements(records: list) -> tuple[list[dict], float]:
-    started = time.perf_counter()
-    return [measurement_summary(e) for e in records], time.perf_counter() - started
 
 
 class ECGAssistant:
@@ -133,19 +127,19 @@ class ECGAssistant:
         t0 = time.perf_counter()
         records = self.read(ecgs)
         t1 = time.perf_counter()
+        # In the caller's thread: the measurement silences neurokit2's warnings with `catch_warnings`, which is
+        # process-global and unsafe beside other threads.
+        measurements = [measurement_summary(e) for e in records] if measure else []
+        t2 = time.perf_counter()
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             raise AnswerTimeoutError("the time for this answer ran out before generation began")
-        # The measurements (NumPy/neurokit2) run beside the generation (PyTorch): the answer does not wait for them.
-        measuring = _MEASURE_POOL.submit(_timed_measurements, records) if measure else None
         text = self._generate([question.strip()], [records], consecutive, max_new_tokens, left)[0]
-        t2 = time.perf_counter()
-        measurements, measure_s = measuring.result() if measuring is not None else ([], 0.0)
         if deadline is not None and time.monotonic() > deadline:
             raise AnswerTimeoutError("the time for this answer ran out; generation was stopped")
         t3 = time.perf_counter()
         return Answer(text, question.strip(), measurements,
-                      {"read_s": round(t1 - t0, 4), "measure_s": round(measure_s, 4), "generate_s": round(t2 - t1, 4),
+                      {"read_s": round(t1 - t0, 4), "measure_s": round(t2 - t1, 4), "generate_s": round(t3 - t2, 4),
                        "total_s": round(t3 - t0, 4)})
 
     # ------------------------------------------------------------------------------------ public API

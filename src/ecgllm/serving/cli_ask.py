@@ -12,15 +12,12 @@ from ecgllm.serving.exit_codes import EXIT_INPUT, EXIT_OK, EXIT_OUTPUT
 
 
 def _assistant(args: argparse.Namespace):
-    import contextlib
-    import io
-
+    from ecgllm.models import llm
     from ecgllm.serving.assistant import ECGAssistant
 
-    if not getattr(args, "answer_only", False):
-        return ECGAssistant.load(args.model, args.device, args.dtype)
-    with contextlib.redirect_stderr(io.StringIO()):  # --quiet: not even the one-time LLM preparation line
-        return ECGAssistant.load(args.model, args.device, args.dtype)
+    if getattr(args, "answer_only", False):
+        llm.ANNOUNCE_PREPARATION = False  # --quiet: not even the one-time LLM preparation line
+    return ECGAssistant.load(args.model, args.device, args.dtype)
 
 
 # placement.DTYPES' names (a test keeps them equal): importing placement imports torch, ~2 s before any file is read
@@ -88,7 +85,7 @@ def _show(answer, as_json: bool, answer_only: bool = False) -> None:
 def cmd_ask(args: argparse.Namespace) -> int:
     (ecg,), read_s = _read_first([args.ecg])
     answer = _assistant(args).ask(ecg, args.question, args.max_new_tokens,
-                                  measure=not (args.no_measure or args.answer_only))
+                                  measure=not (args.no_measure or (args.answer_only and not args.json)))
     _show(_count_read_time(answer, read_s), args.json, args.answer_only)
     return EXIT_OK
 
@@ -96,7 +93,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     (earlier, later), read_s = _read_first([args.earlier, args.later])
     answer = _assistant(args).compare(earlier, later, args.question, args.max_new_tokens,
-                                      measure=not (args.no_measure or args.answer_only))
+                                      measure=not (args.no_measure or (args.answer_only and not args.json)))
     _show(_count_read_time(answer, read_s), args.json, args.answer_only)
     return EXIT_OK
 

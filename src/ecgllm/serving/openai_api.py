@@ -75,8 +75,8 @@ class ChatRequest(BaseModel):
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1, max_length=64)
     stream: bool = False
-    max_tokens: int | None = Field(None, ge=1, le=512)
-    max_completion_tokens: int | None = Field(None, ge=1, le=512)
+    max_tokens: int | None = Field(None, ge=1, description="at most 512 are generated")
+    max_completion_tokens: int | None = Field(None, ge=1, description="at most 512 are generated")
 
 
 class OpenAIErrorBody(BaseModel):
@@ -156,17 +156,21 @@ def add_openai_routes(app: FastAPI, assistant, settings, guarded, records_from, 
         config = assistant.model.config
         return {"object": "list", "data": [{
             "id": assistant.name, "object": "model", "created": 0, "owned_by": "ecgllm",
-            "version": assistant.version, "llm": config.llm or "SmolLM2-135M-Instruct (embedded)",
+            "version": assistant.version,
+            "llm": Path(config.llm).name if config.llm else "SmolLM2-135M-Instruct (embedded)",
             "encoder": config.encoder, "tokens_per_ecg": assistant.model.tokens_per_ecg,
             "fs": assistant.processor.prep.fs, "leads": list(assistant.processor.prep.leads)}]}
 
-    @app.post("/v1/chat/completions", dependencies=protected, responses=OPENAI_ERRORS)
+    @app.post("/v1/chat/completions", dependencies=protected, responses={
+        200: {"description": "the answer; with stream=true, server-sent chat.completion.chunk events",
+              "content": {"application/json": {}, "text/event-stream": {"schema": {"type": "string"}}}},
+        **OPENAI_ERRORS})
     async def chat_completions(body: ChatRequest) -> Any:
         """OpenAI chat completions; the ECG(s) are content parts of the user messages (see the module doc)."""
-        question, files = question_and_files(body)
-        max_new = body.max_completion_tokens or body.max_tokens or settings.max_new_tokens
+        max_new = min(body.max_completion_tokens or body.max_tokens or settings.max_new_tokens, 512)
 
         def work(deadline: float) -> str:
+            question, files = question_and_files(body)  # decoding the files is work: under the gate, off the loop
             with tempfile.TemporaryDirectory(prefix="ecgllm-upload-") as tmp:
                 ecgs = records_from(files, {}, Path(tmp))
             answer = (assistant.ask(ecgs[0], question, max_new, measure=False, deadline=deadline) if len(ecgs) == 1

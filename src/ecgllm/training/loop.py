@@ -83,13 +83,20 @@ def export_checkpoint(config: TrainConfig, step: int, llm=None, tokenizer=None) 
                       if (p / STATE_FILE).exists())
         raise RecipeError(f"{output_dir}: no finished checkpoint of step {step}; there are: "
                           f"{', '.join(map(str, done)) or 'none'}")
+    if not (source / "model.safetensors").exists():
+        raise RecipeError(f"{source}: no model.safetensors (a sharded FSDP/DeepSpeed state cannot be exported here)")
     dataset, model, processor = _dataset_and_model(config, llm, tokenizer)
-    state = load_file(source / "model.safetensors")
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    # A multi-process run saves its wrapped model: strip DDP's and torch.compile's prefixes.
+    state = {name.removeprefix("module.").removeprefix("_orig_mod."): tensor
+             for name, tensor in load_file(source / "model.safetensors").items()}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes differ: the recipe changed since the run
+        raise RecipeError(f"{source}: its weights do not fit the recipe's model ({str(exc).splitlines()[-1]})") from None
     # safetensors stores a tied tensor once: the output projection shares the input embedding's storage.
     current = model.state_dict()
-    loaded = {tensor.data_ptr() for name, tensor in current.items() if name not in missing}
-    tied = {name for name in missing if current[name].data_ptr() in loaded}
+    loaded = {t.untyped_storage().data_ptr() for name, t in current.items() if name not in missing}
+    tied = {name for name in missing if current[name].untyped_storage().data_ptr() in loaded}
     if unexpected or set(missing) - tied:
         raise RecipeError(f"{source}: its weights do not fit the recipe's model (missing "
                           f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]})")
