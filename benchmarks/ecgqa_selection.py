@@ -1,0 +1,91 @@
+"""Model selection on ECG-QA *valid* only: candidate checkpoints scored on the same generated valid questions with
+their own ECG and with another patient's ECG (`ecgllm eval ecgqa --probe none|random-ecg`), and the rule that
+picks one, stated before the scores are read.
+
+Rule: among the candidates whose EM with their own ECG is within 0.03 of the best, the one that loses most when
+given another patient's ECG (the issue's reliance target); ties go to the earlier candidate (the one shipped).
+
+    ecgllm data generate ecgqa --ptbxl shared/data/ptbxl --ecgqa shared/data/ecgqa/ecgqa --split valid --n 300 \\
+        --seed 21 --template-ids TEMPLATES --out monitor/valid_gen.json
+    ecgllm eval ecgqa --data monitor/valid_gen.json --ptbxl cache/ptbxl100 --labels shared/data/ptbxl \\
+        --model CHECKPOINT --out monitor/NAME-none --probe none        # and --probe random-ecg -> NAME-random-ecg
+    python benchmarks/ecgqa_selection.py --monitor monitor --candidates shipped s300 s600 s900 \\
+        -> benchmarks/results/ecgqa_selection.json, docs/results/ecgqa_selection.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+from common import ROOT, environment, write_result
+
+EM_TOLERANCE = 0.03
+
+
+def verify_balance(run: Path) -> dict:
+    table = pd.read_csv(run / "per_sample.csv")
+    verify = table[table["question_type"] == "single-verify"]
+    positive, negative = verify[verify["gold"] == "yes"], verify[verify["gold"] == "no"]
+    sensitivity = float((positive["prediction"] == "yes").mean()) if len(positive) else None
+    specificity = float((negative["prediction"] == "no").mean()) if len(negative) else None
+    balanced = None if sensitivity is None or specificity is None else (sensitivity + specificity) / 2
+    return {"n": int(len(verify)), "sensitivity": sensitivity, "specificity": specificity, "balanced_acc": balanced}
+
+
+def score(monitor: Path, name: str) -> dict:
+    real, other = monitor / f"{name}-none", monitor / f"{name}-random-ecg"
+    real_metrics = json.loads((real / "metrics.json").read_text())
+    other_metrics = json.loads((other / "metrics.json").read_text())
+    report = (real / "report.md").read_text()
+    model = next((line.split("`")[1] for line in report.splitlines() if line.startswith("| model |")), None)
+    return {"name": name, "model": "/".join(Path(model).parts[-2:]) if model else None, "n": real_metrics["n"],
+            "em": real_metrics["overall_em"], "em_random_ecg": other_metrics["overall_em"],
+            "drop_random_ecg": round(real_metrics["overall_em"] - other_metrics["overall_em"], 4),
+            "single_verify": verify_balance(real)}
+
+
+def choose(candidates: list[dict]) -> str:
+    best = max(c["em"] for c in candidates)
+    eligible = [c for c in candidates if c["em"] >= best - EM_TOLERANCE]
+    return max(eligible, key=lambda c: (c["drop_random_ecg"], -candidates.index(c)))["name"]
+
+
+def render(result: dict) -> str:
+    lines = ["# Model selection on ECG-QA valid", "",
+             f"Written by `benchmarks/ecgqa_selection.py` from `benchmarks/results/ecgqa_selection.json`. "
+             f"{result['split']}.", "", f"Rule: {result['rule']}", "",
+             "| candidate | checkpoint | EM, own ECG | EM, another patient's ECG | drop | single-verify balanced acc "
+             "(sens / spec, n) |", "|---|---|---|---|---|---|"]
+    for c in result["candidates"]:
+        v = c["single_verify"]
+        lines.append(f"| {c['name']}{' (chosen)' if c['name'] == result['chosen'] else ''} | {c['model']} | "
+                     f"{c['em']:.3f} | {c['em_random_ecg']:.3f} | {c['drop_random_ecg']:.3f} | "
+                     f"{v['balanced_acc']:.3f} ({v['sensitivity']:.2f} / {v['specificity']:.2f}, {v['n']}) |")
+    lines += ["", f"Chosen: **{result['chosen']}**.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--monitor", type=Path, required=True, help="folder of NAME-none / NAME-random-ecg runs")
+    parser.add_argument("--candidates", nargs="+", required=True, help="names, the shipped checkpoint first")
+    parser.add_argument("--note", default="", help="what the candidates are (recipes, steps)")
+    args = parser.parse_args()
+    candidates = [score(args.monitor, name) for name in args.candidates]
+    result = {"split": (f"{candidates[0]['n']} generated questions over ECG-QA valid ECGs (seed 21; no training "
+                        f"stage saw a valid patient)"),
+              "rule": (f"among candidates whose EM with their own ECG is within {EM_TOLERANCE} of the best, the one "
+                       f"whose EM drops most with another patient's ECG; ties go to the earlier candidate"),
+              "note": args.note, "candidates": candidates, "chosen": choose(candidates),
+              "environment": environment()}
+    write_result("ecgqa_selection.json", result)
+    page = ROOT / "docs/results/ecgqa_selection.md"
+    page.write_text(render(result) + (f"\n{args.note}\n" if args.note else ""))
+    print(render(result))
+
+
+if __name__ == "__main__":
+    main()
