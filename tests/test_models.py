@@ -294,6 +294,30 @@ def test_a_reused_prompt_prefix_gives_the_same_answers_and_follows_weight_change
     assert not torch.allclose(scores(), full, atol=1e-3)
 
 
+def test_merging_the_adapter_for_serving_keeps_the_answers(tiny_tokenizer, ecgs):
+    """`merge_adapter_for_inference` folds a trained (non-zero) LoRA into the weights: the same scores, a new
+    prefix memo (the merged weights changed), and the adapter layers no longer run."""
+    model, processor = make(tiny_tokenizer)
+    model.eval()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in model.llm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)  # as after training: B starts at zero, which would make merging a no-op
+    batch = processor([QA[:1]], [[ecgs[0]]], train=False)
+    batch.pop("labels", None)
+
+    def scores():
+        out = model.generate(**batch, max_new_tokens=3, output_scores=True, return_dict_in_generate=True)
+        return torch.stack(out.scores)
+
+    before = scores()
+    key = model._prefix_memo[0]
+    model.merge_adapter_for_inference()
+    assert any(getattr(m, "merged", False) for m in model.llm.modules())
+    assert torch.allclose(scores(), before, atol=1e-4) and model._prefix_memo[0] != key
+
+
 def test_other_sampling_rates_and_lead_orders_are_prepared_the_same_way(tiny_tokenizer, ecgs):
     _, processor = make(tiny_tokenizer)
     x, mask = processor.prepare_ecgs([ecgs[1]])  # DICOM at 1000 Hz

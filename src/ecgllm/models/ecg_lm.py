@@ -378,11 +378,22 @@ class EcgLanguageModel(nn.Module):
         """What a cached prefix depends on besides its tokens: placement, precision, mode and the LLM's weights.
         An optimizer step bumps a parameter's version, a reload or ``.to()`` moves its storage, and PEFT's merge
         or disabling of the adapter (which do neither) flip flags on the LoRA layers."""
-        params = list(self.llm.parameters())
+        sources = getattr(self, "_state_sources", None)
+        if sources is None or sources[0] is not self.llm:  # walking the module tree costs more than the check
+            flagged = [m for m in self.llm.modules() if hasattr(m, "merged") or hasattr(m, "disable_adapters")]
+            sources = (self.llm, list(self.llm.parameters()), flagged)
+            self._state_sources = sources
+        _, params, flagged = sources
         flags = sum(bool(getattr(m, "merged", False)) + 2 * bool(getattr(m, "disable_adapters", False))
-                    for m in self.llm.modules())
+                    for m in flagged)
         return (params[0].device, params[0].dtype, self.llm.training, flags,
                 sum(p._version for p in params), sum(p.data_ptr() for p in params))
+
+    def merge_adapter_for_inference(self) -> None:
+        """Fold the LoRA adapter into the LLM's weights (W + BA), so an answer runs plain linear layers instead of
+        base + adapter: the same function, fewer operations. For serving only: a merged adapter no longer trains."""
+        if self.config.llm_policy == "lora" and hasattr(self.llm, "merge_adapter"):
+            self.llm.merge_adapter()
 
     def _prompt_prefix_cache(self, input_ids, attention_mask, embeds):
         """Keys/values of the tokens every prompt of the batch begins with (system prompt, user header), computed

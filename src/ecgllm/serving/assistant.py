@@ -89,6 +89,7 @@ class ECGAssistant:
 
     def __init__(self, model, processor, name: str = "", version: str = "") -> None:
         self.model, self.processor, self.name, self.version = model.eval(), processor, name, version
+        model.merge_adapter_for_inference()  # an assistant only answers: plain linear layers are faster
 
     @classmethod
     def load(cls, directory: str | Path | None = None, device: str = "auto", dtype: str = "auto") -> "ECGAssistant":
