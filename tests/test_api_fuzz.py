@@ -20,5 +20,5 @@ def test_generated_requests_never_get_a_5xx_or_an_answer_outside_the_schema(tiny
     assert set(posts) == {"POST /v1/ask", "POST /v1/report", "POST /v1/plot", "POST /v1/chat/completions"}
     assert report["requests"] >= min(1000, 3 * EXAMPLES), report["operations"]
     assert report["server_errors"] == 0 and not report["failures"], report["failures"][:10]
-    answered = sum(report["operations"][op]["statuses"].get("200", 0) for op in posts)
-    assert answered > 0  # some generated uploads get through to an answer, not only to validation
+    for op in posts:  # every operation gets some requests through to an answer, not only to validation
+        assert report["operations"][op]["statuses"].get("200", 0) > 0, report["operations"]

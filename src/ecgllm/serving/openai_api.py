@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import tempfile
 import time
@@ -68,10 +69,18 @@ class ChatMessage(BaseModel):
     content: Union[str, list[ContentPart], None] = None
 
 
+def _example_csv() -> str:
+    """3 s of lead II at 100 Hz as a CSV file, base64: a small valid request for the docs and Schemathesis."""
+    rows = "\n".join(f"{i / 100:.2f},{math.sin(i / 4.0):.3f}" for i in range(300))
+    return base64.b64encode(f"time,II\n{rows}\n".encode()).decode()
+
+
 class ChatRequest(BaseModel):
     """What ecgllm reads of an OpenAI chat request; sampling options it does not use are accepted and ignored
     (answers are greedy, so they are reproducible)."""
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{"model": "ecgllm-default", "messages": [
+        {"role": "user", "content": [{"type": "file", "file": {"filename": "ecg.csv", "file_data": _example_csv()}},
+                                     {"type": "text", "text": "Is this a normal ECG?"}]}]}]})
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1, max_length=64)
     stream: bool = False
