@@ -278,3 +278,35 @@ def _png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (800, 600), "white").save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_questions_that_arrive_together_are_answered_in_one_batch(assistant):
+    import concurrent.futures
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from ecgllm.serving.api import ServeSettings, create_app
+
+    app = create_app(assistant, ServeSettings(max_new_tokens=4, batch_wait_s=0.2))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    signal = (np.sin(np.linspace(0, 60, 1000))[None].repeat(12, 0) * 0.5).round(4).tolist()
+    leads = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    url = f"http://127.0.0.1:{server.config.port}"
+    try:
+        def one(i):
+            body = {"question": f"Is this normal? ({i})", "ecgs": [{"signal": signal, "fs": 100, "leads": leads}]}
+            return httpx.post(url + "/v1/ask", json=body, timeout=60).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(one, range(8)))
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert codes == [200] * 8
+    assert sum(app.state.batcher.batches) == 8 and max(app.state.batcher.batches) > 1, app.state.batcher.batches

@@ -35,7 +35,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ecgllm import __version__
 from ecgllm.errors import InputError
 from ecgllm.io.limits import ReadLimits
-from ecgllm.serving.assistant import AnswerTimeoutError
+from ecgllm.serving.assistant import REPORT_QUESTION, AnswerTimeoutError
+from ecgllm.serving.batcher import AnswerBatcher
 from ecgllm.serving.openai_api import OPENAI_PATHS, add_openai_routes, openai_error
 from ecgllm.serving.uploads import UploadError, UploadLimits, UploadTooLargeError, save_records
 
@@ -84,8 +85,10 @@ def _upload_body(question: bool) -> dict:
 @dataclass
 class ServeSettings:
     api_key: str | None = None
-    workers: int = 1                      # model calls at once (CPU-bound: more rarely helps on 2 cores)
-    queue: int = 16                       # requests allowed to wait; beyond that: 503 + Retry-After
+    workers: int = 1                      # plots at once (answers run one batch at a time)
+    queue: int = 128                      # requests allowed to wait; beyond that: 503 + Retry-After
+    max_batch: int = 16                   # questions answered by one generate call
+    batch_wait_s: float = 0.01            # how long the first waiting question holds its batch open
     request_timeout_s: float = 120.0
     retry_after_s: int = 5
     max_new_tokens: int = 64
@@ -179,29 +182,51 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
             out.append(build_ecg(signal, fs, leads, path=None, fmt="json", limits=settings.read))
         return out
 
-    async def guarded(work, *args, read=None) -> Any:
-        """``work(deadline, *args)`` under the gate (``workers`` at once, ``queue`` waiting, the rest 503);
-        ``read``: an awaitable giving more arguments, awaited once admitted (an upload is only read then). The
-        deadline (admission + the timeout) stops generation itself, so a timed-out request frees its worker slot
-        only when its work has really stopped: the slots count real work."""
+    batcher = app.state.batcher = AnswerBatcher(assistant, settings.max_batch, settings.batch_wait_s)
+
+    async def admitted(run) -> Any:
+        """``run(deadline)`` for an admitted request: at most ``workers + queue`` are inside, the rest get 503.
+        The deadline (admission + the timeout) stops generation itself, so the model never works on past it."""
         if gate.inside >= gate.capacity:
             raise HTTPException(503, "busy: every worker is answering and the queue is full; retry later",
                                 headers={"Retry-After": str(settings.retry_after_s)})
-        deadline = time.monotonic() + settings.request_timeout_s
         gate.inside += 1
         try:
-            if read is not None:
-                args = (*args, *await read)
-            async with gate.semaphore:
-                try:
-                    return await run_in_threadpool(work, deadline, *args)
-                except AnswerTimeoutError:
-                    raise HTTPException(504, f"no answer within {settings.request_timeout_s:g} s") from None
+            return await run(time.monotonic() + settings.request_timeout_s)
+        except AnswerTimeoutError:
+            raise HTTPException(504, f"no answer within {settings.request_timeout_s:g} s") from None
         finally:
             gate.inside -= 1
 
-    async def run(request: Request, work) -> Any:
-        return await guarded(work, read=read_upload(request))
+    async def answered(request: Request | None, prepare, max_new_tokens: int) -> tuple[Any, str, dict]:
+        """An admitted request's upload is read, ``prepare(files, body)`` (reading records, measuring) runs in a
+        thread and gives ``(records, question, extra)``; the question then joins a batch. Returns
+        ``(extra, answer text, timing)``."""
+        async def run(deadline: float):
+            files, body = await read_upload(request) if request is not None else ([], {})
+            started = time.perf_counter()
+            records, question, extra = await run_in_threadpool(prepare, files, body)
+            prepared = time.perf_counter()
+            text = await batcher.answer(records, question, max_new_tokens, deadline)
+            done = time.perf_counter()
+            return extra, text, {"prepare_s": round(prepared - started, 4), "generate_s": round(done - prepared, 4),
+                                 "total_s": round(done - started, 4)}
+        return await admitted(run)
+
+    async def guarded(work, *args, read=None) -> Any:
+        """``work(deadline, *args)`` without the model (plots): admitted, then ``workers`` at once."""
+        async def run(deadline: float):
+            more = await read if read is not None else ()
+            async with gate.semaphore:
+                return await run_in_threadpool(work, deadline, *args, *more)
+        return await admitted(run)
+
+    def read_and_measure(files, body) -> tuple[list, list[dict]]:
+        from ecgllm.serving.assistant import measurement_summary
+
+        with tempfile.TemporaryDirectory(prefix="ecgllm-upload-") as tmp:
+            ecgs = records_from(files, body, Path(tmp))
+        return ecgs, [measurement_summary(e) for e in ecgs]
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError):
@@ -254,35 +279,35 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
         return {"status": "ok", "version": __version__, "model": assistant.name, "model_version": assistant.version,
                 "waiting_or_running": gate.inside}
 
-    add_openai_routes(app, assistant, settings, guarded, records_from, protected)
+    add_openai_routes(app, assistant, settings, answered, records_from, protected)
 
     @app.post("/v1/ask", dependencies=protected, responses=_documented(401, 413, 422, 503, 504),
               openapi_extra=_upload_body(question=True))
     async def ask(request: Request) -> dict:
         """Multipart: ``ecg`` (1-2 records) + ``question``; or JSON {"question", "ecgs": [...]}."""
-        def work(deadline, files, body):
+        def prepare(files, body):
             question = str(body.get("question", "")).strip()
             if not question:
                 raise InputError("the question is empty (field 'question')")
-            with tempfile.TemporaryDirectory(prefix="ecgllm-upload-") as tmp:
-                ecgs = records_from(files, body, Path(tmp))
-            answer = (assistant.ask(ecgs[0], question, settings.max_new_tokens, deadline=deadline) if len(ecgs) == 1
-                      else assistant.compare(ecgs[0], ecgs[1], question, settings.max_new_tokens, deadline=deadline))
-            return {"answer": answer.text, "question": answer.question, "measurements": answer.measurements,
-                    "timing": answer.timing, "model": assistant.name}
-        return await run(request, work)
+            ecgs, measurements = read_and_measure(files, body)
+            return ecgs, question, (question, measurements)
+
+        (question, measurements), text, timing = await answered(request, prepare, settings.max_new_tokens)
+        return {"answer": text, "question": question, "measurements": measurements, "timing": timing,
+                "model": assistant.name}
 
     @app.post("/v1/report", dependencies=protected, responses=_documented(401, 413, 422, 503, 504),
               openapi_extra=_upload_body(question=False))
     async def report(request: Request) -> dict:
         """Multipart ``ecg`` (one record) or JSON {"ecgs": [one]}: a short report with measurements."""
-        def work(deadline, files, body):
-            with tempfile.TemporaryDirectory(prefix="ecgllm-upload-") as tmp:
-                ecgs = records_from(files, body, Path(tmp))
-            answer = assistant.report(ecgs[0], max(settings.max_new_tokens, 96), deadline=deadline)
-            return {"report": answer.text, "measurements": answer.measurements, "timing": answer.timing,
-                    "model": assistant.name}
-        return await run(request, work)
+        def prepare(files, body):
+            ecgs, measurements = read_and_measure(files, body)
+            if len(ecgs) != 1:
+                raise InputError(f"a report is of one ECG; this upload holds {len(ecgs)}")
+            return ecgs, REPORT_QUESTION, measurements
+
+        measurements, text, timing = await answered(request, prepare, max(settings.max_new_tokens, 96))
+        return {"report": text, "measurements": measurements, "timing": timing, "model": assistant.name}
 
     @app.post("/v1/plot", dependencies=protected, responses=_documented(401, 413, 422, 503),
               openapi_extra=_upload_body(question=False))
@@ -309,7 +334,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
                                 "measurements": measurement_summary(ecg), "leads": ecg.leads, "fs": ecg.fs,
                                 "duration_s": round(ecg.n_samples / ecg.fs, 2)})
             return {"records": out}
-        return await run(request, work)
+        return await guarded(work, read=read_upload(request))
 
     @app.get("/", include_in_schema=False)
     def index():

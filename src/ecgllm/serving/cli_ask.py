@@ -177,7 +177,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.api_key_env and not api_key:
         print(f"error: --api-key-env {args.api_key_env}: that variable is not set", file=sys.stderr)
         return EXIT_INPUT
-    settings = ServeSettings(api_key=api_key, workers=args.workers, queue=args.queue,
+    settings = ServeSettings(api_key=api_key, workers=args.workers, queue=args.queue, max_batch=args.max_batch,
                              request_timeout_s=args.timeout, max_new_tokens=args.max_new_tokens,
                              upload=UploadLimits(max_bytes=int(args.max_upload_mb * 2**20)))
     app = create_app(_assistant(args), settings)
@@ -258,10 +258,11 @@ def add_ask_commands(sub: argparse._SubParsersAction, formatter: type, exit_help
     p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("serve", formatter_class=formatter, help="REST API + web UI",
-                       description="Serve the REST API (POST /v1/ask, /v1/report; GET /v1/health, /v1/models; "
-                                   "OpenAPI at /docs) and the web UI at / from one process. Listens on 127.0.0.1 "
-                                   "unless told otherwise. Requests beyond the workers and the queue get 503 with "
-                                   "Retry-After.",
+                       description="Serve the REST API (POST /v1/ask, /v1/report, /v1/plot; GET /v1/health; "
+                                   "OpenAPI at /docs), the OpenAI-compatible POST /v1/chat/completions and GET "
+                                   "/v1/models, and the web UI at / from one process. Listens on 127.0.0.1 unless "
+                                   "told otherwise. Questions that arrive together are answered in one batch; "
+                                   "requests beyond the queue get 503 with Retry-After.",
                        epilog=f"""examples:
   ecgllm serve --port 8000
   ECGLLM_API_KEY=secret ecgllm serve --api-key-env ECGLLM_API_KEY --host 0.0.0.0
@@ -272,8 +273,9 @@ def add_ask_commands(sub: argparse._SubParsersAction, formatter: type, exit_help
     p.add_argument("--port", type=int, default=8000)
     common(p, 64)
     p.add_argument("--api-key-env", metavar="VAR", help="require header X-API-Key equal to this variable's value")
-    p.add_argument("--workers", type=int, default=1, help="model calls at once")
-    p.add_argument("--queue", type=int, default=16, help="requests that may wait for a worker")
+    p.add_argument("--workers", type=int, default=1, help="plots drawn at once (answers run one batch at a time)")
+    p.add_argument("--queue", type=int, default=128, help="requests that may wait; beyond them: 503")
+    p.add_argument("--max-batch", type=int, default=16, help="questions answered together in one generate call")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     p.add_argument("--max-upload-mb", type=float, default=50.0)
     p.set_defaults(func=cmd_serve)

@@ -155,9 +155,9 @@ def question_and_files(request: ChatRequest) -> tuple[str, list[tuple[str, bytes
     return question, files
 
 
-def add_openai_routes(app: FastAPI, assistant, settings, guarded, records_from, protected: list) -> None:
-    """``guarded(work)`` runs model work under the server's gate and timeout; ``records_from`` turns
-    uploaded files into ECG records; ``protected``: the API-key dependency (all from `ecgllm.serving.api`)."""
+def add_openai_routes(app: FastAPI, assistant, settings, answered, records_from, protected: list) -> None:
+    """``answered(None, prepare, max_new_tokens)`` admits a request and batches its question; ``records_from``
+    turns uploaded files into ECG records; ``protected``: the API-key dependency (all from `ecgllm.serving.api`)."""
 
     @app.get("/v1/models")
     def models() -> dict:
@@ -178,15 +178,13 @@ def add_openai_routes(app: FastAPI, assistant, settings, guarded, records_from, 
         """OpenAI chat completions; the ECG(s) are content parts of the user messages (see the module doc)."""
         max_new = min(body.max_completion_tokens or body.max_tokens or settings.max_new_tokens, 512)
 
-        def work(deadline: float) -> str:
-            question, files = question_and_files(body)  # decoding the files is work: under the gate, off the loop
+        def prepare(_files, _body):  # decoding the files is work: admitted, in a thread, off the event loop
+            question, files = question_and_files(body)
             with tempfile.TemporaryDirectory(prefix="ecgllm-upload-") as tmp:
                 ecgs = records_from(files, {}, Path(tmp))
-            answer = (assistant.ask(ecgs[0], question, max_new, measure=False, deadline=deadline) if len(ecgs) == 1
-                      else assistant.compare(ecgs[0], ecgs[1], question, max_new, measure=False, deadline=deadline))
-            return answer.text
+            return ecgs, question, None
 
-        text = await guarded(work)
+        _, text, _ = await answered(None, prepare, max_new)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if not body.stream:
             return {"id": ident, "object": "chat.completion", "created": created, "model": assistant.name,

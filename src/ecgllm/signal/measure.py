@@ -28,6 +28,10 @@ HEXAXIAL_DEG = (0.0, 60.0, 120.0, -150.0, -30.0, 90.0)  # direction of each limb
 # Plausible ranges; values outside them come from failed delineation and are reported as missing.
 PLAUSIBLE_MS = {"p_ms": (30, 200), "pr_ms": (60, 400), "qrs_ms": (40, 250), "qt_ms": (200, 700)}
 
+# neurokit2's own warnings (short records, padding, pandas deprecations it triggers) are reported as
+# `Measurements.warnings` sentences instead; set once, since `catch_warnings` is not safe beside other threads.
+warnings.filterwarnings("ignore", module=r"neurokit2(\..*)?$")
+
 
 @dataclass
 class LeadAmplitudes:
@@ -124,8 +128,7 @@ def measure(ecg: ECG) -> Measurements:
     m.rhythm_lead = lead
     fs = ecg.fs
     x = ecg.lead(lead).astype(np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with np.errstate(all="ignore"):  # per thread (a context variable), unlike `warnings.catch_warnings`
         try:
             cleaned = nk.ecg_clean(x, sampling_rate=int(round(fs)))
             _, info = nk.ecg_peaks(cleaned, sampling_rate=int(round(fs)))
