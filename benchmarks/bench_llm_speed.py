@@ -170,6 +170,7 @@ def main() -> None:
         p.requires_grad_("lora_" in name)
     step_s, lengths = train_steps(shipped, processor)
     trainer = compare_trainer_paths(shipped, processor, trainer_samples, ecg)
+    shipped.merge_adapter_for_inference()  # as `ECGAssistant.load` serves it
     assistant = ECGAssistant(shipped, processor, str(shipped_dir))
     seconds, new_tokens = [], []
     for s in questions:
@@ -210,7 +211,7 @@ def main() -> None:
         **result, "goal_answer_latency_s": 0.3,
         "latency_includes": "ECG preparation + tokenisation + encoder + greedy decoding (batch 1)",
         "dtype": "float32", "threads": torch.get_num_threads(),
-        "command": "python benchmarks/bench_llm_speed.py", **environment(),
+        "command": "python benchmarks/bench_llm_speed.py " + " ".join(sys.argv[1:]), **environment(),
     })
 
 

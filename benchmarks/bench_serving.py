@@ -1,8 +1,10 @@
-"""Load test of `ecgllm serve` on loopback: a bounded burst of concurrent /v1/ask requests (multipart WFDB
-upload + question), each with a time limit. Counts errors other than the deliberate 503 (queue full) and
-reports latency of the answered requests.
+"""Load test of `ecgllm serve` on loopback: concurrent clients send /v1/ask requests (multipart WFDB upload +
+question), a share of them invalid (an empty question: 422 expected), each with a time limit. Counts errors
+other than the expected 422 and the deliberate 503 (queue full), the share turned away, p50/p95 latency of the
+answered requests, the server's peak RSS, and the served throughput against `ECGAssistant.ask_batch` on the same
+checkpoint, measured in the same run (the ceiling: batches with no HTTP, upload or measurement).
 
-    python benchmarks/bench_serving.py [--checkpoint DIR] [--requests 120] [--concurrency 100]
+    python benchmarks/bench_serving.py [--checkpoint DIR] [--requests 2000] [--concurrency 100] [--queue 128]
         -> benchmarks/results/serving.json
 
 Without --checkpoint an untrained checkpoint of the default architecture (SmolLM2-135M + ResNet encoder) is
@@ -41,33 +43,66 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def burst(url: str, n: int, concurrency: int, timeout_s: float) -> list[tuple[int, float]]:
+QUESTIONS = ["Is this a normal ECG?", "Does this ECG show atrial fibrillation?",
+             "Does this ECG show symptoms of non-specific st changes?", "Which noise does this ECG show?"]
+
+
+async def burst(url: str, n: int, concurrency: int, timeout_s: float,
+                invalid_every: int = 0) -> list[tuple[bool, int, float]]:
+    """(valid?, status, seconds) per request; every ``invalid_every``-th request has an empty question."""
     import httpx
 
     files = [("ecg", ("r.hea", RECORD.with_suffix(".hea").read_bytes())),
              ("ecg", ("r.dat", RECORD.with_suffix(".dat").read_bytes()))]
     limit = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(timeout=timeout_s, limits=httpx.Limits(max_connections=concurrency)) as client:
-        async def one(i: int) -> tuple[int, float]:
+        async def one(i: int) -> tuple[bool, int, float]:
+            valid = not invalid_every or i % invalid_every != 0
+            question = QUESTIONS[i % len(QUESTIONS)] if valid else " "
             async with limit:
                 t0 = time.perf_counter()
                 try:
-                    r = await client.post(url + "/v1/ask", files=files, data={"question": f"Is this a normal ECG? ({i})"})
-                    return r.status_code, time.perf_counter() - t0
+                    r = await client.post(url + "/v1/ask", files=files, data={"question": question})
+                    return valid, r.status_code, time.perf_counter() - t0
                 except httpx.HTTPError:
-                    return -1, time.perf_counter() - t0
+                    return valid, -1, time.perf_counter() - t0
         return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def ask_batch_rate(checkpoint: Path, n: int = 64) -> float:
+    """Answers per second of `ask_batch` (batches of 16, no HTTP, upload or measurement) on the same record."""
+    from ecgllm import ECGAssistant, read_ecg
+
+    assistant = ECGAssistant.load(checkpoint)
+    ecg = read_ecg(RECORD.with_suffix(".hea"))
+    items = [(ecg, QUESTIONS[i % len(QUESTIONS)]) for i in range(n)]
+    assistant.ask_batch(items[:16], max_new_tokens=8)  # warm-up
+    started = time.perf_counter()
+    assistant.ask_batch(items, batch_size=16, max_new_tokens=8)
+    return n / (time.perf_counter() - started)
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path)
-    parser.add_argument("--requests", type=int, default=120)
+    parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=100)
-    parser.add_argument("--queue", type=int, default=16)
+    parser.add_argument("--queue", type=int, default=128)
+    parser.add_argument("--invalid-every", type=int, default=5, help="every N-th request is invalid (0: none)")
     parser.add_argument("--timeout", type=float, default=180.0, help="per request, seconds")
     args = parser.parse_args()
     checkpoint = args.checkpoint or default_checkpoint()
+    batch_rate = ask_batch_rate(checkpoint)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "ecgllm.serving.cli", "serve", "--port", str(port), "--model",
@@ -85,24 +120,34 @@ def main() -> None:
         else:
             sys.exit("the server did not come up within 60 s")
         warm = asyncio.run(burst(url, 2, 1, args.timeout))  # warm-up: first calls pay one-time costs
-        if any(c != 200 for c, _ in warm):
+        if any(c != 200 for _, c, _ in warm):
             sys.exit(f"warm-up requests failed: {warm}")
         started = time.perf_counter()
-        results = asyncio.run(burst(url, args.requests, args.concurrency, args.timeout))
+        results = asyncio.run(burst(url, args.requests, args.concurrency, args.timeout, args.invalid_every))
         wall = time.perf_counter() - started
+        rss = peak_rss_mib(server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    codes = [c for c, _ in results]
-    ok = np.array([t for c, t in results if c == 200]) * 1000
+    codes = [c for _, c, _ in results]
+    valid = [(c, t) for v, c, t in results if v]
+    answered = [t for c, t in valid if c == 200]
+    ok = np.array(answered) * 1000
+    expected = sum((c == 200) if v else (c == 422) for v, c, _ in results)
+    served_rate = len(answered) / wall
     write_result("serving.json", {
-        "requests": len(results), "concurrency": args.concurrency, "workers": 1, "queue": args.queue,
-        "answered": int((np.array(codes) == 200).sum()), "rejected_503": codes.count(503),
-        "errors": sum(c not in (200, 503) for c in codes),
+        "requests": len(results), "valid_requests": len(valid), "concurrency": args.concurrency, "queue": args.queue,
+        "answered": len(answered), "rejected_503": codes.count(503) + codes.count(429),
+        "turned_away_share": round((codes.count(503) + codes.count(429)) / len(results), 4),
+        "errors": len(results) - expected - codes.count(503) - codes.count(429),
         "status_codes": {str(c): codes.count(c) for c in sorted(set(codes))},
         "p50_ms": round(float(np.percentile(ok, 50)), 1) if len(ok) else None,
         "p95_ms": round(float(np.percentile(ok, 95)), 1) if len(ok) else None,
-        "wall_s": round(wall, 1), "checkpoint": str(checkpoint), "environment": environment()})
+        "served_answers_per_s": round(served_rate, 2), "ask_batch_answers_per_s": round(batch_rate, 2),
+        "served_vs_ask_batch": round(served_rate / batch_rate, 3),
+        "targets": {"turned_away_share": "<= 0.10", "served_vs_ask_batch": ">= 0.70", "errors": 0},
+        "server_peak_rss_mib": rss, "wall_s": round(wall, 1), "checkpoint": str(checkpoint),
+        "command": "python benchmarks/bench_serving.py " + " ".join(sys.argv[1:]), "environment": environment()})
 
 
 if __name__ == "__main__":

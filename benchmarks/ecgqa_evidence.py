@@ -217,6 +217,8 @@ def latency_result() -> dict:
     if not latency.exists():
         return {}
     speed = json.loads(latency.read_text())
+    if speed.get("answer_latency_median_s") is None:
+        return {}
     return {"answer_latency_median_s": speed.get("answer_latency_median_s"),
             "answer_latency_measured": f"{speed.get('command', 'bench_llm_speed.py')}, {speed.get('date', '')}"}
 

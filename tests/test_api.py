@@ -212,7 +212,7 @@ def test_a_timed_out_request_stops_its_generation_and_holds_its_slot_until_then(
 
     running, peak, lock = [0], [0], threading.Lock()
 
-    def slow_generate(questions, ecg_lists, consecutive, max_new_tokens, max_time_s=None):
+    def slow_generate(questions, ecg_lists, consecutive, max_new_tokens, max_time_s=None, **rows):
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
@@ -237,7 +237,9 @@ def test_a_timed_out_request_stops_its_generation_and_holds_its_slot_until_then(
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)  # one event loop, as `ecgllm serve` has
     thread.start()
+    started = time.monotonic()
     while not server.started:
+        assert time.monotonic() - started < 30 and thread.is_alive(), "the test server did not start"
         time.sleep(0.01)
     url = f"http://127.0.0.1:{server.config.port}/v1/ask"
     try:
@@ -293,7 +295,9 @@ def test_questions_that_arrive_together_are_answered_in_one_batch(assistant):
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    started = time.monotonic()
     while not server.started:
+        assert time.monotonic() - started < 30 and thread.is_alive(), "the test server did not start"
         time.sleep(0.01)
     signal = (np.sin(np.linspace(0, 60, 1000))[None].repeat(12, 0) * 0.5).round(4).tolist()
     leads = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]

@@ -111,7 +111,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
     key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="needed when the server sets a key")
     bearer = HTTPBearer(auto_error=False, description="the same key as OpenAI clients send it")
 
-    def check_key(given: str | None = Security(key_header),
+    async def check_key(given: str | None = Security(key_header),
                   token: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
         key = given or (token.credentials if token else "")
         if settings.api_key and not hmac.compare_digest(key.encode(), settings.api_key.encode()):
@@ -183,6 +183,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
         return out
 
     batcher = app.state.batcher = AnswerBatcher(assistant, settings.max_batch, settings.batch_wait_s)
+    preparing = asyncio.Semaphore(2)  # the cores that read and measure while a batch generates
 
     async def admitted(run) -> Any:
         """``run(deadline)`` for an admitted request: at most ``workers + queue`` are inside, the rest get 503.
@@ -205,7 +206,8 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
         async def run(deadline: float):
             files, body = await read_upload(request) if request is not None else ([], {})
             started = time.perf_counter()
-            records, question, extra = await run_in_threadpool(prepare, files, body)
+            async with preparing:  # reading and measuring uploads: a few at once, not one thread per request
+                records, question, extra = await run_in_threadpool(prepare, files, body)
             prepared = time.perf_counter()
             text = await batcher.answer(records, question, max_new_tokens, deadline)
             done = time.perf_counter()
@@ -275,7 +277,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
         return await request_validation_exception_handler(request, exc)
 
     @app.get("/v1/health")
-    def health() -> dict:
+    async def health() -> dict:  # on the event loop: answers even when every worker thread is busy
         return {"status": "ok", "version": __version__, "model": assistant.name, "model_version": assistant.version,
                 "waiting_or_running": gate.inside}
 

@@ -26,6 +26,17 @@ _MEASURED = ("heart_rate", "rr_ms", "pr_ms", "qrs_ms", "qt_ms", "qtc_bazett_ms",
              "quality_label")
 
 
+class _RowDeadlines:
+    """A stopping criterion per row: row i is done once its deadline has passed (transformers' `max_time`
+    stops the whole batch)."""
+
+    def __init__(self, deadlines: Sequence[float]) -> None:
+        self.deadlines = torch.tensor(list(deadlines), dtype=torch.float64)
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return (self.deadlines < time.monotonic()).to(input_ids.device)
+
+
 class AnswerTimeoutError(TimeoutError):
     """An answer's deadline passed; its generation was stopped, not left running."""
 
@@ -89,7 +100,6 @@ class ECGAssistant:
 
     def __init__(self, model, processor, name: str = "", version: str = "") -> None:
         self.model, self.processor, self.name, self.version = model.eval(), processor, name, version
-        model.merge_adapter_for_inference()  # an assistant only answers: plain linear layers are faster
 
     @classmethod
     def load(cls, directory: str | Path | None = None, device: str = "auto", dtype: str = "auto") -> "ECGAssistant":
@@ -100,6 +110,8 @@ class ECGAssistant:
         from ecgllm.models.default import load_checkpoint
 
         model, processor, path = load_checkpoint(str(directory) if directory else None, device, dtype)
+        if next(model.llm.parameters()).dtype == torch.float32:  # bf16 would round a small adapter away
+            model.merge_adapter_for_inference()  # a loaded assistant only answers: plain linear layers are faster
         return cls(model, processor, *model_identity(Path(path)))
 
     # ------------------------------------------------------------------------------------ helpers
@@ -115,11 +127,19 @@ class ECGAssistant:
 
     @torch.no_grad()
     def _generate(self, questions, ecg_lists, consecutive: bool, max_new_tokens: int,
-                  max_time_s: float | None = None) -> list[str]:
+                  max_time_s: float | None = None, limits: Sequence[int] | None = None,
+                  deadlines: Sequence[float] | None = None) -> list[str]:
+        """Greedy answers of a batch. ``limits``: each row's own token limit (its answer is cut there, as a
+        single generation with that limit would end: greedy rows do not depend on each other); ``deadlines``:
+        each row stops generating at its own `time.monotonic()` deadline."""
+        from transformers import StoppingCriteriaList
+
         batch = self._batch(questions, ecg_lists, consecutive)
+        extra = {"stopping_criteria": StoppingCriteriaList([_RowDeadlines(deadlines)])} if deadlines else {}
         out = self.model.generate(**batch, max_new_tokens=max_new_tokens, max_time=max_time_s,
-                                  pad_token_id=self.processor.tokenizer.pad_token_id)
-        return [t.strip() for t in self.processor.tokenizer.batch_decode(out, skip_special_tokens=True)]
+                                  pad_token_id=self.processor.tokenizer.pad_token_id, **extra)
+        rows = [row[:limit] for row, limit in zip(out, limits)] if limits else list(out)
+        return [t.strip() for t in self.processor.tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
     def _answer(self, ecgs: Sequence[ECGLike], question: str, consecutive: bool, max_new_tokens: int,
                 measure: bool, deadline: float | None = None) -> Answer:
@@ -128,8 +148,6 @@ class ECGAssistant:
         t0 = time.perf_counter()
         records = self.read(ecgs)
         t1 = time.perf_counter()
-        # In the caller's thread: the measurement silences neurokit2's warnings with `catch_warnings`, which is
-        # process-global and unsafe beside other threads.
         measurements = [measurement_summary(e) for e in records] if measure else []
         t2 = time.perf_counter()
         left = None if deadline is None else deadline - time.monotonic()

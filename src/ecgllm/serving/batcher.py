@@ -2,18 +2,19 @@
 
 The first waiting question holds the batch open for at most ``wait_s`` (or until ``max_batch`` are waiting); the
 batch then runs in a worker thread while the next one gathers. One batch runs at a time: the model's cores are
-busy with it, and a larger batch is cheaper per answer than two at once. A question whose deadline has passed
-before its batch starts is not generated; a batch stops generating at its earliest deadline, and the questions
-whose own deadline is later go back to the queue rather than be answered with a cut answer.
+busy with it, and a larger batch is cheaper per answer than two at once. Each row keeps its own token limit and
+its own deadline (a row stops at its deadline and is answered 504; the others go on). A question whose deadline
+has passed before its batch starts is not generated. A batch that fails is answered question by question, so one
+request's bad input fails only that request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-
-from starlette.concurrency import run_in_threadpool
 
 from ecgllm.serving.assistant import AnswerTimeoutError
 
@@ -32,7 +33,9 @@ class AnswerBatcher:
         self.assistant, self.max_batch, self.wait_s = assistant, max_batch, wait_s
         self._queue: asyncio.Queue[_Waiting] | None = None
         self._runner: asyncio.Task | None = None
-        self.batches: list[int] = []  # sizes of the batches run (for tests and the load benchmark)
+        # Generation has a thread of its own: the shared pool may be full of uploads being read and measured.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecgllm-generate")
+        self.batches: deque[int] = deque(maxlen=10_000)  # sizes of recent batches (tests, the load benchmark)
 
     async def answer(self, records: list, question: str, max_new_tokens: int, deadline: float) -> str:
         """The answer's text; `AnswerTimeoutError` when the deadline passes first."""
@@ -41,7 +44,10 @@ class AnswerBatcher:
             self._runner = asyncio.create_task(self._run())
         future = asyncio.get_running_loop().create_future()
         await self._queue.put(_Waiting(records, question, max_new_tokens, deadline, future))
-        return await future
+        try:  # a safety net: the batcher answers by the deadline; this only guards against its own failure
+            return await asyncio.wait_for(future, timeout=max(deadline - time.monotonic(), 0) + 30)
+        except asyncio.TimeoutError:
+            raise AnswerTimeoutError("no answer came back from the batch") from None
 
     async def _gather(self) -> list[_Waiting]:
         batch = [await self._queue.get()]
@@ -62,7 +68,7 @@ class AnswerBatcher:
             now = time.monotonic()
             live = []
             for item in batch:
-                if item.future.cancelled():
+                if item.future.done():  # the client went away
                     continue
                 if item.deadline <= now:
                     item.future.set_exception(AnswerTimeoutError("the time for this answer ran out in the queue"))
@@ -71,28 +77,35 @@ class AnswerBatcher:
             if not live:
                 continue
             self.batches.append(len(live))
+            loop = asyncio.get_running_loop()
             try:
-                texts = await run_in_threadpool(self._generate, live)
-            except Exception as exc:  # one failure answers every question of the batch with it
-                for item in live:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
+                texts: list = await loop.run_in_executor(self._executor, self._generate, live)
+            except Exception as exc:
+                texts = [exc]
+                if len(live) > 1:  # one question's bad input must not fail the others: each alone, its own error
+                    texts = []
+                    for item in live:
+                        try:
+                            texts.append((await loop.run_in_executor(self._executor, self._generate, [item]))[0])
+                        except Exception as single:
+                            texts.append(single)
             finished = time.monotonic()
-            cut = finished >= min(item.deadline for item in live)  # generation stopped at the earliest deadline
             for item, text in zip(live, texts):
                 if item.future.done():
                     continue
-                if finished > item.deadline:
+                if isinstance(text, Exception):
+                    item.future.set_exception(text)
+                elif finished > item.deadline:  # its row stopped at its deadline: the answer may be cut
                     item.future.set_exception(AnswerTimeoutError("the time for this answer ran out; generation "
                                                                  "was stopped"))
-                elif cut:  # its answer may have been cut at another question's deadline: generate it again
-                    self._queue.put_nowait(item)
                 else:
                     item.future.set_result(text)
 
     def _generate(self, live: list[_Waiting]) -> list[str]:
-        left = min(item.deadline for item in live) - time.monotonic()
+        left = max(item.deadline for item in live) - time.monotonic()
         # Two ECGs are an earlier and a later one (as `compare`); one ECG's prompt has no order tag either way.
+        # Each row keeps its own token limit and deadline, as if it had been generated alone.
         return self.assistant._generate([item.question for item in live], [item.records for item in live],
-                                        True, max(item.max_new_tokens for item in live), max(left, 0.0))
+                                        True, max(item.max_new_tokens for item in live), max(left, 0.0),
+                                        limits=[item.max_new_tokens for item in live],
+                                        deadlines=[item.deadline for item in live])

@@ -31,6 +31,7 @@ PLAUSIBLE_MS = {"p_ms": (30, 200), "pr_ms": (60, 400), "qrs_ms": (40, 250), "qt_
 # neurokit2's own warnings (short records, padding, pandas deprecations it triggers) are reported as
 # `Measurements.warnings` sentences instead; set once, since `catch_warnings` is not safe beside other threads.
 warnings.filterwarnings("ignore", module=r"neurokit2(\..*)?$")
+warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"ecgllm\.signal\.measure$")  # empty-slice means
 
 
 @dataclass

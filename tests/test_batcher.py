@@ -1,0 +1,60 @@
+"""The serving batcher with a stub assistant: questions that arrive together share one generate call, each keeps
+its own token limit and deadline, an expired question is not generated, and one bad question fails alone."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from ecgllm.errors import InputError
+from ecgllm.serving.assistant import AnswerTimeoutError
+from ecgllm.serving.batcher import AnswerBatcher
+
+
+class StubAssistant:
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def _generate(self, questions, ecg_lists, consecutive, max_new_tokens, max_time_s=None, limits=None,
+                  deadlines=None):
+        self.calls.append(list(questions))
+        if "bad" in questions:
+            raise InputError("a bad question")
+        return [f"{q}:{limit}:{len(ecgs)}" for q, limit, ecgs in zip(questions, limits, ecg_lists)]
+
+
+def run(batcher: AnswerBatcher, items: list[tuple[list, str, int, float]]) -> list:
+    async def main():
+        return await asyncio.gather(*(batcher.answer(*item) for item in items), return_exceptions=True)
+    return asyncio.run(main())
+
+
+def test_questions_arriving_together_share_a_call_and_keep_their_own_limits():
+    stub = StubAssistant()
+    later = time.monotonic() + 30
+    answers = run(AnswerBatcher(stub, max_batch=8, wait_s=0.05),
+                  [(["ecg"], "a", 4, later), (["old", "new"], "b", 96, later), (["ecg"], "c", 8, later)])
+    assert answers == ["a:4:1", "b:96:2", "c:8:1"]
+    assert stub.calls == [["a", "b", "c"]]
+
+
+def test_one_bad_question_fails_alone_and_an_expired_one_is_not_generated():
+    stub = StubAssistant()
+    later = time.monotonic() + 30
+    answers = run(AnswerBatcher(stub, max_batch=8, wait_s=0.05),
+                  [(["ecg"], "a", 4, later), (["ecg"], "bad", 4, later), (["ecg"], "c", 4, later),
+                   (["ecg"], "late", 4, time.monotonic() - 1)])
+    assert answers[0] == "a:4:1" and answers[2] == "c:4:1"
+    assert isinstance(answers[1], InputError) and isinstance(answers[3], AnswerTimeoutError)
+    assert ["late"] not in stub.calls and all("late" not in call for call in stub.calls)
+
+
+@pytest.mark.parametrize("max_batch", [1, 2])
+def test_batches_never_exceed_their_size(max_batch):
+    stub = StubAssistant()
+    later = time.monotonic() + 30
+    batcher = AnswerBatcher(stub, max_batch=max_batch, wait_s=0.05)
+    answers = run(batcher, [(["ecg"], q, 4, later) for q in "abcde"])
+    assert answers == [f"{q}:4:1" for q in "abcde"] and max(batcher.batches) <= max_batch
