@@ -1,7 +1,8 @@
 """Load test of `ecgllm serve` on loopback: concurrent clients send /v1/ask requests (multipart WFDB upload +
 question), a share of them invalid (an empty question: 422 expected), each with a time limit. Counts errors
 other than the expected 422 and the deliberate 503 (queue full), the share turned away, p50/p95 latency of the
-answered requests, the server's peak RSS, and the served throughput against `ECGAssistant.ask_batch` on the same
+answered requests, the end-to-end time of requests sent one at a time (with the server's time per part), the
+server's peak RSS, and the served throughput against `ECGAssistant.ask_batch` on the same
 checkpoint, measured in the same run (the ceiling: batches with no HTTP, upload or measurement).
 
     python benchmarks/bench_serving.py [--checkpoint DIR] [--requests 2000] [--concurrency 100] [--queue 128]
@@ -82,6 +83,25 @@ def ask_batch_rate(checkpoint: Path, n: int = 64) -> float:
     return n / (time.perf_counter() - started)
 
 
+def one_at_a_time(url: str, n: int) -> dict:
+    """End to end, one request at a time (upload, read, measure, answer, response): the client's median and the
+    server's median time per part."""
+    import httpx
+
+    files = [("ecg", ("r.hea", RECORD.with_suffix(".hea").read_bytes())),
+             ("ecg", ("r.dat", RECORD.with_suffix(".dat").read_bytes()))]
+    walls, parts = [], []
+    for i in range(n):
+        t0 = time.perf_counter()
+        r = httpx.post(url + "/v1/ask", files=files, data={"question": QUESTIONS[i % len(QUESTIONS)]}, timeout=60)
+        walls.append(time.perf_counter() - t0)
+        r.raise_for_status()
+        parts.append(r.json()["timing"])
+    return {"requests": n, "end_to_end_median_s": round(float(np.median(walls)), 3),
+            "server_parts_median_s": {k: round(float(np.median([p[k] for p in parts])), 4) for k in parts[0]},
+            "target_end_to_end_median_s": 0.5}
+
+
 def peak_rss_mib(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -100,6 +120,7 @@ def main() -> None:
     parser.add_argument("--queue", type=int, default=128)
     parser.add_argument("--invalid-every", type=int, default=5, help="every N-th request is invalid (0: none)")
     parser.add_argument("--timeout", type=float, default=180.0, help="per request, seconds")
+    parser.add_argument("--single", type=int, default=30, help="requests sent one at a time first (end to end)")
     args = parser.parse_args()
     checkpoint = args.checkpoint or default_checkpoint()
     batch_rate = ask_batch_rate(checkpoint)
@@ -122,6 +143,7 @@ def main() -> None:
         warm = asyncio.run(burst(url, 2, 1, args.timeout))  # warm-up: first calls pay one-time costs
         if any(c != 200 for _, c, _ in warm):
             sys.exit(f"warm-up requests failed: {warm}")
+        single = one_at_a_time(url, args.single)
         started = time.perf_counter()
         results = asyncio.run(burst(url, args.requests, args.concurrency, args.timeout, args.invalid_every))
         wall = time.perf_counter() - started
@@ -146,7 +168,7 @@ def main() -> None:
         "served_answers_per_s": round(served_rate, 2), "ask_batch_answers_per_s": round(batch_rate, 2),
         "served_vs_ask_batch": round(served_rate / batch_rate, 3),
         "targets": {"turned_away_share": "<= 0.10", "served_vs_ask_batch": ">= 0.70", "errors": 0},
-        "server_peak_rss_mib": rss, "wall_s": round(wall, 1), "checkpoint": str(checkpoint),
+        "one_at_a_time": single, "server_peak_rss_mib": rss, "wall_s": round(wall, 1), "checkpoint": str(checkpoint),
         "command": "python benchmarks/bench_serving.py " + " ".join(sys.argv[1:]), "environment": environment()})
 
 

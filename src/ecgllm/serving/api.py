@@ -26,7 +26,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
@@ -41,6 +41,7 @@ from ecgllm.serving.openai_api import OPENAI_PATHS, add_openai_routes, openai_er
 from ecgllm.serving.uploads import UploadError, UploadLimits, UploadTooLargeError, save_records
 
 STATIC = Path(__file__).resolve().parent / "static"
+EXAMPLE_RECORD = Path(__file__).resolve().parents[1] / "data" / "ptbxl_00001_lr.hea"
 
 
 class ErrorDetail(BaseModel):
@@ -199,20 +200,35 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
         finally:
             gate.inside -= 1
 
-    async def answered(request: Request | None, prepare, max_new_tokens: int) -> tuple[Any, str, dict]:
-        """An admitted request's upload is read, ``prepare(files, body)`` (reading records, measuring) runs in a
-        thread and gives ``(records, question, extra)``; the question then joins a batch. Returns
-        ``(extra, answer text, timing)``."""
+    async def answered(request: Request | None, prepare, max_new_tokens: int,
+                       measure: bool = False) -> tuple[Any, str, list[dict], dict]:
+        """An admitted request's upload is read and ``prepare(files, body)`` runs in a thread, giving
+        ``(records, question, extra)``; the question then joins a batch while, with ``measure``, the records are
+        measured beside it (NumPy on one core while PyTorch generates). Returns ``(extra, answer text,
+        measurements, timing)``."""
+        from ecgllm.serving.assistant import measurement_summary
+
+        async def measured(records: list) -> tuple[list[dict], float]:
+            async with preparing:
+                t0 = time.perf_counter()
+                out = await run_in_threadpool(lambda: [measurement_summary(e) for e in records])
+                return out, time.perf_counter() - t0
+
         async def run(deadline: float):
             files, body = await read_upload(request) if request is not None else ([], {})
             started = time.perf_counter()
-            async with preparing:  # reading and measuring uploads: a few at once, not one thread per request
+            async with preparing:  # reading uploads: a few at once, not one thread per request
                 records, question, extra = await run_in_threadpool(prepare, files, body)
             prepared = time.perf_counter()
-            text = await batcher.answer(records, question, max_new_tokens, deadline)
+            answering = batcher.answer(records, question, max_new_tokens, deadline)
+            if measure:
+                text, (measurements, measure_s) = await asyncio.gather(answering, measured(records))
+            else:
+                text, measurements, measure_s = await answering, [], 0.0
             done = time.perf_counter()
-            return extra, text, {"prepare_s": round(prepared - started, 4), "generate_s": round(done - prepared, 4),
-                                 "total_s": round(done - started, 4)}
+            return extra, text, measurements, {"read_s": round(prepared - started, 4), "measure_s": round(measure_s, 4),
+                                               "answer_s": round(done - prepared, 4),
+                                               "total_s": round(done - started, 4)}
         return await admitted(run)
 
     async def guarded(work, *args, read=None) -> Any:
@@ -223,12 +239,9 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
                 return await run_in_threadpool(work, deadline, *args, *more)
         return await admitted(run)
 
-    def read_and_measure(files, body) -> tuple[list, list[dict]]:
-        from ecgllm.serving.assistant import measurement_summary
-
+    def read_records(files, body) -> list:
         with tempfile.TemporaryDirectory(prefix="ecgllm-upload-") as tmp:
-            ecgs = records_from(files, body, Path(tmp))
-        return ecgs, [measurement_summary(e) for e in ecgs]
+            return records_from(files, body, Path(tmp))
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError):
@@ -291,10 +304,9 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
             question = str(body.get("question", "")).strip()
             if not question:
                 raise InputError("the question is empty (field 'question')")
-            ecgs, measurements = read_and_measure(files, body)
-            return ecgs, question, (question, measurements)
+            return read_records(files, body), question, question
 
-        (question, measurements), text, timing = await answered(request, prepare, settings.max_new_tokens)
+        question, text, measurements, timing = await answered(request, prepare, settings.max_new_tokens, True)
         return {"answer": text, "question": question, "measurements": measurements, "timing": timing,
                 "model": assistant.name}
 
@@ -303,12 +315,12 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
     async def report(request: Request) -> dict:
         """Multipart ``ecg`` (one record) or JSON {"ecgs": [one]}: a short report with measurements."""
         def prepare(files, body):
-            ecgs, measurements = read_and_measure(files, body)
+            ecgs = read_records(files, body)
             if len(ecgs) != 1:
                 raise InputError(f"a report is of one ECG; this upload holds {len(ecgs)}")
-            return ecgs, REPORT_QUESTION, measurements
+            return ecgs, REPORT_QUESTION, None
 
-        measurements, text, timing = await answered(request, prepare, max(settings.max_new_tokens, 96))
+        _, text, measurements, timing = await answered(request, prepare, max(settings.max_new_tokens, 96), True)
         return {"report": text, "measurements": measurements, "timing": timing, "model": assistant.name}
 
     @app.post("/v1/plot", dependencies=protected, responses=_documented(401, 413, 422, 503),
@@ -341,5 +353,17 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
     @app.get("/", include_in_schema=False)
     def index():
         return FileResponse(STATIC / "index.html")
+
+    @app.get("/example.zip", include_in_schema=False)
+    def example() -> Response:
+        """The bundled record (PTB-XL 1, WFDB) as a zip, for the web UI's "try the bundled example" button."""
+        import io
+        import zipfile
+
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for suffix in (".hea", ".dat"):
+                archive.write(EXAMPLE_RECORD.with_suffix(suffix), f"ptbxl_00001_lr{suffix}")
+        return Response(buffer.getvalue(), media_type="application/zip")
 
     return app

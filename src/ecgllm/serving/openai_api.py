@@ -184,7 +184,7 @@ def add_openai_routes(app: FastAPI, assistant, settings, answered, records_from,
                 ecgs = records_from(files, {}, Path(tmp))
             return ecgs, question, None
 
-        _, text, _ = await answered(None, prepare, max_new)
+        _, text, _, _ = await answered(None, prepare, max_new)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if not body.stream:
             return {"id": ident, "object": "chat.completion", "created": created, "model": assistant.name,
