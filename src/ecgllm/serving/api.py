@@ -5,10 +5,11 @@ measurements), the OpenAI-compatible ``POST /v1/chat/completions`` and ``GET /v1
 (`ecgllm.serving.openai_api`), ``GET /`` (the web UI), ``/docs`` and ``/openapi.json``.
 
 Uploads are multipart (field ``ecg``: one or two records — single files, a WFDB ``.hea`` + ``.dat`` pair or a
-zip of one record) or JSON arrays. Limits: upload bytes, image pixels (checked before decoding), record
-duration and lead count, a per-request timeout, and a bounded queue: when every worker is busy and the queue is
-full the answer is 503 with ``Retry-After``. An API key, when set (header ``X-API-Key``, declared in the OpenAPI
-schema), is compared in constant time.
+zip of one record) or JSON arrays. Questions that arrive together are answered in one batch
+(`ecgllm.serving.batcher`). Limits: upload bytes, image pixels (checked before decoding), record duration and
+lead count, a per-request deadline that stops generation itself, and a bounded queue: beyond it the answer is 503
+with ``Retry-After``. An API key, when set (header ``X-API-Key`` or ``Authorization: Bearer``, declared in the
+OpenAPI schema), is compared in constant time. ``GET /example.zip`` is the bundled record, for the web UI.
 """
 
 from __future__ import annotations
