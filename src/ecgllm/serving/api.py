@@ -28,8 +28,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -114,7 +114,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
     bearer = HTTPBearer(auto_error=False, description="the same key as OpenAI clients send it")
 
     async def check_key(given: str | None = Security(key_header),
-                  token: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+                        token: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
         key = given or (token.credentials if token else "")
         if settings.api_key and not hmac.compare_digest(key.encode(), settings.api_key.encode()):
             raise HTTPException(401, "missing or wrong API key (header X-API-Key, or Authorization: Bearer)")
@@ -232,12 +232,12 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
                                                "total_s": round(done - started, 4)}
         return await admitted(run)
 
-    async def guarded(work, *args, read=None) -> Any:
-        """``work(deadline, *args)`` without the model (plots): admitted, then ``workers`` at once."""
-        async def run(deadline: float):
-            more = await read if read is not None else ()
+    async def guarded(work, request: Request) -> Any:
+        """``work(files, body)`` of an upload without the model (plots): admitted, then ``workers`` at once."""
+        async def run(_deadline: float):
+            files, body = await read_upload(request)
             async with gate.semaphore:
-                return await run_in_threadpool(work, deadline, *args, *more)
+                return await run_in_threadpool(work, files, body)
         return await admitted(run)
 
     def read_records(files, body) -> list:
@@ -295,7 +295,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
         return {"status": "ok", "version": __version__, "model": assistant.name, "model_version": assistant.version,
                 "waiting_or_running": gate.inside}
 
-    add_openai_routes(app, assistant, settings, answered, records_from, protected)
+    add_openai_routes(app, assistant, settings, answered, read_records, protected)
 
     @app.post("/v1/ask", dependencies=protected, responses=_documented(401, 413, 422, 503, 504),
               openapi_extra=_upload_body(question=True))
@@ -328,7 +328,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
               openapi_extra=_upload_body(question=False))
     async def plot(request: Request) -> dict:
         """The 12-lead plot (PNG as a data URL) and the measurements of each uploaded record."""
-        def work(_deadline, files, body):  # no generation: reading and plotting are bounded by the limits
+        def work(files, body):  # no generation: reading and plotting are bounded by the limits
             from ecgllm.io.image import ECGImage
             from ecgllm.render.plot import plot_ecg
             from ecgllm.serving.assistant import measurement_summary
@@ -349,7 +349,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
                                 "measurements": measurement_summary(ecg), "leads": ecg.leads, "fs": ecg.fs,
                                 "duration_s": round(ecg.n_samples / ecg.fs, 2)})
             return {"records": out}
-        return await guarded(work, read=read_upload(request))
+        return await guarded(work, request)
 
     @app.get("/", include_in_schema=False)
     def index():

@@ -142,7 +142,7 @@ class ECGAssistant:
         return [t.strip() for t in self.processor.tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
     def _answer(self, ecgs: Sequence[ECGLike], question: str, consecutive: bool, max_new_tokens: int,
-                measure: bool, deadline: float | None = None) -> Answer:
+                measure: bool) -> Answer:
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty")
         t0 = time.perf_counter()
@@ -150,32 +150,25 @@ class ECGAssistant:
         t1 = time.perf_counter()
         measurements = [measurement_summary(e) for e in records] if measure else []
         t2 = time.perf_counter()
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            raise AnswerTimeoutError("the time for this answer ran out before generation began")
-        text = self._generate([question.strip()], [records], consecutive, max_new_tokens, left)[0]
-        if deadline is not None and time.monotonic() > deadline:
-            raise AnswerTimeoutError("the time for this answer ran out; generation was stopped")
+        text = self._generate([question.strip()], [records], consecutive, max_new_tokens)[0]
         t3 = time.perf_counter()
         return Answer(text, question.strip(), measurements,
                       {"read_s": round(t1 - t0, 4), "measure_s": round(t2 - t1, 4), "generate_s": round(t3 - t2, 4),
                        "total_s": round(t3 - t0, 4)})
 
     # ------------------------------------------------------------------------------------ public API
-    def ask(self, ecg: ECGLike, question: str, max_new_tokens: int = 64, measure: bool = True,
-            deadline: float | None = None) -> Answer:
-        """Answer a question about one ECG (a record, or a path any reader accepts). ``deadline``
-        (`time.monotonic()` seconds): generation stops there and `AnswerTimeoutError` is raised."""
-        return self._answer([ecg], question, False, max_new_tokens, measure, deadline)
+    def ask(self, ecg: ECGLike, question: str, max_new_tokens: int = 64, measure: bool = True) -> Answer:
+        """Answer a question about one ECG (a record, or a path any reader accepts)."""
+        return self._answer([ecg], question, False, max_new_tokens, measure)
 
     def compare(self, earlier: ECGLike, later: ECGLike, question: str = "What changed?", max_new_tokens: int = 64,
-                measure: bool = True, deadline: float | None = None) -> Answer:
+                measure: bool = True) -> Answer:
         """Answer a question about two ECGs of one patient, the earlier first."""
-        return self._answer([earlier, later], question, True, max_new_tokens, measure, deadline)
+        return self._answer([earlier, later], question, True, max_new_tokens, measure)
 
-    def report(self, ecg: ECGLike, max_new_tokens: int = 96, deadline: float | None = None) -> Answer:
+    def report(self, ecg: ECGLike, max_new_tokens: int = 96) -> Answer:
         """A short free-text report of one ECG."""
-        return self._answer([ecg], REPORT_QUESTION, False, max_new_tokens, True, deadline)
+        return self._answer([ecg], REPORT_QUESTION, False, max_new_tokens, True)
 
     def ask_batch(self, items: Sequence[tuple[ECGLike | Sequence[ECGLike], str]], batch_size: int = 16,
                   max_new_tokens: int = 64) -> list[Answer]:

@@ -19,7 +19,6 @@ import binascii
 import json
 import math
 import re
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -155,8 +154,8 @@ def question_and_files(request: ChatRequest) -> tuple[str, list[tuple[str, bytes
     return question, files
 
 
-def add_openai_routes(app: FastAPI, assistant, settings, answered, records_from, protected: list) -> None:
-    """``answered(None, prepare, max_new_tokens)`` admits a request and batches its question; ``records_from``
+def add_openai_routes(app: FastAPI, assistant, settings, answered, read_records, protected: list) -> None:
+    """``answered(None, prepare, max_new_tokens)`` admits a request and batches its question; ``read_records``
     turns uploaded files into ECG records; ``protected``: the API-key dependency (all from `ecgllm.serving.api`)."""
 
     @app.get("/v1/models")
@@ -180,9 +179,7 @@ def add_openai_routes(app: FastAPI, assistant, settings, answered, records_from,
 
         def prepare(_files, _body):  # decoding the files is work: admitted, in a thread, off the event loop
             question, files = question_and_files(body)
-            with tempfile.TemporaryDirectory(prefix="ecgllm-upload-") as tmp:
-                ecgs = records_from(files, {}, Path(tmp))
-            return ecgs, question, None
+            return read_records(files, {}), question, None
 
         _, text, _, _ = await answered(None, prepare, max_new)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
