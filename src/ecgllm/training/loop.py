@@ -30,8 +30,13 @@ def stratum_prior(dataset) -> list[float]:
     return [c / sum(counts) for c in counts]
 
 
+def finished_checkpoints(output_dir: Path) -> list[Path]:
+    """The run's complete checkpoints, oldest first (a temporary or killed one has no state file)."""
+    return sorted(p for p in (output_dir / "checkpoints").glob("step-*") if (p / STATE_FILE).exists())
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    done = sorted(p for p in (output_dir / "checkpoints").glob("step-*") if (p / STATE_FILE).exists())
+    done = finished_checkpoints(output_dir)
     return done[-1] if done else None
 
 
@@ -79,10 +84,9 @@ def export_checkpoint(config: TrainConfig, step: int, llm=None, tokenizer=None) 
     output_dir = Path(config.output_dir)
     source = output_dir / "checkpoints" / f"step-{step:08d}"
     if not (source / STATE_FILE).exists():
-        done = sorted(int(p.name.split("-")[1]) for p in (output_dir / "checkpoints").glob("step-*")
-                      if (p / STATE_FILE).exists())
+        done = [str(int(p.name.split("-")[1])) for p in finished_checkpoints(output_dir)]
         raise RecipeError(f"{output_dir}: no finished checkpoint of step {step}; there are: "
-                          f"{', '.join(map(str, done)) or 'none'}")
+                          f"{', '.join(done) or 'none'}")
     if not (source / "model.safetensors").exists():
         raise RecipeError(f"{source}: no model.safetensors (a sharded FSDP/DeepSpeed state cannot be exported here)")
     dataset, model, processor = _dataset_and_model(config, llm, tokenizer)
