@@ -257,6 +257,94 @@ def test_label_tokens_name_the_classifier_s_likeliest_labels_and_survive_every_s
         EcgLanguageModel.build(later, prep, llm=tiny_llm(base_vocab), tokenizer=copy.deepcopy(tiny_tokenizer))
 
 
+def test_find_named_labels_reads_whole_names_longest_first_in_question_order():
+    from ecgllm.models.label_tokens import NOT_NAMED, find_named_labels
+
+    names = ["normal ecg", "conduction disturbance", "non-specific intraventricular conduction disturbance (block)",
+             "atrial fibrillation", "sinus rhythm"]
+    assert find_named_labels("Is this a normal ECG?", names, 2) == [0, NOT_NAMED]
+    assert find_named_labels("Is this an abnormal ECG?", names, 2) == [NOT_NAMED, NOT_NAMED]  # whole words only
+    question = "Does this ECG show non-specific intraventricular conduction disturbance (block)?"
+    assert find_named_labels(question, names, 2) == [2, NOT_NAMED]  # not the shorter name inside it
+    choose = "Which of sinus rhythm or atrial fibrillation does this ECG show, if atrial fibrillation?"
+    assert find_named_labels(choose, names, 3) == [4, 3, NOT_NAMED]  # question order, each label once
+    assert find_named_labels(choose, names, 1) == [4]
+
+
+def test_named_label_tokens_carry_the_classifier_s_probability_of_the_question_s_statement(tmp_path, tiny_tokenizer,
+                                                                                           ecgs):
+    """Named-label slots: the processor finds the question's statement, the model adds one token for it whatever
+    its rank (its name + the classifier's probability), empty slots hold the "nothing named" token; the slots
+    survive save/load, and a model without them starts from a checkpoint that predates them."""
+    import copy
+    import json
+
+    from safetensors.torch import save_file
+
+    from ecgllm.models.label_tokens import NOT_NAMED
+    from ecgllm.signal import PrepConfig
+    from ecgllm.training.pretrain_encoder import save_encoder
+
+    kwargs = {"widths": [16, 32], "n_tokens": 4}
+    torch.manual_seed(3)
+    (tmp_path / "enc").mkdir()
+    save_encoder(tmp_path / "enc", build_encoder("resnet1d", **kwargs), "resnet1d", kwargs, "mv", 100.0)
+    codes = ["AFIB", "NORM", "LVH"]
+    head = torch.nn.Linear(32, 3)
+    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, tmp_path / "enc/head.safetensors")
+    names = {"AFIB": "atrial fibrillation", "NORM": "normal ecg", "LVH": "left ventricular hypertrophy"}
+    (tmp_path / "enc/labels.json").write_text(json.dumps({"all71": codes, "names": names}))
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
+    prep = ProcessorConfig(prep=PrepConfig(normalize="center").to_dict())
+    base_vocab = len(tiny_tokenizer)
+
+    def build(**extra):
+        config = EcgLMConfig(llm="tiny", encoder_kwargs=kwargs, encoder_init=str(tmp_path / "enc"), label_tokens=1,
+                             encoder_policy="frozen", lora=lora, **extra)
+        torch.manual_seed(0)
+        return EcgLanguageModel.build(config, copy.deepcopy(prep), llm=tiny_llm(base_vocab),
+                                      tokenizer=copy.deepcopy(tiny_tokenizer))
+
+    plain, _ = build()
+    plain.save_pretrained(tmp_path / "plain", _)
+    model, processor = build(named_label_tokens=2)
+    assert model.tokens_per_ecg == 4 + 1 + 2 and processor.config.n_ecg_tokens == 7
+    assert processor.config.named_labels == ["atrial fibrillation", "normal ecg", "left ventricular hypertrophy"]
+    asked = [{"role": "user", "content": "Is this a normal ECG, or left ventricular hypertrophy?"},
+             {"role": "assistant", "content": "no"}]
+    batch = processor([QA, asked], [[ecgs[0]], [ecgs[0], ecgs[1]]])
+    assert batch["ecg_named"].tolist() == [[0, NOT_NAMED], [1, 2], [1, 2]]  # each ECG of a conversation
+    with torch.no_grad():
+        model.label_tokens.named_confidence.weight.fill_(1.0)  # as if trained: the token moves with the probability
+        model.label_tokens.not_named.fill_(0.5)
+        pooled = model.encoder.pool(model.encoder(*processor.prepare_ecgs([ecgs[0]])))
+        probability = torch.sigmoid(head(pooled))[0]
+        tokens = model.label_tokens(pooled, batch["ecg_named"][:1])[0]
+    lowest = int(probability.argmin())  # named, so it gets a token although it is not in the top 1
+    assert torch.allclose(tokens[0], model.label_tokens.name_embeddings[int(probability.argmax())], atol=1e-6)
+    with torch.no_grad():
+        named = model.label_tokens(pooled, torch.tensor([[lowest, NOT_NAMED]]))[0]
+    assert torch.allclose(named[1], model.label_tokens.name_embeddings[lowest] + probability[lowest], atol=1e-5)
+    assert torch.allclose(named[2], torch.full_like(named[2], 0.5))
+    assert torch.isfinite(model(**batch).loss)
+    before = logits_of(model.eval(), batch)
+    model.save_pretrained(tmp_path / "named", processor)
+    loaded, loaded_processor = EcgLanguageModel.from_pretrained(tmp_path / "named", llm=tiny_llm(base_vocab))
+    assert loaded_processor.config.named_labels == processor.config.named_labels
+    assert torch.allclose(before, logits_of(loaded, loaded_processor([QA, asked], [[ecgs[0]], [ecgs[0], ecgs[1]]])),
+                          atol=1e-5)
+    later = EcgLMConfig(llm="tiny", encoder_kwargs=kwargs, label_tokens=1, named_label_tokens=2,
+                        encoder_policy="frozen", lora=lora)
+    nxt, nxt_processor = EcgLanguageModel.build(later, copy.deepcopy(prep), llm=tiny_llm(base_vocab),
+                                                tokenizer=copy.deepcopy(tiny_tokenizer), init_from=tmp_path / "plain")
+    nxt.load_weights_from(tmp_path / "plain", nxt_processor)  # a checkpoint from before named slots
+    assert nxt_processor.config.named_labels == processor.config.named_labels
+    assert torch.equal(nxt.label_tokens.name_embeddings, plain.label_tokens.name_embeddings)
+    assert not nxt.label_tokens.named_slots.any()
+    with pytest.raises(ValueError, match="named_label_tokens needs label_tokens"):
+        EcgLMConfig(llm="tiny", named_label_tokens=1)
+
+
 def test_generation_returns_new_tokens(tiny_tokenizer, ecgs):
     model, processor = make(tiny_tokenizer)
     model.eval()

@@ -53,6 +53,7 @@ class EcgLMConfig:
     n_strata: int = 0                            # > 0: stratified backdoor adjustment (severity embedding)
     stratum_prior: list = field(default_factory=list)  # P(s), used to marginalise at inference
     label_tokens: int = 0                        # > 0: that many label tokens per ECG (needs encoder_init's head)
+    named_label_tokens: int = 0                  # > 0: slots for the labels the question names (needs label_tokens)
     image_encoder_init: str | None = None        # a distilled image encoder run: the model also reads ECG images
     lora: dict = field(default_factory=lambda: {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
                                                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]})
@@ -62,6 +63,8 @@ class EcgLMConfig:
             raise ValueError(f"llm_policy must be one of {LLM_POLICIES}")
         if self.encoder_policy not in ENCODER_POLICIES:
             raise ValueError(f"encoder_policy must be one of {ENCODER_POLICIES}")
+        if self.named_label_tokens and not self.label_tokens:
+            raise ValueError("named_label_tokens needs label_tokens (the classifier head they read)")
 
 
 class EcgTokenCountError(ValueError):
@@ -86,7 +89,8 @@ class EcgLanguageModel(nn.Module):
             if not n_labels:
                 raise ValueError("label_tokens needs the encoder pretraining's classifier head: set encoder_init "
                                  "to a finished encoder run (it holds head.safetensors)")
-            self.label_tokens = LabelTokens(self.encoder.dim, n_labels, hidden, config.label_tokens)
+            self.label_tokens = LabelTokens(self.encoder.dim, n_labels, hidden, config.label_tokens,
+                                            config.named_label_tokens)
         self.ecg_token_id = ecg_token_id
         self.sparse_logits = True  # training loss: vocabulary projection only where labels are (see forward)
         self.share_prefix = True   # ... and the batch's common leading tokens run once (see _hidden_states)
@@ -106,7 +110,8 @@ class EcgLanguageModel(nn.Module):
             llm, tokenizer = load_llm(config.llm)
         encoder = build_encoder(config.encoder, **config.encoder_kwargs)  # to learn n_tokens
         processor_config = processor_config or ProcessorConfig()
-        processor_config.n_ecg_tokens = encoder.n_tokens + config.label_tokens
+        processor_config.n_ecg_tokens = encoder.n_tokens + config.label_tokens + config.named_label_tokens
+        processor_config.named_slots = config.named_label_tokens
         processor = EcgProcessor(tokenizer, processor_config)
         add_ecg_token_rows(llm, len(tokenizer))
         head = _encoder_head(config.encoder_init) if config.label_tokens and config.encoder_init else None
@@ -123,11 +128,31 @@ class EcgLanguageModel(nn.Module):
             codes = model.label_vocab.get("all71", []) + model.label_vocab.get("superclass", [])
             names = model.label_vocab.get("names", {})
             model.label_tokens.set_names([names.get(c, c) for c in codes], tokenizer, model.llm.get_input_embeddings())
+        model.name_labels_for(processor)
         return model, processor
 
     @property
     def tokens_per_ecg(self) -> int:
-        return self.encoder.n_tokens + (self.label_tokens.k if self.label_tokens is not None else 0)
+        return self.encoder.n_tokens + (self.label_tokens.n_tokens if self.label_tokens is not None else 0)
+
+    def label_names(self) -> list[str]:
+        """The label-token vocabulary in the classifier head's order (its 71 statements, then the superclasses),
+        each by the name the questions use."""
+        codes = self.label_vocab.get("all71", []) + self.label_vocab.get("superclass", [])
+        names = self.label_vocab.get("names", {})
+        return [names.get(c, c) for c in codes]
+
+    def name_labels_for(self, processor: EcgProcessor) -> None:
+        """Tell the processor which label names to look for in questions (named-label tokens)."""
+        if not self.config.named_label_tokens:
+            return
+        names = self.label_names()
+        if not names:
+            return  # no label vocabulary yet: `load_weights_from` brings it
+        if self.label_tokens is not None and len(names) != self.label_tokens.head.out_features:
+            raise ValueError(f"named_label_tokens: {len(names)} label names for a classifier of "
+                             f"{self.label_tokens.head.out_features} outputs (labels.json does not fit the head)")
+        processor.config.named_labels = names
 
     def load_pretrained_encoder(self, folder: str | Path, prep: dict) -> None:
         """Start from an encoder pretraining run: its weights, label vocabulary, and a check that the
@@ -177,7 +202,7 @@ class EcgLanguageModel(nn.Module):
         if self.stratum_embedding is not None and (directory / "strata.safetensors").exists():
             self.stratum_embedding.load_state_dict(load_file(directory / "strata.safetensors"))
         if self.label_tokens is not None and (directory / "label_tokens.safetensors").exists():
-            self.label_tokens.load_state_dict(load_file(directory / "label_tokens.safetensors"))
+            self.label_tokens.load_state(load_file(directory / "label_tokens.safetensors"))
         if self.image_encoder is None and (directory / "image_encoder.safetensors").exists() and processor is not None:
             self.attach_image_encoder(directory, processor)
         if self.config.llm_policy == "lora" and (directory / "adapter/adapter_model.safetensors").exists():
@@ -190,6 +215,8 @@ class EcgLanguageModel(nn.Module):
             self.llm.load_state_dict(AutoModelForCausalLM.from_pretrained(str(directory / "llm")).state_dict())
         if (directory / "labels.json").exists():
             self.label_vocab = json.loads((directory / "labels.json").read_text())
+        if processor is not None:
+            self.name_labels_for(processor)
 
     def attach_image_encoder(self, folder: str | Path, processor: EcgProcessor) -> None:
         """Add a distilled image encoder (`ecgllm.training.distill_image` output) so the checkpoint reads ECG
@@ -242,7 +269,7 @@ class EcgLanguageModel(nn.Module):
 
     def embed(self, input_ids: torch.Tensor, ecg: torch.Tensor | None, ecg_mask: torch.Tensor | None,
               ecg_strata: torch.Tensor | None = None, images: torch.Tensor | None = None,
-              ecg_is_image: torch.Tensor | None = None) -> torch.Tensor:
+              ecg_is_image: torch.Tensor | None = None, ecg_named: torch.Tensor | None = None) -> torch.Tensor:
         embeds = self.llm.get_input_embeddings()(input_ids)
         slots = input_ids == self.ecg_token_id
         device = embeds.device
@@ -262,13 +289,14 @@ class EcgLanguageModel(nn.Module):
             return embeds
         tokens = self.projector(features)
         if self.label_tokens is not None:
-            tokens = torch.cat([tokens, self.label_tokens(self.encoder.pool(features)).to(tokens.dtype)], dim=1)
+            labels = self.label_tokens(self.encoder.pool(features), ecg_named)
+            tokens = torch.cat([tokens, labels.to(tokens.dtype)], dim=1)
         if self.stratum_embedding is not None and ecg_strata is not None:
             tokens = tokens + self.stratum_embedding(ecg_strata.to(embeds.device))[:, None, :]
         return embeds.masked_scatter(slots.unsqueeze(-1), tokens.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
 
     def forward(self, input_ids, attention_mask=None, ecg=None, ecg_mask=None, labels=None, ecg_strata=None,
-                sample_weight=None, images=None, ecg_is_image=None):
+                sample_weight=None, images=None, ecg_is_image=None, ecg_named=None):
         """``sample_weight`` [B]: per-conversation loss weights (inverse-propensity de-biasing): the loss is the
         weighted mean of each conversation's mean token loss.
 
@@ -277,7 +305,7 @@ class EcgLanguageModel(nn.Module):
         costs more than its transformer layers. The loss is the same; ``logits`` are then not returned.
         With ``share_prefix`` on too, the tokens every conversation of the batch begins with (the system prompt
         and the user header) run through the LLM once, not once per conversation (`_hidden_states`)."""
-        embeds = self.embed(input_ids, ecg, ecg_mask, ecg_strata, images, ecg_is_image)
+        embeds = self.embed(input_ids, ecg, ecg_mask, ecg_strata, images, ecg_is_image, ecg_named)
         if labels is None:
             return self.llm(inputs_embeds=embeds, attention_mask=attention_mask)
         if not self.sparse_logits:
@@ -355,15 +383,15 @@ class EcgLanguageModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, ecg=None, ecg_mask=None, max_new_tokens: int = 64,
-                 ecg_strata=None, images=None, ecg_is_image=None, **kwargs):
+                 ecg_strata=None, images=None, ecg_is_image=None, ecg_named=None, **kwargs):
         """New tokens only (greedy by default), with the KV cache. A stratified model without given strata
         answers with P(A | do(Q), E) = Σ_s P(A | Q, E, s) P(s): its next-token distributions under every
         stratum are averaged with the prior P(s) at each step."""
         n_ecgs = len(ecg_is_image) if ecg_is_image is not None else 0 if ecg is None else ecg.shape[0]
         if self.stratum_embedding is not None and ecg_strata is None and n_ecgs:
             return self._generate_marginal(input_ids, attention_mask, ecg, ecg_mask, max_new_tokens, n_ecgs=n_ecgs,
-                                           images=images, ecg_is_image=ecg_is_image, **kwargs)
-        embeds = self.embed(input_ids, ecg, ecg_mask, ecg_strata, images, ecg_is_image)
+                                           images=images, ecg_is_image=ecg_is_image, ecg_named=ecg_named, **kwargs)
+        embeds = self.embed(input_ids, ecg, ecg_mask, ecg_strata, images, ecg_is_image, ecg_named)
         kwargs.setdefault("do_sample", False)
         kwargs.setdefault("suppress_tokens", [self.ecg_token_id])  # never emit the placeholder itself
         expanded = kwargs.get("num_beams", 1) > 1 or kwargs.get("num_return_sequences", 1) > 1
@@ -415,7 +443,7 @@ class EcgLanguageModel(nn.Module):
         return cache
 
     def _generate_marginal(self, input_ids, attention_mask, ecg, ecg_mask, max_new_tokens: int, n_ecgs: int,
-                           images=None, ecg_is_image=None, return_dict_in_generate: bool = False,
+                           images=None, ecg_is_image=None, ecg_named=None, return_dict_in_generate: bool = False,
                            output_scores: bool = False, pad_token_id=None, eos_token_id=None, streamer=None,
                            max_time: float | None = None, **_ignored):
         import time
@@ -429,7 +457,7 @@ class EcgLanguageModel(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         embeds = torch.cat([self.embed(input_ids, ecg, ecg_mask, torch.full((n_ecgs,), s, dtype=torch.long), images,
-                                       ecg_is_image) for s in range(n)])                              # [n * B, T, H]: one copy per stratum
+                                       ecg_is_image, ecg_named) for s in range(n)])                              # [n * B, T, H]: one copy per stratum
         mask = attention_mask.repeat(n, 1)
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
@@ -530,7 +558,7 @@ class EcgLanguageModel(nn.Module):
         if model.stratum_embedding is not None:
             model.stratum_embedding.load_state_dict(load_file(directory / "strata.safetensors"))
         if model.label_tokens is not None:
-            model.label_tokens.load_state_dict(label_state)
+            model.label_tokens.load_state(label_state)
         if (directory / "image_encoder.safetensors").exists():
             model.attach_image_encoder(directory, processor)
         if (directory / "labels.json").exists():

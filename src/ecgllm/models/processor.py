@@ -19,6 +19,7 @@ import torch
 from ecgllm.errors import InputError
 from ecgllm.io.image import ECGImage
 from ecgllm.io.record import ECG
+from ecgllm.models.label_tokens import find_named_labels
 from ecgllm.signal.prepare import PrepConfig, PreparedECG, prepare
 
 ECG_TOKEN = "<ecg>"
@@ -41,6 +42,8 @@ class ProcessorConfig:
     system_prompt: str | None = "You are a careful assistant that reads electrocardiograms."
     max_length: int = 1024
     image: dict | None = None       # {"height", "width"} of the image encoder's input; None: signals only
+    named_slots: int = 0            # named-label tokens per ECG (`ecgllm.models.label_tokens`)
+    named_labels: list[str] | None = None  # the label names looked for in the question, in the classifier's order
 
 
 class EcgProcessor:
@@ -176,7 +179,21 @@ class EcgProcessor:
         if any(is_image):
             batch["images"] = self.prepare_images([e for e, img in zip(flat, is_image) if img])
             batch["ecg_is_image"] = torch.tensor(is_image, dtype=torch.bool)
+        if self.config.named_slots:
+            batch["ecg_named"] = self.named_labels(conversations, [len(group) for group in ecgs])
         return batch
+
+    def named_labels(self, conversations: list[list[dict[str, str]]], n_ecgs: list[int]) -> torch.Tensor:
+        """``[E, named_slots]``: for each ECG, the labels its question names. The question is the first user
+        message, the one the ECGs come with; every ECG of a conversation gets the same labels."""
+        if not self.config.named_labels:
+            raise ValueError("this processor has named-label slots but no label names (named_labels); the "
+                             "checkpoint was saved before its label vocabulary was loaded")
+        rows = []
+        for turns, n in zip(conversations, n_ecgs):
+            question = next((t["content"] for t in turns if t["role"] == "user"), "")
+            rows += [find_named_labels(question, self.config.named_labels, self.config.named_slots)] * n
+        return torch.tensor(rows, dtype=torch.long).reshape(len(rows), self.config.named_slots)
 
     def prepare_images(self, images: Sequence[ECGImage]) -> torch.Tensor:
         """``[E, 1, H, W]`` image-encoder inputs, sized as the checkpoint's image encoder was trained."""
