@@ -126,7 +126,7 @@ def test_two_cpu_processes_with_gloo(workspace):
 def test_recipe_errors_name_the_problem(tmp_path):
     bad = tmp_path / "r.yaml"
     bad.write_text("stage: x\noutput_dir: o\ndata: {train: t.jsonl}\noptim: {learning_rate: 1}\n")
-    with pytest.raises(RecipeError, match="unknown keys \\['learning_rate'\\]"):
+    with pytest.raises(RecipeError, match="unknown key optim.learning_rate; allowed here: batch_size"):
         load_recipe(bad)
     bad.write_text("stage: x\ndata: {train: t.jsonl}\n")
     with pytest.raises(RecipeError, match="missing required key 'output_dir'"):
@@ -135,6 +135,52 @@ def test_recipe_errors_name_the_problem(tmp_path):
     with pytest.raises(RecipeError, match="llm_policy"):
         load_recipe(bad)
     assert load_recipe(Path(__file__).parents[1] / "recipes/instruct_tiny.yaml").model.llm_policy == "lora"
+
+
+def test_recipe_values_are_typed_and_any_key_can_be_overridden(tmp_path):
+    """YAML 1.1 reads 2e-4 as a string: it must still train at 0.0002; wrong types name their dotted key;
+    ``--section.key value`` overrides reach nested keys and are typed like the file's values."""
+    from ecgllm.serving.cli import recipe_overrides
+
+    path = tmp_path / "r.yaml"
+    path.write_text("stage: instruction\noutput_dir: o\ndata: {train: t.jsonl}\noptim: {lr: 2e-4, max_steps: 10}\n")
+    config = load_recipe(path)
+    assert config.optim.lr == 0.0002 and isinstance(config.optim.lr, float)
+    overrides = recipe_overrides(["--optim.lr", "1e-4", "--model.label_tokens=3", "--prep.bandpass", "[1, 30]"])
+    assert overrides == ["optim.lr=1e-4", "model.label_tokens=3", "prep.bandpass=[1, 30]"]
+    config = load_recipe(path, overrides)
+    assert (config.optim.lr, config.model.label_tokens, config.prep.bandpass) == (0.0001, 3, (1.0, 30.0))
+    assert config.optim.max_steps == 10  # the rest of the section is kept
+    for override, message in (("optim.lr=fast", "optim.lr: Input should be a valid number"),
+                              ("optim.batch_size=8.5", "optim.batch_size: Input should be a valid integer"),
+                              ("model.wings=2", "unknown key model.wings"),
+                              ("seed=[1]", "seed: Input should be a valid integer")):
+        with pytest.raises(RecipeError, match=message):
+            load_recipe(path, [override])
+    with pytest.raises(RecipeError, match="recipe overrides are --KEY VALUE"):
+        recipe_overrides(["optim.lr=1"])
+    with pytest.raises(RecipeError, match="has no value"):
+        recipe_overrides(["--optim.lr"])
+
+
+def test_a_run_resumes_only_under_the_recipe_it_started_with(workspace):
+    """A changed schedule would silently bend the run's learning-rate curve: stop with the differences, exit 3;
+    ``--resume-anyway`` continues; an unchanged recipe resumes; overrides are saved in recipe.json."""
+    run = recipe(workspace, "changed", max_steps=2)
+    first = subprocess.run(CLI + ["train", str(run), "--quiet", "--optim.lr", "0.002"], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert json.loads((workspace / "changed" / "recipe.json").read_text())["optim"]["lr"] == 0.002
+    longer = ["--optim.lr", "0.002", "--optim.max_steps", "4"]
+    refused = subprocess.run(CLI + ["train", str(run), "--quiet", *longer], capture_output=True, text=True)
+    assert refused.returncode == 3, refused.stderr[-2000:]
+    assert "optim.max_steps: 2 -> 4" in refused.stderr and "--resume-anyway" in refused.stderr
+    assert not (workspace / "changed" / "checkpoints" / "step-00000004").exists()
+    forced = subprocess.run(CLI + ["train", str(run), "--quiet", *longer, "--resume-anyway"], capture_output=True,
+                            text=True)
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert json.loads((workspace / "changed" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 4
+    same = subprocess.run(CLI + ["train", str(run), "--quiet", *longer], capture_output=True, text=True)
+    assert same.returncode == 0, same.stderr[-2000:]
 
 
 ENCODER_STAGES = ("encoder_pretraining", "encoder_contrastive", "image_distillation")

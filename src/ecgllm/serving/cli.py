@@ -284,15 +284,41 @@ examples:
   ecgllm train recipes/instruct_tiny.yaml
   torchrun --standalone --nproc_per_node 2 -m ecgllm.serving.cli train recipes/instruct_tiny.yaml
   ecgllm train recipes/ecgqa/paired_more.yaml --export-step 300   # checkpoint 300 -> a --model folder
+  ecgllm train recipes/instruct_tiny.yaml --optim.lr 1e-4 --optim.max_steps 50 --output_dir runs/try
+
+Any recipe key can be overridden as --SECTION.KEY VALUE (values read as YAML: numbers, lists, null); the run
+saves the resolved recipe as OUTPUT_DIR/recipe.json. A run resumes only under the recipe it started with:
+otherwise it stops and lists the changed keys (--resume-anyway continues regardless).
 
 {EXIT_CODES_HELP}""")
     p.add_argument("recipe", help="YAML recipe (see recipes/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--resume-anyway", action="store_true",
+                   help="resume a language-model run even though its recipe changed since it started")
     p.add_argument("--export-step", type=int, metavar="N",
                    help="train nothing: turn the run's checkpoint of step N into a model folder, OUTPUT_DIR/step-N/, "
                         "that --model reads (language-model stages), e.g. to choose a checkpoint on ECG-QA valid")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, overrides=[])
     return parser
+
+
+def recipe_overrides(extra: list[str]) -> list[str]:
+    """``--optim.lr 1e-4 --seed=3`` (arguments argparse did not know) as ``["optim.lr=1e-4", "seed=3"]``."""
+    from ecgllm.training.config import RecipeError
+
+    out, i = [], 0
+    while i < len(extra):
+        token = extra[i]
+        if not token.startswith("--") or len(token) < 3:
+            raise RecipeError(f"unexpected argument {token!r}: recipe overrides are --KEY VALUE or --KEY=VALUE")
+        key, sep, value = token[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(extra):
+                raise RecipeError(f"override --{key} has no value")
+            value, i = extra[i + 1], i + 1
+        out.append(f"{key}={value}")
+        i += 1
+    return out
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -305,14 +331,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if stage == "encoder_contrastive":
         from ecgllm.training.contrastive import pretrain_contrastive
 
-        result = pretrain_contrastive(load_encoder_recipe(args.recipe), progress=not args.quiet)
+        config = load_encoder_recipe(args.recipe, args.overrides)
+        result = pretrain_contrastive(config, progress=not args.quiet)
         print(f"contrastive pretraining done: valid loss {result['history'][-1]['valid_loss']:.4f}; "
-              f"encoder in {load_encoder_recipe(args.recipe).output_dir}")
+              f"encoder in {config.output_dir}")
         return EXIT_OK
     if stage == "image_distillation":
         from ecgllm.training.distill_image import distill_image_encoder
 
-        config = load_encoder_recipe(args.recipe)
+        config = load_encoder_recipe(args.recipe, args.overrides)
         result = distill_image_encoder(config, progress=not args.quiet)
         print(f"fold-10 superclass macro AUC: images {result['image_clean_super_macro_auc']:.4f} clean, "
               f"{result['image_augmented_super_macro_auc']:.4f} distorted; signals {result['signal_super_macro_auc']:.4f}; "
@@ -321,27 +348,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     if stage == "encoder_pretraining":
         from ecgllm.training.pretrain_encoder import pretrain_encoder
 
-        result = pretrain_encoder(load_encoder_recipe(args.recipe), progress=not args.quiet)
+        result = pretrain_encoder(load_encoder_recipe(args.recipe, args.overrides), progress=not args.quiet)
         print(f"fold-10 macro AUC: superclasses {result['super_macro_auc']:.4f}, "
               f"71 statements {result['all71_macro_auc']:.4f}; {result['epoch_s']:.0f} s/epoch")
         return EXIT_OK
     from ecgllm.training.loop import export_checkpoint, train
 
     if args.export_step is not None:
-        print(f"wrote {export_checkpoint(load_recipe(args.recipe), args.export_step)}")
+        print(f"wrote {export_checkpoint(load_recipe(args.recipe, args.overrides), args.export_step)}")
         return EXIT_OK
-    final = train(load_recipe(args.recipe), progress=not args.quiet)
+    final = train(load_recipe(args.recipe, args.overrides), progress=not args.quiet, resume_anyway=args.resume_anyway)
     print(f"wrote {final}")
     return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "func", None) is not cmd_train:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
     try:
+        if extra:
+            args.overrides = recipe_overrides(extra)
         return int(args.func(args))
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

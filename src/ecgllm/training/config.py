@@ -1,12 +1,19 @@
-"""Training recipes: YAML files mapped onto dataclasses, with errors that name the bad key."""
+"""Training recipes: YAML files mapped onto typed dataclasses, with errors that name the bad key.
+
+Values are checked against the dataclasses' annotations by pydantic: ``lr: 2e-4`` (a string to YAML 1.1) becomes
+the number it means, ``batch_size: 8.5`` or ``lr: fast`` stop with the key's dotted name. Any key can be overridden
+from the command line (``ecgllm train RECIPE --optim.lr 1e-4``); the run saves the resolved recipe, and resuming
+under a different one stops with the difference (`check_resumable`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence, get_type_hints
 
 import yaml
+from pydantic import TypeAdapter, ValidationError
 
 from ecgllm.errors import InputError
 
@@ -72,19 +79,90 @@ class TrainConfig:
         return data
 
 
-def _build(cls, values: dict[str, Any], where: str):
+def _check_keys(cls, values: Any, where: str, prefix: str = "") -> None:
+    """Unknown keys, at any depth of nested dataclasses, are errors (pydantic would drop them silently)."""
     if not isinstance(values, dict):
-        raise RecipeError(f"{where}: expected a mapping, got {type(values).__name__}")
+        raise RecipeError(f"{where}: {prefix.rstrip('.') or 'the recipe'}: expected a mapping, got "
+                          f"{type(values).__name__}")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise RecipeError(f"{where}: unknown keys {unknown}; allowed: {sorted(known)}")
+        raise RecipeError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(prefix + k for k in unknown)}; allowed here: {', '.join(sorted(known))}")
+    hints = get_type_hints(cls)
+    for name, value in values.items():
+        if is_dataclass(hints.get(name)) and isinstance(hints[name], type):
+            _check_keys(hints[name], value, where, f"{prefix}{name}.")
+
+
+def _build(cls, values: dict[str, Any], where: str):
+    """``values`` as a ``cls``, nested dataclasses included, each value checked against its annotation."""
+    _check_keys(cls, values, where)
     try:
-        return cls(**values)
-    except TypeError as exc:
-        raise RecipeError(f"{where}: {exc}") from None
-    except ValueError as exc:
-        raise RecipeError(f"{where}: {exc}") from None
+        return TypeAdapter(cls).validate_python(values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = ".".join(str(part) for part in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            given = f" (got {error['input']!r})" if error["type"] not in ("missing", "value_error") else ""
+            problems.append(f"{key + ': ' if key else ''}{message}{given}")
+        raise RecipeError(f"{where}: " + "; ".join(problems)) from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: str) -> dict[str, Any]:
+    """``["optim.lr=1e-4", ...]`` set into a copy of the raw recipe; values are read as YAML (numbers, lists,
+    ``null``), then typed like any recipe value."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"{where}: override {item!r} is not KEY=VALUE (e.g. --optim.lr 1e-4)")
+        try:
+            value = yaml.safe_load(text) if text.strip() else text
+        except yaml.YAMLError:
+            value = text
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"{where}: override {key}: {part} is not a section of the recipe")
+        node[parts[-1]] = value
+    return out
+
+
+def resolved(config: Any) -> dict[str, Any]:
+    """The recipe as JSON data (what a run saves as recipe.json)."""
+    import json
+
+    data = config.to_dict() if hasattr(config, "to_dict") else asdict(config)
+    return json.loads(json.dumps(data, default=str))
+
+
+def check_resumable(saved_path: Path, config: Any, resume_anyway: bool = False) -> None:
+    """A run resumes only under the recipe it started with: otherwise stop and name every changed key (the
+    schedule, data and model of the first part would silently differ from the rest)."""
+    import json
+
+    if resume_anyway or not saved_path.exists():
+        return
+    before, now = json.loads(saved_path.read_text()), resolved(config)
+    changes = [f"{key}: {old!r} -> {new!r}" for key, old, new in _differences(before, now)]
+    if changes:
+        raise RecipeError(f"{saved_path.parent} was started under another recipe; changed: " + "; ".join(changes)
+                          + ". Use a new output_dir, restore the recipe, or pass --resume-anyway")
+
+
+def _differences(before: Any, now: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(before, dict) and isinstance(now, dict):
+        out = []
+        for key in sorted(set(before) | set(now)):
+            out += _differences(before.get(key), now.get(key), f"{prefix}{key}.")
+        return out
+    return [] if before == now else [(prefix.rstrip("."), before, now)]
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -106,29 +184,25 @@ def recipe_stage(path: str | Path) -> str:
     return str(raw["stage"])
 
 
-def load_encoder_recipe(path: str | Path):
+def load_encoder_recipe(path: str | Path, overrides: Sequence[str] = ()):
     """An ``encoder_pretraining`` recipe as `EncoderPretrainConfig`, an ``encoder_contrastive`` one as
     `ContrastiveConfig`, an ``image_distillation`` one as `ImageDistillConfig`."""
     from ecgllm.training.contrastive import ContrastiveConfig
     from ecgllm.training.distill_image import ImageDistillConfig
     from ecgllm.training.pretrain_encoder import EncoderPretrainConfig
 
-    raw = _read_yaml(Path(path))
+    raw = apply_overrides(_read_yaml(Path(path)), overrides, str(path))
     stage = raw.pop("stage", "encoder_pretraining")
     cls = {"encoder_contrastive": ContrastiveConfig, "image_distillation": ImageDistillConfig}.get(
         stage, EncoderPretrainConfig)
     return _build(cls, raw, str(path))
 
 
-def load_recipe(path: str | Path) -> TrainConfig:
-    """Read a YAML recipe (see ``recipes/``) into a `TrainConfig`."""
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML recipe (see ``recipes/``) into a `TrainConfig`, with ``KEY=VALUE`` overrides."""
     path = Path(path)
-    raw = _read_yaml(path)
+    raw = apply_overrides(_read_yaml(path), overrides, str(path))
     for key in ("stage", "output_dir", "data"):
         if key not in raw:
             raise RecipeError(f"{path}: missing required key '{key}'")
-    nested = {"data": DataConfig, "model": EcgLMConfig, "prep": PrepConfig, "optim": OptimConfig}
-    for key, cls in nested.items():
-        if key in raw:
-            raw[key] = _build(cls, raw[key], f"{path}: {key}")
     return _build(TrainConfig, raw, str(path))

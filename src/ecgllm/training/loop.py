@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ecgllm.datasets.severity import SUPERCLASS_STRATA
-from ecgllm.training.config import RecipeError, TrainConfig
+from ecgllm.training.config import RecipeError, TrainConfig, check_resumable, resolved
 
 STATE_FILE = "trainer_state.json"
 
@@ -124,8 +124,9 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, keep: int) -> Non
     accelerator.wait_for_everyone()
 
 
-def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True) -> Path:
-    """Run (or resume) a training stage; returns the folder of the final model."""
+def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True, resume_anyway: bool = False) -> Path:
+    """Run (or resume) a training stage; returns the folder of the final model. A run resumes only under the
+    recipe it was started with (``resume_anyway`` continues under a changed one)."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
     from torch.utils.data import DataLoader
@@ -134,6 +135,9 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True) 
     from ecgllm.training.data import LengthGroupedBatchSampler, make_collate, token_lengths
 
     output_dir = Path(config.output_dir)
+    recipe = resolved(config)  # as given: the stage below may fill in derived values (strata)
+    if latest_checkpoint(output_dir) is not None:
+        check_resumable(output_dir / "recipe.json", config, resume_anyway)
     # cpu=True is how Accelerate recognises a torchrun/`accelerate launch` run without GPUs (gloo backend).
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=config.optim.grad_accum,
                               mixed_precision=config.mixed_precision,
@@ -168,7 +172,7 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True) 
         accelerator.print(f"resuming from {resume} (step {step})")
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "recipe.json").write_text(json.dumps(config.to_dict(), indent=2, default=str) + "\n")
+        (output_dir / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
     metrics_path = output_dir / "metrics.jsonl"
 
     micro_per_epoch = len(loader)
