@@ -101,6 +101,33 @@ def test_uniform_weights_give_the_plain_loss_and_weights_matter(tiny_stratified)
     assert torch.allclose(model(**batch, sample_weight=torch.tensor([3.0, 3.0])).loss, plain, atol=1e-5)
 
 
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_ipw_with_equal_weights_is_the_vanilla_loss_when_answers_differ_in_length(tiny_stratified, sparse):
+    """One normalisation for every arm: all weights 1 (or any constant) reproduce the vanilla loss exactly, also
+    when conversations have answers of different lengths (a mean of per-sample means would not)."""
+    from ecgllm import read_ecg
+
+    model, processor = tiny_stratified
+    model.eval()
+    model.sparse_logits = sparse
+    ecg = read_ecg(PTBXL_1)
+    turns = [[{"role": "user", "content": "Which rhythm does this ECG show?"}, {"role": "assistant", "content": answer}]
+             for answer in ("no", "sinus rhythm, atrial fibrillation and sinus tachycardia")]
+    batch = processor(turns, [[ecg], [ecg]], train=True)
+    try:
+        plain = model(**batch).loss
+        for constant in (1.0, 2.5):
+            weighted = model(**batch, sample_weight=torch.full((2,), constant)).loss
+            assert torch.allclose(weighted, plain, atol=1e-6)
+        only_long = model(**batch, sample_weight=torch.tensor([0.0, 1.0])).loss
+        alone = model(**processor(turns[1:], [[ecg]], train=True)).loss
+        assert torch.allclose(only_long, alone, atol=1e-5)  # a weight of 0 removes a conversation
+        assert not torch.allclose(model(**batch, sample_weight=torch.tensor([1.0, 3.0])).loss, plain, atol=1e-4)
+    finally:
+        model.sparse_logits = True
+
+
 def test_marginal_decoding_mixes_the_strata_with_the_prior(tiny_stratified):
     model, processor = tiny_stratified
     model.eval()
@@ -164,3 +191,18 @@ def test_debiased_training_runs_saves_and_chains(debias_workspace, method):
     b = load_file(root / f"{method}-2/final/projector.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)  # lr 0: the chained stage kept the first stage's weights
     assert np.isfinite([json.loads(x)["loss"] for x in (root / f"{method}-1/metrics.jsonl").read_text().splitlines()]).all()
+
+
+def test_ipw_on_data_without_weights_stops_before_training(debias_workspace):
+    """A conversation without meta.ipw_weight is not one of weight 1: the run stops with exit 3 and a count."""
+    root = debias_workspace
+    recipe = {"stage": "debiased_pretraining", "output_dir": str(root / "ipw-unweighted"),
+              "data": {"train": str(root / "train.jsonl"), "ecg_cache": str(root / "cache")},
+              "model": {"llm": str(root / "tiny-llm"), "encoder_kwargs": {"widths": [8, 16], "n_tokens": 2}},
+              "optim": {"batch_size": 4, "max_steps": 1}, "debias": "ipw"}
+    (root / "ipw-unweighted.yaml").write_text(yaml.safe_dump(recipe))
+    result = subprocess.run(CLI + ["train", str(root / "ipw-unweighted.yaml"), "--quiet"], capture_output=True,
+                            text=True)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "24 of 24 conversations" in result.stderr and "meta.ipw_weight" in result.stderr
+    assert not (root / "ipw-unweighted" / "checkpoints").exists()

@@ -297,8 +297,9 @@ class EcgLanguageModel(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, ecg=None, ecg_mask=None, labels=None, ecg_strata=None,
                 sample_weight=None, images=None, ecg_is_image=None, ecg_named=None):
-        """``sample_weight`` [B]: per-conversation loss weights (inverse-propensity de-biasing): the loss is the
-        weighted mean of each conversation's mean token loss.
+        """``sample_weight`` [B]: per-conversation loss weights (inverse-propensity de-biasing): each answer token
+        counts with its conversation's weight, Σ w_i Σ_t l_it / Σ w_i n_i, so weights that are all equal give
+        exactly the unweighted loss (the mean over answer tokens) and the arms differ in the weights alone.
 
         With labels and ``sparse_logits`` on (the default), the vocabulary projection runs only where a label
         is: an answer is a few tokens of a ~60-token prompt, and SmolLM2's 49k-word head over every position
@@ -318,14 +319,13 @@ class EcgLanguageModel(nn.Module):
         keep = targets != -100
         logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
         token_loss = nn.functional.cross_entropy(logits, targets[keep], reduction="none")
-        if sample_weight is None:
-            loss = token_loss.mean() if token_loss.numel() else logits.sum() * 0.0
+        if not token_loss.numel():
+            loss = logits.sum() * 0.0
+        elif sample_weight is None:
+            loss = token_loss.mean()
         else:
-            row = keep.nonzero()[:, 0]
-            per_sample = torch.zeros(targets.shape[0], dtype=token_loss.dtype, device=token_loss.device)
-            per_sample = per_sample.index_add(0, row, token_loss) / keep.sum(1).clamp(min=1).to(token_loss.dtype)
-            weight = sample_weight.to(per_sample.dtype)
-            loss = (per_sample * weight).sum() / weight.sum().clamp(min=1e-8)
+            weight = sample_weight.to(token_loss.device, token_loss.dtype)[keep.nonzero()[:, 0]]
+            loss = (token_loss * weight).sum() / weight.sum().clamp(min=1e-8)
         return CausalLMOutputWithPast(loss=loss)
 
     def _shared_prefix_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -375,10 +375,8 @@ class EcgLanguageModel(nn.Module):
         logits, targets = out.logits[:, :-1].float(), labels[:, 1:]
         token_loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                                  ignore_index=-100, reduction="none").view(targets.shape)
-        counted = (targets != -100).float()
-        per_sample = (token_loss * counted).sum(1) / counted.sum(1).clamp(min=1.0)
-        weight = sample_weight.to(per_sample.dtype)
-        out.loss = (per_sample * weight).sum() / weight.sum().clamp(min=1e-8)
+        weight = (targets != -100).float() * sample_weight.to(token_loss.dtype)[:, None]
+        out.loss = (token_loss * weight).sum() / weight.sum().clamp(min=1e-8)
         return out
 
     @torch.no_grad()

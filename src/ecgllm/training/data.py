@@ -66,7 +66,8 @@ class ConversationDataset(Dataset):
         turns = [{"role": t["role"], "content": t["content"]} for t in row["turns"]]
         meta = row.get("meta", {})
         strata = [STRATUM_INDEX.get(s, STRATUM_INDEX["no diagnostic label"]) for s in meta.get("strata", [])]
-        return turns, ecgs, [e.get("tag", "") for e in row["ecgs"]], float(meta.get("ipw_weight", 1.0)), strata
+        weight = meta.get("ipw_weight")
+        return turns, ecgs, [e.get("tag", "") for e in row["ecgs"]], None if weight is None else float(weight), strata
 
 
 def _as_rendered(ecg: ECG, render: dict | None) -> ECG | ECGImage:
@@ -86,6 +87,8 @@ def make_collate(processor, debias: str = "none"):
         turns, ecgs, tags, weights, strata = zip(*items)
         batch = processor(list(turns), list(ecgs), tags=list(tags), train=True)
         if debias == "ipw":
+            if any(w is None for w in weights):  # a missing weight is not a weight of 1
+                raise ValueError("debias: ipw needs meta.ipw_weight in every conversation (run `ecgllm data debias`)")
             batch["sample_weight"] = torch.tensor(weights, dtype=torch.float32)
         elif debias == "stratified":
             flat = [s for per_sample, group in zip(strata, ecgs) for s in (per_sample or [0] * len(group))]

@@ -58,6 +58,11 @@ def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None):
     inherited_stages(_inherited(config))  # a start trained under another split policy stops here, not at the end
     dataset = ConversationDataset(config.data.train, ECGCache.open(config.data.ecg_cache), config.data.max_samples,
                                   stage=config.stage)
+    if config.debias == "ipw":
+        unweighted = sum("ipw_weight" not in row.get("meta", {}) for row in dataset.rows)
+        if unweighted:
+            raise RecipeError(f"debias: ipw, but {unweighted} of {len(dataset.rows)} conversations in "
+                              f"{config.data.train} have no meta.ipw_weight (run `ecgllm data debias` on it)")
     if config.debias == "stratified" and not config.model.n_strata:
         config.model.n_strata, config.model.stratum_prior = len(SUPERCLASS_STRATA), stratum_prior(dataset)
     model, processor = EcgLanguageModel.build(config.model, ProcessorConfig(prep=config.prep.to_dict()),
