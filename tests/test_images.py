@@ -178,3 +178,37 @@ def test_frozen_encoders_keep_their_batch_norm_statistics_in_training(image_chec
     model.config.encoder_policy = "frozen"
     model.train()
     assert model.llm.training and not model.encoder.training and not model.image_encoder.training
+
+
+def test_distillation_layouts_are_drawn_apart_from_the_paper_colour():
+    """Each layout gets yellowed pages as often as the others: the layout has its own random stream (it once
+    shared the renderer's, and every yellowed training page was 3x4)."""
+    from ecgllm.render.augment import PROBABILITY, random_style
+    from ecgllm.training.distill_image import layout_for_seed
+
+    pages: dict[str, list[bool]] = {}
+    for seed in range(1200):
+        applied: dict = {}
+        random_style(np.random.default_rng(seed), applied)  # the renderer's first draw for this seed
+        pages.setdefault(layout_for_seed(seed), []).append("paper" in applied)
+    assert set(pages) == {"3x4", "6x2", "12x1"}
+    for layout, yellowed in pages.items():
+        assert abs(np.mean(yellowed) - PROBABILITY["paper"]) < 0.1, (layout, np.mean(yellowed), len(yellowed))
+
+
+def test_distillation_scores_renders_through_the_pooling_the_model_serves():
+    """The label tokens read ``encoder.pool`` of the image tokens; the distillation's AUC must use the same
+    pooling (it used a plain mean, which differs for a mean+max encoder)."""
+    from ecgllm.models import build_encoder
+    from ecgllm.training.distill_image import student_outputs
+
+    torch.manual_seed(0)
+    teacher = build_encoder("resnet1d", widths=(8, 16), n_tokens=4, pool="meanmax")
+    student = ImageEncoder(ImageEncoderConfig(n_tokens=4, dim=teacher.dim, **TINY_IMAGE)).eval()
+    head = torch.nn.Linear(teacher.dim, 3)
+    images = (np.random.default_rng(0).random((2, TINY_IMAGE["height"], TINY_IMAGE["width"])) * 255).astype(np.uint8)
+    tokens, logits = student_outputs(student, head, images, teacher.pool)
+    with torch.no_grad():
+        served = head(teacher.pool(torch.from_numpy(tokens))).numpy()
+        mean_only = head(torch.from_numpy(tokens).mean(1)).numpy()
+    assert np.allclose(logits, served, atol=1e-5) and not np.allclose(logits, mean_only, atol=1e-3)

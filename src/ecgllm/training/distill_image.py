@@ -87,15 +87,25 @@ def teacher_targets(encoder, head, signals: np.ndarray, batch: int = 256) -> tup
     return np.concatenate(tokens), np.concatenate(logits)
 
 
+LAYOUT_STREAM = 1  # the layout's own random stream: see `layout_for_seed`
+
+
+def layout_for_seed(seed: int) -> str:
+    """The layout of a training render. Drawn from its own stream (``[LAYOUT_STREAM, seed]``), not from
+    ``default_rng(seed)``: the renderer draws the paper colour first from that one, so sharing it tied the two
+    (every yellowed page was 3x4, no 6x2 or 12x1 page was ever yellowed)."""
+    from ecgllm.render.augment import random_layout
+
+    return random_layout(np.random.default_rng([LAYOUT_STREAM, seed]))
+
+
 def _render_one(task: tuple) -> np.ndarray:
     from ecgllm.io.leads import STANDARD_12
     from ecgllm.io.record import ECG
     from ecgllm.render import render_ecg
-    from ecgllm.render.augment import random_layout
 
     signal, fs, seed, augment, height, width = task
-    layout = random_layout(np.random.default_rng(seed))
-    page = render_ecg(ECG(signal, fs, list(STANDARD_12)), layout, augment=augment, seed=seed).image
+    page = render_ecg(ECG(signal, fs, list(STANDARD_12)), layout_for_seed(seed), augment=augment, seed=seed).image
     return (image_input(page, height, width)[0] * 255).round().astype(np.uint8)
 
 
@@ -127,8 +137,10 @@ def _load_or_render(path: Path, make) -> np.ndarray:
 
 
 @torch.no_grad()
-def student_outputs(student: ImageEncoder, head: nn.Module, images: np.ndarray,
+def student_outputs(student: ImageEncoder, head: nn.Module, images: np.ndarray, pool,
                     batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens and label logits of renders; ``pool`` is the signal encoder's own pooling, the one the served
+    model's label tokens apply to the image encoder's tokens."""
     student.eval()
     device = next(student.parameters()).device
     tokens, logits = [], []
@@ -136,7 +148,7 @@ def student_outputs(student: ImageEncoder, head: nn.Module, images: np.ndarray,
         x = torch.from_numpy(np.asarray(images[i: i + batch], dtype=np.float32) / 255.0)[:, None].to(device)
         t = student(x)
         tokens.append(t.cpu().numpy())
-        logits.append(head(t.mean(1)).cpu().numpy())
+        logits.append(head(pool(t)).cpu().numpy())
     return np.concatenate(tokens), np.concatenate(logits)
 
 
@@ -189,7 +201,7 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> 
                 tokens = student(x).float()
             token_loss = nn.functional.mse_loss(tokens, place.tensor(target_tokens[rows])) / scale
             label_loss = nn.functional.binary_cross_entropy_with_logits(
-                head(tokens.mean(1)), torch.sigmoid(place.tensor(target_logits[rows])))
+                head(encoder.pool(tokens)), torch.sigmoid(place.tensor(target_logits[rows])))
             loss = token_loss + config.label_weight * label_loss
             optimizer.zero_grad()
             loss.backward()
@@ -209,7 +221,7 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> 
     result = {"teacher": config.teacher, "n_train": int(len(train)), "n_eval": int(len(test)),
               "excluded_by_split_policy": data.excluded_by_policy,
               "params": sum(p.numel() for p in student.parameters()), "history": history}
-    outputs = [("signal", teacher_logits)] + [(f"image_{name}", student_outputs(student, head, images)[1])
+    outputs = [("signal", teacher_logits)] + [(f"image_{name}", student_outputs(student, head, images, encoder.pool)[1])
                                               for name, images in (("clean", clean), ("augmented", distorted))]
     for name, logits in outputs:
         result.update(superclass_metrics(name, y, logits))
