@@ -11,6 +11,14 @@ given another patient's ECG (the issue's reliance target); ties go to the earlie
         --model CHECKPOINT --out monitor/NAME-none --probe none        # and --probe random-ecg -> NAME-random-ecg
     python benchmarks/ecgqa_selection.py --monitor monitor --candidates shipped s300 s600 s900 \\
         -> benchmarks/results/ecgqa_selection.json, docs/results/ecgqa_selection.md
+
+A larger single-verify check, where a candidate has it (``monitor/NAME-verify``): the single-verify questions of
+3,000 generated valid questions (seed 41), answered with the candidate's own ECG. It is reported beside the rule,
+not used by it (the rule was fixed before it existed):
+
+    ecgllm data generate ecgqa ... --split valid --n 3000 --seed 41 --template-ids TEMPLATES --out valid3000.json
+    (keep its single-verify samples: monitor/valid_verify.json)
+    ecgllm eval ecgqa --data monitor/valid_verify.json ... --model CHECKPOINT --out monitor/NAME-verify
 """
 
 from __future__ import annotations
@@ -44,7 +52,9 @@ def score(monitor: Path, name: str) -> dict:
     return {"name": name, "model": "/".join(Path(model).parts[-2:]) if model else None, "n": real_metrics["n"],
             "em": real_metrics["overall_em"], "em_random_ecg": other_metrics["overall_em"],
             "drop_random_ecg": round(real_metrics["overall_em"] - other_metrics["overall_em"], 4),
-            "single_verify": verify_balance(real)}
+            "single_verify": verify_balance(real),
+            "single_verify_large": verify_balance(monitor / f"{name}-verify")
+            if (monitor / f"{name}-verify" / "per_sample.csv").exists() else None}
 
 
 def choose(candidates: list[dict]) -> str:
@@ -58,12 +68,15 @@ def render(result: dict) -> str:
              f"Written by `benchmarks/ecgqa_selection.py` from `benchmarks/results/ecgqa_selection.json`. "
              f"{result['split']}.", "", f"Rule: {result['rule']}", "",
              "| candidate | checkpoint | EM, own ECG | EM, another patient's ECG | drop | single-verify balanced acc "
-             "(sens / spec, n) |", "|---|---|---|---|---|---|"]
+             "(sens / spec, n) | larger single-verify set (sens / spec, n) |", "|---|---|---|---|---|---|---|"]
+
+    def balance(v: dict | None) -> str:
+        return "–" if v is None else f"{v['balanced_acc']:.3f} ({v['sensitivity']:.2f} / {v['specificity']:.2f}, {v['n']})"
+
     for c in result["candidates"]:
-        v = c["single_verify"]
         lines.append(f"| {c['name']}{' (chosen)' if c['name'] == result['chosen'] else ''} | {c['model']} | "
                      f"{c['em']:.3f} | {c['em_random_ecg']:.3f} | {c['drop_random_ecg']:.3f} | "
-                     f"{v['balanced_acc']:.3f} ({v['sensitivity']:.2f} / {v['specificity']:.2f}, {v['n']}) |")
+                     f"{balance(c['single_verify'])} | {balance(c.get('single_verify_large'))} |")
     lines += ["", f"Chosen: **{result['chosen']}**.", ""]
     return "\n".join(lines)
 

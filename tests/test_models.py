@@ -324,7 +324,8 @@ def test_named_label_tokens_carry_the_classifier_s_probability_of_the_question_s
     assert torch.allclose(tokens[0], model.label_tokens.name_embeddings[int(probability.argmax())], atol=1e-6)
     with torch.no_grad():
         named = model.label_tokens(pooled, torch.tensor([[lowest, NOT_NAMED]]))[0]
-    assert torch.allclose(named[1], model.label_tokens.name_embeddings[lowest] + probability[lowest], atol=1e-5)
+    p = probability[lowest]  # the name at the strength of its probability, plus the probability's embedding
+    assert torch.allclose(named[1], p * model.label_tokens.name_embeddings[lowest] + p, atol=1e-5)
     assert torch.allclose(named[2], torch.full_like(named[2], 0.5))
     assert torch.isfinite(model(**batch).loss)
     before = logits_of(model.eval(), batch)
