@@ -94,6 +94,9 @@ def test_crop_pad_segment():
     assert crop_or_pad(x, 30).shape == (1, 30) and crop_or_pad(x, 30)[0, -1] == 0
     r = crop_or_pad(x, 10, "random", np.random.default_rng(0))
     assert r.shape == (1, 10) and r[0, 1] - r[0, 0] == 1
+    assert np.array_equal(r, crop_or_pad(x, 10, "random", np.random.default_rng(0)))  # seeded: replayable
+    with pytest.raises(ValueError, match="seeded rng"):
+        crop_or_pad(x, 10, "random")
     windows = segment(x, 8, 8)
     assert windows.shape == (3, 1, 8) and windows[-1, 0, -1] == 19  # last window aligned to the end
 

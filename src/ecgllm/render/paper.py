@@ -3,8 +3,7 @@
 Clinical layouts (3x4 with a lead II rhythm strip, 6x2, 12x1) at 25 mm/s and 10 mm/mV on a millimetre grid
 (1 mm small boxes, 5 mm large boxes), a 1 mV calibration pulse at the start of every row, lead labels, an
 optional header (id, age, sex, rate, intervals) and a footer with the scales. Every trace's position is kept
-in a `PaperGeometry`, so a pixel maps back to seconds and millivolts (the round-trip test and the
-digitiser use it).
+in a `PaperGeometry`, so a pixel maps back to seconds and millivolts (the round-trip test uses it).
 
 Drawing is numpy (grid) + Pillow (traces, text): about 20 ms a page at 1100×850, so renders can be made on
 the fly for training.

@@ -23,7 +23,9 @@ def crop_or_pad(x: np.ndarray, length: int, mode: CropMode = "center",
     elif mode == "center":
         start = (n - length) // 2
     elif mode == "random":
-        start = int((rng or np.random.default_rng()).integers(0, n - length + 1))
+        if rng is None:  # an unseeded crop would make a run impossible to replay
+            raise ValueError("crop mode 'random' needs a seeded rng (np.random.default_rng(seed))")
+        start = int(rng.integers(0, n - length + 1))
     else:
         raise ValueError(f"unknown crop mode {mode!r}")
     return x[..., start:start + length]

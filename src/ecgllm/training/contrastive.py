@@ -7,8 +7,8 @@ descriptions English) reduced by truncated SVD, then a trainable two-layer MLP. 
 text ("sinus rhythm; normal ECG"), so targets are soft: every batch item with the identical text counts as a
 positive instead of a false negative.
 
-The encoder it produces is meant as the starting point of supervised pretraining (``init_encoder``); the
-benchmark ``benchmarks/bench_contrastive.py`` measures whether that start helps on fold 10.
+The encoder it produces is meant as the starting point of supervised pretraining (``init_encoder``);
+``benchmarks/encoder_compare.py`` compares encoders on fold 10.
 """
 
 from __future__ import annotations

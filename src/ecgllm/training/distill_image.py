@@ -191,7 +191,7 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> 
 
     for epoch in range(done, config.epochs):
         student.train()
-        order = np.random.default_rng(config.seed + epoch).permutation(len(train))
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(train))  # seed 0/epoch 1 != seed 1/epoch 0
         losses, t0 = [], time.time()
         bar = tqdm(range(steps_per_epoch), desc=f"distil epoch {epoch + 1}/{config.epochs}", disable=not progress)
         for step in bar:
