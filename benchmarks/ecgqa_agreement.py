@@ -29,7 +29,7 @@ from ecgllm.datasets import PTBXL  # noqa: E402
 from ecgllm.datasets.ecgqa import read_qa_file  # noqa: E402
 from ecgllm.datasets.ecgqa_attributes import FEATURES, NORMAL_RANGES, build_attributes  # noqa: E402
 from ecgllm.datasets.ecgqa_check import generator_agreement, numeric_feature_agreement, official_samples  # noqa: E402
-from ecgllm.datasets.ecgqa_ranges import load_ecgqa_ranges  # noqa: E402
+from ecgllm.datasets.ecgqa_attributes import load_ecgqa_ranges  # noqa: E402
 from ecgllm.datasets.measurements import measure_ecgqa_records  # noqa: E402
 
 TARGETS = {"scp_code": 0.97, "noise": 0.95, "heart_axis": 0.95, "stage_of_infarction": 0.95, "extra_systole": 0.95,

@@ -19,9 +19,11 @@ None means "not asked", never "no".
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -121,6 +123,17 @@ RANGE_NAMES = ("below the normal range", "within the normal range", "above the n
 NORMAL_RANGES = {"rr interval": (600.0, 1000.0), "p duration": (-math.inf, 120.0), "pr interval": (120.0, 200.0),
                  "qrs duration": (60.0, 110.0), "qt interval": (330.0, 430.0), "qt corrected": (330.0, 450.0)}
 FEATURES = tuple(NORMAL_RANGES)
+RANGES_JSON = Path(__file__).resolve().parents[1] / "data" / "ecgqa_normal_ranges.json"
+
+
+def load_ecgqa_ranges() -> dict[str, tuple[float, float]]:
+    """ECG-QA's ranges (ms) from the packaged file (`ecgllm.datasets.ecgqa_ranges` fits and checks them) when
+    it exists, else `NORMAL_RANGES`. JSON has no infinity: an unbounded edge is written as null."""
+    if not RANGES_JSON.exists():
+        return dict(NORMAL_RANGES)
+    data = json.loads(RANGES_JSON.read_text())
+    return {feature: (-math.inf if lo is None else float(lo), math.inf if hi is None else float(hi))
+            for feature, (lo, hi) in ((f, v["range_ms"]) for f, v in data["features"].items())}
 # Columns of a measurement table: ECG-QA's own (NeuroKit2, lead II, seconds; `ecgqa_numeric`) first, then
 # the ms columns of `ecgllm.signal.Measurements` (e.g. from `ecgllm data measure`) as a fallback.
 ECGQA_COLUMNS = {"rr interval": "rr_s", "p duration": "p_s", "pr interval": "pr_s", "qrs duration": "qrs_s",
@@ -272,8 +285,6 @@ def build_attributes(ptbxl, measurements: pd.DataFrame | None = None,
     come from the signal and disagree with the column (a record without a measured axis gets no axis questions).
     """
     if normal_ranges is None:
-        from ecgllm.datasets.ecgqa_ranges import load_ecgqa_ranges
-
         normal_ranges = load_ecgqa_ranges()
     table = ptbxl.table
     official = table["has_official_metadata"].to_numpy(dtype=bool)

@@ -2,22 +2,18 @@
 
 ECG-QA labels each numeric feature (RR, P duration, PR, QRS, QT, QTc; its NeuroKit2 lead-II measurements) as
 below / within / above an inclusive normal range. The ranges are ECG-QA's own thresholds, shipped in
-``data/ecgqa_normal_ranges.json`` (`load_ecgqa_ranges`); the QTc upper bound follows the official answers
-rather than ECG-QA's code (see the file). `feature_agreement` and `fit_normal_ranges` measure and search
-ranges against official comparison samples, to check a threshold against the released answers.
+``data/ecgqa_normal_ranges.json``, which `ecgllm.datasets.ecgqa_attributes.load_ecgqa_ranges` reads; the
+QTc upper bound follows the official answers rather than ECG-QA's code (see the file). `feature_agreement`
+and `fit_normal_ranges` measure and search ranges against official comparison samples, to check a threshold
+against the released answers.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
-from ecgllm.datasets.ecgqa_attributes import ECGQA_COLUMNS, MEASUREMENT_COLUMNS, NORMAL_RANGES
-
-RANGES_JSON = Path(__file__).resolve().parents[1] / "data" / "ecgqa_normal_ranges.json"
+from ecgllm.datasets.ecgqa_attributes import ECGQA_COLUMNS, MEASUREMENT_COLUMNS
 # Comparison templates: required (abnormal in first ECG, abnormal in second) for a feature to be named.
 NUMERIC_COMPARISONS = {68: (True, False), 69: (False, True), 70: (True, True),
                        54: (True, False), 55: (False, True), 56: (True, True)}
@@ -64,15 +60,3 @@ def fit_normal_ranges(samples, measurements: pd.DataFrame) -> dict[str, dict]:
         fitted[feature] = {"range_ms": edges, "train_agreement": round(best[0], 4)}
     return fitted
 
-
-def _edges(pair: list[float | None]) -> tuple[float, float]:
-    lo, hi = pair
-    return (-np.inf if lo is None else float(lo), np.inf if hi is None else float(hi))
-
-
-def load_ecgqa_ranges() -> dict[str, tuple[float, float]]:
-    """ECG-QA's ranges (ms) from the packaged file when it exists, else `NORMAL_RANGES`."""
-    if RANGES_JSON.exists():
-        data = json.loads(RANGES_JSON.read_text())
-        return {f: _edges(v["range_ms"]) for f, v in data["features"].items()}
-    return dict(NORMAL_RANGES)

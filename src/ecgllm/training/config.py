@@ -15,14 +15,12 @@ from typing import Any, Sequence, get_type_hints
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from ecgllm.errors import InputError
-
+from ecgllm.errors import RecipeError
 from ecgllm.models.ecg_lm import EcgLMConfig
 from ecgllm.signal.prepare import PrepConfig
-
-
-class RecipeError(InputError):
-    """A recipe is missing a key, has an unknown one, or a value of the wrong kind."""
+from ecgllm.training.contrastive import ContrastiveConfig
+from ecgllm.training.distill_image import ImageDistillConfig
+from ecgllm.training.pretrain_encoder import EncoderPretrainConfig
 
 
 @dataclass
@@ -187,10 +185,6 @@ def recipe_stage(path: str | Path) -> str:
 def load_encoder_recipe(path: str | Path, overrides: Sequence[str] = ()):
     """An ``encoder_pretraining`` recipe as `EncoderPretrainConfig`, an ``encoder_contrastive`` one as
     `ContrastiveConfig`, an ``image_distillation`` one as `ImageDistillConfig`."""
-    from ecgllm.training.contrastive import ContrastiveConfig
-    from ecgllm.training.distill_image import ImageDistillConfig
-    from ecgllm.training.pretrain_encoder import EncoderPretrainConfig
-
     raw = apply_overrides(_read_yaml(Path(path)), overrides, str(path))
     stage = raw.pop("stage", "encoder_pretraining")
     cls = {"encoder_contrastive": ContrastiveConfig, "image_distillation": ImageDistillConfig}.get(

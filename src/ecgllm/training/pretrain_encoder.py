@@ -246,7 +246,7 @@ def load_encoder_weights(encoder: nn.Module, folder: str) -> None:
     """Initialise ``encoder`` from another run's ``encoder.safetensors`` (e.g. contrastive pretraining)."""
     from safetensors.torch import load_file
 
-    from ecgllm.training.config import RecipeError
+    from ecgllm.errors import RecipeError
 
     path = Path(folder) / "encoder.safetensors"
     if not path.exists():
