@@ -67,6 +67,7 @@ def test_intervention_sampling_cuts_the_stratum_question_link():
     vanilla = generator.generate(3000, seed=1, template_ids=single)
     intervened = generator.generate(3000, seed=1, template_ids=single, intervention=True)
     assert ami(intervened) < 0.5 * ami(vanilla)
+    assert {s["sampling"] for s in intervened} == {"intervention"} and {s["sampling"] for s in vanilla} == {"observational"}
     with pytest.raises(ValueError, match="strata"):
         ECGQAGenerator(build_attributes(ptbxl), pool).generate(5, intervention=True)
 
@@ -206,3 +207,17 @@ def test_ipw_on_data_without_weights_stops_before_training(debias_workspace):
     assert result.returncode == 3, result.stderr[-2000:]
     assert "24 of 24 conversations" in result.stderr and "meta.ipw_weight" in result.stderr
     assert not (root / "ipw-unweighted" / "checkpoints").exists()
+
+
+def test_intervention_training_refuses_data_not_drawn_by_intervention(debias_workspace):
+    """`debias: intervention` changes nothing in the loop; what makes it an estimator is its data, so data without
+    meta.sampling == "intervention" stops the run (exit 3) with a count."""
+    root = debias_workspace
+    recipe = {"stage": "debiased_pretraining", "output_dir": str(root / "intervention-observational"),
+              "data": {"train": str(root / "train.jsonl"), "ecg_cache": str(root / "cache")},
+              "model": {"llm": str(root / "tiny-llm"), "encoder_kwargs": {"widths": [8, 16], "n_tokens": 2}},
+              "optim": {"batch_size": 4, "max_steps": 1}, "debias": "intervention"}
+    (root / "intervention.yaml").write_text(yaml.safe_dump(recipe))
+    result = subprocess.run(CLI + ["train", str(root / "intervention.yaml"), "--quiet"], capture_output=True, text=True)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "24 of 24 conversations" in result.stderr and "--intervention" in result.stderr

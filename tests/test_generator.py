@@ -22,7 +22,7 @@ from tests.conftest import FIXTURES, SHARED, needs_shared
 
 OFFICIAL_KEYS = {"template_id", "question_id", "sample_id", "question_type", "attribute_type", "question",
                  "answer", "ecg_id", "attribute"}
-GENERATED_KEYS = OFFICIAL_KEYS | {"generator_version"}
+GENERATED_KEYS = OFFICIAL_KEYS | {"generator_version", "sampling"}
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +115,8 @@ def test_generation_is_seeded_and_official_schema(small):
     a, b = gen.generate(300, seed=7), gen.generate(300, seed=7)
     assert a == b and a != gen.generate(300, seed=8)
     assert all(set(s) == GENERATED_KEYS and s["generator_version"] == GENERATOR_VERSION for s in a)
+    assert {s["sampling"] for s in a} == {"observational"}
+    assert {s["sampling"] for s in gen.generate(20, seed=7, paired=True)} == {"paired"}
     samples = [QASample(**{k: s[k] for k in OFFICIAL_KEYS}) for s in a]
     # every generated answer is reproduced from the labels by the checker's code path
     regenerated = [regenerate_answer(s, attrs) for s in samples]
@@ -272,7 +274,8 @@ def test_cli_generate_and_measure(tmp_path, capsys):
     assert main(args + ["--n", "20", "--format", "llava", "--out", str(tmp_path / "l.json")]) == 0
     assert "<ecg>" in json.loads((tmp_path / "l.json").read_text())[0]["conversations"][0]["value"]
     assert main(args + ["--n", "20", "--paraphrase", "1", "--format", "jsonl", "--out", str(tmp_path / "p.jsonl")]) == 0
-    assert all(c.meta["generator_version"] == GENERATOR_VERSION for c in read_jsonl(tmp_path / "p.jsonl"))
+    assert all(c.meta["generator_version"] == GENERATOR_VERSION and c.meta["sampling"] == "observational"
+               for c in read_jsonl(tmp_path / "p.jsonl"))
     assert main(["data", "generate", "instruct", "--ptbxl", str(FIXTURES / "ptbxl_labels"), "--pool", "ptbxl",
                  "--split", "valid", "--n", "10", "--out", str(tmp_path / "i.jsonl")]) == 0
     assert len(list(read_jsonl(tmp_path / "i.jsonl"))) == 10

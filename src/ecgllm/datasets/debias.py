@@ -1,8 +1,14 @@
 """Backdoor adjustment helpers for the severity confounder S (see `ecgllm.datasets.severity`).
 
 P(A | do(Q), E) = Σ_s P(A | Q, E, s) P(s). Three estimators use these pieces:
-- intervention sampling: `ECGQAGenerator.generate(intervention=True)` draws s ~ P(s), a record of stratum s,
-  and the question independently of the record;
+- intervention sampling: `ECGQAGenerator.generate(intervention=True)` draws s ~ P(s) (the pool's stratum shares),
+  then a record of stratum s, then the question. The first two steps give every record of the pool the same
+  chance, exactly as the plain (observational) draw does; what cuts S -> Q is the third. The observational
+  generator picks, half the time, a statement the record has, and retries draws until a verify question gets
+  the yes/no it aimed at: both make the question depend on the record. Under intervention the values are drawn
+  independently of the record and no answer is aimed at. Comparison-verify templates still presume a status
+  in the first ECG, so their value depends on it (not cut). Each sample records ``sampling``; the trainer runs
+  ``debias: intervention`` only on intervention samples;
 - inverse-propensity weights P(s) / P(s | q) from counts (`ipw_weights`), applied to each sample's loss;
 - stratified adjustment: the model gets the stratum as an embedding while training and averages its answer
   distribution over P(s) at inference (`EcgLanguageModel`, ``n_strata``).

@@ -474,6 +474,8 @@ class ECGQAGenerator:
 
             self._stratum_prior = stratum_weights([self.strata[i] for i in self.pools.ids if i in self.strata])
             yes_rate = None
+        # how the samples were drawn, written into each one: `debias: intervention` trains only on do(Q) samples
+        sampling = "intervention" if intervention else "paired" if paired else "observational"
         rng = np.random.default_rng(seed)
         # a separate stream for wording, so that paraphrase=0 and paraphrase>0 draw the same records and answers
         wording_rng = np.random.default_rng([seed, 1])
@@ -517,7 +519,7 @@ class ECGQAGenerator:
                     "template_id": t.template_id, "question_id": qid, "sample_id": start_id + len(out),
                     "question_type": t.question_type, "attribute_type": t.attribute_type, "question": question,
                     "answer": answer, "ecg_id": ecg_ids, "attribute": _attribute_field(t, values),
-                    "generator_version": GENERATOR_VERSION,
+                    "generator_version": GENERATOR_VERSION, "sampling": sampling,
                 })
         return out[: n - n % 2] if paired else out[:n]  # pairs stay whole
 

@@ -140,6 +140,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             conversations = [from_ecgqa(s, split=args.split, source="ecgqa-generated") for s in samples]
             for c, s in zip(conversations, samples):  # data of an older generator can be told apart
                 c.meta["generator_version"] = s["generator_version"]
+                c.meta["sampling"] = s["sampling"]
             _write(conversations, out, args.format)
         count = len(samples)
     else:

@@ -59,8 +59,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     mixed_precision: str = "no"    # "bf16" on GPUs that support it (CPU autocast works too, without a speed-up)
-    # Backdoor adjustment for the severity confounder: "none", "intervention" (the data was generated with
-    # `--intervention`; the loop itself is plain), "ipw" (per-sample weights P(s)/P(s|q)) or "stratified"
+    # Backdoor adjustment for the severity confounder: "none", "intervention" (the loop is plain; every
+    # conversation must have been drawn with `--intervention`, meta.sampling), "ipw" (per-sample weights P(s)/P(s|q)) or "stratified"
     # (severity embedding, marginalised over P(s) at inference); ipw/stratified need `ecgllm data debias`.
     debias: str = "none"
     init_from: str | None = None   # a previous stage's final/ folder: start from its encoder, projector, adapter

@@ -58,6 +58,12 @@ def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None):
     inherited_stages(_inherited(config))  # a start trained under another split policy stops here, not at the end
     dataset = ConversationDataset(config.data.train, ECGCache.open(config.data.ecg_cache), config.data.max_samples,
                                   stage=config.stage)
+    if config.debias == "intervention":
+        other = sum(row.get("meta", {}).get("sampling") != "intervention" for row in dataset.rows)
+        if other:
+            raise RecipeError(f"debias: intervention, but {other} of {len(dataset.rows)} conversations in "
+                              f"{config.data.train} were not drawn by intervention sampling (meta.sampling); "
+                              f"generate them with `ecgllm data generate ecgqa --intervention`")
     if config.debias == "ipw":
         unweighted = sum("ipw_weight" not in row.get("meta", {}) for row in dataset.rows)
         if unweighted:
