@@ -194,30 +194,19 @@ def test_debiased_training_runs_saves_and_chains(debias_workspace, method):
     assert np.isfinite([json.loads(x)["loss"] for x in (root / f"{method}-1/metrics.jsonl").read_text().splitlines()]).all()
 
 
-def test_ipw_on_data_without_weights_stops_before_training(debias_workspace):
-    """A conversation without meta.ipw_weight is not one of weight 1: the run stops with exit 3 and a count."""
+@pytest.mark.parametrize("method, missing", [("ipw", "meta.ipw_weight"), ("intervention", "--intervention")])
+def test_debiased_training_refuses_data_the_estimator_cannot_use(debias_workspace, method, missing):
+    """IPW: a conversation without meta.ipw_weight is not one of weight 1. Intervention: the loop is plain, what
+    makes it an estimator is data drawn by intervention (meta.sampling). Either way the run stops before training
+    (exit 3) with a count."""
     root = debias_workspace
-    recipe = {"stage": "debiased_pretraining", "output_dir": str(root / "ipw-unweighted"),
+    recipe = {"stage": "debiased_pretraining", "output_dir": str(root / f"{method}-refused"),
               "data": {"train": str(root / "train.jsonl"), "ecg_cache": str(root / "cache")},
               "model": {"llm": str(root / "tiny-llm"), "encoder_kwargs": {"widths": [8, 16], "n_tokens": 2}},
-              "optim": {"batch_size": 4, "max_steps": 1}, "debias": "ipw"}
-    (root / "ipw-unweighted.yaml").write_text(yaml.safe_dump(recipe))
-    result = subprocess.run(CLI + ["train", str(root / "ipw-unweighted.yaml"), "--quiet"], capture_output=True,
+              "optim": {"batch_size": 4, "max_steps": 1}, "debias": method}
+    (root / f"{method}-refused.yaml").write_text(yaml.safe_dump(recipe))
+    result = subprocess.run(CLI + ["train", str(root / f"{method}-refused.yaml"), "--quiet"], capture_output=True,
                             text=True)
     assert result.returncode == 3, result.stderr[-2000:]
-    assert "24 of 24 conversations" in result.stderr and "meta.ipw_weight" in result.stderr
-    assert not (root / "ipw-unweighted" / "checkpoints").exists()
-
-
-def test_intervention_training_refuses_data_not_drawn_by_intervention(debias_workspace):
-    """`debias: intervention` changes nothing in the loop; what makes it an estimator is its data, so data without
-    meta.sampling == "intervention" stops the run (exit 3) with a count."""
-    root = debias_workspace
-    recipe = {"stage": "debiased_pretraining", "output_dir": str(root / "intervention-observational"),
-              "data": {"train": str(root / "train.jsonl"), "ecg_cache": str(root / "cache")},
-              "model": {"llm": str(root / "tiny-llm"), "encoder_kwargs": {"widths": [8, 16], "n_tokens": 2}},
-              "optim": {"batch_size": 4, "max_steps": 1}, "debias": "intervention"}
-    (root / "intervention.yaml").write_text(yaml.safe_dump(recipe))
-    result = subprocess.run(CLI + ["train", str(root / "intervention.yaml"), "--quiet"], capture_output=True, text=True)
-    assert result.returncode == 3, result.stderr[-2000:]
-    assert "24 of 24 conversations" in result.stderr and "--intervention" in result.stderr
+    assert "24 of 24 conversations" in result.stderr and missing in result.stderr
+    assert not (root / f"{method}-refused" / "checkpoints").exists()

@@ -203,26 +203,33 @@ def test_pretrained_encoder_starts_the_llm_stage_and_its_labels_travel_with_the_
         EcgLanguageModel.build(other, ProcessorConfig(), llm=tiny_llm(len(tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))
 
 
-def test_label_tokens_name_the_classifier_s_likeliest_labels_and_survive_every_stage(tmp_path, tiny_tokenizer, ecgs):
-    """Label tokens: the encoder run's head picks the top-k labels, each token starts as its name's embedding,
-    and the module travels through save/load and init_from (a later stage with no encoder_init)."""
-    import copy
+def encoder_run_with_head(folder, kwargs: dict, seed: int) -> torch.nn.Linear:
+    """A finished encoder run (random weights) with a 3-label classifier head: AFIB, NORM, LVH."""
     import json
 
     from safetensors.torch import save_file
 
-    from ecgllm.signal import PrepConfig
     from ecgllm.training.pretrain_encoder import save_encoder
 
-    kwargs = {"widths": [16, 32], "n_tokens": 4}
-    torch.manual_seed(2)
-    (tmp_path / "enc").mkdir()
-    save_encoder(tmp_path / "enc", build_encoder("resnet1d", **kwargs), "resnet1d", kwargs, "mv", 100.0)
-    codes = ["AFIB", "NORM", "LVH"]
-    head = torch.nn.Linear(32, 3)
-    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, tmp_path / "enc/head.safetensors")
+    torch.manual_seed(seed)
+    folder.mkdir()
+    save_encoder(folder, build_encoder("resnet1d", **kwargs), "resnet1d", kwargs, "mv", 100.0)
+    head = torch.nn.Linear(kwargs["widths"][-1], 3)
+    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, folder / "head.safetensors")
     names = {"AFIB": "atrial fibrillation", "NORM": "normal ecg", "LVH": "left ventricular hypertrophy"}
-    (tmp_path / "enc/labels.json").write_text(json.dumps({"all71": codes, "names": names}))
+    (folder / "labels.json").write_text(json.dumps({"all71": ["AFIB", "NORM", "LVH"], "names": names}))
+    return head
+
+
+def test_label_tokens_name_the_classifier_s_likeliest_labels_and_survive_every_stage(tmp_path, tiny_tokenizer, ecgs):
+    """Label tokens: the encoder run's head picks the top-k labels, each token starts as its name's embedding,
+    and the module travels through save/load and init_from (a later stage with no encoder_init)."""
+    import copy
+
+    from ecgllm.signal import PrepConfig
+
+    kwargs = {"widths": [16, 32], "n_tokens": 4}
+    head = encoder_run_with_head(tmp_path / "enc", kwargs, seed=2)
     lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
     config = EcgLMConfig(llm="tiny", encoder_kwargs=kwargs, encoder_init=str(tmp_path / "enc"), label_tokens=2,
                          encoder_policy="frozen", lora=lora)
@@ -277,23 +284,12 @@ def test_named_label_tokens_carry_the_classifier_s_probability_of_the_question_s
     its rank (its name + the classifier's probability), empty slots hold the "nothing named" token; the slots
     survive save/load, and a model without them starts from a checkpoint that predates them."""
     import copy
-    import json
-
-    from safetensors.torch import save_file
 
     from ecgllm.models.label_tokens import NOT_NAMED
     from ecgllm.signal import PrepConfig
-    from ecgllm.training.pretrain_encoder import save_encoder
 
     kwargs = {"widths": [16, 32], "n_tokens": 4}
-    torch.manual_seed(3)
-    (tmp_path / "enc").mkdir()
-    save_encoder(tmp_path / "enc", build_encoder("resnet1d", **kwargs), "resnet1d", kwargs, "mv", 100.0)
-    codes = ["AFIB", "NORM", "LVH"]
-    head = torch.nn.Linear(32, 3)
-    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, tmp_path / "enc/head.safetensors")
-    names = {"AFIB": "atrial fibrillation", "NORM": "normal ecg", "LVH": "left ventricular hypertrophy"}
-    (tmp_path / "enc/labels.json").write_text(json.dumps({"all71": codes, "names": names}))
+    head = encoder_run_with_head(tmp_path / "enc", kwargs, seed=3)
     lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
     prep = ProcessorConfig(prep=PrepConfig(normalize="center").to_dict())
     base_vocab = len(tiny_tokenizer)
