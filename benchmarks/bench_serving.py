@@ -121,13 +121,15 @@ def main() -> None:
     parser.add_argument("--invalid-every", type=int, default=5, help="every N-th request is invalid (0: none)")
     parser.add_argument("--timeout", type=float, default=180.0, help="per request, seconds")
     parser.add_argument("--single", type=int, default=30, help="requests sent one at a time first (end to end)")
+    parser.add_argument("--threads", type=int, help="`ecgllm serve --threads` (default: PyTorch's)")
     args = parser.parse_args()
     checkpoint = args.checkpoint or default_checkpoint()
     batch_rate = ask_batch_rate(checkpoint)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "ecgllm.serving.cli", "serve", "--port", str(port), "--model",
-                               str(checkpoint), "--queue", str(args.queue), "--max-new-tokens", "8"],
+                               str(checkpoint), "--queue", str(args.queue), "--max-new-tokens", "8",
+                               *(["--threads", str(args.threads)] if args.threads else [])],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         import httpx
@@ -148,6 +150,7 @@ def main() -> None:
         results = asyncio.run(burst(url, args.requests, args.concurrency, args.timeout, args.invalid_every))
         wall = time.perf_counter() - started
         rss = peak_rss_mib(server.pid)
+        batches = httpx.get(url + "/v1/health", timeout=10).json()["recent_batches"]  # sizes the server formed
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -166,7 +169,8 @@ def main() -> None:
         "p50_ms": round(float(np.percentile(ok, 50)), 1) if len(ok) else None,
         "p95_ms": round(float(np.percentile(ok, 95)), 1) if len(ok) else None,
         "served_answers_per_s": round(served_rate, 2), "ask_batch_answers_per_s": round(batch_rate, 2),
-        "served_vs_ask_batch": round(served_rate / batch_rate, 3),
+        "served_vs_ask_batch": round(served_rate / batch_rate, 3), "server_batches": batches,
+        "serve_threads": args.threads or "PyTorch default",
         "targets": {"turned_away_share": "<= 0.10", "served_vs_ask_batch": ">= 0.70", "errors": 0},
         "one_at_a_time": single, "server_peak_rss_mib": rss, "wall_s": round(wall, 1), "checkpoint": str(checkpoint),
         "command": "python benchmarks/bench_serving.py " + " ".join(sys.argv[1:]), "environment": environment()})

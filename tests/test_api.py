@@ -338,8 +338,11 @@ def test_questions_that_arrive_together_are_answered_in_one_batch(assistant):
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(one, range(8)))
+        recent = httpx.get(url + "/v1/health", timeout=10).json()["recent_batches"]  # what operators see
     finally:
         server.should_exit = True
         thread.join(10)
     assert codes == [200] * 8
     assert sum(app.state.batcher.batches) == 8 and max(app.state.batcher.batches) > 1, app.state.batcher.batches
+    assert recent == {"count": len(app.state.batcher.batches), "max_size": max(app.state.batcher.batches),
+                      "mean_size": round(8 / len(app.state.batcher.batches), 2)}

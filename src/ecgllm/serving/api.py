@@ -292,8 +292,11 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
 
     @app.get("/v1/health")
     async def health() -> dict:  # on the event loop: answers even when every worker thread is busy
+        sizes = list(batcher.batches)
         return {"status": "ok", "version": __version__, "model": assistant.name, "model_version": assistant.version,
-                "waiting_or_running": gate.inside}
+                "waiting_or_running": gate.inside,
+                "recent_batches": {"count": len(sizes), "mean_size": round(sum(sizes) / len(sizes), 2) if sizes else None,
+                                   "max_size": max(sizes, default=None)}}
 
     add_openai_routes(app, assistant, settings, answered, read_records, protected)
 

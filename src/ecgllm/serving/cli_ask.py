@@ -173,6 +173,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ecgllm.serving.api import ServeSettings, create_app
     from ecgllm.serving.uploads import UploadLimits
 
+    if args.threads is not None:
+        if args.threads < 1:
+            print("error: --threads must be 1 or more", file=sys.stderr)
+            return EXIT_INPUT
+        import torch
+
+        torch.set_num_threads(args.threads)
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
     if args.api_key_env and not api_key:
         print(f"error: --api-key-env {args.api_key_env}: that variable is not set", file=sys.stderr)
@@ -276,6 +283,9 @@ def add_ask_commands(sub: argparse._SubParsersAction, formatter: type, exit_help
     p.add_argument("--workers", type=int, default=1, help="plots drawn at once (answers run one batch at a time)")
     p.add_argument("--queue", type=int, default=128, help="requests that may wait; beyond them: 503")
     p.add_argument("--max-batch", type=int, default=16, help="questions answered together in one generate call")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads the model answers with (default: PyTorch's, one per core); fewer leave cores "
+                        "to reading uploads and measuring, which run beside the answers")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     p.add_argument("--max-upload-mb", type=float, default=50.0)
     p.set_defaults(func=cmd_serve)
