@@ -70,6 +70,8 @@ def test_intervention_sampling_cuts_the_stratum_question_link():
     assert {s["sampling"] for s in intervened} == {"intervention"} and {s["sampling"] for s in vanilla} == {"observational"}
     with pytest.raises(ValueError, match="strata"):
         ECGQAGenerator(build_attributes(ptbxl), pool).generate(5, intervention=True)
+    with pytest.raises(ValueError, match="cannot be combined"):  # a partner chosen for its answer re-links Q and S
+        generator.generate(4, intervention=True, paired=True)
 
 
 @pytest.fixture()

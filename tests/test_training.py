@@ -151,6 +151,11 @@ def test_recipe_values_are_typed_and_any_key_can_be_overridden(tmp_path):
     config = load_recipe(path, overrides)
     assert (config.optim.lr, config.model.label_tokens, config.prep.bandpass) == (0.0001, 3, (1.0, 30.0))
     assert config.optim.max_steps == 10  # the rest of the section is kept
+    config = load_recipe(path, ["model.lora.r=8", "mixed_precision=no", "output_dir=2024"])
+    assert config.model.lora["r"] == 8 and config.model.lora["target_modules"]  # the default section, one key changed
+    assert (config.mixed_precision, config.output_dir) == ("no", "2024")  # text stays text ("no" is not false)
+    with pytest.raises(RecipeError, match="prep.crop 'random' is for encoder pretraining"):
+        load_recipe(path, ["prep.crop=random"])  # nothing would seed it
     for override, message in (("optim.lr=fast", "optim.lr: Input should be a valid number"),
                               ("optim.batch_size=8.5", "optim.batch_size: Input should be a valid integer"),
                               ("model.wings=2", "unknown key model.wings"),
@@ -181,6 +186,12 @@ def test_a_run_resumes_only_under_the_recipe_it_started_with(workspace):
     assert json.loads((workspace / "changed" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 4
     same = subprocess.run(CLI + ["train", str(run), "--quiet", *longer], capture_output=True, text=True)
     assert same.returncode == 0, same.stderr[-2000:]
+    saved = json.loads((workspace / "changed" / "recipe.json").read_text())
+    del saved["model"]["named_label_tokens"]  # a run saved before a key existed resumes: it is the default
+    saved["optim"]["lr"] = "0.002"  # and a number YAML 1.1 kept as text is that number
+    (workspace / "changed" / "recipe.json").write_text(json.dumps(saved))
+    older = subprocess.run(CLI + ["train", str(run), "--quiet", *longer], capture_output=True, text=True)
+    assert older.returncode == 0, older.stderr[-2000:]
 
 
 ENCODER_STAGES = ("encoder_pretraining", "encoder_contrastive", "image_distillation")

@@ -464,6 +464,9 @@ class ECGQAGenerator:
         nothing and the loss can only fall by reading the ECG. A question for which no ECG of the pool gives
         another answer is dropped; ``n`` counts samples, so ``n // 2`` pairs.
         """
+        if intervention and paired:  # a partner is chosen for its other answer: the question-record link is back
+            raise ValueError("intervention and paired sampling cannot be combined: a pair's second ECG is chosen for "
+                             "its answer, so the question depends on the record again")
         if intervention and not self.strata:
             raise ValueError("intervention sampling needs the records' severity strata (ECGQAGenerator(strata=...))")
         if not 0.0 <= paraphrase <= 1.0:
@@ -475,7 +478,7 @@ class ECGQAGenerator:
             self._stratum_prior = stratum_weights([self.strata[i] for i in self.pools.ids if i in self.strata])
             yes_rate = None
         # how the samples were drawn, written into each one: `debias: intervention` trains only on do(Q) samples
-        sampling = "intervention" if intervention else "paired" if paired else "observational"
+        sampling = "intervention" if intervention else "paired" if paired else "observational"  # see above
         rng = np.random.default_rng(seed)
         # a separate stream for wording, so that paraphrase=0 and paraphrase>0 draw the same records and answers
         wording_rng = np.random.default_rng([seed, 1])

@@ -375,7 +375,7 @@ class EcgLanguageModel(nn.Module):
         logits, targets = out.logits[:, :-1].float(), labels[:, 1:]
         token_loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                                  ignore_index=-100, reduction="none").view(targets.shape)
-        weight = (targets != -100).float() * sample_weight.to(token_loss.dtype)[:, None]
+        weight = (targets != -100).float() * sample_weight.to(token_loss.device, token_loss.dtype)[:, None]
         out.loss = (token_loss * weight).sum() / weight.sum().clamp(min=1e-8)
         return out
 

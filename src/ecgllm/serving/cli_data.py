@@ -112,6 +112,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ecgllm.datasets.conversation import from_ecgqa
     from ecgllm.datasets.ptbxl import PTBXL
 
+    if getattr(args, "intervention", False) and getattr(args, "paired", False):
+        print("error: --intervention and --paired cannot be combined: a pair's second ECG is chosen for its answer, "
+              "so the question would depend on the record again", file=sys.stderr)
+        return EXIT_USAGE
     if args.pool == "ecgqa" and not args.ecgqa:
         print("error: --pool ecgqa needs --ecgqa DIR (the ECG-QA release folder), or use --pool ptbxl",
               file=sys.stderr)

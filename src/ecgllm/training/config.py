@@ -8,9 +8,10 @@ under a different one stops with the difference (`check_resumable`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Sequence, get_type_hints
+from types import UnionType
+from typing import Any, Sequence, Union, get_args, get_origin, get_type_hints
 
 import yaml
 from pydantic import TypeAdapter, ValidationError
@@ -68,6 +69,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.debias not in DEBIAS_METHODS:
             raise ValueError(f"debias must be one of {DEBIAS_METHODS}, got {self.debias!r}")
+        if self.prep.crop == "random":  # the processor prepares every batch the same way: nothing to seed it
+            raise ValueError("prep.crop 'random' is for encoder pretraining; a language-model stage crops 'start' "
+                             "or 'center'")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16' (GPUs only), got {self.mixed_precision!r}")
 
@@ -108,9 +112,29 @@ def _build(cls, values: dict[str, Any], where: str):
         raise RecipeError(f"{where}: " + "; ".join(problems)) from None
 
 
-def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: str) -> dict[str, Any]:
-    """``["optim.lr=1e-4", ...]`` set into a copy of the raw recipe; values are read as YAML (numbers, lists,
-    ``null``), then typed like any recipe value."""
+def _field(cls: Any, name: str) -> tuple[Any, Any]:
+    """``(annotation, default)`` of dataclass ``cls``'s field ``name``; ``(None, None)`` when there is none."""
+    if not (isinstance(cls, type) and is_dataclass(cls)):
+        return None, None
+    for f in fields(cls):
+        if f.name == name:
+            default = f.default_factory() if f.default_factory is not MISSING else \
+                None if f.default is MISSING else f.default
+            return get_type_hints(cls)[name], default
+    return None, None
+
+
+def _is_text(annotation: Any) -> bool:
+    """``str`` or ``str | None``: an override for it is taken as written (YAML would read "no" as false)."""
+    if annotation is str:
+        return True
+    return get_origin(annotation) in (Union, UnionType) and set(get_args(annotation)) <= {str, type(None)}
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: str, cls: Any = None) -> dict[str, Any]:
+    """``["optim.lr=1e-4", ...]`` set into a copy of the raw recipe of dataclass ``cls``. Values are read as YAML
+    (numbers, lists, ``null``) except for text fields, then typed like any recipe value. A section the recipe
+    does not have starts from its default, so ``model.lora.r=8`` keeps the other LoRA settings."""
     import copy
 
     out = copy.deepcopy(raw)
@@ -118,16 +142,23 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: str) -
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise RecipeError(f"{where}: override {item!r} is not KEY=VALUE (e.g. --optim.lr 1e-4)")
-        try:
-            value = yaml.safe_load(text) if text.strip() else text
-        except yaml.YAMLError:
-            value = text
-        node = out
+        node, owner = out, cls
         parts = key.strip().split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            annotation, default = _field(owner, part)
+            if part not in node:
+                node[part] = copy.deepcopy(default) if isinstance(default, dict) else {}
+            node, owner = node[part], annotation
             if not isinstance(node, dict):
                 raise RecipeError(f"{where}: override {key}: {part} is not a section of the recipe")
+        annotation, _ = _field(owner, parts[-1])
+        if _is_text(annotation) and not (text.strip() in ("null", "~") and annotation is not str):
+            value: Any = text
+        else:
+            try:
+                value = yaml.safe_load(text) if text.strip() else text
+            except yaml.YAMLError:
+                value = text
         node[parts[-1]] = value
     return out
 
@@ -147,7 +178,12 @@ def check_resumable(saved_path: Path, config: Any, resume_anyway: bool = False) 
 
     if resume_anyway or not saved_path.exists():
         return
-    before, now = json.loads(saved_path.read_text()), resolved(config)
+    saved = json.loads(saved_path.read_text())
+    try:  # typed like the recipe: a key added since the run started is its default, "2e-4" is a number
+        before = resolved(_build(type(config), saved, str(saved_path)))
+    except RecipeError:
+        before = saved
+    now = resolved(config)
     changes = [f"{key}: {old!r} -> {new!r}" for key, old, new in _differences(before, now)]
     if changes:
         raise RecipeError(f"{saved_path.parent} was started under another recipe; changed: " + "; ".join(changes)
@@ -185,17 +221,17 @@ def recipe_stage(path: str | Path) -> str:
 def load_encoder_recipe(path: str | Path, overrides: Sequence[str] = ()):
     """An ``encoder_pretraining`` recipe as `EncoderPretrainConfig`, an ``encoder_contrastive`` one as
     `ContrastiveConfig`, an ``image_distillation`` one as `ImageDistillConfig`."""
-    raw = apply_overrides(_read_yaml(Path(path)), overrides, str(path))
+    raw = _read_yaml(Path(path))
     stage = raw.pop("stage", "encoder_pretraining")
     cls = {"encoder_contrastive": ContrastiveConfig, "image_distillation": ImageDistillConfig}.get(
         stage, EncoderPretrainConfig)
-    return _build(cls, raw, str(path))
+    return _build(cls, apply_overrides(raw, overrides, str(path), cls), str(path))
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read a YAML recipe (see ``recipes/``) into a `TrainConfig`, with ``KEY=VALUE`` overrides."""
     path = Path(path)
-    raw = apply_overrides(_read_yaml(path), overrides, str(path))
+    raw = apply_overrides(_read_yaml(path), overrides, str(path), TrainConfig)
     for key in ("stage", "output_dir", "data"):
         if key not in raw:
             raise RecipeError(f"{path}: missing required key '{key}'")

@@ -88,6 +88,7 @@ def teacher_targets(encoder, head, signals: np.ndarray, batch: int = 256) -> tup
 
 
 LAYOUT_STREAM = 1  # the layout's own random stream: see `layout_for_seed`
+RENDERS_VERSION = 2  # in the cached renders' names: a run folder from before the layout fix draws them again
 
 
 def layout_for_seed(seed: int) -> str:
@@ -168,13 +169,13 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> 
     test = rng.permutation(data.test)[: config.n_eval]
     seeds = rng.integers(0, 2**31 - 1, size=len(train))
     augment = rng.random(len(train)) < config.augment_probability
-    train_images = _load_or_render(out / "renders_train.npy", lambda: render_set(
+    train_images = _load_or_render(out / f"renders_train_v{RENDERS_VERSION}.npy", lambda: render_set(
         data.signals[train], data.fs, seeds, augment, image_config, config.workers, progress, "train"))
     test_seeds = np.arange(len(test)) + 10_000_019
-    clean = _load_or_render(out / "renders_test_clean.npy", lambda: render_set(
+    clean = _load_or_render(out / f"renders_test_clean_v{RENDERS_VERSION}.npy", lambda: render_set(
         data.signals[test], data.fs, test_seeds, np.zeros(len(test), bool), image_config, config.workers, progress,
         "fold 10 clean"))
-    distorted = _load_or_render(out / "renders_test_augmented.npy", lambda: render_set(
+    distorted = _load_or_render(out / f"renders_test_augmented_v{RENDERS_VERSION}.npy", lambda: render_set(
         data.signals[test], data.fs, test_seeds, np.ones(len(test), bool), image_config, config.workers, progress,
         "fold 10 distorted"))
     target_tokens, target_logits = teacher_targets(encoder, head, data.signals[train])

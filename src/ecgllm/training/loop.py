@@ -65,7 +65,7 @@ def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None):
                               f"{config.data.train} were not drawn by intervention sampling (meta.sampling); "
                               f"generate them with `ecgllm data generate ecgqa --intervention`")
     if config.debias == "ipw":
-        unweighted = sum("ipw_weight" not in row.get("meta", {}) for row in dataset.rows)
+        unweighted = sum(row.get("meta", {}).get("ipw_weight") is None for row in dataset.rows)
         if unweighted:
             raise RecipeError(f"debias: ipw, but {unweighted} of {len(dataset.rows)} conversations in "
                               f"{config.data.train} have no meta.ipw_weight (run `ecgllm data debias` on it)")
