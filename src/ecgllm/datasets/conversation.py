@@ -60,10 +60,14 @@ class Conversation:
         return {"id": self.id, "ecg": [f"{e.dataset}/{e.record_id}" for e in self.ecgs], "conversations": turns}
 
 
-def ecg_tags(n: int, consecutive: bool) -> list[str]:
+def ecg_tags(n: int, consecutive: bool = True) -> list[str]:
+    """The short text tags that introduce the ECGs of one prompt (the one convention of data, training and
+    serving): none for one ECG; two of one patient are the earlier and the recent one."""
     if n == 1:
         return [""]
-    return ["ECG 1 (earlier)", "ECG 2 (recent)"] if consecutive else ["ECG 1", "ECG 2"]
+    if n == 2:
+        return ["ECG 1 (earlier)", "ECG 2 (recent)"] if consecutive else ["ECG 1", "ECG 2"]
+    return [f"ECG {i + 1}" for i in range(n)]
 
 
 def from_ecgqa(sample: dict[str, Any], dataset: str = "ptbxl", split: str | None = None,

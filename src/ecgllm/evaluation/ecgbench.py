@@ -20,13 +20,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ecgllm.datasets.ecgqa_attributes import SCP_NAME_OVERRIDES, SUPERCLASS_NAMES
+from ecgllm.datasets.ptbxl import SUPERCLASSES  # one order of the five classes everywhere
 from ecgllm.evaluation.answers import ALIASES, key, parse_answer, parse_choice
 from ecgllm.evaluation.runner import Prompt
 from ecgllm.evaluation.stats import bootstrap_metric_ci, wilson_ci
 from ecgllm.io.record import ECG
 
 Answerer = Callable[[Sequence[Prompt]], list[tuple[str, float]]]
-SUPERCLASSES = ("CD", "HYP", "MI", "NORM", "STTC")
 REPORT_PROMPT = "Write a short clinical report of this ECG."
 
 

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ecgllm.datasets.conversation import ecg_tags
 from ecgllm.errors import InputError
 from ecgllm.io.image import ECGImage
 from ecgllm.io.record import ECG
@@ -157,7 +158,7 @@ class EcgProcessor:
         (left padding, prompt ends with the assistant header)."""
         if len(conversations) != len(ecgs):
             raise ValueError(f"{len(conversations)} conversations but {len(ecgs)} ECG lists")
-        tags = tags or [default_tags(len(e)) for e in ecgs]
+        tags = tags or [ecg_tags(len(e)) for e in ecgs]
         batch: dict[str, Any]
         if train:
             rows = [self.encode_for_training(c, t) for c, t in zip(conversations, tags)]
@@ -219,9 +220,3 @@ class EcgProcessor:
         config = ProcessorConfig(**json.loads((directory / "processor_config.json").read_text()))
         return cls(AutoTokenizer.from_pretrained(str(directory / "tokenizer")), config)
 
-
-def default_tags(n: int) -> list[str]:
-    """Short text tags that introduce the ECGs of one prompt."""
-    if n == 1:
-        return [""]
-    return [f"ECG {i + 1}" + (" (earlier)" if i == 0 and n == 2 else "") for i in range(n)]
