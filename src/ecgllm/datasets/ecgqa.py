@@ -121,12 +121,18 @@ class ECGQA:
         path = self.root / f"{split}_ecgs.tsv"
         if not path.exists():
             raise ECGQAFormatError(f"{path}: missing; it lists the ECGs of the {split} split.")
-        ids: set[int] = set()
-        with path.open() as fh:
-            for row in csv.reader(fh, delimiter="\t"):
-                if len(row) >= 2 and row[1].strip().isdigit():
-                    ids.add(int(row[1]))
-        return ids
+        return read_ecg_id_list(path)
+
+
+def read_ecg_id_list(path: str | Path) -> set[int]:
+    """ECG ids listed one per row, in the last column of a tab- or comma-separated file (ECG-QA's
+    ``{split}_ecgs.tsv``: ``index<TAB>ecg_id``); rows without a number there (headers) are skipped."""
+    ids: set[int] = set()
+    for line in Path(path).read_text().splitlines():
+        last = line.replace(",", "\t").split("\t")[-1].strip()
+        if last.isdigit():
+            ids.add(int(last))
+    return ids
 
     def answers(self) -> list[str]:
         with (self.root / "answers.csv").open(newline="") as fh:

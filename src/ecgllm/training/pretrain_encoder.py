@@ -97,14 +97,9 @@ def _zscore(x: np.ndarray) -> np.ndarray:
 
 
 def _read_excluded(path: str | None) -> set[int]:
-    if not path:
-        return set()
-    ids = set()
-    for line in Path(path).read_text().splitlines():
-        parts = line.replace(",", "\t").split("\t")
-        if parts and parts[-1].strip().isdigit():
-            ids.add(int(parts[-1]))
-    return ids
+    from ecgllm.datasets.ecgqa import read_ecg_id_list
+
+    return read_ecg_id_list(path) if path else set()
 
 
 @torch.no_grad()
