@@ -35,12 +35,33 @@ EM_TOLERANCE = 0.03
 
 def verify_balance(run: Path) -> dict:
     table = pd.read_csv(run / "per_sample.csv")
-    verify = table[table["question_type"] == "single-verify"]
+    return verify_balance_of(table[table["question_type"] == "single-verify"])
+
+
+def verify_balance_of(verify: pd.DataFrame) -> dict:
     positive, negative = verify[verify["gold"] == "yes"], verify[verify["gold"] == "no"]
     sensitivity = float((positive["prediction"] == "yes").mean()) if len(positive) else None
     specificity = float((negative["prediction"] == "no").mean()) if len(negative) else None
     balanced = None if sensitivity is None or specificity is None else (sensitivity + specificity) / 2
     return {"n": int(len(verify)), "sensitivity": sensitivity, "specificity": specificity, "balanced_acc": balanced}
+
+
+def per_template(run: Path) -> dict[str, dict]:
+    """Single-verify questions per template: balanced accuracy and the AUC of the model's p(yes) (how well it ranks
+    yes above no, whatever its threshold)."""
+    from sklearn.metrics import roc_auc_score
+
+    table = pd.read_csv(run / "per_sample.csv")
+    p_yes = {row["sample_id"]: row.get("p_yes") for row in map(json.loads, (run / "predictions.jsonl").open())}
+    table["p_yes"] = table["sample_id"].map(p_yes)
+    out = {}
+    for template, rows in table[table["question_type"] == "single-verify"].groupby("template_id"):
+        truth = rows["gold"] == "yes"
+        auc = float(roc_auc_score(truth, rows["p_yes"])) if 0 < truth.sum() < len(rows) and rows["p_yes"].notna().all() \
+            else None
+        out[str(template)] = {"n": int(len(rows)), "balanced_acc": verify_balance_of(rows)["balanced_acc"],
+                              "auc_p_yes": None if auc is None else round(auc, 3)}
+    return out
 
 
 def score(monitor: Path, name: str) -> dict:
@@ -54,6 +75,8 @@ def score(monitor: Path, name: str) -> dict:
             "drop_random_ecg": round(real_metrics["overall_em"] - other_metrics["overall_em"], 4),
             "single_verify": verify_balance(real),
             "single_verify_large": verify_balance(monitor / f"{name}-verify")
+            if (monitor / f"{name}-verify" / "per_sample.csv").exists() else None,
+            "single_verify_large_per_template": per_template(monitor / f"{name}-verify")
             if (monitor / f"{name}-verify" / "per_sample.csv").exists() else None}
 
 
@@ -78,6 +101,23 @@ def render(result: dict) -> str:
                      f"{c['em']:.3f} | {c['em_random_ecg']:.3f} | {c['drop_random_ecg']:.3f} | "
                      f"{balance(c['single_verify'])} | {balance(c.get('single_verify_large'))} |")
     lines += ["", f"Chosen: **{result['chosen']}**.", ""]
+    with_templates = [c for c in result["candidates"] if c.get("single_verify_large_per_template")]
+    if with_templates:
+        templates = sorted({t for c in with_templates for t in c["single_verify_large_per_template"]}, key=int)
+        lines += ["Larger single-verify set, per template: AUC of the model's p(yes) (balanced accuracy of its "
+                  "answers). Template 1 asks \"Does this ECG show symptoms of <statement>?\", 17 the same in one lead, "
+                  "26-29 noise, 16 \"any rhythm-related symptoms\".", "",
+                  "| template | n | " + " | ".join(c["name"] for c in with_templates) + " |",
+                  "|---|---|" + "---|" * len(with_templates)]
+        for t in templates:
+            cells = []
+            for c in with_templates:
+                v = c["single_verify_large_per_template"].get(t)
+                cells.append("–" if v is None or v["auc_p_yes"] is None else
+                             f"{v['auc_p_yes']:.2f} ({v['balanced_acc']:.2f})")
+            n = with_templates[0]["single_verify_large_per_template"].get(t, {}).get("n", "")
+            lines.append(f"| {t} | {n} | " + " | ".join(cells) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
