@@ -103,3 +103,29 @@ def test_the_classifier_baseline_reads_the_checkpoints_own_encoder_and_head(assi
         pooled = assistant.model.encoder.pool(assistant.model.encoder(batch["ecg"], batch["ecg_mask"]))
         expected = torch.sigmoid(assistant.model.label_tokens.head(pooled)).numpy()
     assert np.allclose(expected[0], probs[0], atol=1e-5)  # the same numbers the model's label tokens see
+
+
+def test_a_batch_of_prompts_of_different_lengths_answers_as_each_alone(assistant):
+    """Batching must not change an answer: prompts of different lengths (one and two ECGs, short and long
+    questions) are padded after their shared prefix, which is cached once; each greedy answer and its P(yes) equal
+    the question answered alone."""
+    from ecgllm import read_ecg
+    from ecgllm.evaluation.runner import ModelAnswerer, Prompt
+
+    afib, normal = read_ecg(AFIB[0]), read_ecg(NORMAL[0])
+    prompts = [Prompt("Is this a normal ECG?", [normal], [""]),
+               Prompt("Does this ECG show symptoms of non-specific intraventricular conduction disturbance (block)?",
+                      [afib], [""]),
+               Prompt("Does ECG 2 show any symptoms that ECG 1 does not?", [normal, afib],
+                      ["ECG 1 (earlier)", "ECG 2 (recent)"]),
+               Prompt("Which rhythm does this ECG show?", [afib], [""])]
+    batch = assistant.processor([[{"role": "user", "content": p.question}] for p in prompts],
+                                [p.ecgs for p in prompts], tags=[p.tags for p in prompts], train=False)
+    mask = batch["attention_mask"]
+    assert (mask == 0).any() and bool(mask[:, 0].all())  # padded, but not at the left: the prefix stays aligned
+    together = ModelAnswerer(assistant.model, assistant.processor, batch_size=4, max_new_tokens=8)(prompts)
+    alone = [ModelAnswerer(assistant.model, assistant.processor, batch_size=1, max_new_tokens=8)([p])[0]
+             for p in prompts]
+    assert [t for t, _ in together] == [t for t, _ in alone]
+    for (_, a), (_, b) in zip(together, alone):
+        assert (a is None and b is None) or abs(a - b) < 1e-3

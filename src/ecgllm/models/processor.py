@@ -170,10 +170,10 @@ class EcgProcessor:
                      "labels": torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for _, lab in rows])}
         else:
             texts = [self.render(c, t, add_generation_prompt=True) for c, t in zip(conversations, tags)]
-            self.tokenizer.padding_side = "left"
-            encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            self._check_length(encoded["input_ids"].shape[1])
-            batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+            rows = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+            width = max(len(ids) for ids in rows)
+            self._check_length(width)
+            batch = self._pad_after_shared_prefix(rows, width)
         flat = [e for group in ecgs for e in group]
         is_image = [isinstance(e, ECGImage) for e in flat]
         batch["ecg"], batch["ecg_mask"] = self.prepare_ecgs([e for e, img in zip(flat, is_image) if not img])
@@ -195,6 +195,20 @@ class EcgProcessor:
             question = next((t["content"] for t in turns if t["role"] == "user"), "")
             rows += [find_named_labels(question, self.config.named_labels, self.config.named_slots)] * n
         return torch.tensor(rows, dtype=torch.long).reshape(len(rows), self.config.named_slots)
+
+    def _pad_after_shared_prefix(self, rows: list[list[int]], width: int) -> dict[str, torch.Tensor]:
+        """Generation inputs padded to ``width`` right after the tokens every prompt begins with (system prompt,
+        user header) instead of at the very left: the pads are masked out and positions follow the mask, so the
+        answers are those of left padding, but the common prefix stays aligned and its keys/values are computed
+        once for the batch (the model's prefix cache). Prompts of different lengths batch at the cost of one."""
+        shared = 0
+        while all(len(ids) > shared + 1 for ids in rows) and len({ids[shared] for ids in rows}) == 1 \
+                and rows[0][shared] != self.ecg_token_id:
+            shared += 1
+        pad = self.tokenizer.pad_token_id
+        ids = [row[:shared] + [pad] * (width - len(row)) + row[shared:] for row in rows]
+        mask = [[1] * shared + [0] * (width - len(row)) + [1] * (len(row) - shared) for row in rows]
+        return {"input_ids": torch.tensor(ids, dtype=torch.long), "attention_mask": torch.tensor(mask, dtype=torch.long)}
 
     def prepare_images(self, images: Sequence[ECGImage]) -> torch.Tensor:
         """``[E, 1, H, W]`` image-encoder inputs, sized as the checkpoint's image encoder was trained."""
