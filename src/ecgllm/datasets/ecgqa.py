@@ -124,16 +124,6 @@ class ECGQA:
         return read_ecg_id_list(path)
 
 
-def read_ecg_id_list(path: str | Path) -> set[int]:
-    """ECG ids listed one per row, in the last column of a tab- or comma-separated file (ECG-QA's
-    ``{split}_ecgs.tsv``: ``index<TAB>ecg_id``); rows without a number there (headers) are skipped."""
-    ids: set[int] = set()
-    for line in Path(path).read_text().splitlines():
-        last = line.replace(",", "\t").split("\t")[-1].strip()
-        if last.isdigit():
-            ids.add(int(last))
-    return ids
-
     def answers(self) -> list[str]:
         with (self.root / "answers.csv").open(newline="") as fh:
             return [row["class"] for row in csv.DictReader(fh)]
@@ -152,3 +142,14 @@ def read_ecg_id_list(path: str | Path) -> set[int]:
         if self.source == "mimic-iv-ecg":
             return [mimic_record_path(root, e) for e in sample.ecg_id]
         return [ptbxl_record_path(root, e, prefer_fs) for e in sample.ecg_id]
+
+
+def read_ecg_id_list(path: str | Path) -> set[int]:
+    """ECG ids listed one per row, in the last column of a tab- or comma-separated file (ECG-QA's
+    ``{split}_ecgs.tsv``: ``index<TAB>ecg_id``); rows without a number there (headers) are skipped."""
+    ids: set[int] = set()
+    for line in Path(path).read_text().splitlines():
+        last = line.replace(",", "\t").split("\t")[-1].strip()
+        if last.isdigit():
+            ids.add(int(last))
+    return ids
