@@ -52,8 +52,11 @@ def per_template(run: Path) -> dict[str, dict]:
     from sklearn.metrics import roc_auc_score
 
     table = pd.read_csv(run / "per_sample.csv")
-    p_yes = {row["sample_id"]: row.get("p_yes") for row in map(json.loads, (run / "predictions.jsonl").open())}
-    table["p_yes"] = table["sample_id"].map(p_yes)
+    with (run / "predictions.jsonl").open() as fh:  # a sample id repeats across variants: key on both
+        rows = [json.loads(line) for line in fh if line.strip()]
+    p_yes = {(row.get("variant") or "", row["sample_id"]): row.get("p_yes") for row in rows}
+    table["p_yes"] = [p_yes.get((v if isinstance(v, str) else "", s))
+                      for v, s in zip(table["variant"], table["sample_id"])]
     out = {}
     for template, rows in table[table["question_type"] == "single-verify"].groupby("template_id"):
         truth = rows["gold"] == "yes"

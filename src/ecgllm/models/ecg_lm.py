@@ -307,8 +307,9 @@ class EcgLanguageModel(nn.Module):
         With ``share_prefix`` on too, the tokens every conversation of the batch begins with (the system prompt
         and the user header) run through the LLM once, not once per conversation (`_hidden_states`)."""
         embeds = self.embed(input_ids, ecg, ecg_mask, ecg_strata, images, ecg_is_image, ecg_named)
-        if labels is None:
-            return self.llm(inputs_embeds=embeds, attention_mask=attention_mask)
+        if labels is None:  # positions follow the mask: generation batches are padded after their shared prefix
+            positions = None if attention_mask is None else (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions)
         if not self.sparse_logits:
             return self._dense_loss(embeds, attention_mask, labels, sample_weight)
         from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -424,7 +425,7 @@ class EcgLanguageModel(nn.Module):
     def _prompt_prefix_cache(self, input_ids, attention_mask, embeds):
         """Keys/values of the tokens every prompt of the batch begins with (system prompt, user header), computed
         once and reused by later calls while the LLM is unchanged (`_weights_state`): a served answer then runs
-        only its own tokens. None when the prompts share no prefix (e.g. left-padded batches)."""
+        only its own tokens. None when the prompts share no prefix."""
         import copy
 
         n = self._shared_prefix_length(input_ids, attention_mask)

@@ -155,7 +155,7 @@ class EcgProcessor:
     def __call__(self, conversations: list[list[dict[str, str]]], ecgs: list[Sequence[ECG | PreparedECG | ECGImage]],
                  tags: list[Sequence[str]] | None = None, train: bool = True) -> dict[str, Any]:
         """Batch for training (``train=True``: right padding, labels on assistant tokens) or generation
-        (left padding, prompt ends with the assistant header)."""
+        (padded after the prompts' shared prefix, each prompt ends with the assistant header)."""
         if len(conversations) != len(ecgs):
             raise ValueError(f"{len(conversations)} conversations but {len(ecgs)} ECG lists")
         tags = tags or [ecg_tags(len(e)) for e in ecgs]

@@ -153,7 +153,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: str, c
                 raise RecipeError(f"{where}: override {key}: {part} is not a section of the recipe")
         annotation, _ = _field(owner, parts[-1])
         if _is_text(annotation) and not (text.strip() in ("null", "~") and annotation is not str):
-            value: Any = text
+            value: Any = text.strip()
         else:
             try:
                 value = yaml.safe_load(text) if text.strip() else text
