@@ -49,7 +49,7 @@ class LabelTokens(nn.Module):
         nn.init.zeros_(self.confidence.weight)
         nn.init.zeros_(self.confidence.bias)
         if named:
-            # zero at start: a named token begins as its label's name, like a top-k token
+            # zero at start: a named token begins as its name scaled by the probability (see `forward`)
             self.named_confidence = nn.Linear(1, hidden)
             nn.init.zeros_(self.named_confidence.weight)
             nn.init.zeros_(self.named_confidence.bias)
@@ -63,7 +63,7 @@ class LabelTokens(nn.Module):
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load saved weights; a checkpoint from before named-label tokens leaves those at their start values."""
         missing, unexpected = self.load_state_dict(state, strict=False)
-        new = {"named_confidence.weight", "named_confidence.bias", "named_slots", "not_named"}
+        new = {key for key in self.state_dict() if key.startswith(("named_", "not_named"))}
         if unexpected or set(missing) - new:
             raise ValueError(f"label tokens do not fit this model: missing {sorted(set(missing) - new)}, "
                              f"unexpected {sorted(unexpected)}")
