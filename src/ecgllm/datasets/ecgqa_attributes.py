@@ -349,3 +349,18 @@ def statement_names(statements: pd.DataFrame) -> dict[str, str]:
     names.update(SUPERCLASS_NAMES)
     names["NORM"] = "normal ecg"
     return names
+
+
+def noise_leads_table(table: pd.DataFrame, ecg_ids, leads: list[str]) -> np.ndarray:
+    """[E, leads, 4] booleans: which leads each PTB-XL noise column names (`NOISE_COLUMNS` order), read as
+    ECG-QA reads them (`parse_lead_spec`; a column naming no lead is no noise). ``table`` is `PTBXL.table`;
+    records without official metadata have unknown noise and must be left out by the caller."""
+    out = np.zeros((len(ecg_ids), len(leads), len(NOISE_COLUMNS)), dtype=bool)
+    position = {lead: i for i, lead in enumerate(leads)}
+    for row, ecg_id in enumerate(ecg_ids):
+        record = table.loc[int(ecg_id)]
+        for kind, column in enumerate(NOISE_COLUMNS):
+            for lead in parse_lead_spec(record.get(column)) or ():
+                if lead in position:
+                    out[row, position[lead], kind] = True
+    return out

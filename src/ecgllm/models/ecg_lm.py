@@ -17,9 +17,11 @@ from torch import nn
 
 from ecgllm import __version__
 from ecgllm.models.encoders import build_encoder
+from ecgllm.io.leads import STANDARD_12
 from ecgllm.models.label_tokens import LabelTokens
 from ecgllm.models.processor import EcgProcessor, ImageNotSupportedError, ProcessorConfig
 from ecgllm.models.projector import build_projector
+from ecgllm.models.signal_quality import SignalQuality
 
 LLM_POLICIES = ("frozen", "lora", "full")
 
@@ -54,6 +56,7 @@ class EcgLMConfig:
     stratum_prior: list = field(default_factory=list)  # P(s), used to marginalise at inference
     label_tokens: int = 0                        # > 0: that many label tokens per ECG (needs encoder_init's head)
     named_label_tokens: int = 0                  # > 0: slots for the labels the question names (needs label_tokens)
+    signal_quality: bool = False                 # noise heads on the signal; noise names fill the named slots too
     image_encoder_init: str | None = None        # a distilled image encoder run: the model also reads ECG images
     lora: dict = field(default_factory=lambda: {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
                                                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]})
@@ -65,6 +68,8 @@ class EcgLMConfig:
             raise ValueError(f"encoder_policy must be one of {ENCODER_POLICIES}")
         if self.named_label_tokens and not self.label_tokens:
             raise ValueError("named_label_tokens needs label_tokens (the classifier head they read)")
+        if self.signal_quality and not self.named_label_tokens:
+            raise ValueError("signal_quality needs named_label_tokens (its noise probabilities fill those slots)")
 
 
 class EcgTokenCountError(ValueError):
@@ -89,8 +94,9 @@ class EcgLanguageModel(nn.Module):
             if not n_labels:
                 raise ValueError("label_tokens needs the encoder pretraining's classifier head: set encoder_init "
                                  "to a finished encoder run (it holds head.safetensors)")
+            quality = SignalQuality(STANDARD_12) if config.signal_quality else None
             self.label_tokens = LabelTokens(self.encoder.dim, n_labels, hidden, config.label_tokens,
-                                            config.named_label_tokens)
+                                            config.named_label_tokens, quality)
         self.ecg_token_id = ecg_token_id
         self.sparse_logits = True  # training loss: vocabulary projection only where labels are (see forward)
         self.share_prefix = True   # ... and the batch's common leading tokens run once (see _hidden_states)
@@ -112,6 +118,9 @@ class EcgLanguageModel(nn.Module):
         processor_config = processor_config or ProcessorConfig()
         processor_config.n_ecg_tokens = encoder.n_tokens + config.label_tokens + config.named_label_tokens
         processor_config.named_slots = config.named_label_tokens
+        if config.signal_quality and tuple(processor_config.prep.get("leads", STANDARD_12)) != STANDARD_12:
+            raise ValueError(f"signal_quality reads the 12 standard leads in order {STANDARD_12}; the recipe's prep "
+                             f"has {processor_config.prep.get('leads')}")
         processor = EcgProcessor(tokenizer, processor_config)
         add_ecg_token_rows(llm, len(tokenizer))
         head = _encoder_head(config.encoder_init) if config.label_tokens and config.encoder_init else None
@@ -152,7 +161,7 @@ class EcgLanguageModel(nn.Module):
         if self.label_tokens is not None and len(names) != self.label_tokens.head.out_features:
             raise ValueError(f"named_label_tokens: {len(names)} label names for a classifier of "
                              f"{self.label_tokens.head.out_features} outputs (labels.json does not fit the head)")
-        processor.config.named_labels = names
+        processor.config.named_labels = self.label_tokens.named_vocabulary(names) if self.label_tokens else names
 
     def load_pretrained_encoder(self, folder: str | Path, prep: dict) -> None:
         """Start from an encoder pretraining run: its weights, label vocabulary, and a check that the
@@ -289,11 +298,27 @@ class EcgLanguageModel(nn.Module):
             return embeds
         tokens = self.projector(features)
         if self.label_tokens is not None:
-            labels = self.label_tokens(self.encoder.pool(features), ecg_named)
+            labels = self.label_tokens(self.encoder.pool(features), ecg_named,
+                                       self._signal_quality(ecg, ecg_mask, ecg_is_image, n_ecgs, device))
             tokens = torch.cat([tokens, labels.to(tokens.dtype)], dim=1)
         if self.stratum_embedding is not None and ecg_strata is not None:
             tokens = tokens + self.stratum_embedding(ecg_strata.to(embeds.device))[:, None, :]
         return embeds.masked_scatter(slots.unsqueeze(-1), tokens.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
+
+    def _signal_quality(self, ecg, ecg_mask, ecg_is_image, n_ecgs: int, device) -> torch.Tensor | None:
+        """Noise probabilities [E, entries] of every ECG in prompt order; NaN rows for pictures (no signal)."""
+        quality = self.label_tokens.quality if self.label_tokens is not None else None
+        if quality is None or ecg is None or ecg.shape[0] == 0:
+            return None
+        if ecg_mask is None:
+            ecg_mask = torch.ones(ecg.shape[:2], dtype=torch.bool)
+        if ecg_is_image is None:
+            return quality(ecg.to(device), ecg_mask.to(device))
+        out = torch.full((n_ecgs, quality.n_entries), float("nan"), device=device)
+        signals = ~ecg_is_image.to(device)
+        if bool(signals.any()):
+            out[signals] = quality(ecg.to(device), ecg_mask.to(device))
+        return out
 
     def forward(self, input_ids, attention_mask=None, ecg=None, ecg_mask=None, labels=None, ecg_strata=None,
                 sample_weight=None, images=None, ecg_is_image=None, ecg_named=None):
@@ -558,6 +583,9 @@ class EcgLanguageModel(nn.Module):
             model.stratum_embedding.load_state_dict(load_file(directory / "strata.safetensors"))
         if model.label_tokens is not None:
             model.label_tokens.load_state(label_state)
+            if model.label_tokens.quality is not None and not model.label_tokens.quality.fitted:
+                raise ValueError(f"{directory}: config.json asks for signal_quality but label_tokens.safetensors "
+                                 f"holds no fitted noise heads (the folder is incomplete)")
         if (directory / "image_encoder.safetensors").exists():
             model.attach_image_encoder(directory, processor)
         if (directory / "labels.json").exists():

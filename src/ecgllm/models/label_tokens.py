@@ -21,6 +21,11 @@ one fades towards a blank token. (A first version added the name at full strengt
 zero-initialised embedding: after 300 steps that embedding was still ~3 % of a token's norm, and the named
 statement's answers were at chance.) Unused slots hold a learned "nothing named" token, so every prompt has the
 same number of ECG tokens.
+
+Noise names ("baseline drift", "static noise in lead V3", "any kind of noises") are named labels too when the
+model has signal-quality heads (`ecgllm.models.signal_quality`): their probability comes from those heads, read
+from the signal itself, and their token is built the same way. A picture of a printout has no signal to read:
+its noise slots stay blank.
 """
 
 from __future__ import annotations
@@ -30,11 +35,14 @@ import re
 import torch
 from torch import nn
 
+from ecgllm.models.signal_quality import SignalQuality
+
 NOT_NAMED = -1  # a named-label slot with no label in it
 
 
 class LabelTokens(nn.Module):
-    def __init__(self, in_dim: int, n_labels: int, hidden: int, k: int, named: int = 0) -> None:
+    def __init__(self, in_dim: int, n_labels: int, hidden: int, k: int, named: int = 0,
+                 quality: SignalQuality | None = None) -> None:
         super().__init__()
         if not 0 < k <= n_labels:
             raise ValueError(f"label_tokens must lie in 1..{n_labels} (the classifier's labels), got {k}")
@@ -55,6 +63,11 @@ class LabelTokens(nn.Module):
             nn.init.zeros_(self.named_confidence.bias)
             self.named_slots = nn.Parameter(torch.zeros(named, hidden))  # which slot: the question's 1st, 2nd, ...
             self.not_named = nn.Parameter(torch.zeros(hidden))           # a slot the question left empty
+        elif quality is not None:
+            raise ValueError("signal_quality needs named_label_tokens (its outputs fill the named slots)")
+        self.quality = quality
+        if quality is not None:
+            self.register_buffer("quality_name_embeddings", torch.zeros(quality.n_entries, hidden))
 
     @property
     def n_tokens(self) -> int:
@@ -63,27 +76,38 @@ class LabelTokens(nn.Module):
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load saved weights; a checkpoint from before named-label tokens leaves those at their start values."""
         missing, unexpected = self.load_state_dict(state, strict=False)
-        new = {key for key in self.state_dict() if key.startswith(("named_", "not_named"))}
+        new = {key for key in self.state_dict() if key.startswith(("named_", "not_named", "quality"))}
         if unexpected or set(missing) - new:
             raise ValueError(f"label tokens do not fit this model: missing {sorted(set(missing) - new)}, "
                              f"unexpected {sorted(unexpected)}")
 
+    def named_vocabulary(self, label_names: list[str]) -> list[str]:
+        """Every name a named slot can hold, in index order: the classifier's labels, then the noise entries."""
+        return list(label_names) + (self.quality.entry_names() if self.quality is not None else [])
+
     @torch.no_grad()
     def set_names(self, names: list[str], tokenizer, input_embeddings: nn.Embedding) -> None:
-        """Each label's token starts as the mean embedding of its name, rescaled to a typical embedding norm."""
+        """Each label's token starts as the mean embedding of its name, rescaled to a typical embedding norm (the
+        noise entries' too, from their own names)."""
         if len(names) != self.name_embeddings.shape[0]:
             raise ValueError(f"{len(names)} label names for {self.name_embeddings.shape[0]} classifier outputs")
-        table = input_embeddings.weight.detach().float()
-        typical = table.norm(dim=-1).mean()
         for row, name in enumerate(names):
-            ids = tokenizer(" " + name, add_special_tokens=False)["input_ids"]
-            vector = table[torch.tensor(ids, dtype=torch.long)].mean(0)
-            self.name_embeddings[row] = vector * typical / vector.norm().clamp(min=1e-6)
+            self.name_embeddings[row] = _name_embedding(name, tokenizer, input_embeddings)
+        self.set_quality_names(tokenizer, input_embeddings)
 
-    def forward(self, pooled: torch.Tensor, named: torch.Tensor | None = None) -> torch.Tensor:
+    @torch.no_grad()
+    def set_quality_names(self, tokenizer, input_embeddings: nn.Embedding) -> None:
+        """The noise entries' name embeddings (a model started from a checkpoint without them needs these)."""
+        if self.quality is not None:
+            for row, name in enumerate(self.quality.entry_names()):
+                self.quality_name_embeddings[row] = _name_embedding(name, tokenizer, input_embeddings)
+
+    def forward(self, pooled: torch.Tensor, named: torch.Tensor | None = None,
+                quality: torch.Tensor | None = None) -> torch.Tensor:
         """``pooled`` [B, D] encoder features → [B, k (+ named), hidden] tokens: the k most likely labels, most
-        likely first, then one token per named-label slot. ``named`` [B, slots]: label indices, `NOT_NAMED`
-        where the question names none (None: no slot filled)."""
+        likely first, then one token per named-label slot. ``named`` [B, slots]: indices into
+        `named_vocabulary`, `NOT_NAMED` where the question names none (None: no slot filled). ``quality``
+        [B, noise entries]: the signal-quality probabilities (NaN rows: no signal, e.g. a picture)."""
         logits = self.head(pooled)
         top = logits.topk(self.k, dim=-1)
         confidence = torch.sigmoid(top.values).unsqueeze(-1)
@@ -93,12 +117,27 @@ class LabelTokens(nn.Module):
         if named is None:
             named = torch.full((pooled.shape[0], self.named), NOT_NAMED, dtype=torch.long, device=pooled.device)
         named = named.to(pooled.device)
-        index = named.clamp(min=0)
-        probability = torch.sigmoid(logits.gather(1, index)).unsqueeze(-1)
-        asked = (probability.to(self.name_embeddings.dtype) * self.name_embeddings[index] + self.named_slots
+        probabilities, names = torch.sigmoid(logits), self.name_embeddings
+        if self.quality is not None:
+            if quality is None:
+                quality = logits.new_full((logits.shape[0], self.quality.n_entries), float("nan"))
+            probabilities = torch.cat([probabilities, quality.to(probabilities.dtype)], dim=1)
+            names = torch.cat([names, self.quality_name_embeddings], dim=0)
+        index = named.clamp(min=0, max=probabilities.shape[1] - 1)
+        probability = probabilities.gather(1, index)
+        filled = (named >= 0) & (named < probabilities.shape[1]) & ~probability.isnan()
+        probability = probability.nan_to_num(0.0).unsqueeze(-1)
+        asked = (probability.to(names.dtype) * names[index] + self.named_slots
                  + self.named_confidence(probability.to(self.named_confidence.weight.dtype)))
-        asked = torch.where((named >= 0).unsqueeze(-1), asked, self.not_named.expand_as(asked))
+        asked = torch.where(filled.unsqueeze(-1), asked, self.not_named.expand_as(asked))
         return torch.cat([tokens, asked.to(tokens.dtype)], dim=1)
+
+
+def _name_embedding(name: str, tokenizer, input_embeddings: nn.Embedding) -> torch.Tensor:
+    """Mean input embedding of ``name``'s tokens, rescaled to the table's typical norm."""
+    table = input_embeddings.weight.detach().float()
+    vector = table[torch.tensor(tokenizer(" " + name, add_special_tokens=False)["input_ids"])].mean(0)
+    return vector * table.norm(dim=-1).mean() / vector.norm().clamp(min=1e-6)
 
 
 def find_named_labels(text: str, names: list[str], slots: int) -> list[int]:

@@ -29,6 +29,7 @@ class DataConfig:
     train: str                      # Conversation JSONL
     ecg_cache: str | None = None    # `ecgllm data prepare` folder holding the referenced records
     max_samples: int | None = None
+    ptbxl: str | None = None        # PTB-XL metadata folder: fits model.signal_quality's noise heads
 
 
 @dataclass

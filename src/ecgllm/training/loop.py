@@ -75,6 +75,15 @@ def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None):
                                               llm=llm, tokenizer=tokenizer, init_from=config.init_from)
     if config.init_from:
         model.load_weights_from(config.init_from, processor)
+    quality = model.label_tokens.quality if model.label_tokens is not None else None
+    if quality is not None and not quality.fitted:  # fitted once, on this stage's own training records
+        from ecgllm.training.signal_quality import fit_for_stage
+
+        if config.data.ptbxl is None:
+            raise RecipeError("model.signal_quality fits its noise heads on PTB-XL's noise columns: set data.ptbxl "
+                              "to the PTB-XL folder (ptbxl_database.csv)")
+        fit_for_stage(quality, dataset.ptbxl_record_ids(), dataset.cache, processor, config.data.ptbxl)
+        model.label_tokens.set_quality_names(processor.tokenizer, model.llm.get_input_embeddings())
     return dataset, model, processor
 
 

@@ -1,0 +1,98 @@
+"""Fit the frozen signal-quality heads (`ecgllm.models.signal_quality`) on training records.
+
+Logistic regression (scikit-learn) on the hand-made noise features, one model per noise kind, per lead and per
+record; the answers are PTB-XL's noise columns read as ECG-QA reads them. Called by an instruction stage whose
+model has ``signal_quality: true`` and no fitted heads yet, on that stage's own training records: the split policy
+has already refused any ECG-QA valid/test patient among them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from ecgllm.datasets.ecgqa_attributes import noise_leads_table
+from ecgllm.datasets.ptbxl import PTBXL
+from ecgllm.io.record import ECG
+from ecgllm.models.signal_quality import QUALITY_KINDS, SignalQuality, lead_design, quality_features, record_design
+
+log = logging.getLogger(__name__)
+CHUNK = 512  # ECGs featurised at once (torch.quantile limits its input size)
+
+
+def featurize(signals: np.ndarray, lead_masks: np.ndarray, fs: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-lead [E, leads, D] and per-record [E, D'] designs of prepared signals [E, leads, T]."""
+    per_lead, per_record = [], []
+    for start in range(0, len(signals), CHUNK):
+        signal = torch.from_numpy(np.asarray(signals[start:start + CHUNK], dtype=np.float32))
+        features = quality_features(signal, fs)
+        per_lead.append(lead_design(features, torch.from_numpy(lead_masks[start:start + CHUNK])).numpy())
+        per_record.append(record_design(features).numpy())
+    return np.concatenate(per_lead), np.concatenate(per_record)
+
+
+def _logistic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """Standardised-input logistic regression; a kind no training record shows gets its smoothed base rate."""
+    positives = int(y.sum())
+    if positives == 0 or positives == len(y):
+        rate = (positives + 0.5) / (len(y) + 1.0)
+        return np.zeros(x.shape[1]), float(np.log(rate / (1.0 - rate)))
+    model = LogisticRegression(C=0.1, max_iter=3000).fit(x, y)
+    return model.coef_[0], float(model.intercept_[0])
+
+
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    center, scale = x.mean(0), x.std(0)
+    scale = np.where(scale > 1e-6, scale, 1.0)
+    return (x - center) / scale, center, scale
+
+
+def fit_signal_quality(quality: SignalQuality, signals: np.ndarray, lead_masks: np.ndarray, noise: np.ndarray,
+                       fs: float) -> dict[str, int]:
+    """Fit ``quality`` in place from prepared ``signals`` [E, leads, T], their ``lead_masks`` [E, leads] and
+    ``noise`` [E, leads, 4] (`noise_leads_table`). Returns the positive count of each kind (records)."""
+    if len(signals) == 0:
+        raise ValueError("no records to fit the signal-quality heads on")
+    per_lead, per_record = featurize(signals, lead_masks, fs)
+    lead_targets = np.concatenate([noise, noise.any(-1, keepdims=True)], axis=-1)   # [E, leads, kinds]
+    record_targets = lead_targets.any(1)                                            # [E, kinds]
+    lead_x, lead_center, lead_scale = _standardise(per_lead.reshape(-1, per_lead.shape[-1]))
+    record_x, record_center, record_scale = _standardise(per_record)
+    lead_fits = [_logistic(lead_x, lead_targets[..., k].reshape(-1)) for k in range(lead_targets.shape[-1])]
+    record_fits = [_logistic(record_x, record_targets[:, k]) for k in range(record_targets.shape[-1])]
+    as_tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+    with torch.no_grad():
+        quality.lead_center.copy_(as_tensor(lead_center))
+        quality.lead_scale.copy_(as_tensor(lead_scale))
+        quality.lead_weight.copy_(as_tensor(np.stack([w for w, _ in lead_fits], axis=1)))
+        quality.lead_bias.copy_(as_tensor([b for _, b in lead_fits]))
+        quality.record_center.copy_(as_tensor(record_center))
+        quality.record_scale.copy_(as_tensor(record_scale))
+        quality.record_weight.copy_(as_tensor(np.stack([w for w, _ in record_fits], axis=1)))
+        quality.record_bias.copy_(as_tensor([b for _, b in record_fits]))
+        quality.fs.fill_(fs)
+    return {kind: int(record_targets[:, k].sum()) for k, kind in enumerate(QUALITY_KINDS)}
+
+
+def fit_for_stage(quality: SignalQuality, ecg_ids: set[int], cache, processor, ptbxl_dir: str) -> None:
+    """Fit on a stage's training records that carry PTB-XL's official noise columns, prepared as the stage
+    prepares them."""
+    table = PTBXL.load(ptbxl_dir).table
+    known = sorted(i for i in ecg_ids if i in table.index and bool(table.at[i, "has_official_metadata"]))
+    if not known:
+        raise ValueError(f"signal_quality: none of the {len(ecg_ids)} training records has PTB-XL's noise columns "
+                         f"in {ptbxl_dir}")
+    signals, masks = [], []
+    meta = cache.meta
+    for start in range(0, len(known), CHUNK):
+        ids = known[start:start + CHUNK]
+        raw = cache.batch(ids)
+        signal, mask = processor.prepare_ecgs([ECG(s, meta["fs"], list(meta["leads"]), {}) for s in raw])
+        signals.append(signal.numpy())
+        masks.append(mask.numpy())
+    noise = noise_leads_table(table, known, quality.leads)
+    counts = fit_signal_quality(quality, np.concatenate(signals), np.concatenate(masks), noise, processor.prep.fs)
+    log.info("signal quality fitted on %d training records; records with each noise: %s", len(known), counts)
