@@ -30,6 +30,7 @@ its noise slots stay blank.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import torch
@@ -140,17 +141,22 @@ def _name_embedding(name: str, tokenizer, input_embeddings: nn.Embedding) -> tor
     return vector * table.norm(dim=-1).mean() / vector.norm().clamp(min=1e-6)
 
 
+@functools.lru_cache(maxsize=8)
+def _name_patterns(names: tuple[str, ...]) -> list[tuple[int, re.Pattern]]:
+    """Whole-word, case-insensitive patterns of the names, longest first (compiled once per vocabulary)."""
+    order = sorted(range(len(names)), key=lambda i: -len(names[i]))
+    return [(i, re.compile(r"(?<!\w)" + re.escape(names[i].lower().strip()) + r"(?!\w)"))
+            for i in order if names[i].strip()]
+
+
 def find_named_labels(text: str, names: list[str], slots: int) -> list[int]:
     """Indices (into ``names``) of the label names ``text`` mentions, in the order they appear, ``slots`` long
     (padded with `NOT_NAMED`). Matching is case-insensitive on whole words; where names overlap the longest wins
     ("non-specific intraventricular conduction disturbance (block)", not "conduction disturbance")."""
     lowered = text.lower()
     spans: list[tuple[int, int, int]] = []  # (start, end, label)
-    for index in sorted(range(len(names)), key=lambda i: -len(names[i])):
-        name = names[index].lower().strip()
-        if not name:
-            continue
-        for match in re.finditer(r"(?<!\w)" + re.escape(name) + r"(?!\w)", lowered):
+    for index, pattern in _name_patterns(tuple(names)):
+        for match in pattern.finditer(lowered):
             start, end = match.span()
             if all(end <= s or start >= e for s, e, _ in spans):
                 spans.append((start, end, index))
