@@ -44,7 +44,7 @@ def _inherited(config: TrainConfig) -> list[str | None]:
     return [config.model.encoder_init, config.init_from, config.model.image_encoder_init]
 
 
-def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None):
+def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None, announce: bool = True):
     """The stage's training data (refusing records of ECG-QA valid/test patients) and its model at the start
     of training: built from the recipe, with the weights of ``init_from`` when it names an earlier stage."""
     from ecgllm.datasets.cache import ECGCache
@@ -82,7 +82,9 @@ def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None):
         if config.data.ptbxl is None:
             raise RecipeError("model.signal_quality fits its noise heads on PTB-XL's noise columns: set data.ptbxl "
                               "to the PTB-XL folder (ptbxl_database.csv)")
-        fit_for_stage(quality, dataset.ptbxl_record_ids(), dataset.cache, processor, config.data.ptbxl)
+        summary = fit_for_stage(quality, dataset.ptbxl_record_ids(), dataset.cache, processor, config.data.ptbxl)
+        if announce:
+            print(summary, flush=True)
         model.label_tokens.set_quality_names(processor.tokenizer, model.llm.get_input_embeddings())
     return dataset, model, processor
 
@@ -109,7 +111,7 @@ def export_checkpoint(config: TrainConfig, step: int, llm=None, tokenizer=None) 
                           f"{', '.join(done) or 'none'}")
     if not (source / "model.safetensors").exists():
         raise RecipeError(f"{source}: no model.safetensors (a sharded FSDP/DeepSpeed state cannot be exported here)")
-    dataset, model, processor = _dataset_and_model(config, llm, tokenizer)
+    dataset, model, processor = _dataset_and_model(config, llm, tokenizer, announce=False)  # weights come below
     # A multi-process run saves its wrapped model: strip DDP's and torch.compile's prefixes.
     state = {name.removeprefix("module.").removeprefix("_orig_mod."): tensor
              for name, tensor in load_file(source / "model.safetensors").items()}
@@ -163,7 +165,7 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True, 
                               mixed_precision=config.mixed_precision,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     set_seed(config.seed)
-    dataset, model, processor = _dataset_and_model(config, llm, tokenizer)
+    dataset, model, processor = _dataset_and_model(config, llm, tokenizer, announce=progress)
     collate = make_collate(processor, config.debias)
     if config.optim.group_by_length:
         sampler = LengthGroupedBatchSampler(token_lengths(dataset, processor), config.optim.batch_size, config.seed)

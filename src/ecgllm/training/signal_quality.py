@@ -8,8 +8,6 @@ has already refused any ECG-QA valid/test patient among them.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -19,7 +17,6 @@ from ecgllm.datasets.ptbxl import PTBXL
 from ecgllm.io.record import ECG
 from ecgllm.models.signal_quality import QUALITY_KINDS, SignalQuality, lead_design, quality_features, record_design
 
-log = logging.getLogger(__name__)
 CHUNK = 512  # ECGs featurised at once (torch.quantile limits its input size)
 
 
@@ -77,9 +74,9 @@ def fit_signal_quality(quality: SignalQuality, signals: np.ndarray, lead_masks: 
     return {kind: int(record_targets[:, k].sum()) for k, kind in enumerate(QUALITY_KINDS)}
 
 
-def fit_for_stage(quality: SignalQuality, ecg_ids: set[int], cache, processor, ptbxl_dir: str) -> None:
+def fit_for_stage(quality: SignalQuality, ecg_ids: set[int], cache, processor, ptbxl_dir: str) -> str:
     """Fit on a stage's training records that carry PTB-XL's official noise columns, prepared as the stage
-    prepares them."""
+    prepares them. Returns a one-line summary for the run's output."""
     table = PTBXL.load(ptbxl_dir).table
     known = sorted(i for i in ecg_ids if i in table.index and bool(table.at[i, "has_official_metadata"]))
     if not known:
@@ -95,4 +92,5 @@ def fit_for_stage(quality: SignalQuality, ecg_ids: set[int], cache, processor, p
         masks.append(mask.numpy())
     noise = noise_leads_table(table, known, quality.leads)
     counts = fit_signal_quality(quality, np.concatenate(signals), np.concatenate(masks), noise, processor.prep.fs)
-    log.info("signal quality fitted on %d training records; records with each noise: %s", len(known), counts)
+    return (f"signal quality: noise heads fitted on {len(known)} training records (records with each noise: "
+            + ", ".join(f"{kind} {n}" for kind, n in counts.items()) + ")")
