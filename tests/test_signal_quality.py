@@ -4,6 +4,7 @@ that fits them on its own records."""
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 
@@ -84,6 +85,34 @@ def test_fitted_heads_find_the_noise_on_new_records_and_the_kind_never_seen_stay
     assert names[0] == "baseline drift" and names[1] == "baseline drift in lead I" and names[13] == "static noise"
 
 
+def test_a_missing_lead_leaves_its_entries_blank_and_the_others_as_they_were(fitted):
+    signals, _ = synthetic(3, seed=6)
+    full = torch.ones(3, 12, dtype=torch.bool)
+    with torch.no_grad():
+        before = fitted(torch.from_numpy(signals), full).reshape(3, len(QUALITY_KINDS), 13)
+        signals[1, 4] = 0.0  # lead aVL of record 1 absent: a zero row, as `prepare` writes it
+        mask = full.clone()
+        mask[1, 4] = False
+        after = fitted(torch.from_numpy(signals), mask).reshape(3, len(QUALITY_KINDS), 13)
+        mask[2] = False  # record 2 has no lead at all
+        nothing = fitted(torch.from_numpy(signals), mask).reshape(3, len(QUALITY_KINDS), 13)
+    assert after[1, :, 1 + 4].isnan().all()
+    assert torch.isfinite(after[1, :, [0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12]]).all()
+    assert torch.equal(after[[0, 2]], before[[0, 2]])
+    assert nothing[2].isnan().all() and torch.equal(nothing[0], before[0])
+    # the fit leaves absent leads out instead of failing on them
+    train, noise = synthetic(60, seed=7)
+    masks = np.ones((60, 12), bool)
+    train[:10, 3], masks[:10, 3] = 0.0, False
+    fit_signal_quality(SignalQuality(STANDARD_12), train, masks, noise, FS)
+
+
+def test_the_fitted_numbers_stay_fp32_when_the_model_is_cast(fitted):
+    cast = copy.deepcopy(fitted).to(torch.bfloat16)
+    assert all(buffer.dtype == torch.float32 for buffer in cast.buffers())
+    assert torch.equal(cast.lead_scale, fitted.lead_scale)
+
+
 def test_an_unfitted_head_refuses_to_answer():
     with pytest.raises(RuntimeError, match="not fitted"):
         SignalQuality(STANDARD_12)(torch.zeros(1, 12, 1000), torch.ones(1, 12, dtype=torch.bool))
@@ -144,6 +173,19 @@ def test_a_named_noise_fills_its_slot_with_the_heads_probability_and_survives_sa
     assert torch.allclose(before, logits_of(loaded, loaded_processor([asked], [[ecg]])), atol=1e-5)
     with pytest.raises(ValueError, match="signal_quality needs named_label_tokens"):
         EcgLMConfig(label_tokens=1, signal_quality=True)
+    with pytest.raises(ValueError, match="beyond this model's"):
+        model.label_tokens(pooled, torch.tensor([[len(names), NOT_NAMED]]))
+    # pictures have no signal: in a mixed prompt their noise rows are blank, the signal's are the heads'
+    mixed = model._signal_quality(batch["ecg"], batch["ecg_mask"], torch.tensor([True, False]), 2, "cpu")
+    assert mixed[0].isnan().all()
+    assert torch.equal(mixed[1], model.label_tokens.quality(batch["ecg"], batch["ecg_mask"])[0])
+    # a folder whose heads were never fitted is refused, not served with blank noise slots
+    unfitted, unfitted_processor = EcgLanguageModel.build(config, ProcessorConfig(prep=PrepConfig(normalize="center").to_dict()),
+                                                          llm=tiny_llm(len(tiny_tokenizer)),
+                                                          tokenizer=copy.deepcopy(tiny_tokenizer))
+    unfitted.save_pretrained(tmp_path / "unfitted", unfitted_processor)
+    with pytest.raises(ValueError, match="no fitted noise heads"):
+        EcgLanguageModel.from_pretrained(tmp_path / "unfitted", llm=tiny_llm(len(tiny_tokenizer)))
 
 
 def test_a_stage_fits_the_heads_on_its_own_records_and_needs_the_metadata(tmp_path, tiny_tokenizer):
@@ -164,8 +206,12 @@ def test_a_stage_fits_the_heads_on_its_own_records_and_needs_the_metadata(tmp_pa
     cli = [sys.executable, "-m", "ecgllm.serving.cli", "train", str(path), "--quiet"]
     missing = subprocess.run(cli, capture_output=True, text=True)
     assert missing.returncode != 0 and "set data.ptbxl" in missing.stderr and "Traceback" not in missing.stderr
-    done = subprocess.run(cli + ["--data.ptbxl", str(FIXTURES / "ptbxl_train")], capture_output=True, text=True)
+    done = subprocess.run([c for c in cli if c != "--quiet"] + ["--data.ptbxl", str(FIXTURES / "ptbxl_train")],
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+    trained = {int(e["record_id"]) for line in (workspace / "train.jsonl").read_text().splitlines() if line.strip()
+               for e in json.loads(line)["ecgs"]}
+    assert f"noise heads fitted on {len(trained)} training records" in done.stdout  # the stage's records, no other
     model, _ = EcgLanguageModel.from_pretrained(tmp_path / "run" / "final")
     quality = model.label_tokens.quality
     assert quality.fitted and float(quality.fs) == 100.0

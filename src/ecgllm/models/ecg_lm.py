@@ -583,9 +583,13 @@ class EcgLanguageModel(nn.Module):
             model.stratum_embedding.load_state_dict(load_file(directory / "strata.safetensors"))
         if model.label_tokens is not None:
             model.label_tokens.load_state(label_state)
-            if model.label_tokens.quality is not None and not model.label_tokens.quality.fitted:
+            quality = model.label_tokens.quality
+            if quality is not None and not quality.fitted:
                 raise ValueError(f"{directory}: config.json asks for signal_quality but label_tokens.safetensors "
                                  f"holds no fitted noise heads (the folder is incomplete)")
+            if quality is not None and float(quality.fs) != processor.prep.fs:
+                raise ValueError(f"{directory}: the noise heads read {float(quality.fs):g} Hz signals but the "
+                                 f"processor prepares {processor.prep.fs:g} Hz (the folder is inconsistent)")
         if (directory / "image_encoder.safetensors").exists():
             model.attach_image_encoder(directory, processor)
         if (directory / "labels.json").exists():

@@ -124,9 +124,12 @@ class LabelTokens(nn.Module):
                 quality = logits.new_full((logits.shape[0], self.quality.n_entries), float("nan"))
             probabilities = torch.cat([probabilities, quality.to(probabilities.dtype)], dim=1)
             names = torch.cat([names, self.quality_name_embeddings], dim=0)
-        index = named.clamp(min=0, max=probabilities.shape[1] - 1)
+        if int(named.max()) >= probabilities.shape[1]:
+            raise ValueError(f"a named-label index {int(named.max())} is beyond this model's {probabilities.shape[1]} "
+                             f"named labels (the processor's vocabulary does not fit the model)")
+        index = named.clamp(min=0)
         probability = probabilities.gather(1, index)
-        filled = (named >= 0) & (named < probabilities.shape[1]) & ~probability.isnan()
+        filled = (named >= 0) & ~probability.isnan()
         probability = probability.nan_to_num(0.0).unsqueeze(-1)
         asked = (probability.to(names.dtype) * names[index] + self.named_slots
                  + self.named_confidence(probability.to(self.named_confidence.weight.dtype)))

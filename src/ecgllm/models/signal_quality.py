@@ -46,29 +46,42 @@ def quality_features(signal: torch.Tensor, fs: float) -> torch.Tensor:
     median_step, high_step = torch.quantile(step, torch.tensor([0.5, 0.99], device=signal.device), dim=-1)
     extra = [torch.log(total), torch.log(spread.max(-1).values / typical), torch.log(spread.min(-1).values / typical),
              torch.log(windows.mean(-1).std(-1, correction=0) + 1e-6), torch.log(high_step + 1e-6),
-             torch.log(median_step + 1e-6), torch.log(step.max(-1).values / (median_step + 1e-6))]
+             torch.log(median_step + 1e-6), torch.log((step.max(-1).values + 1e-6) / (median_step + 1e-6))]
     return torch.stack(bands + extra, dim=-1)
 
 
+def _over_present_leads(features: torch.Tensor, lead_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Mean, maximum and minimum [E, F] of the features of the leads a record has (a missing lead is a zero row:
+    its numbers describe nothing); zeros for a record with no lead."""
+    present = lead_mask.bool().unsqueeze(-1)
+    count = present.sum(1).clamp(min=1)
+    mean = (features * present).sum(1) / count
+    high = features.masked_fill(~present, -torch.inf).max(1).values
+    low = features.masked_fill(~present, torch.inf).min(1).values
+    some = present.any(1)
+    return mean, torch.where(some, high, 0.0), torch.where(some, low, 0.0)
+
+
 def lead_design(features: torch.Tensor, lead_mask: torch.Tensor) -> torch.Tensor:
-    """Per-lead inputs [E, leads, 3F + 1 + leads]: the lead's features, the record's mean and maximum, whether the
-    lead is present, and which lead it is."""
+    """Per-lead inputs [E, leads, 3F + 1 + leads]: the lead's features, the mean and maximum over the record's
+    leads, whether the lead is present, and which lead it is."""
     n_ecgs, n_leads, _ = features.shape
-    record_mean = features.mean(1, keepdim=True).expand_as(features)
-    record_max = features.max(1, keepdim=True).values.expand_as(features)
+    mean, high, _ = _over_present_leads(features, lead_mask)
     which = torch.eye(n_leads, dtype=features.dtype, device=features.device).expand(n_ecgs, n_leads, n_leads)
     present = lead_mask.to(features.dtype).unsqueeze(-1)
-    return torch.cat([features, record_mean, record_max, present, which], dim=-1)
+    return torch.cat([features, mean.unsqueeze(1).expand_as(features), high.unsqueeze(1).expand_as(features),
+                      present, which], dim=-1)
 
 
-def record_design(features: torch.Tensor) -> torch.Tensor:
-    """Per-record inputs [E, 3F]: mean, maximum and minimum of the leads' features."""
-    return torch.cat([features.mean(1), features.max(1).values, features.min(1).values], dim=-1)
+def record_design(features: torch.Tensor, lead_mask: torch.Tensor) -> torch.Tensor:
+    """Per-record inputs [E, 3F]: mean, maximum and minimum of the present leads' features."""
+    return torch.cat(_over_present_leads(features, lead_mask), dim=-1)
 
 
 class SignalQuality(nn.Module):
     """Frozen noise heads; ``forward`` gives [E, kinds x (1 + leads)] probabilities, kind-major: for each of
-    `QUALITY_KINDS`, the record's probability, then each lead's (see `entry_names`)."""
+    `QUALITY_KINDS`, the record's probability, then each lead's (see `entry_names`). A lead the record does not
+    have gets NaN (its named slot stays blank), and so does every entry of a record with no lead at all."""
 
     def __init__(self, leads: list[str] | tuple[str, ...]) -> None:
         super().__init__()
@@ -103,7 +116,21 @@ class SignalQuality(nn.Module):
             raise RuntimeError("the signal-quality heads are not fitted (see ecgllm.training.signal_quality)")
         features = quality_features(signal, float(self.fs))  # float32 whatever the model's dtype
         per_lead = (lead_design(features, lead_mask) - self.lead_center.float()) / self.lead_scale.float()
-        per_record = (record_design(features) - self.record_center.float()) / self.record_scale.float()
+        per_record = (record_design(features, lead_mask) - self.record_center.float()) / self.record_scale.float()
         lead_p = torch.sigmoid(per_lead @ self.lead_weight.float() + self.lead_bias.float())          # [E, leads, kinds]
         record_p = torch.sigmoid(per_record @ self.record_weight.float() + self.record_bias.float())  # [E, kinds]
+        present = lead_mask.to(lead_p.device).bool()
+        lead_p = lead_p.masked_fill(~present.unsqueeze(-1), float("nan"))
+        record_p = record_p.masked_fill(~present.any(1, keepdim=True), float("nan"))
         return torch.cat([record_p.unsqueeze(1), lead_p], dim=1).transpose(1, 2).reshape(signal.shape[0], -1)
+
+    def _apply(self, fn, recurse: bool = True):
+        """Moves follow the model, but the fitted numbers stay fp32: a model cast to bf16 keeps its noise heads
+        exact (their standardisation divides by scales as small as 0.01)."""
+        exact = {name: buffer for name, buffer in self._buffers.items() if buffer is not None}
+        super()._apply(fn, recurse)
+        for name, before in exact.items():
+            after = self._buffers[name]
+            if after.dtype != before.dtype:
+                self._buffers[name] = before.to(after.device)
+        return self

@@ -44,9 +44,12 @@ def _inherited(config: TrainConfig) -> list[str | None]:
     return [config.model.encoder_init, config.init_from, config.model.image_encoder_init]
 
 
-def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None, announce: bool = True):
+def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None, fit_quality: bool = True,
+                       announce: bool = True):
     """The stage's training data (refusing records of ECG-QA valid/test patients) and its model at the start
-    of training: built from the recipe, with the weights of ``init_from`` when it names an earlier stage."""
+    of training: built from the recipe, with the weights of ``init_from`` when it names an earlier stage.
+    ``fit_quality``: fit signal-quality heads that ``init_from`` did not bring (False where a checkpoint of this
+    run will replace the weights: resuming, exporting)."""
     from ecgllm.datasets.cache import ECGCache
     from ecgllm.datasets.split_policy import inherited_stages
     from ecgllm.models.ecg_lm import EcgLanguageModel
@@ -76,7 +79,10 @@ def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None, announce: 
     if config.init_from:
         model.load_weights_from(config.init_from, processor)
     quality = model.label_tokens.quality if model.label_tokens is not None else None
-    if quality is not None and not quality.fitted:  # fitted once, on this stage's own training records
+    if quality is not None and quality.fitted and float(quality.fs) != processor.prep.fs:
+        raise RecipeError(f"model.signal_quality: the noise heads from {config.init_from} read {float(quality.fs):g} Hz "
+                          f"signals, but this recipe prepares {processor.prep.fs:g} Hz")
+    if quality is not None and not quality.fitted and fit_quality:  # once, on this stage's own training records
         from ecgllm.training.signal_quality import fit_for_stage
 
         if config.data.ptbxl is None:
@@ -111,7 +117,7 @@ def export_checkpoint(config: TrainConfig, step: int, llm=None, tokenizer=None) 
                           f"{', '.join(done) or 'none'}")
     if not (source / "model.safetensors").exists():
         raise RecipeError(f"{source}: no model.safetensors (a sharded FSDP/DeepSpeed state cannot be exported here)")
-    dataset, model, processor = _dataset_and_model(config, llm, tokenizer, announce=False)  # weights come below
+    dataset, model, processor = _dataset_and_model(config, llm, tokenizer, fit_quality=False)  # weights come below
     # A multi-process run saves its wrapped model: strip DDP's and torch.compile's prefixes.
     state = {name.removeprefix("module.").removeprefix("_orig_mod."): tensor
              for name, tensor in load_file(source / "model.safetensors").items()}
@@ -165,7 +171,9 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True, 
                               mixed_precision=config.mixed_precision,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     set_seed(config.seed)
-    dataset, model, processor = _dataset_and_model(config, llm, tokenizer, announce=progress)
+    resuming = latest_checkpoint(output_dir) is not None  # its state brings fitted heads
+    dataset, model, processor = _dataset_and_model(config, llm, tokenizer, fit_quality=not resuming,
+                                                   announce=progress and accelerator.is_main_process)
     collate = make_collate(processor, config.debias)
     if config.optim.group_by_length:
         sampler = LengthGroupedBatchSampler(token_lengths(dataset, processor), config.optim.batch_size, config.seed)

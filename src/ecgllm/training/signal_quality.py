@@ -17,7 +17,7 @@ from ecgllm.datasets.ptbxl import PTBXL
 from ecgllm.io.record import ECG
 from ecgllm.models.signal_quality import QUALITY_KINDS, SignalQuality, lead_design, quality_features, record_design
 
-CHUNK = 512  # ECGs featurised at once (torch.quantile limits its input size)
+CHUNK = 512  # ECGs featurised (and read from the cache) at once
 
 
 def featurize(signals: np.ndarray, lead_masks: np.ndarray, fs: float) -> tuple[np.ndarray, np.ndarray]:
@@ -27,7 +27,7 @@ def featurize(signals: np.ndarray, lead_masks: np.ndarray, fs: float) -> tuple[n
         signal = torch.from_numpy(np.asarray(signals[start:start + CHUNK], dtype=np.float32))
         features = quality_features(signal, fs)
         per_lead.append(lead_design(features, torch.from_numpy(lead_masks[start:start + CHUNK])).numpy())
-        per_record.append(record_design(features).numpy())
+        per_record.append(record_design(features, torch.from_numpy(lead_masks[start:start + CHUNK])).numpy())
     return np.concatenate(per_lead), np.concatenate(per_record)
 
 
@@ -56,10 +56,11 @@ def fit_signal_quality(quality: SignalQuality, signals: np.ndarray, lead_masks: 
     per_lead, per_record = featurize(signals, lead_masks, fs)
     lead_targets = np.concatenate([noise, noise.any(-1, keepdims=True)], axis=-1)   # [E, leads, kinds]
     record_targets = lead_targets.any(1)                                            # [E, kinds]
-    lead_x, lead_center, lead_scale = _standardise(per_lead.reshape(-1, per_lead.shape[-1]))
-    record_x, record_center, record_scale = _standardise(per_record)
-    lead_fits = [_logistic(lead_x, lead_targets[..., k].reshape(-1)) for k in range(lead_targets.shape[-1])]
-    record_fits = [_logistic(record_x, record_targets[:, k]) for k in range(record_targets.shape[-1])]
+    present = lead_masks.astype(bool)  # a missing lead says nothing about noise: left out, as at inference
+    lead_x, lead_center, lead_scale = _standardise(per_lead[present])
+    record_x, record_center, record_scale = _standardise(per_record[present.any(1)])
+    lead_fits = [_logistic(lead_x, lead_targets[..., k][present]) for k in range(lead_targets.shape[-1])]
+    record_fits = [_logistic(record_x, record_targets[present.any(1), k]) for k in range(record_targets.shape[-1])]
     as_tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
     with torch.no_grad():
         quality.lead_center.copy_(as_tensor(lead_center))
