@@ -48,9 +48,11 @@ classifier's likeliest statements, as word embeddings of their names). Stage 1 (
 samples and questions generated with do(Q) sampling, loss on answer tokens only. Measured on ECG-QA valid, it
 answered as well with another patient's ECG as with the right one. Stage 2 (`paired.yaml`): counterfactual pairs,
 each generated question asked in the same words of two ECGs whose answers differ, so that only the ECG can lower
-the loss. Both stages ran on one CPU core (a few thousand steps of batch 8 in all); no GPU was available. A stage 3
-(`paired_more.yaml`: more pairs on fresh questions) raised single-verify sensitivity on ECG-QA valid but not the
-overall EM nor the drop with another patient's ECG, so it was not shipped: see `ecgqa_selection.md`."""
+the loss. Stage 3, three runs on the same data, schedule and seed, differing in one thing each: more pairs alone
+(`paired_more.yaml`); plus two named-label tokens carrying the classifier's probability of the statement the
+question names (`paired_named.yaml`); plus signal-quality heads whose noise probabilities fill those slots when
+the question names a noise (`paired_quality.yaml`). The shipped checkpoint is the one the stated rule chose on
+ECG-QA valid (`ecgqa_selection.md`). All LLM stages ran on one CPU core (batch 8); no GPU was available."""
 
 
 def generated_test(n: int, seed: int, out: Path) -> Path:
