@@ -185,7 +185,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
         return out
 
     batcher = app.state.batcher = AnswerBatcher(assistant, settings.max_batch, settings.batch_wait_s)
-    preparing = asyncio.Semaphore(2)  # the cores that read and measure while a batch generates
+    preparing = asyncio.Semaphore(2)  # uploads read at once while a batch generates (measuring has its process)
 
     async def admitted(run) -> Any:
         """``run(deadline)`` for an admitted request: at most ``workers + queue`` are inside, the rest get 503.
@@ -207,13 +207,11 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
         ``(records, question, extra)``; the question then joins a batch while, with ``measure``, the records are
         measured beside it (NumPy on one core while PyTorch generates). Returns ``(extra, answer text,
         measurements, timing)``."""
-        from ecgllm.serving.assistant import measurement_summary
+        from ecgllm.serving.measuring import measure_elsewhere
 
         async def measured(records: list) -> tuple[list[dict], float]:
-            async with preparing:
-                t0 = time.perf_counter()
-                out = await run_in_threadpool(lambda: [measurement_summary(e) for e in records])
-                return out, time.perf_counter() - t0
+            t0 = time.perf_counter()  # in a process of its own: no interpreter lock shared with generation
+            return await measure_elsewhere(records), time.perf_counter() - t0
 
         async def run(deadline: float):
             files, body = await read_upload(request) if request is not None else ([], {})
@@ -334,7 +332,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
         def work(files, body):  # no generation: reading and plotting are bounded by the limits
             from ecgllm.io.image import ECGImage
             from ecgllm.render.plot import plot_ecg
-            from ecgllm.serving.assistant import measurement_summary
+            from ecgllm.serving.measuring import measurement_summary
 
             out = []
             with tempfile.TemporaryDirectory(prefix="ecgllm-upload-") as tmp:

@@ -19,11 +19,10 @@ from ecgllm.io.image import ECGImage
 from ecgllm.io.reader import read_ecg
 from ecgllm.io.record import ECG
 from ecgllm.models.placement import to_model_device
+from ecgllm.serving.measuring import measurement_summary
 
 ECGLike = Union[ECG, ECGImage, str, Path]
 REPORT_QUESTION = "Write a short clinical report of this ECG."
-_MEASURED = ("heart_rate", "rr_ms", "pr_ms", "qrs_ms", "qt_ms", "qtc_bazett_ms", "axis_deg", "axis_category",
-             "quality_label")
 
 
 class _RowDeadlines:
@@ -50,21 +49,6 @@ class Answer:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def measurement_summary(ecg: ECG | ECGImage) -> dict:
-    """What neurokit2 measures on a signal; an image is not measured (its size is reported instead)."""
-    from ecgllm.signal.measure import measure
-
-    if isinstance(ecg, ECGImage):
-        return {"image": f"{ecg.size[0]}x{ecg.size[1]}", "note": "measurements need the signal, not a picture"}
-
-    try:
-        m = measure(ecg)
-    except Exception as exc:  # measurements are an extra: a failure must not cost the answer
-        return {"error": f"measurement failed: {exc}"}
-    out = {k: getattr(m, k) for k in _MEASURED}
-    return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in out.items()}
 
 
 def model_identity(folder: Path) -> tuple[str, str]:

@@ -188,6 +188,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              request_timeout_s=args.timeout, max_new_tokens=args.max_new_tokens,
                              upload=UploadLimits(max_bytes=int(args.max_upload_mb * 2**20)))
     app = create_app(_assistant(args), settings)
+    from ecgllm.serving.measuring import start_measuring
+
+    start_measuring()
     print(f"ecgllm serving on http://{args.host}:{args.port}/  (API docs: /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return EXIT_OK
