@@ -4,8 +4,8 @@
 
 Real ECG-QA-style questions from the generator on ECG-QA train ECGs (PTB-XL, 100 Hz), fp32, measured for two
 models in the same run:
-- the shipped default checkpoint (what `ecgllm ask` runs; 4 projected + 6 label tokens per ECG, frozen
-  encoder): a training step of the stage that made it (LoRA, projector, label-token confidences), and answers
+- the shipped default checkpoint (what `ecgllm ask` runs: projected, label and named-label tokens per ECG,
+  frozen encoder): a training step of the stage that made it (LoRA, projector, label-token confidences), and answers
   that stop at the end-of-turn token, as in use -> the top-level keys;
 - a freshly built model with 16 projected tokens per ECG and a trained encoder, forced to 8 new tokens (the
   length-controlled measure of earlier runs) -> "fixed_8_tokens".

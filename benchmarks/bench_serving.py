@@ -102,6 +102,17 @@ def one_at_a_time(url: str, n: int) -> dict:
             "target_end_to_end_median_s": 0.5}
 
 
+def child_pids(pid: int) -> list[int]:
+    """The server's child processes (its measuring process)."""
+    out: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            out += [int(c) for c in children.read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
 def peak_rss_mib(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -150,6 +161,7 @@ def main() -> None:
         results = asyncio.run(burst(url, args.requests, args.concurrency, args.timeout, args.invalid_every))
         wall = time.perf_counter() - started
         rss = peak_rss_mib(server.pid)
+        children_rss = [peak_rss_mib(child) for child in child_pids(server.pid)]
         batches = httpx.get(url + "/v1/health", timeout=10).json()["recent_batches"]  # sizes the server formed
     finally:
         server.terminate()
@@ -172,7 +184,9 @@ def main() -> None:
         "served_vs_ask_batch": round(served_rate / batch_rate, 3), "server_batches": batches,
         "serve_threads": args.threads or "PyTorch default",
         "targets": {"turned_away_share": "<= 0.10", "served_vs_ask_batch": ">= 0.70", "errors": 0},
-        "one_at_a_time": single, "server_peak_rss_mib": rss, "wall_s": round(wall, 1), "checkpoint": str(checkpoint),
+        "one_at_a_time": single, "server_peak_rss_mib": rss,
+        "measuring_process_peak_rss_mib": [r for r in children_rss if r is not None],
+        "wall_s": round(wall, 1), "checkpoint": str(checkpoint),
         "command": "python benchmarks/bench_serving.py " + " ".join(sys.argv[1:]), "environment": environment()})
 
 

@@ -3,7 +3,7 @@ their own ECG and with another patient's ECG (`ecgllm eval ecgqa --probe none|ra
 picks one, stated before the scores are read.
 
 Rule: among the candidates whose EM with their own ECG is within 0.03 of the best, the one that loses most when
-given another patient's ECG (the issue's reliance target); ties go to the earlier candidate (the one shipped).
+given another patient's ECG (the issue's reliance target); ties go to the earlier candidate (list the default of the time first).
 
     ecgllm data generate ecgqa --ptbxl shared/data/ptbxl --ecgqa shared/data/ecgqa/ecgqa --split valid --n 300 \\
         --seed 21 --template-ids TEMPLATES --out monitor/valid_gen.json
@@ -67,15 +67,21 @@ def per_template(run: Path) -> dict[str, dict]:
     return out
 
 
+def correct_answers(run: Path) -> int:
+    return int(pd.read_csv(run / "per_sample.csv")["correct"].astype(bool).sum())
+
+
 def score(monitor: Path, name: str) -> dict:
     real, other = monitor / f"{name}-none", monitor / f"{name}-random-ecg"
     real_metrics = json.loads((real / "metrics.json").read_text())
     other_metrics = json.loads((other / "metrics.json").read_text())
+    # from counts, not from the rounded EMs: two candidates that lose as many answers tie exactly
+    drop = (correct_answers(real) - correct_answers(other)) / real_metrics["n"]
     report = (real / "report.md").read_text()
     model = next((line.split("`")[1] for line in report.splitlines() if line.startswith("| model |")), None)
     return {"name": name, "model": "/".join(Path(model).parts[-2:]) if model else None, "n": real_metrics["n"],
             "em": real_metrics["overall_em"], "em_random_ecg": other_metrics["overall_em"],
-            "drop_random_ecg": round(real_metrics["overall_em"] - other_metrics["overall_em"], 4),
+            "drop_random_ecg": round(drop, 4),
             "single_verify": verify_balance(real),
             "single_verify_large": verify_balance(monitor / f"{name}-verify")
             if (monitor / f"{name}-verify" / "per_sample.csv").exists() else None,

@@ -58,3 +58,26 @@ def test_batches_never_exceed_their_size(max_batch):
     batcher = AnswerBatcher(stub, max_batch=max_batch, wait_s=0.05)
     answers = run(batcher, [(["ecg"], q, 4, later) for q in "abcde"])
     assert answers == [f"{q}:4:1" for q in "abcde"] and max(batcher.batches) <= max_batch
+
+
+def test_the_measuring_process_keeps_the_order_of_mixed_records_and_a_failure_costs_only_the_measurement():
+    import asyncio
+
+    import numpy as np
+
+    from ecgllm.io.image import ECGImage
+    from ecgllm.io.record import ECG
+    from ecgllm.serving.measuring import measure_elsewhere, measurement_summary
+
+    t = np.arange(1000) / 100.0
+    beats = np.exp(-((t % 0.8 - 0.4) ** 2) / 2e-4)[None].repeat(12, 0)
+    ecg = ECG(beats, 100.0, ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"], {})
+    from PIL import Image
+
+    picture = ECGImage(Image.new("RGB", (60, 40), "white"))
+    out = asyncio.run(measure_elsewhere([picture, ecg, picture]))
+    assert out[0] == out[2] == measurement_summary(picture)
+    assert out[1] == measurement_summary(ecg) and "heart_rate" in out[1]
+    unsendable = ECG(beats, 100.0, ecg.leads, {"reader": lambda: None})  # cannot be pickled to the process
+    failed = asyncio.run(measure_elsewhere([unsendable, picture]))
+    assert failed[0]["error"].startswith("measurement failed") and failed[1] == measurement_summary(picture)

@@ -205,13 +205,13 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
                        measure: bool = False) -> tuple[Any, str, list[dict], dict]:
         """An admitted request's upload is read and ``prepare(files, body)`` runs in a thread, giving
         ``(records, question, extra)``; the question then joins a batch while, with ``measure``, the records are
-        measured beside it (NumPy on one core while PyTorch generates). Returns ``(extra, answer text,
+        measured beside it, in the measuring process, by the request's deadline. Returns ``(extra, answer text,
         measurements, timing)``."""
         from ecgllm.serving.measuring import measure_elsewhere
 
-        async def measured(records: list) -> tuple[list[dict], float]:
+        async def measured(records: list, deadline: float) -> tuple[list[dict], float]:
             t0 = time.perf_counter()  # in a process of its own: no interpreter lock shared with generation
-            return await measure_elsewhere(records), time.perf_counter() - t0
+            return await measure_elsewhere(records, max(deadline - time.monotonic(), 0.0)), time.perf_counter() - t0
 
         async def run(deadline: float):
             files, body = await read_upload(request) if request is not None else ([], {})
@@ -221,7 +221,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
             prepared = time.perf_counter()
             answering = batcher.answer(records, question, max_new_tokens, deadline)
             if measure:
-                text, (measurements, measure_s) = await asyncio.gather(answering, measured(records))
+                text, (measurements, measure_s) = await asyncio.gather(answering, measured(records, deadline))
             else:
                 text, measurements, measure_s = await answering, [], 0.0
             done = time.perf_counter()
