@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from ecgllm import __version__
-from ecgllm.models.encoders import build_encoder
 from ecgllm.io.leads import STANDARD_12
+from ecgllm.models.encoders import build_encoder
 from ecgllm.models.label_tokens import LabelTokens
 from ecgllm.models.processor import EcgProcessor, ImageNotSupportedError, ProcessorConfig
 from ecgllm.models.projector import build_projector
