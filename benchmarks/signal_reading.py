@@ -47,7 +47,6 @@ def main() -> None:
     from ecgllm.datasets.ecgqa_attributes import noise_leads_table
     from ecgllm.datasets.ptbxl import PTBXL
     from ecgllm.datasets.split_policy import seen_by_checkpoint
-    from ecgllm.io.record import ECG
     from ecgllm.models.ecg_lm import EcgLanguageModel
     from ecgllm.models.signal_quality import QUALITY_KINDS
 
@@ -63,8 +62,7 @@ def main() -> None:
     with torch.no_grad():
         for start in tqdm(range(0, len(ids), 64), desc="reading ECGs", unit="batch"):
             batch = ids[start:start + 64]
-            ecgs = [ECG(s, cache.meta["fs"], list(cache.meta["leads"]), {}) for s in cache.batch(batch)]
-            signal, mask = processor.prepare_ecgs(ecgs)
+            signal, mask = processor.prepare_ecgs(cache.ecgs(batch))
             pooled = model.encoder.pool(model.encoder(signal, mask))
             probabilities.append(torch.sigmoid(model.label_tokens.head(pooled)).numpy())
             if model.label_tokens.quality is not None:

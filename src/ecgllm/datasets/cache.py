@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ecgllm.io.record import ECG
 from ecgllm.signal.prepare import PrepConfig
 
 CHUNK = 256
@@ -147,6 +148,11 @@ class ECGCache:
         out = np.empty((len(rows),) + self.signals.shape[1:], dtype=np.float32)
         out[order] = self.signals[rows[order]]
         return out
+
+    def ecgs(self, ecg_ids) -> list[ECG]:
+        """The given records as `ECG` objects (cache rate and leads, mV), in the order asked."""
+        fs, leads = self.meta["fs"], list(self.meta["leads"])
+        return [ECG(signal, fs, leads, {}) for signal in self.batch(ecg_ids)]
 
     def load_all(self) -> np.ndarray:
         return np.asarray(self.signals, dtype=np.float32)

@@ -300,12 +300,9 @@ def build_attributes(ptbxl, measurements: pd.DataFrame | None = None,
         extra_leads: frozenset[str] | None = None
         dirty: set[str] = set()
         if official[row_index]:
-            noise = {}
-            for column, name in NOISE_COLUMNS.items():
-                leads = parse_lead_spec(row.get(column))
-                if leads is not None:
-                    noise[name] = leads
-                    dirty |= leads
+            noise = record_noise(row)
+            for leads in noise.values():
+                dirty |= leads
             stages = parse_stages(row.get("infarction_stadium1"), row.get("infarction_stadium2"), fix_stage_typo)
             extra, extra_leads = parse_extra_beats(row.get("extra_beats"))
             if extra and extra_leads:
@@ -351,16 +348,25 @@ def statement_names(statements: pd.DataFrame) -> dict[str, str]:
     return names
 
 
+def record_noise(row) -> dict[str, frozenset[str]]:
+    """The noises a PTB-XL row's noise columns name, each with its leads, read as ECG-QA reads them
+    (`parse_lead_spec`: a column naming no lead is no noise). Only meaningful for rows with official metadata."""
+    noise = {}
+    for column, name in NOISE_COLUMNS.items():
+        leads = parse_lead_spec(row.get(column))
+        if leads is not None:
+            noise[name] = leads
+    return noise
+
+
 def noise_leads_table(table: pd.DataFrame, ecg_ids, leads: list[str]) -> np.ndarray:
-    """[E, leads, 4] booleans: which leads each PTB-XL noise column names (`NOISE_COLUMNS` order), read as
-    ECG-QA reads them (`parse_lead_spec`; a column naming no lead is no noise). ``table`` is `PTBXL.table`;
-    records without official metadata have unknown noise and must be left out by the caller."""
+    """[E, leads, 4] booleans: which leads each noise of `record_noise` covers (`NOISE_COLUMNS` order). ``table``
+    is `PTBXL.table`; records without official metadata have unknown noise and must be left out by the caller."""
     out = np.zeros((len(ecg_ids), len(leads), len(NOISE_COLUMNS)), dtype=bool)
     position = {lead: i for i, lead in enumerate(leads)}
+    kinds = {name: k for k, name in enumerate(NOISE_COLUMNS.values())}
     for row, ecg_id in enumerate(ecg_ids):
-        record = table.loc[int(ecg_id)]
-        for kind, column in enumerate(NOISE_COLUMNS):
-            for lead in parse_lead_spec(record.get(column)) or ():
-                if lead in position:
-                    out[row, position[lead], kind] = True
+        for name, named_leads in record_noise(table.loc[int(ecg_id)]).items():
+            for lead in named_leads & position.keys():
+                out[row, position[lead], kinds[name]] = True
     return out

@@ -59,10 +59,7 @@ class ConversationDataset(Dataset):
     def __getitem__(self, i: int):
         row = self.rows[i]
         ids = [int(e["record_id"]) for e in row["ecgs"]]
-        signals = self.cache.batch(ids)
-        meta = self.cache.meta
-        ecgs = [_as_rendered(ECG(s, meta["fs"], list(meta["leads"]), {}), ref.get("render"))
-                for s, ref in zip(signals, row["ecgs"])]
+        ecgs = [_as_rendered(ecg, ref.get("render")) for ecg, ref in zip(self.cache.ecgs(ids), row["ecgs"])]
         turns = [{"role": t["role"], "content": t["content"]} for t in row["turns"]]
         meta = row.get("meta", {})
         strata = [STRATUM_INDEX.get(s, STRATUM_INDEX["no diagnostic label"]) for s in meta.get("strata", [])]

@@ -14,7 +14,6 @@ from sklearn.linear_model import LogisticRegression
 
 from ecgllm.datasets.ecgqa_attributes import noise_leads_table
 from ecgllm.datasets.ptbxl import PTBXL
-from ecgllm.io.record import ECG
 from ecgllm.models.signal_quality import QUALITY_KINDS, SignalQuality, lead_design, quality_features, record_design
 
 CHUNK = 512  # ECGs featurised (and read from the cache) at once
@@ -25,9 +24,10 @@ def featurize(signals: np.ndarray, lead_masks: np.ndarray, fs: float) -> tuple[n
     per_lead, per_record = [], []
     for start in range(0, len(signals), CHUNK):
         signal = torch.from_numpy(np.asarray(signals[start:start + CHUNK], dtype=np.float32))
+        mask = torch.from_numpy(lead_masks[start:start + CHUNK])
         features = quality_features(signal, fs)
-        per_lead.append(lead_design(features, torch.from_numpy(lead_masks[start:start + CHUNK])).numpy())
-        per_record.append(record_design(features, torch.from_numpy(lead_masks[start:start + CHUNK])).numpy())
+        per_lead.append(lead_design(features, mask).numpy())
+        per_record.append(record_design(features, mask).numpy())
     return np.concatenate(per_lead), np.concatenate(per_record)
 
 
@@ -84,11 +84,8 @@ def fit_for_stage(quality: SignalQuality, ecg_ids: set[int], cache, processor, p
         raise ValueError(f"signal_quality: none of the {len(ecg_ids)} training records has PTB-XL's noise columns "
                          f"in {ptbxl_dir}")
     signals, masks = [], []
-    meta = cache.meta
     for start in range(0, len(known), CHUNK):
-        ids = known[start:start + CHUNK]
-        raw = cache.batch(ids)
-        signal, mask = processor.prepare_ecgs([ECG(s, meta["fs"], list(meta["leads"]), {}) for s in raw])
+        signal, mask = processor.prepare_ecgs(cache.ecgs(known[start:start + CHUNK]))
         signals.append(signal.numpy())
         masks.append(mask.numpy())
     noise = noise_leads_table(table, known, quality.leads)
