@@ -129,3 +129,18 @@ def test_a_batch_of_prompts_of_different_lengths_answers_as_each_alone(assistant
     assert [t for t, _ in together] == [t for t, _ in alone]
     for (_, a), (_, b) in zip(together, alone):
         assert (a is None and b is None) or abs(a - b) < 1e-3
+
+
+def test_two_first_runs_at_once_both_get_the_embedded_model(tmp_path):
+    """Two processes converting the embedded SmolLM2 into the same empty cache (two training runs started
+    together): each writes its own copy, one lands, both succeed and nothing half-written stays."""
+    target = tmp_path / "llm" / "smollm2-135m-instruct"
+    code = "import sys; from pathlib import Path; from ecgllm.models.llm import convert_default_llm; " \
+           "print(convert_default_llm(Path(sys.argv[1])))"
+    runs = [subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert all(out.strip() == str(target) for out, _ in outputs)
+    assert (target / "config.json").exists() and list(target.glob("*.safetensors"))
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]

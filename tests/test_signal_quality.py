@@ -197,7 +197,7 @@ def test_a_stage_fits_the_heads_on_its_own_records_and_needs_the_metadata(tmp_pa
         "data": {"train": str(workspace / "train.jsonl"), "ecg_cache": str(workspace / "cache")},
         "model": {"llm": str(workspace / "tiny-llm"), "encoder_kwargs": kwargs, "encoder_init": str(tmp_path / "enc"),
                   "encoder_policy": "frozen", "label_tokens": 1, "named_label_tokens": 2, "signal_quality": True,
-                  "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj"]}},
+                  "balanced_named_labels": True, "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj"]}},
         "prep": {"fs": 100.0, "normalize": "center", "window_s": 10.0},
         "optim": {"lr": 0.001, "batch_size": 4, "max_steps": 1}, "seed": 0, "save_every": 1, "log_every": 1,
     }
@@ -212,7 +212,9 @@ def test_a_stage_fits_the_heads_on_its_own_records_and_needs_the_metadata(tmp_pa
     trained = {int(e["record_id"]) for line in (workspace / "train.jsonl").read_text().splitlines() if line.strip()
                for e in json.loads(line)["ecgs"]}
     assert f"noise heads fitted on {len(trained)} training records" in done.stdout  # the stage's records, no other
+    assert f"from {len(trained)} training records" in done.stdout  # the named-label priors: the same records
     model, _ = EcgLanguageModel.from_pretrained(tmp_path / "run" / "final")
     quality = model.label_tokens.quality
     assert quality.fitted and float(quality.fs) == 100.0
+    assert model.label_tokens.priors_fitted and int(model.label_tokens.named_prior_records) == len(trained)
     assert model.label_tokens.quality_name_embeddings.norm(dim=-1).min() > 0

@@ -57,6 +57,7 @@ class EcgLMConfig:
     label_tokens: int = 0                        # > 0: that many label tokens per ECG (needs encoder_init's head)
     named_label_tokens: int = 0                  # > 0: slots for the labels the question names (needs label_tokens)
     signal_quality: bool = False                 # noise heads on the signal; noise names fill the named slots too
+    balanced_named_labels: bool = False          # named slots read p shifted to equal priors (LabelTokens.fit_priors)
     image_encoder_init: str | None = None        # a distilled image encoder run: the model also reads ECG images
     lora: dict = field(default_factory=lambda: {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
                                                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]})
@@ -70,6 +71,8 @@ class EcgLMConfig:
             raise ValueError("named_label_tokens needs label_tokens (the classifier head they read)")
         if self.signal_quality and not self.named_label_tokens:
             raise ValueError("signal_quality needs named_label_tokens (its noise probabilities fill those slots)")
+        if self.balanced_named_labels and not self.named_label_tokens:
+            raise ValueError("balanced_named_labels needs named_label_tokens (it shifts their probabilities)")
 
 
 class EcgTokenCountError(ValueError):

@@ -26,6 +26,14 @@ Noise names ("baseline drift", "static noise in lead V3", "any kind of noises") 
 model has signal-quality heads (`ecgllm.models.signal_quality`): their probability comes from those heads, read
 from the signal itself, and their token is built the same way. A picture of a printout has no signal to read:
 its noise slots stay blank.
+
+Balanced named probabilities (`fit_priors`, recipe key ``model.balanced_named_labels``): each named label's
+probability is shifted to what it would be if the label were as common as its absence, p' = sigmoid(logit p −
+logit π), with π the label's share of the training records. For a calibrated p, answering "yes" when p > π is the
+rule with the best balanced accuracy; after the shift that threshold is 0.5 for every label, so the LLM learns one
+reading instead of one threshold per statement. Without it a rare statement or a noise in one lead keeps a small
+probability even when present (on ECG-QA valid the noise heads ranked "static noise in lead V3"-style questions with
+AUC 0.91 while the model answered them at balanced accuracy 0.55).
 """
 
 from __future__ import annotations
@@ -69,6 +77,11 @@ class LabelTokens(nn.Module):
         self.quality = quality
         if quality is not None:
             self.register_buffer("quality_name_embeddings", torch.zeros(quality.n_entries, hidden))
+        if named:
+            # logit of each named entry's training prevalence (see `fit_priors`); 0 records: not fitted, no shift
+            entries = n_labels + (quality.n_entries if quality is not None else 0)
+            self.register_buffer("named_prior_logit", torch.zeros(entries))
+            self.register_buffer("named_prior_records", torch.zeros(()))
 
     @property
     def n_tokens(self) -> int:
@@ -81,6 +94,23 @@ class LabelTokens(nn.Module):
         if unexpected or set(missing) - new:
             raise ValueError(f"label tokens do not fit this model: missing {sorted(set(missing) - new)}, "
                              f"unexpected {sorted(unexpected)}")
+
+    @property
+    def priors_fitted(self) -> bool:
+        return bool(self.named) and float(self.named_prior_records) > 0
+
+    @torch.no_grad()
+    def fit_priors(self, prevalence: torch.Tensor, records: int) -> None:
+        """Balance the named probabilities by each entry's share ``prevalence`` [named entries] of ``records``
+        training records (smoothed away from 0 and 1 by the caller)."""
+        if not self.named:
+            raise ValueError("balanced named labels need named_label_tokens")
+        if prevalence.shape != self.named_prior_logit.shape:
+            raise ValueError(f"{prevalence.shape[0]} prevalences for {self.named_prior_logit.shape[0]} named entries")
+        if records <= 0 or not bool(((prevalence > 0) & (prevalence < 1)).all()):
+            raise ValueError("prevalences must lie strictly between 0 and 1, from at least one record")
+        self.named_prior_logit.copy_(torch.logit(prevalence.double()).to(self.named_prior_logit.dtype))
+        self.named_prior_records.fill_(records)
 
     def named_vocabulary(self, label_names: list[str]) -> list[str]:
         """Every name a named slot can hold, in index order: the classifier's labels, then the noise entries."""
@@ -127,6 +157,10 @@ class LabelTokens(nn.Module):
         if int(named.max()) >= probabilities.shape[1]:
             raise ValueError(f"a named-label index {int(named.max())} is beyond this model's {probabilities.shape[1]} "
                              f"named labels (the processor's vocabulary does not fit the model)")
+        if self.priors_fitted:  # NaN (no signal) stays NaN
+            eps = 1e-6
+            shifted = torch.logit(probabilities.float().clamp(eps, 1 - eps)) - self.named_prior_logit.float()
+            probabilities = torch.sigmoid(shifted).to(probabilities.dtype)
         index = named.clamp(min=0)
         probability = probabilities.gather(1, index)
         filled = (named >= 0) & ~probability.isnan()

@@ -11,6 +11,7 @@ import importlib.util
 import os
 import shutil
 import sys
+import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -107,12 +108,20 @@ def convert_default_llm(target: Path | None = None) -> Path:
         model.load_state_dict(quantized.state_dict())
         bar.update()
         bar.set_description("writing safetensors")
-        tmp = target.with_name(target.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        # A folder of this process's own, renamed into place: two first runs at once (two training runs
+        # started together) each write their own copy, and the second rename finds the first one's and keeps it.
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(target)
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            try:
+                tmp.rename(target)
+            except OSError:
+                if not (target / "config.json").exists():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         bar.update()
     return target
 

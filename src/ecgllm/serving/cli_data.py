@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ecgllm.errors import InputError
 from ecgllm.serving.exit_codes import EXIT_INPUT, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE
 
 
@@ -201,6 +202,20 @@ def cmd_debias(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_balance(args: argparse.Namespace) -> int:
+    from ecgllm.datasets.answer_balance import balance_file
+
+    try:
+        summary = balance_file(args.conversations, args.out, args.seed, args.max_repeats)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{exc}. Give a conversation JSONL (ecgllm data generate/convert writes one).") from None
+    added = sum(s["added"] for s in summary.values())
+    for template, s in summary.items():
+        print(f"template {template:>2}: yes {s['yes']:>5}, no {s['no']:>5}, repeated {s['added']:>5}")
+    print(f"wrote {args.out} ({added} repeated conversations added over {len(summary)} verify templates)")
+    return EXIT_OK
+
+
 def _write(conversations, out: Path, fmt: str) -> None:
     import json
 
@@ -356,3 +371,20 @@ def add_data_commands(sub: argparse._SubParsersAction, formatter: type, exit_hel
     p.add_argument("--ptbxl", required=True, help="folder with ptbxl_database.csv or ptbxl_labels.csv")
     p.add_argument("-o", "--out", required=True, help="annotated JSONL")
     p.set_defaults(func=cmd_debias)
+
+    p = data_sub.add_parser(
+        "balance", formatter_class=formatter, help="equal yes and no answers for every verify template",
+        description="Repeat the rarer answer of each yes/no verify template (ECG-QA meta.template_id) until yes "
+                    "and no are equally common (each conversation at most --max-repeats more times), so that a "
+                    "question's wording says nothing about its answer. Nothing is dropped; other conversations are kept as they are.",
+        epilog=f"""examples:
+  ecgllm data balance train_mix.jsonl -o train_balanced.jsonl
+
+{exit_help}""")
+    p.add_argument("conversations", help="conversation JSONL")
+    p.add_argument("-o", "--out", required=True, help="balanced JSONL")
+    p.add_argument("--seed", type=int, default=0, help="which copies are repeated (default 0)")
+    p.add_argument("--max-repeats", type=int, default=3,
+                   help="copies added per conversation at most (default 3): a template whose rarer answer has "
+                        "too few conversations stays partly unbalanced rather than learned by heart")
+    p.set_defaults(func=cmd_balance)

@@ -48,8 +48,8 @@ def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None, fit_qualit
                        announce: bool = True):
     """The stage's training data (refusing records of ECG-QA valid/test patients) and its model at the start
     of training: built from the recipe, with the weights of ``init_from`` when it names an earlier stage.
-    ``fit_quality``: fit signal-quality heads that ``init_from`` did not bring (False where a checkpoint of this
-    run will replace the weights: resuming, exporting)."""
+    ``fit_quality``: fit the signal-quality heads and named-label priors that ``init_from`` did not bring (False
+    where a checkpoint of this run will replace the weights: resuming, exporting)."""
     from ecgllm.datasets.cache import ECGCache
     from ecgllm.datasets.split_policy import inherited_stages
     from ecgllm.models.ecg_lm import EcgLanguageModel
@@ -92,6 +92,16 @@ def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None, fit_qualit
         if announce:
             print(summary, flush=True)
         model.label_tokens.set_quality_names(processor.tokenizer, model.llm.get_input_embeddings())
+    if config.model.balanced_named_labels and not model.label_tokens.priors_fitted and fit_quality:
+        from ecgllm.training.label_priors import fit_for_stage as fit_priors_for_stage
+
+        if config.data.ptbxl is None:
+            raise RecipeError("model.balanced_named_labels counts each label's share of the training records in "
+                              "PTB-XL's labels: set data.ptbxl to the PTB-XL folder (ptbxl_database.csv)")
+        codes = model.label_vocab.get("all71", []) + model.label_vocab.get("superclass", [])
+        summary = fit_priors_for_stage(model.label_tokens, codes, dataset.ptbxl_record_ids(), config.data.ptbxl)
+        if announce:
+            print(summary, flush=True)
     return dataset, model, processor
 
 

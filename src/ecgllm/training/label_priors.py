@@ -1,0 +1,58 @@
+"""Fit the balanced named-label probabilities (`LabelTokens.fit_priors`): each named entry's share of a stage's
+training records.
+
+The classifier's statements and superclasses are counted from PTB-XL's labels, the noise entries from PTB-XL's
+noise columns read as ECG-QA reads them (`noise_leads_table`), on the records the stage trains on (the split policy
+has already refused any ECG-QA valid/test patient among them). Counts are smoothed by half a record so that a label
+no training record shows still has a finite logit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ecgllm.datasets.ecgqa_attributes import noise_leads_table
+from ecgllm.datasets.ptbxl import PTBXL
+from ecgllm.models.label_tokens import LabelTokens
+
+
+def _smoothed(positives: np.ndarray, total: int) -> np.ndarray:
+    return (positives + 0.5) / (total + 1.0)
+
+
+def named_prevalence(label_tokens: LabelTokens, label_codes: list[str], ecg_ids: set[int],
+                     ptbxl: PTBXL) -> tuple[torch.Tensor, int]:
+    """Prevalence [named entries] in `LabelTokens.named_vocabulary` order, and how many records it counts."""
+    table = ptbxl.table
+    ids = np.array(sorted(i for i in ecg_ids if i in table.index))
+    if len(ids) == 0:
+        raise ValueError(f"balanced named labels: none of the {len(ecg_ids)} training records is in PTB-XL")
+    columns: dict[str, np.ndarray] = {}
+    for kind in ("all", "superclass"):
+        _, classes, y = ptbxl.label_matrix(kind, ids)
+        columns |= {code: y[:, j] for j, code in enumerate(classes)}
+    unknown = [code for code in label_codes if code not in columns]
+    if unknown:
+        raise ValueError(f"balanced named labels: the classifier's labels {unknown} are not PTB-XL statements")
+    prevalence = [_smoothed(np.array([columns[code].sum() for code in label_codes], dtype=float), len(ids))]
+    quality = label_tokens.quality
+    if quality is not None:
+        known = [int(i) for i in ids if bool(table.at[i, "has_official_metadata"])]
+        if not known:
+            raise ValueError("balanced named labels: no training record has PTB-XL's noise columns")
+        noise = noise_leads_table(table, known, quality.leads)                          # [E, leads, 4]
+        per_lead = np.concatenate([noise, noise.any(-1, keepdims=True)], axis=-1)       # [E, leads, kinds]
+        per_record = per_lead.any(1)                                                     # [E, kinds]
+        counts = np.concatenate([np.concatenate([per_record[:, k].sum(0, keepdims=True), per_lead[:, :, k].sum(0)])
+                                 for k in range(per_lead.shape[-1])])  # entry order: kind, then kind in each lead
+        prevalence.append(_smoothed(counts.astype(float), len(known)))
+    return torch.as_tensor(np.concatenate(prevalence), dtype=torch.float64), len(ids)
+
+
+def fit_for_stage(label_tokens: LabelTokens, label_codes: list[str], ecg_ids: set[int], ptbxl_dir: str) -> str:
+    """Fit the priors on a stage's training records; a one-line summary for the run's output."""
+    prevalence, records = named_prevalence(label_tokens, label_codes, ecg_ids, PTBXL.load(ptbxl_dir))
+    label_tokens.fit_priors(prevalence, records)
+    return (f"balanced named labels: prevalences of {len(prevalence)} named entries from {records} training records "
+            f"(median {float(prevalence.median()):.3f}, smallest {float(prevalence.min()):.4f})")
