@@ -113,6 +113,13 @@ def test_the_fitted_numbers_stay_fp32_when_the_model_is_cast(fitted):
     assert torch.equal(cast.lead_scale, fitted.lead_scale)
 
 
+def test_heads_refuse_signals_prepared_at_another_rate(fitted):
+    fitted.check_rate(FS, "here")
+    with pytest.raises(ValueError, match="here: the noise heads were fitted on 100 Hz signals, but 500 Hz"):
+        fitted.check_rate(500.0, "here")
+    SignalQuality(STANDARD_12).check_rate(500.0, "unfitted heads have no rate yet")
+
+
 def test_an_unfitted_head_refuses_to_answer():
     with pytest.raises(RuntimeError, match="not fitted"):
         SignalQuality(STANDARD_12)(torch.zeros(1, 12, 1000), torch.ones(1, 12, dtype=torch.bool))

@@ -590,9 +590,8 @@ class EcgLanguageModel(nn.Module):
             if quality is not None and not quality.fitted:
                 raise ValueError(f"{directory}: config.json asks for signal_quality but label_tokens.safetensors "
                                  f"holds no fitted noise heads (the folder is incomplete)")
-            if quality is not None and float(quality.fs) != processor.prep.fs:
-                raise ValueError(f"{directory}: the noise heads read {float(quality.fs):g} Hz signals but the "
-                                 f"processor prepares {processor.prep.fs:g} Hz (the folder is inconsistent)")
+            if quality is not None:
+                quality.check_rate(processor.prep.fs, f"{directory} (an inconsistent folder)")
         if (directory / "image_encoder.safetensors").exists():
             model.attach_image_encoder(directory, processor)
         if (directory / "labels.json").exists():

@@ -107,6 +107,12 @@ class SignalQuality(nn.Module):
     def n_entries(self) -> int:
         return len(QUALITY_KINDS) * (1 + len(self.leads))
 
+    def check_rate(self, fs: float, where: str) -> None:
+        """Refuse signals prepared at another rate than the heads were fitted on (their bands are in Hz)."""
+        if self.fitted and float(self.fs) != fs:
+            raise ValueError(f"{where}: the noise heads were fitted on {float(self.fs):g} Hz signals, but "
+                             f"{fs:g} Hz signals are prepared for them")
+
     def entry_names(self) -> list[str]:
         """What each output answers, in the words ECG-QA asks it: "static noise", "static noise in lead V1", ..."""
         return [name for kind in QUALITY_KINDS for name in [kind] + [f"{kind} in lead {lead}" for lead in self.leads]]

@@ -79,9 +79,11 @@ def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None, fit_qualit
     if config.init_from:
         model.load_weights_from(config.init_from, processor)
     quality = model.label_tokens.quality if model.label_tokens is not None else None
-    if quality is not None and quality.fitted and float(quality.fs) != processor.prep.fs:
-        raise RecipeError(f"model.signal_quality: the noise heads from {config.init_from} read {float(quality.fs):g} Hz "
-                          f"signals, but this recipe prepares {processor.prep.fs:g} Hz")
+    if quality is not None:
+        try:
+            quality.check_rate(processor.prep.fs, f"model.signal_quality from {config.init_from} (this recipe's prep.fs)")
+        except ValueError as exc:
+            raise RecipeError(str(exc)) from None
     if quality is not None and not quality.fitted and fit_quality:  # once, on this stage's own training records
         from ecgllm.training.signal_quality import fit_for_stage
 
