@@ -95,9 +95,9 @@ def choose(candidates: list[dict]) -> str:
     return max(eligible, key=lambda c: (c["drop_random_ecg"], -candidates.index(c)))["name"]
 
 
-def render(result: dict) -> str:
+def render(result: dict, name: str = "ecgqa_selection") -> str:
     lines = ["# Model selection on ECG-QA valid", "",
-             f"Written by `benchmarks/ecgqa_selection.py` from `benchmarks/results/ecgqa_selection.json`. "
+             f"Written by `benchmarks/ecgqa_selection.py` from `benchmarks/results/{name}.json`. "
              f"{result['split']}.", "", f"Rule: {result['rule']}", "",
              "| candidate | checkpoint | EM, own ECG | EM, another patient's ECG | drop | single-verify balanced acc "
              "(sens / spec, n) | larger single-verify set (sens / spec, n) |", "|---|---|---|---|---|---|---|"]
@@ -135,6 +135,9 @@ def main() -> None:
     parser.add_argument("--monitor", type=Path, required=True, help="folder of NAME-none / NAME-random-ecg runs")
     parser.add_argument("--candidates", nargs="+", required=True, help="names, the shipped checkpoint first")
     parser.add_argument("--note", default="", help="what the candidates are (recipes, steps)")
+    parser.add_argument("--name", default="ecgqa_selection",
+                        help="results name: benchmarks/results/NAME.json and docs/results/NAME.md (default "
+                             "ecgqa_selection, the page that chose the shipped checkpoint)")
     args = parser.parse_args()
     candidates = [score(args.monitor, name) for name in args.candidates]
     result = {"split": (f"{candidates[0]['n']} generated questions over ECG-QA valid ECGs (seed 21; no training "
@@ -143,10 +146,10 @@ def main() -> None:
                        f"whose EM drops most with another patient's ECG; ties go to the earlier candidate"),
               "note": args.note, "candidates": candidates, "chosen": choose(candidates),
               "environment": environment()}
-    write_result("ecgqa_selection.json", result)
-    page = ROOT / "docs/results/ecgqa_selection.md"
-    page.write_text(render(result) + (f"\n{args.note}\n" if args.note else ""))
-    print(render(result))
+    write_result(f"{args.name}.json", result)
+    page = ROOT / f"docs/results/{args.name}.md"
+    page.write_text(render(result, args.name) + (f"\n{args.note}\n" if args.note else ""))
+    print(render(result, args.name))
 
 
 if __name__ == "__main__":

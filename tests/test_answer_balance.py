@@ -10,9 +10,10 @@ from collections import Counter
 from ecgllm.datasets.answer_balance import balance_verify_answers
 
 
-def conversation(template: int, answer: str, qtype: str = "single-verify", i: int = 0) -> dict:
+def conversation(template: int, answer: str, qtype: str = "single-verify", i: int = 0, wording: str = "") -> dict:
     return {"id": f"{template}-{answer}-{i}", "ecgs": [{"record_id": i, "tag": ""}],
-            "turns": [{"role": "user", "content": f"question {template}"}, {"role": "assistant", "content": answer}],
+            "turns": [{"role": "user", "content": wording or f"question {template}"},
+                      {"role": "assistant", "content": answer}],
             "meta": {"template_id": template, "question_type": qtype}}
 
 
@@ -34,10 +35,25 @@ def test_the_rarer_answer_is_repeated_until_both_are_equal_and_nothing_is_droppe
     assert counts[(8, "sinus rhythm")] == 5 and counts[(1, "not sure")] == 1  # other questions, other answers
     assert counts[(1, "yes")] == 1 and counts[(65, "no")] == 4                  # one answer only: unchanged
     assert summary[26] == {"yes": 4, "no": 9, "added": 5}
-    repeated = Counter(r["id"] for r in balanced[len(rows):])
+    repeated = Counter(r["id"].split("-repeat-")[0] for r in balanced[len(rows):])
     assert max(repeated.values()) - min(repeated.values()) <= 1  # spread over the rare conversations
+    assert len({r["id"] for r in balanced}) == len(balanced)  # copies get ids of their own (resumable runs)
     balanced[-1]["turns"][0]["content"] = "edited"
     assert all(r["turns"][0]["content"] != "edited" for r in rows)  # copies, not the same objects
+
+
+def test_each_wording_is_balanced_on_its_own():
+    static = "Does this ECG show static noise in lead V3?"
+    electrodes = "Does this ECG show electrodes problems in lead V3?"
+    rows = ([conversation(26, "yes", i=i, wording=static) for i in range(3)]
+            + [conversation(26, "no", i=i, wording=static) for i in range(3)]
+            + [conversation(26, "no", i=i, wording=electrodes) for i in range(4)]
+            + [conversation(26, "yes", i=9, wording=electrodes)])
+    balanced, summary = balance_verify_answers(rows, seed=0)
+    by_wording = Counter((r["turns"][0]["content"], r["turns"][-1]["content"]) for r in balanced)
+    assert by_wording[(static, "yes")] == 3  # already balanced: a per-template count would have added to it
+    assert by_wording[(electrodes, "yes")] == by_wording[(electrodes, "no")] == 4
+    assert summary[26] == {"yes": 4, "no": 7, "added": 3}
 
 
 def test_repeats_are_capped_so_one_conversation_is_not_learned_by_heart():
@@ -64,3 +80,14 @@ def test_the_command_writes_the_balanced_file_and_says_what_it_did(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "ecgllm.serving.cli", "data", "balance", str(tmp_path / "bad.jsonl"),
                           "-o", str(out)], capture_output=True, text=True)
     assert bad.returncode == 3 and "line 2: not JSON" in bad.stderr and "internal error" not in bad.stderr
+    (tmp_path / "odd.jsonl").write_text(json.dumps({"meta": None, "turns": [{"role": "user"}]}) + "\n")
+    odd = subprocess.run([sys.executable, "-m", "ecgllm.serving.cli", "data", "balance", str(tmp_path / "odd.jsonl"),
+                          "-o", str(out)], capture_output=True, text=True)
+    assert odd.returncode == 0 and "0 repeated" in odd.stdout  # not a verify conversation: kept as it is
+    negative = subprocess.run([sys.executable, "-m", "ecgllm.serving.cli", "data", "balance", str(source), "-o",
+                               str(out), "--max-repeats", "-1"], capture_output=True, text=True)
+    assert negative.returncode == 2 and "--max-repeats" in negative.stderr
+    unwritable = subprocess.run([sys.executable, "-m", "ecgllm.serving.cli", "data", "balance", str(source), "-o",
+                                 str(tmp_path)], capture_output=True, text=True)  # a folder, not a file
+    assert unwritable.returncode == 4 and "cannot write" in unwritable.stderr
+    assert not list(tmp_path.glob("*.tmp"))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -32,7 +35,7 @@ def slot_probability(tokens: LabelTokens, pooled: torch.Tensor, named: list[int]
 
 def test_the_shift_puts_every_labels_prevalence_at_one_half():
     torch.manual_seed(0)
-    tokens = LabelTokens(in_dim=4, n_labels=3, hidden=HIDDEN, k=1, named=2)
+    tokens = LabelTokens(in_dim=4, n_labels=3, hidden=HIDDEN, k=1, named=2, balanced=True)
     pooled = torch.randn(1, 4)
     probabilities = torch.sigmoid(tokens.head(pooled))[0].detach()
     before = slot_probability(tokens, pooled, [0, 2])
@@ -47,19 +50,31 @@ def test_the_shift_puts_every_labels_prevalence_at_one_half():
     rare = slot_probability(tokens, pooled, [1, NOT_NAMED])[0]
     assert float(rare) > float(probabilities[1])      # a rare one less
     state = {k: v.clone() for k, v in tokens.state_dict().items()}
-    fresh = LabelTokens(in_dim=4, n_labels=3, hidden=HIDDEN, k=1, named=2)
+    fresh = LabelTokens(in_dim=4, n_labels=3, hidden=HIDDEN, k=1, named=2, balanced=True)
     fresh.load_state(state)
     assert fresh.priors_fitted and torch.equal(fresh.named_prior_logit, tokens.named_prior_logit)
     old = {k: v for k, v in state.items() if not k.startswith("named_prior")}  # a checkpoint from before priors
-    older = LabelTokens(in_dim=4, n_labels=3, hidden=HIDDEN, k=1, named=2)
+    older = LabelTokens(in_dim=4, n_labels=3, hidden=HIDDEN, k=1, named=2, balanced=True)
     older.load_state(old)
     assert not older.priors_fitted
+    plain = LabelTokens(in_dim=4, n_labels=3, hidden=HIDDEN, k=1, named=2)
+    assert not any(k.startswith("named_prior") for k in plain.state_dict())  # resumes of unbalanced runs unchanged
+    plain.load_state(old)
+    with pytest.raises(ValueError, match="unexpected"):
+        plain.load_state(state)  # a balanced checkpoint is not silently read unbalanced
+    plain.load_state(state | {"named_prior_records": torch.zeros((), dtype=torch.long)})  # priors never counted
+    bigger = LabelTokens(in_dim=4, n_labels=3, hidden=HIDDEN, k=1, named=2, quality=SignalQuality(STANDARD_12),
+                         balanced=True)
+    bigger.load_state(state)  # counted without noise entries: left to be refitted, not an error
+    assert not bigger.priors_fitted
+    cast = copy.deepcopy(tokens).to(torch.bfloat16)
+    assert cast.named_prior_logit.dtype == torch.float32 and int(cast.named_prior_records) == 50
 
 
 def test_a_blank_noise_slot_stays_blank_after_the_shift():
     torch.manual_seed(1)
     quality = SignalQuality(STANDARD_12)
-    tokens = LabelTokens(in_dim=4, n_labels=3, hidden=HIDDEN, k=1, named=2, quality=quality)
+    tokens = LabelTokens(in_dim=4, n_labels=3, hidden=HIDDEN, k=1, named=2, quality=quality, balanced=True)
     entries = 3 + quality.n_entries
     tokens.fit_priors(torch.full((entries,), 0.1, dtype=torch.float64), records=10)
     with torch.no_grad():
@@ -72,38 +87,76 @@ def test_a_blank_noise_slot_stays_blank_after_the_shift():
 
 
 def test_bad_prevalences_are_refused():
-    tokens = LabelTokens(in_dim=4, n_labels=3, hidden=HIDDEN, k=1, named=1)
+    tokens = LabelTokens(in_dim=4, n_labels=3, hidden=HIDDEN, k=1, named=1, balanced=True)
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         tokens.fit_priors(torch.tensor([0.0, 0.5, 0.5], dtype=torch.float64), records=4)
     with pytest.raises(ValueError, match="2 prevalences for 3 named entries"):
         tokens.fit_priors(torch.tensor([0.5, 0.5], dtype=torch.float64), records=4)
     with pytest.raises(ValueError, match="need named_label_tokens"):
-        LabelTokens(in_dim=4, n_labels=3, hidden=HIDDEN, k=1).fit_priors(torch.tensor([0.5] * 3), records=4)
+        LabelTokens(in_dim=4, n_labels=3, hidden=HIDDEN, k=1, balanced=True)
+    with pytest.raises(ValueError, match="not balanced"):
+        LabelTokens(in_dim=4, n_labels=3, hidden=HIDDEN, k=1, named=1).fit_priors(torch.tensor([0.5] * 3), records=4)
 
 
-def test_prevalences_are_counted_from_the_training_records_labels_and_noise_columns():
-    ptbxl = PTBXL.load(FIXTURES / "ptbxl_train")
-    table = ptbxl.table
-    ids = [int(i) for i in table.index[:40]]
+class FakePTBXL:
+    """A PTB-XL stand-in: labels from a dict, and noise columns where each (noise, lead) has its own count."""
+
+    def __init__(self, n: int, labels: dict[str, list[int]], superclasses: dict[str, list[int]]) -> None:
+        self.n, self.labels, self.superclasses = n, labels, superclasses
+        columns = {"baseline_drift": 0, "static_noise": 1, "burst_noise": 2, "electrodes_problems": 3}
+        rows = []
+        for record in range(n):
+            row = {"has_official_metadata": record != n - 1}  # the last record's noise is unknown
+            for column, k in columns.items():  # kind k in lead l on the first 1 + 12 k + l records
+                leads = [lead for l, lead in enumerate(STANDARD_12) if record < 1 + 12 * k + l]
+                row[column] = ",".join(leads).upper() if leads else None
+            rows.append(row)
+        self.table = pd.DataFrame(rows, index=pd.Index(range(1, n + 1), name="ecg_id"))
+
+    def label_matrix(self, kind: str, ids: np.ndarray):
+        source = self.labels if kind == "all" else self.superclasses
+        classes = list(source)
+        y = np.array([[int(i) in source[c] for c in classes] for i in ids], dtype=np.uint8)
+        return ids, classes, y
+
+
+def test_prevalences_follow_the_named_vocabulary_entry_by_entry():
+    n = 60
+    ptbxl = FakePTBXL(n, labels={"SR": list(range(1, 31)), "NORM": [1, 2, 3]},
+                      superclasses={"NORM": list(range(1, 11)), "MI": [4]})
     quality = SignalQuality(STANDARD_12)
-    tokens = LabelTokens(in_dim=4, n_labels=3, hidden=HIDDEN, k=1, named=1, quality=quality)
-    codes = ["NORM", "SR", "MI"]  # two statements and a superclass
-    prevalence, records = named_prevalence(tokens, codes, set(ids) | {10 ** 9}, ptbxl)  # one id PTB-XL lacks
-    assert records == len(ids) and prevalence.shape == (3 + quality.n_entries,)
-    _, classes, y = ptbxl.label_matrix("all", np.array(ids))
-    norm = y[:, classes.index("NORM")].sum()
-    assert float(prevalence[0]) == pytest.approx((norm + 0.5) / (len(ids) + 1))
-    _, supers, ysup = ptbxl.label_matrix("superclass", np.array(ids))
-    assert float(prevalence[2]) == pytest.approx((ysup[:, supers.index("MI")].sum() + 0.5) / (len(ids) + 1))
-    known = [i for i in ids if bool(table.at[i, "has_official_metadata"])]
-    noise = noise_leads_table(table, known, quality.leads)
-    names = quality.entry_names()
-    v1 = names.index("static noise in lead V1")
-    expected = (noise[:, quality.leads.index("V1"), 1].sum() + 0.5) / (len(known) + 1)
-    assert float(prevalence[3 + v1]) == pytest.approx(expected)
-    any_noise = names.index("any kind of noises")
-    assert float(prevalence[3 + any_noise]) == pytest.approx((noise.any((1, 2)).sum() + 0.5) / (len(known) + 1))
-    with pytest.raises(ValueError, match="not PTB-XL statements"):
-        named_prevalence(tokens, ["NORM", "SR", "NOTACODE"], set(ids), ptbxl)
+    tokens = LabelTokens(in_dim=4, n_labels=3, hidden=HIDDEN, k=1, named=1, quality=quality, balanced=True)
+    prevalence, records = named_prevalence(tokens, ["NORM", "SR"], ["NORM"], set(range(1, n + 1)) | {10 ** 9}, ptbxl)
+    assert records == n and prevalence.shape == (3 + quality.n_entries,)
+    smoothed = lambda positives, total: (positives + 0.5) / (total + 1)  # noqa: E731
+    # the statement NORM and the superclass NORM are different outputs with different counts
+    assert prevalence[:3].tolist() == pytest.approx([smoothed(3, n), smoothed(30, n), smoothed(10, n)])
+    known = n - 1
+    kinds = ["baseline drift", "static noise", "burst noise", "electrodes problems"]
+    for entry, name in enumerate(quality.entry_names()):
+        kind, _, lead = name.partition(" in lead ")
+        if kind == "any kind of noises":
+            positives = [min(1 + 12 * 3 + STANDARD_12.index(lead), known) if lead else min(1 + 12 * 3 + 11, known)]
+        else:
+            k = kinds.index(kind)
+            positives = [min(1 + 12 * k + (STANDARD_12.index(lead) if lead else 11), known)]
+        assert float(prevalence[3 + entry]) == pytest.approx(smoothed(positives[0], known)), name
+    with pytest.raises(ValueError, match="not PTB-XL all labels"):
+        named_prevalence(tokens, ["NORM", "NOTACODE"], ["NORM"], set(range(1, n + 1)), ptbxl)
     with pytest.raises(ValueError, match="none of the 1 training records"):
-        named_prevalence(tokens, codes, {10 ** 9}, ptbxl)
+        named_prevalence(tokens, ["NORM", "SR"], ["NORM"], {10 ** 9}, ptbxl)
+
+
+def test_prevalences_of_real_ptbxl_rows():
+    ptbxl = PTBXL.load(FIXTURES / "ptbxl_train")
+    ids = [int(i) for i in ptbxl.table.index]
+    quality = SignalQuality(STANDARD_12)
+    tokens = LabelTokens(in_dim=4, n_labels=3, hidden=HIDDEN, k=1, named=1, quality=quality, balanced=True)
+    prevalence, records = named_prevalence(tokens, ["NORM", "SR"], ["MI"], set(ids), ptbxl)
+    _, classes, y = ptbxl.label_matrix("all", np.array(ids))
+    assert records == len(ids)
+    assert float(prevalence[1]) == pytest.approx((y[:, classes.index("SR")].sum() + 0.5) / (len(ids) + 1))
+    known = [i for i in ids if bool(ptbxl.table.at[i, "has_official_metadata"])]
+    noise = noise_leads_table(ptbxl.table, known, quality.leads)
+    any_noise = quality.entry_names().index("any kind of noises")
+    assert float(prevalence[3 + any_noise]) == pytest.approx((noise.any((1, 2)).sum() + 0.5) / (len(known) + 1))

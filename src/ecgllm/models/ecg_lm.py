@@ -99,7 +99,7 @@ class EcgLanguageModel(nn.Module):
                                  "to a finished encoder run (it holds head.safetensors)")
             quality = SignalQuality(STANDARD_12) if config.signal_quality else None
             self.label_tokens = LabelTokens(self.encoder.dim, n_labels, hidden, config.label_tokens,
-                                            config.named_label_tokens, quality)
+                                            config.named_label_tokens, quality, config.balanced_named_labels)
         self.ecg_token_id = ecg_token_id
         self.sparse_logits = True  # training loss: vocabulary projection only where labels are (see forward)
         self.share_prefix = True   # ... and the batch's common leading tokens run once (see _hidden_states)
@@ -592,6 +592,9 @@ class EcgLanguageModel(nn.Module):
                                  f"holds no fitted noise heads (the folder is incomplete)")
             if quality is not None:
                 quality.check_rate(processor.prep.fs, f"{directory} (an inconsistent folder)")
+            if config.balanced_named_labels and not model.label_tokens.priors_fitted:
+                raise ValueError(f"{directory}: config.json asks for balanced_named_labels but label_tokens.safetensors "
+                                 f"holds no fitted priors (the folder is incomplete)")
         if (directory / "image_encoder.safetensors").exists():
             model.attach_image_encoder(directory, processor)
         if (directory / "labels.json").exists():

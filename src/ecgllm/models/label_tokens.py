@@ -30,10 +30,12 @@ its noise slots stay blank.
 Balanced named probabilities (`fit_priors`, recipe key ``model.balanced_named_labels``): each named label's
 probability is shifted to what it would be if the label were as common as its absence, p' = sigmoid(logit p −
 logit π), with π the label's share of the training records. For a calibrated p, answering "yes" when p > π is the
-rule with the best balanced accuracy; after the shift that threshold is 0.5 for every label, so the LLM learns one
+rule with the best balanced accuracy (the project's encoders train their classifier with a plain, unweighted
+loss, which keeps p roughly calibrated; a head trained with class weights is not, and the shift then over-corrects);
+after the shift that threshold is 0.5 for every label, so the LLM learns one
 reading instead of one threshold per statement. Without it a rare statement or a noise in one lead keeps a small
-probability even when present (on ECG-QA valid the noise heads ranked "static noise in lead V3"-style questions with
-AUC 0.91 while the model answered them at balanced accuracy 0.55).
+probability even when present (on generated ECG-QA valid questions of template 26, "Does this ECG show <noise> in
+lead <lead>?", the model's p(yes) ranked the ECGs with AUC 0.91 while its answers had balanced accuracy 0.55).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ NOT_NAMED = -1  # a named-label slot with no label in it
 
 class LabelTokens(nn.Module):
     def __init__(self, in_dim: int, n_labels: int, hidden: int, k: int, named: int = 0,
-                 quality: SignalQuality | None = None) -> None:
+                 quality: SignalQuality | None = None, balanced: bool = False) -> None:
         super().__init__()
         if not 0 < k <= n_labels:
             raise ValueError(f"label_tokens must lie in 1..{n_labels} (the classifier's labels), got {k}")
@@ -74,21 +76,31 @@ class LabelTokens(nn.Module):
             self.not_named = nn.Parameter(torch.zeros(hidden))           # a slot the question left empty
         elif quality is not None:
             raise ValueError("signal_quality needs named_label_tokens (its outputs fill the named slots)")
+        elif balanced:
+            raise ValueError("balanced named labels need named_label_tokens")
         self.quality = quality
         if quality is not None:
             self.register_buffer("quality_name_embeddings", torch.zeros(quality.n_entries, hidden))
-        if named:
-            # logit of each named entry's training prevalence (see `fit_priors`); 0 records: not fitted, no shift
+        self.balanced = balanced
+        if balanced:
+            # logit of each named entry's training prevalence (see `fit_priors`), kept fp32 (`_apply`); 0 records:
+            # not fitted yet. Only a balanced model has them, so older checkpoints resume and export as they were.
             entries = n_labels + (quality.n_entries if quality is not None else 0)
             self.register_buffer("named_prior_logit", torch.zeros(entries))
-            self.register_buffer("named_prior_records", torch.zeros(()))
+            self.register_buffer("named_prior_records", torch.zeros((), dtype=torch.long))
 
     @property
     def n_tokens(self) -> int:
         return self.k + self.named
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Load saved weights; a checkpoint from before named-label tokens leaves those at their start values."""
+        """Load saved weights; a checkpoint from before named-label tokens leaves those at their start values, and
+        priors counted for another set of named entries (a start without noise heads) are left to be refitted."""
+        saved = state.get("named_prior_logit")
+        unfitted = int(state.get("named_prior_records", torch.zeros(())).sum()) == 0
+        if saved is not None and ((self.balanced and saved.shape != self.named_prior_logit.shape)
+                                  or (not self.balanced and unfitted)):  # nothing counted there: nothing lost
+            state = {k: v for k, v in state.items() if not k.startswith("named_prior")}
         missing, unexpected = self.load_state_dict(state, strict=False)
         new = {key for key in self.state_dict() if key.startswith(("named_", "not_named", "quality"))}
         if unexpected or set(missing) - new:
@@ -97,20 +109,29 @@ class LabelTokens(nn.Module):
 
     @property
     def priors_fitted(self) -> bool:
-        return bool(self.named) and float(self.named_prior_records) > 0
+        return self.balanced and int(self.named_prior_records) > 0
 
     @torch.no_grad()
     def fit_priors(self, prevalence: torch.Tensor, records: int) -> None:
         """Balance the named probabilities by each entry's share ``prevalence`` [named entries] of ``records``
         training records (smoothed away from 0 and 1 by the caller)."""
-        if not self.named:
-            raise ValueError("balanced named labels need named_label_tokens")
+        if not self.balanced:
+            raise ValueError("this model's named labels are not balanced (model.balanced_named_labels)")
         if prevalence.shape != self.named_prior_logit.shape:
             raise ValueError(f"{prevalence.shape[0]} prevalences for {self.named_prior_logit.shape[0]} named entries")
         if records <= 0 or not bool(((prevalence > 0) & (prevalence < 1)).all()):
             raise ValueError("prevalences must lie strictly between 0 and 1, from at least one record")
-        self.named_prior_logit.copy_(torch.logit(prevalence.double()).to(self.named_prior_logit.dtype))
+        self.named_prior_logit.copy_(torch.logit(prevalence.double()).float())
         self.named_prior_records.fill_(records)
+
+    def _apply(self, fn, recurse: bool = True):
+        """The priors stay fp32 when the model is cast (bf16 would move a logit by ~0.03)."""
+        before = self._buffers.get("named_prior_logit")
+        super()._apply(fn, recurse)
+        after = self._buffers.get("named_prior_logit")
+        if before is not None and after.dtype != before.dtype:
+            self._buffers["named_prior_logit"] = before.to(after.device)
+        return self
 
     def named_vocabulary(self, label_names: list[str]) -> list[str]:
         """Every name a named slot can hold, in index order: the classifier's labels, then the noise entries."""
@@ -149,18 +170,20 @@ class LabelTokens(nn.Module):
             named = torch.full((pooled.shape[0], self.named), NOT_NAMED, dtype=torch.long, device=pooled.device)
         named = named.to(pooled.device)
         probabilities, names = torch.sigmoid(logits), self.name_embeddings
+        if self.priors_fitted:  # shifted on the classifier's own logits, in fp32
+            probabilities = torch.sigmoid(logits.float() - self.named_prior_logit[:logits.shape[1]]).to(logits.dtype)
         if self.quality is not None:
             if quality is None:
                 quality = logits.new_full((logits.shape[0], self.quality.n_entries), float("nan"))
+            if self.priors_fitted:  # NaN (no signal) stays NaN
+                eps = 1e-6
+                noise_logits = torch.logit(quality.float().clamp(eps, 1 - eps))
+                quality = torch.sigmoid(noise_logits - self.named_prior_logit[logits.shape[1]:])
             probabilities = torch.cat([probabilities, quality.to(probabilities.dtype)], dim=1)
             names = torch.cat([names, self.quality_name_embeddings], dim=0)
         if int(named.max()) >= probabilities.shape[1]:
             raise ValueError(f"a named-label index {int(named.max())} is beyond this model's {probabilities.shape[1]} "
                              f"named labels (the processor's vocabulary does not fit the model)")
-        if self.priors_fitted:  # NaN (no signal) stays NaN
-            eps = 1e-6
-            shifted = torch.logit(probabilities.float().clamp(eps, 1 - eps)) - self.named_prior_logit.float()
-            probabilities = torch.sigmoid(shifted).to(probabilities.dtype)
         index = named.clamp(min=0)
         probability = probabilities.gather(1, index)
         filled = (named >= 0) & ~probability.isnan()

@@ -78,6 +78,18 @@ def smollm2_gguf() -> Path:
     return files[0]
 
 
+def _remove_stale_partials(target: Path, older_than_s: float = 3600.0) -> None:
+    """Half-written conversions of a killed run (~0.5 GB each); a live one is minutes old at most."""
+    import time
+
+    for partial in target.parent.glob(target.name + ".partial-*"):
+        try:
+            if time.time() - partial.stat().st_mtime > older_than_s:
+                shutil.rmtree(partial, ignore_errors=True)
+        except OSError:
+            pass  # another process removed it first
+
+
 def convert_default_llm(target: Path | None = None) -> Path:
     """Convert the SmolLM2 GGUF into a safetensors model folder (atomically) and return its path."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -111,7 +123,11 @@ def convert_default_llm(target: Path | None = None) -> Path:
         # A folder of this process's own, renamed into place: two first runs at once (two training runs
         # started together) each write their own copy, and the second rename finds the first one's and keeps it.
         target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_partials(target)
         tmp = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a shared cache stays readable as before
         try:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)

@@ -203,12 +203,21 @@ def cmd_debias(args: argparse.Namespace) -> int:
 
 
 def cmd_balance(args: argparse.Namespace) -> int:
-    from ecgllm.datasets.answer_balance import balance_file
+    from ecgllm.datasets.answer_balance import balance_verify_answers, read_rows, write_rows
 
+    if args.max_repeats < 0:
+        print(f"error: --max-repeats must be 0 or more, got {args.max_repeats}", file=sys.stderr)
+        return EXIT_USAGE
     try:
-        summary = balance_file(args.conversations, args.out, args.seed, args.max_repeats)
-    except (OSError, ValueError) as exc:
+        rows = read_rows(args.conversations)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{exc}. Give a conversation JSONL (ecgllm data generate/convert writes one).") from None
+    balanced, summary = balance_verify_answers(rows, args.seed, args.max_repeats)
+    try:
+        write_rows(balanced, args.out)
+    except OSError as exc:
+        print(f"error: cannot write {args.out}: {exc}", file=sys.stderr)
+        return EXIT_OUTPUT
     added = sum(s["added"] for s in summary.values())
     for template, s in summary.items():
         print(f"template {template:>2}: yes {s['yes']:>5}, no {s['no']:>5}, repeated {s['added']:>5}")

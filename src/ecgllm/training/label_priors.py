@@ -21,21 +21,23 @@ def _smoothed(positives: np.ndarray, total: int) -> np.ndarray:
     return (positives + 0.5) / (total + 1.0)
 
 
-def named_prevalence(label_tokens: LabelTokens, label_codes: list[str], ecg_ids: set[int],
+def named_prevalence(label_tokens: LabelTokens, statements: list[str], superclasses: list[str], ecg_ids: set[int],
                      ptbxl: PTBXL) -> tuple[torch.Tensor, int]:
-    """Prevalence [named entries] in `LabelTokens.named_vocabulary` order, and how many records it counts."""
+    """Prevalence [named entries] in `LabelTokens.named_vocabulary` order (the classifier's ``statements``, then
+    its ``superclasses``, then the noise entries), and how many records it counts."""
     table = ptbxl.table
     ids = np.array(sorted(i for i in ecg_ids if i in table.index))
     if len(ids) == 0:
         raise ValueError(f"balanced named labels: none of the {len(ecg_ids)} training records is in PTB-XL")
-    columns: dict[str, np.ndarray] = {}
-    for kind in ("all", "superclass"):
+    label_counts = []
+    for kind, codes in (("all", statements), ("superclass", superclasses)):  # "NORM" is both: kept apart
         _, classes, y = ptbxl.label_matrix(kind, ids)
-        columns |= {code: y[:, j] for j, code in enumerate(classes)}
-    unknown = [code for code in label_codes if code not in columns]
-    if unknown:
-        raise ValueError(f"balanced named labels: the classifier's labels {unknown} are not PTB-XL statements")
-    prevalence = [_smoothed(np.array([columns[code].sum() for code in label_codes], dtype=float), len(ids))]
+        unknown = [code for code in codes if code not in classes]
+        if unknown:
+            raise ValueError(f"balanced named labels: the classifier's labels {unknown} are not PTB-XL {kind} "
+                             f"labels")
+        label_counts += [y[:, classes.index(code)].sum() for code in codes]
+    prevalence = [_smoothed(np.array(label_counts, dtype=float), len(ids))]
     quality = label_tokens.quality
     if quality is not None:
         known = [int(i) for i in ids if bool(table.at[i, "has_official_metadata"])]
@@ -50,9 +52,12 @@ def named_prevalence(label_tokens: LabelTokens, label_codes: list[str], ecg_ids:
     return torch.as_tensor(np.concatenate(prevalence), dtype=torch.float64), len(ids)
 
 
-def fit_for_stage(label_tokens: LabelTokens, label_codes: list[str], ecg_ids: set[int], ptbxl_dir: str) -> str:
-    """Fit the priors on a stage's training records; a one-line summary for the run's output."""
-    prevalence, records = named_prevalence(label_tokens, label_codes, ecg_ids, PTBXL.load(ptbxl_dir))
+def fit_for_stage(label_tokens: LabelTokens, label_vocab: dict[str, list[str]], ecg_ids: set[int],
+                  ptbxl_dir: str) -> str:
+    """Fit the priors on a stage's training records (``label_vocab``: the encoder's labels.json); a one-line
+    summary for the run's output."""
+    prevalence, records = named_prevalence(label_tokens, label_vocab.get("all71", []),
+                                           label_vocab.get("superclass", []), ecg_ids, PTBXL.load(ptbxl_dir))
     label_tokens.fit_priors(prevalence, records)
     return (f"balanced named labels: prevalences of {len(prevalence)} named entries from {records} training records "
             f"(median {float(prevalence.median()):.3f}, smallest {float(prevalence.min()):.4f})")

@@ -100,8 +100,8 @@ def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None, fit_qualit
         if config.data.ptbxl is None:
             raise RecipeError("model.balanced_named_labels counts each label's share of the training records in "
                               "PTB-XL's labels: set data.ptbxl to the PTB-XL folder (ptbxl_database.csv)")
-        codes = model.label_vocab.get("all71", []) + model.label_vocab.get("superclass", [])
-        summary = fit_priors_for_stage(model.label_tokens, codes, dataset.ptbxl_record_ids(), config.data.ptbxl)
+        summary = fit_priors_for_stage(model.label_tokens, model.label_vocab, dataset.ptbxl_record_ids(),
+                                       config.data.ptbxl)
         if announce:
             print(summary, flush=True)
     return dataset, model, processor
