@@ -52,7 +52,12 @@ the loss. Stage 3, three runs on the same data, schedule and seed, differing in 
 (`paired_more.yaml`); plus two named-label tokens carrying the classifier's probability of the statement the
 question names (`paired_named.yaml`); plus signal-quality heads whose noise probabilities fill those slots when
 the question names a noise (`paired_quality.yaml`). The shipped checkpoint is the one the stated rule chose on
-ECG-QA valid (`ecgqa_selection.md`). All LLM stages ran on one CPU core (batch 8); no GPU was available."""
+ECG-QA valid (`ecgqa_selection.md`). Then four 400-step continuations of it on a fresh draw of the same mix, same
+schedule and seed: as it is (`continue_plain.yaml`); with each named probability shifted by its label's training
+prevalence, so that one threshold fits every label (`continue_balanced.yaml`); with the yes/no answers of every verify
+template, then of every verify wording, made equally common (`ecgllm data balance`, `continue_question_balanced.yaml`).
+The same rule kept the shipped checkpoint (`ecgqa_selection_continuations.md`). All LLM stages ran on one CPU core
+(batch 8); no GPU was available."""
 
 
 def generated_test(n: int, seed: int, out: Path) -> Path:

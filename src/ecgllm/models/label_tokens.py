@@ -35,7 +35,9 @@ loss, which keeps p roughly calibrated; a head trained with class weights is not
 after the shift that threshold is 0.5 for every label, so the LLM learns one
 reading instead of one threshold per statement. Without it a rare statement or a noise in one lead keeps a small
 probability even when present (on generated ECG-QA valid questions of template 26, "Does this ECG show <noise> in
-lead <lead>?", the model's p(yes) ranked the ECGs with AUC 0.91 while its answers had balanced accuracy 0.55).
+lead <lead>?", the model's p(yes) ranked the ECGs with AUC 0.91 while its answers had balanced accuracy 0.55). Measured
+as a 400-step continuation of the shipped model against a plain twin, it answered worse
+(`docs/results/ecgqa_selection_continuations.md`): the default model does not use it.
 """
 
 from __future__ import annotations
