@@ -52,11 +52,13 @@ the loss. Stage 3, three runs on the same data, schedule and seed, differing in 
 (`paired_more.yaml`); plus two named-label tokens carrying the classifier's probability of the statement the
 question names (`paired_named.yaml`); plus signal-quality heads whose noise probabilities fill those slots when
 the question names a noise (`paired_quality.yaml`). The shipped checkpoint is the one the stated rule chose on
-ECG-QA valid (`ecgqa_selection.md`). Then four 400-step continuations of it on a fresh draw of the same mix, same
-schedule and seed: as it is (`continue_plain.yaml`); with each named probability shifted by its label's training
-prevalence, so that one threshold fits every label (`continue_balanced.yaml`); with the yes/no answers of every verify
-template, then of every verify wording, made equally common (`ecgllm data balance`, `continue_question_balanced.yaml`).
-The same rule kept the shipped checkpoint (`ecgqa_selection_continuations.md`). All LLM stages ran on one CPU core
+ECG-QA valid (`ecgqa_selection.md`). Then four 400-step continuations of it, all on one new mix (8,000 fresh pairs,
+seed 13, plus the same official samples) under one schedule and seed (lr 1e-4, seed 3): as it is
+(`continue_plain.yaml`); with each named probability shifted by its label's training prevalence, so that one
+threshold fits every label (`continue_balanced.yaml`); with the yes/no answers of every verify template (the first
+`ecgllm data balance`, `git show ecaf6e7:recipes/ecgqa/continue_answer_balanced.yaml`), then of every verify wording
+(`continue_question_balanced.yaml`), made equally common. The same rule kept the shipped checkpoint
+(`ecgqa_selection_continuations.md`). All LLM stages ran on one CPU core
 (batch 8); no GPU was available."""
 
 

@@ -1,4 +1,4 @@
-"""Equal yes and no answers per verify template (`ecgllm data balance`)."""
+"""Equal yes and no answers per verify question wording (`ecgllm data balance`)."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ def test_the_rarer_answer_is_repeated_until_both_are_equal_and_nothing_is_droppe
     assert counts[(8, "sinus rhythm")] == 5 and counts[(1, "not sure")] == 1  # other questions, other answers
     assert counts[(1, "yes")] == 1 and counts[(65, "no")] == 4                  # one answer only: unchanged
     assert summary[26] == {"yes": 4, "no": 9, "added": 5}
-    repeated = Counter(r["id"].split("-repeat-")[0] for r in balanced[len(rows):])
-    assert max(repeated.values()) - min(repeated.values()) <= 1  # spread over the rare conversations
+    repeated = Counter(r["id"].split("-repeat-")[0] for r in balanced[len(rows):] if r["meta"]["template_id"] == 26)
+    assert set(repeated) == {f"26-yes-{i}" for i in range(4)} and max(repeated.values()) == 2  # spread over them
     assert len({r["id"] for r in balanced}) == len(balanced)  # copies get ids of their own (resumable runs)
     balanced[-1]["turns"][0]["content"] = "edited"
     assert all(r["turns"][0]["content"] != "edited" for r in rows)  # copies, not the same objects
@@ -80,14 +80,26 @@ def test_the_command_writes_the_balanced_file_and_says_what_it_did(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "ecgllm.serving.cli", "data", "balance", str(tmp_path / "bad.jsonl"),
                           "-o", str(out)], capture_output=True, text=True)
     assert bad.returncode == 3 and "line 2: not JSON" in bad.stderr and "internal error" not in bad.stderr
-    (tmp_path / "odd.jsonl").write_text(json.dumps({"meta": None, "turns": [{"role": "user"}]}) + "\n")
+    (tmp_path / "odd.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+        {"meta": None, "turns": [{"role": "user"}]}, {"meta": ["x"], "turns": 3}, {"meta": {"template_id": 26}})))
     odd = subprocess.run([sys.executable, "-m", "ecgllm.serving.cli", "data", "balance", str(tmp_path / "odd.jsonl"),
                           "-o", str(out)], capture_output=True, text=True)
     assert odd.returncode == 0 and "0 repeated" in odd.stdout  # not a verify conversation: kept as it is
     negative = subprocess.run([sys.executable, "-m", "ecgllm.serving.cli", "data", "balance", str(source), "-o",
                                str(out), "--max-repeats", "-1"], capture_output=True, text=True)
     assert negative.returncode == 2 and "--max-repeats" in negative.stderr
+    folder = tmp_path / "folder"
+    (folder / "inside").mkdir(parents=True)
     unwritable = subprocess.run([sys.executable, "-m", "ecgllm.serving.cli", "data", "balance", str(source), "-o",
-                                 str(tmp_path)], capture_output=True, text=True)  # a folder, not a file
+                                 str(folder)], capture_output=True, text=True)  # a folder, not a file
     assert unwritable.returncode == 4 and "cannot write" in unwritable.stderr
-    assert not list(tmp_path.glob("*.tmp"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["mix.jsonl", "balanced.jsonl", "bad.jsonl",
+                                                                 "odd.jsonl", "folder"])  # no .tmp left
+    cli = [sys.executable, "-m", "ecgllm.serving.cli", "data", "balance"]
+    once = subprocess.run(cli + [str(source), "-o", str(tmp_path / "once.jsonl"), "--max-repeats", "2"],
+                          capture_output=True, text=True)
+    again = subprocess.run(cli + [str(tmp_path / "once.jsonl"), "-o", str(tmp_path / "twice.jsonl"), "--seed", "3"],
+                           capture_output=True, text=True)
+    assert once.returncode == again.returncode == 0, again.stderr
+    ids = [json.loads(line)["id"] for line in (tmp_path / "twice.jsonl").read_text().splitlines()]
+    assert len(ids) == 8 + 2 and len(ids) == len(set(ids))  # balancing a balanced file again: ids stay unique

@@ -67,6 +67,8 @@ def test_the_shift_puts_every_labels_prevalence_at_one_half():
                          balanced=True)
     bigger.load_state(state)  # counted without noise entries: left to be refitted, not an error
     assert not bigger.priors_fitted
+    unfitted_keys = state | {"named_prior_records": torch.zeros((), dtype=torch.long)}
+    LabelTokens(in_dim=4, n_labels=3, hidden=HIDDEN, k=1, named=2).load_state_dict(unfitted_keys, strict=True)
     cast = copy.deepcopy(tokens).to(torch.bfloat16)
     assert cast.named_prior_logit.dtype == torch.float32 and int(cast.named_prior_records) == 50
 
@@ -160,3 +162,30 @@ def test_prevalences_of_real_ptbxl_rows():
     noise = noise_leads_table(ptbxl.table, known, quality.leads)
     any_noise = quality.entry_names().index("any kind of noises")
     assert float(prevalence[3 + any_noise]) == pytest.approx((noise.any((1, 2)).sum() + 0.5) / (len(known) + 1))
+
+
+def test_a_balanced_model_folder_needs_its_priors(tmp_path, tiny_tokenizer):
+    from ecgllm.models import EcgLanguageModel
+    from ecgllm.models.ecg_lm import EcgLMConfig
+    from ecgllm.models.processor import ProcessorConfig
+    from ecgllm.signal import PrepConfig
+    from tests.test_models import encoder_run_with_head
+    from tests.tiny_models import tiny_llm
+
+    with pytest.raises(ValueError, match="balanced_named_labels needs named_label_tokens"):
+        EcgLMConfig(label_tokens=1, balanced_named_labels=True)
+    kwargs = {"widths": [16, 32], "n_tokens": 4}
+    encoder_run_with_head(tmp_path / "enc", kwargs, seed=4)
+    config = EcgLMConfig(llm="tiny", encoder_kwargs=kwargs, encoder_init=str(tmp_path / "enc"), label_tokens=1,
+                         named_label_tokens=1, balanced_named_labels=True, encoder_policy="frozen",
+                         lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]})
+    model, processor = EcgLanguageModel.build(config, ProcessorConfig(prep=PrepConfig(normalize="center").to_dict()),
+                                              llm=tiny_llm(len(tiny_tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))
+    model.save_pretrained(tmp_path / "unfitted", processor)
+    with pytest.raises(ValueError, match="holds no fitted priors"):
+        EcgLanguageModel.from_pretrained(tmp_path / "unfitted", llm=tiny_llm(len(tiny_tokenizer)))
+    entries = model.label_tokens.named_prior_logit.shape[0]
+    model.label_tokens.fit_priors(torch.full((entries,), 0.2, dtype=torch.float64), records=7)
+    model.save_pretrained(tmp_path / "fitted", processor)
+    loaded, _ = EcgLanguageModel.from_pretrained(tmp_path / "fitted", llm=tiny_llm(len(tiny_tokenizer)))
+    assert loaded.label_tokens.priors_fitted and int(loaded.label_tokens.named_prior_records) == 7

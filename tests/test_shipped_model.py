@@ -138,6 +138,8 @@ def test_two_first_runs_at_once_both_get_the_embedded_model(tmp_path):
     stale = tmp_path / "llm" / "smollm2-135m-instruct.partial-killed"
     stale.mkdir(parents=True)
     os.utime(stale, (0, 0))  # a killed run's leftover, long ago
+    live = tmp_path / "llm" / "smollm2-135m-instruct.partial-live"
+    live.mkdir()  # another process's conversion under way: left alone
     code = "import sys; from pathlib import Path; from ecgllm.models.llm import convert_default_llm; " \
            "print(convert_default_llm(Path(sys.argv[1])))"
     runs = [subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE,
@@ -146,7 +148,7 @@ def test_two_first_runs_at_once_both_get_the_embedded_model(tmp_path):
     assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in outputs]
     assert all(out.strip() == str(target) for out, _ in outputs)
     assert (target / "config.json").exists() and list(target.glob("*.safetensors"))
-    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # the stale one removed too
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted([target.name, live.name])  # stale one gone
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o777 & ~umask  # as any folder this user makes, not private

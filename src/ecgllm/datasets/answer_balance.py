@@ -23,8 +23,10 @@ YES_NO = ("yes", "no")
 
 def _verify_key(row: dict) -> tuple[int, str, str] | None:
     """(template, question, answer) of a single-answer yes/no verify conversation; None for any other."""
-    meta = row.get("meta") or {}
-    turns = [t for t in row.get("turns") or [] if isinstance(t, dict) and isinstance(t.get("content"), str)]
+    meta, turns = row.get("meta"), row.get("turns")
+    if not isinstance(meta, dict) or not isinstance(turns, list):
+        return None
+    turns = [t for t in turns if isinstance(t, dict) and isinstance(t.get("content"), str)]
     answers = [t["content"].strip().lower() for t in turns if t.get("role") == "assistant"]
     questions = [t["content"].strip().lower() for t in turns if t.get("role") == "user"]
     if not str(meta.get("question_type", "")).endswith("verify") or not isinstance(meta.get("template_id"), int):
@@ -47,6 +49,7 @@ def balance_verify_answers(rows: list[dict], seed: int = 0,
             groups[key[:2]][key[2]].append(i)
     rng = np.random.default_rng(seed)
     added: list[dict] = []
+    taken = {str(row.get("id")) for row in rows}  # a file balanced twice keeps its ids unique
     summary: dict[int, dict[str, int]] = {}
     for template, question in sorted(groups):
         by_answer = groups[(template, question)]
@@ -59,7 +62,11 @@ def balance_verify_answers(rows: list[dict], seed: int = 0,
             picks.extend(rng.permutation(by_answer[rare])[: missing - len(picks)].tolist())
         for i in picks:
             copy = json.loads(json.dumps(rows[i]))  # a copy: the caller may edit rows later
-            copy["id"] = f"{copy.get('id', i)}-repeat-{len(added)}"  # resumable runs key on ids
+            number = len(added)
+            while f"{copy.get('id', i)}-repeat-{number}" in taken:
+                number += 1
+            copy["id"] = f"{copy.get('id', i)}-repeat-{number}"  # resumable runs key on ids
+            taken.add(copy["id"])
             added.append(copy)
         total = summary.setdefault(template, {"yes": 0, "no": 0, "added": 0})
         for answer in YES_NO:

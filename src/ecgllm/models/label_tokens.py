@@ -95,14 +95,22 @@ class LabelTokens(nn.Module):
     def n_tokens(self) -> int:
         return self.k + self.named
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Every loader (model folders, step checkpoints, exports) reads saved priors the same way: priors never
+        counted (a run of a version that gave every named model the buffers) are nothing to load into an unbalanced
+        model, and priors counted for another set of named entries (a start without noise heads) are refitted."""
+        logit_key, records_key = prefix + "named_prior_logit", prefix + "named_prior_records"
+        saved = state_dict.get(logit_key)
+        if saved is not None:
+            unfitted = int(state_dict.get(records_key, torch.zeros(())).sum()) == 0
+            if (not self.balanced and unfitted) or (self.balanced and saved.shape != self.named_prior_logit.shape):
+                state_dict.pop(logit_key)
+                state_dict.pop(records_key, None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Load saved weights; a checkpoint from before named-label tokens leaves those at their start values, and
-        priors counted for another set of named entries (a start without noise heads) are left to be refitted."""
-        saved = state.get("named_prior_logit")
-        unfitted = int(state.get("named_prior_records", torch.zeros(())).sum()) == 0
-        if saved is not None and ((self.balanced and saved.shape != self.named_prior_logit.shape)
-                                  or (not self.balanced and unfitted)):  # nothing counted there: nothing lost
-            state = {k: v for k, v in state.items() if not k.startswith("named_prior")}
+        """Load saved weights; a checkpoint from before named-label tokens leaves those at their start values (see
+        `_load_from_state_dict` for saved priors)."""
         missing, unexpected = self.load_state_dict(state, strict=False)
         new = {key for key in self.state_dict() if key.startswith(("named_", "not_named", "quality"))}
         if unexpected or set(missing) - new:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 import shutil
 import sys
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,7 +82,9 @@ def _remove_stale_partials(target: Path, older_than_s: float = 3600.0) -> None:
     """Half-written conversions of a killed run (~0.5 GB each); a live one is minutes old at most."""
     import time
 
-    for partial in target.parent.glob(target.name + ".partial-*"):
+    for partial in [*target.parent.glob(target.name + ".partial-*"), target.with_name(target.name + ".partial")]:
+        if not partial.exists():
+            continue
         try:
             if time.time() - partial.stat().st_mtime > older_than_s:
                 shutil.rmtree(partial, ignore_errors=True)
@@ -124,10 +126,8 @@ def convert_default_llm(target: Path | None = None) -> Path:
         # started together) each write their own copy, and the second rename finds the first one's and keeps it.
         target.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_partials(target)
-        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a shared cache stays readable as before
+        tmp = target.with_name(f"{target.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
+        tmp.mkdir()  # under the umask, as the cache's other folders
         try:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)

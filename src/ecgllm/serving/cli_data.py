@@ -221,7 +221,8 @@ def cmd_balance(args: argparse.Namespace) -> int:
     added = sum(s["added"] for s in summary.values())
     for template, s in summary.items():
         print(f"template {template:>2}: yes {s['yes']:>5}, no {s['no']:>5}, repeated {s['added']:>5}")
-    print(f"wrote {args.out} ({added} repeated conversations added over {len(summary)} verify templates)")
+    print(f"wrote {args.out} ({added} repeated conversations added over the wordings of {len(summary)} verify "
+          f"templates)")
     return EXIT_OK
 
 
@@ -382,9 +383,9 @@ def add_data_commands(sub: argparse._SubParsersAction, formatter: type, exit_hel
     p.set_defaults(func=cmd_debias)
 
     p = data_sub.add_parser(
-        "balance", formatter_class=formatter, help="equal yes and no answers for every verify template",
-        description="Repeat the rarer answer of each yes/no verify template (ECG-QA meta.template_id) until yes "
-                    "and no are equally common (each conversation at most --max-repeats more times), so that a "
+        "balance", formatter_class=formatter, help="equal yes and no answers for every verify question wording",
+        description="Repeat the rarer answer of each yes/no verify question (ECG-QA meta.template_id, and within "
+                    "it each exact wording) until yes and no are equally common (each conversation at most --max-repeats more times), so that a "
                     "question's wording says nothing about its answer. Nothing is dropped; other conversations are kept as they are.",
         epilog=f"""examples:
   ecgllm data balance train_mix.jsonl -o train_balanced.jsonl
