@@ -89,15 +89,3 @@ def read_rows(path: str | Path) -> list[dict]:
             raise ValueError(f"{path}, line {number}: a conversation is a JSON object, got {type(row).__name__}")
         rows.append(row)
     return rows
-
-
-def write_rows(rows: list[dict], path: str | Path) -> None:
-    """Write conversations as JSONL, atomically (nothing half-written is left on failure)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -86,18 +86,26 @@ def from_ecgqa(sample: dict[str, Any], dataset: str = "ptbxl", split: str | None
               "source": source, "split": split})
 
 
-def write_jsonl(conversations: Iterable[Conversation], path: str | Path) -> int:
-    """Write conversations, one JSON object per line, atomically; return the count."""
+def write_json_lines(rows: Iterable[dict], path: str | Path) -> int:
+    """Write JSON objects, one per line, atomically (nothing half-written is left on failure); return the count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     n = 0
-    with tmp.open("w", encoding="utf-8") as fh:
-        for c in conversations:
-            fh.write(json.dumps(c.to_dict(), ensure_ascii=False) + "\n")
-            n += 1
-    tmp.replace(path)
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                n += 1
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return n
+
+
+def write_jsonl(conversations: Iterable[Conversation], path: str | Path) -> int:
+    """Write conversations, one JSON object per line, atomically; return the count."""
+    return write_json_lines((c.to_dict() for c in conversations), path)
 
 
 def read_jsonl(path: str | Path) -> Iterator[Conversation]:

@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ecgllm.datasets.conversation import write_json_lines
 from ecgllm.datasets.severity import SUPERCLASS_STRATA, most_severe, strata_for, stratum_weights
 
 
@@ -83,9 +84,7 @@ def annotate(in_jsonl: str | Path, out_jsonl: str | Path, ptbxl) -> dict:
     weights = ipw_weights(questions, sample_strata)
     for r, w in zip(rows, weights):
         r["meta"]["ipw_weight"] = round(float(w), 5)
-    tmp = Path(str(out_jsonl) + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(out_jsonl)
+    write_json_lines(rows, out_jsonl)
     answers = [next(t["content"] for t in r["turns"] if t["role"] == "assistant") for r in rows]
     from sklearn.metrics import adjusted_mutual_info_score
 

@@ -179,9 +179,11 @@ class LabelTokens(nn.Module):
         if named is None:
             named = torch.full((pooled.shape[0], self.named), NOT_NAMED, dtype=torch.long, device=pooled.device)
         named = named.to(pooled.device)
-        probabilities, names = torch.sigmoid(logits), self.name_embeddings
+        names = self.name_embeddings
         if self.priors_fitted:  # shifted on the classifier's own logits, in fp32
             probabilities = torch.sigmoid(logits.float() - self.named_prior_logit[:logits.shape[1]]).to(logits.dtype)
+        else:
+            probabilities = torch.sigmoid(logits)
         if self.quality is not None:
             if quality is None:
                 quality = logits.new_full((logits.shape[0], self.quality.n_entries), float("nan"))

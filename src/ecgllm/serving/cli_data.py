@@ -203,18 +203,16 @@ def cmd_debias(args: argparse.Namespace) -> int:
 
 
 def cmd_balance(args: argparse.Namespace) -> int:
-    from ecgllm.datasets.answer_balance import balance_verify_answers, read_rows, write_rows
+    from ecgllm.datasets.answer_balance import balance_verify_answers, read_rows
+    from ecgllm.datasets.conversation import write_json_lines
 
-    if args.max_repeats < 0:
-        print(f"error: --max-repeats must be 0 or more, got {args.max_repeats}", file=sys.stderr)
-        return EXIT_USAGE
     try:
         rows = read_rows(args.conversations)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{exc}. Give a conversation JSONL (ecgllm data generate/convert writes one).") from None
     balanced, summary = balance_verify_answers(rows, args.seed, args.max_repeats)
     try:
-        write_rows(balanced, args.out)
+        write_json_lines(balanced, args.out)
     except OSError as exc:
         print(f"error: cannot write {args.out}: {exc}", file=sys.stderr)
         return EXIT_OUTPUT
@@ -224,6 +222,14 @@ def cmd_balance(args: argparse.Namespace) -> int:
     print(f"wrote {args.out} ({added} repeated conversations added over the wordings of {len(summary)} verify "
           f"templates)")
     return EXIT_OK
+
+
+def _non_negative_int(text: str) -> int:
+    """An argparse type: a whole number, 0 or more."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def _write(conversations, out: Path, fmt: str) -> None:
@@ -394,7 +400,7 @@ def add_data_commands(sub: argparse._SubParsersAction, formatter: type, exit_hel
     p.add_argument("conversations", help="conversation JSONL")
     p.add_argument("-o", "--out", required=True, help="balanced JSONL")
     p.add_argument("--seed", type=int, default=0, help="which copies are repeated (default 0)")
-    p.add_argument("--max-repeats", type=int, default=3,
+    p.add_argument("--max-repeats", type=_non_negative_int, default=3,
                    help="copies added per conversation at most (default 3): a template whose rarer answer has "
                         "too few conversations stays partly unbalanced rather than learned by heart")
     p.set_defaults(func=cmd_balance)

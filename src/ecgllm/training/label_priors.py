@@ -15,6 +15,7 @@ import torch
 from ecgllm.datasets.ecgqa_attributes import noise_leads_table
 from ecgllm.datasets.ptbxl import PTBXL
 from ecgllm.models.label_tokens import LabelTokens
+from ecgllm.training.signal_quality import noise_targets
 
 
 def _smoothed(positives: np.ndarray, total: int) -> np.ndarray:
@@ -43,21 +44,19 @@ def named_prevalence(label_tokens: LabelTokens, statements: list[str], superclas
         known = [int(i) for i in ids if bool(table.at[i, "has_official_metadata"])]
         if not known:
             raise ValueError("balanced named labels: no training record has PTB-XL's noise columns")
-        noise = noise_leads_table(table, known, quality.leads)                          # [E, leads, 4]
-        per_lead = np.concatenate([noise, noise.any(-1, keepdims=True)], axis=-1)       # [E, leads, kinds]
-        per_record = per_lead.any(1)                                                     # [E, kinds]
-        counts = np.concatenate([np.concatenate([per_record[:, k].sum(0, keepdims=True), per_lead[:, :, k].sum(0)])
-                                 for k in range(per_lead.shape[-1])])  # entry order: kind, then kind in each lead
-        prevalence.append(_smoothed(counts.astype(float), len(known)))
+        per_lead, per_record = noise_targets(noise_leads_table(table, known, quality.leads))
+        # laid out as `SignalQuality.forward` lays out its outputs: each kind, then that kind in each lead
+        entries = np.concatenate([per_record[:, None], per_lead], axis=1).transpose(0, 2, 1).reshape(len(known), -1)
+        prevalence.append(_smoothed(entries.sum(0).astype(float), len(known)))
     return torch.as_tensor(np.concatenate(prevalence), dtype=torch.float64), len(ids)
 
 
 def fit_for_stage(label_tokens: LabelTokens, label_vocab: dict[str, list[str]], ecg_ids: set[int],
-                  ptbxl_dir: str) -> str:
+                  ptbxl: PTBXL) -> str:
     """Fit the priors on a stage's training records (``label_vocab``: the encoder's labels.json); a one-line
     summary for the run's output."""
     prevalence, records = named_prevalence(label_tokens, label_vocab.get("all71", []),
-                                           label_vocab.get("superclass", []), ecg_ids, PTBXL.load(ptbxl_dir))
+                                           label_vocab.get("superclass", []), ecg_ids, ptbxl)
     label_tokens.fit_priors(prevalence, records)
     return (f"balanced named labels: prevalences of {len(prevalence)} named entries from {records} training records "
             f"(median {float(prevalence.median()):.3f}, smallest {float(prevalence.min()):.4f})")

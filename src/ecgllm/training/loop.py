@@ -84,24 +84,31 @@ def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None, fit_qualit
             quality.check_rate(processor.prep.fs, f"model.signal_quality from {config.init_from} (this recipe's prep.fs)")
         except ValueError as exc:
             raise RecipeError(str(exc)) from None
+    loaded: list = []  # PTB-XL's metadata, read once for whichever fit below needs it
+
+    def ptbxl(purpose: str):
+        if config.data.ptbxl is None:
+            raise RecipeError(f"{purpose}: set data.ptbxl to the PTB-XL folder (ptbxl_database.csv)")
+        if not loaded:
+            from ecgllm.datasets.ptbxl import PTBXL
+
+            loaded.append(PTBXL.load(config.data.ptbxl))
+        return loaded[0]
+
     if quality is not None and not quality.fitted and fit_quality:  # once, on this stage's own training records
         from ecgllm.training.signal_quality import fit_for_stage
 
-        if config.data.ptbxl is None:
-            raise RecipeError("model.signal_quality fits its noise heads on PTB-XL's noise columns: set data.ptbxl "
-                              "to the PTB-XL folder (ptbxl_database.csv)")
-        summary = fit_for_stage(quality, dataset.ptbxl_record_ids(), dataset.cache, processor, config.data.ptbxl)
+        summary = fit_for_stage(quality, dataset.ptbxl_record_ids(), dataset.cache, processor,
+                                ptbxl("model.signal_quality fits its noise heads on PTB-XL's noise columns"))
         if announce:
             print(summary, flush=True)
         model.label_tokens.set_quality_names(processor.tokenizer, model.llm.get_input_embeddings())
     if config.model.balanced_named_labels and not model.label_tokens.priors_fitted and fit_quality:
         from ecgllm.training.label_priors import fit_for_stage as fit_priors_for_stage
 
-        if config.data.ptbxl is None:
-            raise RecipeError("model.balanced_named_labels counts each label's share of the training records in "
-                              "PTB-XL's labels: set data.ptbxl to the PTB-XL folder (ptbxl_database.csv)")
         summary = fit_priors_for_stage(model.label_tokens, model.label_vocab, dataset.ptbxl_record_ids(),
-                                       config.data.ptbxl)
+                                       ptbxl("model.balanced_named_labels counts each label's share of the training "
+                                             "records in PTB-XL's labels"))
         if announce:
             print(summary, flush=True)
     return dataset, model, processor

@@ -47,6 +47,13 @@ def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (x - center) / scale, center, scale
 
 
+def noise_targets(noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What the heads answer, from ``noise`` [E, leads, 4] (`noise_leads_table`): per lead [E, leads, kinds] (the
+    four noises, then any of them) and per record [E, kinds] (in any lead), in `QUALITY_KINDS` order."""
+    per_lead = np.concatenate([noise, noise.any(-1, keepdims=True)], axis=-1)
+    return per_lead, per_lead.any(1)
+
+
 def fit_signal_quality(quality: SignalQuality, signals: np.ndarray, lead_masks: np.ndarray, noise: np.ndarray,
                        fs: float) -> dict[str, int]:
     """Fit ``quality`` in place from prepared ``signals`` [E, leads, T], their ``lead_masks`` [E, leads] and
@@ -54,8 +61,7 @@ def fit_signal_quality(quality: SignalQuality, signals: np.ndarray, lead_masks: 
     if len(signals) == 0:
         raise ValueError("no records to fit the signal-quality heads on")
     per_lead, per_record = featurize(signals, lead_masks, fs)
-    lead_targets = np.concatenate([noise, noise.any(-1, keepdims=True)], axis=-1)   # [E, leads, kinds]
-    record_targets = lead_targets.any(1)                                            # [E, kinds]
+    lead_targets, record_targets = noise_targets(noise)
     present = lead_masks.astype(bool)  # a missing lead says nothing about noise: left out, as at inference
     lead_x, lead_center, lead_scale = _standardise(per_lead[present])
     record_x, record_center, record_scale = _standardise(per_record[present.any(1)])
@@ -75,14 +81,14 @@ def fit_signal_quality(quality: SignalQuality, signals: np.ndarray, lead_masks: 
     return {kind: int(record_targets[:, k].sum()) for k, kind in enumerate(QUALITY_KINDS)}
 
 
-def fit_for_stage(quality: SignalQuality, ecg_ids: set[int], cache, processor, ptbxl_dir: str) -> str:
+def fit_for_stage(quality: SignalQuality, ecg_ids: set[int], cache, processor, ptbxl: PTBXL) -> str:
     """Fit on a stage's training records that carry PTB-XL's official noise columns, prepared as the stage
     prepares them. Returns a one-line summary for the run's output."""
-    table = PTBXL.load(ptbxl_dir).table
+    table = ptbxl.table
     known = sorted(i for i in ecg_ids if i in table.index and bool(table.at[i, "has_official_metadata"]))
     if not known:
         raise ValueError(f"signal_quality: none of the {len(ecg_ids)} training records has PTB-XL's noise columns "
-                         f"in {ptbxl_dir}")
+                         f"in data.ptbxl")
     signals, masks = [], []
     for start in range(0, len(known), CHUNK):
         signal, mask = processor.prepare_ecgs(cache.ecgs(known[start:start + CHUNK]))
