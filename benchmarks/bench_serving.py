@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=180.0, help="per request, seconds")
     parser.add_argument("--single", type=int, default=30, help="requests sent one at a time first (end to end)")
     parser.add_argument("--threads", type=int, help="`ecgllm serve --threads` (default: PyTorch's)")
+    parser.add_argument("--batches", type=int, default=1, help="`ecgllm serve --batches` (default 1)")
     args = parser.parse_args()
     checkpoint = args.checkpoint or default_checkpoint()
     from ecgllm import ECGAssistant
@@ -147,6 +148,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "ecgllm.serving.cli", "serve", "--port", str(port), "--model",
                                str(checkpoint), "--queue", str(args.queue), "--max-new-tokens", "8",
+                               "--batches", str(args.batches),
                                *(["--threads", str(args.threads)] if args.threads else [])],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -194,7 +196,7 @@ def main() -> None:
                                  "after": [round(r, 2) for r in rates_after]},
         "ask_batch_spread": round((max(rates_before + rates_after) - min(rates_before + rates_after)) / batch_rate, 3),
         "served_vs_ask_batch": round(served_rate / batch_rate, 3), "server_batches": batches,
-        "serve_threads": args.threads or "PyTorch default",
+        "serve_threads": args.threads or "PyTorch default", "serve_batches": args.batches,
         "targets": {"turned_away_share": "<= 0.10", "served_vs_ask_batch": ">= 0.70", "errors": 0},
         "one_at_a_time": single, "server_peak_rss_mib": rss,
         "measuring_process_peak_rss_mib": [r for r in children_rss if r is not None],

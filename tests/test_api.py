@@ -77,7 +77,8 @@ def test_ask_with_a_wfdb_pair_a_single_file_a_zip_json_and_two_records(assistant
     r = client.post("/v1/report", files=wfdb_files())
     assert r.status_code == 200 and "report" in r.json()
     r = client.post("/v1/plot", files=wfdb_files())
-    assert r.json()["records"][0]["image"].startswith("data:image/png;base64,")
+    shown = r.json()["records"][0]
+    assert shown["image"].startswith("data:image/png;base64,") and shown["measurements"]["heart_rate"] > 0
 
 
 def test_bad_uploads_get_clear_4xx_answers(assistant, tmp_path):

@@ -81,3 +81,38 @@ def test_the_measuring_process_keeps_the_order_of_mixed_records_and_a_failure_co
     unsendable = ECG(beats, 100.0, ecg.leads, {"reader": lambda: None})  # cannot be pickled to the process
     failed = asyncio.run(measure_elsewhere([unsendable, picture]))
     assert failed[0]["error"].startswith("measurement failed") and failed[1] == measurement_summary(picture)
+
+
+class SlowStub(StubAssistant):
+    """Records how many batches generate at the same moment."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.inside = self.most_inside = 0
+        self._lock = threading.Lock()
+
+    def _generate(self, questions, *args, **kwargs):
+        with self._lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        time.sleep(0.2)
+        with self._lock:
+            self.inside -= 1
+        return super()._generate(questions, *args, **kwargs)
+
+
+@pytest.mark.parametrize("concurrent", [1, 2])
+def test_at_most_the_given_number_of_batches_generate_at_once(concurrent):
+    stub = SlowStub()
+    later = time.monotonic() + 30
+    batcher = AnswerBatcher(stub, max_batch=2, wait_s=0.01, concurrent=concurrent)
+    answers = run(batcher, [(["ecg"], q, 4, later) for q in "abcdef"])
+    assert answers == [f"{q}:4:1" for q in "abcdef"]
+    assert stub.most_inside == concurrent and max(batcher.batches) <= 2
+
+
+def test_a_batcher_needs_a_worker():
+    with pytest.raises(ValueError, match="1 or more"):
+        AnswerBatcher(StubAssistant(), concurrent=0)

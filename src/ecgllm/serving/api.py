@@ -87,9 +87,10 @@ def _upload_body(question: bool) -> dict:
 @dataclass
 class ServeSettings:
     api_key: str | None = None
-    workers: int = 1                      # plots at once (answers run one batch at a time)
+    workers: int = 1                      # plots at once (answers run in `batches` batches at a time)
     queue: int = 128                      # requests allowed to wait; beyond that: 503 + Retry-After
     max_batch: int = 16                   # questions answered by one generate call
+    batches: int = 1                      # batches generated at once (each on `torch.get_num_threads()` threads)
     batch_wait_s: float = 0.01            # how long the first waiting question holds its batch open
     request_timeout_s: float = 120.0
     retry_after_s: int = 5
@@ -184,7 +185,8 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
             out.append(build_ecg(signal, fs, leads, path=None, fmt="json", limits=settings.read))
         return out
 
-    batcher = app.state.batcher = AnswerBatcher(assistant, settings.max_batch, settings.batch_wait_s)
+    batcher = app.state.batcher = AnswerBatcher(assistant, settings.max_batch, settings.batch_wait_s,
+                                                     settings.batches)
     preparing = asyncio.Semaphore(2)  # uploads read at once while a batch generates (measuring has its process)
 
     async def admitted(run) -> Any:
@@ -332,25 +334,29 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
         def work(files, body):  # no generation: reading and plotting are bounded by the limits
             from ecgllm.io.image import ECGImage
             from ecgllm.render.plot import plot_ecg
-            from ecgllm.serving.measuring import measurement_summary
 
-            out = []
-            with tempfile.TemporaryDirectory(prefix="ecgllm-upload-") as tmp:
-                for i, ecg in enumerate(records_from(files, body, Path(tmp))):
+            out, records = [], read_records(files, body)
+            with tempfile.TemporaryDirectory(prefix="ecgllm-plot-") as tmp:
+                for i, ecg in enumerate(records):
                     if isinstance(ecg, ECGImage):  # a picture is shown as it is (downscaled), not re-plotted
                         thumbnail = ecg.image.copy()
                         thumbnail.thumbnail((1100, 1100))
                         thumbnail.save(Path(tmp) / f"plot{i}.png")
                         out.append({"image": "data:image/png;base64," + base64.b64encode(
-                            (Path(tmp) / f"plot{i}.png").read_bytes()).decode(),
-                            "measurements": measurement_summary(ecg), "kind": "image"})
+                            (Path(tmp) / f"plot{i}.png").read_bytes()).decode(), "kind": "image"})
                         continue
                     png = plot_ecg(ecg, Path(tmp) / f"plot{i}.png", dpi=70)
                     out.append({"image": "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode(),
-                                "measurements": measurement_summary(ecg), "leads": ecg.leads, "fs": ecg.fs,
-                                "duration_s": round(ecg.n_samples / ecg.fs, 2)})
-            return {"records": out}
-        return await guarded(work, request)
+                                "leads": ecg.leads, "fs": ecg.fs, "duration_s": round(ecg.n_samples / ecg.fs, 2)})
+            return out, records
+
+        from ecgllm.serving.measuring import measure_elsewhere
+
+        out, records = await guarded(work, request)
+        # measured in the measuring process, as answers' records are: not under the interpreter lock of generation
+        for item, measurements in zip(out, await measure_elsewhere(records, settings.request_timeout_s)):
+            item["measurements"] = measurements
+        return {"records": out}
 
     @app.get("/", include_in_schema=False)
     def index():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from threading import Thread
+from threading import Lock, Thread
 from typing import Iterator, Sequence, Union
 
 import torch
@@ -84,6 +84,9 @@ class ECGAssistant:
 
     def __init__(self, model, processor, name: str = "", version: str = "") -> None:
         self.model, self.processor, self.name, self.version = model.eval(), processor, name, version
+        # Batches may generate in several threads at once (`AnswerBatcher(concurrent=)`); a fast tokenizer used by
+        # two threads at once can fail ("Already borrowed"), so tokenising and decoding take turns.
+        self._tokenizing = Lock()
 
     @classmethod
     def load(cls, directory: str | Path | None = None, device: str = "auto", dtype: str = "auto") -> "ECGAssistant":
@@ -118,12 +121,15 @@ class ECGAssistant:
         each row stops generating at its own `time.monotonic()` deadline."""
         from transformers import StoppingCriteriaList
 
-        batch = self._batch(questions, ecg_lists, consecutive)
+        with self._tokenizing:
+            batch = self._batch(questions, ecg_lists, consecutive)
         extra = {"stopping_criteria": StoppingCriteriaList([_RowDeadlines(deadlines)])} if deadlines else {}
         out = self.model.generate(**batch, max_new_tokens=max_new_tokens, max_time=max_time_s,
                                   pad_token_id=self.processor.tokenizer.pad_token_id, **extra)
         rows = [row[:limit] for row, limit in zip(out, limits)] if limits else list(out)
-        return [t.strip() for t in self.processor.tokenizer.batch_decode(rows, skip_special_tokens=True)]
+        with self._tokenizing:
+            texts = self.processor.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        return [t.strip() for t in texts]
 
     def _answer(self, ecgs: Sequence[ECGLike], question: str, consecutive: bool, max_new_tokens: int,
                 measure: bool) -> Answer:
@@ -179,7 +185,9 @@ class ECGAssistant:
         from transformers import TextIteratorStreamer
 
         ecgs = [ecg] if isinstance(ecg, (ECG, ECGImage, str, Path)) else list(ecg)
-        batch = self._batch([question], [self.read(ecgs)], consecutive=len(ecgs) == 2)
+        records = self.read(ecgs)
+        with self._tokenizing:
+            batch = self._batch([question], [records], consecutive=len(ecgs) == 2)
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_special_tokens=True)
         kwargs = dict(batch, max_new_tokens=max_new_tokens, streamer=streamer,
                       pad_token_id=self.processor.tokenizer.pad_token_id)

@@ -1,8 +1,10 @@
 """Questions that arrive together are answered in one generate call, as serving engines do.
 
 The first waiting question holds the batch open for at most ``wait_s`` (or until ``max_batch`` are waiting); the
-batch then runs in a worker thread while the next one gathers. One batch runs at a time: the model's cores are
-busy with it, and a larger batch is cheaper per answer than two at once. Each row keeps its own token limit and
+batch then runs in a worker thread. At most ``concurrent`` batches run at once; the next one gathers while a
+worker is free and waits in the queue otherwise. One batch at a time, on every core, suits a GPU; on a CPU, a
+batch per core, each on one thread, answers more per second: PyTorch's ops release the interpreter lock, and a
+small model's matrix products split poorly over threads (`ecgllm serve --threads 1 --batches 2`). Each row keeps its own token limit and
 its own deadline (a row stops at its deadline and is answered 504; the others go on). A question whose deadline
 has passed before its batch starts is not generated. A batch that fails is answered question by question, so one
 request's bad input fails only that request.
@@ -29,12 +31,15 @@ class _Waiting:
 
 
 class AnswerBatcher:
-    def __init__(self, assistant, max_batch: int = 16, wait_s: float = 0.01) -> None:
-        self.assistant, self.max_batch, self.wait_s = assistant, max_batch, wait_s
+    def __init__(self, assistant, max_batch: int = 16, wait_s: float = 0.01, concurrent: int = 1) -> None:
+        if concurrent < 1:
+            raise ValueError("concurrent batches must be 1 or more")
+        self.assistant, self.max_batch, self.wait_s, self.concurrent = assistant, max_batch, wait_s, concurrent
         self._queue: asyncio.Queue[_Waiting] | None = None
         self._runner: asyncio.Task | None = None
-        # Generation has a thread of its own: the shared pool may be full of uploads being read and measured.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecgllm-generate")
+        self._running: set[asyncio.Task] = set()  # batches in flight (a reference, so none is collected midway)
+        # Generation has threads of its own: the shared pool may be full of uploads being read and measured.
+        self._executor = ThreadPoolExecutor(max_workers=concurrent, thread_name_prefix="ecgllm-generate")
         self.batches: deque[int] = deque(maxlen=10_000)  # sizes of recent batches (tests, the load benchmark)
 
     async def answer(self, records: list, question: str, max_new_tokens: int, deadline: float) -> str:
@@ -63,7 +68,9 @@ class AnswerBatcher:
         return batch
 
     async def _run(self) -> None:
+        free = asyncio.Semaphore(self.concurrent)
         while True:
+            await free.acquire()  # a batch gathers once a worker can take it: meanwhile questions queue up
             batch = await self._gather()
             now = time.monotonic()
             live = []
@@ -75,31 +82,37 @@ class AnswerBatcher:
                 else:
                     live.append(item)
             if not live:
+                free.release()
                 continue
             self.batches.append(len(live))
-            loop = asyncio.get_running_loop()
-            try:
-                texts: list = await loop.run_in_executor(self._executor, self._generate, live)
-            except Exception as exc:
-                texts = [exc]
-                if len(live) > 1:  # one question's bad input must not fail the others: each alone, its own error
-                    texts = []
-                    for item in live:
-                        try:
-                            texts.append((await loop.run_in_executor(self._executor, self._generate, [item]))[0])
-                        except Exception as single:
-                            texts.append(single)
-            finished = time.monotonic()
-            for item, text in zip(live, texts):
-                if item.future.done():
-                    continue
-                if isinstance(text, Exception):
-                    item.future.set_exception(text)
-                elif finished > item.deadline:  # its row stopped at its deadline: the answer may be cut
-                    item.future.set_exception(AnswerTimeoutError("the time for this answer ran out; generation "
-                                                                 "was stopped"))
-                else:
-                    item.future.set_result(text)
+            task = asyncio.create_task(self._answer_batch(live))
+            self._running.add(task)
+            task.add_done_callback(lambda done: (self._running.discard(done), free.release()))
+
+    async def _answer_batch(self, live: list[_Waiting]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            texts: list = await loop.run_in_executor(self._executor, self._generate, live)
+        except Exception as exc:
+            texts = [exc]
+            if len(live) > 1:  # one question's bad input must not fail the others: each alone, its own error
+                texts = []
+                for item in live:
+                    try:
+                        texts.append((await loop.run_in_executor(self._executor, self._generate, [item]))[0])
+                    except Exception as single:
+                        texts.append(single)
+        finished = time.monotonic()
+        for item, text in zip(live, texts):
+            if item.future.done():
+                continue
+            if isinstance(text, Exception):
+                item.future.set_exception(text)
+            elif finished > item.deadline:  # its row stopped at its deadline: the answer may be cut
+                item.future.set_exception(AnswerTimeoutError("the time for this answer ran out; generation "
+                                                             "was stopped"))
+            else:
+                item.future.set_result(text)
 
     def _generate(self, live: list[_Waiting]) -> list[str]:
         left = max(item.deadline for item in live) - time.monotonic()

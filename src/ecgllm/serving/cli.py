@@ -140,7 +140,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if not args.no_measure:
         from ecgllm.signal import measure
 
-        heart_rate = measure(ecg).heart_rate
+        heart_rate = measure(ecg, beat_similarity=False).heart_rate
     try:
         out = plot_ecg(ecg, args.output, seconds=args.seconds, heart_rate=heart_rate, dpi=args.dpi)
     except ValueError as exc:

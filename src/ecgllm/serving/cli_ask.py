@@ -173,6 +173,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ecgllm.serving.api import ServeSettings, create_app
     from ecgllm.serving.uploads import UploadLimits
 
+    if args.batches < 1:
+        print("error: --batches must be 1 or more", file=sys.stderr)
+        return EXIT_INPUT
     if args.threads is not None:
         if args.threads < 1:
             print("error: --threads must be 1 or more", file=sys.stderr)
@@ -185,6 +188,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: --api-key-env {args.api_key_env}: that variable is not set", file=sys.stderr)
         return EXIT_INPUT
     settings = ServeSettings(api_key=api_key, workers=args.workers, queue=args.queue, max_batch=args.max_batch,
+                             batches=args.batches,
                              request_timeout_s=args.timeout, max_new_tokens=args.max_new_tokens,
                              upload=UploadLimits(max_bytes=int(args.max_upload_mb * 2**20)))
     app = create_app(_assistant(args), settings)
@@ -283,12 +287,16 @@ def add_ask_commands(sub: argparse._SubParsersAction, formatter: type, exit_help
     p.add_argument("--port", type=int, default=8000)
     common(p, 64)
     p.add_argument("--api-key-env", metavar="VAR", help="require header X-API-Key equal to this variable's value")
-    p.add_argument("--workers", type=int, default=1, help="plots drawn at once (answers run one batch at a time)")
+    p.add_argument("--workers", type=int, default=1, help="plots drawn at once (answers: see --batches)")
     p.add_argument("--queue", type=int, default=128, help="requests that may wait; beyond them: 503")
     p.add_argument("--max-batch", type=int, default=16, help="questions answered together in one generate call")
     p.add_argument("--threads", type=int, metavar="N",
-                   help="CPU threads the model answers with (default: PyTorch's, one per core); fewer leave cores "
+                   help="CPU threads each batch answers with (default: PyTorch's, one per core); fewer leave cores "
                         "to reading uploads and measuring, which run beside the answers")
+    p.add_argument("--batches", type=int, default=1, metavar="N",
+                   help="batches answered at once (default 1). On a CPU under load, one batch per core with "
+                        "--threads 1 answers more per second than one batch over every core (a small model's "
+                        "products split poorly over threads); a single question then takes longer")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     p.add_argument("--max-upload-mb", type=float, default=50.0)
     p.set_defaults(func=cmd_serve)
