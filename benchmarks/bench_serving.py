@@ -6,7 +6,10 @@ server's peak RSS, and the served throughput against `ECGAssistant.ask_batch` on
 checkpoint, measured in the same run (the ceiling: batches with no HTTP, upload or measurement).
 
     python benchmarks/bench_serving.py [--checkpoint DIR] [--requests 2000] [--concurrency 100] [--queue 128]
-        -> benchmarks/results/serving.json
+        [--threads N] [--batches N] -> benchmarks/results/serving.json
+
+The server runs as `ecgllm serve` would with the same --threads/--batches; the baseline is `ask_batch` with
+PyTorch's default threads, one batch at a time, as a user calling it gets.
 
 Without --checkpoint an untrained checkpoint of the default architecture (SmolLM2-135M + ResNet encoder) is
 built once under $ECGLLM_CACHE: the server's cost per answer is the same as a trained one's.
