@@ -8,8 +8,8 @@ checkpoint, measured in the same run (the ceiling: batches with no HTTP, upload 
     python benchmarks/bench_serving.py [--checkpoint DIR] [--requests 2000] [--concurrency 100] [--queue 128]
         [--threads N] [--batches N] -> benchmarks/results/serving.json
 
-The server runs as `ecgllm serve` would with the same --threads/--batches; the baseline is `ask_batch` with
-PyTorch's default threads, one batch at a time, as a user calling it gets.
+The server runs as `ecgllm serve` would with the same --threads/--batches (by default its own choice, reported);
+the baseline is `ask_batch` with PyTorch's default threads, one batch at a time, as a user calling it gets.
 
 Without --checkpoint an untrained checkpoint of the default architecture (SmolLM2-135M + ResNet encoder) is
 built once under $ECGLLM_CACHE: the server's cost per answer is the same as a trained one's.
@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=180.0, help="per request, seconds")
     parser.add_argument("--single", type=int, default=30, help="requests sent one at a time first (end to end)")
     parser.add_argument("--threads", type=int, help="`ecgllm serve --threads` (default: PyTorch's)")
-    parser.add_argument("--batches", type=int, default=1, help="`ecgllm serve --batches` (default 1)")
+    parser.add_argument("--batches", type=int, help="`ecgllm serve --batches` (default: the server's)")
     args = parser.parse_args()
     checkpoint = args.checkpoint or default_checkpoint()
     from ecgllm import ECGAssistant
@@ -151,7 +151,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "ecgllm.serving.cli", "serve", "--port", str(port), "--model",
                                str(checkpoint), "--queue", str(args.queue), "--max-new-tokens", "8",
-                               "--batches", str(args.batches),
+                               *(["--batches", str(args.batches)] if args.batches else []),
                                *(["--threads", str(args.threads)] if args.threads else [])],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -174,7 +174,8 @@ def main() -> None:
         wall = time.perf_counter() - started
         rss = peak_rss_mib(server.pid)
         children_rss = [peak_rss_mib(child) for child in child_pids(server.pid)]
-        batches = httpx.get(url + "/v1/health", timeout=10).json()["recent_batches"]  # sizes the server formed
+        health = httpx.get(url + "/v1/health", timeout=10).json()
+        batches = health["recent_batches"]  # sizes the server formed
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -199,7 +200,7 @@ def main() -> None:
                                  "after": [round(r, 2) for r in rates_after]},
         "ask_batch_spread": round((max(rates_before + rates_after) - min(rates_before + rates_after)) / batch_rate, 3),
         "served_vs_ask_batch": round(served_rate / batch_rate, 3), "server_batches": batches,
-        "serve_threads": args.threads or "PyTorch default", "serve_batches": args.batches,
+        "serve_batches_at_once": health["batches_at_once"], "serve_threads_per_batch": health["threads_per_batch"],
         "targets": {"turned_away_share": "<= 0.10", "served_vs_ask_batch": ">= 0.70", "errors": 0},
         "one_at_a_time": single, "server_peak_rss_mib": rss,
         "measuring_process_peak_rss_mib": [r for r in children_rss if r is not None],

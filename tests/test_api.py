@@ -235,6 +235,9 @@ def test_serve_help_and_bad_api_key_env():
     result = subprocess.run([sys.executable, "-m", "ecgllm.serving.cli", "serve", "--api-key-env", "NOPE_KEY"],
                             capture_output=True, text=True, env=env)
     assert result.returncode == 3 and json.dumps("NOPE_KEY").strip('"') in result.stderr
+    result = subprocess.run([sys.executable, "-m", "ecgllm.serving.cli", "serve", "--batches", "0"],
+                            capture_output=True, text=True)
+    assert result.returncode == 3 and "--batches must be 1 or more" in result.stderr
 
 
 def test_a_timed_out_request_stops_its_generation_and_holds_its_slot_until_then(assistant, monkeypatch):
@@ -312,7 +315,9 @@ def _png() -> bytes:
     return buffer.getvalue()
 
 
-def test_questions_that_arrive_together_are_answered_in_one_batch(assistant):
+@pytest.mark.parametrize("batches", [1, 2])
+def test_questions_that_arrive_together_are_answered_in_one_batch(assistant, batches):
+    """With ``batches=2`` two generate calls of the real model may run at once (tokeniser shared)."""
     import concurrent.futures
     import threading
 
@@ -321,7 +326,7 @@ def test_questions_that_arrive_together_are_answered_in_one_batch(assistant):
 
     from ecgllm.serving.api import ServeSettings, create_app
 
-    app = create_app(assistant, ServeSettings(max_new_tokens=4, batch_wait_s=0.2))
+    app = create_app(assistant, ServeSettings(max_new_tokens=4, batch_wait_s=0.2, batches=batches))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -339,11 +344,13 @@ def test_questions_that_arrive_together_are_answered_in_one_batch(assistant):
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(one, range(8)))
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:  # more than one batch's worth at once
+            codes += list(pool.map(one, range(8, 24)))
         recent = httpx.get(url + "/v1/health", timeout=10).json()["recent_batches"]  # what operators see
     finally:
         server.should_exit = True
         thread.join(10)
-    assert codes == [200] * 8
-    assert sum(app.state.batcher.batches) == 8 and max(app.state.batcher.batches) > 1, app.state.batcher.batches
+    assert codes == [200] * 24
+    assert sum(app.state.batcher.batches) == 24 and max(app.state.batcher.batches) > 1, app.state.batcher.batches
     assert recent == {"count": len(app.state.batcher.batches), "max_size": max(app.state.batcher.batches),
-                      "mean_size": round(8 / len(app.state.batcher.batches), 2)}
+                      "mean_size": round(24 / len(app.state.batcher.batches), 2)}

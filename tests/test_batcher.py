@@ -116,3 +116,26 @@ def test_at_most_the_given_number_of_batches_generate_at_once(concurrent):
 def test_a_batcher_needs_a_worker():
     with pytest.raises(ValueError, match="1 or more"):
         AnswerBatcher(StubAssistant(), concurrent=0)
+
+
+@pytest.mark.parametrize("cores, device, given, expected", [
+    (2, "cpu", (None, None), (2, 1)),   # a CPU: two batches on half the cores each
+    (8, "cpu", (None, None), (2, 4)),
+    (2, "cpu", (None, 2), (1, 2)),      # --threads alone: one batch on those threads, as before --batches
+    (4, "cpu", (3, None), (3, 1)),
+    (1, "cpu", (None, None), (1, 1)),
+    (8, "cuda", (None, None), (1, 8)),  # a GPU: one batch
+])
+def test_serve_divides_the_cores_among_batches(monkeypatch, cores, device, given, expected):
+    from types import SimpleNamespace
+
+    import torch
+
+    from ecgllm.serving.cli_ask import serving_threads
+
+    chosen = []
+    monkeypatch.setattr(torch, "get_num_threads", lambda: cores)
+    monkeypatch.setattr(torch, "set_num_threads", chosen.append)
+    parameter = SimpleNamespace(device=SimpleNamespace(type=device))
+    assistant = SimpleNamespace(model=SimpleNamespace(parameters=lambda: iter([parameter])))
+    assert serving_threads(assistant, *given) == expected and chosen == [expected[1]]

@@ -293,8 +293,11 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
     @app.get("/v1/health")
     async def health() -> dict:  # on the event loop: answers even when every worker thread is busy
         sizes = list(batcher.batches)
+        import torch
+
         return {"status": "ok", "version": __version__, "model": assistant.name, "model_version": assistant.version,
-                "waiting_or_running": gate.inside,
+                "waiting_or_running": gate.inside, "batches_at_once": settings.batches,
+                "threads_per_batch": torch.get_num_threads(),
                 "recent_batches": {"count": len(sizes), "mean_size": round(sum(sizes) / len(sizes), 2) if sizes else None,
                                    "max_size": max(sizes, default=None)}}
 

@@ -165,6 +165,23 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def serving_threads(assistant, batches: int | None, threads: int | None) -> tuple[int, int]:
+    """Batches answered at once and threads per batch, the unset ones chosen here (and applied to PyTorch): on a
+    GPU one batch; on a CPU of two or more cores two batches with half the threads each, since a small model's
+    matrix products split poorly over threads while two batches overlap almost fully (the serving benchmark
+    measures both settings)."""
+    import torch
+
+    on_cpu = next(assistant.model.parameters()).device.type == "cpu"
+    cores = threads or torch.get_num_threads()
+    if batches is None:
+        batches = 2 if on_cpu and cores >= 2 and threads is None else 1
+    if threads is None:
+        threads = max(cores // batches, 1) if on_cpu else cores
+    torch.set_num_threads(threads)
+    return batches, threads
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
@@ -173,29 +190,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ecgllm.serving.api import ServeSettings, create_app
     from ecgllm.serving.uploads import UploadLimits
 
-    if args.batches < 1:
-        print("error: --batches must be 1 or more", file=sys.stderr)
-        return EXIT_INPUT
-    if args.threads is not None:
-        if args.threads < 1:
-            print("error: --threads must be 1 or more", file=sys.stderr)
+    for flag, value in (("--batches", args.batches), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            print(f"error: {flag} must be 1 or more", file=sys.stderr)
             return EXIT_INPUT
-        import torch
-
-        torch.set_num_threads(args.threads)
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
     if args.api_key_env and not api_key:
         print(f"error: --api-key-env {args.api_key_env}: that variable is not set", file=sys.stderr)
         return EXIT_INPUT
+    assistant = _assistant(args)
+    batches, threads = serving_threads(assistant, args.batches, args.threads)
     settings = ServeSettings(api_key=api_key, workers=args.workers, queue=args.queue, max_batch=args.max_batch,
-                             batches=args.batches,
+                             batches=batches,
                              request_timeout_s=args.timeout, max_new_tokens=args.max_new_tokens,
                              upload=UploadLimits(max_bytes=int(args.max_upload_mb * 2**20)))
-    app = create_app(_assistant(args), settings)
+    app = create_app(assistant, settings)
     from ecgllm.serving.measuring import start_measuring
 
     start_measuring()
-    print(f"ecgllm serving on http://{args.host}:{args.port}/  (API docs: /docs)", flush=True)
+    print(f"ecgllm serving on http://{args.host}:{args.port}/  (API docs: /docs; {batches} batch"
+          f"{'es' if batches > 1 else ''} at once, {threads} thread{'s' if threads > 1 else ''} each)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return EXIT_OK
 
@@ -291,12 +305,11 @@ def add_ask_commands(sub: argparse._SubParsersAction, formatter: type, exit_help
     p.add_argument("--queue", type=int, default=128, help="requests that may wait; beyond them: 503")
     p.add_argument("--max-batch", type=int, default=16, help="questions answered together in one generate call")
     p.add_argument("--threads", type=int, metavar="N",
-                   help="CPU threads each batch answers with (default: PyTorch's, one per core); fewer leave cores "
-                        "to reading uploads and measuring, which run beside the answers")
-    p.add_argument("--batches", type=int, default=1, metavar="N",
-                   help="batches answered at once (default 1). On a CPU under load, one batch per core with "
-                        "--threads 1 answers more per second than one batch over every core (a small model's "
-                        "products split poorly over threads); a single question then takes longer")
+                   help="CPU threads each batch answers with (default: the cores divided among --batches)")
+    p.add_argument("--batches", type=int, metavar="N",
+                   help="batches answered at once (default: 2 on a CPU of two or more cores, 1 on a GPU or when "
+                        "--threads is given). Two batches on half the cores each answer more per second than one "
+                        "on every core: a small model's matrix products split poorly over threads")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     p.add_argument("--max-upload-mb", type=float, default=50.0)
     p.set_defaults(func=cmd_serve)
