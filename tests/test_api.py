@@ -307,6 +307,40 @@ def test_requests_that_used_to_reach_a_500_get_a_4xx_with_a_sentence(assistant):
     assert r.status_code == 422 and "image encoder" in r.json()["detail"]  # the tiny model reads signals only
 
 
+def test_unknown_fields_wrong_content_types_and_broken_signals_get_a_422_with_a_sentence(assistant):
+    client = client_for(assistant)
+    leads = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    wave = (np.sin(np.linspace(0, 60, 1000)) * 0.5).round(4).tolist()
+    ecg = {"signal": [wave] * 12, "fs": 100, "leads": leads}
+    r = client.post("/v1/ask", json={"question": "x?", "ecgs": [ecg]})
+    assert r.status_code == 200, r.text
+    cases = [  # (endpoint, JSON body, words the sentence must hold)
+        ("/v1/ask", {"question": "x?", "ecgs": [ecg], "questoin": "misspelt"}, "unknown field 'questoin'"),
+        ("/v1/report", {"question": "x?", "ecgs": [ecg]}, "unknown field 'question'"),  # a report takes no question
+        ("/v1/plot", {"ecgs": [ecg], "dpi": 300}, "unknown field 'dpi'"),
+        ("/v1/ask", {"question": "x?", "ecgs": [{**ecg, "gain": 200}]}, "unknown field 'gain'"),
+        ("/v1/ask", {"question": "x?", "ecgs": [{**ecg, "signal": [[float("nan")] * 1000] * 12}]}, "NaN"),
+        ("/v1/ask", {"question": "x?", "ecgs": [{**ecg, "signal": [], "leads": []}]}, "2-D"),
+        ("/v1/ask", {"question": "x?", "ecgs": [{**ecg, "fs": 0}]}, "sampling rate"),
+        ("/v1/ask", {"question": "x?", "ecgs": [{**ecg, "fs": -100}]}, "sampling rate"),
+        ("/v1/ask", {"question": "x?", "ecgs": [{**ecg, "signal": [wave] * 3}]}, "lead"),
+    ]
+    import json as json_module
+
+    for path, body, words in cases:
+        content = json_module.dumps(body).encode()  # NaN goes out as the bare word NaN, which JSON does not have
+        r = client.post(path, content=content, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and words in r.json()["detail"], (path, body.keys(), r.status_code, r.text)
+    many_leads = {"question": "x?", "ecgs": [{"signal": [[0.1]] * 1_000_000, "fs": 100, "leads": ["I"] * 1_000_000}]}
+    r = client.post("/v1/ask", json=many_leads)
+    assert r.status_code in (413, 422) and r.json()["detail"], r.text
+    r = client.post("/v1/ask", files=wfdb_files(), data={"question": "x?", "model": "other"})
+    assert r.status_code == 422 and "unknown field 'model'" in r.json()["detail"]
+    for kind, content in (("text/plain", b"Is this normal?"), ("application/xml", b"<ecg/>")):
+        r = client.post("/v1/ask", content=content, headers={"content-type": kind})
+        assert r.status_code == 422 and "multipart/form-data" in r.json()["detail"], r.text
+
+
 def _png() -> bytes:
     from PIL import Image
 

@@ -108,12 +108,17 @@ def test_bad_chat_requests_get_openai_shaped_4xx(assistant):
                                                    {"type": "text", "text": "x?"}]}]},
         {"messages": [{"role": "wizard", "content": "x?"}]},
         {"messages": "hello"},
+        {"messages": [{"role": "user", "content": [dicom, {"type": "text", "text": "x?"}]}], "temprature": 0},
     ]
     for body in bad:
         r = client.post("/v1/chat/completions", json=body)
         assert 400 <= r.status_code < 500, (body, r.status_code, r.text)
         error = r.json()["error"]
         assert error["type"] == "invalid_request_error" and error["message"], r.text
+    r = client.post("/v1/chat/completions", json=bad[-1])
+    assert "Unrecognized request argument supplied: temprature" in r.json()["error"]["message"], r.text
+    known = {"messages": bad[-1]["messages"], "temperature": 0.2, "top_p": 1, "user": "u1", "seed": 1}
+    assert client.post("/v1/chat/completions", json=known).status_code == 200  # OpenAI's own arguments: ignored
     r = client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "error" in r.json()
     keyed = client_for(assistant, api_key="s3cret")

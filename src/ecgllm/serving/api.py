@@ -62,7 +62,8 @@ _ECG_JSON = {"type": "object", "required": ["signal", "fs", "leads"], "propertie
     "signal": {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
                "description": "one row of samples per lead, in millivolts"},
     "fs": {"type": "number", "description": "sampling rate, Hz"},
-    "leads": {"type": "array", "items": {"type": "string"}, "description": "lead names, one per row"}}}
+    "leads": {"type": "array", "items": {"type": "string"}, "description": "lead names, one per row"}},
+    "additionalProperties": False}
 
 
 def _upload_body(question: bool) -> dict:
@@ -79,8 +80,10 @@ def _upload_body(question: bool) -> dict:
     if question:
         example["question"] = "Is this a normal ECG?"
     return {"requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "properties": multipart, "required": ["ecg", *required]}},
-        "application/json": {"schema": {"type": "object", "properties": json_body, "required": ["ecgs", *required]},
+        "multipart/form-data": {"schema": {"type": "object", "properties": multipart, "required": ["ecg", *required],
+                                           "additionalProperties": False}},
+        "application/json": {"schema": {"type": "object", "properties": json_body, "required": ["ecgs", *required],
+                                        "additionalProperties": False},
                              "example": example}}}}
 
 
@@ -98,6 +101,13 @@ class ServeSettings:
     upload: UploadLimits = field(default_factory=UploadLimits)
     read: ReadLimits = field(default_factory=lambda: ReadLimits(max_duration_s=600.0, max_leads=16,
                                                                  max_file_bytes=50 * 2**20))
+
+
+def refuse_unknown(fields, allowed: set[str]) -> None:
+    unknown = sorted(set(fields.keys()) - allowed)
+    if unknown:
+        raise InputError(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: this "
+                         f"endpoint takes {', '.join(map(repr, sorted(allowed)))}")
 
 
 class _Gate:
@@ -124,7 +134,9 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
     app = FastAPI(title="ecgllm", version=__version__,
                   description="Ask a language model about electrocardiograms. Not a medical device.")
 
-    async def read_upload(request: Request) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
+    async def read_upload(request: Request, takes_question: bool) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
+        """The uploaded files and the other fields; a field the endpoint does not take is refused (a misspelt
+        'question' must not be answered as if none were asked)."""
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > settings.upload.max_bytes + 65536:
             raise UploadTooLargeError(f"the request is larger than {settings.upload.max_bytes / 2**20:.0f} MiB")
@@ -136,6 +148,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
                 raise InputError("the body is not valid JSON") from None
             if not isinstance(body, dict):
                 raise InputError("the JSON body must be an object")
+            refuse_unknown(body, {"ecgs", "question"} if takes_question else {"ecgs"})
             return [], body
         if not kind.startswith("multipart/form-data"):
             raise InputError("send multipart/form-data (field 'ecg' with files, 'question') or application/json")
@@ -152,6 +165,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
             if len(data) > settings.upload.max_bytes:
                 raise UploadTooLargeError(f"a file is larger than {settings.upload.max_bytes / 2**20:.0f} MiB")
             files.append((item.filename or "", data))
+        refuse_unknown(form, {"ecg", "question"} if takes_question else {"ecg"})
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         return files, fields
 
@@ -174,6 +188,8 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
 
         out = []
         for item in arrays:
+            if isinstance(item, dict):
+                refuse_unknown(item, {"signal", "fs", "leads"})
             try:
                 with np.errstate(over="ignore"):  # out-of-range values become inf, refused below as non-finite
                     signal = np.asarray(item["signal"], dtype=np.float32)
@@ -203,8 +219,8 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
         finally:
             gate.inside -= 1
 
-    async def answered(request: Request | None, prepare, max_new_tokens: int,
-                       measure: bool = False) -> tuple[Any, str, list[dict], dict]:
+    async def answered(request: Request | None, prepare, max_new_tokens: int, measure: bool = False,
+                       takes_question: bool = True) -> tuple[Any, str, list[dict], dict]:
         """An admitted request's upload is read and ``prepare(files, body)`` runs in a thread, giving
         ``(records, question, extra)``; the question then joins a batch while, with ``measure``, the records are
         measured beside it, in the measuring process, by the request's deadline. Returns ``(extra, answer text,
@@ -216,7 +232,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
             return await measure_elsewhere(records, max(deadline - time.monotonic(), 0.0)), time.perf_counter() - t0
 
         async def run(deadline: float):
-            files, body = await read_upload(request) if request is not None else ([], {})
+            files, body = await read_upload(request, takes_question) if request is not None else ([], {})
             started = time.perf_counter()
             async with preparing:  # reading uploads: a few at once, not one thread per request
                 records, question, extra = await run_in_threadpool(prepare, files, body)
@@ -235,7 +251,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
     async def guarded(work, request: Request) -> Any:
         """``work(files, body)`` of an upload without the model (plots): admitted, then ``workers`` at once."""
         async def run(_deadline: float):
-            files, body = await read_upload(request)
+            files, body = await read_upload(request, takes_question=False)
             async with gate.semaphore:
                 return await run_in_threadpool(work, files, body)
         return await admitted(run)
@@ -327,7 +343,8 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
                 raise InputError(f"a report is of one ECG; this upload holds {len(ecgs)}")
             return ecgs, REPORT_QUESTION, None
 
-        _, text, measurements, timing = await answered(request, prepare, max(settings.max_new_tokens, 96), True)
+        _, text, measurements, timing = await answered(request, prepare, max(settings.max_new_tokens, 96), True,
+                                                       takes_question=False)
         return {"report": text, "measurements": measurements, "timing": timing, "model": assistant.name}
 
     @app.post("/v1/plot", dependencies=protected, responses=_documented(401, 413, 422, 503),

@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal, Union
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ecgllm.errors import InputError
 
@@ -74,9 +74,18 @@ def _example_csv() -> str:
     return base64.b64encode(f"time,II\n{rows}\n".encode()).decode()
 
 
+# The other arguments of OpenAI's chat completions: accepted and ignored (answers are greedy and plain text), so
+# that clients and front-ends that send them work. Any other argument is refused, as OpenAI refuses it.
+IGNORED_OPENAI_ARGUMENTS = frozenset({
+    "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs", "metadata", "modalities",
+    "n", "parallel_tool_calls", "prediction", "presence_penalty", "reasoning_effort", "response_format", "seed",
+    "service_tier", "stop", "store", "stream_options", "temperature", "tool_choice", "tools", "top_logprobs",
+    "top_p", "user", "verbosity", "web_search_options"})
+
+
 class ChatRequest(BaseModel):
     """What ecgllm reads of an OpenAI chat request; sampling options it does not use are accepted and ignored
-    (answers are greedy, so they are reproducible)."""
+    (answers are greedy, so they are reproducible); an argument OpenAI does not know either is refused."""
     model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{"model": "ecgllm-default", "messages": [
         {"role": "user", "content": [{"type": "file", "file": {"filename": "ecg.csv", "file_data": _example_csv()}},
                                      {"type": "text", "text": "Is this a normal ECG?"}]}]}]})
@@ -85,6 +94,15 @@ class ChatRequest(BaseModel):
     stream: bool = False
     max_tokens: int | None = Field(None, ge=1, description="at most 512 are generated")
     max_completion_tokens: int | None = Field(None, ge=1, description="at most 512 are generated")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_arguments(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(cls.model_fields) - IGNORED_OPENAI_ARGUMENTS)
+            if unknown:
+                raise ValueError(f"Unrecognized request argument supplied: {', '.join(unknown)}")
+        return data
 
 
 class OpenAIErrorBody(BaseModel):
