@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--invalid-every", type=int, default=5, help="every N-th request is invalid (0: none)")
     parser.add_argument("--timeout", type=float, default=180.0, help="per request, seconds")
     parser.add_argument("--single", type=int, default=30, help="requests sent one at a time first (end to end)")
-    parser.add_argument("--threads", type=int, help="`ecgllm serve --threads` (default: PyTorch's)")
+    parser.add_argument("--threads", type=int, help="`ecgllm serve --threads` (default: the server's)")
     parser.add_argument("--batches", type=int, help="`ecgllm serve --batches` (default: the server's)")
     args = parser.parse_args()
     checkpoint = args.checkpoint or default_checkpoint()

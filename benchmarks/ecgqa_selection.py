@@ -91,7 +91,7 @@ def score(monitor: Path, name: str) -> dict:
 
 def choose(candidates: list[dict]) -> str:
     best = max(c["em"] for c in candidates)
-    eligible = [c for c in candidates if c["em"] >= best - EM_TOLERANCE]
+    eligible = [c for c in candidates if c["em"] >= best - EM_TOLERANCE - 1e-9]  # "within" includes the edge
     return max(eligible, key=lambda c: (c["drop_random_ecg"], -candidates.index(c)))["name"]
 
 

@@ -380,11 +380,12 @@ def test_questions_that_arrive_together_are_answered_in_one_batch(assistant, bat
             codes = list(pool.map(one, range(8)))
         with concurrent.futures.ThreadPoolExecutor(8) as pool:  # more than one batch's worth at once
             codes += list(pool.map(one, range(8, 24)))
-        recent = httpx.get(url + "/v1/health", timeout=10).json()["recent_batches"]  # what operators see
+        health = httpx.get(url + "/v1/health", timeout=10).json()
+        recent = health["recent_batches"]  # what operators see
     finally:
         server.should_exit = True
         thread.join(10)
-    assert codes == [200] * 24
+    assert codes == [200] * 24 and health["batches_at_once"] == batches and health["threads_per_batch"] >= 1
     assert sum(app.state.batcher.batches) == 24 and max(app.state.batcher.batches) > 1, app.state.batcher.batches
     assert recent == {"count": len(app.state.batcher.batches), "max_size": max(app.state.batcher.batches),
                       "mean_size": round(24 / len(app.state.batcher.batches), 2)}

@@ -133,3 +133,18 @@ def assistant(tiny_checkpoint):
     from ecgllm import ECGAssistant
 
     return ECGAssistant.load(tiny_checkpoint)
+
+
+def test_every_argument_of_the_openai_client_is_read_or_accepted_and_ignored():
+    """An argument the `openai` package can send must not be refused as unknown (README: clients work unchanged)."""
+    import inspect
+
+    from openai.resources.chat.completions import Completions
+
+    from ecgllm.serving.openai_api import IGNORED_OPENAI_ARGUMENTS, ChatRequest
+
+    transport = {"self", "extra_headers", "extra_query", "extra_body", "timeout"}  # never in the JSON body
+    sent = set(inspect.signature(Completions.create).parameters) - transport
+    assert "messages" in sent and "temperature" in sent
+    assert sent <= set(ChatRequest.model_fields) | IGNORED_OPENAI_ARGUMENTS, sorted(
+        sent - set(ChatRequest.model_fields) - IGNORED_OPENAI_ARGUMENTS)

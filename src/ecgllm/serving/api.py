@@ -49,6 +49,42 @@ class ErrorDetail(BaseModel):
     detail: str
 
 
+class Timing(BaseModel):
+    """Seconds the server spent on each part of the request."""
+    read_s: float
+    measure_s: float
+    answer_s: float
+    total_s: float
+
+
+class AskResponse(BaseModel):
+    answer: str
+    question: str
+    measurements: list[dict[str, Any]]  # one per ECG: heart rate, intervals, axis, quality; or {"error": ...}
+    timing: Timing
+    model: str
+
+
+class ReportResponse(BaseModel):
+    report: str
+    measurements: list[dict[str, Any]]
+    timing: Timing
+    model: str
+
+
+class PlottedRecord(BaseModel):
+    image: str  # a PNG data URL
+    measurements: dict[str, Any]
+    kind: str | None = None  # "image" for a picture shown as sent
+    leads: list[str] | None = None
+    fs: float | None = None
+    duration_s: float | None = None
+
+
+class PlotResponse(BaseModel):
+    records: list[PlottedRecord]
+
+
 def _documented(*codes: int) -> dict:
     """The error answers an endpoint can give, for the OpenAPI schema (clients and Schemathesis read them)."""
     meaning = {401: "missing or wrong API key", 413: "an upload over a size or pixel limit",
@@ -248,12 +284,17 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
                                                "total_s": round(done - started, 4)}
         return await admitted(run)
 
-    async def guarded(work, request: Request) -> Any:
-        """``work(files, body)`` of an upload without the model (plots): admitted, then ``workers`` at once."""
-        async def run(_deadline: float):
+    async def guarded(work, request: Request) -> tuple[Any, list[dict]]:
+        """``work(files, body) -> (result, records)`` of an upload without the model (plots): admitted, then
+        ``workers`` at once; the records are then measured in the measuring process by the request's deadline,
+        before the request leaves the gate. Returns ``(result, measurements)``."""
+        from ecgllm.serving.measuring import measure_elsewhere
+
+        async def run(deadline: float):
             files, body = await read_upload(request, takes_question=False)
             async with gate.semaphore:
-                return await run_in_threadpool(work, files, body)
+                result, records = await run_in_threadpool(work, files, body)
+            return result, await measure_elsewhere(records, max(deadline - time.monotonic(), 0.0))
         return await admitted(run)
 
     def read_records(files, body) -> list:
@@ -321,7 +362,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
 
     @app.post("/v1/ask", dependencies=protected, responses=_documented(401, 413, 422, 503, 504),
               openapi_extra=_upload_body(question=True))
-    async def ask(request: Request) -> dict:
+    async def ask(request: Request) -> AskResponse:
         """Multipart: ``ecg`` (1-2 records) + ``question``; or JSON {"question", "ecgs": [...]}."""
         def prepare(files, body):
             question = str(body.get("question", "")).strip()
@@ -335,7 +376,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
 
     @app.post("/v1/report", dependencies=protected, responses=_documented(401, 413, 422, 503, 504),
               openapi_extra=_upload_body(question=False))
-    async def report(request: Request) -> dict:
+    async def report(request: Request) -> ReportResponse:
         """Multipart ``ecg`` (one record) or JSON {"ecgs": [one]}: a short report with measurements."""
         def prepare(files, body):
             ecgs = read_records(files, body)
@@ -348,8 +389,9 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
         return {"report": text, "measurements": measurements, "timing": timing, "model": assistant.name}
 
     @app.post("/v1/plot", dependencies=protected, responses=_documented(401, 413, 422, 503),
+              response_model_exclude_none=True,  # a picture has no leads or rate; a signal is no "image" kind
               openapi_extra=_upload_body(question=False))
-    async def plot(request: Request) -> dict:
+    async def plot(request: Request) -> PlotResponse:
         """The 12-lead plot (PNG as a data URL) and the measurements of each uploaded record."""
         def work(files, body):  # no generation: reading and plotting are bounded by the limits
             from ecgllm.io.image import ECGImage
@@ -370,11 +412,9 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
                                 "leads": ecg.leads, "fs": ecg.fs, "duration_s": round(ecg.n_samples / ecg.fs, 2)})
             return out, records
 
-        from ecgllm.serving.measuring import measure_elsewhere
-
-        out, records = await guarded(work, request)
         # measured in the measuring process, as answers' records are: not under the interpreter lock of generation
-        for item, measurements in zip(out, await measure_elsewhere(records, settings.request_timeout_s)):
+        out, measured = await guarded(work, request)
+        for item, measurements in zip(out, measured):
             item["measurements"] = measurements
         return {"records": out}
 

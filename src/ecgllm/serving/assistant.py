@@ -85,7 +85,8 @@ class ECGAssistant:
     def __init__(self, model, processor, name: str = "", version: str = "") -> None:
         self.model, self.processor, self.name, self.version = model.eval(), processor, name, version
         # Batches may generate in several threads at once (`AnswerBatcher(concurrent=)`); a fast tokenizer used by
-        # two threads at once can fail ("Already borrowed"), so tokenising and decoding take turns.
+        # two threads at once can fail ("Already borrowed"), so their tokenising and decoding take turns. (`stream`'s
+        # streamer decodes in its own thread without the lock: the server does not stream through it.)
         self._tokenizing = Lock()
 
     @classmethod

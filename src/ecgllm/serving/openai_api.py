@@ -78,9 +78,10 @@ def _example_csv() -> str:
 # that clients and front-ends that send them work. Any other argument is refused, as OpenAI refuses it.
 IGNORED_OPENAI_ARGUMENTS = frozenset({
     "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs", "metadata", "modalities",
-    "n", "parallel_tool_calls", "prediction", "presence_penalty", "reasoning_effort", "response_format", "seed",
-    "service_tier", "stop", "store", "stream_options", "temperature", "tool_choice", "tools", "top_logprobs",
-    "top_p", "user", "verbosity", "web_search_options"})
+    "moderation", "n", "parallel_tool_calls", "prediction", "presence_penalty", "prompt_cache_key",
+    "prompt_cache_options", "prompt_cache_retention", "reasoning_effort", "response_format", "safety_identifier",
+    "seed", "service_tier", "stop", "store", "stream_options", "temperature", "tool_choice", "tools",
+    "top_logprobs", "top_p", "user", "verbosity", "web_search_options"})
 
 
 class ChatRequest(BaseModel):
