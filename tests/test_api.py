@@ -240,6 +240,26 @@ def test_serve_help_and_bad_api_key_env():
     assert result.returncode == 3 and "--batches must be 1 or more" in result.stderr
 
 
+def test_the_real_model_stops_a_row_at_its_deadline_and_lets_the_others_go_on(assistant):
+    """What the server's per-row deadlines do to the model's own generate: the row whose time is up stops at once
+    (padding after its first token), the other runs to its token limit; the end-of-turn token is held back so that
+    only a deadline or the limit can stop a row."""
+    from transformers import StoppingCriteriaList
+
+    from ecgllm import read_ecg
+    from ecgllm.serving.assistant import _RowDeadlines
+
+    ecg = read_ecg(HEA)
+    batch = assistant._batch(["Is this normal?", "Is this normal?"], [[ecg], [ecg]], False)
+    now = time.monotonic()
+    out = assistant.model.generate(**batch, max_new_tokens=40, min_new_tokens=40,
+                                   pad_token_id=assistant.processor.tokenizer.pad_token_id,
+                                   stopping_criteria=StoppingCriteriaList([_RowDeadlines([now - 1, now + 600])]))
+    pad = assistant.processor.tokenizer.pad_token_id
+    assert out.shape[1] == 40  # the live row ran to its limit
+    assert (out[0, 1:] == pad).all() and not (out[1] == pad).all(), out
+
+
 def test_a_timed_out_request_stops_its_generation_and_holds_its_slot_until_then(assistant, monkeypatch):
     import threading
 

@@ -86,3 +86,21 @@ def test_readme_python_api_example_runs(tiny_checkpoint):
     finally:
         os.chdir(cwd)
     assert out.getvalue().strip()
+
+
+def test_compare_and_report_say_only_what_a_user_needs():
+    """As the main job's `ask`: no library's logs or warnings on stderr, only our measurement and timing lines;
+    ``--quiet`` leaves the answer alone."""
+    records = [str(ROOT / "tests/fixtures/ptbxl/records100/00000/00001_lr.hea"),
+               str(ROOT / "tests/fixtures/ptbxl/records100/00000/00002_lr.hea")]
+    ecgllm = str(ROOT / ".venv/bin/ecgllm") if (ROOT / ".venv/bin/ecgllm").exists() else "ecgllm"
+    for command in (["compare", *records, "What changed?"], ["report", records[0]]):
+        result = subprocess.run([ecgllm, *command], cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0 and result.stdout.strip(), result.stderr
+        for noise in ("GGUF", "Loading weights", "Writing model shards", "Warning", "warn(", "Traceback"):
+            assert noise not in result.stderr, result.stderr
+        lines = stderr_lines(result.stderr)
+        assert lines and TIMING.fullmatch(lines[-1]), result.stderr
+        assert all(re.fullmatch(r"  \[ECG \d measured\] .+", line) for line in lines[:-1]), result.stderr
+        quiet = subprocess.run([ecgllm, *command, "--quiet"], cwd=ROOT, capture_output=True, text=True)
+        assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout.strip(), quiet.stderr
