@@ -57,8 +57,10 @@ seed 13, plus the same official samples) under one schedule and seed (lr 1e-4, s
 (`continue_plain.yaml`); with each named probability shifted by its label's training prevalence, so that one
 threshold fits every label (`continue_balanced.yaml`); with the yes/no answers of every verify template (the first
 `ecgllm data balance`, `git show ecaf6e7:recipes/ecgqa/continue_answer_balanced.yaml`), then of every verify wording
-(`continue_question_balanced.yaml`), made equally common. The same rule kept the shipped checkpoint
-(`ecgqa_selection_continuations.md`). All LLM stages ran on one CPU core
+(`continue_question_balanced.yaml`), made equally common; that last one then 800 steps more
+(`continue_question_balanced_more.yaml`, scored at steps 400 and 800: EM rose, the fall with another patient's ECG
+did not). The same rule kept the shipped checkpoint (`ecgqa_selection_continuations.md`). All LLM stages ran on one
+CPU core
 (batch 8); no GPU was available."""
 
 
