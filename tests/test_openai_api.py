@@ -4,6 +4,7 @@ photo-like render, two ECGs in one message, streaming), and OpenAI-shaped errors
 from __future__ import annotations
 
 import base64
+import json
 import io
 import subprocess
 import sys
@@ -148,3 +149,38 @@ def test_every_argument_of_the_openai_client_is_read_or_accepted_and_ignored():
     assert "messages" in sent and "temperature" in sent
     assert sent <= set(ChatRequest.model_fields) | IGNORED_OPENAI_ARGUMENTS, sorted(
         sent - set(ChatRequest.model_fields) - IGNORED_OPENAI_ARGUMENTS)
+
+
+def test_a_streamed_answer_comes_piece_by_piece_and_adds_up_to_the_answer(assistant, monkeypatch):
+    """The untrained tiny model says nothing readable, so its generate is replaced by one that says a known answer
+    token by token to the streamer it is given, as transformers' generate does (the prompt first)."""
+    import torch
+
+    said = "sinus rhythm with first degree av block and left axis deviation"
+    tokens = assistant.processor.tokenizer.encode(said, add_special_tokens=False)
+
+    def generate(input_ids=None, streamer=None, max_new_tokens=64, **kwargs):
+        rows = torch.tensor([tokens[:max_new_tokens]] * input_ids.shape[0])
+        if streamer is not None:
+            streamer.put(input_ids[:, :0])
+            for step in range(rows.shape[1]):
+                streamer.put(rows[:, step])
+            streamer.end()
+        return rows
+
+    monkeypatch.setattr(assistant.model, "generate", generate)
+    client = client_for(assistant)
+    body = {"messages": [{"role": "user", "content": [file_part("ecg.dcm", DICOM.read_bytes()),
+                                                       {"type": "text", "text": "Rhythm?"}]}], "max_tokens": 64}
+    whole = client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+    r = client.post("/v1/chat/completions", json={**body, "stream": True})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = [line[len("data: "):] for line in r.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    contents = [c["choices"][0]["delta"].get("content") for c in chunks]
+    assert "".join(x or "" for x in contents) == whole and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert whole == said and len([x for x in contents if x]) >= 5, contents  # pieces, not one block
+    r = client.post("/v1/chat/completions", json={**body, "stream": True, "messages": [
+        {"role": "user", "content": "No ECG here?"}]})
+    assert r.status_code == 400 and "one or two ECGs" in r.json()["error"]["message"]  # an error, not a stream

@@ -256,7 +256,8 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
             gate.inside -= 1
 
     async def answered(request: Request | None, prepare, max_new_tokens: int, measure: bool = False,
-                       takes_question: bool = True) -> tuple[Any, str, list[dict], dict]:
+                       takes_question: bool = True,
+                       pieces: asyncio.Queue | None = None) -> tuple[Any, str, list[dict], dict]:
         """An admitted request's upload is read and ``prepare(files, body)`` runs in a thread, giving
         ``(records, question, extra)``; the question then joins a batch while, with ``measure``, the records are
         measured beside it, in the measuring process, by the request's deadline. Returns ``(extra, answer text,
@@ -273,7 +274,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
             async with preparing:  # reading uploads: a few at once, not one thread per request
                 records, question, extra = await run_in_threadpool(prepare, files, body)
             prepared = time.perf_counter()
-            answering = batcher.answer(records, question, max_new_tokens, deadline)
+            answering = batcher.answer(records, question, max_new_tokens, deadline, pieces)
             if measure:
                 text, (measurements, measure_s) = await asyncio.gather(answering, measured(records, deadline))
             else:

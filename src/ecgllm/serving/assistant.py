@@ -114,9 +114,14 @@ class ECGAssistant:
         return to_model_device(self.processor(turns, list(ecg_lists), tags=tags, train=False), self.model)
 
     @torch.no_grad()
+    def decode(self, tokens: Sequence[int]) -> str:
+        """Token ids as text, special tokens left out (taking turns with the other threads' tokenising)."""
+        with self._tokenizing:
+            return self.processor.tokenizer.decode(tokens, skip_special_tokens=True)
+
     def _generate(self, questions, ecg_lists, consecutive: bool, max_new_tokens: int,
                   max_time_s: float | None = None, limits: Sequence[int] | None = None,
-                  deadlines: Sequence[float] | None = None) -> list[str]:
+                  deadlines: Sequence[float] | None = None, streamer=None) -> list[str]:
         """Greedy answers of a batch. ``limits``: each row's own token limit (its answer is cut there, as a
         single generation with that limit would end: greedy rows do not depend on each other); ``deadlines``:
         each row stops generating at its own `time.monotonic()` deadline."""
@@ -125,6 +130,8 @@ class ECGAssistant:
         with self._tokenizing:
             batch = self._batch(questions, ecg_lists, consecutive)
         extra = {"stopping_criteria": StoppingCriteriaList([_RowDeadlines(deadlines)])} if deadlines else {}
+        if streamer is not None:  # `streamer` gets each step's tokens of every row (see `AnswerBatcher`)
+            extra["streamer"] = streamer
         out = self.model.generate(**batch, max_new_tokens=max_new_tokens, max_time=max_time_s,
                                   pad_token_id=self.processor.tokenizer.pad_token_id, **extra)
         rows = [row[:limit] for row, limit in zip(out, limits)] if limits else list(out)

@@ -28,6 +28,36 @@ class _Waiting:
     max_new_tokens: int
     deadline: float
     future: asyncio.Future = field(repr=False)
+    pieces: asyncio.Queue | None = field(default=None, repr=False)  # streaming: new text as it is generated
+
+
+class _RowStreamer:
+    """A `generate` streamer for a whole batch: each streaming row's new text goes to its queue as its tokens come
+    (generate hands over the prompt first, then one token per row per step; a row past its own token limit, or
+    padded once finished, adds nothing). Text that ends inside a multi-byte character waits for the next token."""
+
+    def __init__(self, live: list[_Waiting], loop: asyncio.AbstractEventLoop, decode) -> None:
+        self.rows = [(i, item) for i, item in enumerate(live) if item.pieces is not None]
+        self.loop, self.decode, self.prompt_seen = loop, decode, False
+        self.tokens: dict[int, list[int]] = {i: [] for i, _ in self.rows}
+        self.sent: dict[int, str] = {i: "" for i, _ in self.rows}
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for i, item in self.rows:
+            if len(self.tokens[i]) >= item.max_new_tokens:
+                continue
+            self.tokens[i].append(int(value[i]))
+            text = self.decode(self.tokens[i]).lstrip()  # as the finished answer, stripped
+            if text.endswith("\ufffd") or not text.startswith(self.sent[i]) or text == self.sent[i]:
+                continue
+            self.loop.call_soon_threadsafe(item.pieces.put_nowait, text[len(self.sent[i]):])
+            self.sent[i] = text
+
+    def end(self) -> None:
+        pass
 
 
 class AnswerBatcher:
@@ -42,13 +72,15 @@ class AnswerBatcher:
         self._executor = ThreadPoolExecutor(max_workers=concurrent, thread_name_prefix="ecgllm-generate")
         self.batches: deque[int] = deque(maxlen=10_000)  # sizes of recent batches (tests, the load benchmark)
 
-    async def answer(self, records: list, question: str, max_new_tokens: int, deadline: float) -> str:
-        """The answer's text; `AnswerTimeoutError` when the deadline passes first."""
+    async def answer(self, records: list, question: str, max_new_tokens: int, deadline: float,
+                     pieces: asyncio.Queue | None = None) -> str:
+        """The answer's text; `AnswerTimeoutError` when the deadline passes first. With ``pieces``, the text is also
+        put there piece by piece while it is generated (their concatenation is the answer)."""
         if self._runner is None or self._runner.done():  # started on the serving loop, at first use
             self._queue = asyncio.Queue()
             self._runner = asyncio.create_task(self._run())
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Waiting(records, question, max_new_tokens, deadline, future))
+        await self._queue.put(_Waiting(records, question, max_new_tokens, deadline, future, pieces))
         try:  # a safety net: the batcher answers by the deadline; this only guards against its own failure
             return await asyncio.wait_for(future, timeout=max(deadline - time.monotonic(), 0) + 30)
         except asyncio.TimeoutError:
@@ -92,7 +124,7 @@ class AnswerBatcher:
     async def _answer_batch(self, live: list[_Waiting]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            texts: list = await loop.run_in_executor(self._executor, self._generate, live)
+            texts: list = await loop.run_in_executor(self._executor, self._generate, live, loop)
         except Exception as exc:
             texts = [exc]
             if len(live) > 1:  # one question's bad input must not fail the others: each alone, its own error
@@ -114,11 +146,14 @@ class AnswerBatcher:
             else:
                 item.future.set_result(text)
 
-    def _generate(self, live: list[_Waiting]) -> list[str]:
+    def _generate(self, live: list[_Waiting], loop: asyncio.AbstractEventLoop | None = None) -> list[str]:
         left = max(item.deadline for item in live) - time.monotonic()
+        streaming = {}
+        if loop is not None and any(item.pieces is not None for item in live):
+            streaming["streamer"] = _RowStreamer(live, loop, self.assistant.decode)
         # Two ECGs are an earlier and a later one (as `compare`); one ECG's prompt has no order tag either way.
         # Each row keeps its own token limit and deadline, as if it had been generated alone.
         return self.assistant._generate([item.question for item in live], [item.records for item in live],
                                         True, max(item.max_new_tokens for item in live), max(left, 0.0),
                                         limits=[item.max_new_tokens for item in live],
-                                        deadlines=[item.deadline for item in live])
+                                        deadlines=[item.deadline for item in live], **streaming)

@@ -14,6 +14,7 @@ Errors have OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -200,18 +201,49 @@ def add_openai_routes(app: FastAPI, assistant, settings, answered, read_records,
             question, files = question_and_files(body)
             return read_records(files, {}), question, None
 
-        _, text, _, _ = await answered(None, prepare, max_new)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if not body.stream:
+            _, text, _, _ = await answered(None, prepare, max_new)
             return {"id": ident, "object": "chat.completion", "created": created, "model": assistant.name,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                  "finish_reason": "stop"}]}
 
-        def events():
-            for delta, finish in (({"role": "assistant", "content": text}, None), ({}, "stop")):
-                chunk = {"id": ident, "object": "chat.completion.chunk", "created": created,
-                         "model": assistant.name, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-                yield f"data: {json.dumps(chunk)}\n\n"
+        def chunk(delta: dict, finish: str | None = None) -> str:
+            return "data: " + json.dumps({"id": ident, "object": "chat.completion.chunk", "created": created,
+                                          "model": assistant.name, "choices": [{"index": 0, "delta": delta,
+                                                                                "finish_reason": finish}]}) + "\n\n"
+
+        pieces: asyncio.Queue = asyncio.Queue()
+        answering = asyncio.ensure_future(answered(None, prepare, max_new, pieces=pieces))
+        # The response starts with the first piece of the answer: a request refused before generating (bad input,
+        # busy, out of time) still gets its error status and OpenAI's error body, not a stream.
+        first = asyncio.ensure_future(pieces.get())
+        await asyncio.wait({first, answering}, return_when=asyncio.FIRST_COMPLETED)
+        if not first.done():
+            first.cancel()
+            answering.result()  # raises the request's error, answered as usual
+        opening = first.result() if first.done() and not first.cancelled() else ""
+
+        async def events():
+            sent = opening
+            yield chunk({"role": "assistant", "content": opening})
+            try:
+                while not answering.done() or not pieces.empty():
+                    getting = asyncio.ensure_future(pieces.get())
+                    await asyncio.wait({getting, answering}, return_when=asyncio.FIRST_COMPLETED)
+                    if not getting.done():
+                        getting.cancel()
+                        continue
+                    sent += getting.result()
+                    yield chunk({"content": getting.result()})
+                text = answering.result()[1]
+            except Exception as exc:  # the stream has begun: the error is its last event, in OpenAI's shape
+                yield "data: " + json.dumps({"error": {"message": str(exc) or type(exc).__name__,
+                                                       "type": "server_error"}}) + "\n\n"
+                return
+            if text.startswith(sent) and text != sent:  # whatever the pieces did not carry
+                yield chunk({"content": text[len(sent):]})
+            yield chunk({}, "stop")
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
