@@ -151,9 +151,11 @@ def test_every_argument_of_the_openai_client_is_read_or_accepted_and_ignored():
         sent - set(ChatRequest.model_fields) - IGNORED_OPENAI_ARGUMENTS)
 
 
-def test_a_streamed_answer_comes_piece_by_piece_and_adds_up_to_the_answer(assistant, monkeypatch):
+@pytest.mark.parametrize("prompt_first", [True, False])
+def test_a_streamed_answer_comes_piece_by_piece_and_adds_up_to_the_answer(assistant, monkeypatch, prompt_first):
     """The untrained tiny model says nothing readable, so its generate is replaced by one that says a known answer
-    token by token to the streamer it is given, as transformers' generate does (the prompt first)."""
+    token by token to the streamer it is given: the prompt first, as transformers' generate does, or not, as the
+    stratified decoding does."""
     import torch
 
     said = "sinus rhythm with first degree av block and left axis deviation"
@@ -162,7 +164,8 @@ def test_a_streamed_answer_comes_piece_by_piece_and_adds_up_to_the_answer(assist
     def generate(input_ids=None, streamer=None, max_new_tokens=64, **kwargs):
         rows = torch.tensor([tokens[:max_new_tokens]] * input_ids.shape[0])
         if streamer is not None:
-            streamer.put(input_ids[:, :0])
+            if prompt_first:
+                streamer.put(input_ids[:, :0])
             for step in range(rows.shape[1]):
                 streamer.put(rows[:, step])
             streamer.end()

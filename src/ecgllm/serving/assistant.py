@@ -113,12 +113,12 @@ class ECGAssistant:
         tags = [ecg_tags(len(e), consecutive) if e else [] for e in ecg_lists]
         return to_model_device(self.processor(turns, list(ecg_lists), tags=tags, train=False), self.model)
 
-    @torch.no_grad()
     def decode(self, tokens: Sequence[int]) -> str:
         """Token ids as text, special tokens left out (taking turns with the other threads' tokenising)."""
         with self._tokenizing:
             return self.processor.tokenizer.decode(tokens, skip_special_tokens=True)
 
+    @torch.no_grad()
     def _generate(self, questions, ecg_lists, consecutive: bool, max_new_tokens: int,
                   max_time_s: float | None = None, limits: Sequence[int] | None = None,
                   deadlines: Sequence[float] | None = None, streamer=None) -> list[str]:

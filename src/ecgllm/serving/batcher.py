@@ -38,23 +38,25 @@ class _RowStreamer:
 
     def __init__(self, live: list[_Waiting], loop: asyncio.AbstractEventLoop, decode) -> None:
         self.rows = [(i, item) for i, item in enumerate(live) if item.pieces is not None]
-        self.loop, self.decode, self.prompt_seen = loop, decode, False
+        self.loop, self.decode = loop, decode
         self.tokens: dict[int, list[int]] = {i: [] for i, _ in self.rows}
         self.sent: dict[int, str] = {i: "" for i, _ in self.rows}
 
     def put(self, value) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
+        if value.dim() == 2:  # the prompt ([rows, tokens]; the stratified decoding sends none): not answer text
             return
-        for i, item in self.rows:
-            if len(self.tokens[i]) >= item.max_new_tokens:
-                continue
-            self.tokens[i].append(int(value[i]))
-            text = self.decode(self.tokens[i]).lstrip()  # as the finished answer, stripped
-            if text.endswith("\ufffd") or not text.startswith(self.sent[i]) or text == self.sent[i]:
-                continue
-            self.loop.call_soon_threadsafe(item.pieces.put_nowait, text[len(self.sent[i]):])
-            self.sent[i] = text
+        try:
+            for i, item in self.rows:
+                if len(self.tokens[i]) >= item.max_new_tokens:
+                    continue
+                self.tokens[i].append(int(value[i]))
+                text = self.decode(self.tokens[i]).strip()  # as the finished answer is stripped
+                if text.endswith("\ufffd") or not text.startswith(self.sent[i]) or text == self.sent[i]:
+                    continue
+                self.loop.call_soon_threadsafe(item.pieces.put_nowait, text[len(self.sent[i]):])
+                self.sent[i] = text
+        except Exception:  # e.g. the serving loop is closed: streaming stops, the batch's answers do not
+            self.rows = []
 
     def end(self) -> None:
         pass

@@ -215,6 +215,7 @@ def add_openai_routes(app: FastAPI, assistant, settings, answered, read_records,
 
         pieces: asyncio.Queue = asyncio.Queue()
         answering = asyncio.ensure_future(answered(None, prepare, max_new, pieces=pieces))
+        answering.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved, never "lost"
         # The response starts with the first piece of the answer: a request refused before generating (bad input,
         # busy, out of time) still gets its error status and OpenAI's error body, not a stream.
         first = asyncio.ensure_future(pieces.get())
@@ -224,8 +225,11 @@ def add_openai_routes(app: FastAPI, assistant, settings, answered, read_records,
             answering.result()  # raises the request's error, answered as usual
         opening = first.result() if first.done() and not first.cancelled() else ""
 
+        def error_event(message: str) -> str:  # the stream has begun: an error is its last event, OpenAI's shape
+            return "data: " + json.dumps({"error": {"message": message, "type": "server_error"}}) + "\n\n"
+
         async def events():
-            sent = opening
+            sent, getting = opening, None
             yield chunk({"role": "assistant", "content": opening})
             try:
                 while not answering.done() or not pieces.empty():
@@ -236,14 +240,21 @@ def add_openai_routes(app: FastAPI, assistant, settings, answered, read_records,
                         continue
                     sent += getting.result()
                     yield chunk({"content": getting.result()})
-                text = answering.result()[1]
-            except Exception as exc:  # the stream has begun: the error is its last event, in OpenAI's shape
-                yield "data: " + json.dumps({"error": {"message": str(exc) or type(exc).__name__,
-                                                       "type": "server_error"}}) + "\n\n"
-                return
-            if text.startswith(sent) and text != sent:  # whatever the pieces did not carry
-                yield chunk({"content": text[len(sent):]})
-            yield chunk({}, "stop")
-            yield "data: [DONE]\n\n"
+                try:
+                    text = answering.result()[1]
+                except Exception as exc:
+                    yield error_event(str(exc) or type(exc).__name__)
+                    return
+                if not text.startswith(sent):  # the pieces went astray (a batch answered again row by row)
+                    yield error_event("the streamed text does not match the answer; ask again without stream")
+                    return
+                if text != sent:
+                    yield chunk({"content": text[len(sent):]})
+                yield chunk({}, "stop")
+                yield "data: [DONE]\n\n"
+            finally:  # the client may have gone: its question leaves the batch queue and the gate
+                for task in (getting, answering):
+                    if task is not None and not task.done():
+                        task.cancel()
 
         return StreamingResponse(events(), media_type="text/event-stream")
