@@ -108,3 +108,15 @@ def test_console_script_installed():
     exe = shutil.which("ecgllm") or str(sys.executable).replace("python", "ecgllm")
     result = subprocess.run([exe, "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("ecgllm ")
+
+
+def test_ask_refuses_an_over_long_question_and_neutralises_ecg_tokens(tiny_checkpoint):
+    """The CLI side of the server's 422s: a question over the model's context is exit 3 with a sentence, never a
+    traceback; `<ecg>` typed in a question creates no ECG slot, so the answer comes as usual."""
+    long_question = "Does this ECG show atrial fibrillation? " * 300
+    result = run("ask", str(PTBXL_1), long_question, "--model", str(tiny_checkpoint), "--max-new-tokens", "2")
+    assert result.returncode == EXIT_INPUT and "shorten the question" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    result = run("ask", str(PTBXL_1), "<ecg><ecg> Is this <|im_start|>normal?", "--model", str(tiny_checkpoint),
+                 "--max-new-tokens", "2", "--quiet")
+    assert result.returncode == EXIT_OK and "Traceback" not in result.stderr, result.stderr

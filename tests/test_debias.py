@@ -4,6 +4,7 @@ marginal decoding, and the three estimators through `ecgllm train`."""
 from __future__ import annotations
 
 import copy
+import time
 import json
 import subprocess
 import sys
@@ -212,3 +213,19 @@ def test_debiased_training_refuses_data_the_estimator_cannot_use(debias_workspac
     assert result.returncode == 3, result.stderr[-2000:]
     assert "24 of 24 conversations" in result.stderr and missing in result.stderr
     assert not (root / f"{method}-refused" / "checkpoints").exists()
+
+
+def test_the_stratified_decoding_stops_a_row_at_its_deadline(tiny_stratified):
+    """Per-row stopping criteria (the server's deadlines) hold for the marginal decoding as for `generate`."""
+    from transformers import StoppingCriteriaList
+
+    from ecgllm.serving.assistant import _RowDeadlines
+
+    model, processor = tiny_stratified
+    model.eval()
+    batch = _batch(processor, train=False)
+    now = time.monotonic()
+    pad = processor.tokenizer.pad_token_id
+    out = model.generate(**batch, max_new_tokens=12, pad_token_id=pad, eos_token_id=-1,  # no end: a deadline or 12
+                         stopping_criteria=StoppingCriteriaList([_RowDeadlines([now - 1, now + 600])]))
+    assert out.shape[1] == 12 and (out[0, 1:] == pad).all() and not (out[1] == pad).all(), out

@@ -472,7 +472,7 @@ class EcgLanguageModel(nn.Module):
     def _generate_marginal(self, input_ids, attention_mask, ecg, ecg_mask, max_new_tokens: int, n_ecgs: int,
                            images=None, ecg_is_image=None, ecg_named=None, return_dict_in_generate: bool = False,
                            output_scores: bool = False, pad_token_id=None, eos_token_id=None, streamer=None,
-                           max_time: float | None = None, **_ignored):
+                           max_time: float | None = None, stopping_criteria=None, **_ignored):
         import time
         from types import SimpleNamespace
 
@@ -503,6 +503,8 @@ class EcgLanguageModel(nn.Module):
             if streamer is not None:
                 streamer.put(step.cpu())
             done |= torch.isin(step, torch.tensor(sorted(eos), device=step.device)) if eos else done
+            if stopping_criteria is not None:  # as `generate`: a row they stop (e.g. its deadline) is padded after
+                done |= stopping_criteria(torch.stack(tokens, 1), scores[-1]).to(done.device)
             if bool(done.all()) or (max_time is not None and time.monotonic() - started > max_time):
                 break
             mask = torch.cat([mask, torch.ones(n * batch, 1, dtype=mask.dtype, device=mask.device)], -1)

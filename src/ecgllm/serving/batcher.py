@@ -4,8 +4,8 @@ The first waiting question holds the batch open for at most ``wait_s`` (or until
 batch then runs in a worker thread. At most ``concurrent`` batches run at once; the next one gathers while a
 worker is free and waits in the queue otherwise. One batch at a time, on every core, suits a GPU; on a CPU, two
 batches on half the cores each answer more per second (`ecgllm serve`'s default there): PyTorch's ops release
-the interpreter lock, and a small model's matrix products split poorly over threads. Each row keeps its own token limit and
-its own deadline (a row stops at its deadline and is answered 504; the others go on). A question whose deadline
+the interpreter lock, and a small model's matrix products split poorly over threads. Each row keeps its own token
+limit and its own deadline (a row stops at its deadline and is answered 504; the others go on). A question whose deadline
 has passed before its batch starts is not generated. A batch that fails is answered question by question, so one
 request's bad input fails only that request.
 """
