@@ -216,30 +216,37 @@ def add_openai_routes(app: FastAPI, assistant, settings, answered, read_records,
         pieces: asyncio.Queue = asyncio.Queue()
         answering = asyncio.ensure_future(answered(None, prepare, max_new, pieces=pieces))
         answering.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved, never "lost"
+
+        async def next_piece() -> str | None:
+            """The answer's next piece as it is generated; None once the answer is done and every piece taken."""
+            while not answering.done() or not pieces.empty():
+                getting = asyncio.ensure_future(pieces.get())
+                try:
+                    await asyncio.wait({getting, answering}, return_when=asyncio.FIRST_COMPLETED)
+                finally:  # also when the client has gone and this wait is cancelled
+                    if not getting.done():
+                        getting.cancel()
+                if getting.done() and not getting.cancelled():
+                    return getting.result()
+            return None
+
         # The response starts with the first piece of the answer: a request refused before generating (bad input,
         # busy, out of time) still gets its error status and OpenAI's error body, not a stream.
-        first = asyncio.ensure_future(pieces.get())
-        await asyncio.wait({first, answering}, return_when=asyncio.FIRST_COMPLETED)
-        if not first.done():
-            first.cancel()
+        opening = await next_piece()
+        if opening is None:
             answering.result()  # raises the request's error, answered as usual
-        opening = first.result() if first.done() and not first.cancelled() else ""
+            opening = ""
 
         def error_event(message: str) -> str:  # the stream has begun: an error is its last event, OpenAI's shape
             return "data: " + json.dumps({"error": {"message": message, "type": "server_error"}}) + "\n\n"
 
         async def events():
-            sent, getting = opening, None
+            sent = opening
             yield chunk({"role": "assistant", "content": opening})
             try:
-                while not answering.done() or not pieces.empty():
-                    getting = asyncio.ensure_future(pieces.get())
-                    await asyncio.wait({getting, answering}, return_when=asyncio.FIRST_COMPLETED)
-                    if not getting.done():
-                        getting.cancel()
-                        continue
-                    sent += getting.result()
-                    yield chunk({"content": getting.result()})
+                while (piece := await next_piece()) is not None:
+                    sent += piece
+                    yield chunk({"content": piece})
                 try:
                     text = answering.result()[1]
                 except Exception as exc:
@@ -253,8 +260,7 @@ def add_openai_routes(app: FastAPI, assistant, settings, answered, read_records,
                 yield chunk({}, "stop")
                 yield "data: [DONE]\n\n"
             finally:  # the client may have gone: its question leaves the batch queue and the gate
-                for task in (getting, answering):
-                    if task is not None and not task.done():
-                        task.cancel()
+                if not answering.done():
+                    answering.cancel()
 
         return StreamingResponse(events(), media_type="text/event-stream")
