@@ -366,8 +366,10 @@ def test_a_reused_prompt_prefix_gives_the_same_answers_and_follows_weight_change
 
     reused = scores()  # fills the memo
     key = model._prefix_memo[0]
+    starts = dict(model._prefix_memo[1])
     again = scores()   # served from it
-    assert model._prefix_memo[0] == key
+    assert model._prefix_memo[0] == key and model._prefix_memo[1].keys() == starts.keys()
+    assert all(model._prefix_memo[1][k] is v for k, v in starts.items())  # not recomputed
     from transformers import DynamicCache
 
     full = scores(cache=DynamicCache())  # an empty cache given: the whole prompt is prefilled
@@ -377,6 +379,30 @@ def test_a_reused_prompt_prefix_gives_the_same_answers_and_follows_weight_change
     assert torch.allclose(scores(), scores(cache=DynamicCache()), atol=1e-5)
     assert model._prefix_memo[0] != key  # the changed weights made a new prefix
     assert not torch.allclose(scores(), full, atol=1e-3)
+
+
+def test_prompt_starts_asked_in_turn_each_keep_their_prefix(tiny_tokenizer, ecgs):
+    """Questions about one ECG and comparisons of two begin differently ("ECG 1 (earlier):"); asked in turn,
+    each reuses its own keys/values instead of pushing the other's out, and the answers equal a full prefill."""
+    from transformers import DynamicCache
+
+    model, processor = make(tiny_tokenizer)
+    model.eval()
+    one = processor([QA[:1]], [[ecgs[0]]], train=False)
+    two = processor([QA[:1]], [[ecgs[0], ecgs[1]]], tags=[["ECG 1 (earlier)", "ECG 2 (recent)"]], train=False)
+    for batch in (one, two):
+        batch.pop("labels", None)
+
+    def scores(batch, **extra):
+        out = model.generate(**batch, max_new_tokens=3, output_scores=True, return_dict_in_generate=True, **extra)
+        return torch.stack(out.scores)
+
+    scores(one), scores(two)
+    starts = dict(model._prefix_memo[1])
+    assert len(starts) == 2
+    for batch in (one, two, one):
+        assert torch.allclose(scores(batch), scores(batch, cache=DynamicCache()), atol=1e-5)
+    assert all(model._prefix_memo[1][k] is v for k, v in starts.items())  # neither was recomputed
 
 
 def test_merging_the_adapter_for_serving_keeps_the_answers(tiny_tokenizer, ecgs):

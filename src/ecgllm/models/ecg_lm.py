@@ -9,6 +9,8 @@ counts across a batch work because ECGs are consumed in the order their placehol
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -450,21 +452,38 @@ class EcgLanguageModel(nn.Module):
         if self.config.llm_policy == "lora" and hasattr(self.llm, "merge_adapter"):
             self.llm.merge_adapter()
 
+    PREFIX_MEMO_SIZE = 8  # distinct prompt starts kept: one ECG, two ECGs, the report, the chat UI's, ...
+    _prefix_memo: tuple | None = None  # (weights state, {start tokens: keys/values}), most recent last
+    _prefix_lock = threading.Lock()    # one for the class: a model stays deep-copyable and picklable
+
     def _prompt_prefix_cache(self, input_ids, attention_mask, embeds):
-        """Keys/values of the tokens every prompt of the batch begins with (system prompt, user header), computed
-        once and reused by later calls while the LLM is unchanged (`_weights_state`): a served answer then runs
-        only its own tokens. None when the prompts share no prefix."""
+        """Keys/values of the tokens every prompt of the batch begins with (system prompt, user header, an ECG tag),
+        computed once and reused by later calls while the LLM is unchanged (`_weights_state`): a served answer then
+        runs only its own tokens. The last few distinct starts are kept, so questions about one ECG and comparisons
+        of two, asked in turn, both reuse theirs. None when the prompts share no prefix."""
         import copy
 
         n = self._shared_prefix_length(input_ids, attention_mask)
         if n < 2:
             return None
-        key = (tuple(input_ids[0, :n].tolist()), self._weights_state())
-        memo = getattr(self, "_prefix_memo", None)  # read once: another thread may replace it meanwhile
-        if memo is None or memo[0] != key:
-            memo = (key, self._run_prefix(embeds, n)[1])
-            self._prefix_memo = memo
-        cache = copy.deepcopy(memo[1])
+        tokens, state = tuple(input_ids[0, :n].tolist()), self._weights_state()
+        with self._prefix_lock:  # answers of other threads read and fill the same memo
+            memo = self._prefix_memo if self._prefix_memo is not None and self._prefix_memo[0] == state else None
+            cached = memo[1].get(tokens) if memo is not None else None
+        if cached is None:
+            cached = self._run_prefix(embeds, n)[1]
+            with self._prefix_lock:
+                if self._prefix_memo is None or self._prefix_memo[0] != state:
+                    self._prefix_memo = (state, OrderedDict())  # the weights changed: every start is stale
+                starts = self._prefix_memo[1]
+                starts[tokens] = cached
+                while len(starts) > self.PREFIX_MEMO_SIZE:
+                    starts.popitem(last=False)
+        else:
+            with self._prefix_lock:
+                if memo is self._prefix_memo and tokens in memo[1]:
+                    memo[1].move_to_end(tokens)
+        cache = copy.deepcopy(cached)
         if embeds.shape[0] > 1:
             cache.batch_repeat_interleave(embeds.shape[0])
         return cache
