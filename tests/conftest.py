@@ -52,7 +52,7 @@ def tiny_checkpoint(tmp_path_factory, tiny_tokenizer):
     torch.manual_seed(0)
     model, processor = EcgLanguageModel.build(config, ProcessorConfig(), llm=tiny_llm(len(tokenizer)),
                                               tokenizer=tokenizer)
-    model.save_pretrained(root / "ckpt", processor)
+    model.save_pretrained(root / "ckpt", processor, name="tiny-test-model")
     return root / "ckpt"
 
 

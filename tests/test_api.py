@@ -43,11 +43,19 @@ def wfdb_files():
     return [("ecg", ("00001_lr.hea", HEA.read_bytes())), ("ecg", ("00001_lr.dat", DAT.read_bytes()))]
 
 
-def test_health_models_and_openapi(assistant):
+def test_health_models_and_openapi(assistant, tiny_checkpoint):
+    """The model is named from its metadata (config.json), and no response shows where it lies on the server."""
     client = client_for(assistant)
-    assert client.get("/v1/health").json()["status"] == "ok"
-    models = client.get("/v1/models").json()
-    assert models["object"] == "list" and models["data"][0]["tokens_per_ecg"] == 2
+    health = client.get("/v1/health")
+    assert health.json()["status"] == "ok" and health.json()["model"] == "tiny-test-model"
+    models = client.get("/v1/models")
+    assert models.json()["object"] == "list" and models.json()["data"][0]["tokens_per_ecg"] == 2
+    asked = client.post("/v1/ask", files=wfdb_files(), data={"question": "Is this a normal ECG?"})
+    assert asked.json()["model"] == "tiny-test-model"
+    page = client.get("/")
+    for response in (health, models, asked, page):
+        assert response.status_code == 200
+        assert str(tiny_checkpoint) not in response.text and str(tiny_checkpoint.parent) not in response.text
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/ask", "/v1/report", "/v1/health", "/v1/models"} <= set(paths)
 

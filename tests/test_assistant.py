@@ -117,3 +117,20 @@ def test_batch_names_the_line_with_an_empty_question(tmp_path):
     result = subprocess.run(CLI + ["batch", str(questions), "-o", str(tmp_path / "a.jsonl"), "--model",
                                    str(tmp_path / "no_checkpoint")], capture_output=True, text=True)
     assert result.returncode == 3 and "q.jsonl:2:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_model_is_named_from_its_metadata_or_else_its_folder(tiny_checkpoint, tmp_path):
+    import json
+    import shutil
+
+    from ecgllm.models.default import default_checkpoint
+    from ecgllm.serving.assistant import model_identity
+
+    assert model_identity(tiny_checkpoint)[0] == "tiny-test-model"
+    assert model_identity(default_checkpoint())[0] == "ecgllm-default"
+    older = tmp_path / "paired" / "final"  # written before folders recorded a name
+    shutil.copytree(tiny_checkpoint, older)
+    meta = json.loads((older / "config.json").read_text())
+    del meta["name"]
+    (older / "config.json").write_text(json.dumps(meta))
+    assert model_identity(older) == ("paired/final", meta["ecgllm_version"])

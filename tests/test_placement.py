@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from ecgllm import read_ecg
 from ecgllm.models.placement import Placement, resolve_device, resolve_dtype
 from tests.conftest import FIXTURES, make_training_workspace
 
@@ -96,3 +97,44 @@ def test_llm_training_with_bf16_mixed_precision(tmp_path, tiny_tokenizer):
     from safetensors.torch import load_file
 
     assert {t.dtype for t in load_file(final / "projector.safetensors").values()} == {torch.float32}
+    # the frozen weights were cast to bf16 for the steps, yet the checkpoints keep float32 ones to resume from
+    saved = load_file(workspace / "bf16/checkpoints/step-00000006/model.safetensors")
+    assert {t.dtype for t in saved.values() if t.is_floating_point()} == {torch.float32}
+
+
+def test_frozen_weights_cast_once_give_the_numbers_of_autocast(tiny_tokenizer):
+    """Training under bf16 autocast with the frozen linear weights cast ahead (`FrozenWeightsCast`) gives the
+    loss and gradients of plain autocast exactly; the tied output head (an embedding) is left alone; leaving puts
+    the very float32 tensors back; `original()` shows them for a while (to save a checkpoint)."""
+    from ecgllm.models.placement import FrozenWeightsCast
+    from tests.test_models import QA, make
+
+    model, processor = make(tiny_tokenizer)
+    model.train()
+    batch = processor([QA, QA], [[read_ecg(PTBXL_1)], [read_ecg(PTBXL_1)]])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads():
+        torch.manual_seed(0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        grads = [p.grad.clone() for p in trainable]
+        model.zero_grad()
+        return loss.detach(), grads
+
+    frozen = [p for n, p in model.llm.named_parameters() if not p.requires_grad and "layers.0." in n and "proj" in n]
+    before = {id(p): p.data_ptr() for p in frozen}
+    autocast_loss, autocast_grads = loss_and_grads()
+    cast = FrozenWeightsCast(model)
+    assert cast.count > 0
+    with cast:
+        assert all(p.dtype == torch.bfloat16 for p in frozen)
+        assert model.llm.get_input_embeddings().weight.dtype == torch.float32
+        with cast.original():
+            assert all(p.data_ptr() == before[id(p)] for p in frozen)
+        cast_loss, cast_grads = loss_and_grads()
+    assert torch.equal(cast_loss, autocast_loss)
+    assert all(torch.equal(a, b) for a, b in zip(cast_grads, autocast_grads))
+    assert all(p.data_ptr() == before[id(p)] and p.dtype == torch.float32 for p in frozen)
+    assert FrozenWeightsCast(model, enabled=False).count == 0

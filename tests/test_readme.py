@@ -104,3 +104,39 @@ def test_compare_and_report_say_only_what_a_user_needs():
         assert all(re.fullmatch(r"  \[ECG \d measured\] .+", line) for line in lines[:-1]), result.stderr
         quiet = subprocess.run([ecgllm, *command, "--quiet"], cwd=ROOT, capture_output=True, text=True)
         assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout.strip(), quiet.stderr
+
+
+def test_serve_says_where_it_listens_and_nothing_else():
+    """`ecgllm serve` with the default model: one line on stdout (address, docs, batching), no library's logs or
+    warnings on stderr while it loads, answers and stops on Ctrl-C, and a clean exit."""
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ecgllm = str(ROOT / ".venv/bin/ecgllm") if (ROOT / ".venv/bin/ecgllm").exists() else "ecgllm"
+    proc = subprocess.Popen([ecgllm, "serve", "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    record = ROOT / "tests/fixtures/ptbxl/records100/00000/00001_lr"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        files = [("ecg", (f"00001_lr{ext}", record.with_suffix(ext).read_bytes())) for ext in (".hea", ".dat")]
+        asked = httpx.post(f"http://127.0.0.1:{port}/v1/ask", files=files, data={"question": "Is this a normal ECG?"},
+                           timeout=60)
+        assert asked.status_code == 200 and asked.json()["answer"], asked.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert err == "", err
+    assert re.fullmatch(rf"ecgllm serving on http://127\.0\.0\.1:{port}/  \(API docs: /docs; \d+ batch(es)? at once, "
+                        r"\d+ threads? each\)\n", out), out

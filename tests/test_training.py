@@ -82,6 +82,11 @@ def test_an_intermediate_checkpoint_exports_to_a_model_folder(workspace):
     exported_earlier = model_weights(workspace / "basic" / "step-10")
     assert exported_last.keys() == final.keys() and all((exported_last[k] == final[k]).all() for k in final)
     assert any(not (exported_earlier[k] == final[k]).all() for k in final)  # step 10 is not the final model
+    from ecgllm.serving.assistant import model_identity
+
+    # servers name each folder after its run, never by its path
+    assert model_identity(workspace / "basic" / "final")[0] == "basic"
+    assert model_identity(workspace / "basic" / "step-10")[0] == "basic/step-10"
     missing = subprocess.run(CLI + ["train", str(basic), "--export-step", "5"], capture_output=True, text=True)
     assert missing.returncode == 3 and "no finished checkpoint of step 5; there are: 10, 12" in missing.stderr
 

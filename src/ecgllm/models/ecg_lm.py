@@ -538,14 +538,15 @@ class EcgLanguageModel(nn.Module):
         return sequences
 
     # ------------------------------------------------------------------------------------ saving
-    def save_pretrained(self, directory: str | Path, processor: EcgProcessor) -> Path:
+    def save_pretrained(self, directory: str | Path, processor: EcgProcessor, name: str | None = None) -> Path:
         """One self-describing folder: config, encoder + projector weights, LoRA adapter (or full LLM
-        weights), processor (tokenizer, chat template, ECG preparation), and the base-LLM pointer."""
+        weights), processor (tokenizer, chat template, ECG preparation), and the base-LLM pointer. ``name``: what
+        servers call the model (`ecgllm.serving.assistant.model_identity`), e.g. its training run's."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        meta = {"ecgllm_version": __version__, "config": asdict(self.config)}
+        meta = {"ecgllm_version": __version__, **({"name": name} if name else {}), "config": asdict(self.config)}
         (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         save_file({k: v.contiguous() for k, v in self.encoder.state_dict().items()}, directory / "encoder.safetensors")
         save_file({k: v.contiguous() for k, v in self.projector.state_dict().items()}, directory / "projector.safetensors")

@@ -52,24 +52,22 @@ class Answer:
 
 
 def model_identity(folder: Path) -> tuple[str, str]:
-    """A checkpoint's public name and the ecgllm version that wrote it: what responses and pages show of a
-    model, never the server's path to it. The shipped default is ``ecgllm-default``; another folder is named
-    by its own name (``step-600``), a run's ``final`` folder with its run's (``paired/final``)."""
+    """A checkpoint's public name and the ecgllm version that wrote it, from its metadata (``config.json``): what
+    responses and pages show of a model, never the server's path to it. Training names a run's model after the
+    run (``paired``, ``paired/step-600``); the shipped default is ``ecgllm-default``. A folder without a recorded
+    name (written by an earlier version) is named by its own name, a run's ``final`` folder by its run's."""
     import json
 
-    from ecgllm.models.default import default_checkpoint
-
-    shipped = default_checkpoint()
-    resolved = folder.resolve()
-    if shipped is not None and resolved == shipped.resolve():
-        name = "ecgllm-default"
-    else:  # a run's `final/` is named with its run folder: `paired/final`
-        name = f"{resolved.parent.name}/{resolved.name}" if resolved.name == "final" else resolved.name or "model"
     try:
-        version = json.loads((folder / "config.json").read_text()).get("ecgllm_version", "")
+        meta = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
-        version = ""
-    return name, str(version)
+        meta = {}
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if not isinstance(name, str) or not name.strip():
+        resolved = folder.resolve()
+        name = f"{resolved.parent.name}/{resolved.name}" if resolved.name == "final" else resolved.name or "model"
+    version = meta.get("ecgllm_version", "") if isinstance(meta, dict) else ""
+    return name.strip(), str(version)
 
 
 class ECGAssistant:

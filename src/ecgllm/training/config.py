@@ -60,7 +60,9 @@ class TrainConfig:
     save_every: int = 50
     keep_checkpoints: int = 2
     log_every: int = 10
-    mixed_precision: str = "no"    # "bf16" on GPUs that support it (CPU autocast works too, without a speed-up)
+    # "bf16": autocast, with frozen weights cast once; faster on GPUs that support it and on CPUs with bf16
+    # instructions (AVX512-BF16/AMX, `ecgllm.models.placement.cpu_has_bf16_instructions`), slower elsewhere
+    mixed_precision: str = "no"
     # Backdoor adjustment for the severity confounder: "none", "intervention" (the loop is plain; every
     # conversation must have been drawn with `--intervention`, meta.sampling), "ipw" (per-sample weights P(s)/P(s|q)) or "stratified"
     # (severity embedding, marginalised over P(s) at inference); ipw/stratified need `ecgllm data debias`.

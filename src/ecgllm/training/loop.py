@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ecgllm.datasets.severity import SUPERCLASS_STRATA
+from ecgllm.models.placement import FrozenWeightsCast
 from ecgllm.training.config import RecipeError, TrainConfig, check_resumable, resolved
 
 STATE_FILE = "trainer_state.json"
@@ -114,11 +115,12 @@ def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None, fit_qualit
     return dataset, model, processor
 
 
-def _write_model_folder(folder: Path, config: TrainConfig, model, processor, dataset) -> Path:
-    """A self-contained model folder (what `--model` reads) with the records every stage behind it trained on."""
+def _write_model_folder(folder: Path, config: TrainConfig, model, processor, dataset, name: str) -> Path:
+    """A self-contained model folder (what `--model` reads) with the records every stage behind it trained on,
+    and the name servers show for it."""
     from ecgllm.datasets.split_policy import write_training_records
 
-    model.save_pretrained(folder, processor)
+    model.save_pretrained(folder, processor, name=name)
     write_training_records(folder, config.stage, dataset.ptbxl_record_ids(), inherited=_inherited(config))
     return folder
 
@@ -151,7 +153,8 @@ def export_checkpoint(config: TrainConfig, step: int, llm=None, tokenizer=None) 
     if unexpected or set(missing) - tied:
         raise RecipeError(f"{source}: its weights do not fit the recipe's model (missing "
                           f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]})")
-    return _write_model_folder(output_dir / f"step-{step}", config, model, processor, dataset)
+    return _write_model_folder(output_dir / f"step-{step}", config, model, processor, dataset,
+                               name=f"{output_dir.resolve().name}/step-{step}")
 
 
 def _save_checkpoint(accelerator, output_dir: Path, step: int, keep: int) -> None:
@@ -231,40 +234,45 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True, 
                disable=not (progress and accelerator.is_main_process))
     model.train()
     started = time.time()
-    while step < config.optim.max_steps:
-        epoch, done_in_epoch = divmod(step, steps_per_epoch)
-        loader.set_epoch(epoch)
-        batches = loader
-        if done_in_epoch:
-            batches = accelerator.skip_first_batches(loader, done_in_epoch * config.optim.grad_accum)
-        for batch in batches:
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and config.optim.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, config.optim.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            bar.update(1)
-            if step % config.log_every == 0 or step == config.optim.max_steps:
-                mean_loss = accelerator.gather(loss.detach()).mean().item()
-                if accelerator.is_main_process:
-                    with metrics_path.open("a") as fh:
-                        fh.write(json.dumps({"step": step, "loss": round(mean_loss, 5),
-                                             "lr": scheduler.get_last_lr()[0],
-                                             "elapsed_s": round(time.time() - started, 2)}) + "\n")
-                    bar.set_postfix(loss=f"{mean_loss:.3f}")
-            if step % config.save_every == 0 or step == config.optim.max_steps:
-                _save_checkpoint(accelerator, output_dir, step, config.keep_checkpoints)
-            if step >= config.optim.max_steps:
-                break
+    # bf16 autocast casts every frozen weight on every call; cast once instead (same numbers, fewer copies)
+    frozen = FrozenWeightsCast(accelerator.unwrap_model(model), enabled=config.mixed_precision == "bf16")
+    with frozen:
+        while step < config.optim.max_steps:
+            epoch, done_in_epoch = divmod(step, steps_per_epoch)
+            loader.set_epoch(epoch)
+            batches = loader
+            if done_in_epoch:
+                batches = accelerator.skip_first_batches(loader, done_in_epoch * config.optim.grad_accum)
+            for batch in batches:
+                with accelerator.accumulate(model):
+                    loss = model(**batch).loss
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and config.optim.max_grad_norm:
+                        accelerator.clip_grad_norm_(params, config.optim.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                bar.update(1)
+                if step % config.log_every == 0 or step == config.optim.max_steps:
+                    mean_loss = accelerator.gather(loss.detach()).mean().item()
+                    if accelerator.is_main_process:
+                        with metrics_path.open("a") as fh:
+                            fh.write(json.dumps({"step": step, "loss": round(mean_loss, 5),
+                                                 "lr": scheduler.get_last_lr()[0],
+                                                 "elapsed_s": round(time.time() - started, 2)}) + "\n")
+                        bar.set_postfix(loss=f"{mean_loss:.3f}")
+                if step % config.save_every == 0 or step == config.optim.max_steps:
+                    with frozen.original():  # checkpoints hold the float32 weights a resumed run loads
+                        _save_checkpoint(accelerator, output_dir, step, config.keep_checkpoints)
+                if step >= config.optim.max_steps:
+                    break
     bar.close()
     final = output_dir / "final"
     if accelerator.is_main_process:
-        _write_model_folder(final, config, accelerator.unwrap_model(model), processor, dataset)
+        _write_model_folder(final, config, accelerator.unwrap_model(model), processor, dataset,
+                            name=output_dir.resolve().name)
     accelerator.wait_for_everyone()
     return final
