@@ -448,3 +448,34 @@ def test_real_smollm2_forward_and_generate(ecgs):
     assert torch.isfinite(model(**batch).loss)
     prompt = processor([QA[:1]], [[ecgs[0]]], train=False)
     assert model.generate(**prompt, max_new_tokens=3).shape[1] >= 1
+
+
+def test_encoder_init_takes_only_the_encoder_of_a_model_folder(tiny_checkpoint, tiny_tokenizer, tmp_path):
+    """A new stage may start from the encoder of a trained model (e.g. the de-biasing arms, which must not inherit
+    an adapter trained on other wordings): the encoder's weights come over, the projector and adapter do not."""
+    import copy
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from tests.tiny_models import tiny_llm
+
+    trained = tmp_path / "trained"
+    shutil.copytree(tiny_checkpoint, trained)
+    save_file({k: torch.full_like(v, 0.5) for k, v in load_file(trained / "projector.safetensors").items()},
+              trained / "projector.safetensors")  # a projector no fresh one could equal
+    tiny_checkpoint = trained
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    config = EcgLMConfig(llm="tiny", encoder="resnet1d", encoder_kwargs={"widths": [8, 16], "n_tokens": 2},
+                         encoder_init=str(tiny_checkpoint), lora={"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]})
+    torch.manual_seed(1)
+    model, _ = EcgLanguageModel.build(config, ProcessorConfig(), llm=tiny_llm(len(tokenizer)), tokenizer=tokenizer)
+    encoder = load_file(tiny_checkpoint / "encoder.safetensors")
+    assert all(torch.equal(model.encoder.state_dict()[k], v) for k, v in encoder.items())
+    projector = load_file(tiny_checkpoint / "projector.safetensors")
+    assert all(not torch.equal(model.projector.state_dict()[k], v) for k, v in projector.items())
+    with pytest.raises(ValueError, match="holds resnet1d"):  # another encoder shape is refused with a sentence
+        EcgLanguageModel.build(EcgLMConfig(llm="tiny", encoder="resnet1d", encoder_kwargs={"widths": [8, 32]},
+                                           encoder_init=str(tiny_checkpoint)), ProcessorConfig(),
+                               llm=tiny_llm(len(tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))

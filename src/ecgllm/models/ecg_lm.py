@@ -169,23 +169,21 @@ class EcgLanguageModel(nn.Module):
         processor.config.named_labels = self.label_tokens.named_vocabulary(names) if self.label_tokens else names
 
     def load_pretrained_encoder(self, folder: str | Path, prep: dict) -> None:
-        """Start from an encoder pretraining run: its weights, label vocabulary, and a check that the
-        processor feeds the encoder the input it was trained on."""
+        """Start from an encoder pretraining run, or from the encoder of a model folder (its encoder, classifier
+        head and label vocabulary only: never its projector or adapter): the weights, the label vocabulary, and a
+        check that the processor feeds the encoder the input it was trained on."""
         from safetensors.torch import load_file
 
         folder = Path(folder)
-        try:
-            saved = json.loads((folder / "encoder_config.json").read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"encoder_init: {folder} holds no encoder_config.json; point it at a "
-                                    f"finished `ecgllm train` encoder run") from None
+        saved = _encoder_meta(folder)
         # n_tokens only sets the final pooling, so an encoder pretrained with 16 tokens may serve with 8
         same = {k: v for k, v in saved["encoder_kwargs"].items() if k != "n_tokens"} == \
             {k: v for k, v in self.config.encoder_kwargs.items() if k != "n_tokens"}
         if saved["encoder"] != self.config.encoder or not same:
             raise ValueError(f"encoder_init: {folder} holds {saved['encoder']} {saved['encoder_kwargs']}, the "
                              f"recipe asks for {self.config.encoder} {self.config.encoder_kwargs}")
-        expected = {"mv": "center", "zscore": "zscore"}[saved["input"]["normalize"]]
+        normalize = saved["input"]["normalize"]
+        expected = {"mv": "center", "zscore": "zscore"}.get(normalize, normalize)  # a model folder's is its prep's
         if prep.get("normalize") != expected or float(prep.get("fs", 0)) != float(saved["input"]["fs"]):
             raise ValueError(f"encoder_init: the encoder was trained on {saved['input']} input; set prep.fs to "
                              f"{saved['input']['fs']} and prep.normalize to {expected!r}")
@@ -626,14 +624,35 @@ class EcgLanguageModel(nn.Module):
         return model.eval(), processor
 
 
+def _encoder_meta(folder: Path) -> dict:
+    """What an ``encoder_init`` folder says of its encoder: an encoder run's ``encoder_config.json``, or the same
+    read from a model folder's ``config.json`` and processor preparation."""
+    if (folder / "encoder_config.json").exists():
+        return json.loads((folder / "encoder_config.json").read_text())
+    try:
+        config = json.loads((folder / "config.json").read_text())["config"]
+        prep = json.loads((folder / "processor_config.json").read_text())["prep"]
+    except (FileNotFoundError, KeyError, ValueError):
+        raise FileNotFoundError(f"encoder_init: {folder} holds no encoder_config.json and is no model folder; point "
+                                f"it at a finished `ecgllm train` encoder run or a model folder") from None
+    normalize = {"center": "mv", "zscore": "zscore"}.get(prep.get("normalize"), prep.get("normalize"))
+    return {"encoder": config["encoder"], "encoder_kwargs": config["encoder_kwargs"],
+            "input": {"normalize": normalize, "fs": prep.get("fs")}}
+
+
 def _encoder_head(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The classifier head of an encoder run, or of a model folder's label tokens."""
     from safetensors.torch import load_file
 
-    path = Path(folder) / "head.safetensors"
-    if not path.exists():
-        raise FileNotFoundError(f"label_tokens: {folder} holds no head.safetensors; point encoder_init at a finished "
-                                f"`ecgllm train` encoder run, or set label_tokens to 0")
-    return load_file(path)
+    folder = Path(folder)
+    if (folder / "head.safetensors").exists():
+        return load_file(folder / "head.safetensors")
+    if (folder / "label_tokens.safetensors").exists():
+        return {k.removeprefix("head."): v for k, v in load_file(folder / "label_tokens.safetensors").items()
+                if k.startswith("head.")}
+    raise FileNotFoundError(f"label_tokens: {folder} holds no head.safetensors; point encoder_init at a finished "
+                            f"`ecgllm train` encoder run (or a model folder with label tokens), or set label_tokens "
+                            f"to 0")
 
 
 def _saved_label_count(checkpoint: str | Path) -> int | None:
