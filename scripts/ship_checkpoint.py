@@ -68,7 +68,8 @@ def main() -> int:
             adapter_config.write_text(json.dumps(adapter, indent=2) + "\n")
         meta["config"]["encoder_init"] = None  # a path on the training machine; the weights are in the folder
         meta["config"]["image_encoder_init"] = None
-        meta["shipped_from"] = args.source.name
+        meta["shipped_from"] = meta.get("name") or args.source.name
+        meta["name"] = "ecgllm-default"  # what servers call the default, whichever run it came from
         (staged / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         if args.image_encoder:
             attach_image_encoder(staged, args.image_encoder)

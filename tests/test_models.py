@@ -475,6 +475,11 @@ def test_encoder_init_takes_only_the_encoder_of_a_model_folder(tiny_checkpoint, 
     assert all(torch.equal(model.encoder.state_dict()[k], v) for k, v in encoder.items())
     projector = load_file(tiny_checkpoint / "projector.safetensors")
     assert all(not torch.equal(model.projector.state_dict()[k], v) for k, v in projector.items())
+    other_prep = ProcessorConfig()
+    other_prep.prep = {**other_prep.prep, "bandpass": [1.0, 30.0]}
+    with pytest.raises(ValueError, match="prepared its ECGs with"):  # other filtering: the encoder would read
+        EcgLanguageModel.build(config, other_prep, llm=tiny_llm(len(tokenizer)),  # other signals than it learned
+                               tokenizer=copy.deepcopy(tiny_tokenizer))
     with pytest.raises(ValueError, match="holds resnet1d"):  # another encoder shape is refused with a sentence
         EcgLanguageModel.build(EcgLMConfig(llm="tiny", encoder="resnet1d", encoder_kwargs={"widths": [8, 32]},
                                            encoder_init=str(tiny_checkpoint)), ProcessorConfig(),

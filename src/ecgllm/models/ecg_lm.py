@@ -187,6 +187,12 @@ class EcgLanguageModel(nn.Module):
         if prep.get("normalize") != expected or float(prep.get("fs", 0)) != float(saved["input"]["fs"]):
             raise ValueError(f"encoder_init: the encoder was trained on {saved['input']} input; set prep.fs to "
                              f"{saved['input']['fs']} and prep.normalize to {expected!r}")
+        # a model folder records its whole preparation: filtering, leads and window must match too
+        as_saved = json.loads(json.dumps(prep))  # tuples as lists, as the folder stores them
+        differs = {k: v for k, v in saved.get("prep", {}).items() if k != "crop" and as_saved.get(k) != v}
+        if differs:
+            raise ValueError(f"encoder_init: {folder} prepared its ECGs with {differs}; set the recipe's prep to the "
+                             f"same (it has {({k: as_saved.get(k) for k in differs})})")
         self.encoder.load_state_dict(load_file(folder / "encoder.safetensors"))
         if (folder / "labels.json").exists():
             self.label_vocab = json.loads((folder / "labels.json").read_text())
@@ -637,7 +643,7 @@ def _encoder_meta(folder: Path) -> dict:
                                 f"it at a finished `ecgllm train` encoder run or a model folder") from None
     normalize = {"center": "mv", "zscore": "zscore"}.get(prep.get("normalize"), prep.get("normalize"))
     return {"encoder": config["encoder"], "encoder_kwargs": config["encoder_kwargs"],
-            "input": {"normalize": normalize, "fs": prep.get("fs")}}
+            "input": {"normalize": normalize, "fs": prep.get("fs")}, "prep": prep}
 
 
 def _encoder_head(folder: str | Path) -> dict[str, torch.Tensor]:

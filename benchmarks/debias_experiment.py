@@ -1,0 +1,337 @@
+"""The de-biasing experiment: vanilla training against the backdoor estimators, three seeds per arm, paired tests
+between arms on the same questions, and a verdict per criterion of the seed paper.
+
+Each run ARM-SEED is trained by `recipes/debias/ARM.yaml` (`--seed SEED --output_dir RUNS/ARM-SEED`; the recipes say
+how the data were made) and answered with `ecgllm eval ecgqa` into RUNS/eval/ARM-SEED/:
+
+    template-none        generated test questions over ECG-QA *test* ECGs, template wording   (--probe none)
+    paraphrased-none     the same questions worded by official paraphrases the arms never saw  (--probe none)
+    template-random-ecg  template wording, each question given another patient's ECG          (--probe random-ecg)
+    template-blind       template wording, no ECG                                               (--probe blind)
+    valid-none           generated ECG-QA *valid* questions (model selection)                   (--probe none)
+
+for example, from the folder that holds runs/ and cache/:
+
+    ecgllm eval ecgqa --data runs/debias/data/test_template.json --ptbxl cache/ptbxl100 \\
+        --labels ../shared/data/ptbxl --model runs/debias/vanilla-1/final --probe none --limit 300 \\
+        --out runs/debias/eval/vanilla-1/template-none
+
+This script trains and answers nothing: it reads those runs and writes benchmarks/results/debias.json,
+docs/results/debias.md and docs/results/debias.png.
+
+    python benchmarks/debias_experiment.py --runs ../cache/runs/debias --shipped-valid ../cache/monitor/shipped-none
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from common import ROOT, environment, write_result
+
+SETS = ("template-none", "paraphrased-none", "template-random-ecg", "template-blind", "valid-none")
+MIN_STRATUM = 20  # questions a severity stratum needs to count in the spread (smaller ones are noise)
+CRITERIA = {  # name: (what it measures, +1 when larger is better / -1 when smaller is better)
+    "paraphrase_gap": ("template EM − paraphrased EM on the questions whose wording differs", -1),
+    "random_ecg_drop": ("template EM − EM with another patient's ECG", +1),
+    "stratum_spread": (f"largest − smallest EM over severity strata of ≥ {MIN_STRATUM} questions", -1),
+}
+
+
+def load_run(folder: Path) -> dict[str, pd.DataFrame]:
+    missing = [s for s in SETS if not (folder / s / "per_sample.csv").exists()]
+    if missing:
+        raise SystemExit(f"{folder}: not evaluated yet ({', '.join(missing)} missing); see --help")
+    return {s: pd.read_csv(folder / s / "per_sample.csv").set_index("sample_id").sort_index() for s in SETS}
+
+
+def check_aligned(runs: dict[str, list[dict[str, pd.DataFrame]]], names: dict[str, list[str]]) -> None:
+    """Every run must have answered the very same questions of every set (same ids, ECGs, templates and gold
+    answers): paired tests and seed means are meaningless otherwise, so a mismatch stops with the run's name."""
+    columns = ["ecg_id", "template_id", "gold"]
+    first_arm = next(iter(runs))
+    for s in SETS:
+        reference = runs[first_arm][0][s][columns]
+        if not reference.index.is_unique:
+            raise SystemExit(f"{names[first_arm][0]}/{s}: a sample id is answered twice")
+        for arm, seeds in runs.items():
+            for name, run in zip(names[arm], seeds):
+                if not run[s][columns].equals(reference):
+                    raise SystemExit(f"{name}/{s}: not the questions {names[first_arm][0]}/{s} answered (another "
+                                     f"--data or --limit?); re-run its evaluation as the others were run")
+
+
+def reworded_ids(data: Path) -> set[int]:
+    """Sample ids whose paraphrased wording differs from the template wording."""
+    template = {s["sample_id"]: s["question"] for s in json.loads((data / "test_template.json").read_text())}
+    return {s["sample_id"] for s in json.loads((data / "test_paraphrased.json").read_text())
+            if s["sample_id"] in template and template[s["sample_id"]] != s["question"]}
+
+
+def correct(frame: pd.DataFrame) -> pd.Series:
+    return frame["correct"].astype(bool).astype(float)
+
+
+def stratum_em(frame: pd.DataFrame) -> dict[str, float]:
+    return {str(k): round(float(v), 4) for k, v in correct(frame).groupby(frame["stratum"]).mean().items()}
+
+
+def stratum_spread(frame: pd.DataFrame) -> float:
+    sizes = frame["stratum"].value_counts()
+    kept = frame[frame["stratum"].isin(sizes[sizes >= MIN_STRATUM].index)]
+    ems = correct(kept).groupby(kept["stratum"]).mean()
+    return float(ems.max() - ems.min())
+
+
+def run_summary(sets: dict[str, pd.DataFrame], reworded: set[int], seed: int) -> dict:
+    template, para = sets["template-none"], sets["paraphrased-none"]
+    ids = sorted(set(template.index) & set(para.index) & reworded)
+    summary = {"seed": seed,
+               "template_em": round(float(correct(template).mean()), 4),
+               "paraphrased_em": round(float(correct(para).mean()), 4),
+               "random_ecg_em": round(float(correct(sets["template-random-ecg"]).mean()), 4),
+               "blind_em": round(float(correct(sets["template-blind"]).mean()), 4),
+               "valid_em": round(float(correct(sets["valid-none"]).mean()), 4),
+               "stratum_em": stratum_em(template),
+               "stratum_n": {str(k): int(v) for k, v in template["stratum"].value_counts().items()},
+               "per_question_type_template": {str(k): round(float(v), 4) for k, v in
+                                              correct(template).groupby(template["question_type"]).mean().items()},
+               "per_question_type_paraphrased": {str(k): round(float(v), 4) for k, v in
+                                                 correct(para).groupby(para["question_type"]).mean().items()},
+               "reworded_questions": len(ids)}
+    summary["paraphrase_gap"] = round(float(correct(template.loc[ids]).mean() - correct(para.loc[ids]).mean()), 4)
+    summary["random_ecg_drop"] = round(summary["template_em"] - summary["random_ecg_em"], 4)
+    summary["stratum_spread"] = round(stratum_spread(template), 4)
+    return summary
+
+
+def spread(values: list[float]) -> dict:
+    a = np.asarray(values, dtype=float)
+    return {"mean": round(float(a.mean()), 4), "sd": round(float(a.std(ddof=1)), 4) if len(a) > 1 else 0.0,
+            "min": round(float(a.min()), 4), "max": round(float(a.max()), 4)}
+
+
+def mcnemar_test(a: pd.Series, b: pd.Series) -> dict:
+    """McNemar's test on paired right/wrong answers (exact binomial when few pairs disagree)."""
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    a, b = a.astype(bool), b.astype(bool)
+    table = [[int((a & b).sum()), int((a & ~b).sum())], [int((~a & b).sum()), int((~a & ~b).sum())]]
+    discordant = table[0][1] + table[1][0]
+    result = mcnemar(table, exact=discordant < 25)
+    return {"n": int(len(a)), "only_first_correct": table[0][1], "only_second_correct": table[1][0],
+            "p_value": float(f"{result.pvalue:.4g}")}
+
+
+def paired_bootstrap(arm: list[dict[str, pd.DataFrame]], vanilla: list[dict[str, pd.DataFrame]],
+                     reworded: set[int], criterion: str, seed: int = 0) -> dict:
+    """95 % interval of (arm − vanilla) in one criterion, averaged over seeds, resampling the test questions
+    (the same resample for both arms: a paired bootstrap, `scipy.stats.bootstrap`). The runs answered the same
+    questions in the same order (`check_aligned`)."""
+    from scipy.stats import bootstrap
+
+    template = arm[0]["template-none"]
+    is_reworded = template.index.isin(list(reworded))
+    strata = template["stratum"].astype("category").cat.codes.to_numpy()
+
+    def arrays(runs):
+        return [{k: correct(r[k]).to_numpy() for k in ("template-none", "template-random-ecg", "paraphrased-none")}
+                for r in runs]
+
+    arm_arrays, vanilla_arrays = arrays(arm), arrays(vanilla)
+
+    def spread_of(values, codes) -> float:
+        counts = np.bincount(codes, minlength=strata.max() + 1)
+        sums = np.bincount(codes, weights=values, minlength=strata.max() + 1)
+        kept = counts >= MIN_STRATUM
+        ems = sums[kept] / counts[kept]
+        return float(ems.max() - ems.min()) if len(ems) else 0.0
+
+    def value(runs, index) -> float:
+        out = []
+        for r in runs:
+            t = r["template-none"][index]
+            if criterion == "random_ecg_drop":
+                out.append(t.mean() - r["template-random-ecg"][index].mean())
+            elif criterion == "paraphrase_gap":
+                kept = index[is_reworded[index]]
+                out.append(r["template-none"][kept].mean() - r["paraphrased-none"][kept].mean())
+            else:
+                out.append(spread_of(t, strata[index]))
+        return float(np.mean(out))
+
+    def statistic(index):
+        index = np.asarray(index, dtype=int)
+        return value(arm_arrays, index) - value(vanilla_arrays, index)
+
+    every = np.arange(len(template))
+    res = bootstrap((every,), statistic, vectorized=False, n_resamples=1000, method="percentile",
+                    random_state=np.random.default_rng(seed))
+    return {"difference": round(statistic(every), 4),
+            "ci95": [round(float(res.confidence_interval.low), 4), round(float(res.confidence_interval.high), 4)]}
+
+
+def verdict(arm: dict, vanilla: dict, boot: dict, direction: int) -> str:
+    """Better only when the estimator beats vanilla by more than the seed-to-seed spread and the paired interval
+    excludes no difference; worse likewise; otherwise no difference."""
+    gain = direction * (arm["mean"] - vanilla["mean"])
+    noise = max(arm["sd"], vanilla["sd"])
+    low, high = boot["ci95"]
+    if gain > noise and (low > 0 if direction > 0 else high < 0):
+        return "better than vanilla"
+    if -gain > noise and (high < 0 if direction > 0 else low > 0):
+        return "worse than vanilla"
+    return "no difference"
+
+
+def shipped_valid_em(folder: Path | None, reference: pd.DataFrame) -> float | None:
+    """The shipped model's EM on exactly the valid questions the arms answered (all of them, or it stops)."""
+    if folder is None:
+        return None
+    frame = pd.read_csv(folder / "per_sample.csv").set_index("sample_id")
+    columns = ["ecg_id", "template_id", "gold"]
+    if not set(reference.index) <= set(frame.index) or not frame.loc[reference.index, columns].equals(
+            reference[columns]):
+        raise SystemExit(f"{folder}: did not answer the valid questions the arms answered")
+    return round(float(correct(frame.loc[reference.index]).mean()), 4)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(result["arms"])
+    fig, axes = plt.subplots(1, len(CRITERIA), figsize=(4 * len(CRITERIA), 3.4))
+    for ax, (name, (meaning, direction)) in zip(axes, CRITERIA.items()):
+        for x, arm in enumerate(arms):
+            values = [s[name] for s in result["arms"][arm]["seeds"]]
+            ax.bar(x, np.mean(values), color="#cfd8e3", edgecolor="#4a5a70")
+            ax.scatter([x] * len(values), values, color="#1f3b73", zorder=3, s=18)
+        ax.set_xticks(range(len(arms)), arms)
+        ax.set_title(f"{name.replace('_', ' ')} ({'higher' if direction > 0 else 'lower'} is better)", fontsize=9)
+        ax.axhline(0, color="black", lw=0.6)
+    fig.suptitle("De-biasing arms: seed values (dots) and their mean (bar)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render(result: dict) -> str:
+    arms = list(result["arms"])
+    lines = ["# De-biasing experiment: vanilla against the backdoor estimators", "",
+             "Written by `benchmarks/debias_experiment.py` from `benchmarks/results/debias.json`.", "",
+             result["design"], "", f"Test split: {result['test_split']}", "",
+             "## Per arm (mean ± sd over seeds; each seed's value in `debias.json`)", "",
+             "| arm | seeds | template EM | paraphrased EM | paraphrase gap | EM, another patient's ECG | "
+             "random-ECG drop | blind EM | stratum spread | valid EM |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for arm in arms:
+        s = result["arms"][arm]["summary"]
+
+        def cell(key):
+            return f"{s[key]['mean']:.3f} ± {s[key]['sd']:.3f}"
+
+        lines.append(f"| {arm} | {len(result['arms'][arm]['seeds'])} | {cell('template_em')} | "
+                     f"{cell('paraphrased_em')} | {cell('paraphrase_gap')} | {cell('random_ecg_em')} | "
+                     f"{cell('random_ecg_drop')} | {cell('blind_em')} | {cell('stratum_spread')} | "
+                     f"{cell('valid_em')} |")
+    lines += ["", "![seed values and means](debias.png)", "", "## Verdict per criterion", "",
+              "An estimator is *better* (or *worse*) than vanilla only when the difference of the seed means exceeds "
+              "the larger seed-to-seed sd of the two arms **and** the paired bootstrap interval over the test "
+              "questions excludes zero; otherwise *no difference*.", "",
+              "| estimator | criterion | difference (arm − vanilla) | paired 95 % interval | verdict |",
+              "|---|---|---|---|---|"]
+    for arm, comparison in result["comparisons"].items():
+        for name, c in comparison["criteria"].items():
+            lines.append(f"| {arm} | {name.replace('_', ' ')}: {CRITERIA[name][0]} | {c['difference']:+.3f} | "
+                         f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] | **{c['verdict']}** |")
+    lines += ["", "## Paired tests of answers (McNemar on the same questions: seed k against vanilla's seed k, and "
+              "each question's majority answer over the seeds)", "",
+              "| estimator | wording | pairing | questions | only estimator right | only vanilla right | p |",
+              "|---|---|---|---|---|---|---|"]
+    for arm, comparison in result["comparisons"].items():
+        for wording, tests in comparison["mcnemar"].items():
+            rows = [(f"seed {s['seed']}", t) for s, t in zip(result["arms"][arm]["seeds"], tests["per_seed"])]
+            for pairing, t in rows + [("majority over seeds", tests["majority_over_seeds"])]:
+                lines.append(f"| {arm} | {wording} | {pairing} | {t['n']} | {t['only_first_correct']} | "
+                             f"{t['only_second_correct']} | {t['p_value']:.3g} |")
+    shipped = result["shipping"]
+    lines += ["", "## Shipping", "", shipped["decision"], "",
+              f"Command: `{result['command']}`", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=Path, required=True, help="folder of ARM-SEED runs, eval/ and data/")
+    parser.add_argument("--arms", nargs="+", default=["vanilla", "intervention", "ipw"],
+                        help="arms; the first is the reference (default: vanilla intervention ipw)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--shipped-valid", type=Path,
+                        help="`ecgllm eval ecgqa` run of the shipped model on the same valid questions")
+    args = parser.parse_args()
+    reworded = reworded_ids(args.runs / "data")
+    names = {arm: [f"{arm}-{seed}" for seed in args.seeds] for arm in args.arms}
+    runs = {arm: [load_run(args.runs / "eval" / name) for name in names[arm]] for arm in args.arms}
+    check_aligned(runs, names)
+    result: dict = {"arms": {}, "comparisons": {}}
+    for arm in args.arms:
+        seeds = [run_summary(r, reworded, seed) for r, seed in zip(runs[arm], args.seeds)]
+        keys = ["template_em", "paraphrased_em", "random_ecg_em", "blind_em", "valid_em", *CRITERIA]
+        result["arms"][arm] = {"seeds": seeds, "summary": {k: spread([s[k] for s in seeds]) for k in keys}}
+    reference = args.arms[0]
+    for arm in args.arms[1:]:
+        criteria = {}
+        for name, (_, direction) in CRITERIA.items():
+            boot = paired_bootstrap(runs[arm], runs[reference], reworded, name)
+            criteria[name] = {**boot, "verdict": verdict(result["arms"][arm]["summary"][name],
+                                                         result["arms"][reference]["summary"][name], boot, direction)}
+        tests = {}
+        for wording, key in (("template", "template-none"), ("paraphrased", "paraphrased-none")):
+            # seeds answer the same questions, so their pairs are not independent: one test per seed, and one on
+            # each question's majority answer over the seeds
+            per_seed = [mcnemar_test(correct(a[key]), correct(v[key])) for a, v in zip(runs[arm], runs[reference])]
+            majority = [pd.concat([correct(r[key]) for r in group], axis=1).mean(axis=1) > 0.5
+                        for group in (runs[arm], runs[reference])]
+            tests[wording] = {"per_seed": per_seed, "majority_over_seeds": mcnemar_test(*majority)}
+        result["comparisons"][arm] = {"criteria": criteria, "mcnemar": tests}
+    valid = runs[reference][0]["valid-none"]
+    valid_ids = list(valid.index)
+    best = max(args.arms, key=lambda a: result["arms"][a]["summary"]["valid_em"]["mean"])
+    best_em = result["arms"][best]["summary"]["valid_em"]["mean"]
+    shipped_em = shipped_valid_em(args.shipped_valid, valid)
+    beats = shipped_em is not None and best_em > shipped_em
+    result["shipped_arm"] = best if beats else None
+    result["shipping"] = {
+        "best_arm_by_valid": best, "best_arm_valid_em": best_em, "shipped_model_valid_em": shipped_em,
+        "valid_questions": len(valid_ids),
+        "decision": (f"The best arm on ECG-QA valid is **{best}** (EM {best_em:.3f}, mean over seeds, "
+                     f"{len(valid_ids)} generated valid questions). "
+                     + ("The shipped default answers the same questions with EM "
+                        f"{shipped_em:.3f}: " if shipped_em is not None else "The shipped default was not scored: ")
+                     + ("the arm replaces it." if beats else "no arm beats it, so the default stays as it is."))}
+    first = runs[reference][0]
+    result["design"] = ("Arms: " + ", ".join(args.arms) + f"; seeds {args.seeds}. Each trains the same budget "
+                        "(recipes/debias/ARM.yaml: 2,000 template-worded questions over ECG-QA train ECGs, 250 "
+                        "steps of batch 8, the shipped encoder and classifier head as the start) and is scored on "
+                        "the same questions.")
+    result["test_split"] = (f"{len(first['template-none'])} generated questions over ECG-QA test ECGs (never trained "
+                            f"on), template wording and official paraphrases ({len(reworded)} of the generated "
+                            "questions are worded differently; the gap is measured on those); probes on the "
+                            "template wording.")
+    result["command"] = "python benchmarks/debias_experiment.py " + " ".join(
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in vars(args).items() if v is not None)
+    result.update(environment())
+    write_result("debias.json", result)
+    plot(result, ROOT / "docs/results/debias.png")
+    (ROOT / "docs/results/debias.md").write_text(render(result))
+    print(f"wrote {ROOT / 'docs/results/debias.md'}")
+
+
+if __name__ == "__main__":
+    main()
