@@ -178,8 +178,9 @@ def test_served_api_answers_and_turns_away_overflow_with_503(server):
 @pytest.mark.skipif(shutil.which("chromium") is None or shutil.which("chromedriver") is None,
                     reason="Debian chromium + chromium-driver are not installed")
 def test_web_ui_in_headless_chromium_uploads_asks_and_shows_plot(server):
-    """The bundled example button, an upload, a question with the measurements beside the answer; the page looks
-    as it did (a screenshot against the stored one, with a tolerance for font rendering)."""
+    """The bundled example button, an upload, a question with the measurements beside the answer, a second ECG
+    plotted beside the first and a comparison answered; the page looks as it did, with the example loaded and after
+    the comparison (screenshots against stored ones, with a tolerance for font rendering)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -213,11 +214,32 @@ def test_web_ui_in_headless_chromium_uploads_asks_and_shows_plot(server):
         assert answer.text.strip() and measured.text.startswith("measured: HR ")
         driver.find_element(By.ID, "ecg1").send_keys(f"{HEA}\n{DAT}")  # an upload of the user's own files
         plotted()
+        later = FIXTURES / "ptbxl/records100/00000/00002_lr"  # a second ECG: both are plotted, then compared
+        driver.find_element(By.ID, "ecg2").send_keys(f"{later}.hea\n{later}.dat")
+
+        def both_plotted(d):
+            plots = d.find_elements(By.CSS_SELECTOR, "img.ecgplot")
+            return len(plots) == 2 and all(
+                d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", p) > 0 for p in plots)
+
+        wait.until(both_plotted)
+        titles = [h.text for h in driver.find_elements(By.CSS_SELECTOR, "#plots h4")]
+        assert titles[0].startswith("ECG 1: 12 leads") and titles[1].startswith("ECG 2: 12 leads"), titles
+        question = driver.find_element(By.ID, "question")
+        question.clear()
+        question.send_keys("What changed?")
+        driver.find_element(By.ID, "ask").click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#chat .answer")) == 2)
+        wait.until(lambda d: any(m.text.startswith("ECG 2 measured: HR ")
+                                 for m in d.find_elements(By.CSS_SELECTOR, "#chat .m")))
+        driver.save_screenshot(str(ARTIFACTS / "web_ui_compared.png"))  # two plots, two answers, measurements
+        assert_looks_like(ARTIFACTS / "web_ui_compared.png", UI_COMPARED_REFERENCE)
     finally:
         driver.quit()
 
 
 UI_REFERENCE = FIXTURES / "ui/web_ui_example_loaded.png"
+UI_COMPARED_REFERENCE = FIXTURES / "ui/web_ui_two_ecgs_compared.png"
 
 
 def assert_looks_like(shot: Path, reference: Path, tolerance: float = 0.005) -> None:
