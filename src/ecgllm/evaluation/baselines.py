@@ -72,24 +72,11 @@ class EncoderFeatures:
     def __init__(self, run_dir: str | Path) -> None:
         from safetensors.torch import load_file
 
+        from ecgllm.models.encoder_source import encoder_head, encoder_meta
         from ecgllm.models.encoders import build_encoder
 
         run_dir = Path(run_dir)
-        head = None
-        if (run_dir / "encoder_config.json").exists():
-            config = json.loads((run_dir / "encoder_config.json").read_text())
-            if (run_dir / "head.safetensors").exists():
-                head = load_file(run_dir / "head.safetensors")
-        elif (run_dir / "config.json").exists() and (run_dir / "label_tokens.safetensors").exists():
-            model = json.loads((run_dir / "config.json").read_text())["config"]
-            prep = json.loads((run_dir / "processor_config.json").read_text())["prep"]
-            config = {"encoder": model["encoder"], "encoder_kwargs": model["encoder_kwargs"],
-                      "input": {"normalize": prep["normalize"], "fs": prep["fs"]}, "prep": prep}
-            tokens = load_file(run_dir / "label_tokens.safetensors")
-            head = {"weight": tokens["head.weight"], "bias": tokens["head.bias"]}
-        else:
-            raise FileNotFoundError(f"{run_dir}: neither a finished encoder run (encoder_config.json) nor a "
-                                    f"checkpoint with label tokens")
+        config, head = encoder_meta(run_dir), encoder_head(run_dir)
         self.encoder = build_encoder(config["encoder"], **config["encoder_kwargs"]).eval()
         self.encoder.load_state_dict(load_file(run_dir / "encoder.safetensors"))
         self.normalize, self.fs = config["input"]["normalize"], float(config["input"]["fs"])

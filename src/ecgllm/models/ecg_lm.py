@@ -19,6 +19,7 @@ from torch import nn
 
 from ecgllm import __version__
 from ecgllm.io.leads import STANDARD_12
+from ecgllm.models.encoder_source import ENCODER_TO_PREP_NORMALIZE, encoder_head, encoder_meta
 from ecgllm.models.encoders import build_encoder
 from ecgllm.models.label_tokens import LabelTokens
 from ecgllm.models.processor import EcgProcessor, ImageNotSupportedError, ProcessorConfig
@@ -175,7 +176,10 @@ class EcgLanguageModel(nn.Module):
         from safetensors.torch import load_file
 
         folder = Path(folder)
-        saved = _encoder_meta(folder)
+        try:
+            saved = encoder_meta(folder)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"encoder_init: {exc}") from None
         # n_tokens only sets the final pooling, so an encoder pretrained with 16 tokens may serve with 8
         same = {k: v for k, v in saved["encoder_kwargs"].items() if k != "n_tokens"} == \
             {k: v for k, v in self.config.encoder_kwargs.items() if k != "n_tokens"}
@@ -183,7 +187,7 @@ class EcgLanguageModel(nn.Module):
             raise ValueError(f"encoder_init: {folder} holds {saved['encoder']} {saved['encoder_kwargs']}, the "
                              f"recipe asks for {self.config.encoder} {self.config.encoder_kwargs}")
         normalize = saved["input"]["normalize"]
-        expected = {"mv": "center", "zscore": "zscore"}.get(normalize, normalize)  # a model folder's is its prep's
+        expected = ENCODER_TO_PREP_NORMALIZE.get(normalize, normalize)
         if prep.get("normalize") != expected or float(prep.get("fs", 0)) != float(saved["input"]["fs"]):
             raise ValueError(f"encoder_init: the encoder was trained on {saved['input']} input; set prep.fs to "
                              f"{saved['input']['fs']} and prep.normalize to {expected!r}")
@@ -630,35 +634,13 @@ class EcgLanguageModel(nn.Module):
         return model.eval(), processor
 
 
-def _encoder_meta(folder: Path) -> dict:
-    """What an ``encoder_init`` folder says of its encoder: an encoder run's ``encoder_config.json``, or the same
-    read from a model folder's ``config.json`` and processor preparation."""
-    if (folder / "encoder_config.json").exists():
-        return json.loads((folder / "encoder_config.json").read_text())
-    try:
-        config = json.loads((folder / "config.json").read_text())["config"]
-        prep = json.loads((folder / "processor_config.json").read_text())["prep"]
-    except (FileNotFoundError, KeyError, ValueError):
-        raise FileNotFoundError(f"encoder_init: {folder} holds no encoder_config.json and is no model folder; point "
-                                f"it at a finished `ecgllm train` encoder run or a model folder") from None
-    normalize = {"center": "mv", "zscore": "zscore"}.get(prep.get("normalize"), prep.get("normalize"))
-    return {"encoder": config["encoder"], "encoder_kwargs": config["encoder_kwargs"],
-            "input": {"normalize": normalize, "fs": prep.get("fs")}, "prep": prep}
-
-
 def _encoder_head(folder: str | Path) -> dict[str, torch.Tensor]:
-    """The classifier head of an encoder run, or of a model folder's label tokens."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    if (folder / "head.safetensors").exists():
-        return load_file(folder / "head.safetensors")
-    if (folder / "label_tokens.safetensors").exists():
-        return {k.removeprefix("head."): v for k, v in load_file(folder / "label_tokens.safetensors").items()
-                if k.startswith("head.")}
-    raise FileNotFoundError(f"label_tokens: {folder} holds no head.safetensors; point encoder_init at a finished "
-                            f"`ecgllm train` encoder run (or a model folder with label tokens), or set label_tokens "
-                            f"to 0")
+    head = encoder_head(folder)
+    if head is None:
+        raise FileNotFoundError(f"label_tokens: {folder} holds no head.safetensors; point encoder_init at a finished "
+                                f"`ecgllm train` encoder run (or a model folder with label tokens), or set "
+                                f"label_tokens to 0")
+    return head
 
 
 def _saved_label_count(checkpoint: str | Path) -> int | None:

@@ -53,21 +53,12 @@ def _teacher(run: Path, n_tokens: int):
     model checkpoint (its own copy of the encoder, as the LLM was trained with it, and its label-token head)."""
     from safetensors.torch import load_file
 
+    from ecgllm.models.encoder_source import encoder_head, encoder_meta
     from ecgllm.models.encoders import build_encoder
 
-    if (run / "encoder_config.json").exists():
-        saved = json.loads((run / "encoder_config.json").read_text())
-        head_weights = load_file(run / "head.safetensors")
-    elif (run / "label_tokens.safetensors").exists():
-        config = json.loads((run / "config.json").read_text())["config"]
-        prep = json.loads((run / "processor_config.json").read_text())["prep"]
-        saved = {"encoder": config["encoder"], "encoder_kwargs": config["encoder_kwargs"],
-                 "input": {"normalize": {"center": "mv", "zscore": "zscore"}[prep["normalize"]], "fs": prep["fs"]}}
-        head_weights = {k[len("head."):]: v for k, v in load_file(run / "label_tokens.safetensors").items()
-                        if k.startswith("head.")}
-    else:
-        raise FileNotFoundError(f"teacher: {run} is neither an encoder run (encoder_config.json) nor a checkpoint "
-                                f"with label tokens")
+    saved, head_weights = encoder_meta(run), encoder_head(run)
+    if head_weights is None:
+        raise FileNotFoundError(f"teacher: {run} has no classifier head (head.safetensors or label tokens)")
     kwargs = dict(saved["encoder_kwargs"], n_tokens=n_tokens)
     encoder = build_encoder(saved["encoder"], **kwargs)
     encoder.load_state_dict(load_file(run / "encoder.safetensors"))
