@@ -319,10 +319,11 @@ def main() -> None:
                         "(recipes/debias/ARM.yaml: 2,000 template-worded questions over ECG-QA train ECGs, 250 "
                         "steps of batch 8, the shipped encoder and classifier head as the start) and is scored on "
                         "the same questions.")
+    evaluated_reworded = int(first["template-none"].index.isin(list(reworded)).sum())
     result["test_split"] = (f"{len(first['template-none'])} generated questions over ECG-QA test ECGs (never trained "
-                            f"on), template wording and official paraphrases ({len(reworded)} of the generated "
-                            "questions are worded differently; the gap is measured on those); probes on the "
-                            "template wording.")
+                            f"on, by any stage), template wording and official paraphrases the arms never saw "
+                            f"({evaluated_reworded} of them are worded differently; the gap is measured on those); "
+                            "the probes use the template wording.")
     result["command"] = "python benchmarks/debias_experiment.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in vars(args).items() if v is not None)
