@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from common import ROOT, environment, write_result
+from ecgqa_selection import EM_TOLERANCE
 
 SETS = ("template-none", "paraphrased-none", "template-random-ecg", "template-blind", "valid-none")
 MIN_STRATUM = 20  # questions a severity stratum needs to count in the spread (smaller ones are noise)
@@ -239,7 +240,11 @@ def render(result: dict) -> str:
                      f"{cell('paraphrased_em')} | {cell('paraphrase_gap')} | {cell('random_ecg_em')} | "
                      f"{cell('random_ecg_drop')} | {cell('blind_em')} | {cell('stratum_spread')} | "
                      f"{cell('valid_em')} |")
-    lines += ["", "![seed values and means](debias.png)", "", "## Verdict per criterion", "",
+    drops = {arm: result["arms"][arm]["summary"]["random_ecg_drop"]["mean"] for arm in arms}
+    lines += ["", f"Scale: the largest mean random-ECG drop of any arm is {max(drops.values()):.3f}; at this budget "
+              "every arm answers mostly from the question, which bounds what an estimator can change (the shipped "
+              "model, trained far longer, is on `ecgqa_evidence.md`).",
+              "", "![seed values and means](debias.png)", "", "## Verdict per criterion", "",
               "An estimator is *better* (or *worse*) than vanilla only when the difference of the seed means exceeds "
               "the larger seed-to-seed sd of the two arms **and** the paired bootstrap interval over the test "
               "questions excludes zero; otherwise *no difference*.", "",
@@ -304,7 +309,9 @@ def main() -> None:
     best = max(args.arms, key=lambda a: result["arms"][a]["summary"]["valid_em"]["mean"])
     best_em = result["arms"][best]["summary"]["valid_em"]["mean"]
     shipped_em = shipped_valid_em(args.shipped_valid, valid)
-    beats = shipped_em is not None and best_em > shipped_em
+    # "beats" as the selection rule of the shipped model reads EM: by more than its tolerance (150 questions are
+    # few; the arms' answers with another patient's ECG on valid, the rule's other half, are not measured)
+    beats = shipped_em is not None and best_em > shipped_em + EM_TOLERANCE
     result["shipped_arm"] = best if beats else None
     result["shipping"] = {
         "best_arm_by_valid": best, "best_arm_valid_em": best_em, "shipped_model_valid_em": shipped_em,
@@ -313,7 +320,10 @@ def main() -> None:
                      f"{len(valid_ids)} generated valid questions). "
                      + ("The shipped default answers the same questions with EM "
                         f"{shipped_em:.3f}: " if shipped_em is not None else "The shipped default was not scored: ")
-                     + ("the arm replaces it." if beats else "no arm beats it, so the default stays as it is."))}
+                     + ("the arm beats it by more than the selection rule's tolerance "
+                        f"({EM_TOLERANCE}) and replaces it." if beats else
+                        f"no arm beats it by more than the selection rule's tolerance ({EM_TOLERANCE}), so the "
+                        "default stays as it is."))}
     first = runs[reference][0]
     result["design"] = ("Arms: " + ", ".join(args.arms) + f"; seeds {args.seeds}. Each trains the same budget "
                         "(recipes/debias/ARM.yaml: 2,000 template-worded questions over ECG-QA train ECGs, 250 "
