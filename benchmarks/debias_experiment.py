@@ -2,7 +2,7 @@
 between arms on the same questions, and a verdict per criterion of the seed paper.
 
 Each run ARM-SEED is trained by `recipes/debias/ARM.yaml` (`--seed SEED --output_dir RUNS/ARM-SEED`; the recipes say
-how the data were made) and answered with `ecgllm eval ecgqa` into RUNS/eval/ARM-SEED/:
+how the training data were made) and answered with `ecgllm eval ecgqa` into RUNS/eval/ARM-SEED/:
 
     template-none        generated test questions over ECG-QA *test* ECGs, template wording   (--probe none)
     paraphrased-none     the same questions worded by official paraphrases the arms never saw  (--probe none)
@@ -10,7 +10,15 @@ how the data were made) and answered with `ecgllm eval ecgqa` into RUNS/eval/ARM
     template-blind       template wording, no ECG                                               (--probe blind)
     valid-none           generated ECG-QA *valid* questions (model selection)                   (--probe none)
 
-for example, from the folder that holds runs/ and cache/:
+The test sets are generated over ECG-QA test ECGs (the same questions in both wordings), the valid set over
+ECG-QA valid ECGs (the model-selection monitor set), from the folder that holds runs/ and cache/:
+
+    G="ecgllm data generate ecgqa --ptbxl ../shared/data/ptbxl --ecgqa ../shared/data/ecgqa/ecgqa"
+    $G --split test --n 400 --seed 12 --out runs/debias/data/test_template.json
+    $G --split test --n 400 --seed 12 --paraphrase 1.0 --out runs/debias/data/test_paraphrased.json
+    $G --split valid --n 300 --seed 21 --out monitor/valid_gen.json
+
+and each run is answered on the first 300 test and 150 valid sample ids (``--limit``), for example:
 
     ecgllm eval ecgqa --data runs/debias/data/test_template.json --ptbxl cache/ptbxl100 \\
         --labels ../shared/data/ptbxl --model runs/debias/vanilla-1/final --probe none --limit 300 \\
@@ -306,8 +314,9 @@ def main() -> None:
         result["comparisons"][arm] = {"criteria": criteria, "mcnemar": tests}
     valid = runs[reference][0]["valid-none"]
     valid_ids = list(valid.index)
-    best = max(args.arms, key=lambda a: result["arms"][a]["summary"]["valid_em"]["mean"])
+    best = max(args.arms, key=lambda a: result["arms"][a]["summary"]["valid_em"]["mean"])  # a tie: the first
     best_em = result["arms"][best]["summary"]["valid_em"]["mean"]
+    tied = [a for a in args.arms if a != best and result["arms"][a]["summary"]["valid_em"]["mean"] == best_em]
     shipped_em = shipped_valid_em(args.shipped_valid, valid)
     # "beats" as the selection rule of the shipped model reads EM: by more than its tolerance (150 questions are
     # few; the arms' answers with another patient's ECG on valid, the rule's other half, are not measured)
@@ -316,8 +325,10 @@ def main() -> None:
     result["shipping"] = {
         "best_arm_by_valid": best, "best_arm_valid_em": best_em, "shipped_model_valid_em": shipped_em,
         "valid_questions": len(valid_ids),
-        "decision": (f"The best arm on ECG-QA valid is **{best}** (EM {best_em:.3f}, mean over seeds, "
-                     f"{len(valid_ids)} generated valid questions). "
+        "tied_with": tied,
+        "decision": (f"The best arm on ECG-QA valid is **{best}**"
+                     + (f" (tied with {', '.join(tied)}; the first listed is taken)" if tied else "")
+                     + f" (EM {best_em:.3f}, mean over seeds, {len(valid_ids)} generated valid questions). "
                      + ("The shipped default answers the same questions with EM "
                         f"{shipped_em:.3f}: " if shipped_em is not None else "The shipped default was not scored: ")
                      + ("the arm beats it by more than the selection rule's tolerance "

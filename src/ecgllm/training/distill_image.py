@@ -56,7 +56,10 @@ def _teacher(run: Path, n_tokens: int):
     from ecgllm.models.encoder_source import encoder_head, encoder_meta
     from ecgllm.models.encoders import build_encoder
 
-    saved, head_weights = encoder_meta(run), encoder_head(run)
+    try:
+        saved, head_weights = encoder_meta(run), encoder_head(run)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"teacher: {exc}") from None
     if head_weights is None:
         raise FileNotFoundError(f"teacher: {run} has no classifier head (head.safetensors or label tokens)")
     kwargs = dict(saved["encoder_kwargs"], n_tokens=n_tokens)
