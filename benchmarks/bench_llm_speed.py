@@ -85,38 +85,36 @@ def compare_trainer_paths(model, processor, samples: list[dict], ecg: dict, batc
         torch.manual_seed(0)
         model.sparse_logits = model.share_prefix = sparse
         # `mixed_precision: bf16` in a recipe: Accelerate's autocast, the frozen weights cast once by the trainer
-        cast = FrozenWeightsCast(model, enabled=bf16)
         autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-        cast.__enter__()
-        model.train()
-        optimizer = torch.optim.AdamW(params, lr=1e-4)
-        parts = {"encoder": 0.0, "llm_forward": 0.0, "backward": 0.0, "optimizer": 0.0, "collate": 0.0}
-        real = padded_tokens = 0
-        wall = time.perf_counter()
-        for i, rows in enumerate(batches):
-            t0 = time.perf_counter()
-            chunk = [samples[r] for r in rows]
-            batch = processor([convo(s) for s in chunk], [[ecg[e] for e in s["ecg_id"]] for s in chunk])
-            real += int(batch["attention_mask"].sum())
-            padded_tokens += batch["attention_mask"].numel()
-            seconds["encoder"] = 0.0
-            t1 = time.perf_counter()
-            with autocast():
-                loss = model(**batch).loss
-            t2 = time.perf_counter()
-            if i == 0:
-                first_loss = float(loss)
-            loss.backward()
-            t3 = time.perf_counter()
-            optimizer.step()
-            optimizer.zero_grad()
-            t4 = time.perf_counter()
-            for part, value in (("collate", t1 - t0), ("encoder", seconds["encoder"]),
-                                ("llm_forward", t2 - t1 - seconds["encoder"]), ("backward", t3 - t2),
-                                ("optimizer", t4 - t3)):
-                parts[part] += value
-        wall = time.perf_counter() - wall
-        cast.__exit__()
+        with FrozenWeightsCast(model, enabled=bf16):  # undone when the path ends, even by an error
+            model.train()
+            optimizer = torch.optim.AdamW(params, lr=1e-4)
+            parts = {"encoder": 0.0, "llm_forward": 0.0, "backward": 0.0, "optimizer": 0.0, "collate": 0.0}
+            real = padded_tokens = 0
+            wall = time.perf_counter()
+            for i, rows in enumerate(batches):
+                t0 = time.perf_counter()
+                chunk = [samples[r] for r in rows]
+                batch = processor([convo(s) for s in chunk], [[ecg[e] for e in s["ecg_id"]] for s in chunk])
+                real += int(batch["attention_mask"].sum())
+                padded_tokens += batch["attention_mask"].numel()
+                seconds["encoder"] = 0.0
+                t1 = time.perf_counter()
+                with autocast():
+                    loss = model(**batch).loss
+                t2 = time.perf_counter()
+                if i == 0:
+                    first_loss = float(loss)
+                loss.backward()
+                t3 = time.perf_counter()
+                optimizer.step()
+                optimizer.zero_grad()
+                t4 = time.perf_counter()
+                for part, value in (("collate", t1 - t0), ("encoder", seconds["encoder"]),
+                                    ("llm_forward", t2 - t1 - seconds["encoder"]), ("backward", t3 - t2),
+                                    ("optimizer", t4 - t3)):
+                    parts[part] += value
+            wall = time.perf_counter() - wall
         results[name] = {"first_batch_loss": round(first_loss, 5), "samples_per_s": round(len(samples) / wall, 2),
                          "tokens_per_s": round(real / wall, 1),
                          "padded_tokens_per_s": round(padded_tokens / wall, 1),

@@ -66,7 +66,8 @@ class FrozenWeightsCast:
     the same numbers (the same round-to-nearest), without the copies. Only frozen ``nn.Linear`` weights move;
     weights shared with an embedding (a tied output head) stay, as embedding lookups are not autocast.
     ``original()`` puts the float32 tensors back for a while (to save a checkpoint); leaving puts them back for
-    good, so nothing after training sees the cast. The swap exchanges tensors, it copies nothing."""
+    good, so nothing after training sees the cast. Both precisions are held meanwhile (half as much memory again
+    for the frozen weights), so switching between them only exchanges tensors."""
 
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16, enabled: bool = True) -> None:
         skip = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}

@@ -62,12 +62,12 @@ def model_identity(folder: Path) -> tuple[str, str]:
         meta = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
         meta = {}
-    name = meta.get("name") if isinstance(meta, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    name = meta.get("name")
     if not isinstance(name, str) or not name.strip():
         resolved = folder.resolve()
         name = f"{resolved.parent.name}/{resolved.name}" if resolved.name == "final" else resolved.name or "model"
-    version = meta.get("ecgllm_version", "") if isinstance(meta, dict) else ""
-    return name.strip(), str(version)
+    return name.strip(), str(meta.get("ecgllm_version", ""))
 
 
 class ECGAssistant:
