@@ -154,8 +154,8 @@ def test_every_argument_of_the_openai_client_is_read_or_accepted_and_ignored():
 @pytest.mark.parametrize("prompt_first", [True, False])
 def test_a_streamed_answer_comes_piece_by_piece_and_adds_up_to_the_answer(assistant, monkeypatch, prompt_first):
     """The untrained tiny model says nothing readable, so its generate is replaced by one that says a known answer
-    token by token to the streamer it is given: the prompt first, as transformers' generate does, or not, as the
-    stratified decoding does."""
+    token by token to the streamer it is given: the prompt first, as transformers' generate does, or not (a
+    generate that sends no prompt must stream the same answer)."""
     import torch
 
     said = "sinus rhythm with first degree av block and left axis deviation"

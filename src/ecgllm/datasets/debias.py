@@ -1,6 +1,6 @@
 """Backdoor adjustment helpers for the severity confounder S (see `ecgllm.datasets.severity`).
 
-P(A | do(Q), E) = Σ_s P(A | Q, E, s) P(s). Three estimators use these pieces:
+P(A | do(Q), E) = Σ_s P(A | Q, E, s) P(s). Two estimators use these pieces:
 - intervention sampling: `ECGQAGenerator.generate(intervention=True)` draws s ~ P(s) (the pool's stratum shares),
   then a record of stratum s, then the question. The first two steps give every record of the pool the same
   chance, exactly as the plain (observational) draw does; what cuts S -> Q is the third. The observational
@@ -9,9 +9,12 @@ P(A | do(Q), E) = Σ_s P(A | Q, E, s) P(s). Three estimators use these pieces:
   independently of the record and no answer is aimed at. Comparison-verify templates still presume a status
   in the first ECG, so their value depends on it (not cut). Each sample records ``sampling``; the trainer runs
   ``debias: intervention`` only on intervention samples;
-- inverse-propensity weights P(s) / P(s | q) from counts (`ipw_weights`), applied to each sample's loss;
-- stratified adjustment: the model gets the stratum as an embedding while training and averages its answer
-  distribution over P(s) at inference (`EcgLanguageModel`, ``n_strata``).
+- inverse-propensity weights P(s) / P(s | q) from counts (`ipw_weights`), applied to each sample's loss.
+
+A third, stratified adjustment (the stratum as an input in training, averaged over P(s) at inference), was
+removed: the stratum is computed from the very labels the answers come from, so training fed the model an oracle
+input; a stratum predicted from the ECG instead is a function of the ECG, which conditioning on adds nothing to,
+and averaging over it would feed the model ECG/stratum pairs it never saw.
 """
 
 from __future__ import annotations

@@ -55,8 +55,6 @@ class EcgLMConfig:
     llm_policy: str = "lora"
     encoder_policy: str = "trained"
     encoder_init: str | None = None              # a finished encoder pretraining run to start from
-    n_strata: int = 0                            # > 0: stratified backdoor adjustment (severity embedding)
-    stratum_prior: list = field(default_factory=list)  # P(s), used to marginalise at inference
     label_tokens: int = 0                        # > 0: that many label tokens per ECG (needs encoder_init's head)
     named_label_tokens: int = 0                  # > 0: slots for the labels the question names (needs label_tokens)
     signal_quality: bool = False                 # noise heads on the signal; noise names fill the named slots too
@@ -78,6 +76,22 @@ class EcgLMConfig:
             raise ValueError("balanced_named_labels needs named_label_tokens (it shifts their probabilities)")
 
 
+# Keys older model folders and run states still carry: their "off" values are dropped when read.
+REMOVED_CONFIG_KEYS = {"n_strata": 0, "stratum_prior": []}
+
+
+def without_removed_keys(config: dict, where: str) -> dict:
+    """``config`` (a saved `EcgLMConfig`) without the keys of removed features at their "off" value; a model
+    trained with one switched on cannot be loaded, and says so (``where``: the file it came from)."""
+    config = dict(config)
+    for key, off in REMOVED_CONFIG_KEYS.items():
+        if key in config and config.pop(key) not in (off, None):
+            raise ValueError(f"{where}: this model was trained with the stratified de-biasing (model.{key}), which "
+                             f"ecgllm no longer has: it fed the true severity stratum, computed from the very "
+                             f"labels the answers come from, as an input. Retrain with debias: ipw or intervention")
+    return config
+
+
 class EcgTokenCountError(ValueError):
     """The prompt's ``<ecg>`` placeholders do not match the ECGs given."""
 
@@ -90,10 +104,6 @@ class EcgLanguageModel(nn.Module):
         self.llm = llm
         hidden = llm.get_input_embeddings().embedding_dim
         self.projector = build_projector(config.projector, self.encoder.dim, hidden)
-        # Severity stratum embedding added to the ECG tokens; zero at start, so it changes nothing until trained.
-        self.stratum_embedding = nn.Embedding(config.n_strata, hidden) if config.n_strata else None
-        if self.stratum_embedding is not None:
-            nn.init.zeros_(self.stratum_embedding.weight)
         self.image_encoder: nn.Module | None = None  # attached by `attach_image_encoder` (same token space)
         self.label_tokens: LabelTokens | None = None
         if config.label_tokens:
@@ -212,8 +222,8 @@ class EcgLanguageModel(nn.Module):
             self.encoder.requires_grad_(False)
 
     def load_weights_from(self, directory: str | Path, processor: EcgProcessor | None = None) -> None:
-        """Continue from an earlier stage's checkpoint folder (same architecture): encoder, projector, strata,
-        and the LoRA adapter or full LLM weights. The base LLM itself is not touched."""
+        """Continue from an earlier stage's checkpoint folder (same architecture): encoder, projector, label
+        tokens, image encoder, and the LoRA adapter or full LLM weights. The base LLM itself is not touched."""
         from safetensors.torch import load_file
 
         directory = Path(directory)
@@ -221,8 +231,6 @@ class EcgLanguageModel(nn.Module):
             raise FileNotFoundError(f"init_from: {directory} is not a checkpoint folder (no config.json)")
         self.encoder.load_state_dict(load_file(directory / "encoder.safetensors"))
         self.projector.load_state_dict(load_file(directory / "projector.safetensors"))
-        if self.stratum_embedding is not None and (directory / "strata.safetensors").exists():
-            self.stratum_embedding.load_state_dict(load_file(directory / "strata.safetensors"))
         if self.label_tokens is not None and (directory / "label_tokens.safetensors").exists():
             self.label_tokens.load_state(load_file(directory / "label_tokens.safetensors"))
         if self.image_encoder is None and (directory / "image_encoder.safetensors").exists() and processor is not None:
@@ -290,7 +298,7 @@ class EcgLanguageModel(nn.Module):
         return features
 
     def embed(self, input_ids: torch.Tensor, ecg: torch.Tensor | None, ecg_mask: torch.Tensor | None,
-              ecg_strata: torch.Tensor | None = None, images: torch.Tensor | None = None,
+              images: torch.Tensor | None = None,
               ecg_is_image: torch.Tensor | None = None, ecg_named: torch.Tensor | None = None) -> torch.Tensor:
         embeds = self.llm.get_input_embeddings()(input_ids)
         slots = input_ids == self.ecg_token_id
@@ -314,8 +322,6 @@ class EcgLanguageModel(nn.Module):
             labels = self.label_tokens(self.encoder.pool(features), ecg_named,
                                        self._signal_quality(ecg, ecg_mask, ecg_is_image, n_ecgs, device))
             tokens = torch.cat([tokens, labels.to(tokens.dtype)], dim=1)
-        if self.stratum_embedding is not None and ecg_strata is not None:
-            tokens = tokens + self.stratum_embedding(ecg_strata.to(embeds.device))[:, None, :]
         return embeds.masked_scatter(slots.unsqueeze(-1), tokens.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
 
     def _signal_quality(self, ecg, ecg_mask, ecg_is_image, n_ecgs: int, device) -> torch.Tensor | None:
@@ -333,7 +339,7 @@ class EcgLanguageModel(nn.Module):
             out[signals] = quality(ecg.to(device), ecg_mask.to(device))
         return out
 
-    def forward(self, input_ids, attention_mask=None, ecg=None, ecg_mask=None, labels=None, ecg_strata=None,
+    def forward(self, input_ids, attention_mask=None, ecg=None, ecg_mask=None, labels=None,
                 sample_weight=None, images=None, ecg_is_image=None, ecg_named=None):
         """``sample_weight`` [B]: per-conversation loss weights (inverse-propensity de-biasing): each answer token
         counts with its conversation's weight, Σ w_i Σ_t l_it / Σ w_i n_i, so weights that are all equal give
@@ -344,7 +350,7 @@ class EcgLanguageModel(nn.Module):
         costs more than its transformer layers. The loss is the same; ``logits`` are then not returned.
         With ``share_prefix`` on too, the tokens every conversation of the batch begins with (the system prompt
         and the user header) run through the LLM once, not once per conversation (`_hidden_states`)."""
-        embeds = self.embed(input_ids, ecg, ecg_mask, ecg_strata, images, ecg_is_image, ecg_named)
+        embeds = self.embed(input_ids, ecg, ecg_mask, images, ecg_is_image, ecg_named)
         if labels is None:  # positions follow the mask: generation batches are padded after their shared prefix
             positions = None if attention_mask is None else (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions)
@@ -420,15 +426,9 @@ class EcgLanguageModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, ecg=None, ecg_mask=None, max_new_tokens: int = 64,
-                 ecg_strata=None, images=None, ecg_is_image=None, ecg_named=None, **kwargs):
-        """New tokens only (greedy by default), with the KV cache. A stratified model without given strata
-        answers with P(A | do(Q), E) = Σ_s P(A | Q, E, s) P(s): its next-token distributions under every
-        stratum are averaged with the prior P(s) at each step."""
-        n_ecgs = len(ecg_is_image) if ecg_is_image is not None else 0 if ecg is None else ecg.shape[0]
-        if self.stratum_embedding is not None and ecg_strata is None and n_ecgs:
-            return self._generate_marginal(input_ids, attention_mask, ecg, ecg_mask, max_new_tokens, n_ecgs=n_ecgs,
-                                           images=images, ecg_is_image=ecg_is_image, ecg_named=ecg_named, **kwargs)
-        embeds = self.embed(input_ids, ecg, ecg_mask, ecg_strata, images, ecg_is_image, ecg_named)
+                 images=None, ecg_is_image=None, ecg_named=None, **kwargs):
+        """New tokens only (greedy by default), with the KV cache."""
+        embeds = self.embed(input_ids, ecg, ecg_mask, images, ecg_is_image, ecg_named)
         kwargs.setdefault("do_sample", False)
         kwargs.setdefault("suppress_tokens", [self.ecg_token_id])  # never emit the placeholder itself
         expanded = kwargs.get("num_beams", 1) > 1 or kwargs.get("num_return_sequences", 1) > 1
@@ -496,55 +496,6 @@ class EcgLanguageModel(nn.Module):
             cache.batch_repeat_interleave(embeds.shape[0])
         return cache
 
-    def _generate_marginal(self, input_ids, attention_mask, ecg, ecg_mask, max_new_tokens: int, n_ecgs: int,
-                           images=None, ecg_is_image=None, ecg_named=None, return_dict_in_generate: bool = False,
-                           output_scores: bool = False, pad_token_id=None, eos_token_id=None, streamer=None,
-                           max_time: float | None = None, stopping_criteria=None, **_ignored):
-        import time
-        from types import SimpleNamespace
-
-        started = time.monotonic()  # max_time: as `generate`'s, the answer so far once the time is up
-
-        n, batch = self.config.n_strata, input_ids.shape[0]
-        prior = torch.tensor(self.config.stratum_prior or [1.0 / n] * n, dtype=torch.float32)
-        prior = (prior / prior.sum()).to(input_ids.device)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        embeds = torch.cat([self.embed(input_ids, ecg, ecg_mask, torch.full((n_ecgs,), s, dtype=torch.long), images,
-                                       ecg_is_image, ecg_named) for s in range(n)])                              # [n * B, T, H]: one copy per stratum
-        mask = attention_mask.repeat(n, 1)
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
-        eos = eos_token_id if eos_token_id is not None else self.llm.generation_config.eos_token_id
-        eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
-        pad = pad_token_id if pad_token_id is not None else (min(eos) if eos else 0)
-        done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-        tokens, scores, last = [], [], positions[:, -1:]
-        for _ in range(max_new_tokens):
-            logits = out.logits[:, -1].float()
-            logits[:, self.ecg_token_id] = float("-inf")  # as `generate` suppresses the placeholder
-            mixed = (prior[:, None, None] * torch.softmax(logits, -1).view(n, batch, -1)).sum(0)
-            scores.append(mixed.clamp(min=1e-30).log())
-            step = torch.where(done, torch.full_like(done, pad, dtype=torch.long), mixed.argmax(-1))
-            tokens.append(step)
-            if streamer is not None:
-                streamer.put(step.cpu())
-            done |= torch.isin(step, torch.tensor(sorted(eos), device=step.device)) if eos else done
-            if stopping_criteria is not None:  # as `generate`: a row they stop (e.g. its deadline) is padded after
-                done |= stopping_criteria(torch.stack(tokens, 1), scores[-1]).to(done.device)
-            if bool(done.all()) or (max_time is not None and time.monotonic() - started > max_time):
-                break
-            mask = torch.cat([mask, torch.ones(n * batch, 1, dtype=mask.dtype, device=mask.device)], -1)
-            last = last + 1
-            out = self.llm(input_ids=step.repeat(n)[:, None], attention_mask=mask, position_ids=last,
-                           cache=out.past_key_values, use_cache=True)
-        if streamer is not None:
-            streamer.end()
-        sequences = torch.stack(tokens, 1)
-        if return_dict_in_generate:
-            return SimpleNamespace(sequences=sequences, scores=tuple(scores) if output_scores else None)
-        return sequences
-
     # ------------------------------------------------------------------------------------ saving
     def save_pretrained(self, directory: str | Path, processor: EcgProcessor, name: str | None = None) -> Path:
         """One self-describing folder: config, encoder + projector weights, LoRA adapter (or full LLM
@@ -558,8 +509,6 @@ class EcgLanguageModel(nn.Module):
         (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         save_file({k: v.contiguous() for k, v in self.encoder.state_dict().items()}, directory / "encoder.safetensors")
         save_file({k: v.contiguous() for k, v in self.projector.state_dict().items()}, directory / "projector.safetensors")
-        if self.stratum_embedding is not None:
-            save_file({"weight": self.stratum_embedding.weight.detach().contiguous()}, directory / "strata.safetensors")
         if self.label_tokens is not None:
             save_file({k: v.detach().contiguous() for k, v in self.label_tokens.state_dict().items()},
                       directory / "label_tokens.safetensors")
@@ -586,7 +535,7 @@ class EcgLanguageModel(nn.Module):
 
         directory = Path(directory)
         meta = json.loads((directory / "config.json").read_text())
-        config = EcgLMConfig(**meta["config"])
+        config = EcgLMConfig(**without_removed_keys(meta["config"], str(directory / "config.json")))
         processor = EcgProcessor.from_pretrained(directory)
         if config.llm_policy == "full":
             from transformers import AutoModelForCausalLM
@@ -612,8 +561,6 @@ class EcgLanguageModel(nn.Module):
             config.llm_policy = "lora"
         model.encoder.load_state_dict(load_file(directory / "encoder.safetensors"))
         model.projector.load_state_dict(load_file(directory / "projector.safetensors"))
-        if model.stratum_embedding is not None:
-            model.stratum_embedding.load_state_dict(load_file(directory / "strata.safetensors"))
         if model.label_tokens is not None:
             model.label_tokens.load_state(label_state)
             quality = model.label_tokens.quality

@@ -43,7 +43,7 @@ class _RowStreamer:
         self.sent: dict[int, str] = {i: "" for i, _ in self.rows}
 
     def put(self, value) -> None:
-        if value.dim() == 2:  # the prompt ([rows, tokens]; the stratified decoding sends none): not answer text
+        if value.dim() == 2:  # the prompt ([rows, tokens]): not answer text
             return
         try:
             for i, item in self.rows:

@@ -377,7 +377,7 @@ def add_data_commands(sub: argparse._SubParsersAction, formatter: type, exit_hel
     p = data_sub.add_parser(
         "debias", formatter_class=formatter, help="annotate conversations with severity strata and IPW weights",
         description="Add each conversation's severity strata (from PTB-XL labels) and its inverse-propensity "
-                    "weight P(s)/P(s|q) to its meta, for the ipw and stratified training estimators. Prints how "
+                    "weight P(s)/P(s|q) to its meta, for the ipw training estimator (debias: ipw). Prints how "
                     "well the question alone predicts the answer (the shortcut the method removes).",
         epilog=f"""examples:
   ecgllm data debias train.jsonl --ptbxl shared/data/ptbxl -o train_debiased.jsonl

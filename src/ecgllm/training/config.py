@@ -45,7 +45,7 @@ class OptimConfig:
     group_by_length: bool = True
 
 
-DEBIAS_METHODS = ("none", "intervention", "ipw", "stratified")
+DEBIAS_METHODS = ("none", "intervention", "ipw")
 
 
 @dataclass
@@ -64,12 +64,16 @@ class TrainConfig:
     # instructions (AVX512-BF16/AMX, `ecgllm.models.placement.cpu_has_bf16_instructions`), slower elsewhere
     mixed_precision: str = "no"
     # Backdoor adjustment for the severity confounder: "none", "intervention" (the loop is plain; every
-    # conversation must have been drawn with `--intervention`, meta.sampling), "ipw" (per-sample weights P(s)/P(s|q)) or "stratified"
-    # (severity embedding, marginalised over P(s) at inference); ipw/stratified need `ecgllm data debias`.
+    # conversation must have been drawn with `--intervention`, meta.sampling) or "ipw" (per-sample weights
+    # P(s)/P(s|q), written by `ecgllm data debias`). "stratified" was removed (see `__post_init__`).
     debias: str = "none"
     init_from: str | None = None   # a previous stage's final/ folder: start from its encoder, projector, adapter
 
     def __post_init__(self) -> None:
+        if self.debias == "stratified":
+            raise ValueError("debias 'stratified' was removed: it gave the model the true severity stratum, a "
+                             "function of the labels the answers come from, as an input in training; use 'ipw' or "
+                             "'intervention'")
         if self.debias not in DEBIAS_METHODS:
             raise ValueError(f"debias must be one of {DEBIAS_METHODS}, got {self.debias!r}")
         if self.prep.crop == "random":  # the processor prepares every batch the same way: nothing to seed it
@@ -182,6 +186,10 @@ def check_resumable(saved_path: Path, config: Any, resume_anyway: bool = False) 
     if resume_anyway or not saved_path.exists():
         return
     saved = json.loads(saved_path.read_text())
+    if isinstance(saved.get("model"), dict):  # a run from before a model feature was removed, at its "off" value
+        from ecgllm.models.ecg_lm import without_removed_keys
+
+        saved["model"] = without_removed_keys(saved["model"], str(saved_path))
     try:  # typed like the recipe: a key added since the run started is its default, "2e-4" is a number
         before = resolved(_build(type(config), saved, str(saved_path)))
     except RecipeError:

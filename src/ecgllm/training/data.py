@@ -12,13 +12,11 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ecgllm.datasets.cache import ECGCache
-from ecgllm.datasets.severity import SUPERCLASS_STRATA
 from ecgllm.datasets.split_policy import load_policy
 from ecgllm.io.image import ECGImage
 from ecgllm.io.record import ECG
 
 
-STRATUM_INDEX = {name: i for i, name in enumerate(SUPERCLASS_STRATA)}
 
 
 class ConversationDataset(Dataset):
@@ -62,9 +60,8 @@ class ConversationDataset(Dataset):
         ecgs = [_as_rendered(ecg, ref.get("render")) for ecg, ref in zip(self.cache.ecgs(ids), row["ecgs"])]
         turns = [{"role": t["role"], "content": t["content"]} for t in row["turns"]]
         meta = row.get("meta", {})
-        strata = [STRATUM_INDEX.get(s, STRATUM_INDEX["no diagnostic label"]) for s in meta.get("strata", [])]
         weight = meta.get("ipw_weight")
-        return turns, ecgs, [e.get("tag", "") for e in row["ecgs"]], None if weight is None else float(weight), strata
+        return turns, ecgs, [e.get("tag", "") for e in row["ecgs"]], None if weight is None else float(weight)
 
 
 def _as_rendered(ecg: ECG, render: dict | None) -> ECG | ECGImage:
@@ -78,20 +75,15 @@ def _as_rendered(ecg: ECG, render: dict | None) -> ECG | ECGImage:
 
 
 def make_collate(processor, debias: str = "none"):
-    """Batches from the processor; ``ipw`` adds per-sample loss weights, ``stratified`` the ECGs' strata
-    (both written into the data by `ecgllm data debias`)."""
+    """Batches from the processor; ``ipw`` adds per-sample loss weights (written into the data by `ecgllm data
+    debias`)."""
     def collate(items):
-        turns, ecgs, tags, weights, strata = zip(*items)
+        turns, ecgs, tags, weights = zip(*items)
         batch = processor(list(turns), list(ecgs), tags=list(tags), train=True)
         if debias == "ipw":
             if any(w is None for w in weights):  # a missing weight is not a weight of 1
                 raise ValueError("debias: ipw needs meta.ipw_weight in every conversation (run `ecgllm data debias`)")
             batch["sample_weight"] = torch.tensor(weights, dtype=torch.float32)
-        elif debias == "stratified":
-            flat = [s for per_sample, group in zip(strata, ecgs) for s in (per_sample or [0] * len(group))]
-            if len(flat) != len(batch.get("ecg_is_image", batch["ecg"])):
-                raise ValueError("stratified de-biasing needs meta.strata for every ECG (run `ecgllm data debias`)")
-            batch["ecg_strata"] = torch.tensor(flat, dtype=torch.long)
         return batch
     return collate
 

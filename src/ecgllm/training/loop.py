@@ -13,22 +13,10 @@ from pathlib import Path
 
 import torch
 
-from ecgllm.datasets.severity import SUPERCLASS_STRATA
 from ecgllm.models.placement import FrozenWeightsCast
 from ecgllm.training.config import RecipeError, TrainConfig, check_resumable, resolved
 
 STATE_FILE = "trainer_state.json"
-
-
-def stratum_prior(dataset) -> list[float]:
-    """P(s) over the training ECGs (meta.strata), in `SUPERCLASS_STRATA` order."""
-    counts = [0] * len(SUPERCLASS_STRATA)
-    for row in dataset.rows:
-        for name in row.get("meta", {}).get("strata", []):
-            counts[SUPERCLASS_STRATA.index(name) if name in SUPERCLASS_STRATA else -1] += 1
-    if not sum(counts):
-        raise ValueError("debias: stratified needs meta.strata in the training data (run `ecgllm data debias`)")
-    return [c / sum(counts) for c in counts]
 
 
 def finished_checkpoints(output_dir: Path) -> list[Path]:
@@ -73,8 +61,6 @@ def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None, fit_qualit
         if unweighted:
             raise RecipeError(f"debias: ipw, but {unweighted} of {len(dataset.rows)} conversations in "
                               f"{config.data.train} have no meta.ipw_weight (run `ecgllm data debias` on it)")
-    if config.debias == "stratified" and not config.model.n_strata:
-        config.model.n_strata, config.model.stratum_prior = len(SUPERCLASS_STRATA), stratum_prior(dataset)
     model, processor = EcgLanguageModel.build(config.model, ProcessorConfig(prep=config.prep.to_dict()),
                                               llm=llm, tokenizer=tokenizer, init_from=config.init_from)
     if config.init_from:
@@ -185,7 +171,7 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True, 
     from ecgllm.training.data import LengthGroupedBatchSampler, make_collate, token_lengths
 
     output_dir = Path(config.output_dir)
-    recipe = resolved(config)  # as given: the stage below may fill in derived values (strata)
+    recipe = resolved(config)  # as given, before the stage below fills in derived values
     if latest_checkpoint(output_dir) is not None:
         check_resumable(output_dir / "recipe.json", config, resume_anyway)
     # cpu=True is how Accelerate recognises a torchrun/`accelerate launch` run without GPUs (gloo backend).
