@@ -235,6 +235,8 @@ def render(result: dict) -> str:
     lines = ["# De-biasing experiment: vanilla against the backdoor estimators", "",
              "Written by `benchmarks/debias_experiment.py` from `benchmarks/results/debias.json`.", "",
              result["design"], "", f"Test split: {result['test_split']}", "",
+             "The severity strata (their sizes per ECG-QA split, and P(yes | template, stratum) under the "
+             "observational and the intervention draw) are measured on `strata.md` (`benchmarks/strata.py`).", "",
              "## Per arm (mean ± sd over seeds; each seed's value in `debias.json`)", "",
              "| arm | seeds | template EM | paraphrased EM | paraphrase gap | EM, another patient's ECG | "
              "random-ECG drop | blind EM | stratum spread | valid EM |", "|---|---|---|---|---|---|---|---|---|---|"]

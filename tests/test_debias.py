@@ -207,3 +207,27 @@ def test_the_removed_stratified_option_is_refused_with_a_sentence(debias_workspa
     assert without_removed_keys({"label_tokens": 6, "n_strata": 0, "stratum_prior": []}, "x") == {"label_tokens": 6}
     with pytest.raises(ValueError, match="x: this model was trained with the stratified de-biasing"):
         without_removed_keys({"n_strata": 4, "stratum_prior": [0.25] * 4}, "x")
+
+
+def test_the_strata_page_counts_p_yes_per_template_and_stratum(monkeypatch):
+    """benchmarks/strata.py: P(yes | template, stratum) from the answers, the prompt stratum of two ECGs the more
+    severe one, and a cell of too few questions left blank rather than shown."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import strata
+
+    monkeypatch.setattr(strata, "MIN_CELL", 2)
+    records = {1: "normal", 2: "normal", 3: "one abnormal", 4: "several abnormal"}
+
+    def sample(ecgs, answer, template=2):
+        return {"ecg_id": ecgs, "template_id": template, "answer": [answer], "question": f"q{template}"}
+
+    samples = [sample([1], "yes"), sample([2], "no"), sample([3], "no"), sample([3], "no"), sample([4], "no"),
+               sample([1, 4], "yes", template=44)]
+    m = strata.measure(samples, records, templates=[2])
+    cells = m["single_verify"]["2"]["by_stratum"]
+    assert cells["normal"] == {"n": 2, "p_yes": 0.5} and cells["one abnormal"] == {"n": 2, "p_yes": 0.0}
+    assert cells["several abnormal"] == {"n": 1, "p_yes": None}  # one question: blank
+    assert m["single_verify"]["2"]["p_yes"] == 0.2 and m["single_verify"]["2"]["range"] == 0.5
+    assert m["stratum_share"] == {"normal": 0.3333, "one abnormal": 0.3333, "several abnormal": 0.3333}
