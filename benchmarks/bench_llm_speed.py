@@ -83,7 +83,7 @@ def compare_trainer_paths(model, processor, samples: list[dict], ecg: dict, batc
             for p in params:
                 p.copy_(start[id(p)])
         torch.manual_seed(0)
-        model.sparse_logits = model.share_prefix = sparse
+        model.sparse_logits = model.share_prefix = model.math_attention = sparse
         # `mixed_precision: bf16` in a recipe: Accelerate's autocast, the frozen weights cast once by the trainer
         autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
         with FrozenWeightsCast(model, enabled=bf16):  # undone when the path ends, even by an error
@@ -122,7 +122,7 @@ def compare_trainer_paths(model, processor, samples: list[dict], ecg: dict, batc
                          "seconds_by_part": {k: round(v, 2) for k, v in parts.items()},
                          "wall_s": round(wall, 1), "batches": len(batches)}
     model.encode = timed_encode
-    model.sparse_logits = model.share_prefix = True
+    model.sparse_logits = model.share_prefix = model.math_attention = True
     with torch.no_grad():  # what follows (answer latency) runs the weights every path started from
         for p in params:
             p.copy_(start[id(p)])
@@ -133,8 +133,8 @@ def compare_trainer_paths(model, processor, samples: list[dict], ecg: dict, batc
             "train_speedup_float32": round(results["grouped_sparse_logits_shared_prefix"]["samples_per_s"] / baseline, 2),
             **results,
             "note": "same conversations, same starting weights and seed; 'padded_full_logits' is the float32 trainer "
-                    "before length grouping, label-only logits and the shared prefix (its batches differ, so its "
-                    "first_batch_loss is another batch's); the float32 paths compute the same losses (a test checks), "
+                    "before length grouping, label-only logits, the shared prefix and math attention (its batches differ, so "
+                    "its first_batch_loss is another batch's); the float32 paths compute the same losses (a test checks), "
                     f"'{BF16_PATH}' (recipes with mixed_precision: bf16, offered where the hardware multiplies bf16) "
                     "rounds to bf16, so its losses differ slightly (first_batch_loss)"}
 

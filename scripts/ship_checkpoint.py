@@ -1,6 +1,6 @@
 """Copy a trained checkpoint into the package as the default one (src/ecgllm/data/checkpoint/).
 
-Only what inference needs is copied (config, encoder, projector, strata, label tokens, LoRA adapter, processor,
+Only what inference needs is copied (config, encoder, projector, label tokens, LoRA adapter, processor,
 labels; with --image-encoder, a distilled image encoder so that the checkpoint also reads ECG images);
 machine-local paths are dropped from the config; the weights must stay within the size budget on top of the
 SmolLM2 base, and the copy must load and answer before it replaces the shipped one.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "src/ecgllm/data/checkpoint"
-KEEP = ("config.json", "encoder.safetensors", "projector.safetensors", "strata.safetensors", "label_tokens.safetensors",
+KEEP = ("config.json", "encoder.safetensors", "projector.safetensors", "label_tokens.safetensors",
         "labels.json", "processor_config.json", "adapter", "tokenizer", "training_records.json")
 
 
@@ -68,7 +68,9 @@ def main() -> int:
             adapter_config.write_text(json.dumps(adapter, indent=2) + "\n")
         meta["config"]["encoder_init"] = None  # a path on the training machine; the weights are in the folder
         meta["config"]["image_encoder_init"] = None
-        meta["shipped_from"] = meta.get("name") or args.source.name
+        # a copy of a shipped folder (a new image encoder on the same model) keeps the run it came from
+        shipped_again = meta.get("name") == "ecgllm-default" and meta.get("shipped_from")
+        meta["shipped_from"] = shipped_again or meta.get("name") or args.source.name
         meta["name"] = "ecgllm-default"  # what servers call the default, whichever run it came from
         (staged / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         if args.image_encoder:

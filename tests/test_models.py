@@ -115,8 +115,9 @@ def test_mixed_ecg_counts_in_one_batch_match_single_runs(tiny_tokenizer, ecgs):
 
 @pytest.mark.parametrize("weighted", [False, True])
 def test_sparse_logits_loss_equals_the_full_logits_loss(tiny_tokenizer, ecgs, weighted):
-    """The training loss computed only where labels are, with the batch's common prefix run once, equals the loss
-    through all logits and every row's own prefix, gradients too."""
+    """The training loss computed only where labels are, with the batch's common prefix run once and the CPU's
+    math attention, equals the loss through all logits, every row's own prefix and the flash attention kernel,
+    gradients too."""
     model, processor = make(tiny_tokenizer, policy="lora")
     convs = [QA, [{"role": "user", "content": "Is this a normal ECG? sinus rhythm"},
                   {"role": "assistant", "content": "yes"},
@@ -127,15 +128,15 @@ def test_sparse_logits_loss_equals_the_full_logits_loss(tiny_tokenizer, ecgs, we
         batch["sample_weight"] = torch.tensor([0.3, 1.7])
     assert model._shared_prefix_length(batch["input_ids"], batch["attention_mask"], batch["labels"]) >= 2
     losses, grads = [], []
-    for sparse, shared in ((True, True), (True, False), (False, False)):
-        model.sparse_logits, model.share_prefix = sparse, shared
+    for sparse, shared, math in ((True, True, True), (True, True, False), (True, False, False), (False, False, False)):
+        model.sparse_logits, model.share_prefix, model.math_attention = sparse, shared, math
         model.zero_grad()
         loss = model(**batch).loss
         loss.backward()
         losses.append(loss.detach())
         grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad and p.grad is not None])
     assert all(torch.allclose(losses[0], other, atol=1e-5) for other in losses[1:])
-    assert len(grads[0]) == len(grads[1]) == len(grads[2]) > 0
+    assert len(grads[0]) == len(grads[1]) == len(grads[2]) == len(grads[3]) > 0
     assert all(torch.allclose(a, b, atol=1e-5) for other in grads[1:] for a, b in zip(grads[0], other))
 
 

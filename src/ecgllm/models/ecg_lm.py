@@ -8,6 +8,7 @@ counts across a batch work because ECGs are consumed in the order their placehol
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections import OrderedDict
@@ -116,6 +117,7 @@ class EcgLanguageModel(nn.Module):
         self.ecg_token_id = ecg_token_id
         self.sparse_logits = True  # training loss: vocabulary projection only where labels are (see forward)
         self.share_prefix = True   # ... and the batch's common leading tokens run once (see _hidden_states)
+        self.math_attention = True  # ... and, on the CPU, attention as plain matmuls + softmax (see forward)
         self.label_vocab: dict[str, list[str]] = {}  # label vocabularies of the pretrained encoder, if any
         self._apply_policies()
 
@@ -349,7 +351,10 @@ class EcgLanguageModel(nn.Module):
         is: an answer is a few tokens of a ~60-token prompt, and SmolLM2's 49k-word head over every position
         costs more than its transformer layers. The loss is the same; ``logits`` are then not returned.
         With ``share_prefix`` on too, the tokens every conversation of the batch begins with (the system prompt
-        and the user header) run through the LLM once, not once per conversation (`_hidden_states`)."""
+        and the user header) run through the LLM once, not once per conversation (`_hidden_states`).
+        With ``math_attention`` on too, a training loss on the CPU runs PyTorch's math attention instead of its
+        flash kernel: the same function, and on ~60-token sequences the flash kernel's backward took ~15 % of a
+        bf16 step on this project's 2-core CPU, the math one about a third of that."""
         embeds = self.embed(input_ids, ecg, ecg_mask, images, ecg_is_image, ecg_named)
         if labels is None:  # positions follow the mask: generation batches are padded after their shared prefix
             positions = None if attention_mask is None else (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -359,7 +364,8 @@ class EcgLanguageModel(nn.Module):
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
         base = self._base_llm()
-        hidden = self._hidden_states(embeds, input_ids, attention_mask, labels)
+        with self._training_attention(embeds.device):
+            hidden = self._hidden_states(embeds, input_ids, attention_mask, labels)
         targets = labels[:, 1:]
         keep = targets != -100
         logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
@@ -372,6 +378,14 @@ class EcgLanguageModel(nn.Module):
             weight = sample_weight.to(token_loss.device, token_loss.dtype)[keep.nonzero()[:, 0]]
             loss = (token_loss * weight).sum() / weight.sum().clamp(min=1e-8)
         return CausalLMOutputWithPast(loss=loss)
+
+    def _training_attention(self, device: torch.device):
+        """The attention kernel of a training forward (its backward follows the kernel chosen here)."""
+        if self.math_attention and device.type == "cpu":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            return sdpa_kernel([SDPBackend.MATH])
+        return contextlib.nullcontext()
 
     def _shared_prefix_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                               labels: torch.Tensor | None = None) -> int:

@@ -17,8 +17,6 @@ from ecgllm.io.image import ECGImage
 from ecgllm.io.record import ECG
 
 
-
-
 class ConversationDataset(Dataset):
     """Each item: (turns, ECGs, tags) for one conversation whose ECGs come from a prepared cache."""
 

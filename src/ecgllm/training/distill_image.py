@@ -48,7 +48,7 @@ class ImageDistillConfig:
     mixed_precision: str = "no"         # "bf16": autocast the student's forward passes
 
 
-def _teacher(run: Path, n_tokens: int):
+def load_teacher(run: Path, n_tokens: int):
     """The signal encoder and classifier head to imitate: from an encoder pretraining run, or from a language
     model checkpoint (its own copy of the encoder, as the LLM was trained with it, and its label-token head)."""
     from safetensors.torch import load_file
@@ -154,7 +154,7 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> 
 
     place = Placement.resolve(config.device, config.mixed_precision)
     out = start_run(config.output_dir, config.seed, config.threads)
-    encoder, head, saved = _teacher(Path(config.teacher), config.n_tokens)
+    encoder, head, saved = load_teacher(Path(config.teacher), config.n_tokens)
     encoder, head = encoder.to(place.device), head.to(place.device)
     image_config = ImageEncoderConfig(**{"n_tokens": config.n_tokens, "dim": encoder.dim, **config.image})
     data, _ = load_ptbxl_arrays(config.ecg_cache, config.ptbxl, saved["input"]["normalize"], config.exclude_ids_file)
