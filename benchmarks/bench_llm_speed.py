@@ -45,6 +45,7 @@ from ecgllm.models.placement import FrozenWeightsCast, cpu_has_bf16_instructions
 
 ENCODER = {"widths": [48, 96, 128, 192], "n_tokens": 16, "blocks_per_stage": 1}
 BF16_PATH = "grouped_sparse_logits_shared_prefix_bf16"
+NO_DROPOUT_PATH = BF16_PATH + "_no_lora_dropout"
 
 
 def convo(s, with_answer=True):
@@ -78,51 +79,62 @@ def compare_trainer_paths(model, processor, samples: list[dict], ecg: dict, batc
     paths = [("padded_full_logits", padded, False, False), ("grouped_sparse_logits_shared_prefix", grouped, True, False)]
     if cpu_has_bf16_instructions():  # the model runs on the CPU here; where bf16 is emulated it is slower: not offered
         paths.append((BF16_PATH, grouped, True, True))
-    for name, batches, sparse, bf16 in paths:
-        with torch.no_grad():  # every path starts from the same weights and the same dropout draws
-            for p in params:
-                p.copy_(start[id(p)])
-        torch.manual_seed(0)
-        model.sparse_logits = model.share_prefix = model.math_attention = sparse
-        # `mixed_precision: bf16` in a recipe: Accelerate's autocast, the frozen weights cast once by the trainer
-        autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-        with FrozenWeightsCast(model, enabled=bf16):  # undone when the path ends, even by an error
-            model.train()
-            optimizer = torch.optim.AdamW(params, lr=1e-4)
-            parts = {"encoder": 0.0, "llm_forward": 0.0, "backward": 0.0, "optimizer": 0.0, "collate": 0.0}
-            real = padded_tokens = 0
-            wall = time.perf_counter()
-            for i, rows in enumerate(batches):
-                t0 = time.perf_counter()
-                chunk = [samples[r] for r in rows]
-                batch = processor([convo(s) for s in chunk], [[ecg[e] for e in s["ecg_id"]] for s in chunk])
-                real += int(batch["attention_mask"].sum())
-                padded_tokens += batch["attention_mask"].numel()
-                seconds["encoder"] = 0.0
-                t1 = time.perf_counter()
-                with autocast():
-                    loss = model(**batch).loss
-                t2 = time.perf_counter()
-                if i == 0:
-                    first_loss = float(loss)
-                loss.backward()
-                t3 = time.perf_counter()
-                optimizer.step()
-                optimizer.zero_grad()
-                t4 = time.perf_counter()
-                for part, value in (("collate", t1 - t0), ("encoder", seconds["encoder"]),
-                                    ("llm_forward", t2 - t1 - seconds["encoder"]), ("backward", t3 - t2),
-                                    ("optimizer", t4 - t3)):
-                    parts[part] += value
-            wall = time.perf_counter() - wall
-        results[name] = {"first_batch_loss": round(first_loss, 5), "samples_per_s": round(len(samples) / wall, 2),
-                         "tokens_per_s": round(real / wall, 1),
-                         "padded_tokens_per_s": round(padded_tokens / wall, 1),
-                         "padding_share": round(1 - real / padded_tokens, 3),
-                         "seconds_by_part": {k: round(v, 2) for k, v in parts.items()},
-                         "wall_s": round(wall, 1), "batches": len(batches)}
-    model.encode = timed_encode
-    model.sparse_logits = model.share_prefix = model.math_attention = True
+    # PEFT builds nn.Identity for a LoRA dropout of 0: a checkpoint trained without it has nothing to switch off
+    lora_dropouts = [m for name, m in model.named_modules() if "lora_dropout" in name and isinstance(m, torch.nn.Dropout)]
+    dropout_rates = [m.p for m in lora_dropouts]
+    if BF16_PATH in [p[0] for p in paths] and any(dropout_rates):
+        paths.append((NO_DROPOUT_PATH, grouped, True, True))
+    try:
+        for name, batches, sparse, bf16 in paths:
+            for m, rate in zip(lora_dropouts, dropout_rates):  # `lora: {lora_dropout: 0.0}` in a recipe
+                m.p = 0.0 if name == NO_DROPOUT_PATH else rate
+            with torch.no_grad():  # every path starts from the same weights and the same dropout draws
+                for p in params:
+                    p.copy_(start[id(p)])
+            torch.manual_seed(0)
+            model.sparse_logits = model.share_prefix = model.math_attention = sparse
+            # `mixed_precision: bf16` in a recipe: Accelerate's autocast, the frozen weights cast once by the trainer
+            autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+            with FrozenWeightsCast(model, enabled=bf16):  # undone when the path ends, even by an error
+                model.train()
+                optimizer = torch.optim.AdamW(params, lr=1e-4)
+                parts = {"encoder": 0.0, "llm_forward": 0.0, "backward": 0.0, "optimizer": 0.0, "collate": 0.0}
+                real = padded_tokens = 0
+                wall = time.perf_counter()
+                for i, rows in enumerate(batches):
+                    t0 = time.perf_counter()
+                    chunk = [samples[r] for r in rows]
+                    batch = processor([convo(s) for s in chunk], [[ecg[e] for e in s["ecg_id"]] for s in chunk])
+                    real += int(batch["attention_mask"].sum())
+                    padded_tokens += batch["attention_mask"].numel()
+                    seconds["encoder"] = 0.0
+                    t1 = time.perf_counter()
+                    with autocast():
+                        loss = model(**batch).loss
+                    t2 = time.perf_counter()
+                    if i == 0:
+                        first_loss = float(loss)
+                    loss.backward()
+                    t3 = time.perf_counter()
+                    optimizer.step()
+                    optimizer.zero_grad()
+                    t4 = time.perf_counter()
+                    for part, value in (("collate", t1 - t0), ("encoder", seconds["encoder"]),
+                                        ("llm_forward", t2 - t1 - seconds["encoder"]), ("backward", t3 - t2),
+                                        ("optimizer", t4 - t3)):
+                        parts[part] += value
+                wall = time.perf_counter() - wall
+            results[name] = {"first_batch_loss": round(first_loss, 5), "samples_per_s": round(len(samples) / wall, 2),
+                             "tokens_per_s": round(real / wall, 1),
+                             "padded_tokens_per_s": round(padded_tokens / wall, 1),
+                             "padding_share": round(1 - real / padded_tokens, 3),
+                             "seconds_by_part": {k: round(v, 2) for k, v in parts.items()},
+                             "wall_s": round(wall, 1), "batches": len(batches)}
+    finally:  # the model leaves as it came (its LoRA dropout, encoder, training paths), even if a path failed
+        for m, rate in zip(lora_dropouts, dropout_rates):
+            m.p = rate
+        model.encode = timed_encode
+        model.sparse_logits = model.share_prefix = model.math_attention = True
     with torch.no_grad():  # what follows (answer latency) runs the weights every path started from
         for p in params:
             p.copy_(start[id(p)])

@@ -9,7 +9,7 @@
 2. Superclass and 71-statement macro AUC of the checkpoint's image encoder on clean and distorted renders of
    PTB-XL fold 10 ∩ ECG-QA test vs its signal encoder on the same records (`fold10_test_reading`); the
    distillation run's own fold-10 report is kept beside it.
-3. ECG-QA exact match on generated fold-10 questions with the ECGs given as signals, clean renders and
+3. ECG-QA exact match on generated ECG-QA test questions with the ECGs given as signals, clean renders and
    distorted renders (the signal vs image gap of the whole model).
 4. The real printed ECGs in ../shared/data/external/ecg_images (20 photographed/printed 12-lead reports:
    normal, myocardial infarction, abnormal heartbeat, history of MI): the model is asked "Is this a normal
@@ -108,14 +108,15 @@ def printed_images(model_dir: str) -> dict:
 
 
 def fold10_test_reading(model_dir: str, cache: str, ptbxl_dir: str, ecgqa_dir: str, n: int, workers: int) -> dict:
-    """The checkpoint's image encoder against its signal encoder on renders of PTB-XL fold 10 ∩ ECG-QA test (no
-    stage of any ecgllm model trains on either): superclass and 71-statement macro AUC from scores, superclass
+    """The checkpoint's image encoder against its signal encoder on renders of PTB-XL fold 10 ∩ ECG-QA test (the
+    split policy keeps ECG-QA test patients out of every stage; `seen_by_checkpoint` checks it): superclass and 71-statement macro AUC from scores, superclass
     macro F1 and Hamming loss at p = 0.5. The records are rendered clean and with print/photo distortions (one
     seeded page each, the layout drawn as in distillation) and read as the served model reads them: the image
     encoder's tokens, the signal encoder's pooling, the label-token classifier head."""
     from safetensors.torch import load_file
 
     from ecgllm.datasets import ECGQA
+    from ecgllm.datasets.split_policy import seen_by_checkpoint
     from ecgllm.models.image_encoder import ImageEncoder, ImageEncoderConfig
     from ecgllm.training.distill_image import (load_teacher, render_set, student_outputs, superclass_metrics,
                                                teacher_targets)
@@ -131,7 +132,12 @@ def fold10_test_reading(model_dir: str, cache: str, ptbxl_dir: str, ecgqa_dir: s
     rows = data.test[np.isin(data.ids[data.test], test_ids)]
     rows = np.sort(np.random.default_rng(0).permutation(rows)[:n])
     seeds = np.arange(len(rows)) + 10_000_019
-    result = {"records": int(len(rows)), "split": f"PTB-XL fold 10 ∩ ECG-QA test ({len(rows)} records, seed 0)"}
+    seen = seen_by_checkpoint(model_dir, data.ids[rows])
+    if seen["records_seen_in_training"]:
+        raise SystemExit(f"{model_dir}: {seen['records_seen_in_training']} of the {len(rows)} fold 10 ∩ ECG-QA test "
+                         f"records were seen in training; this benchmark reads only records no stage saw")
+    result = {"records": int(len(rows)), "split": f"PTB-XL fold 10 ∩ ECG-QA test ({len(rows)} records, seed 0)",
+              "seen_in_training": seen}
     _, signal_logits = teacher_targets(encoder, head, data.signals[rows])
     result.update(superclass_metrics("signal", data.y[rows], signal_logits))
     for name, augment in (("image_clean", False), ("image_augmented", True)):
@@ -173,7 +179,7 @@ def write_doc(result: dict, command: str) -> None:
         "# ECG images: renders, the image encoder, real printed ECGs", "",
         "Every number here is read from `benchmarks/results/images.json`, written by the last command below",
         "(the distillation run and the shipped checkpoint come first):", "", "```bash",
-        f"ecgllm train {d.get('recipe', 'recipes/ecgqa/image_encoder.yaml')}   # renders of folds 1-8 "
+        "ecgllm train recipes/ecgqa/image_encoder.yaml   # renders of folds 1-8 "
         "(no ECG-QA valid/test patient) -> the shipped signal encoder's tokens",
         "python scripts/ship_checkpoint.py SHIPPED_CHECKPOINT --image-encoder runs/ecgqa/image_encoder",
         command, "```", "", "## Targets", "",
@@ -191,8 +197,8 @@ def write_doc(result: dict, command: str) -> None:
         f"{d['n_train']} renders of PTB-XL folds 1-8 records without any ECG-QA valid/test patient, "
         f"{len(d.get('history', []))} epochs) against the signal encoder it imitates, on the same records, each "
         "rendered once clean and once with print/photo distortions; read as the served model reads a picture (the "
-        "signal encoder's pooling, the label-token classifier head). No stage of any ecgllm model trained on these "
-        "records.", "",
+        "signal encoder's pooling, the label-token classifier head). Records of these patients seen in training "
+        f"by any stage of the checkpoint: {t['seen_in_training']['records_seen_in_training']}.", "",
         "| input | superclass macro AUC | superclass macro F1 | superclass Hamming loss | 71-statement macro AUC |",
         "|---|---|---|---|---|",
         *[f"| {label} | {t[k + '_super_macro_auc']} | {t[k + '_super_macro_f1']} | {t[k + '_super_hamming_loss']} | "
@@ -235,9 +241,16 @@ def main() -> None:
     parser.add_argument("--out", default="runs/images_eval", help="folder for the evaluation runs")
     args = parser.parse_args()
     command = (f"python benchmarks/images.py --model {args.model} --distill {args.distill} --generated-test "
-               f"{args.generated_test} --signals {args.signals} --n-eval {args.n_eval} --limit {args.limit} "
-               f"--render-n {args.render_n}")
+               f"{args.generated_test} --signals {args.signals} --ptbxl {args.ptbxl} --ecgqa {args.ecgqa} "
+               f"--n-eval {args.n_eval} --workers {args.workers} --limit {args.limit} --render-n {args.render_n} "
+               f"--out {args.out}")
     distillation = json.loads((Path(args.distill) / "result.json").read_text())
+    settings = ("n_train", "epochs", "seed", "augment_probability")  # the page describes --distill as --model's
+    shipped = json.loads((Path(args.model) / "image_encoder.json").read_text())["distillation"]
+    run = json.loads((Path(args.distill) / "image_encoder.json").read_text())["distillation"]
+    if any(shipped.get(k) != run.get(k) for k in settings):
+        raise SystemExit(f"{args.model}'s image encoder was not distilled by {args.distill} (they differ in "
+                         f"{', '.join(k for k in settings if shipped.get(k) != run.get(k))})")
     result = {"render": render_speed(args.render_n),
               "fold10_test": fold10_test_reading(args.model, args.signals, args.ptbxl, args.ecgqa, args.n_eval,
                                                  args.workers),

@@ -20,7 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "src/ecgllm/data/checkpoint"
 KEEP = ("config.json", "encoder.safetensors", "projector.safetensors", "label_tokens.safetensors",
-        "labels.json", "processor_config.json", "adapter", "tokenizer", "training_records.json")
+        "labels.json", "processor_config.json", "adapter", "tokenizer", "training_records.json",
+        "image_encoder.safetensors", "image_encoder.json")  # a shipped copy keeps its image encoder unless replaced
 
 
 def attach_image_encoder(checkpoint: Path, run: Path) -> None:
@@ -69,8 +70,8 @@ def main() -> int:
         meta["config"]["encoder_init"] = None  # a path on the training machine; the weights are in the folder
         meta["config"]["image_encoder_init"] = None
         # a copy of a shipped folder (a new image encoder on the same model) keeps the run it came from
-        shipped_again = meta.get("name") == "ecgllm-default" and meta.get("shipped_from")
-        meta["shipped_from"] = shipped_again or meta.get("name") or args.source.name
+        shipped_again = meta.get("name") == "ecgllm-default"
+        meta["shipped_from"] = (meta.get("shipped_from") if shipped_again else meta.get("name")) or args.source.name
         meta["name"] = "ecgllm-default"  # what servers call the default, whichever run it came from
         (staged / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         if args.image_encoder:

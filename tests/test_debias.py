@@ -4,7 +4,6 @@ through `ecgllm train`, and the removed stratified option refused with a sentenc
 from __future__ import annotations
 
 import copy
-import time
 import json
 import subprocess
 import sys
@@ -187,11 +186,13 @@ def test_debiased_training_refuses_data_the_estimator_cannot_use(debias_workspac
     assert not (root / f"{method}-refused" / "checkpoints").exists()
 
 
-def test_the_removed_stratified_option_is_refused_with_a_sentence(debias_workspace, tmp_path):
+def test_the_removed_stratified_option_is_refused_with_a_sentence(debias_workspace, tiny_model, tmp_path):
     """`stratified` fed the true stratum (a function of the answers' labels) as an input: a recipe asking for it
     stops before training (exit 3) and says why; a model folder trained with it is refused on loading, while
     folders that only carry the removed keys at their "off" value (the shipped one) still load."""
-    from ecgllm.models.ecg_lm import without_removed_keys
+    from ecgllm.errors import InputError
+    from ecgllm.models.encoder_source import encoder_meta
+    from ecgllm.models.removed_features import RemovedFeatureError, without_removed_keys
 
     root = debias_workspace
     recipe = {"stage": "debiased_pretraining", "output_dir": str(root / "stratified"),
@@ -205,8 +206,19 @@ def test_the_removed_stratified_option_is_refused_with_a_sentence(debias_workspa
     assert "'stratified' was removed" in result.stderr and "Traceback" not in result.stderr
     assert not (root / "stratified").exists()
     assert without_removed_keys({"label_tokens": 6, "n_strata": 0, "stratum_prior": []}, "x") == {"label_tokens": 6}
-    with pytest.raises(ValueError, match="x: this model was trained with the stratified de-biasing"):
+    with pytest.raises(RemovedFeatureError, match="x: this model was trained with the stratified de-biasing"):
         without_removed_keys({"n_strata": 4, "stratum_prior": [0.25] * 4}, "x")
+    assert issubclass(RemovedFeatureError, InputError)  # the CLI's exit 3 with the sentence, not an internal error
+    # its weights may neither seed a new stage (init_from) nor teach an encoder (encoder_init, image teacher)
+    model, processor = tiny_model
+    folder = model.save_pretrained(tmp_path / "old-stratified", processor)
+    meta = json.loads((folder / "config.json").read_text())
+    meta["config"].update(n_strata=4, stratum_prior=[0.25] * 4)
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(RemovedFeatureError, match="old-stratified"):
+        model.load_weights_from(folder, processor)
+    with pytest.raises(RemovedFeatureError, match="old-stratified"):
+        encoder_meta(folder)
 
 
 def test_the_strata_page_counts_p_yes_per_template_and_stratum(monkeypatch):

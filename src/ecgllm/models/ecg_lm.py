@@ -24,6 +24,7 @@ from ecgllm.models.encoder_source import ENCODER_TO_PREP_NORMALIZE, encoder_head
 from ecgllm.models.encoders import build_encoder
 from ecgllm.models.label_tokens import LabelTokens
 from ecgllm.models.processor import EcgProcessor, ImageNotSupportedError, ProcessorConfig
+from ecgllm.models.removed_features import without_removed_keys
 from ecgllm.models.projector import build_projector
 from ecgllm.models.signal_quality import SignalQuality
 
@@ -77,20 +78,9 @@ class EcgLMConfig:
             raise ValueError("balanced_named_labels needs named_label_tokens (it shifts their probabilities)")
 
 
-# Keys older model folders and run states still carry: their "off" values are dropped when read.
-REMOVED_CONFIG_KEYS = {"n_strata": 0, "stratum_prior": []}
-
-
-def without_removed_keys(config: dict, where: str) -> dict:
-    """``config`` (a saved `EcgLMConfig`) without the keys of removed features at their "off" value; a model
-    trained with one switched on cannot be loaded, and says so (``where``: the file it came from)."""
-    config = dict(config)
-    for key, off in REMOVED_CONFIG_KEYS.items():
-        if key in config and config.pop(key) not in (off, None):
-            raise ValueError(f"{where}: this model was trained with the stratified de-biasing (model.{key}), which "
-                             f"ecgllm no longer has: it fed the true severity stratum, computed from the very "
-                             f"labels the answers come from, as an input. Retrain with debias: ipw or intervention")
-    return config
+# Longest training sequence that runs the math attention kernel on the CPU: its backward memory grows with the
+# square of the length (batch 8 x 9 heads x 30 layers x 256^2 floats is ~0.6 GB), the flash kernel's does not.
+MATH_ATTENTION_MAX_TOKENS = 256
 
 
 class EcgTokenCountError(ValueError):
@@ -231,6 +221,8 @@ class EcgLanguageModel(nn.Module):
         directory = Path(directory)
         if not (directory / "config.json").exists():
             raise FileNotFoundError(f"init_from: {directory} is not a checkpoint folder (no config.json)")
+        # weights trained with a removed feature (e.g. the true stratum as an input) must not seed a new stage
+        without_removed_keys(json.loads((directory / "config.json").read_text())["config"], str(directory / "config.json"))
         self.encoder.load_state_dict(load_file(directory / "encoder.safetensors"))
         self.projector.load_state_dict(load_file(directory / "projector.safetensors"))
         if self.label_tokens is not None and (directory / "label_tokens.safetensors").exists():
@@ -364,7 +356,7 @@ class EcgLanguageModel(nn.Module):
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
         base = self._base_llm()
-        with self._training_attention(embeds.device):
+        with self._training_attention(embeds):
             hidden = self._hidden_states(embeds, input_ids, attention_mask, labels)
         targets = labels[:, 1:]
         keep = targets != -100
@@ -379,9 +371,11 @@ class EcgLanguageModel(nn.Module):
             loss = (token_loss * weight).sum() / weight.sum().clamp(min=1e-8)
         return CausalLMOutputWithPast(loss=loss)
 
-    def _training_attention(self, device: torch.device):
-        """The attention kernel of a training forward (its backward follows the kernel chosen here)."""
-        if self.math_attention and device.type == "cpu":
+    def _training_attention(self, embeds: torch.Tensor):
+        """The attention kernel of a training forward (its backward follows the kernel chosen here). The math
+        kernel keeps every layer's full attention matrix for the backward, so only short sequences use it.
+        ``sdpa_kernel`` is a process-wide switch, undone when the forward's ``with`` ends."""
+        if self.math_attention and embeds.device.type == "cpu" and embeds.shape[1] <= MATH_ATTENTION_MAX_TOKENS:
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
             return sdpa_kernel([SDPBackend.MATH])

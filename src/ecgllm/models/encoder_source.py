@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from ecgllm.models.removed_features import without_removed_keys
+
 # Encoder runs call the language model's "center" normalisation (millivolts, baseline removed) "mv".
 ENCODER_TO_PREP_NORMALIZE = {"mv": "center", "zscore": "zscore"}
 
@@ -26,6 +28,7 @@ def encoder_meta(folder: str | Path) -> dict:
     except (FileNotFoundError, KeyError, ValueError):
         raise FileNotFoundError(f"{folder} is neither a finished `ecgllm train` encoder run (encoder_config.json) "
                                 f"nor a model folder") from None
+    config = without_removed_keys(config, str(folder / "config.json"))  # its encoder may have trained on an oracle input
     as_encoder = {prep_name: name for name, prep_name in ENCODER_TO_PREP_NORMALIZE.items()}
     normalize = as_encoder.get(prep.get("normalize"), prep.get("normalize"))
     return {"encoder": config["encoder"], "encoder_kwargs": config["encoder_kwargs"],

@@ -187,7 +187,7 @@ def check_resumable(saved_path: Path, config: Any, resume_anyway: bool = False) 
         return
     saved = json.loads(saved_path.read_text())
     if isinstance(saved.get("model"), dict):  # a run from before a model feature was removed, at its "off" value
-        from ecgllm.models.ecg_lm import without_removed_keys
+        from ecgllm.models.removed_features import without_removed_keys
 
         saved["model"] = without_removed_keys(saved["model"], str(saved_path))
     try:  # typed like the recipe: a key added since the run started is its default, "2e-4" is a number

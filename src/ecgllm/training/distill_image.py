@@ -1,14 +1,15 @@
 """Image-encoder distillation: renders of PTB-XL records → the frozen signal encoder's tokens of the same records.
 
-The teacher is a finished encoder pretraining run (its encoder, pooled to the language model's tokens per
-ECG, and its classifier head). The student (`ecgllm.models.image_encoder`) sees a render of the record —
-layout, paper and distortions drawn at random with the record's seed — and learns to reproduce the teacher's
-tokens (mean squared error, scaled by their variance) and the head's label probabilities computed from them
-(binary cross-entropy against the teacher's probabilities), so the label tokens come out right too.
+The teacher is a finished encoder pretraining run or a model folder (its signal encoder, pooled to the language
+model's tokens per ECG, and its classifier head: a model folder's label-token head). The student
+(`ecgllm.models.image_encoder`) sees a render of the record — layout, paper and distortions drawn at random with
+the record's seed — and learns to reproduce the teacher's tokens (mean squared error, scaled by their variance) and
+the head's label probabilities computed from them (binary cross-entropy against the teacher's probabilities), so
+the label tokens come out right too.
 
-Split discipline as for the signal encoder: training renders come from PTB-XL folds 1-8 minus the excluded
-ids (every ECG-QA test ECG); fold 10 is rendered clean and distorted to report superclass macro AUC against
-the teacher reading the signals of the same records.
+Split discipline as for the signal encoder: training renders come from PTB-XL folds 1-8 minus the forbidden records
+of the split policy (every record of an ECG-QA valid or test patient); fold 10 is rendered clean and distorted to
+report superclass macro AUC against the teacher reading the signals of the same records.
 """
 
 from __future__ import annotations

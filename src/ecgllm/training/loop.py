@@ -171,7 +171,7 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True, 
     from ecgllm.training.data import LengthGroupedBatchSampler, make_collate, token_lengths
 
     output_dir = Path(config.output_dir)
-    recipe = resolved(config)  # as given, before the stage below fills in derived values
+    recipe = resolved(config)  # the recipe as given, saved beside the run for resuming
     if latest_checkpoint(output_dir) is not None:
         check_resumable(output_dir / "recipe.json", config, resume_anyway)
     # cpu=True is how Accelerate recognises a torchrun/`accelerate launch` run without GPUs (gloo backend).
