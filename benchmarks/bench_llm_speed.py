@@ -15,9 +15,13 @@ models in the same run:
   prefix run once) -> "trainer".
   Where the hardware multiplies bf16 (a CPU with AVX512-BF16/AMX, a GPU), a third path runs the current one in
   bf16 mixed precision as a recipe with ``mixed_precision: bf16`` trains (autocast, frozen weights cast once).
+  The earlier path runs the LoRA dropout every recipe had before the shipped default's (0.05), the current ones
+  the checkpoint's own (the shipped default trained without it; `ecgqa_selection_continuations.md`, qnd); where
+  the two differ the earlier path runs again at the checkpoint's own, so the code's levers show alone.
   ``train_speedup`` is the fastest path's samples/s over the earlier path's (``train_speedup_path`` names it;
-  ``train_speedup_float32`` is the float32 one's); each reports tokens/s, the padding share, the time per part
-  (encoder, LLM forward, backward, optimizer) and its loss on the first batch.
+  ``train_speedup_float32`` is the float32 one's, ``train_speedup_same_lora_dropout`` the code's levers alone);
+  each reports tokens/s, the padding share, the time per part (encoder, LLM forward, backward, optimizer) and its
+  loss on the first batch.
 Writes benchmarks/results/llm_speed.json: train_samples_per_s, train_speedup, answer_latency_median_s / _p95_s,
 tokens_per_ecg, llm, and the sequence lengths used.
 """
@@ -45,7 +49,26 @@ from ecgllm.models.placement import FrozenWeightsCast, cpu_has_bf16_instructions
 
 ENCODER = {"widths": [48, 96, 128, 192], "n_tokens": 16, "blocks_per_stage": 1}
 BF16_PATH = "grouped_sparse_logits_shared_prefix_bf16"
-NO_DROPOUT_PATH = BF16_PATH + "_no_lora_dropout"
+SAME_DROPOUT_BASELINE = "padded_full_logits_own_lora_dropout"
+# The LoRA dropout of every LLM recipe before recipes/ecgqa/continue_question_balanced_bf16_nodropout.yaml, which
+# made the shipped default without it (its random mask of every q/k/v/o input was about a quarter of a bf16 step)
+EARLIER_LORA_DROPOUT = 0.05
+
+
+@contextlib.contextmanager
+def lora_dropout(model, rate: float):
+    """Every LoRA layer's input dropout set to ``rate`` (PEFT builds nn.Identity for 0); the model's own after."""
+    layers = [m for m in model.modules() if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict)]
+    saved = [dict(m.lora_dropout) for m in layers]
+    for m in layers:
+        for key in m.lora_dropout:
+            m.lora_dropout[key] = torch.nn.Dropout(rate) if rate else torch.nn.Identity()
+    try:
+        yield
+    finally:
+        for m, modules in zip(layers, saved):
+            for key, module in modules.items():
+                m.lora_dropout[key] = module
 
 
 def convo(s, with_answer=True):
@@ -76,18 +99,15 @@ def compare_trainer_paths(model, processor, samples: list[dict], ecg: dict, batc
 
     model.encode = encode
     results = {}
-    paths = [("padded_full_logits", padded, False, False), ("grouped_sparse_logits_shared_prefix", grouped, True, False)]
+    own = float(model.config.lora.get("lora_dropout", 0.0)) if model.config.llm_policy == "lora" else EARLIER_LORA_DROPOUT
+    paths = [("padded_full_logits", padded, False, False, EARLIER_LORA_DROPOUT)]
+    if own != EARLIER_LORA_DROPOUT:  # the earlier path at the checkpoint's own dropout: the code's levers alone
+        paths.append((SAME_DROPOUT_BASELINE, padded, False, False, own))
+    paths.append(("grouped_sparse_logits_shared_prefix", grouped, True, False, own))
     if cpu_has_bf16_instructions():  # the model runs on the CPU here; where bf16 is emulated it is slower: not offered
-        paths.append((BF16_PATH, grouped, True, True))
-    # PEFT builds nn.Identity for a LoRA dropout of 0: a checkpoint trained without it has nothing to switch off
-    lora_dropouts = [m for name, m in model.named_modules() if "lora_dropout" in name and isinstance(m, torch.nn.Dropout)]
-    dropout_rates = [m.p for m in lora_dropouts]
-    if BF16_PATH in [p[0] for p in paths] and any(dropout_rates):
-        paths.append((NO_DROPOUT_PATH, grouped, True, True))
+        paths.append((BF16_PATH, grouped, True, True, own))
     try:
-        for name, batches, sparse, bf16 in paths:
-            for m, rate in zip(lora_dropouts, dropout_rates):  # `lora: {lora_dropout: 0.0}` in a recipe
-                m.p = 0.0 if name == NO_DROPOUT_PATH else rate
+        for name, batches, sparse, bf16, dropout in paths:
             with torch.no_grad():  # every path starts from the same weights and the same dropout draws
                 for p in params:
                     p.copy_(start[id(p)])
@@ -95,7 +115,8 @@ def compare_trainer_paths(model, processor, samples: list[dict], ecg: dict, batc
             model.sparse_logits = model.share_prefix = model.math_attention = sparse
             # `mixed_precision: bf16` in a recipe: Accelerate's autocast, the frozen weights cast once by the trainer
             autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-            with FrozenWeightsCast(model, enabled=bf16):  # undone when the path ends, even by an error
+            # both undone when the path ends, even by an error
+            with FrozenWeightsCast(model, enabled=bf16), lora_dropout(model, dropout):
                 model.train()
                 optimizer = torch.optim.AdamW(params, lr=1e-4)
                 parts = {"encoder": 0.0, "llm_forward": 0.0, "backward": 0.0, "optimizer": 0.0, "collate": 0.0}
@@ -124,31 +145,34 @@ def compare_trainer_paths(model, processor, samples: list[dict], ecg: dict, batc
                                         ("optimizer", t4 - t3)):
                         parts[part] += value
                 wall = time.perf_counter() - wall
-            results[name] = {"first_batch_loss": round(first_loss, 5), "samples_per_s": round(len(samples) / wall, 2),
+            results[name] = {"lora_dropout": dropout, "first_batch_loss": round(first_loss, 5), "samples_per_s": round(len(samples) / wall, 2),
                              "tokens_per_s": round(real / wall, 1),
                              "padded_tokens_per_s": round(padded_tokens / wall, 1),
                              "padding_share": round(1 - real / padded_tokens, 3),
                              "seconds_by_part": {k: round(v, 2) for k, v in parts.items()},
                              "wall_s": round(wall, 1), "batches": len(batches)}
-    finally:  # the model leaves as it came (its LoRA dropout, encoder, training paths), even if a path failed
-        for m, rate in zip(lora_dropouts, dropout_rates):
-            m.p = rate
+    finally:  # the model leaves as it came (its encoder, training paths), even if a path failed
         model.encode = timed_encode
         model.sparse_logits = model.share_prefix = model.math_attention = True
     with torch.no_grad():  # what follows (answer latency) runs the weights every path started from
         for p in params:
             p.copy_(start[id(p)])
     baseline = results["padded_full_logits"]["samples_per_s"]
-    fastest = max((n for n in results if n != "padded_full_logits"), key=lambda n: results[n]["samples_per_s"])
+    fastest = max((n for n in results if not n.startswith("padded_full_logits")), key=lambda n: results[n]["samples_per_s"])
+    same_dropout = results.get(SAME_DROPOUT_BASELINE, results["padded_full_logits"])["samples_per_s"]
     return {"samples": len(samples), "batch_size": batch_size, "mean_tokens": round(float(np.mean(lengths)), 1),
             "train_speedup": round(results[fastest]["samples_per_s"] / baseline, 2), "train_speedup_path": fastest,
             "train_speedup_float32": round(results["grouped_sparse_logits_shared_prefix"]["samples_per_s"] / baseline, 2),
+            "train_speedup_same_lora_dropout": round(results[fastest]["samples_per_s"] / same_dropout, 2),
             **results,
             "note": "same conversations, same starting weights and seed; 'padded_full_logits' is the float32 trainer "
                     "before length grouping, label-only logits, the shared prefix and math attention (its batches differ, so "
                     "its first_batch_loss is another batch's); the float32 paths compute the same losses (a test checks), "
                     f"'{BF16_PATH}' (recipes with mixed_precision: bf16, offered where the hardware multiplies bf16) "
-                    "rounds to bf16, so its losses differ slightly (first_batch_loss)"}
+                    "rounds to bf16, so its losses differ slightly (first_batch_loss); 'padded_full_logits' runs the "
+                    f"LoRA dropout of the recipes before the shipped default's ({EARLIER_LORA_DROPOUT}), the other paths "
+                    f"the checkpoint's own; '{SAME_DROPOUT_BASELINE}' is the earlier path at the checkpoint's own, so "
+                    "train_speedup_same_lora_dropout is what the code's levers give alone"}
 
 
 def main() -> None:

@@ -12,6 +12,11 @@ given another patient's ECG (the issue's reliance target); ties go to the earlie
     python benchmarks/ecgqa_selection.py --monitor monitor --candidates shipped s300 s600 s900 \\
         -> benchmarks/results/ecgqa_selection.json, docs/results/ecgqa_selection.md
 
+Candidates whose run folders are gone (a machine's scratch space) can be carried over from an earlier result of this
+script on the same questions (``--earlier benchmarks/results/NAME.json``): their figures are copied, marked with
+the date they were measured; the rule then reads them beside the new ones. Re-score one kept candidate (the
+shipped one) to show the questions are the same: ``--earlier`` stops if its figures differ.
+
 A larger single-verify check, where a candidate has it (``monitor/NAME-verify``): the single-verify questions of
 3,000 generated valid questions (seed 41), answered with the candidate's own ECG. It is reported beside the rule,
 not used by it (the rule was fixed before it existed):
@@ -89,6 +94,21 @@ def score(monitor: Path, name: str) -> dict:
             if (monitor / f"{name}-verify" / "per_sample.csv").exists() else None}
 
 
+def candidate(monitor: Path, name: str, earlier: dict | None) -> dict:
+    """``name`` scored from its run folders, or carried over from an ``earlier`` result when they are gone; one
+    scored anew that the earlier result also holds must agree with it (else the questions are not the same)."""
+    before = next((c for c in (earlier or {}).get("candidates", []) if c["name"] == name), None)
+    if not (monitor / f"{name}-none" / "metrics.json").exists():
+        if before is None:
+            raise SystemExit(f"{name}: no run folders under {monitor} and no earlier result holds it")
+        return {**before, "measured": before.get("measured") or earlier["environment"]["date"][:10]}
+    scored = score(monitor, name)
+    if before is not None and (scored["em"], scored["em_random_ecg"]) != (before["em"], before["em_random_ecg"]):
+        raise SystemExit(f"{name}: EM {scored['em']} / {scored['em_random_ecg']} now, {before['em']} / "
+                         f"{before['em_random_ecg']} in the earlier result: not the same questions")
+    return scored
+
+
 def choose(candidates: list[dict]) -> str:
     best = max(c["em"] for c in candidates)
     eligible = [c for c in candidates if c["em"] >= best - EM_TOLERANCE - 1e-9]  # "within" includes the edge
@@ -106,7 +126,8 @@ def render(result: dict, name: str = "ecgqa_selection") -> str:
         return "–" if v is None else f"{v['balanced_acc']:.3f} ({v['sensitivity']:.2f} / {v['specificity']:.2f}, {v['n']})"
 
     for c in result["candidates"]:
-        lines.append(f"| {c['name']}{' (chosen)' if c['name'] == result['chosen'] else ''} | {c['model']} | "
+        carried = f" (measured {c['measured']})" if c.get("measured") else ""
+        lines.append(f"| {c['name']}{' (chosen)' if c['name'] == result['chosen'] else ''}{carried} | {c['model']} | "
                      f"{c['em']:.3f} | {c['em_random_ecg']:.3f} | {c['drop_random_ecg']:.3f} | "
                      f"{balance(c['single_verify'])} | {balance(c.get('single_verify_large'))} |")
     lines += ["", f"Chosen: **{result['chosen']}**.", ""]
@@ -135,11 +156,15 @@ def main() -> None:
     parser.add_argument("--monitor", type=Path, required=True, help="folder of NAME-none / NAME-random-ecg runs")
     parser.add_argument("--candidates", nargs="+", required=True, help="names, the shipped checkpoint first")
     parser.add_argument("--note", default="", help="what the candidates are (recipes, steps)")
+    parser.add_argument("--earlier", type=Path, metavar="JSON",
+                        help="an earlier result of this script: candidates with no run folder under --monitor are "
+                             "copied from it (a candidate scored in both must agree, or the questions differ)")
     parser.add_argument("--name", default="ecgqa_selection",
                         help="results name: benchmarks/results/NAME.json and docs/results/NAME.md (default "
                              "ecgqa_selection, the page that chose the shipped checkpoint)")
     args = parser.parse_args()
-    candidates = [score(args.monitor, name) for name in args.candidates]
+    earlier = json.loads(args.earlier.read_text()) if args.earlier else None
+    candidates = [candidate(args.monitor, name, earlier) for name in args.candidates]
     result = {"split": (f"{candidates[0]['n']} generated questions over ECG-QA valid ECGs (seed 21; no training "
                         f"stage saw a valid patient)"),
               "rule": (f"among candidates whose EM with their own ECG is within {EM_TOLERANCE} of the best, the one "

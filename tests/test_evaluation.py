@@ -314,3 +314,38 @@ def test_all_four_baselines_are_scored_like_a_model(tmp_path, tiny_checkpoint, t
     for name in summary["per_baseline"]:
         assert (tmp_path / "bl" / name / "metrics.json").exists()
     assert "| text-tags |" in (tmp_path / "bl/report.md").read_text()
+
+
+def test_model_selection_carries_over_gone_candidates_only_on_the_same_questions(tmp_path, monkeypatch):
+    """benchmarks/ecgqa_selection.py: a candidate whose run folders are gone is copied from an earlier result (and
+    marked with its date); one scored anew that the earlier result also holds must agree with it; the rule then
+    picks, among candidates within 0.03 EM of the best, the one whose EM drops most with another patient's ECG."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ecgqa_selection
+
+    def run(name: str, probe: str, correct: list[bool]) -> None:
+        folder = tmp_path / f"{name}-{probe}"
+        folder.mkdir()
+        rows = ["sample_id,question_type,gold,prediction,correct"] + [
+            f"{i},single-choose,a,{'a' if c else 'b'},{c}" for i, c in enumerate(correct)]
+        (folder / "per_sample.csv").write_text("\n".join(rows) + "\n")
+        (folder / "metrics.json").write_text(json.dumps({"n": len(correct), "overall_em": sum(correct) / len(correct)}))
+        (folder / "report.md").write_text(f"| model | `runs/{name}/final` |\n")
+
+    run("new", "none", [True] * 9 + [False])
+    run("new", "random-ecg", [True] * 5 + [False] * 5)
+    earlier = {"environment": {"date": "2026-12-01T00:00:00Z"},
+               "candidates": [{"name": "old", "model": "runs/old", "n": 10, "em": 0.9, "em_random_ecg": 0.8,
+                               "drop_random_ecg": 0.1, "single_verify": None}]}
+    old = ecgqa_selection.candidate(tmp_path, "old", earlier)
+    assert old["measured"] == "2026-12-01" and old["em"] == 0.9
+    new = ecgqa_selection.candidate(tmp_path, "new", earlier)
+    assert new["em"] == 0.9 and new["drop_random_ecg"] == 0.4 and "measured" not in new
+    assert ecgqa_selection.choose([old, new]) == "new"
+    assert ecgqa_selection.choose([old, {**new, "em": 0.85}]) == "old"  # 0.05 below the best: not eligible
+    with pytest.raises(SystemExit, match="not the same questions"):
+        ecgqa_selection.candidate(tmp_path, "new", {**earlier, "candidates": [{**earlier["candidates"][0], "name": "new"}]})
+    with pytest.raises(SystemExit, match="no run folders"):
+        ecgqa_selection.candidate(tmp_path, "gone", earlier)
