@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import ROOT, environment, write_result
+from common import RESULTS, ROOT, environment, write_result
 from ecgqa_selection import EM_TOLERANCE
 
 SETS = ("template-none", "paraphrased-none", "template-random-ecg", "template-blind", "valid-none")
@@ -275,20 +275,29 @@ def render(result: dict) -> str:
                 lines.append(f"| {arm} | {wording} | {pairing} | {t['n']} | {t['only_first_correct']} | "
                              f"{t['only_second_correct']} | {t['p_value']:.3g} |")
     shipped = result["shipping"]
-    lines += ["", "## Shipping", "", shipped["decision"], "",
+    lines += ["", "## Shipping", "", shipped["decision"] + f" The default compared here is the one shipped on "
+              f"{result['date'][:10]}, from which every arm started (`init_from` in `recipes/debias/`); a later one may "
+              "have replaced it since (`ecgqa_selection_continuations.md`).", "",
               f"Command: `{result['command']}`", ""]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=Path, required=True, help="folder of ARM-SEED runs, eval/ and data/")
+    parser.add_argument("--runs", type=Path, help="folder of ARM-SEED runs, eval/ and data/")
     parser.add_argument("--arms", nargs="+", default=["vanilla", "intervention", "ipw"],
                         help="arms; the first is the reference (default: vanilla intervention ipw)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--shipped-valid", type=Path,
                         help="`ecgllm eval ecgqa` run of the shipped model on the same valid questions")
+    parser.add_argument("--page-only", action="store_true",
+                        help="re-render docs/results/debias.md from benchmarks/results/debias.json (no runs read)")
     args = parser.parse_args()
+    if args.page_only:
+        (ROOT / "docs/results/debias.md").write_text(render(json.loads((RESULTS / "debias.json").read_text())))
+        return
+    if args.runs is None:
+        parser.error("--runs is required (or --page-only)")
     reworded = reworded_ids(args.runs / "data")
     names = {arm: [f"{arm}-{seed}" for seed in args.seeds] for arm in args.arms}
     runs = {arm: [load_run(args.runs / "eval" / name) for name in names[arm]] for arm in args.arms}
@@ -349,7 +358,7 @@ def main() -> None:
                             "the probes use the template wording.")
     result["command"] = "python benchmarks/debias_experiment.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if v is not None)
+        for k, v in vars(args).items() if v is not None and k != "page_only")
     result.update(environment())
     write_result("debias.json", result)
     plot(result, ROOT / "docs/results/debias.png")
