@@ -51,7 +51,7 @@ ENCODER = {"widths": [48, 96, 128, 192], "n_tokens": 16, "blocks_per_stage": 1}
 BF16_PATH = "grouped_sparse_logits_shared_prefix_bf16"
 SAME_DROPOUT_BASELINE = "padded_full_logits_own_lora_dropout"
 # The LoRA dropout of every LLM recipe before recipes/ecgqa/continue_question_balanced_bf16_nodropout.yaml, which
-# made the shipped default without it (its random mask of every q/k/v/o input was about a quarter of a bf16 step)
+# made the shipped default without it (its random mask of every q/k/v/o input: the two earlier paths differ in it)
 EARLIER_LORA_DROPOUT = 0.05
 
 
@@ -108,7 +108,7 @@ def compare_trainer_paths(model, processor, samples: list[dict], ecg: dict, batc
         paths.append((BF16_PATH, grouped, True, True, own))
     try:
         for name, batches, sparse, bf16, dropout in paths:
-            with torch.no_grad():  # every path starts from the same weights and the same dropout draws
+            with torch.no_grad():  # every path starts from the same weights and the same random stream
                 for p in params:
                     p.copy_(start[id(p)])
             torch.manual_seed(0)

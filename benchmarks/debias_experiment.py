@@ -275,9 +275,9 @@ def render(result: dict) -> str:
                 lines.append(f"| {arm} | {wording} | {pairing} | {t['n']} | {t['only_first_correct']} | "
                              f"{t['only_second_correct']} | {t['p_value']:.3g} |")
     shipped = result["shipping"]
-    lines += ["", "## Shipping", "", shipped["decision"] + f" The default compared here is the one shipped on "
-              f"{result['date'][:10]}, from which every arm started (`init_from` in `recipes/debias/`); a later one may "
-              "have replaced it since (`ecgqa_selection_continuations.md`).", "",
+    lines += ["", "## Shipping", "", shipped["decision"] + " The default compared here is the checkpoint every arm "
+              "started from (`init_from: runs/ecgqa/shipped_q600` in `recipes/debias/`), which need not be today's "
+              "default (`ecgqa_selection_continuations.md`).", "",
               f"Command: `{result['command']}`", ""]
     return "\n".join(lines)
 

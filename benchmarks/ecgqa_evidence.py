@@ -51,8 +51,8 @@ each generated question asked in the same words of two ECGs whose answers differ
 the loss. Stage 3, three runs on the same data, schedule and seed, differing in one thing each: more pairs alone
 (`paired_more.yaml`); plus two named-label tokens carrying the classifier's probability of the statement the
 question names (`paired_named.yaml`); plus signal-quality heads whose noise probabilities fill those slots when
-the question names a noise (`paired_quality.yaml`). The shipped checkpoint is the one the stated rule chose on
-ECG-QA valid (`ecgqa_selection.md`). Then four 400-step continuations of it, all on one new mix (8,000 fresh pairs,
+the question names a noise (`paired_quality.yaml`). Its step 600, chosen on ECG-QA valid by the stated rule
+(`ecgqa_selection.md`), was the default until commit 0279a2c. Then four 400-step continuations of it, all on one new mix (8,000 fresh pairs,
 seed 13, plus the same official samples) under one schedule and seed (lr 1e-4, seed 3): as it is
 (`continue_plain.yaml`); with each named probability shifted by its label's training prevalence, so that one
 threshold fits every label (`continue_balanced.yaml`); with the yes/no answers of every verify template (the first
@@ -61,7 +61,7 @@ threshold fits every label (`continue_balanced.yaml`); with the yes/no answers o
 (`continue_question_balanced_more.yaml`, scored at steps 400 and 800: EM rose, the fall with another patient's ECG
 did not); the per-wording one again in bf16 mixed precision (`continue_question_balanced_bf16.yaml`: it answered
 like its float32 twin, faster per step); and that again without LoRA dropout
-(`continue_question_balanced_bf16_nodropout.yaml`, a quarter of a bf16 step less). The same rule chose that last
+(`continue_question_balanced_bf16_nodropout.yaml`, about a fifth of a step less). The same rule chose that last
 one, which is the shipped default now (`ecgqa_selection_continuations.md`). All LLM stages ran on one CPU core (batch 8); no GPU was available. For the
 answer latency: the prompt's common start (system prompt, user header, ECG tags) is computed once and kept for the
 last few distinct starts, so questions about one ECG and comparisons of two asked in turn both reuse theirs."""

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -133,6 +134,9 @@ def fold10_test_reading(model_dir: str, cache: str, ptbxl_dir: str, ecgqa_dir: s
     rows = np.sort(np.random.default_rng(0).permutation(rows)[:n])
     seeds = np.arange(len(rows)) + 10_000_019
     seen = seen_by_checkpoint(model_dir, data.ids[rows])
+    if seen["records_seen_in_training"] is None or seen.get("stages_with_unrecorded_records"):
+        raise SystemExit(f"{model_dir}: the checkpoint does not record what every stage trained on, so this "
+                         f"benchmark cannot show that its fold 10 ∩ ECG-QA test records are unseen")
     if seen["records_seen_in_training"]:
         raise SystemExit(f"{model_dir}: {seen['records_seen_in_training']} of the {len(rows)} fold 10 ∩ ECG-QA test "
                          f"records were seen in training; this benchmark reads only records no stage saw")
@@ -181,7 +185,7 @@ def write_doc(result: dict, command: str) -> None:
         "(the distillation run and the shipped checkpoint come first):", "", "```bash",
         "ecgllm train recipes/ecgqa/image_encoder.yaml   # renders of folds 1-8 "
         "(no ECG-QA valid/test patient) -> the shipped signal encoder's tokens",
-        "python scripts/ship_checkpoint.py SHIPPED_CHECKPOINT --image-encoder runs/ecgqa/image_encoder",
+        f"python scripts/ship_checkpoint.py runs/{result['shipped_from']}/final --image-encoder runs/ecgqa/image_encoder",
         command, "```", "", "## Targets", "",
         "| target | measured | goal | met? |", "|---|---|---|---|",
         *[f"| {label} | {value} | ≥ {goal} | {'yes' if value >= goal else f'no (by {goal - value:.3f})'} |"
@@ -197,8 +201,9 @@ def write_doc(result: dict, command: str) -> None:
         f"{d['n_train']} renders of PTB-XL folds 1-8 records without any ECG-QA valid/test patient, "
         f"{len(d.get('history', []))} epochs) against the signal encoder it imitates, on the same records, each "
         "rendered once clean and once with print/photo distortions; read as the served model reads a picture (the "
-        "signal encoder's pooling, the label-token classifier head). Records of these patients seen in training "
-        f"by any stage of the checkpoint: {t['seen_in_training']['records_seen_in_training']}.", "",
+        "signal encoder's pooling, the label-token classifier head). Of these records, seen in training by any stage "
+        f"of the checkpoint: {t['seen_in_training']['records_seen_in_training']} (the split policy keeps every "
+        "record of an ECG-QA test patient out of every stage).", "",
         "| input | superclass macro AUC | superclass macro F1 | superclass Hamming loss | 71-statement macro AUC |",
         "|---|---|---|---|---|",
         *[f"| {label} | {t[k + '_super_macro_auc']} | {t[k + '_super_macro_f1']} | {t[k + '_super_hamming_loss']} | "
@@ -245,16 +250,17 @@ def main() -> None:
                f"--n-eval {args.n_eval} --workers {args.workers} --limit {args.limit} --render-n {args.render_n} "
                f"--out {args.out}")
     distillation = json.loads((Path(args.distill) / "result.json").read_text())
-    settings = ("n_train", "epochs", "seed", "augment_probability")  # the page describes --distill as --model's
-    shipped = json.loads((Path(args.model) / "image_encoder.json").read_text())["distillation"]
-    run = json.loads((Path(args.distill) / "image_encoder.json").read_text())["distillation"]
-    if any(shipped.get(k) != run.get(k) for k in settings):
-        raise SystemExit(f"{args.model}'s image encoder was not distilled by {args.distill} (they differ in "
-                         f"{', '.join(k for k in settings if shipped.get(k) != run.get(k))})")
+    # the page describes the --distill run as the one that made --model's image encoder: the same weights
+    weights = [Path(folder) / "image_encoder.safetensors" for folder in (args.model, args.distill)]
+    if not all(w.exists() for w in weights):
+        raise SystemExit(f"no image encoder in {' or '.join(str(w.parent) for w in weights if not w.exists())}")
+    if len({hashlib.sha256(w.read_bytes()).hexdigest() for w in weights}) != 1:
+        raise SystemExit(f"{args.model}'s image encoder is not the one {args.distill} distilled (other weights)")
+    shipped_from = json.loads((Path(args.model) / "config.json").read_text()).get("shipped_from") or "RUN"
     result = {"render": render_speed(args.render_n),
               "fold10_test": fold10_test_reading(args.model, args.signals, args.ptbxl, args.ecgqa, args.n_eval,
                                                  args.workers),
-              "distillation": distillation,
+              "distillation": distillation, "shipped_from": f"ecgqa/{shipped_from}",
               "ecgqa": ecgqa_modalities(args.model, args.generated_test, args.signals, args.limit, Path(args.out)),
               "printed": printed_images(args.model)}
     t = result["fold10_test"]

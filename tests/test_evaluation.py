@@ -318,7 +318,7 @@ def test_all_four_baselines_are_scored_like_a_model(tmp_path, tiny_checkpoint, t
 
 def test_model_selection_carries_over_gone_candidates_only_on_the_same_questions(tmp_path, monkeypatch):
     """benchmarks/ecgqa_selection.py: a candidate whose run folders are gone is copied from an earlier result (and
-    marked with its date); one scored anew that the earlier result also holds must agree with it; the rule then
+    marked with that result's date) only beside one re-scored identically; one scored anew that the earlier result also holds must agree with it; the rule then
     picks, among candidates within 0.03 EM of the best, the one whose EM drops most with another patient's ECG."""
     from pathlib import Path
 
@@ -340,9 +340,14 @@ def test_model_selection_carries_over_gone_candidates_only_on_the_same_questions
                "candidates": [{"name": "old", "model": "runs/old", "n": 10, "em": 0.9, "em_random_ecg": 0.8,
                                "drop_random_ecg": 0.1, "single_verify": None}]}
     old = ecgqa_selection.candidate(tmp_path, "old", earlier)
-    assert old["measured"] == "2026-12-01" and old["em"] == 0.9
+    assert old["carried_over_from"] == "2026-12-01" and old["em"] == 0.9
     new = ecgqa_selection.candidate(tmp_path, "new", earlier)
-    assert new["em"] == 0.9 and new["drop_random_ecg"] == 0.4 and "measured" not in new
+    assert new["em"] == 0.9 and new["drop_random_ecg"] == 0.4 and "carried_over_from" not in new
+    with pytest.raises(SystemExit, match="no candidate was scored anew"):  # nothing ties the two question sets
+        ecgqa_selection.check_carried_over([old, new])
+    kept = {**earlier["candidates"][0], "name": "new", "n": 10, "em": 0.9, "em_random_ecg": 0.5}
+    rescored = ecgqa_selection.candidate(tmp_path, "new", {**earlier, "candidates": [earlier["candidates"][0], kept]})
+    ecgqa_selection.check_carried_over([old, rescored])
     assert ecgqa_selection.choose([old, new]) == "new"
     assert ecgqa_selection.choose([old, {**new, "em": 0.85}]) == "old"  # 0.05 below the best: not eligible
     with pytest.raises(SystemExit, match="not the same questions"):
