@@ -145,7 +145,8 @@ def compare_trainer_paths(model, processor, samples: list[dict], ecg: dict, batc
                                         ("optimizer", t4 - t3)):
                         parts[part] += value
                 wall = time.perf_counter() - wall
-            results[name] = {"lora_dropout": dropout, "first_batch_loss": round(first_loss, 5), "samples_per_s": round(len(samples) / wall, 2),
+            results[name] = {"lora_dropout": dropout, "first_batch_loss": round(first_loss, 5),
+                             "samples_per_s": round(len(samples) / wall, 2),
                              "tokens_per_s": round(real / wall, 1),
                              "padded_tokens_per_s": round(padded_tokens / wall, 1),
                              "padding_share": round(1 - real / padded_tokens, 3),

@@ -24,8 +24,8 @@ from ecgllm.models.encoder_source import ENCODER_TO_PREP_NORMALIZE, encoder_head
 from ecgllm.models.encoders import build_encoder
 from ecgllm.models.label_tokens import LabelTokens
 from ecgllm.models.processor import EcgProcessor, ImageNotSupportedError, ProcessorConfig
-from ecgllm.models.removed_features import without_removed_keys
 from ecgllm.models.projector import build_projector
+from ecgllm.models.removed_features import without_removed_keys
 from ecgllm.models.signal_quality import SignalQuality
 
 LLM_POLICIES = ("frozen", "lora", "full")
@@ -222,7 +222,8 @@ class EcgLanguageModel(nn.Module):
         if not (directory / "config.json").exists():
             raise FileNotFoundError(f"init_from: {directory} is not a checkpoint folder (no config.json)")
         # weights trained with a removed feature (e.g. the true stratum as an input) must not seed a new stage
-        without_removed_keys(json.loads((directory / "config.json").read_text())["config"], str(directory / "config.json"))
+        saved = directory / "config.json"
+        without_removed_keys(json.loads(saved.read_text())["config"], str(saved))
         self.encoder.load_state_dict(load_file(directory / "encoder.safetensors"))
         self.projector.load_state_dict(load_file(directory / "projector.safetensors"))
         if self.label_tokens is not None and (directory / "label_tokens.safetensors").exists():

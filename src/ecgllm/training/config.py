@@ -18,6 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from ecgllm.errors import RecipeError
 from ecgllm.models.ecg_lm import EcgLMConfig
+from ecgllm.models.removed_features import without_removed_keys
 from ecgllm.signal.prepare import PrepConfig
 from ecgllm.training.contrastive import ContrastiveConfig
 from ecgllm.training.distill_image import ImageDistillConfig
@@ -187,8 +188,6 @@ def check_resumable(saved_path: Path, config: Any, resume_anyway: bool = False) 
         return
     saved = json.loads(saved_path.read_text())
     if isinstance(saved.get("model"), dict):  # a run from before a model feature was removed, at its "off" value
-        from ecgllm.models.removed_features import without_removed_keys
-
         saved["model"] = without_removed_keys(saved["model"], str(saved_path))
     try:  # typed like the recipe: a key added since the run started is its default, "2e-4" is a number
         before = resolved(_build(type(config), saved, str(saved_path)))
