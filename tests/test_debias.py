@@ -243,3 +243,40 @@ def test_the_strata_page_counts_p_yes_per_template_and_stratum(monkeypatch):
     assert cells["several abnormal"] == {"n": 1, "p_yes": None}  # one question: blank
     assert m["single_verify"]["2"]["p_yes"] == 0.2 and m["single_verify"]["2"]["range"] == 0.5
     assert m["stratum_share"] == {"normal": 0.3333, "one abnormal": 0.3333, "several abnormal": 0.3333}
+
+
+def test_the_shipping_is_decided_again_only_on_the_arms_valid_questions(tmp_path, monkeypatch):
+    """benchmarks/debias_experiment.py --update-shipping: today's default is compared with the recorded arms only when
+    the default they were compared with, scored again, reproduces its recorded EM on the first n valid questions,
+    and today's run answered the same questions; an arm ships only when it beats today's EM by the tolerance."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import debias_experiment
+
+    def run(name: str, correct: list[bool], gold: str = "yes") -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        rows = ["sample_id,ecg_id,template_id,gold,correct"] + [
+            f"{i},{100 + i},2,{gold},{c}" for i, c in enumerate(correct)]
+        (folder / "per_sample.csv").write_text("\n".join(rows) + "\n")
+        (folder / "metrics.json").write_text(json.dumps({"run": {"model": f"runs/{name}/final"}}))
+        return folder
+
+    recorded = {"shipped_arm": None, "shipping": {
+        "best_arm_by_valid": "ipw", "best_arm_valid_em": 0.75, "shipped_model_valid_em": 0.5, "valid_questions": 4,
+        "tied_with": [], "decision": "..."}}
+    earlier = run("earlier", [True, False, True, False, True, True])       # first 4: EM 0.5, as recorded
+    weaker = run("weaker", [True, False, False, False, True, True])        # first 4: EM 0.25
+    stronger = run("stronger", [True, True, True, False, False, False])    # first 4: EM 0.75
+
+    updated = debias_experiment.update_shipping(copy.deepcopy(recorded), earlier, weaker)
+    assert updated["shipped_arm"] == "ipw" and updated["shipping"]["shipped_model_valid_em"] == 0.25
+    assert "replaces it" in updated["shipping"]["decision"] and "runs/weaker/final" in updated["shipping"]["compared_model"]
+    kept = debias_experiment.update_shipping(copy.deepcopy(recorded), earlier, stronger)
+    assert kept["shipped_arm"] is None and "stays as it is" in kept["shipping"]["decision"]
+    with pytest.raises(SystemExit, match="not the same questions"):   # the earlier default does not reproduce 0.5
+        debias_experiment.update_shipping(copy.deepcopy(recorded), stronger, weaker)
+    other = run("other", [True, False, False, False], gold="no")
+    with pytest.raises(SystemExit, match="did not answer the valid questions"):
+        debias_experiment.update_shipping(copy.deepcopy(recorded), earlier, other)

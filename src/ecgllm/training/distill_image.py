@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ecgllm.errors import RecipeError
 from ecgllm.models.image_encoder import ImageEncoder, ImageEncoderConfig, image_input
 
 
@@ -47,6 +48,7 @@ class ImageDistillConfig:
     workers: int = 2                    # processes that render
     device: str = "auto"                # "auto" uses a CUDA GPU when PyTorch sees one
     mixed_precision: str = "no"         # "bf16": autocast the student's forward passes
+    init_student: str | None = None     # a folder with an image encoder (a distillation run or a model): start from it
 
 
 def load_teacher(run: Path, n_tokens: int):
@@ -176,7 +178,10 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> 
     target_tokens, target_logits = teacher_targets(encoder, head, data.signals[train])
     scale = float(target_tokens.var()) + 1e-8
 
-    student = ImageEncoder(image_config).to(place.device)
+    student = ImageEncoder(image_config)
+    if config.init_student:
+        load_student_init(student, Path(config.init_student))
+    student = student.to(place.device)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=1e-4)
     steps_per_epoch = int(np.ceil(len(train) / config.batch_size))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps_per_epoch,
@@ -225,8 +230,25 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> 
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     from ecgllm.datasets.split_policy import write_training_records
 
-    write_training_records(out, "image_distillation", data.ids[train], inherited=[config.teacher])
+    write_training_records(out, "image_distillation", data.ids[train], inherited=[config.teacher, config.init_student])
     return result
+
+
+def load_student_init(student: ImageEncoder, folder: Path) -> None:
+    """Warm start: the weights of an earlier image encoder of the same shape, so a distillation can go on with
+    fresh renders and a fresh schedule instead of starting again."""
+    from safetensors.torch import load_file
+
+    described, weights = folder / "image_encoder.json", folder / "image_encoder.safetensors"
+    if not (described.is_file() and weights.is_file()):
+        raise RecipeError(f"init_student: {folder} holds no image encoder (image_encoder.json and "
+                          f"image_encoder.safetensors); name a finished distillation run or a model folder")
+    saved = json.loads(described.read_text())["config"]
+    wanted = student.config.to_dict()
+    if saved != wanted:
+        differ = ", ".join(f"{k}: {saved.get(k)} there, {v} here" for k, v in wanted.items() if saved.get(k) != v)
+        raise RecipeError(f"init_student: the image encoder in {folder} has another shape ({differ})")
+    student.load_state_dict(load_file(weights))
 
 
 def superclass_metrics(name: str, y: np.ndarray, logits: np.ndarray) -> dict:
