@@ -178,6 +178,34 @@ def test_image_distillation_stage_runs_resumes_and_reports(subset):
     assert ImageEncoderConfig(**saved["config"]).n_tokens == 2 and saved["distillation"]["n_train"] == 16
     again = distill_image_encoder(config, progress=False)  # every epoch done: resumes and trains nothing
     assert again["history"] == result["history"]
+    from dataclasses import replace
+
+    from ecgllm.datasets.split_policy import read_training_records
+
+    more = distill_image_encoder(replace(config, output_dir=str(root / "img_more"), init_student=str(root / "img"),
+                                         seed=1), progress=False)   # warm start, fresh renders
+    assert more["history"][0]["epoch"] == 1
+    stages = [s["stage"] for s in read_training_records(root / "img_more")["stages"]]
+    assert stages.count("image_distillation") == 2  # its own renders and those of the encoder it started from
+
+
+def test_a_warm_started_image_encoder_begins_with_the_earlier_weights_and_refuses_another_shape(tmp_path):
+    from ecgllm.errors import InputError
+    from ecgllm.models.image_encoder import ImageEncoder, ImageEncoderConfig
+    from ecgllm.training.distill_image import load_student_init, save_image_encoder
+
+    shape = {"n_tokens": 2, "dim": 8, "height": 64, "width": 96, "widths": [4, 8], "heads": 2}
+    torch.manual_seed(0)
+    earlier = ImageEncoder(ImageEncoderConfig(**shape))
+    save_image_encoder(tmp_path, earlier, {"teacher": "test"})
+    torch.manual_seed(1)
+    student = ImageEncoder(ImageEncoderConfig(**shape))
+    load_student_init(student, tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), earlier.state_dict().values()))
+    with pytest.raises(InputError, match=r"another shape \(widths: \[4, 8\] there, \[4, 16\] here\)"):
+        load_student_init(ImageEncoder(ImageEncoderConfig(**{**shape, "widths": [4, 16]})), tmp_path)
+    with pytest.raises(InputError, match="holds no image encoder"):
+        load_student_init(student, tmp_path / "nothing")
 
 
 @pytest.mark.parametrize("key, value, message", [("crop_s", [2.5, -1], "crop_s"), ("normalize", "raw", "normalize"),
