@@ -14,7 +14,7 @@ import torch
 from ecgllm import read_ecg
 from ecgllm.models.image_encoder import ImageEncoder, ImageEncoderConfig, image_input
 from ecgllm.render import render_ecg
-from tests.conftest import PTBXL_1
+from tests.conftest import PTBXL_1, SHARED, needs_shared
 
 CLI = [sys.executable, "-m", "ecgllm.serving.cli"]
 TINY_IMAGE = {"height": 64, "width": 96, "widths": [4, 8], "heads": 2}
@@ -212,3 +212,37 @@ def test_distillation_scores_renders_through_the_pooling_the_model_serves():
         served = head(teacher.pool(torch.from_numpy(tokens))).numpy()
         mean_only = head(torch.from_numpy(tokens).mean(1)).numpy()
     assert np.allclose(logits, served, atol=1e-5) and not np.allclose(logits, mean_only, atol=1e-3)
+
+
+@needs_shared
+def test_the_ecgbench_suite_reads_renders_of_every_recording_through_the_image_encoder(image_checkpoint, tmp_path,
+                                                                                       monkeypatch, tiny_checkpoint):
+    """`ecgllm eval ecgbench --modality image-augmented`: PTB-XL records and the zero-shot recordings are each shown
+    as a distorted paper render, drawn the same way in every run; a signal-only checkpoint is refused."""
+    from ecgllm.evaluation import ecgbench
+    from ecgllm.io.image import ECGImage
+
+    shown = []
+    original = ecgbench._batched
+
+    def spy(answerer, prompts, batch, desc, progress):
+        shown.extend(type(e) for p in prompts for e in p.ecgs)
+        return original(answerer, prompts, batch, desc, progress)
+
+    monkeypatch.setattr(ecgbench, "_batched", spy)
+    metrics = ecgbench.run_ecgbench(tmp_path / "bench", str(SHARED / "ptbxl"), model=str(image_checkpoint), records=2,
+                                    external=str(SHARED / "external"), batch_size=8, progress=False,
+                                    modality="image-augmented")
+    assert metrics["superclass_detection"]["questions"] == 10 and metrics["zero_shot_code15"]["questions"] == 60
+    assert shown and set(shown) == {ECGImage}
+    assert '"modality": "image-augmented"' in (tmp_path / "bench/metrics.json").read_text()
+    first = ecgbench.rendered(True, 0)(read_ecg(PTBXL_1), "ecg_id 1")
+    again = ecgbench.rendered(True, 0)(read_ecg(PTBXL_1), "ecg_id 1")
+    assert np.array_equal(np.asarray(first.image), np.asarray(again.image))
+    with pytest.raises(ValueError, match="modality must be one of"):
+        ecgbench.run_ecgbench(tmp_path / "x", str(SHARED / "ptbxl"), model=str(image_checkpoint), modality="photo")
+    from ecgllm.models.processor import ImageNotSupportedError
+
+    with pytest.raises(ImageNotSupportedError, match="signals only"):
+        ecgbench.run_ecgbench(tmp_path / "y", str(SHARED / "ptbxl"), model=str(tiny_checkpoint), records=1,
+                              batch_size=8, progress=False, modality="image")

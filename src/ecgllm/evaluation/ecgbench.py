@@ -22,12 +22,27 @@ import numpy as np
 from ecgllm.datasets.ecgqa_attributes import SCP_NAME_OVERRIDES, SUPERCLASS_NAMES
 from ecgllm.datasets.ptbxl import SUPERCLASSES  # one order of the five classes everywhere
 from ecgllm.evaluation.answers import ALIASES, key, parse_answer, parse_choice
+from ecgllm.evaluation.ecgqa_eval import MODALITIES
 from ecgllm.evaluation.runner import Prompt
 from ecgllm.evaluation.stats import bootstrap_metric_ci, wilson_ci
 from ecgllm.io.record import ECG
 
 Answerer = Callable[[Sequence[Prompt]], list[tuple[str, float]]]
 REPORT_PROMPT = "Write a short clinical report of this ECG."
+
+
+def rendered(augment: bool, seed: int) -> Callable[[ECG, str], ECG]:
+    """Each recording as a paper page (3x4 layout + rhythm strip), distorted with a seed of its own if asked: the
+    seed comes from the recording's name, so a record is drawn the same way in every run."""
+    import zlib
+
+    from ecgllm.render import render_ecg
+
+    def as_page(ecg: ECG, name: str):
+        page = render_ecg(ecg, augment=augment, seed=seed * 1_000_003 + zlib.crc32(name.encode()))
+        return page.as_ecg_image(source=f"render of {name}")
+
+    return as_page
 
 
 def superclass_question(code: str) -> str:
@@ -48,28 +63,39 @@ def _yes(text: str) -> int | None:
     return None if parsed is None else int("yes" in parsed)
 
 
-def superclass_detection(answerer: Answerer, ecgs: Sequence[ECG], y: np.ndarray, batch: int = 16,
-                         progress: bool = True) -> tuple[dict, np.ndarray]:
-    """Metrics and the [records, 5] P(yes) scores."""
+def multilabel_metrics(y: np.ndarray, scores: np.ndarray, binary: np.ndarray, classes: Sequence[str],
+                       interval: bool = True) -> dict:
+    """[records, classes] labels, P(yes) scores and 0/1 answers -> macro AUC from the scores (over the classes
+    with both outcomes present, with a bootstrap interval), the 0/1 "AUC" that ECGBench-style papers report
+    (each class's (sensitivity + specificity) / 2, labelled as such), macro F1 and Hamming loss."""
     from sklearn.metrics import f1_score, hamming_loss, roc_auc_score
 
-    prompts = [Prompt(superclass_question(c), [e], [""]) for e in ecgs for c in SUPERCLASSES]
-    answers = _batched(answerer, prompts, batch, "superclass questions", progress)
-    scores = np.array([p for _, p in answers], dtype=np.float64).reshape(len(ecgs), len(SUPERCLASSES))
-    parsed = [_yes(t) for t, _ in answers]
-    binary = np.array([0 if v is None else v for v in parsed]).reshape(scores.shape)
     keep = [j for j in range(y.shape[1]) if 0 < y[:, j].sum() < len(y)]
-    out = {"records": len(ecgs), "questions": len(prompts), "unparseable": int(sum(v is None for v in parsed))}
+    out: dict = {}
     if keep and not np.isnan(scores).any():
         macro = lambda t, s: roc_auc_score(t[:, keep], s[:, keep], average="macro")  # noqa: E731
         out["macro_auc_from_scores"] = round(float(macro(y, scores)), 4)
-        out["macro_auc_from_scores_ci95"] = [round(v, 4) for v in bootstrap_metric_ci(macro, y, scores)]
-        out["per_class_auc"] = {SUPERCLASSES[j]: round(float(roc_auc_score(y[:, j], scores[:, j])), 4) for j in keep}
+        if interval:
+            out["macro_auc_from_scores_ci95"] = [round(v, 4) for v in bootstrap_metric_ci(macro, y, scores)]
+        out["per_class_auc"] = {classes[j]: round(float(roc_auc_score(y[:, j], scores[:, j])), 4) for j in keep}
     if keep:
         out["auc_from_binary_answers_as_anchors_report"] = round(
             float(roc_auc_score(y[:, keep], binary[:, keep], average="macro")), 4)
     out["macro_f1"] = round(float(f1_score(y, binary, average="macro", zero_division=0)), 4)
     out["hamming_loss"] = round(float(hamming_loss(y, binary)), 4)
+    return out
+
+
+def superclass_detection(answerer: Answerer, ecgs: Sequence[ECG], y: np.ndarray, batch: int = 16,
+                         progress: bool = True) -> tuple[dict, np.ndarray]:
+    """Metrics and the [records, 5] P(yes) scores."""
+    prompts = [Prompt(superclass_question(c), [e], [""]) for e in ecgs for c in SUPERCLASSES]
+    answers = _batched(answerer, prompts, batch, "superclass questions", progress)
+    scores = np.array([p for _, p in answers], dtype=np.float64).reshape(len(ecgs), len(SUPERCLASSES))
+    parsed = [_yes(t) for t, _ in answers]
+    binary = np.array([0 if v is None else v for v in parsed]).reshape(scores.shape)
+    out = {"records": len(ecgs), "questions": len(prompts), "unparseable": int(sum(v is None for v in parsed)),
+           **multilabel_metrics(y, scores, binary, SUPERCLASSES)}
     return out, scores
 
 
@@ -183,11 +209,15 @@ def zero_shot_questions(folder: Path) -> list[tuple[str, str, int]]:
     return out
 
 
-def zero_shot(answerer: Answerer, folder: Path, batch: int = 16, progress: bool = True) -> dict:
+def zero_shot(answerer: Answerer, folder: Path, batch: int = 16, progress: bool = True,
+              as_given: Callable[[ECG, str], ECG] | None = None) -> dict:
+    """``as_given`` turns each read recording into what the model is shown (a render of it, for the picture path)."""
     from ecgllm.io.reader import read_ecg
 
     questions = zero_shot_questions(folder)
     ecgs = {f: read_ecg(folder / f) for f in sorted({f for f, _, _ in questions})}
+    if as_given is not None:
+        ecgs = {f: as_given(ecg, f"{folder.name}/{f}") for f, ecg in ecgs.items()}
     answers = _batched(answerer, [Prompt(q, [ecgs[f]], [""]) for f, q, _ in questions], batch, folder.name, progress)
     parsed = [_yes(t) for t, _ in answers]
     right = sum(p == y for p, (_, _, y) in zip(parsed, questions))
@@ -198,7 +228,21 @@ def zero_shot(answerer: Answerer, folder: Path, batch: int = 16, progress: bool 
     sensitivity = float(np.mean(positives)) if positives else None
     specificity = float(np.mean(negatives)) if negatives else None
     balanced = None if sensitivity is None or specificity is None else (sensitivity + specificity) / 2
-    return {"records": len(ecgs), "questions": len(questions), "positives": len(positives),
+    # the same answers as a [recording, condition] matrix, scored as ECGBench scores its multi-label sets
+    files, asked = sorted({f for f, _, _ in questions}), sorted({q for _, q, _ in questions})
+    cell = {(f, q): i for i, (f, q, _) in enumerate(questions)}
+    grid = [[cell.get((f, q)) for q in asked] for f in files]
+    if all(i is not None for row in grid for i in row):
+        index = np.array(grid)
+        y = np.array([t for _, _, t in questions])[index]
+        scores = np.array([p for _, p in answers], dtype=np.float64)[index]
+        binary = np.array([0 if v is None else v for v in parsed])[index]
+        # a handful of recordings: no bootstrap interval on the AUC
+        multilabel = multilabel_metrics(y, scores, binary, [q.removeprefix("Does this ECG show symptoms of ")
+                                                             .rstrip("?") for q in asked], interval=False)
+    else:
+        multilabel = {}
+    return {**multilabel, "records": len(ecgs), "questions": len(questions), "positives": len(positives),
             "accuracy": round(right / max(1, len(questions)), 4),
             "accuracy_ci95": [round(v, 4) for v in wilson_ci(right, len(questions))],
             "sensitivity": None if sensitivity is None else round(sensitivity, 4),
@@ -210,8 +254,10 @@ def zero_shot(answerer: Answerer, folder: Path, batch: int = 16, progress: bool 
 def run_ecgbench(out: str | Path, ptbxl: str, model: str | None = None, labels: str | None = None,
                  records: int = 200, external: str | None = None, seed: int = 0, batch_size: int = 16,
                  progress: bool = True, loaded=None, device: str = "auto",
-                 dtype: str = "auto") -> dict:
-    """The whole suite for one model into one run folder."""
+                 dtype: str = "auto", modality: str = "signal") -> dict:
+    """The whole suite for one model into one run folder. ``modality`` "image" or "image-augmented" asks every
+    question about a paper render of each recording (clean, or with print/photo distortions drawn per record),
+    read through the checkpoint's image encoder: the ECGBench-style suite of the picture path."""
     from ecgllm.datasets.ptbxl import PTBXL
     from ecgllm.datasets.ptbxl_signals import PTBXLSignals
     from ecgllm.evaluation.ecgqa_eval import EcgqaRun, labels_dir_for
@@ -234,9 +280,14 @@ def run_ecgbench(out: str | Path, ptbxl: str, model: str | None = None, labels: 
     held_out = load_policy().test_patient_records
     fold10 = np.array(sorted(i for i in table.index[table["strat_fold"] == 10] if int(i) in held_out))
     chosen = np.sort(np.random.default_rng(seed).choice(fold10, min(records, len(fold10)), replace=False))
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    as_given = None if modality == "signal" else rendered(modality == "image-augmented", seed)
     source = PTBXLSignals.open(ptbxl)
     source.prefetch(chosen)
     ecgs = [source.get(int(i)) for i in chosen]
+    if as_given is not None:
+        ecgs = [as_given(ecg, f"ecg_id {int(i)}") for ecg, i in zip(ecgs, chosen)]
     _, classes, y = ptbxl_labels.label_matrix("superclass", chosen)
     y = y[:, [classes.index(c) for c in SUPERCLASSES]]
     statements = [ptbxl_labels.labels(int(i), "all") for i in chosen]
@@ -253,7 +304,7 @@ def run_ecgbench(out: str | Path, ptbxl: str, model: str | None = None, labels: 
         for name in ("cpsc2018", "code15"):
             folder = Path(external) / name
             if folder.is_dir():
-                metrics[f"zero_shot_{name}"] = zero_shot(answer, folder, batch_size, progress)
+                metrics[f"zero_shot_{name}"] = zero_shot(answer, folder, batch_size, progress, as_given)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sections = {}
@@ -265,7 +316,7 @@ def run_ecgbench(out: str | Path, ptbxl: str, model: str | None = None, labels: 
                                          "report, kept only for comparison.")
     seen = seen_by_checkpoint(model_dir, chosen) if model_dir is not None else {"split_policy": "not checked"}
     info = run_info(model_name, f"PTB-XL fold 10 ∩ ECG-QA test patients, {len(chosen)} records (seed {seed})", seed,
-                    {"seen_in_training": seen})
+                    {"seen_in_training": seen, "modality": modality})
     if not np.isnan(scores).any() and plot_reliability(y.ravel(), scores.ravel(), out / "reliability.png",
                                                          "superclass questions: P(yes) calibration"):
         sections["calibration"] = "![reliability](reliability.png)"

@@ -76,7 +76,7 @@ def cmd_ecgbench(args: argparse.Namespace) -> int:
 
     metrics = run_ecgbench(args.out, args.ptbxl, model=args.model, labels=args.labels, records=args.records,
                            external=args.external, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
-                           device=args.device, dtype=args.dtype)
+                           device=args.device, dtype=args.dtype, modality=args.modality)
     for task, values in metrics.items():
         shown = {k: v for k, v in values.items() if not isinstance(v, (dict, list))}
         print(f"{task}: {shown}")
@@ -186,12 +186,17 @@ example:
                                        "intervals.",
                            epilog="""example:
   ecgllm eval ecgbench --ptbxl shared/data/ptbxl --model runs/m/final --external shared/data/external \
-      --records 200 --out runs/eval/ecgbench""")
+      --records 200 --out runs/eval/ecgbench
+  ecgllm eval ecgbench --ptbxl shared/data/ptbxl --external shared/data/external --modality image-augmented \
+      --out runs/eval/ecgbench_pictures       # the same suite on distorted paper renders""")
     s.add_argument("--ptbxl", required=True, metavar="DIR", help="PTB-XL signals (official folder, cache or pack)")
     s.add_argument("--model", metavar="DIR", help="checkpoint folder (default: the shipped checkpoint)")
     s.add_argument("--labels", metavar="DIR", help="PTB-XL labels (default: --ptbxl when it holds them)")
     s.add_argument("--external", metavar="DIR", help="folder with cpsc2018/ and code15/ samples (zero-shot sets)")
     s.add_argument("--records", type=int, default=200, help="fold-10 records to ask about (seeded sample)")
+    s.add_argument("--modality", choices=["signal", "image", "image-augmented"], default="signal",
+                   help="ask about each recording as its signal, or as a paper render of it, clean or with "
+                        "print/photo distortions (needs a checkpoint with an image encoder)")
     s.add_argument("--out", required=True, metavar="RUN_DIR")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch-size", type=int, default=16)
