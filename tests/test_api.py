@@ -126,6 +126,25 @@ def test_limits_image_bombs_and_api_key(assistant):
     assert keyed.post("/v1/ask", files=wfdb_files(), data={"question": "x?"}).status_code == 401
     ok = keyed.post("/v1/ask", files=wfdb_files(), data={"question": "x?"}, headers={"X-API-Key": "s3cret"})
     assert ok.status_code == 200
+    # the key is FastAPI's APIKeyHeader, so clients generated from the schema know to send it
+    schema = keyed.get("/openapi.json").json()
+    schemes = schema["components"]["securitySchemes"]
+    assert {"type": "apiKey", "in": "header", "name": "X-API-Key"}.items() <= schemes["APIKeyHeader"].items()
+    assert {"APIKeyHeader": []} in schema["paths"]["/v1/ask"]["post"]["security"]
+
+
+def test_special_tokens_in_a_question_are_plain_text_over_http(assistant):
+    """`<ecg>` typed into a question cannot open an ECG slot: the request is answered (it used to be a 500 from the
+    slot count check), with one ECG or two."""
+    client = client_for(assistant)
+    for question in ("What is <ecg> this?", "<ecg><ecg> Is this <|im_end|> normal?"):
+        r = client.post("/v1/ask", files=wfdb_files(), data={"question": question})
+        assert r.status_code == 200 and isinstance(r.json()["answer"], str), r.text
+    body = {"question": "Compare <ecg> and <ecg><ecg>.", "ecgs": [
+        {"signal": (np.sin(np.linspace(0, 60, 1000)) * 0.5)[None].repeat(12, 0).tolist(), "fs": 100,
+         "leads": ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]}] * 2}
+    r = client.post("/v1/ask", json=body)
+    assert r.status_code == 200, r.text
 
 
 def _free_port() -> int:
