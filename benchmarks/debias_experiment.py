@@ -31,7 +31,8 @@ docs/results/debias.md and docs/results/debias.png.
 
 A later default that keeps the arms' encoder and head (they take nothing else from it) is compared without new arms:
 
-    python benchmarks/debias_experiment.py --update-shipping ../cache/monitor/shipped-none ../cache/monitor/qnd-none
+    python benchmarks/debias_experiment.py --update-shipping ../cache/monitor/shipped-none ../cache/monitor/qnd-none \
+        --arms-start ../cache/runs/ecgqa/shipped_q600 --default src/ecgllm/data/checkpoint
 """
 
 from __future__ import annotations
@@ -237,6 +238,19 @@ def first_valid_em(folder: Path, n: int) -> tuple[float, pd.DataFrame]:
     return round(float(correct(rows).mean()), 4), rows
 
 
+def same_encoder_and_head(first: Path, second: Path) -> bool:
+    """Whether two model folders hold the same signal encoder and classifier head, tensor for tensor: all that
+    ``encoder_init`` takes from a folder."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ecgllm.models.encoder_source import encoder_head
+
+    encoders = [load_file(Path(f) / "encoder.safetensors") for f in (first, second)]
+    heads = [encoder_head(f) or {} for f in (first, second)]
+    return all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for a, b in (encoders, heads))
+
+
 def update_shipping(result: dict, earlier: Path, today: Path) -> dict:
     """Decide the shipping again against today's default, from the arms' recorded valid EMs, without their runs.
 
@@ -262,7 +276,6 @@ def update_shipping(result: dict, earlier: Path, today: Path) -> dict:
                                                  "valid_em": earlier_em}, "decision": decision}
     result["shipped_arm"] = best if arm_beats(shipping["best_arm_valid_em"], today_em) else None
     result["shipping_date"] = environment()["date"]
-    result["shipping_command"] = f"python benchmarks/debias_experiment.py --update-shipping {earlier} {today}"
     return result
 
 
@@ -363,11 +376,28 @@ def main() -> None:
                              "(no runs read): EARLIER and TODAY are `ecgllm eval ecgqa` runs, on the arms' valid "
                              "questions, of the default the arms were compared with (it must reproduce its recorded "
                              "EM exactly) and of today's default")
+    parser.add_argument("--arms-start", type=Path, help="with --update-shipping: the model folder the arms took their "
+                        "encoder and head from (their recipes' encoder_init)")
+    parser.add_argument("--default", type=Path, help="with --update-shipping: today's default model folder; it must "
+                        "hold the same encoder and head as --arms-start")
     parser.add_argument("--page-only", action="store_true",
                         help="re-render docs/results/debias.md from benchmarks/results/debias.json (no runs read)")
     args = parser.parse_args()
     if args.update_shipping:
+        if args.arms_start is None or args.default is None:
+            parser.error("--update-shipping needs --arms-start and --default (the arms stand for a default only "
+                         "when it keeps the encoder and head they started from)")
+        try:
+            same = same_encoder_and_head(args.arms_start, args.default)
+        except FileNotFoundError as exc:
+            raise SystemExit(f"--arms-start/--default must be model folders with an encoder: {exc}") from None
+        if not same:
+            raise SystemExit(f"{args.default} holds another encoder or head than {args.arms_start}, where the arms "
+                             "started: train the arms again from it")
         result = update_shipping(json.loads((RESULTS / "debias.json").read_text()), *args.update_shipping)
+        result["shipping_command"] = (f"python benchmarks/debias_experiment.py --update-shipping "
+                                      f"{' '.join(map(str, args.update_shipping))} --arms-start {args.arms_start} "
+                                      f"--default {args.default}")
         write_result("debias.json", result)
         (ROOT / "docs/results/debias.md").write_text(render(result))
         print(result["shipping"]["decision"])

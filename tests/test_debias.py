@@ -172,7 +172,7 @@ def test_debiased_training_runs_saves_and_chains(debias_workspace):
 def test_debiased_training_refuses_data_the_estimator_cannot_use(debias_workspace, method, missing):
     """IPW: a conversation without meta.ipw_weight is not one of weight 1. Intervention: the loop is plain, what
     makes it an estimator is data drawn by intervention (meta.sampling). Either way the run stops before training
-    (exit 3) with a count."""
+    (exit 3) with a count and the first offending line."""
     root = debias_workspace
     recipe = {"stage": "debiased_pretraining", "output_dir": str(root / f"{method}-refused"),
               "data": {"train": str(root / "train.jsonl"), "ecg_cache": str(root / "cache")},
@@ -183,6 +183,7 @@ def test_debiased_training_refuses_data_the_estimator_cannot_use(debias_workspac
                             text=True)
     assert result.returncode == 3, result.stderr[-2000:]
     assert "24 of 24 conversations" in result.stderr and missing in result.stderr
+    assert "the first is line 1" in result.stderr
     assert not (root / f"{method}-refused" / "checkpoints").exists()
 
 
@@ -280,3 +281,24 @@ def test_the_shipping_is_decided_again_only_on_the_arms_valid_questions(tmp_path
     other = run("other", [True, False, False, False], gold="no")
     with pytest.raises(SystemExit, match="did not answer the valid questions"):
         debias_experiment.update_shipping(copy.deepcopy(recorded), earlier, other)
+
+
+def test_the_arms_stand_for_a_default_only_with_their_encoder_and_head(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import debias_experiment
+
+    def folder(name: str, encoder: float, head: float, other: float) -> Path:
+        (tmp_path / name).mkdir()
+        save_file({"conv.weight": torch.full((2, 2), encoder)}, tmp_path / name / "encoder.safetensors")
+        save_file({"head.weight": torch.full((3, 2), head), "confidence.weight": torch.full((2, 1), other)},
+                  tmp_path / name / "label_tokens.safetensors")
+        return tmp_path / name
+
+    start = folder("start", 1.0, 2.0, 0.0)
+    assert debias_experiment.same_encoder_and_head(start, folder("later", 1.0, 2.0, 5.0))  # LLM-side weights moved
+    assert not debias_experiment.same_encoder_and_head(start, folder("new_head", 1.0, 2.5, 0.0))
+    assert not debias_experiment.same_encoder_and_head(start, folder("new_encoder", 1.5, 2.0, 0.0))

@@ -23,10 +23,12 @@ class ConversationDataset(Dataset):
     def __init__(self, jsonl: str | Path, cache: ECGCache, max_samples: int | None = None,
                  stage: str = "training") -> None:
         self.rows = []
+        self.line_numbers: list[int] = []  # each row's line in the file, for errors that name it
         with Path(jsonl).open(encoding="utf-8") as fh:
-            for line in fh:
+            for number, line in enumerate(fh, 1):
                 if line.strip():
                     self.rows.append(json.loads(line))
+                    self.line_numbers.append(number)
                 if max_samples and len(self.rows) >= max_samples:
                     break
         self.cache = cache

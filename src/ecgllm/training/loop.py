@@ -51,16 +51,18 @@ def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None, fit_qualit
     dataset = ConversationDataset(config.data.train, ECGCache.open(config.data.ecg_cache), config.data.max_samples,
                                   stage=config.stage)
     if config.debias == "intervention":
-        other = sum(row.get("meta", {}).get("sampling") != "intervention" for row in dataset.rows)
+        other = [i for i, row in enumerate(dataset.rows) if row.get("meta", {}).get("sampling") != "intervention"]
         if other:
-            raise RecipeError(f"debias: intervention, but {other} of {len(dataset.rows)} conversations in "
-                              f"{config.data.train} were not drawn by intervention sampling (meta.sampling); "
-                              f"generate them with `ecgllm data generate ecgqa --intervention`")
+            raise RecipeError(f"debias: intervention, but {len(other)} of {len(dataset.rows)} conversations in "
+                              f"{config.data.train} were not drawn by intervention sampling (meta.sampling; the "
+                              f"first is line {dataset.line_numbers[other[0]]}); generate them with "
+                              f"`ecgllm data generate ecgqa --intervention`")
     if config.debias == "ipw":
-        unweighted = sum(row.get("meta", {}).get("ipw_weight") is None for row in dataset.rows)
+        unweighted = [i for i, row in enumerate(dataset.rows) if row.get("meta", {}).get("ipw_weight") is None]
         if unweighted:
-            raise RecipeError(f"debias: ipw, but {unweighted} of {len(dataset.rows)} conversations in "
-                              f"{config.data.train} have no meta.ipw_weight (run `ecgllm data debias` on it)")
+            raise RecipeError(f"debias: ipw, but {len(unweighted)} of {len(dataset.rows)} conversations in "
+                              f"{config.data.train} have no meta.ipw_weight (the first is line "
+                              f"{dataset.line_numbers[unweighted[0]]}; run `ecgllm data debias` on it)")
     model, processor = EcgLanguageModel.build(config.model, ProcessorConfig(prep=config.prep.to_dict()),
                                               llm=llm, tokenizer=tokenizer, init_from=config.init_from)
     if config.init_from:
