@@ -10,15 +10,16 @@ how the training data were made) and answered with `ecgllm eval ecgqa` into RUNS
     template-blind       template wording, no ECG                                               (--probe blind)
     valid-none           generated ECG-QA *valid* questions (model selection)                   (--probe none)
 
+`benchmarks/debias_arm.py ARM` runs all of it for one arm (data, training, these evaluations) and resumes.
 The test sets are generated over ECG-QA test ECGs (the same questions in both wordings), the valid set over
 ECG-QA valid ECGs (the model-selection monitor set), from the folder that holds runs/ and cache/:
 
     G="ecgllm data generate ecgqa --ptbxl ../shared/data/ptbxl --ecgqa ../shared/data/ecgqa/ecgqa"
     $G --split test --n 400 --seed 12 --out runs/debias/data/test_template.json
     $G --split test --n 400 --seed 12 --paraphrase 1.0 --out runs/debias/data/test_paraphrased.json
-    $G --split valid --n 300 --seed 21 --out monitor/valid_gen.json
+    $G --split valid --n 300 --seed 21 --template-ids TEMPLATES --out monitor/valid_gen.json
 
-and each run is answered on the first 300 test and 150 valid sample ids (``--limit``), for example:
+(TEMPLATES: `benchmarks/debias_arm.py`'s SELECTION_TEMPLATES, as in `benchmarks/ecgqa_selection.py`) and each run is answered on the first 300 test and 150 valid sample ids (``--limit``), for example:
 
     ecgllm eval ecgqa --data runs/debias/data/test_template.json --ptbxl cache/ptbxl100 \\
         --labels ../shared/data/ptbxl --model runs/debias/vanilla-1/final --probe none --limit 300 \\

@@ -302,3 +302,42 @@ def test_the_arms_stand_for_a_default_only_with_their_encoder_and_head(tmp_path,
     assert debias_experiment.same_encoder_and_head(start, folder("later", 1.0, 2.0, 5.0))  # LLM-side weights moved
     assert not debias_experiment.same_encoder_and_head(start, folder("new_head", 1.0, 2.5, 0.0))
     assert not debias_experiment.same_encoder_and_head(start, folder("new_encoder", 1.5, 2.0, 0.0))
+
+
+def test_one_command_per_arm_plans_every_step_the_experiment_reads_and_skips_what_is_done(tmp_path, monkeypatch):
+    """benchmarks/debias_arm.py: the arm's data (ipw reweights vanilla's), the start, then per seed training and
+    the five evaluations `debias_experiment.py` reads; a finished step is skipped, a half-written data file is not
+    taken for done."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import debias_arm
+    import debias_experiment
+
+    steps = debias_arm.plan("ipw", [1, 2])
+    outputs = [done for done, _ in steps]
+    assert outputs.index("runs/debias/data/vanilla.jsonl") < outputs.index("runs/debias/data/ipw.jsonl")
+    for seed in (1, 2):
+        evaluated = {Path(o).parent.name for o in outputs if o.startswith(f"runs/debias/eval/ipw-{seed}/")}
+        assert evaluated == set(debias_experiment.SETS)
+        assert f"runs/debias/ipw-{seed}/final/training_records.json" in outputs
+    train = next(c for d, c in steps if d.endswith("ipw-1/final/training_records.json"))
+    assert train[:2] == ["train", str(debias_arm.CHECKOUT / "recipes/debias/ipw.yaml")] and "1" in train
+    valid = next(c for d, c in steps if d == "monitor/valid_gen.json")
+    assert "--template-ids" in valid and "20" not in valid and "--out" in valid
+    assert Path(valid[valid.index("--out") + 1]).name.startswith(".partial-")  # renamed only when complete
+    assert [d for d, _ in debias_arm.plan("intervention", [1])][0] == "runs/debias/data/intervention.jsonl"
+
+    monkeypatch.chdir(tmp_path)
+    for done in outputs[:3]:
+        Path(done).parent.mkdir(parents=True, exist_ok=True)
+        Path(done).write_text("{}")
+    monkeypatch.setattr("sys.argv", ["debias_arm.py", "ipw", "--seeds", "1", "--dry-run"])
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        debias_arm.main()
+    lines = printed.getvalue().splitlines()
+    assert len(lines) == len(debias_arm.plan("ipw", [1])) - 3 and "vanilla.jsonl" not in lines[0]
