@@ -322,6 +322,20 @@ def render(result: dict) -> str:
                      f"{cell('paraphrased_em')} | {cell('paraphrase_gap')} | {cell('random_ecg_em')} | "
                      f"{cell('random_ecg_drop')} | {cell('blind_em')} | {cell('stratum_spread')} | "
                      f"{cell('valid_em')} |")
+    types = sorted({t for arm in arms for seed in result["arms"][arm]["seeds"]
+                    for t in seed.get("per_question_type_template", {})})
+    if types:
+        lines += ["", "## EM per question type (mean over seeds: template wording / unseen paraphrased wording)", "",
+                  "| arm | " + " | ".join(types) + " |", "|---|" + "---|" * len(types)]
+        for arm in arms:
+            seeds = result["arms"][arm]["seeds"]
+
+            def mean(key: str, qtype: str) -> str:
+                values = [s[key][qtype] for s in seeds if qtype in s.get(key, {})]
+                return f"{np.mean(values):.2f}" if values else "–"
+
+            lines.append(f"| {arm} | " + " | ".join(f"{mean('per_question_type_template', t)} / "
+                                                   f"{mean('per_question_type_paraphrased', t)}" for t in types) + " |")
     drops = {arm: result["arms"][arm]["summary"]["random_ecg_drop"]["mean"] for arm in arms}
     lines += ["", f"Scale: the largest mean random-ECG drop of any arm is {max(drops.values()):.3f}; at this budget "
               "every arm answers mostly from the question, which bounds what an estimator can change (the shipped "
