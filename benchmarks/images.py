@@ -15,6 +15,8 @@
    normal, myocardial infarction, abnormal heartbeat, history of MI): the model is asked "Is this a normal
    ECG?" (ECG-QA's template), scored against label == normal; and the label tokens' P(normal ECG) as a score
    (AUC). Wilson 95% CIs: n is 20.
+5. Pictures that are no ECG page (blank, noise, a photo-like field, text, empty ECG paper, a gradient): the page
+   check must refuse each or answer it with a warning; and how it treats the real printouts.
 """
 
 from __future__ import annotations
@@ -84,14 +86,20 @@ def printed_images(model_dir: str) -> dict:
     # the classifier head scores the 71 statements, then the 5 superclasses: NORM's superclass column
     normal_column = len(model.label_vocab["all71"]) + model.label_vocab["superclass"].index("NORM")
     rows = []
+    from ecgllm.models.page_check import NotAnECGPageError
+
     for _, row in labels.iterrows():
         image = read_ecg(folder / row.file)
-        answer = assistant.ask(image, "Is this a normal ECG?", max_new_tokens=8, measure=False).text
+        try:
+            answered = assistant.ask(image, "Is this a normal ECG?", max_new_tokens=8, measure=False)
+            answer, page = answered.text, "unlike" if answered.warnings else "typical"
+        except NotAnECGPageError:  # refused by the page check: no answer, counted wrong
+            answer, page = "", "refused"
         parsed = parse_answer(answer, ("yes", "no")).answers
         with torch.no_grad():  # pooled as the served label tokens pool: the signal encoder's own `pool`
             pooled = model.encoder.pool(model.image_encoder(processor.prepare_images([image])))
             p_normal = float(torch.sigmoid(model.label_tokens.head(pooled))[0, normal_column])
-        rows.append({"file": row.file, "label": row.label, "answer": answer,
+        rows.append({"file": row.file, "label": row.label, "answer": answer, "page_check": page,
                      "said_normal": None if not parsed else "yes" in parsed, "p_normal": round(p_normal, 4)})
     truth = np.array([r["label"] == "normal" for r in rows])
     said = [r["said_normal"] for r in rows]
@@ -105,7 +113,67 @@ def printed_images(model_dir: str) -> dict:
             "label_token_accuracy": round(p_correct / len(rows), 3),
             "label_token_ci95": [round(v, 3) for v in wilson_ci(p_correct, len(rows))],
             "label_token_auc": round(float(roc_auc_score(truth, scores)), 3),
-            "majority_accuracy": round(max(truth.mean(), 1 - truth.mean()), 3), "per_image": rows}
+            "majority_accuracy": round(max(truth.mean(), 1 - truth.mean()), 3),
+            "page_check": {v: sum(r["page_check"] == v for r in rows) for v in ("typical", "unlike", "refused")},
+            "per_image": rows}
+
+
+def not_ecg_pictures(model_dir: str) -> dict:
+    """Pictures that are no ECG page (drawn here, seeded), through the checkpoint's page check
+    (`ecgllm.models.page_check`): each must be refused or answered with a warning, never plainly."""
+    from PIL import Image, ImageDraw
+    from scipy.ndimage import gaussian_filter
+
+    from ecgllm import ECGAssistant
+    from ecgllm.models.page_check import NotAnECGPageError
+
+    assistant = ECGAssistant.load(model_dir)
+    if assistant.model.page_check is None:
+        raise SystemExit(f"{model_dir}: its image encoder has no page check (scripts/fit_page_check.py)")
+    rng = np.random.default_rng(0)
+    size = (1100, 850)
+    text = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(text)
+    for line in range(40):
+        draw.text((40, 20 + 20 * line), "The quick brown fox jumps over the lazy dog. " * 3, fill="black")
+    grid = Image.new("RGB", size, "white")  # ECG paper with nothing printed on it
+    draw = ImageDraw.Draw(grid)
+    for x in range(0, size[0], 9):
+        draw.line([(x, 0), (x, size[1])], fill=(250, 200, 200) if x % 45 else (235, 140, 140))
+    for y in range(0, size[1], 9):
+        draw.line([(0, y), (size[0], y)], fill=(250, 200, 200) if y % 45 else (235, 140, 140))
+    field = gaussian_filter(rng.random((size[1], size[0])), 25)
+    pictures = {
+        "blank page": Image.new("RGB", size, "white"),
+        "random noise": Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)),
+        "smooth random field (photo-like)": Image.fromarray(
+            (255 * (field - field.min()) / (field.max() - field.min())).astype(np.uint8)),
+        "page of text": text,
+        "ECG paper without traces": grid,
+        "grey gradient": Image.fromarray(np.tile(np.linspace(0, 255, size[0]).astype(np.uint8), (size[1], 1))),
+    }
+    from ecgllm.io.image import ECGImage
+
+    rows = []
+    for name, picture in pictures.items():
+        distance = float(assistant.model.page_distances(assistant.processor.prepare_images(
+            [ECGImage(picture, {"source": name})]))[0])
+        try:
+            verdict = "unlike" if assistant.ask(ECGImage(picture, {"source": name}), "Is this a normal ECG?",
+                                                max_new_tokens=4, measure=False).warnings else "answered plainly"
+        except NotAnECGPageError:
+            verdict = "refused"
+        rows.append({"picture": name, "distance": round(distance, 1), "verdict": verdict})
+    # an ECG printed on plain paper is still an ECG (a tenth of the distortion renders have no grid): it is read
+    from ecgllm.render.paper import PaperStyle, RenderOptions, render_paper
+
+    plain, _ = render_paper(read_ecg(BUNDLED), RenderOptions(style=PaperStyle(grid=False)))
+    gridless = float(assistant.model.page_distances(assistant.processor.prepare_images(
+        [ECGImage(plain, {"source": "no grid"})]))[0])
+    check = assistant.model.page_check
+    return {"typical": round(check.typical, 1), "refuse": round(check.refuse, 1), "pictures": rows,
+            "answered_plainly": sum(r["verdict"] == "answered plainly" for r in rows),
+            "ecg_without_grid": {"distance": round(gridless, 1), "verdict": check.verdict(gridless)}}
 
 
 def fold10_test_reading(model_dir: str, cache: str, ptbxl_dir: str, ecgqa_dir: str, n: int, workers: int) -> dict:
@@ -175,6 +243,7 @@ TARGETS = (  # issue targets on PTB-XL fold 10 ∩ ECG-QA test renders, and on t
 
 def write_doc(result: dict, command: str) -> None:
     r, d, p, q, t = result["render"], result["distillation"], result["printed"], result["ecgqa"], result["fold10_test"]
+    n = result["not_ecg"]
     rows = [(label, t[key], goal) for label, key, goal in TARGETS]
     rows += [("real printouts: \"Is this a normal ECG?\" answered right", p["llm_accuracy"], 0.75),
              ("real printouts: normal-vs-abnormal AUC of P(normal ECG)", p["label_token_auc"], 0.90)]
@@ -222,6 +291,18 @@ def write_doc(result: dict, command: str) -> None:
         f"P(normal ECG) as a score: AUC {p['label_token_auc']}; it is at least 0.5 for "
         f"{sum(x['p_normal'] >= 0.5 for x in p['per_image'])} of {p['n']} images. The model said \"normal\" for "
         f"{p['llm_said_normal']} of {p['n']} images; {p['llm_unparsed']} answers were not a yes/no.", "",
+        "## Pictures that are not ECG pages", "",
+        "The page check (`ecgllm.models.page_check`) measures how far a picture's image tokens lie from those of the "
+        "distillation's training renders. Its thresholds come from renders of fold 10 the encoder never trained on: "
+        f"beyond {n['typical']} (99 % of them lie within) a picture is answered with a stated warning that it looks "
+        f"unlike the pages the model learned from; beyond {n['refuse']} it is refused (\"could not be read as an ECG "
+        "page\"). Nothing was fitted on the pictures below or on the printouts.", "",
+        "| picture | distance | result |", "|---|---|---|",
+        *[f"| {row['picture']} | {row['distance']} | {row['verdict']} |" for row in n["pictures"]], "",
+        f"Real printouts above: {p['page_check']['typical']} answered plainly, {p['page_check']['unlike']} with the "
+        f"warning, {p['page_check']['refused']} refused. An ECG printed on plain paper, without a grid, is still an "
+        f"ECG (a tenth of the distorted training renders have no grid): distance {n['ecg_without_grid']['distance']}, "
+        f"{n['ecg_without_grid']['verdict']}.", "",
         "## Reading", "",
         f"- From a distorted render the image encoder reaches superclass macro AUC "
         f"{t['image_augmented_super_macro_auc']} ({t['image_clean_super_macro_auc']} clean), "
@@ -262,7 +343,7 @@ def main() -> None:
                                                  args.workers),
               "distillation": distillation, "shipped_from": f"ecgqa/{shipped_from}",
               "ecgqa": ecgqa_modalities(args.model, args.generated_test, args.signals, args.limit, Path(args.out)),
-              "printed": printed_images(args.model)}
+              "printed": printed_images(args.model), "not_ecg": not_ecg_pictures(args.model)}
     t = result["fold10_test"]
     flat = {"render_images_per_s": result["render"]["augmented_2proc_per_s"],
             "render_clean_images_per_s": result["render"]["clean_2proc_per_s"],
@@ -273,7 +354,8 @@ def main() -> None:
             "printed_images_accuracy": result["printed"]["llm_accuracy"],
             "printed_images_auc": result["printed"]["label_token_auc"],
             "printed_images_n": result["printed"]["n"],
-            "printed_images_ci95": result["printed"]["llm_ci95"]}
+            "printed_images_ci95": result["printed"]["llm_ci95"],
+            "not_ecg_pictures_answered_plainly": result["not_ecg"]["answered_plainly"]}
     write_result("images.json", {**flat, **result, "command": command, "environment": environment()})
     write_doc(result, command)
 

@@ -19,9 +19,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "src/ecgllm/data/checkpoint"
+# a shipped copy keeps its image encoder (and that encoder's page check) unless replaced
 KEEP = ("config.json", "encoder.safetensors", "projector.safetensors", "label_tokens.safetensors",
         "labels.json", "processor_config.json", "adapter", "tokenizer", "training_records.json",
-        "image_encoder.safetensors", "image_encoder.json")  # a shipped copy keeps its image encoder unless replaced
+        "image_encoder.safetensors", "image_encoder.json", "page_check.safetensors")
 
 
 def attach_image_encoder(checkpoint: Path, run: Path) -> None:
@@ -31,6 +32,9 @@ def attach_image_encoder(checkpoint: Path, run: Path) -> None:
     model, processor = EcgLanguageModel.from_pretrained(checkpoint)
     model.attach_image_encoder(run, processor)
     shutil.copy2(run / "image_encoder.safetensors", checkpoint / "image_encoder.safetensors")
+    (checkpoint / "page_check.safetensors").unlink(missing_ok=True)  # another encoder's check would mislead
+    if (run / "page_check.safetensors").exists():
+        shutil.copy2(run / "page_check.safetensors", checkpoint / "page_check.safetensors")
     saved = json.loads((run / "image_encoder.json").read_text())
 
     def local(value):  # paths of the training machine shrink to their last part

@@ -246,3 +246,75 @@ def test_the_ecgbench_suite_reads_renders_of_every_recording_through_the_image_e
     with pytest.raises(ImageNotSupportedError, match="signals only"):
         ecgbench.run_ecgbench(tmp_path / "y", str(SHARED / "ptbxl"), model=str(tiny_checkpoint), records=1,
                               batch_size=8, progress=False, modality="image")
+
+
+def test_the_page_check_fits_thresholds_on_held_out_renders_and_round_trips(tmp_path):
+    from ecgllm.models.page_check import REFUSE_FACTOR, PageCheck
+
+    rng = np.random.default_rng(0)
+    train, held_out = rng.normal(size=(400, 6)), rng.normal(size=(200, 6))
+    check = PageCheck.fit(train, held_out)
+    distances = check.distance(held_out)
+    assert np.isclose(check.typical, np.percentile(distances, 99)) and check.refuse == REFUSE_FACTOR * check.typical
+    assert (distances > check.typical).sum() == 2  # one held-out render in a hundred gets the note
+    assert check.verdict(0.0) == "typical" and check.verdict(check.typical * 1.2) == "unlike"
+    assert check.verdict(check.refuse * 1.01) == "not an ECG page"
+    far = check.distance(np.full(6, 20.0))[0]
+    assert far > check.refuse
+    check.save(tmp_path)
+    again = PageCheck.load(tmp_path)
+    assert np.isclose(again.distance(np.full(6, 20.0))[0], far) and again.typical == check.typical
+    assert PageCheck.load(tmp_path / "none") is None
+
+
+def test_pictures_unlike_an_ecg_page_are_answered_with_a_warning_or_refused(image_checkpoint, page, tmp_path):
+    """The wiring, with thresholds set around the distances of three pictures: the ECG page is answered plainly,
+    a photo-like picture with a note (Python API, CLI on stderr, REST `warnings`), a blank page is refused (exit 3,
+    HTTP 422) before anything is generated. The thresholds of a real model come from held-out renders
+    (`benchmarks/images.py` reports them on real printouts and on pictures that are no ECG)."""
+    from PIL import Image
+
+    from ecgllm import ECGAssistant
+    from ecgllm.models.page_check import NotAnECGPageError, PageCheck, page_features
+
+    assistant = ECGAssistant.load(image_checkpoint)
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (800, 600), "white").save(blank)
+    photo = tmp_path / "photo.png"
+    Image.fromarray((np.random.default_rng(1).random((600, 800, 3)) * 255).astype(np.uint8)).save(photo)
+    pictures = assistant.read([page, photo, blank])
+    with torch.no_grad():
+        features = page_features(assistant.model.image_encoder(assistant.processor.prepare_images(pictures)))
+    reference = PageCheck(features[0], np.eye(features.shape[1]), 0.0, 0.0)
+    to_page, to_photo, to_blank = reference.distance(features)
+    assert to_photo > 0 and to_blank > 0 and to_photo != to_blank
+    near, far = sorted([to_photo, to_blank])
+    check = PageCheck(features[0], np.eye(features.shape[1]), (to_page + near) / 2, (near + far) / 2)
+    check.save(image_checkpoint)  # the fixture's folder: the CLI and API below load it
+    try:
+        unlike, refused = (photo, blank) if to_photo < to_blank else (blank, photo)
+        assistant = ECGAssistant.load(image_checkpoint)
+        assert assistant.ask(page, "Is this a normal ECG?", max_new_tokens=2).warnings == []
+        noted = assistant.ask(unlike, "Is this a normal ECG?", max_new_tokens=2)
+        assert len(noted.warnings) == 1 and "looks unlike the ECG pages" in noted.warnings[0]
+        with pytest.raises(NotAnECGPageError, match="could not be read as an ECG page"):
+            assistant.ask(refused, "Is this a normal ECG?", max_new_tokens=2)
+        result = subprocess.run(CLI + ["ask", str(unlike), "Is this a normal ECG?", "--model", str(image_checkpoint)],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0 and "[note] the picture: looks unlike" in result.stderr
+        result = subprocess.run(CLI + ["ask", str(refused), "Is this a normal ECG?", "--model",
+                                       str(image_checkpoint)], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 3 and "could not be read as an ECG page" in result.stderr
+        assert "Traceback" not in result.stderr
+
+        from fastapi.testclient import TestClient
+
+        from ecgllm.serving.api import ServeSettings, create_app
+
+        client = TestClient(create_app(assistant, ServeSettings(max_new_tokens=2)))
+        r = client.post("/v1/ask", files=[("ecg", ("photo.png", unlike.read_bytes()))], data={"question": "Normal?"})
+        assert r.status_code == 200 and len(r.json()["warnings"]) == 1, r.text
+        r = client.post("/v1/ask", files=[("ecg", ("blank.png", refused.read_bytes()))], data={"question": "Normal?"})
+        assert r.status_code == 422 and "could not be read as an ECG page" in r.json()["detail"]
+    finally:
+        (image_checkpoint / "page_check.safetensors").unlink()

@@ -96,6 +96,7 @@ class EcgLanguageModel(nn.Module):
         hidden = llm.get_input_embeddings().embedding_dim
         self.projector = build_projector(config.projector, self.encoder.dim, hidden)
         self.image_encoder: nn.Module | None = None  # attached by `attach_image_encoder` (same token space)
+        self.page_check = None  # with the image encoder: how far a picture lies from the pages it learned
         self.label_tokens: LabelTokens | None = None
         if config.label_tokens:
             if not n_labels:
@@ -249,6 +250,7 @@ class EcgLanguageModel(nn.Module):
         from safetensors.torch import load_file
 
         from ecgllm.models.image_encoder import ImageEncoder, ImageEncoderConfig
+        from ecgllm.models.page_check import PageCheck
 
         folder = Path(folder)
         saved = json.loads((folder / "image_encoder.json").read_text())
@@ -259,8 +261,21 @@ class EcgLanguageModel(nn.Module):
         encoder = ImageEncoder(config)
         encoder.load_state_dict(load_file(folder / "image_encoder.safetensors"))
         self.image_encoder = encoder.eval().requires_grad_(False)
+        self.page_check = PageCheck.load(folder)  # None for an encoder distilled before the check existed
         self._image_meta = saved
         processor.config.image = {"height": config.height, "width": config.width}
+
+    @torch.no_grad()
+    def page_distances(self, pixels: torch.Tensor):
+        """How far each picture [B, 1, H, W] lies from the ECG pages the image encoder learned from
+        (`ecgllm.models.page_check`); None when the model has no image encoder or no fitted check."""
+        if self.image_encoder is None or self.page_check is None:
+            return None
+        from ecgllm.models.page_check import page_features
+
+        weight = next(self.image_encoder.parameters())
+        tokens = self.image_encoder(pixels.to(weight.device, weight.dtype))
+        return self.page_check.distance(page_features(tokens))
 
     def train(self, mode: bool = True) -> "EcgLanguageModel":
         """Frozen encoders stay in eval mode: their batch-norm statistics must not drift with the LLM's batches
@@ -525,6 +540,8 @@ class EcgLanguageModel(nn.Module):
             save_file({k: v.contiguous() for k, v in self.image_encoder.state_dict().items()},
                       directory / "image_encoder.safetensors")
             (directory / "image_encoder.json").write_text(json.dumps(self._image_meta, indent=2) + "\n")
+            if self.page_check is not None:
+                self.page_check.save(directory)
         if self.config.llm_policy == "lora":
             # the resized embedding is the base one plus a deterministic <ecg> row: no need to store 100+ MB
             self.llm.save_pretrained(directory / "adapter", save_embedding_layers=False)

@@ -63,6 +63,7 @@ class AskResponse(BaseModel):
     measurements: list[dict[str, Any]]  # one per ECG: heart rate, intervals, axis, quality; or {"error": ...}
     timing: Timing
     model: str
+    warnings: list[str] = []  # e.g. a picture unlike the ECG pages the model learned to read: low confidence
 
 
 class ReportResponse(BaseModel):
@@ -70,6 +71,7 @@ class ReportResponse(BaseModel):
     measurements: list[dict[str, Any]]
     timing: Timing
     model: str
+    warnings: list[str] = []
 
 
 class PlottedRecord(BaseModel):
@@ -302,6 +304,12 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
         with tempfile.TemporaryDirectory(prefix="ecgllm-upload-") as tmp:
             return records_from(files, body, Path(tmp))
 
+    def read_checked(files, body) -> tuple[list, list[str]]:
+        """The records, and warnings for pictures unlike the pages the model learned; a picture that is no ECG
+        page is refused here, before it is answered (422, or 400 in the OpenAI shape)."""
+        records = read_records(files, body)
+        return records, assistant.check_pages(records)
+
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError):
         status = 413 if isinstance(exc, UploadTooLargeError) else 422
@@ -359,7 +367,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
                 "recent_batches": {"count": len(sizes), "mean_size": round(sum(sizes) / len(sizes), 2) if sizes else None,
                                    "max_size": max(sizes, default=None)}}
 
-    add_openai_routes(app, assistant, settings, answered, read_records, protected)
+    add_openai_routes(app, assistant, settings, answered, lambda files, body: read_checked(files, body)[0], protected)
 
     @app.post("/v1/ask", dependencies=protected, responses=_documented(401, 413, 422, 503, 504),
               openapi_extra=_upload_body(question=True))
@@ -369,25 +377,28 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
             question = str(body.get("question", "")).strip()
             if not question:
                 raise InputError("the question is empty (field 'question')")
-            return read_records(files, body), question, question
+            records, warnings = read_checked(files, body)
+            return records, question, (question, warnings)
 
-        question, text, measurements, timing = await answered(request, prepare, settings.max_new_tokens, True)
+        (question, warnings), text, measurements, timing = await answered(request, prepare, settings.max_new_tokens,
+                                                                          True)
         return {"answer": text, "question": question, "measurements": measurements, "timing": timing,
-                "model": assistant.name}
+                "model": assistant.name, "warnings": warnings}
 
     @app.post("/v1/report", dependencies=protected, responses=_documented(401, 413, 422, 503, 504),
               openapi_extra=_upload_body(question=False))
     async def report(request: Request) -> ReportResponse:
         """Multipart ``ecg`` (one record) or JSON {"ecgs": [one]}: a short report with measurements."""
         def prepare(files, body):
-            ecgs = read_records(files, body)
+            ecgs, warnings = read_checked(files, body)
             if len(ecgs) != 1:
                 raise InputError(f"a report is of one ECG; this upload holds {len(ecgs)}")
-            return ecgs, REPORT_QUESTION, None
+            return ecgs, REPORT_QUESTION, warnings
 
-        _, text, measurements, timing = await answered(request, prepare, max(settings.max_new_tokens, 96), True,
-                                                       takes_question=False)
-        return {"report": text, "measurements": measurements, "timing": timing, "model": assistant.name}
+        warnings, text, measurements, timing = await answered(request, prepare, max(settings.max_new_tokens, 96),
+                                                              True, takes_question=False)
+        return {"report": text, "measurements": measurements, "timing": timing, "model": assistant.name,
+                "warnings": warnings}
 
     @app.post("/v1/plot", dependencies=protected, responses=_documented(401, 413, 422, 503),
               response_model_exclude_none=True,  # a picture has no leads or rate; a signal is no "image" kind

@@ -46,6 +46,7 @@ class Answer:
     question: str
     measurements: list[dict] = field(default_factory=list)   # one dict per ECG
     timing: dict[str, float] = field(default_factory=dict)    # seconds: read, measure, generate, total
+    warnings: list[str] = field(default_factory=list)         # e.g. a picture unlike the pages the model learned
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,6 +107,27 @@ class ECGAssistant:
         """Records and pictures as given, or read from paths (any format `read_ecg` accepts)."""
         return [e if isinstance(e, (ECG, ECGImage)) else read_ecg(e) for e in ecgs]
 
+    def check_pages(self, records: Sequence[ECG | ECGImage]) -> list[str]:
+        """Warnings for pictures unlike the ECG pages the model learned to read; a picture too unlike any ECG page
+        is refused (`NotAnECGPageError`, an input error) before it is answered (`ecgllm.models.page_check`)."""
+        from ecgllm.models.page_check import UNLIKE_WARNING, NotAnECGPageError, refuse_message
+
+        images = [r for r in records if isinstance(r, ECGImage)]
+        if not images:
+            return []
+        distances = self.model.page_distances(self.processor.prepare_images(images))
+        if distances is None:
+            return []
+        check, warnings = self.model.page_check, []
+        for number, distance in enumerate(distances, 1):
+            verdict = check.verdict(float(distance))
+            which = f"picture {number}" if len(images) > 1 else "the picture"
+            if verdict == "not an ECG page":
+                raise NotAnECGPageError(refuse_message(which, float(distance), check.refuse))
+            if verdict == "unlike":
+                warnings.append(f"{which}: " + UNLIKE_WARNING.format(distance=float(distance), typical=check.typical))
+        return warnings
+
     def _batch(self, questions: Sequence[str], ecg_lists: Sequence[list[ECG]], consecutive: bool):
         turns = [[{"role": "user", "content": q}] for q in questions]
         tags = [ecg_tags(len(e), consecutive) if e else [] for e in ecg_lists]
@@ -143,6 +165,7 @@ class ECGAssistant:
             raise ValueError("the question is empty")
         t0 = time.perf_counter()
         records = self.read(ecgs)
+        warnings = self.check_pages(records)
         t1 = time.perf_counter()
         measurements = [measurement_summary(e) for e in records] if measure else []
         t2 = time.perf_counter()
@@ -150,7 +173,7 @@ class ECGAssistant:
         t3 = time.perf_counter()
         return Answer(text, question.strip(), measurements,
                       {"read_s": round(t1 - t0, 4), "measure_s": round(t2 - t1, 4), "generate_s": round(t3 - t2, 4),
-                       "total_s": round(t3 - t0, 4)})
+                       "total_s": round(t3 - t0, 4)}, warnings)
 
     # ------------------------------------------------------------------------------------ public API
     def ask(self, ecg: ECGLike, question: str, max_new_tokens: int = 64, measure: bool = True) -> Answer:
@@ -173,7 +196,8 @@ class ECGAssistant:
         parsed = []
         for ecgs, question in items:
             ecgs = [ecgs] if isinstance(ecgs, (ECG, ECGImage, str, Path)) else list(ecgs)
-            parsed.append((self.read(ecgs), question))
+            records = self.read(ecgs)
+            parsed.append((records, question, self.check_pages(records)))
         order = sorted(range(len(parsed)), key=lambda i: (len(parsed[i][0]), len(parsed[i][1])))
         answers: list[Answer | None] = [None] * len(parsed)
         for start in range(0, len(order), batch_size):
@@ -183,7 +207,7 @@ class ECGAssistant:
                                    consecutive=True, max_new_tokens=max_new_tokens)
             per = (time.perf_counter() - t0) / len(chunk)
             for i, text in zip(chunk, texts):
-                answers[i] = Answer(text, parsed[i][1], [], {"generate_s": round(per, 4)})
+                answers[i] = Answer(text, parsed[i][1], [], {"generate_s": round(per, 4)}, parsed[i][2])
         return answers  # type: ignore[return-value]
 
     def stream(self, ecg: ECGLike | Sequence[ECGLike], question: str, max_new_tokens: int = 64) -> Iterator[str]:
@@ -192,6 +216,7 @@ class ECGAssistant:
 
         ecgs = [ecg] if isinstance(ecg, (ECG, ECGImage, str, Path)) else list(ecg)
         records = self.read(ecgs)
+        self.check_pages(records)  # refuses a picture that is no ECG page; `ask` also returns the warnings
         with self._tokenizing:
             batch = self._batch([question], [records], consecutive=len(ecgs) == 2)
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_special_tokens=True)

@@ -73,6 +73,8 @@ def _show(answer, as_json: bool, answer_only: bool = False) -> None:
     print(answer.text)
     if answer_only:
         return
+    for warning in answer.warnings:
+        print(f"  [note] {warning}", file=sys.stderr)
     for i, m in enumerate(answer.measurements, 1):
         if "error" in m:
             print(f"  [ECG {i}] {m['error']}", file=sys.stderr)

@@ -227,11 +227,48 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> 
     for name, logits in outputs:
         result.update(superclass_metrics(name, y, logits))
     save_image_encoder(out, student.cpu(), {"teacher": config.teacher, "distillation": asdict(config)})
+    check = fit_page_check(out, student, train_images)
+    result["page_check"] = {"typical": round(check.typical, 2), "refuse": round(check.refuse, 2)}
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     from ecgllm.datasets.split_policy import write_training_records
 
     write_training_records(out, "image_distillation", data.ids[train], inherited=[config.teacher, config.init_student])
     return result
+
+
+def fit_page_check(run: Path, student: ImageEncoder | None = None, train_images: np.ndarray | None = None,
+                   n_train: int = 2000, seed: int = 0):
+    """Fit and save the run's page check (`ecgllm.models.page_check`): the reference from ``n_train`` of its
+    training renders, the thresholds from its fold-10 renders, clean and distorted, which it never trained on.
+    Without ``student``/``train_images`` they are read from the finished run's folder."""
+    from ecgllm.models.page_check import PageCheck, page_features
+
+    run = Path(run)
+    if student is None:
+        from safetensors.torch import load_file
+
+        saved = json.loads((run / "image_encoder.json").read_text())["config"]
+        student = ImageEncoder(ImageEncoderConfig(**saved))
+        student.load_state_dict(load_file(run / "image_encoder.safetensors"))
+    if train_images is None:
+        train_images = np.load(run / f"renders_train_v{RENDERS_VERSION}.npy", mmap_mode="r")
+    student = student.cpu().eval()
+    rows = np.sort(np.random.default_rng(seed).choice(len(train_images), min(n_train, len(train_images)),
+                                                     replace=False))
+
+    def features(images) -> np.ndarray:
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(images), 32):
+                x = torch.from_numpy(np.asarray(images[i: i + 32], dtype=np.float32) / 255.0)[:, None]
+                out.append(page_features(student(x)))
+        return np.concatenate(out)
+
+    held_out = np.concatenate([features(np.load(run / f"renders_test_{name}_v{RENDERS_VERSION}.npy", mmap_mode="r"))
+                               for name in ("clean", "augmented")])
+    check = PageCheck.fit(features(train_images[rows]), held_out)
+    check.save(run)
+    return check
 
 
 def load_student_init(student: ImageEncoder, folder: Path) -> None:
