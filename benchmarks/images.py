@@ -293,7 +293,8 @@ def write_doc(result: dict, command: str) -> None:
         f"{p['llm_said_normal']} of {p['n']} images; {p['llm_unparsed']} answers were not a yes/no.", "",
         "## Pictures that are not ECG pages", "",
         "The page check (`ecgllm.models.page_check`) measures how far a picture's image tokens lie from those of the "
-        "distillation's training renders. Its thresholds come from renders of fold 10 the encoder never trained on: "
+        "distillation's training renders. Its thresholds come from renders the encoder never trained on (PTB-XL fold 9 "
+        "records of ECG-QA train patients; no valid or test record): "
         f"beyond {n['typical']} (99 % of them lie within) a picture is answered with a stated warning that it looks "
         f"unlike the pages the model learned from; beyond {n['refuse']} it is refused (\"could not be read as an ECG "
         "page\"). Nothing was fitted on the pictures below or on the printouts.", "",

@@ -1,7 +1,9 @@
 """Fit the page check of a finished image-distillation run (distillations since the check existed fit it
-themselves): the Mahalanobis reference from its training renders, the thresholds from its fold-10 renders.
+themselves): the Mahalanobis reference from its training renders, the thresholds from renders of PTB-XL fold 9
+records of ECG-QA train patients (never rendered for the encoder's training; no valid or test record).
 
-    python scripts/fit_page_check.py runs/ecgqa/image_encoder_more     -> RUN/page_check.safetensors
+    python scripts/fit_page_check.py runs/ecgqa/image_encoder_more --teacher runs/ecgqa/shipped_q600 \
+        --signals cache/ptbxl100 --ptbxl ../shared/data/ptbxl          -> RUN/page_check.safetensors
 
 Then `scripts/ship_checkpoint.py ... --image-encoder RUN` ships it with the image encoder.
 """
@@ -15,11 +17,14 @@ from pathlib import Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="an image-distillation run folder (its renders are still there)")
-    parser.add_argument("--n-train", type=int, default=2000, help="training renders in the reference")
+    parser.add_argument("--teacher", type=Path, required=True, help="the run's teacher (its signal normalisation)")
+    parser.add_argument("--signals", required=True, help="prepared PTB-XL cache (`ecgllm data prepare`)")
+    parser.add_argument("--ptbxl", required=True, help="PTB-XL labels folder")
+    parser.add_argument("--workers", type=int, default=2, help="rendering processes")
     args = parser.parse_args()
-    from ecgllm.training.distill_image import fit_page_check
+    from ecgllm.training.distill_image import fit_page_check_of_run
 
-    check = fit_page_check(args.run, n_train=args.n_train)
+    check = fit_page_check_of_run(args.run, args.teacher, args.signals, args.ptbxl, args.workers)
     print(f"wrote {args.run / 'page_check.safetensors'}: typical up to {check.typical:.1f}, "
           f"refused beyond {check.refuse:.1f}")
 

@@ -172,6 +172,8 @@ def test_image_distillation_stage_runs_resumes_and_reports(subset):
     for key in ("image_clean_super_macro_auc", "image_augmented_super_macro_auc", "signal_super_macro_auc"):
         assert 0.0 <= result[key] <= 1.0
     assert result["n_train"] == 16 and (root / "img/image_encoder.safetensors").exists()
+    assert (root / "img/page_check.safetensors").exists() and 0 < result["page_check"]["typical"] < \
+        result["page_check"]["refuse"]  # the run fits its page check on fold-9 renders it never trained on
     from ecgllm.models.image_encoder import ImageEncoderConfig
 
     saved = json.loads((root / "img/image_encoder.json").read_text())

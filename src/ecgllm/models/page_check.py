@@ -3,8 +3,8 @@
 A photo of anything reaches the image encoder, and the LLM answers whatever tokens come out, confidently. The
 check measures how far the picture's pooled image tokens (mean and maximum over the tokens) lie from those of
 the distillation's training renders: the Mahalanobis distance under their mean and (shrunk) covariance. Two
-thresholds come from renders the encoder never trained on (fold 10, clean and distorted, of the distillation run),
-never from real printouts, which a hidden set judges:
+thresholds come from renders the encoder never trained on (PTB-XL fold 9 records of ECG-QA train patients, clean
+and distorted; no ECG-QA valid or test record), never from real printouts, which a hidden set judges:
 
 - ``typical``: the `TYPICAL_PERCENTILE` th percentile of those held-out renders' distances. A picture beyond it
   is answered with a stated warning that it looks unlike the pages the model learned from (low confidence); one

@@ -227,7 +227,8 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> 
     for name, logits in outputs:
         result.update(superclass_metrics(name, y, logits))
     save_image_encoder(out, student.cpu(), {"teacher": config.teacher, "distillation": asdict(config)})
-    check = fit_page_check(out, student, train_images)
+    check = fit_page_check(out, student, train_images, page_check_pages(data, image_config, workers=config.workers,
+                                                                        progress=progress))
     result["page_check"] = {"typical": round(check.typical, 2), "refuse": round(check.refuse, 2)}
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     from ecgllm.datasets.split_policy import write_training_records
@@ -236,22 +237,27 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> 
     return result
 
 
-def fit_page_check(run: Path, student: ImageEncoder | None = None, train_images: np.ndarray | None = None,
+def page_check_pages(data, config: ImageEncoderConfig, n: int = 300, workers: int = 1,
+                     progress: bool = False) -> np.ndarray:
+    """Renders that set the page check's thresholds: PTB-XL fold 9 records of ECG-QA *train* patients (the image
+    encoder trains on folds 1-8, and no ECG-QA valid or test record is used), each drawn once clean and once
+    distorted, seeded."""
+    from ecgllm.datasets.split_policy import load_policy
+
+    fold9 = data.valid[~np.isin(data.ids[data.valid], list(load_policy().fit_forbidden))]
+    rows = np.sort(np.random.default_rng(0).permutation(fold9)[:n])
+    seeds = np.arange(len(rows)) + 30_000_001
+    return np.concatenate([render_set(data.signals[rows], data.fs, seeds, np.full(len(rows), augment), config,
+                                      workers, progress, f"page check, fold 9 {name}")
+                           for name, augment in (("clean", False), ("distorted", True))])
+
+
+def fit_page_check(run: Path, student: ImageEncoder, train_images: np.ndarray, held_out_images: np.ndarray,
                    n_train: int = 2000, seed: int = 0):
     """Fit and save the run's page check (`ecgllm.models.page_check`): the reference from ``n_train`` of its
-    training renders, the thresholds from its fold-10 renders, clean and distorted, which it never trained on.
-    Without ``student``/``train_images`` they are read from the finished run's folder."""
+    training renders, the thresholds from ``held_out_images`` (`page_check_pages`), which it never trained on."""
     from ecgllm.models.page_check import PageCheck, page_features
 
-    run = Path(run)
-    if student is None:
-        from safetensors.torch import load_file
-
-        saved = json.loads((run / "image_encoder.json").read_text())["config"]
-        student = ImageEncoder(ImageEncoderConfig(**saved))
-        student.load_state_dict(load_file(run / "image_encoder.safetensors"))
-    if train_images is None:
-        train_images = np.load(run / f"renders_train_v{RENDERS_VERSION}.npy", mmap_mode="r")
     student = student.cpu().eval()
     rows = np.sort(np.random.default_rng(seed).choice(len(train_images), min(n_train, len(train_images)),
                                                      replace=False))
@@ -264,11 +270,26 @@ def fit_page_check(run: Path, student: ImageEncoder | None = None, train_images:
                 out.append(page_features(student(x)))
         return np.concatenate(out)
 
-    held_out = np.concatenate([features(np.load(run / f"renders_test_{name}_v{RENDERS_VERSION}.npy", mmap_mode="r"))
-                               for name in ("clean", "augmented")])
-    check = PageCheck.fit(features(train_images[rows]), held_out)
+    check = PageCheck.fit(features(train_images[rows]), features(held_out_images))
     check.save(run)
     return check
+
+
+def fit_page_check_of_run(run: Path, teacher: Path, ecg_cache: str, ptbxl: str, workers: int = 2):
+    """`fit_page_check` for a finished distillation run folder (its weights, its cached training renders); the
+    teacher gives the signals' normalisation, as in the distillation."""
+    from safetensors.torch import load_file
+
+    from ecgllm.training.pretrain_encoder import load_ptbxl_arrays
+
+    run = Path(run)
+    config = ImageEncoderConfig(**json.loads((run / "image_encoder.json").read_text())["config"])
+    student = ImageEncoder(config)
+    student.load_state_dict(load_file(run / "image_encoder.safetensors"))
+    _, _, saved = load_teacher(Path(teacher), config.n_tokens)
+    data, _ = load_ptbxl_arrays(ecg_cache, ptbxl, saved["input"]["normalize"])
+    train_images = np.load(run / f"renders_train_v{RENDERS_VERSION}.npy", mmap_mode="r")
+    return fit_page_check(run, student, train_images, page_check_pages(data, config, workers=workers, progress=True))
 
 
 def load_student_init(student: ImageEncoder, folder: Path) -> None:

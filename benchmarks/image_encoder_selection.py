@@ -1,0 +1,74 @@
+"""Choose an image encoder on ECG-QA *valid* records, never on the test records the images page reports.
+
+    python benchmarks/image_encoder_selection.py --teacher src/ecgllm/data/checkpoint \\
+        --candidates ../cache/runs/ecgqa/image_encoder ../cache/runs/ecgqa/image_encoder_more \\
+        --signals ../cache/cache/ptbxl100
+    -> benchmarks/results/image_encoder_selection.json
+
+Every candidate (a distillation run, or a model folder with an image encoder) reads the same renders of PTB-XL
+fold 9 records of ECG-QA valid patients (no stage trains on them: the split policy), once clean and once with
+print/photo distortions, through the teacher's pooling and classifier head, as the served model reads a picture.
+Rule, stated before the scores are read: the highest mean of the clean and distorted superclass macro AUC; a tie
+goes to the candidate listed first (the shipped one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from common import SHARED, environment, write_result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", required=True, help="the model folder whose signal encoder the candidates imitate")
+    parser.add_argument("--candidates", nargs="+", required=True, help="folders with image_encoder.safetensors")
+    parser.add_argument("--signals", required=True, help="prepared PTB-XL cache (`ecgllm data prepare`)")
+    parser.add_argument("--ptbxl", default=str(SHARED / "ptbxl"))
+    parser.add_argument("--ecgqa", default=str(SHARED / "ecgqa/ecgqa"))
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    from safetensors.torch import load_file
+
+    from ecgllm.datasets import ECGQA
+    from ecgllm.models.image_encoder import ImageEncoder, ImageEncoderConfig
+    from ecgllm.training.distill_image import load_teacher, render_set, student_outputs, superclass_metrics
+    from ecgllm.training.pretrain_encoder import load_ptbxl_arrays
+
+    configs = [ImageEncoderConfig(**json.loads((Path(c) / "image_encoder.json").read_text())["config"])
+               for c in args.candidates]
+    if any(c != configs[0] for c in configs):
+        raise SystemExit("the candidates differ in input size or shape; render them apart")
+    encoder, head, saved = load_teacher(Path(args.teacher), configs[0].n_tokens)
+    data, _ = load_ptbxl_arrays(args.signals, args.ptbxl, saved["input"]["normalize"])
+    valid_ids = sorted(ECGQA(args.ecgqa).split_ecg_ids("valid"))
+    rows = np.sort(data.valid[np.isin(data.ids[data.valid], valid_ids)])
+    seeds = np.arange(len(rows)) + 20_000_003
+    pages = {name: render_set(data.signals[rows], data.fs, seeds, np.full(len(rows), augment), configs[0],
+                              args.workers, True, f"fold 9 ∩ valid, {name}")
+             for name, augment in (("clean", False), ("augmented", True))}
+    candidates = []
+    for folder, config in zip(args.candidates, configs):
+        student = ImageEncoder(config)
+        student.load_state_dict(load_file(Path(folder) / "image_encoder.safetensors"))
+        row = {"candidate": str(folder)}
+        for name, images in pages.items():
+            row.update(superclass_metrics(f"image_{name}", data.y[rows],
+                                          student_outputs(student, head, images, encoder.pool)[1]))
+        row["score"] = round((row["image_clean_super_macro_auc"] + row["image_augmented_super_macro_auc"]) / 2, 4)
+        candidates.append(row)
+    chosen = max(candidates, key=lambda c: c["score"])  # max keeps the first of equal scores
+    write_result("image_encoder_selection.json", {
+        "split": f"PTB-XL fold 9 ∩ ECG-QA valid ({len(rows)} records), rendered clean and distorted",
+        "rule": "highest mean of clean and distorted superclass macro AUC; ties to the first listed",
+        "candidates": candidates, "chosen": chosen["candidate"],
+        "command": "python benchmarks/image_encoder_selection.py --teacher " + args.teacher + " --candidates "
+                   + " ".join(args.candidates) + " --signals " + args.signals, "environment": environment()})
+    print(f"chosen: {chosen['candidate']}")
+
+
+if __name__ == "__main__":
+    main()
