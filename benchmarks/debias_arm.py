@@ -25,14 +25,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ecgqa_selection import SELECTION_TEMPLATES  # the model-selection set's templates
+
 CHECKOUT = Path(__file__).resolve().parents[1]
 ARMS = ("vanilla", "intervention", "ipw")
 START_COMMIT = "4877bca"  # the default the arms start from (paired_quality step 600); today's keeps its encoder and head
 GENERATE = ["data", "generate", "ecgqa", "--ptbxl", "../shared/data/ptbxl", "--ecgqa", "../shared/data/ecgqa/ecgqa"]
-# the model-selection set's templates (benchmarks/ecgqa_selection.py): all but heart axis (20-22) and numeric
-# features (39-42, 50-56, 64-70), as in the LLM stages' generated data (recipes/ecgqa/instruct.yaml)
-UNCHECKED = {20, 21, 22, *range(39, 43), *range(50, 57), *range(64, 71)}
-SELECTION_TEMPLATES = [str(t) for t in range(1, 71) if t not in UNCHECKED]
 EVALUATIONS = (  # name, questions, probe, sample ids
     ("template-none", "runs/debias/data/test_template.json", "none", 300),
     ("paraphrased-none", "runs/debias/data/test_paraphrased.json", "none", 300),
@@ -43,8 +41,9 @@ EVALUATIONS = (  # name, questions, probe, sample ids
 
 
 def partial(path: str) -> str:
-    """Where a data file is written before it is complete (same suffix: the format follows it)."""
-    return str(Path(path).with_name(".partial-" + Path(path).name))
+    """Where this process writes a data file before it is complete (same suffix: the format follows it; the
+    process id in the name: arms run at once, each on its own core, and may make the same file)."""
+    return str(Path(path).with_name(f".partial-{os.getpid()}-" + Path(path).name))
 
 
 def data_steps(arm: str) -> list[tuple[str, list[str]]]:
@@ -83,9 +82,12 @@ def seed_steps(arm: str, seed: int) -> list[tuple[str, list[str]]]:
 
 
 def start_step() -> tuple[str, list[str]]:
-    archive = (f"mkdir -p runs/ecgqa/shipped_q600 && git -C {CHECKOUT} archive {START_COMMIT} "
-               "src/ecgllm/data/checkpoint | tar -x -C runs/ecgqa/shipped_q600 --strip-components=4")
-    return "runs/ecgqa/shipped_q600/encoder.safetensors", ["bash", "-c", archive]
+    """Extracted into a folder of this process, renamed when whole: a half-extracted start is never used."""
+    partial = f"runs/ecgqa/.partial-{os.getpid()}-shipped_q600"
+    archive = (f"rm -rf {partial} && mkdir -p {partial} && git -C {CHECKOUT} archive {START_COMMIT} "
+               f"src/ecgllm/data/checkpoint | tar -x -C {partial} --strip-components=4 && "
+               f"(mv -T {partial} runs/ecgqa/shipped_q600 2>/dev/null || rm -rf {partial})")
+    return "runs/ecgqa/shipped_q600", ["bash", "-c", archive]
 
 
 def plan(arm: str, seeds: list[int]) -> list[tuple[str, list[str]]]:
@@ -109,7 +111,7 @@ def main() -> None:
         pin = ["taskset", "-c", str(args.core)]
     for done_when, command in plan(args.arm, args.seeds):
         # a training run is done when its final folder lists its records (written last), an evaluation when its
-        # metrics are written (atomically)
+        # metrics.json is there (written last, atomically), the start when its folder is (renamed when whole)
         if Path(done_when).exists():
             continue
         full = command if command[0] == "bash" else [*pin, sys.executable, "-m", "ecgllm.serving.cli", *command]
@@ -120,7 +122,7 @@ def main() -> None:
         if subprocess.run(full, env=env).returncode != 0:
             raise SystemExit(f"step failed: {' '.join(command)} (re-run the same command to resume)")
         if Path(partial(done_when)).exists():
-            Path(partial(done_when)).replace(done_when)
+            Path(partial(done_when)).replace(done_when)  # rename: atomic, and the last of two racing arms wins
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ ECG-QA valid ECGs (the model-selection monitor set), from the folder that holds 
     $G --split test --n 400 --seed 12 --paraphrase 1.0 --out runs/debias/data/test_paraphrased.json
     $G --split valid --n 300 --seed 21 --template-ids TEMPLATES --out monitor/valid_gen.json
 
-(TEMPLATES: `benchmarks/debias_arm.py`'s SELECTION_TEMPLATES, as in `benchmarks/ecgqa_selection.py`) and each run is answered on the first 300 test and 150 valid sample ids (``--limit``), for example:
+(TEMPLATES: `SELECTION_TEMPLATES` of `benchmarks/ecgqa_selection.py`) and each run is answered on the first 300 test and 150 valid sample ids (``--limit``), for example:
 
     ecgllm eval ecgqa --data runs/debias/data/test_template.json --ptbxl cache/ptbxl100 \\
         --labels ../shared/data/ptbxl --model runs/debias/vanilla-1/final --probe none --limit 300 \\
@@ -239,17 +239,47 @@ def first_valid_em(folder: Path, n: int) -> tuple[float, pd.DataFrame]:
     return round(float(correct(rows).mean()), 4), rows
 
 
-def same_encoder_and_head(first: Path, second: Path) -> bool:
-    """Whether two model folders hold the same signal encoder and classifier head, tensor for tensor: all that
-    ``encoder_init`` takes from a folder."""
+def same_tensors(first: dict, second: dict) -> bool:
     import torch
+
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def same_encoder_and_head(first: Path, second: Path) -> bool:
+    """Whether two model folders hold the same signal encoder, classifier head, label names and signal
+    preparation: all that ``encoder_init`` takes from a folder."""
     from safetensors.torch import load_file
 
-    from ecgllm.models.encoder_source import encoder_head
+    from ecgllm.models.encoder_source import encoder_head, encoder_meta
 
-    encoders = [load_file(Path(f) / "encoder.safetensors") for f in (first, second)]
-    heads = [encoder_head(f) or {} for f in (first, second)]
-    return all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for a, b in (encoders, heads))
+    first, second = Path(first), Path(second)
+    return (same_tensors(load_file(first / "encoder.safetensors"), load_file(second / "encoder.safetensors"))
+            and same_tensors(encoder_head(first) or {}, encoder_head(second) or {})
+            and encoder_meta(first) == encoder_meta(second)
+            and all((first / f).exists() == (second / f).exists() and (not (first / f).exists() or
+                    json.loads((first / f).read_text()) == json.loads((second / f).read_text()))
+                    for f in ("labels.json",)))
+
+
+def scored_model(evaluation: Path) -> Path:
+    """The model folder an `ecgllm eval` run scored: its recorded (relative) path, found from the folder the
+    evaluation ran in (an ancestor of the run folder)."""
+    recorded = Path(json.loads((evaluation / "metrics.json").read_text())["run"]["model"])
+    for base in [evaluation.resolve(), *evaluation.resolve().parents]:
+        if (base / recorded).is_dir():
+            return base / recorded
+    raise SystemExit(f"{evaluation}: the model it scored ({recorded}) is not found from its folder")
+
+
+def same_answering_weights(first: Path, second: Path) -> bool:
+    """Whether two model folders answer with the same weights (a run's final folder and its shipped copy)."""
+    from safetensors.torch import load_file
+
+    files = ("encoder.safetensors", "projector.safetensors", "label_tokens.safetensors",
+             "adapter/adapter_model.safetensors")
+    return all((Path(first) / f).exists() == (Path(second) / f).exists() and (
+        not (Path(first) / f).exists() or same_tensors(load_file(Path(first) / f), load_file(Path(second) / f)))
+        for f in files)
 
 
 def update_shipping(result: dict, earlier: Path, today: Path) -> dict:
@@ -262,9 +292,14 @@ def update_shipping(result: dict, earlier: Path, today: Path) -> dict:
     shipping = result["shipping"]
     n = shipping["valid_questions"]
     earlier_em, earlier_rows = first_valid_em(earlier, n)
-    if earlier_em != shipping["shipped_model_valid_em"]:
+    # the default last compared, or the one the arms were first compared with (a re-run of the same update)
+    recorded = {shipping["shipped_model_valid_em"], shipping.get("earlier_comparison", {}).get("valid_em")}
+    if earlier_em not in recorded:
         raise SystemExit(f"{earlier}: EM {earlier_em} on the first {n} valid questions, but the arms were compared "
                          f"with {shipping['shipped_model_valid_em']}: not the same questions or not the same model")
+    if earlier_em == shipping.get("earlier_comparison", {}).get("valid_em"):
+        shipping = {**shipping, "compared_model": shipping["earlier_comparison"]["model"],
+                    "shipped_model_valid_em": earlier_em}
     today_em, today_rows = first_valid_em(today, n)
     columns = ["ecg_id", "template_id", "gold"]
     if not today_rows[columns].equals(earlier_rows[columns]):
@@ -409,6 +444,8 @@ def main() -> None:
         if not same:
             raise SystemExit(f"{args.default} holds another encoder or head than {args.arms_start}, where the arms "
                              "started: train the arms again from it")
+        if not same_answering_weights(scored_model(args.update_shipping[1]), args.default):
+            raise SystemExit(f"{args.update_shipping[1]} scored another model than {args.default}")
         result = update_shipping(json.loads((RESULTS / "debias.json").read_text()), *args.update_shipping)
         result["shipping_command"] = (f"python benchmarks/debias_experiment.py --update-shipping "
                                       f"{' '.join(map(str, args.update_shipping))} --arms-start {args.arms_start} "

@@ -6,7 +6,7 @@ Rule: among the candidates whose EM with their own ECG is within 0.03 of the bes
 given another patient's ECG (the issue's reliance target); ties go to the earlier candidate (list the default of the time first).
 
     ecgllm data generate ecgqa --ptbxl shared/data/ptbxl --ecgqa shared/data/ecgqa/ecgqa --split valid --n 300 \\
-        --seed 21 --template-ids TEMPLATES --out monitor/valid_gen.json
+        --seed 21 --template-ids TEMPLATES --out monitor/valid_gen.json      # TEMPLATES: SELECTION_TEMPLATES
     ecgllm eval ecgqa --data monitor/valid_gen.json --ptbxl cache/ptbxl100 --labels shared/data/ptbxl \\
         --model CHECKPOINT --out monitor/NAME-none --probe none        # and --probe random-ecg -> NAME-random-ecg
     python benchmarks/ecgqa_selection.py --monitor monitor --candidates shipped s300 s600 s900 \\
@@ -36,6 +36,10 @@ from pathlib import Path
 import pandas as pd
 from common import ROOT, environment, write_result
 
+# TEMPLATES of the monitor sets: every template but heart axis (20-22) and numeric features (39-42, 50-56, 64-70),
+# as in the LLM stages' generated data (recipes/ecgqa/instruct.yaml), as ids for `--template-ids`
+SELECTION_TEMPLATES = [str(t) for t in range(1, 71) if t not in {20, 21, 22, *range(39, 43), *range(50, 57),
+                                                                 *range(64, 71)}]
 EM_TOLERANCE = 0.03
 
 

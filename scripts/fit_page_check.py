@@ -17,7 +17,8 @@ from pathlib import Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="an image-distillation run folder (its renders are still there)")
-    parser.add_argument("--teacher", type=Path, required=True, help="the run's teacher (its signal normalisation)")
+    parser.add_argument("--teacher", type=Path, help="the run's teacher, for its signal normalisation (default: the "
+                        "one the run recorded, relative to the folder you run from)")
     parser.add_argument("--signals", required=True, help="prepared PTB-XL cache (`ecgllm data prepare`)")
     parser.add_argument("--ptbxl", required=True, help="PTB-XL labels folder")
     parser.add_argument("--workers", type=int, default=2, help="rendering processes")

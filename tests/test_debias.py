@@ -185,6 +185,18 @@ def test_debiased_training_refuses_data_the_estimator_cannot_use(debias_workspac
     assert "24 of 24 conversations" in result.stderr and missing in result.stderr
     assert "the first is line 1" in result.stderr
     assert not (root / f"{method}-refused" / "checkpoints").exists()
+    # a blank line and two usable rows first: the sentence names the file's line of the first unusable row
+    rows = [json.loads(line) for line in (root / "train.jsonl").read_text().splitlines() if line.strip()]
+    for row in rows[:2]:
+        row.setdefault("meta", {}).update(sampling="intervention", ipw_weight=1.0)
+    mixed = root / f"{method}-mixed.jsonl"
+    mixed.write_text("\n" + "\n".join(json.dumps(r) for r in rows) + "\n")
+    recipe["data"]["train"], recipe["output_dir"] = str(mixed), str(root / f"{method}-mixed")
+    (root / f"{method}-mixed.yaml").write_text(yaml.safe_dump(recipe))
+    result = subprocess.run(CLI + ["train", str(root / f"{method}-mixed.yaml"), "--quiet"], capture_output=True,
+                            text=True)
+    assert result.returncode == 3 and "22 of 24 conversations" in result.stderr, result.stderr[-2000:]
+    assert "the first is line 4" in result.stderr
 
 
 def test_the_removed_stratified_option_is_refused_with_a_sentence(debias_workspace, tiny_model, tmp_path):
@@ -291,8 +303,10 @@ def test_the_arms_stand_for_a_default_only_with_their_encoder_and_head(tmp_path,
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import debias_experiment
 
-    def folder(name: str, encoder: float, head: float, other: float) -> Path:
+    def folder(name: str, encoder: float, head: float, other: float, fs: float = 100.0) -> Path:
         (tmp_path / name).mkdir()
+        (tmp_path / name / "encoder_config.json").write_text(json.dumps(
+            {"encoder": "resnet1d", "encoder_kwargs": {"widths": [2]}, "input": {"normalize": "mv", "fs": fs}}))
         save_file({"conv.weight": torch.full((2, 2), encoder)}, tmp_path / name / "encoder.safetensors")
         save_file({"head.weight": torch.full((3, 2), head), "confidence.weight": torch.full((2, 1), other)},
                   tmp_path / name / "label_tokens.safetensors")
@@ -302,6 +316,7 @@ def test_the_arms_stand_for_a_default_only_with_their_encoder_and_head(tmp_path,
     assert debias_experiment.same_encoder_and_head(start, folder("later", 1.0, 2.0, 5.0))  # LLM-side weights moved
     assert not debias_experiment.same_encoder_and_head(start, folder("new_head", 1.0, 2.5, 0.0))
     assert not debias_experiment.same_encoder_and_head(start, folder("new_encoder", 1.5, 2.0, 0.0))
+    assert not debias_experiment.same_encoder_and_head(start, folder("new_rate", 1.0, 2.0, 0.0, fs=500.0))
 
 
 def test_one_command_per_arm_plans_every_step_the_experiment_reads_and_skips_what_is_done(tmp_path, monkeypatch):

@@ -236,9 +236,12 @@ def test_the_ecgbench_suite_reads_renders_of_every_recording_through_the_image_e
     assert metrics["superclass_detection"]["questions"] == 10 and metrics["zero_shot_code15"]["questions"] == 60
     assert shown and set(shown) == {ECGImage}
     assert '"modality": "image-augmented"' in (tmp_path / "bench/metrics.json").read_text()
-    first = ecgbench.rendered(True, 0)(read_ecg(PTBXL_1), "ecg_id 1")
-    again = ecgbench.rendered(True, 0)(read_ecg(PTBXL_1), "ecg_id 1")
+    from ecgllm.evaluation.ecgqa_eval import picture_of, rendered_source
+
+    first = picture_of(read_ecg(PTBXL_1), True, 0, 1)
+    again = rendered_source(lambda _: read_ecg(PTBXL_1), True, 0)(1)  # the ECG-QA evaluation draws it the same way
     assert np.array_equal(np.asarray(first.image), np.asarray(again.image))
+    assert not np.array_equal(np.asarray(first.image), np.asarray(picture_of(read_ecg(PTBXL_1), True, 0, 2).image))
     with pytest.raises(ValueError, match="modality must be one of"):
         ecgbench.run_ecgbench(tmp_path / "x", str(SHARED / "ptbxl"), model=str(image_checkpoint), modality="photo")
     from ecgllm.models.processor import ImageNotSupportedError
@@ -277,6 +280,8 @@ def test_pictures_unlike_an_ecg_page_are_answered_with_a_warning_or_refused(imag
     from ecgllm import ECGAssistant
     from ecgllm.models.page_check import NotAnECGPageError, PageCheck, page_features
 
+    shutil.copytree(image_checkpoint.parent, tmp_path / "copy")  # the checkpoint and the base LLM it points at
+    image_checkpoint = tmp_path / "copy" / image_checkpoint.name
     assistant = ECGAssistant.load(image_checkpoint)
     blank = tmp_path / "blank.png"
     Image.new("RGB", (800, 600), "white").save(blank)
@@ -290,31 +295,47 @@ def test_pictures_unlike_an_ecg_page_are_answered_with_a_warning_or_refused(imag
     assert to_photo > 0 and to_blank > 0 and to_photo != to_blank
     near, far = sorted([to_photo, to_blank])
     check = PageCheck(features[0], np.eye(features.shape[1]), (to_page + near) / 2, (near + far) / 2)
-    check.save(image_checkpoint)  # the fixture's folder: the CLI and API below load it
-    try:
-        unlike, refused = (photo, blank) if to_photo < to_blank else (blank, photo)
-        assistant = ECGAssistant.load(image_checkpoint)
-        assert assistant.ask(page, "Is this a normal ECG?", max_new_tokens=2).warnings == []
-        noted = assistant.ask(unlike, "Is this a normal ECG?", max_new_tokens=2)
-        assert len(noted.warnings) == 1 and "looks unlike the ECG pages" in noted.warnings[0]
-        with pytest.raises(NotAnECGPageError, match="could not be read as an ECG page"):
-            assistant.ask(refused, "Is this a normal ECG?", max_new_tokens=2)
-        result = subprocess.run(CLI + ["ask", str(unlike), "Is this a normal ECG?", "--model", str(image_checkpoint)],
-                                capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0 and "[note] the picture: looks unlike" in result.stderr
-        result = subprocess.run(CLI + ["ask", str(refused), "Is this a normal ECG?", "--model",
-                                       str(image_checkpoint)], capture_output=True, text=True, timeout=300)
-        assert result.returncode == 3 and "could not be read as an ECG page" in result.stderr
-        assert "Traceback" not in result.stderr
+    check.save(image_checkpoint)  # the copy's folder: the CLI and API below load it
+    unlike, refused = (photo, blank) if to_photo < to_blank else (blank, photo)
+    assistant = ECGAssistant.load(image_checkpoint)
+    assert assistant.ask(page, "Is this a normal ECG?", max_new_tokens=2).warnings == []
+    noted = assistant.ask(unlike, "Is this a normal ECG?", max_new_tokens=2)
+    assert len(noted.warnings) == 1 and "looks unlike the ECG pages" in noted.warnings[0]
+    with pytest.raises(NotAnECGPageError, match="could not be read as an ECG page"):
+        assistant.ask(refused, "Is this a normal ECG?", max_new_tokens=2)
+    result = subprocess.run(CLI + ["ask", str(unlike), "Is this a normal ECG?", "--model", str(image_checkpoint)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "[note] the picture: looks unlike" in result.stderr
+    result = subprocess.run(CLI + ["ask", str(refused), "Is this a normal ECG?", "--model",
+                                   str(image_checkpoint)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3 and "could not be read as an ECG page" in result.stderr
+    assert "Traceback" not in result.stderr
 
-        from fastapi.testclient import TestClient
+    from fastapi.testclient import TestClient
 
-        from ecgllm.serving.api import ServeSettings, create_app
+    from ecgllm.serving.api import ServeSettings, create_app
 
-        client = TestClient(create_app(assistant, ServeSettings(max_new_tokens=2)))
-        r = client.post("/v1/ask", files=[("ecg", ("photo.png", unlike.read_bytes()))], data={"question": "Normal?"})
-        assert r.status_code == 200 and len(r.json()["warnings"]) == 1, r.text
-        r = client.post("/v1/ask", files=[("ecg", ("blank.png", refused.read_bytes()))], data={"question": "Normal?"})
-        assert r.status_code == 422 and "could not be read as an ECG page" in r.json()["detail"]
-    finally:
-        (image_checkpoint / "page_check.safetensors").unlink()
+    client = TestClient(create_app(assistant, ServeSettings(max_new_tokens=2)))
+    r = client.post("/v1/ask", files=[("ecg", ("photo.png", unlike.read_bytes()))], data={"question": "Normal?"})
+    assert r.status_code == 200 and len(r.json()["warnings"]) == 1, r.text
+    r = client.post("/v1/ask", files=[("ecg", ("blank.png", refused.read_bytes()))], data={"question": "Normal?"})
+    assert r.status_code == 422 and "could not be read as an ECG page" in r.json()["detail"]
+    # in bfloat16 the check still reads the picture in float32, where its thresholds were fitted
+    bf16 = ECGAssistant.load(image_checkpoint)
+    bf16.model.to(torch.bfloat16)
+    with torch.no_grad():
+        pixels = bf16.processor.prepare_images(pictures)
+        assert np.allclose(bf16.model.page_distances(pixels), assistant.model.page_distances(pixels))
+    assert next(bf16.model.image_encoder.parameters()).dtype == torch.bfloat16  # the model itself unchanged
+    # a batch: the refused picture fails its own line only, the unlike one carries its warning
+    import json
+
+    lines = tmp_path / "questions.jsonl"
+    lines.write_text("\n".join(json.dumps({"id": name, "ecg": str(path), "question": "Normal?"})
+                               for name, path in (("page", page), ("unlike", unlike), ("refused", refused))) + "\n")
+    result = subprocess.run(CLI + ["batch", str(lines), "-o", str(tmp_path / "answers.jsonl"), "--model",
+                                   str(image_checkpoint), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    answers = {row["id"]: row for row in map(json.loads, (tmp_path / "answers.jsonl").read_text().splitlines())}
+    assert "warnings" not in answers["page"] and len(answers["unlike"]["warnings"]) == 1
+    assert "could not be read as an ECG page" in answers["refused"]["error"]

@@ -22,27 +22,13 @@ import numpy as np
 from ecgllm.datasets.ecgqa_attributes import SCP_NAME_OVERRIDES, SUPERCLASS_NAMES
 from ecgllm.datasets.ptbxl import SUPERCLASSES  # one order of the five classes everywhere
 from ecgllm.evaluation.answers import ALIASES, key, parse_answer, parse_choice
-from ecgllm.evaluation.ecgqa_eval import MODALITIES
+from ecgllm.evaluation.ecgqa_eval import MODALITIES, picture_of
 from ecgllm.evaluation.runner import Prompt
 from ecgllm.evaluation.stats import bootstrap_metric_ci, wilson_ci
 from ecgllm.io.record import ECG
 
 Answerer = Callable[[Sequence[Prompt]], list[tuple[str, float]]]
 REPORT_PROMPT = "Write a short clinical report of this ECG."
-
-
-def rendered(augment: bool, seed: int) -> Callable[[ECG, str], ECG]:
-    """Each recording as a paper page (3x4 layout + rhythm strip), distorted with a seed of its own if asked: the
-    seed comes from the recording's name, so a record is drawn the same way in every run."""
-    import zlib
-
-    from ecgllm.render import render_ecg
-
-    def as_page(ecg: ECG, name: str):
-        page = render_ecg(ecg, augment=augment, seed=seed * 1_000_003 + zlib.crc32(name.encode()))
-        return page.as_ecg_image(source=f"render of {name}")
-
-    return as_page
 
 
 def superclass_question(code: str) -> str:
@@ -210,8 +196,9 @@ def zero_shot_questions(folder: Path) -> list[tuple[str, str, int]]:
 
 
 def zero_shot(answerer: Answerer, folder: Path, batch: int = 16, progress: bool = True,
-              as_given: Callable[[ECG, str], ECG] | None = None) -> dict:
-    """``as_given`` turns each read recording into what the model is shown (a render of it, for the picture path)."""
+              as_given: Callable[[ECG, int | str], ECG] | None = None) -> dict:
+    """``as_given(ecg, key)`` turns each read recording into what the model is shown (a render of it, for the picture
+    path; ``key``: the recording's file name)."""
     from ecgllm.io.reader import read_ecg
 
     questions = zero_shot_questions(folder)
@@ -267,6 +254,8 @@ def run_ecgbench(out: str | Path, ptbxl: str, model: str | None = None, labels: 
 
     from ecgllm.datasets.split_policy import load_policy, seen_by_checkpoint
 
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
     model_name, model_dir = "given in memory", None
     if loaded is None:
         *loaded, model_dir = load_checkpoint(model, device, dtype)
@@ -280,14 +269,13 @@ def run_ecgbench(out: str | Path, ptbxl: str, model: str | None = None, labels: 
     held_out = load_policy().test_patient_records
     fold10 = np.array(sorted(i for i in table.index[table["strat_fold"] == 10] if int(i) in held_out))
     chosen = np.sort(np.random.default_rng(seed).choice(fold10, min(records, len(fold10)), replace=False))
-    if modality not in MODALITIES:
-        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
-    as_given = None if modality == "signal" else rendered(modality == "image-augmented", seed)
+    as_given = None if modality == "signal" else \
+        (lambda ecg, key: picture_of(ecg, modality == "image-augmented", seed, key))
     source = PTBXLSignals.open(ptbxl)
     source.prefetch(chosen)
     ecgs = [source.get(int(i)) for i in chosen]
     if as_given is not None:
-        ecgs = [as_given(ecg, f"ecg_id {int(i)}") for ecg, i in zip(ecgs, chosen)]
+        ecgs = [as_given(ecg, int(i)) for ecg, i in zip(ecgs, chosen)]
     _, classes, y = ptbxl_labels.label_matrix("superclass", chosen)
     y = y[:, [classes.index(c) for c in SUPERCLASSES]]
     statements = [ptbxl_labels.labels(int(i), "all") for i in chosen]

@@ -51,14 +51,23 @@ class EcgqaRun:
 MODALITIES = ("signal", "image", "image-augmented")
 
 
-def rendered_source(get_ecg, augment: bool, seed: int):
-    """The same ECGs as pictures: each record rendered (3x4 layout), distorted with a seed of its own if asked."""
-    from ecgllm.io.image import ECGImage
+def picture_of(ecg, augment: bool, seed: int, key: int | str):
+    """One recording as a paper page (3x4 layout + rhythm strip), distorted if asked, with a seed of its own drawn
+    from the run's seed and the recording's key (a PTB-XL ecg_id, or a file name): the same record is drawn the
+    same way by every evaluation that asks about pictures."""
+    import zlib
+
     from ecgllm.render import render_ecg
 
-    def get(ecg_id: int) -> ECGImage:
-        rendered = render_ecg(get_ecg(ecg_id), augment=augment, seed=seed * 1_000_003 + int(ecg_id))
-        return rendered.as_ecg_image(source=f"render of ecg_id {ecg_id}")
+    own = int(key) if isinstance(key, int) else zlib.crc32(str(key).encode())
+    name = f"ecg_id {key}" if isinstance(key, int) else str(key)
+    return render_ecg(ecg, augment=augment, seed=seed * 1_000_003 + own).as_ecg_image(source=f"render of {name}")
+
+
+def rendered_source(get_ecg, augment: bool, seed: int):
+    """The same ECGs as pictures: each record rendered by `picture_of`."""
+    def get(ecg_id: int):
+        return picture_of(get_ecg(ecg_id), augment, seed, int(ecg_id))
 
     return get
 

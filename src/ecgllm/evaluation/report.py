@@ -120,13 +120,11 @@ def plot_reliability(y_true: np.ndarray, prob: np.ndarray, path: Path, title: st
 
 def write_run(out: str | Path, metrics: Mapping, info: Mapping, title: str, sections: Mapping[str, str] | None = None,
               table: pd.DataFrame | None = None) -> Path:
-    """Write metrics.json + report.md (+ per-sample CSV and plots) into ``out``."""
+    """Write report.md (+ per-sample CSV and plots), then metrics.json into ``out``: metrics.json comes last and
+    atomically, so its presence means the run folder is complete (a killed run is redone, not taken for done)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     payload = {**metrics, "run": dict(info)}
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    tmp.replace(out / "metrics.json")
     plots = []
     for key, label in (("per_question_type", "EM per question type"), ("per_attribute_type", "EM per attribute type"),
                        ("per_stratum", "EM per severity stratum"), ("per_probe", "EM per probe"),
@@ -135,7 +133,9 @@ def write_run(out: str | Path, metrics: Mapping, info: Mapping, title: str, sect
         if p:
             plots.append(p)
     if table is not None:
-        table.to_csv(out / "per_sample.csv", index=False)
+        partial = out / "per_sample.csv.tmp"
+        table.to_csv(partial, index=False)
+        partial.replace(out / "per_sample.csv")
         verify = table[table["question_type"].str.endswith("verify")] if "question_type" in table else table
         p = plot_confusion(verify, out / "confusion_verify.png", "verify questions: gold vs predicted")
         if p:
@@ -160,4 +160,7 @@ def write_run(out: str | Path, metrics: Mapping, info: Mapping, title: str, sect
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     (out / "report.md").write_text("\n".join(lines) + "\n")
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    tmp.replace(out / "metrics.json")
     return out

@@ -9,6 +9,7 @@ counts across a batch work because ECGs are consumed in the order their placehol
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import threading
 from collections import OrderedDict
@@ -262,6 +263,10 @@ class EcgLanguageModel(nn.Module):
         encoder.load_state_dict(load_file(folder / "image_encoder.safetensors"))
         self.image_encoder = encoder.eval().requires_grad_(False)
         self.page_check = PageCheck.load(folder)  # None for an encoder distilled before the check existed
+        # the check reads pictures with a float32 copy kept on the CPU, as loaded: its thresholds were fitted in
+        # float32, and a model cast to bf16 rounds its weights (a plain attribute, never saved nor cast)
+        object.__setattr__(self, "_page_check_encoder",
+                           None if self.page_check is None else copy.deepcopy(encoder).float().eval())
         self._image_meta = saved
         processor.config.image = {"height": config.height, "width": config.width}
 
@@ -273,8 +278,7 @@ class EcgLanguageModel(nn.Module):
             return None
         from ecgllm.models.page_check import page_features
 
-        weight = next(self.image_encoder.parameters())
-        tokens = self.image_encoder(pixels.to(weight.device, weight.dtype))
+        tokens = self._page_check_encoder(pixels.to("cpu", torch.float32))
         return self.page_check.distance(page_features(tokens))
 
     def train(self, mode: bool = True) -> "EcgLanguageModel":

@@ -85,8 +85,8 @@ class PageCheck:
 
 
 UNLIKE_WARNING = ("looks unlike the ECG pages this model learned to read (distance {distance:.1f} from its training "
-                  "renders; 99 % of held-out renders lie within {typical:.1f}): the answer may be unreliable. A flat, "
-                  "well-lit scan of the whole page reads best")
+                  f"renders; {TYPICAL_PERCENTILE} % of held-out renders lie within {{typical:.1f}}): the answer may be "
+                  "unreliable. A flat, well-lit scan of the whole page reads best")
 
 
 def refuse_message(source: str, distance: float, refuse: float) -> str:

@@ -367,7 +367,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
                 "recent_batches": {"count": len(sizes), "mean_size": round(sum(sizes) / len(sizes), 2) if sizes else None,
                                    "max_size": max(sizes, default=None)}}
 
-    add_openai_routes(app, assistant, settings, answered, lambda files, body: read_checked(files, body)[0], protected)
+    add_openai_routes(app, assistant, settings, answered, read_checked, protected)
 
     @app.post("/v1/ask", dependencies=protected, responses=_documented(401, 413, 422, 503, 504),
               openapi_extra=_upload_body(question=True))

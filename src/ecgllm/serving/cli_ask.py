@@ -152,13 +152,16 @@ def cmd_batch(args: argparse.Namespace) -> int:
             for r in chunk:
                 try:
                     paths = [r["ecg"]] if isinstance(r["ecg"], str) else list(r["ecg"])
-                    items.append((assistant.read(paths), r))
+                    records = assistant.read(paths)
+                    assistant.check_pages(records)  # a picture that is no ECG page fails its line here
+                    items.append((records, r))
                 except InputError as exc:  # one bad file must not stop the batch
                     failed.append({"id": r["id"], "error": str(exc)})
             answers = assistant.ask_batch([(e, r["question"]) for e, r in items], args.batch_size,
                                           args.max_new_tokens) if items else []
             for (_, r), a in zip(items, answers):
-                fh.write(json.dumps({"id": r["id"], "question": r["question"], "answer": a.text}) + "\n")
+                fh.write(json.dumps({"id": r["id"], "question": r["question"], "answer": a.text,
+                                     **({"warnings": a.warnings} if a.warnings else {})}) + "\n")
             for f in failed:
                 fh.write(json.dumps(f) + "\n")
             fh.flush()
@@ -273,7 +276,8 @@ def add_ask_commands(sub: argparse._SubParsersAction, formatter: type, exit_help
 
     p = sub.add_parser("batch", formatter_class=formatter, help="answer a JSONL file of questions (resumable)",
                        description="Read lines {\"id\": ..., \"ecg\": PATH or [OLD, NEW], \"question\": ...} and "
-                                   "append {\"id\", \"question\", \"answer\"} (or {\"id\", \"error\"}) lines to the "
+                                   "append {\"id\", \"question\", \"answer\"} (plus \"warnings\" for a picture "
+                                   "unlike the ECG pages the model learned; or {\"id\", \"error\"}) lines to the "
                                    "output. Re-running skips ids already in the output, so a killed run resumes "
                                    "without losing or duplicating lines.",
                        epilog=f"""examples:

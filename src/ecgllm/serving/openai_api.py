@@ -174,9 +174,10 @@ def question_and_files(request: ChatRequest) -> tuple[str, list[tuple[str, bytes
     return question, files
 
 
-def add_openai_routes(app: FastAPI, assistant, settings, answered, read_records, protected: list) -> None:
-    """``answered(None, prepare, max_new_tokens)`` admits a request and batches its question; ``read_records``
-    turns uploaded files into ECG records; ``protected``: the API-key dependency (all from `ecgllm.serving.api`)."""
+def add_openai_routes(app: FastAPI, assistant, settings, answered, read_checked, protected: list) -> None:
+    """``answered(None, prepare, max_new_tokens)`` admits a request and batches its question; ``read_checked``
+    turns uploaded files into ECG records and the page check's warnings (`ECGAssistant.check_pages`);
+    ``protected``: the API-key dependency (all from `ecgllm.serving.api`)."""
 
     @app.get("/v1/models")
     def models() -> dict:
@@ -199,14 +200,16 @@ def add_openai_routes(app: FastAPI, assistant, settings, answered, read_records,
 
         def prepare(_files, _body):  # decoding the files is work: admitted, in a thread, off the event loop
             question, files = question_and_files(body)
-            return read_records(files, {}), question, None
+            records, warnings = read_checked(files, {})
+            return records, question, warnings
 
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if not body.stream:
-            _, text, _, _ = await answered(None, prepare, max_new)
+            warnings, text, _, _ = await answered(None, prepare, max_new)
+            # a picture unlike the pages the model learned: an extra field (OpenAI clients keep unknown fields)
             return {"id": ident, "object": "chat.completion", "created": created, "model": assistant.name,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": "stop"}]}
+                                 "finish_reason": "stop"}], **({"warnings": warnings} if warnings else {})}
 
         def chunk(delta: dict, finish: str | None = None) -> str:
             return "data: " + json.dumps({"id": ident, "object": "chat.completion.chunk", "created": created,

@@ -15,6 +15,7 @@ report superclass macro AUC against the teacher reading the signals of the same 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -227,18 +228,22 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> 
     for name, logits in outputs:
         result.update(superclass_metrics(name, y, logits))
     save_image_encoder(out, student.cpu(), {"teacher": config.teacher, "distillation": asdict(config)})
-    check = fit_page_check(out, student, train_images, page_check_pages(data, image_config, workers=config.workers,
-                                                                        progress=progress))
-    result["page_check"] = {"typical": round(check.typical, 2), "refuse": round(check.refuse, 2)}
-    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     from ecgllm.datasets.split_policy import write_training_records
 
     write_training_records(out, "image_distillation", data.ids[train], inherited=[config.teacher, config.init_student])
+    held_out = page_check_pages(data, image_config, workers=config.workers, progress=progress)
+    if held_out is None:
+        print("no PTB-XL fold 9 record of an ECG-QA train patient in the cache: no page check fitted (pictures "
+              "will be answered without one)", file=sys.stderr)
+    else:
+        check = fit_page_check(out, student, train_images, held_out)
+        result["page_check"] = {"typical": round(check.typical, 2), "refuse": round(check.refuse, 2)}
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
 def page_check_pages(data, config: ImageEncoderConfig, n: int = 300, workers: int = 1,
-                     progress: bool = False) -> np.ndarray:
+                     progress: bool = False) -> np.ndarray | None:
     """Renders that set the page check's thresholds: PTB-XL fold 9 records of ECG-QA *train* patients (the image
     encoder trains on folds 1-8, and no ECG-QA valid or test record is used), each drawn once clean and once
     distorted, seeded."""
@@ -246,6 +251,8 @@ def page_check_pages(data, config: ImageEncoderConfig, n: int = 300, workers: in
 
     fold9 = data.valid[~np.isin(data.ids[data.valid], list(load_policy().fit_forbidden))]
     rows = np.sort(np.random.default_rng(0).permutation(fold9)[:n])
+    if len(rows) == 0:
+        return None
     seeds = np.arange(len(rows)) + 30_000_001
     return np.concatenate([render_set(data.signals[rows], data.fs, seeds, np.full(len(rows), augment), config,
                                       workers, progress, f"page check, fold 9 {name}")
@@ -275,9 +282,9 @@ def fit_page_check(run: Path, student: ImageEncoder, train_images: np.ndarray, h
     return check
 
 
-def fit_page_check_of_run(run: Path, teacher: Path, ecg_cache: str, ptbxl: str, workers: int = 2):
+def fit_page_check_of_run(run: Path, teacher: Path | None, ecg_cache: str, ptbxl: str, workers: int = 2):
     """`fit_page_check` for a finished distillation run folder (its weights, its cached training renders); the
-    teacher gives the signals' normalisation, as in the distillation."""
+    teacher (by default the one the run recorded) gives the signals' normalisation, as in the distillation."""
     from safetensors.torch import load_file
 
     from ecgllm.training.pretrain_encoder import load_ptbxl_arrays
@@ -286,10 +293,15 @@ def fit_page_check_of_run(run: Path, teacher: Path, ecg_cache: str, ptbxl: str, 
     config = ImageEncoderConfig(**json.loads((run / "image_encoder.json").read_text())["config"])
     student = ImageEncoder(config)
     student.load_state_dict(load_file(run / "image_encoder.safetensors"))
-    _, _, saved = load_teacher(Path(teacher), config.n_tokens)
+    _, _, saved = load_teacher(Path(teacher or json.loads((run / "image_encoder.json").read_text())["teacher"]),
+                               config.n_tokens)
     data, _ = load_ptbxl_arrays(ecg_cache, ptbxl, saved["input"]["normalize"])
     train_images = np.load(run / f"renders_train_v{RENDERS_VERSION}.npy", mmap_mode="r")
-    return fit_page_check(run, student, train_images, page_check_pages(data, config, workers=workers, progress=True))
+    held_out = page_check_pages(data, config, workers=workers, progress=True)
+    if held_out is None:
+        raise RecipeError(f"{ecg_cache} holds no PTB-XL fold 9 record of an ECG-QA train patient to set the "
+                          "page check's thresholds on")
+    return fit_page_check(run, student, train_images, held_out)
 
 
 def load_student_init(student: ImageEncoder, folder: Path) -> None:
