@@ -254,7 +254,12 @@ def write_doc(result: dict, command: str) -> None:
         "(the distillation run and the shipped checkpoint come first):", "", "```bash",
         "ecgllm train recipes/ecgqa/image_encoder.yaml   # renders of folds 1-8 "
         "(no ECG-QA valid/test patient) -> the shipped signal encoder's tokens",
-        f"python scripts/ship_checkpoint.py runs/{result['shipped_from']}/final --image-encoder runs/ecgqa/image_encoder",
+        *(["ecgllm train recipes/ecgqa/image_encoder_more.yaml   # continued from it on fresh renders (init_student)",
+           "python benchmarks/image_encoder_selection.py --teacher src/ecgllm/data/checkpoint --candidates "
+           "runs/ecgqa/image_encoder runs/ecgqa/image_encoder_more --signals cache/ptbxl100   # chosen on valid"]
+          if result.get("warm_started") else []),
+        f"python scripts/ship_checkpoint.py runs/{result['shipped_from']}/final --image-encoder "
+        f"runs/ecgqa/{result['distill_run']}",
         command, "```", "", "## Targets", "",
         "| target | measured | goal | met? |", "|---|---|---|---|",
         *[f"| {label} | {value} | ≥ {goal} | {'yes' if value >= goal else f'no (by {goal - value:.3f})'} |"
@@ -268,7 +273,9 @@ def write_doc(result: dict, command: str) -> None:
         f"## {t['split']}: image encoder vs signal encoder", "",
         "The shipped checkpoint's image encoder (distilled on "
         f"{d['n_train']} renders of PTB-XL folds 1-8 records without any ECG-QA valid/test patient, "
-        f"{len(d.get('history', []))} epochs) against the signal encoder it imitates, on the same records, each "
+        f"{len(d.get('history', []))} epochs" + (", continued from an earlier distillation of as many epochs on other "
+                                                  "renders" if result.get("warm_started") else "")
+        + ") against the signal encoder it imitates, on the same records, each "
         "rendered once clean and once with print/photo distortions; read as the served model reads a picture (the "
         "signal encoder's pooling, the label-token classifier head). Of these records, seen in training by any stage "
         f"of the checkpoint: {t['seen_in_training']['records_seen_in_training']} (the split policy keeps every "
@@ -339,10 +346,12 @@ def main() -> None:
     if len({hashlib.sha256(w.read_bytes()).hexdigest() for w in weights}) != 1:
         raise SystemExit(f"{args.model}'s image encoder is not the one {args.distill} distilled (other weights)")
     shipped_from = json.loads((Path(args.model) / "config.json").read_text()).get("shipped_from") or "RUN"
+    made = json.loads((Path(args.distill) / "image_encoder.json").read_text()).get("distillation", {})
     result = {"render": render_speed(args.render_n),
               "fold10_test": fold10_test_reading(args.model, args.signals, args.ptbxl, args.ecgqa, args.n_eval,
                                                  args.workers),
               "distillation": distillation, "shipped_from": f"ecgqa/{shipped_from}",
+              "distill_run": Path(args.distill).name, "warm_started": bool(made.get("init_student")),
               "ecgqa": ecgqa_modalities(args.model, args.generated_test, args.signals, args.limit, Path(args.out)),
               "printed": printed_images(args.model), "not_ecg": not_ecg_pictures(args.model)}
     t = result["fold10_test"]
