@@ -89,7 +89,8 @@ UNLIKE_WARNING = ("looks unlike the ECG pages this model learned to read (distan
                   "unreliable. A flat, well-lit scan of the whole page reads best")
 
 
-def refuse_message(source: str, distance: float, refuse: float) -> str:
-    return (f"{source}: the picture could not be read as an ECG page (distance {distance:.1f} from the ECG pages "
+def refuse_message(which: str, distance: float, refuse: float) -> str:
+    """``which``: "the picture", or "picture 2" of several."""
+    return (f"{which} could not be read as an ECG page (distance {distance:.1f} from the ECG pages "
             f"the model learned from, beyond the {refuse:.1f} up to which it reads one). Send a photograph or scan "
             f"of the whole printed 12-lead page, or the signal file.")
