@@ -87,7 +87,9 @@ def start_step() -> tuple[str, list[str]]:
     archive = (f"rm -rf {partial} && mkdir -p {partial} && git -C {CHECKOUT} archive {START_COMMIT} "
                f"src/ecgllm/data/checkpoint | tar -x -C {partial} --strip-components=4 && "
                f"(mv -T {partial} runs/ecgqa/shipped_q600 2>/dev/null || rm -rf {partial})")
-    return "runs/ecgqa/shipped_q600", ["bash", "-c", archive]
+    # the marker is a file inside: the folder is renamed whole, and a folder half-extracted by an older version
+    # of this step (straight into place) is redone if it lacks it
+    return "runs/ecgqa/shipped_q600/training_records.json", ["bash", "-c", archive]
 
 
 def plan(arm: str, seeds: list[int]) -> list[tuple[str, list[str]]]:

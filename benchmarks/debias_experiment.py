@@ -57,7 +57,7 @@ CRITERIA = {  # name: (what it measures, +1 when larger is better / -1 when smal
 
 
 def load_run(folder: Path) -> dict[str, pd.DataFrame]:
-    missing = [s for s in SETS if not (folder / s / "per_sample.csv").exists()]
+    missing = [s for s in SETS if not (folder / s / "metrics.json").exists()]  # written last: the run is whole
     if missing:
         raise SystemExit(f"{folder}: not evaluated yet ({', '.join(missing)} missing); see --help")
     return {s: pd.read_csv(folder / s / "per_sample.csv").set_index("sample_id").sort_index() for s in SETS}

@@ -94,9 +94,9 @@ def score(monitor: Path, name: str) -> dict:
             "drop_random_ecg": round(drop, 4),
             "single_verify": verify_balance(real),
             "single_verify_large": verify_balance(monitor / f"{name}-verify")
-            if (monitor / f"{name}-verify" / "per_sample.csv").exists() else None,
+            if (monitor / f"{name}-verify" / "metrics.json").exists() else None,
             "single_verify_large_per_template": per_template(monitor / f"{name}-verify")
-            if (monitor / f"{name}-verify" / "per_sample.csv").exists() else None}
+            if (monitor / f"{name}-verify" / "metrics.json").exists() else None}
 
 
 def candidate(monitor: Path, name: str, earlier: dict | None) -> dict:

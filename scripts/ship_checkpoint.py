@@ -35,6 +35,9 @@ def attach_image_encoder(checkpoint: Path, run: Path) -> None:
     (checkpoint / "page_check.safetensors").unlink(missing_ok=True)  # another encoder's check would mislead
     if (run / "page_check.safetensors").exists():
         shutil.copy2(run / "page_check.safetensors", checkpoint / "page_check.safetensors")
+    else:
+        print(f"warning: {run} has no page check: pictures will be answered without one "
+              f"(fit it: python scripts/fit_page_check.py {run} --signals ... --ptbxl ...)", file=sys.stderr)
     saved = json.loads((run / "image_encoder.json").read_text())
 
     def local(value):  # paths of the training machine shrink to their last part

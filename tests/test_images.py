@@ -339,3 +339,21 @@ def test_pictures_unlike_an_ecg_page_are_answered_with_a_warning_or_refused(imag
     answers = {row["id"]: row for row in map(json.loads, (tmp_path / "answers.jsonl").read_text().splitlines())}
     assert "warnings" not in answers["page"] and len(answers["unlike"]["warnings"]) == 1
     assert "could not be read as an ECG page" in answers["refused"]["error"]
+    # the OpenAI endpoint: the warning as an extra field, in the last chunk when streamed; the refusal as a 400
+    import base64
+
+    def message(path):
+        url = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+        return {"model": "ecgllm", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "Is this a normal ECG?"}, {"type": "image_url", "image_url": {"url": url}}]}]}
+
+    r = client.post("/v1/chat/completions", json=message(unlike))
+    assert r.status_code == 200 and len(r.json()["warnings"]) == 1, r.text
+    streamed = client.post("/v1/chat/completions", json={**message(unlike), "stream": True}).text
+    events = [json.loads(e[len("data: "):]) for e in streamed.split("\n\n") if e.startswith("data: {")]
+    assert len(events[-1]["warnings"]) == 1 and all("warnings" not in e for e in events[:-1])
+    r = client.post("/v1/chat/completions", json=message(refused))
+    assert r.status_code == 400 and "could not be read as an ECG page" in r.json()["error"]["message"]
+    noted: list[str] = []
+    assert "".join(assistant.stream(unlike, "Normal?", max_new_tokens=2, warnings=noted)) is not None
+    assert len(noted) == 1

@@ -210,13 +210,17 @@ class ECGAssistant:
                 answers[i] = Answer(text, parsed[i][1], [], {"generate_s": round(per, 4)}, parsed[i][2])
         return answers  # type: ignore[return-value]
 
-    def stream(self, ecg: ECGLike | Sequence[ECGLike], question: str, max_new_tokens: int = 64) -> Iterator[str]:
-        """Yield the answer's text piece by piece as it is generated."""
+    def stream(self, ecg: ECGLike | Sequence[ECGLike], question: str, max_new_tokens: int = 64,
+               warnings: list[str] | None = None) -> Iterator[str]:
+        """Yield the answer's text piece by piece as it is generated. A picture that is no ECG page is refused
+        before anything is yielded; the page check's warnings are appended to ``warnings`` when a list is given."""
         from transformers import TextIteratorStreamer
 
         ecgs = [ecg] if isinstance(ecg, (ECG, ECGImage, str, Path)) else list(ecg)
         records = self.read(ecgs)
-        self.check_pages(records)  # refuses a picture that is no ECG page; `ask` also returns the warnings
+        noted = self.check_pages(records)
+        if warnings is not None:
+            warnings.extend(noted)
         with self._tokenizing:
             batch = self._batch([question], [records], consecutive=len(ecgs) == 2)
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_special_tokens=True)

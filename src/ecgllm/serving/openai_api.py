@@ -211,10 +211,11 @@ def add_openai_routes(app: FastAPI, assistant, settings, answered, read_checked,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                  "finish_reason": "stop"}], **({"warnings": warnings} if warnings else {})}
 
-        def chunk(delta: dict, finish: str | None = None) -> str:
+        def chunk(delta: dict, finish: str | None = None, warnings: list[str] | None = None) -> str:
             return "data: " + json.dumps({"id": ident, "object": "chat.completion.chunk", "created": created,
                                           "model": assistant.name, "choices": [{"index": 0, "delta": delta,
-                                                                                "finish_reason": finish}]}) + "\n\n"
+                                                                                "finish_reason": finish}],
+                                          **({"warnings": warnings} if warnings else {})}) + "\n\n"
 
         pieces: asyncio.Queue = asyncio.Queue()
         answering = asyncio.ensure_future(answered(None, prepare, max_new, pieces=pieces))
@@ -251,7 +252,7 @@ def add_openai_routes(app: FastAPI, assistant, settings, answered, read_checked,
                     sent += piece
                     yield chunk({"content": piece})
                 try:
-                    text = answering.result()[1]
+                    warnings, text = answering.result()[:2]
                 except Exception as exc:
                     yield error_event(str(exc) or type(exc).__name__)
                     return
@@ -260,7 +261,7 @@ def add_openai_routes(app: FastAPI, assistant, settings, answered, read_checked,
                     return
                 if text != sent:
                     yield chunk({"content": text[len(sent):]})
-                yield chunk({}, "stop")
+                yield chunk({}, "stop", warnings)  # the page check's note, if any, with the last chunk
                 yield "data: [DONE]\n\n"
             finally:  # the client may have gone: its question leaves the batch queue and the gate
                 if not answering.done():
