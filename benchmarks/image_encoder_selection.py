@@ -15,7 +15,6 @@ goes to the candidate listed first (the shipped one).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +30,13 @@ def main() -> None:
     parser.add_argument("--ecgqa", default=str(SHARED / "ecgqa/ecgqa"))
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    from safetensors.torch import load_file
-
     from ecgllm.datasets import ECGQA
-    from ecgllm.models.image_encoder import ImageEncoder, ImageEncoderConfig
+    from ecgllm.models.image_encoder import load_image_encoder
     from ecgllm.training.distill_image import load_teacher, render_set, student_outputs, superclass_metrics
     from ecgllm.training.pretrain_encoder import load_ptbxl_arrays
 
-    configs = [ImageEncoderConfig(**json.loads((Path(c) / "image_encoder.json").read_text())["config"])
-               for c in args.candidates]
+    students = [load_image_encoder(c)[0] for c in args.candidates]
+    configs = [s.config for s in students]
     if any(c != configs[0] for c in configs):
         raise SystemExit("the candidates differ in input size or shape; render them apart")
     encoder, head, saved = load_teacher(Path(args.teacher), configs[0].n_tokens)
@@ -51,9 +48,7 @@ def main() -> None:
                               args.workers, True, f"fold 9 ∩ valid, {name}")
              for name, augment in (("clean", False), ("augmented", True))}
     candidates = []
-    for folder, config in zip(args.candidates, configs):
-        student = ImageEncoder(config)
-        student.load_state_dict(load_file(Path(folder) / "image_encoder.safetensors"))
+    for folder, student in zip(args.candidates, students):
         row = {"candidate": str(folder)}
         for name, images in pages.items():
             row.update(superclass_metrics(f"image_{name}", data.y[rows],

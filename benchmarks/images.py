@@ -182,19 +182,16 @@ def fold10_test_reading(model_dir: str, cache: str, ptbxl_dir: str, ecgqa_dir: s
     macro F1 and Hamming loss at p = 0.5. The records are rendered clean and with print/photo distortions (one
     seeded page each, the layout drawn as in distillation) and read as the served model reads them: the image
     encoder's tokens, the signal encoder's pooling, the label-token classifier head."""
-    from safetensors.torch import load_file
-
     from ecgllm.datasets import ECGQA
     from ecgllm.datasets.split_policy import seen_by_checkpoint
-    from ecgllm.models.image_encoder import ImageEncoder, ImageEncoderConfig
+    from ecgllm.models.image_encoder import load_image_encoder
     from ecgllm.training.distill_image import (load_teacher, render_set, student_outputs, superclass_metrics,
                                                teacher_targets)
     from ecgllm.training.pretrain_encoder import load_ptbxl_arrays
 
     folder = Path(model_dir)
-    config = ImageEncoderConfig(**json.loads((folder / "image_encoder.json").read_text())["config"])
-    student = ImageEncoder(config)
-    student.load_state_dict(load_file(folder / "image_encoder.safetensors"))
+    student, _ = load_image_encoder(folder)
+    config = student.config
     encoder, head, saved = load_teacher(folder, config.n_tokens)
     data, _ = load_ptbxl_arrays(cache, ptbxl_dir, saved["input"]["normalize"])
     test_ids = sorted(ECGQA(ecgqa_dir).split_ecg_ids("test"))

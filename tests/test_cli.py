@@ -120,3 +120,17 @@ def test_ask_refuses_an_over_long_question_and_neutralises_ecg_tokens(tiny_check
     result = run("ask", str(PTBXL_1), "<ecg><ecg> Is this <|im_start|>normal?", "--model", str(tiny_checkpoint),
                  "--max-new-tokens", "2", "--quiet")
     assert result.returncode == EXIT_OK and "Traceback" not in result.stderr, result.stderr
+
+
+def test_the_eval_commands_offer_the_modalities_the_evaluations_take():
+    import subprocess
+    import sys
+
+    from ecgllm.evaluation.ecgqa_eval import MODALITIES
+    from ecgllm.serving import cli_eval
+
+    assert cli_eval.MODALITIES == MODALITIES
+    for command in ("ecgqa", "ecgbench"):
+        shown = subprocess.run([sys.executable, "-m", "ecgllm.serving.cli", "eval", command, "--help"],
+                               capture_output=True, text=True).stdout
+        assert "{signal,image,image-augmented}" in shown

@@ -248,19 +248,15 @@ class EcgLanguageModel(nn.Module):
     def attach_image_encoder(self, folder: str | Path, processor: EcgProcessor) -> None:
         """Add a distilled image encoder (`ecgllm.training.distill_image` output) so the checkpoint reads ECG
         images through the same projector, label tokens and LLM; the processor learns its input size."""
-        from safetensors.torch import load_file
-
-        from ecgllm.models.image_encoder import ImageEncoder, ImageEncoderConfig
+        from ecgllm.models.image_encoder import load_image_encoder
         from ecgllm.models.page_check import PageCheck
 
         folder = Path(folder)
-        saved = json.loads((folder / "image_encoder.json").read_text())
-        config = ImageEncoderConfig(**saved["config"])
+        encoder, saved = load_image_encoder(folder)
+        config = encoder.config
         if (config.n_tokens, config.dim) != (self.encoder.n_tokens, self.encoder.dim):
             raise ValueError(f"the image encoder in {folder} makes {config.n_tokens} tokens of width {config.dim}; "
                              f"this model's signal encoder makes {self.encoder.n_tokens} of width {self.encoder.dim}")
-        encoder = ImageEncoder(config)
-        encoder.load_state_dict(load_file(folder / "image_encoder.safetensors"))
         self.image_encoder = encoder.eval().requires_grad_(False)
         self.page_check = PageCheck.load(folder)  # None for an encoder distilled before the check existed
         # the check reads pictures with a float32 copy kept on the CPU, as loaded: its thresholds were fitted in

@@ -12,7 +12,9 @@ lead and time lies, so the model learns where to look).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -73,3 +75,15 @@ class ImageEncoder(nn.Module):
         f = f.flatten(2).transpose(1, 2) + self.position
         tokens, _ = self.attention(self.queries.expand(f.shape[0], -1, -1), f, f, need_weights=False)
         return tokens + self.mlp(self.norm(tokens))
+
+
+def load_image_encoder(folder: str | Path) -> tuple[ImageEncoder, dict]:
+    """The image encoder saved in ``folder`` (a distillation run or a model folder: image_encoder.json and
+    image_encoder.safetensors) and its saved description (config, teacher, distillation)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    saved = json.loads((folder / "image_encoder.json").read_text())
+    encoder = ImageEncoder(ImageEncoderConfig(**saved["config"]))
+    encoder.load_state_dict(load_file(folder / "image_encoder.safetensors"))
+    return encoder, saved

@@ -113,11 +113,9 @@ class ECGAssistant:
         from ecgllm.models.page_check import UNLIKE_WARNING, NotAnECGPageError, refuse_message
 
         images = [r for r in records if isinstance(r, ECGImage)]
-        if not images:
+        if not images or self.model.page_check is None:  # no picture, or a model without a check: nothing to do
             return []
         distances = self.model.page_distances(self.processor.prepare_images(images))
-        if distances is None:
-            return []
         check, warnings = self.model.page_check, []
         for number, distance in enumerate(distances, 1):
             verdict = check.verdict(float(distance))
@@ -190,14 +188,16 @@ class ECGAssistant:
         return self._answer([ecg], REPORT_QUESTION, False, max_new_tokens, True)
 
     def ask_batch(self, items: Sequence[tuple[ECGLike | Sequence[ECGLike], str]], batch_size: int = 16,
-                  max_new_tokens: int = 64) -> list[Answer]:
+                  max_new_tokens: int = 64, checked: Sequence[list[str]] | None = None) -> list[Answer]:
         """Answer many (ecg or [ecg, ecg], question) pairs; batched after sorting by length, returned in the
-        order given. Measurements are skipped here for speed (use `ask` for them)."""
+        order given. Measurements are skipped here for speed (use `ask` for them). ``checked``: each item's page
+        check warnings when the caller has already run `check_pages` on its records (not run again)."""
         parsed = []
-        for ecgs, question in items:
+        for number, (ecgs, question) in enumerate(items):
             ecgs = [ecgs] if isinstance(ecgs, (ECG, ECGImage, str, Path)) else list(ecgs)
             records = self.read(ecgs)
-            parsed.append((records, question, self.check_pages(records)))
+            parsed.append((records, question, list(checked[number]) if checked is not None
+                           else self.check_pages(records)))
         order = sorted(range(len(parsed)), key=lambda i: (len(parsed[i][0]), len(parsed[i][1])))
         answers: list[Answer | None] = [None] * len(parsed)
         for start in range(0, len(order), batch_size):

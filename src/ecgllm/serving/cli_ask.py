@@ -153,13 +153,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 try:
                     paths = [r["ecg"]] if isinstance(r["ecg"], str) else list(r["ecg"])
                     records = assistant.read(paths)
-                    assistant.check_pages(records)  # a picture that is no ECG page fails its line here
-                    items.append((records, r))
+                    # a picture that is no ECG page fails its line here; ask_batch reuses the warnings
+                    items.append((records, r, assistant.check_pages(records)))
                 except InputError as exc:  # one bad file must not stop the batch
                     failed.append({"id": r["id"], "error": str(exc)})
-            answers = assistant.ask_batch([(e, r["question"]) for e, r in items], args.batch_size,
-                                          args.max_new_tokens) if items else []
-            for (_, r), a in zip(items, answers):
+            answers = assistant.ask_batch([(e, r["question"]) for e, r, _ in items], args.batch_size,
+                                          args.max_new_tokens, checked=[w for _, _, w in items]) if items else []
+            for (_, r, _), a in zip(items, answers):
                 fh.write(json.dumps({"id": r["id"], "question": r["question"], "answer": a.text,
                                      **({"warnings": a.warnings} if a.warnings else {})}) + "\n")
             for f in failed:

@@ -9,6 +9,10 @@ from pathlib import Path
 from ecgllm.serving.cli_ask import add_placement_arguments
 from ecgllm.serving.exit_codes import EXIT_OK
 
+# ecgllm.evaluation.ecgqa_eval.MODALITIES, for --modality of every eval command (not imported from there: the CLI
+# starts without PyTorch; tests/test_cli.py checks the two agree)
+MODALITIES = ("signal", "image", "image-augmented")
+
 
 def cmd_ecgqa_score(args: argparse.Namespace) -> int:
     from ecgllm.evaluation.ecgqa_eval import add_strata
@@ -141,7 +145,7 @@ example:
                                        "ECG from the same data.")
     _add_run_args(s)
     s.add_argument("--probe", choices=["none", "blind", "random-ecg"], default="none")
-    s.add_argument("--modality", choices=["signal", "image", "image-augmented"], default="signal",
+    s.add_argument("--modality", choices=MODALITIES, default="signal",
                    help="give the model each ECG as its signal (default) or as a paper render, clean or with "
                         "seeded print/photo distortions (needs a checkpoint with an image encoder)")
     s.add_argument("--max-new-tokens", type=int, default=32)
@@ -194,7 +198,7 @@ example:
     s.add_argument("--labels", metavar="DIR", help="PTB-XL labels (default: --ptbxl when it holds them)")
     s.add_argument("--external", metavar="DIR", help="folder with cpsc2018/ and code15/ samples (zero-shot sets)")
     s.add_argument("--records", type=int, default=200, help="fold-10 records to ask about (seeded sample)")
-    s.add_argument("--modality", choices=["signal", "image", "image-augmented"], default="signal",
+    s.add_argument("--modality", choices=MODALITIES, default="signal",
                    help="ask about each recording as its signal, or as a paper render of it, clean or with "
                         "print/photo distortions (needs a checkpoint with an image encoder)")
     s.add_argument("--out", required=True, metavar="RUN_DIR")

@@ -136,19 +136,24 @@ def _load_or_render(path: Path, make) -> np.ndarray:
 
 
 @torch.no_grad()
+def student_tokens(student: ImageEncoder, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """The student's tokens [N, n_tokens, dim] of renders (uint8 pages, as `render_set` makes them)."""
+    student.eval()
+    device = next(student.parameters()).device
+    return np.concatenate([student(torch.from_numpy(np.asarray(images[i: i + batch], dtype=np.float32) / 255.0)
+                                   [:, None].to(device)).cpu().numpy() for i in range(0, len(images), batch)])
+
+
+@torch.no_grad()
 def student_outputs(student: ImageEncoder, head: nn.Module, images: np.ndarray, pool,
                     batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Tokens and label logits of renders; ``pool`` is the signal encoder's own pooling, the one the served
     model's label tokens apply to the image encoder's tokens."""
-    student.eval()
+    tokens = student_tokens(student, images, batch)
     device = next(student.parameters()).device
-    tokens, logits = [], []
-    for i in range(0, len(images), batch):
-        x = torch.from_numpy(np.asarray(images[i: i + batch], dtype=np.float32) / 255.0)[:, None].to(device)
-        t = student(x)
-        tokens.append(t.cpu().numpy())
-        logits.append(head(pool(t)).cpu().numpy())
-    return np.concatenate(tokens), np.concatenate(logits)
+    logits = [head(pool(torch.from_numpy(tokens[i: i + batch]).to(device))).cpu().numpy()
+              for i in range(0, len(tokens), batch)]
+    return tokens, np.concatenate(logits)
 
 
 def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> dict:
@@ -265,17 +270,12 @@ def fit_page_check(run: Path, student: ImageEncoder, train_images: np.ndarray, h
     training renders, the thresholds from ``held_out_images`` (`page_check_pages`), which it never trained on."""
     from ecgllm.models.page_check import PageCheck, page_features
 
-    student = student.cpu().eval()
+    student = student.cpu()
     rows = np.sort(np.random.default_rng(seed).choice(len(train_images), min(n_train, len(train_images)),
                                                      replace=False))
 
     def features(images) -> np.ndarray:
-        out = []
-        with torch.no_grad():
-            for i in range(0, len(images), 32):
-                x = torch.from_numpy(np.asarray(images[i: i + 32], dtype=np.float32) / 255.0)[:, None]
-                out.append(page_features(student(x)))
-        return np.concatenate(out)
+        return page_features(torch.from_numpy(student_tokens(student, images, batch=32)))
 
     check = PageCheck.fit(features(train_images[rows]), features(held_out_images))
     check.save(run)
@@ -285,16 +285,13 @@ def fit_page_check(run: Path, student: ImageEncoder, train_images: np.ndarray, h
 def fit_page_check_of_run(run: Path, teacher: Path | None, ecg_cache: str, ptbxl: str, workers: int = 2):
     """`fit_page_check` for a finished distillation run folder (its weights, its cached training renders); the
     teacher (by default the one the run recorded) gives the signals' normalisation, as in the distillation."""
-    from safetensors.torch import load_file
-
+    from ecgllm.models.image_encoder import load_image_encoder
     from ecgllm.training.pretrain_encoder import load_ptbxl_arrays
 
     run = Path(run)
-    config = ImageEncoderConfig(**json.loads((run / "image_encoder.json").read_text())["config"])
-    student = ImageEncoder(config)
-    student.load_state_dict(load_file(run / "image_encoder.safetensors"))
-    _, _, saved = load_teacher(Path(teacher or json.loads((run / "image_encoder.json").read_text())["teacher"]),
-                               config.n_tokens)
+    student, described = load_image_encoder(run)
+    config = student.config
+    _, _, saved = load_teacher(Path(teacher or described["teacher"]), config.n_tokens)
     data, _ = load_ptbxl_arrays(ecg_cache, ptbxl, saved["input"]["normalize"])
     train_images = np.load(run / f"renders_train_v{RENDERS_VERSION}.npy", mmap_mode="r")
     held_out = page_check_pages(data, config, workers=workers, progress=True)
