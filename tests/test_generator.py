@@ -288,6 +288,26 @@ def test_cli_generate_and_measure(tmp_path, capsys):
     assert list(table.index) == [1, 2] and 55 < table.at[1, "heart_rate"] < 75
 
 
+def test_cli_measures_ecgqa_features_resumably_and_they_feed_numeric_questions(tmp_path):
+    from ecgllm.serving.cli import main
+
+    out = tmp_path / "features.csv"
+    args = ["data", "measure", "ptbxl", "--source", str(FIXTURES / "ptbxl"), "--ecgqa", str(FIXTURES / "ecgqa/ptbxl"),
+            "--ecgqa-features", "--workers", "1", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    table = pd.read_csv(out, index_col="ecg_id")
+    # record 2 is a sinus bradycardia (PTB-XL SBRAD): a long RR; record 1 about 63/min
+    assert list(table.index) == [1, 2] and 0.85 < table.at[1, "rr_s"] < 1.1 and table.at[2, "rr_s"] > 1.0
+    assert 0.04 < table.at[1, "qrs_s"] < 0.2 and -90 < table.at[1, "axis_ecgqa_deg"] < 180
+    before = out.read_text()
+    assert main(args) == 0 and out.read_text() == before  # a re-run resumes: nothing measured twice
+    # ECG-QA's range answers follow from the measured features (templates 41: "What range does ... fall in?")
+    attributes = build_attributes(PTBXL.load(FIXTURES / "ptbxl_labels"), pd.read_csv(out, index_col="ecg_id"))
+    t41 = load_templates()[41]
+    rr_answer = answer_for(t41, [attributes[2]], ["rr interval"])
+    assert rr_answer == ["above the normal range"]
+
+
 def test_ecgqa_mimic_variant_maps_study_ids(tmp_path):
     import shutil
 

@@ -98,9 +98,25 @@ def cmd_measure(args: argparse.Namespace) -> int:
     if ptbxl.root is None:
         print(f"error: {args.source}: no records100/ or records500/ folder.", file=sys.stderr)
         return EXIT_INPUT
-    ids = ptbxl.ecg_ids if args.limit is None else ptbxl.ecg_ids[: args.limit]
-    table = measure_records({int(i): ptbxl.record_path(int(i), prefer_fs=args.fs) for i in ids},
-                            workers=args.workers, progress=not args.quiet)
+    ids = [int(i) for i in ptbxl.ecg_ids]
+    if args.ecgqa:  # ECG-QA's records only (every split: measuring is not training)
+        from ecgllm.datasets import ECGQA
+
+        qa = ECGQA(args.ecgqa)
+        wanted = set().union(*(qa.split_ecg_ids(s) for s in ("train", "valid", "test")))
+        ids = [i for i in ids if i in wanted]
+    if args.limit is not None:
+        ids = ids[: args.limit]
+    paths = {i: ptbxl.record_path(i, prefer_fs=args.fs) for i in ids}
+    if args.ecgqa_features:
+        from ecgllm.datasets.measurements import measure_ecgqa_records
+
+        # the output is its own resume file: an interrupted run keeps what it measured and goes on from there
+        table = measure_ecgqa_records(paths, cache=Path(args.out), workers=args.workers, progress=not args.quiet)
+        print(f"wrote {args.out} ({len(table)} records, {int(table['rr_s'].notna().sum())} with lead II features, "
+              f"{int(table['axis_ecgqa_deg'].notna().sum())} with a heart axis)")
+        return EXIT_OK
+    table = measure_records(paths, workers=args.workers, progress=not args.quiet)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out)
     print(f"wrote {args.out} ({len(table)} records, {int(table['heart_rate'].notna().sum())} measured)")
@@ -292,13 +308,21 @@ def add_data_commands(sub: argparse._SubParsersAction, formatter: type, exit_hel
     p = data_sub.add_parser(
         "measure", formatter_class=formatter, help="measure every record into a CSV (numeric features)",
         description="Run ecgllm's measurements (rate, intervals, axis, quality) on every record of a dataset; "
-                    "the CSV feeds the numeric-feature questions of the generators.",
+                    "the CSV feeds the numeric-feature questions of the generators. With --ecgqa-features it "
+                    "measures what ECG-QA's numeric and heart-axis answers are defined by instead (NeuroKit2 on "
+                    "lead II, and leads I/aVF for the axis, at 500 Hz), about 0.15 s a record per worker; the "
+                    "output CSV doubles as a resume file.",
         epilog=f"""examples:
   ecgllm data measure ptbxl --source ptb-xl/ --out measurements.csv
+  ecgllm data measure ptbxl --source ptb-xl/ --metadata shared/data/ptbxl --ecgqa shared/data/ecgqa/ecgqa \\
+      --ecgqa-features --out ecgqa_features.csv     # then: data generate ecgqa --measurements ecgqa_features.csv
 
 {exit_help}""")
     _add_source_args(p)
     p.add_argument("--limit", type=int, help="only the first N records")
+    p.add_argument("--ecgqa-features", action="store_true",
+                   help="ECG-QA's own numeric features and heart axis (the source of its numeric and axis answers)")
+    p.add_argument("--ecgqa", help="ECG-QA release folder (ecgqa/ptbxl): measure only the records ECG-QA asks about")
     p.set_defaults(func=cmd_measure)
 
     p = data_sub.add_parser(
@@ -307,9 +331,9 @@ def add_data_commands(sub: argparse._SubParsersAction, formatter: type, exit_hel
                     "the pool is an ECG-QA split list (--pool ecgqa), so ECG-QA test ECGs are never used for "
                     "training data; --pool ptbxl uses PTB-XL strat_fold splits instead.",
         epilog=f"""examples:
-  ecgllm data generate ecgqa --ptbxl shared/data/ptbxl --ecgqa shared/data/ecgqa/ecgqa --split train \
+  ecgllm data generate ecgqa --ptbxl shared/data/ptbxl --ecgqa shared/data/ecgqa/ecgqa --split train \\
       --n 100000 --out train_ecgqa.json                       # official ECG-QA JSON schema
-  ecgllm data generate instruct --ptbxl shared/data/ptbxl --ecgqa shared/data/ecgqa/ecgqa --split train \
+  ecgllm data generate instruct --ptbxl shared/data/ptbxl --ecgqa shared/data/ecgqa/ecgqa --split train \\
       --measurements measurements.csv --n 50000 --out instruct.jsonl
   ecgllm data generate ecgqa ... --format llava --out llava.json   # LLaVA conversation format
 

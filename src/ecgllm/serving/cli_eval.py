@@ -166,7 +166,7 @@ example:
                                        "and the training-free text-tags pipeline (the encoder's labels written into "
                                        "the prompt of the same LLM).",
                            epilog="""example:
-  ecgllm eval baselines --train ecgqa/ptbxl/template/train --data ecgqa/ptbxl/template/valid \
+  ecgllm eval baselines --train ecgqa/ptbxl/template/train --data ecgqa/ptbxl/template/valid \\
       --ptbxl ptb-xl/ --encoder runs/encoder_ptbxl --out runs/eval/baselines""")
     s.add_argument("--train", nargs="+", required=True, metavar="OFFICIAL", help="official-format training samples")
     s.add_argument("--data", nargs="+", required=True, metavar="OFFICIAL", help="official-format samples to answer")
@@ -189,9 +189,9 @@ example:
                                        "multiple choice, and zero-shot CPSC 2018 / CODE-15%% samples with Wilson "
                                        "intervals.",
                            epilog="""example:
-  ecgllm eval ecgbench --ptbxl shared/data/ptbxl --model runs/m/final --external shared/data/external \
+  ecgllm eval ecgbench --ptbxl shared/data/ptbxl --model runs/m/final --external shared/data/external \\
       --records 200 --out runs/eval/ecgbench
-  ecgllm eval ecgbench --ptbxl shared/data/ptbxl --external shared/data/external --modality image-augmented \
+  ecgllm eval ecgbench --ptbxl shared/data/ptbxl --external shared/data/external --modality image-augmented \\
       --out runs/eval/ecgbench_pictures       # the same suite on distorted paper renders""")
     s.add_argument("--ptbxl", required=True, metavar="DIR", help="PTB-XL signals (official folder, cache or pack)")
     s.add_argument("--model", metavar="DIR", help="checkpoint folder (default: the shipped checkpoint)")

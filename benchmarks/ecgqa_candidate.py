@@ -1,0 +1,217 @@
+"""Does a candidate checkpoint replace the default? Both scored on the same ECG-QA *valid* questions, and a rule,
+stated here before any candidate was scored, decides.
+
+Rule: the candidate replaces the default only if
+  (a) on the official valid questions we have (official_sample valid, template and paraphrased wording, plus a
+      seeded draw of chunk 60000), it answers more of them right than the default, and a paired McNemar test of
+      the two models' answers gives p < 0.05; and
+  (b) on the generated valid questions of the selection (`monitor/valid_gen.json`, benchmarks/ecgqa_selection.py),
+      its EM is at most 0.03 below the default's and its fall with another patient's ECG is at most 0.03 smaller.
+Generated numeric-feature and heart-axis valid questions are reported beside the rule, not used by it: their
+answers come from our re-measurement of ECG-QA's features, which agrees with an official numeric question 48 % of
+the time (benchmarks/results/ecgqa_generator_agreement.json).
+
+    python benchmarks/ecgqa_candidate.py --default src/ecgllm/data/checkpoint \\
+        --candidate ../cache/runs/ecgqa/continue_numeric_paraphrased/final --signals ../cache/cache/ptbxl100 \\
+        --valid-gen ../cache/monitor/valid_gen.json --features ../cache/ecgqa_features_ptbxl100.csv \\
+        --work ../cache/candidate
+    -> benchmarks/results/ecgqa_candidate.json, docs/results/ecgqa_candidate.md
+
+Every evaluation is an `ecgllm eval ecgqa` run folder under --work (resumable); the two models run side by side,
+one CPU core each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from common import ROOT, SHARED, environment, write_result
+from ecgqa_selection import verify_balance_of
+
+QA = SHARED / "ecgqa" / "ecgqa" / "ptbxl"
+SAMPLE = SHARED / "ecgqa" / "official_sample"
+NUMERIC_AXIS_TEMPLATES = [20, 21, 22, 39, 40, 41, 42, *range(50, 57), *range(64, 71)]
+EM_TOLERANCE = 0.03
+DROP_TOLERANCE = 0.03
+ALPHA = 0.05
+RULE = ("the candidate replaces the default only if (a) on the official valid questions it answers more right than "
+        "the default with a paired McNemar p < 0.05, and (b) on the generated valid questions of the selection its "
+        "EM is at most 0.03 below the default's and its fall with another patient's ECG at most 0.03 smaller")
+
+
+def official_valid_set(work: Path, chunk_ids: int, seed: int) -> Path:
+    """official_sample valid (both wordings) and a seeded draw of ``chunk_ids`` sample ids of chunk 60000 (both
+    wordings), under template/ and paraphrased/ folders so the scorer knows each question's wording."""
+    root = work / "sets" / "official_valid"
+    for variant in ("template", "paraphrased"):
+        target = root / variant / "valid.json"
+        if target.exists():
+            continue
+        chunk = json.loads(gzip.open(QA / variant / "valid" / "60000.json.gz").read())
+        ids = sorted(s["sample_id"] for s in chunk)
+        keep = set(np.random.default_rng(seed).choice(ids, chunk_ids, replace=False).tolist())
+        samples = json.loads((SAMPLE / f"{variant}_valid.json").read_text()) + \
+            [s for s in chunk if s["sample_id"] in keep]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(samples))
+    return root
+
+
+def numeric_valid_set(work: Path, features: Path, n: int, seed: int) -> Path:
+    """Generated numeric-feature and heart-axis questions over ECG-QA valid ECGs (our re-measurement's answers)."""
+    target = work / "sets" / "numeric_valid.json"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        run([sys.executable, "-m", "ecgllm.serving.cli", "data", "generate", "ecgqa", "--ptbxl", str(SHARED / "ptbxl"),
+             "--ecgqa", str(QA), "--split", "valid", "--n", str(n), "--seed", str(seed), "--measurements",
+             str(features), "--template-ids", *map(str, NUMERIC_AXIS_TEMPLATES), "--out", str(target)])
+    return target
+
+
+def run(command: list[str]) -> None:
+    subprocess.run(command, check=True)
+
+
+def eval_command(model: Path, data: Path, signals: Path, out: Path, probe: str) -> list[str]:
+    return [sys.executable, "-m", "ecgllm.serving.cli", "eval", "ecgqa", "--data", str(data), "--ptbxl", str(signals),
+            "--labels", str(SHARED / "ptbxl"), "--model", str(model), "--out", str(out), "--probe", probe, "--quiet"]
+
+
+def evaluate_both(models: dict[str, Path], sets: dict[str, Path], signals: Path, work: Path) -> None:
+    """Every (set, probe) of both models; the two models side by side, one pinned core each."""
+    jobs = {name: [eval_command(model, data, signals, work / f"{name}-{set_name}-{probe}", probe)
+                   for set_name, data in sets.items() for probe in ("none", "random-ecg")]
+            for name, model in models.items()}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cores = os.sched_getaffinity(0)
+    procs = []
+    for core, name in zip(sorted(cores) * 2, models):
+        script = "set -e\n" + "\n".join(" ".join(f"'{a}'" for a in c) for c in jobs[name])
+        prefix = ["taskset", "-c", str(core)] if len(cores) > 1 else []
+        procs.append(subprocess.Popen([*prefix, "bash", "-c", script], env=env))
+    if any(p.wait() != 0 for p in procs):
+        raise SystemExit("an evaluation failed (see above); re-run to resume")
+
+
+def per_sample(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "per_sample.csv", dtype={"gold": str, "prediction": str}, keep_default_na=False)
+
+
+def summary(run_dir: Path, other: Path) -> dict:
+    real, rand = per_sample(run_dir), per_sample(other)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    verify = real[real["question_type"] == "single-verify"]
+    em, em_random = float(real["correct"].astype(bool).mean()), float(rand["correct"].astype(bool).mean())
+    return {"n": int(len(real)), "em": round(em, 4), "em_random_ecg": round(em_random, 4),
+            "drop_random_ecg": round(em - em_random, 4),
+            "per_variant": metrics.get("per_variant"), "per_attribute_type": metrics.get("per_attribute_type"),
+            "per_question_type": metrics.get("per_question_type"),
+            "per_template": {str(t): round(float(g["correct"].astype(bool).mean()), 3)
+                             for t, g in real.groupby("template_id")},
+            "single_verify": verify_balance_of(verify) if len(verify) else None,
+            "seen_in_training": metrics.get("seen_in_training")}
+
+
+def paired_test(default: Path, candidate: Path) -> dict:
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    both = per_sample(default).merge(per_sample(candidate), on=["sample_id", "variant"], suffixes=("_d", "_c"))
+    d, c = both["correct_d"].astype(bool), both["correct_c"].astype(bool)
+    table = [[int((d & c).sum()), int((d & ~c).sum())], [int((~d & c).sum()), int((~d & ~c).sum())]]
+    test = mcnemar(table, exact=False, correction=True)
+    return {"n": int(len(both)), "only_default_correct": table[0][1], "only_candidate_correct": table[1][0],
+            "statistic": round(float(test.statistic), 3), "p_value": float(f"{test.pvalue:.3g}")}
+
+
+def decide(result: dict) -> dict:
+    test = result["official_valid_paired"]
+    gen_d, gen_c = result["default"]["valid_gen"], result["candidate"]["valid_gen"]
+    a = test["only_candidate_correct"] > test["only_default_correct"] and test["p_value"] < ALPHA
+    b_em = gen_c["em"] >= gen_d["em"] - EM_TOLERANCE - 1e-9
+    b_drop = gen_c["drop_random_ecg"] >= gen_d["drop_random_ecg"] - DROP_TOLERANCE - 1e-9
+    return {"official_valid_better": a, "valid_gen_em_kept": b_em, "valid_gen_reliance_kept": b_drop,
+            "replace": bool(a and b_em and b_drop)}
+
+
+def render(result: dict) -> str:
+    d, c = result["default"], result["candidate"]
+    lines = ["# A candidate against the default, on ECG-QA valid", "",
+             "Written by `benchmarks/ecgqa_candidate.py` from `benchmarks/results/ecgqa_candidate.json`; command: "
+             f"`{result['command']}`.", "",
+             f"Default: `{result['models']['default']}`. Candidate: `{result['models']['candidate']}`.", "",
+             f"Rule (fixed before the candidate was scored): {result['rule']}.", "",
+             f"**Decision: {'replace the default' if result['decision']['replace'] else 'keep the default'}** "
+             f"({', '.join(f'{k}: {v}' for k, v in result['decision'].items() if k != 'replace')}).", "",
+             "| question set | split | n | EM default | EM candidate | EM default, another patient's ECG | "
+             "EM candidate, another patient's ECG | single-verify balanced acc (default / candidate) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key, split in result["sets"].items():
+        sv = [x[key]["single_verify"]["balanced_acc"] if x[key]["single_verify"] else None for x in (d, c)]
+        sv_text = " / ".join("n/a" if v is None else f"{v:.3f}" for v in sv)
+        lines.append(f"| {key} | {split} | {d[key]['n']} | {d[key]['em']:.3f} | {c[key]['em']:.3f} | "
+                     f"{d[key]['em_random_ecg']:.3f} | {c[key]['em_random_ecg']:.3f} | {sv_text} |")
+    t = result["official_valid_paired"]
+    lines += ["", f"Official valid, paired (n = {t['n']}): only the default right {t['only_default_correct']}, only "
+                  f"the candidate right {t['only_candidate_correct']}, McNemar χ² = {t['statistic']}, "
+                  f"p = {t['p_value']:.3g}.", "", "Per template, official valid (EM default → candidate):", "",
+              "| template | default | candidate |", "|---|---|---|"]
+    for template in sorted(d["official_valid"]["per_template"], key=int):
+        lines.append(f"| {template} | {d['official_valid']['per_template'][template]:.3f} | "
+                     f"{c['official_valid']['per_template'].get(template, float('nan')):.3f} |")
+    lines += ["", "Per wording, official valid (EM default → candidate): " + ", ".join(
+        f"{v} {d['official_valid']['per_variant'][v]:.3f} → {c['official_valid']['per_variant'][v]:.3f}"
+        for v in sorted(d["official_valid"]["per_variant"] or {})) + ".", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--default", type=Path, required=True, help="the default checkpoint folder")
+    parser.add_argument("--candidate", type=Path, required=True, help="the candidate checkpoint folder")
+    parser.add_argument("--signals", type=Path, required=True, help="PTB-XL signals (an `ecgllm data prepare` cache)")
+    parser.add_argument("--valid-gen", type=Path, required=True, help="monitor/valid_gen.json of the selection")
+    parser.add_argument("--features", type=Path, required=True,
+                        help="ECG-QA's features (`ecgllm data measure ptbxl --ecgqa-features`)")
+    parser.add_argument("--work", type=Path, required=True, help="folder of the evaluation runs (resumable)")
+    parser.add_argument("--chunk-ids", type=int, default=150, help="sample ids drawn from chunk 60000 (default 150)")
+    parser.add_argument("--numeric-n", type=int, default=300, help="generated numeric/axis valid questions")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    for path in (args.default, args.candidate, args.signals, args.valid_gen, args.features):
+        if not path.exists():
+            raise SystemExit(f"{path}: not found")
+    sets = {"official_valid": official_valid_set(args.work, args.chunk_ids, args.seed),
+            "valid_gen": args.valid_gen,
+            "numeric_valid": numeric_valid_set(args.work, args.features, args.numeric_n, args.seed + 22)}
+    models = {"default": args.default, "candidate": args.candidate}
+    evaluate_both(models, sets, args.signals, args.work)
+    result: dict = {"rule": RULE, "models": {k: str(v) for k, v in models.items()},
+                    "sets": {"official_valid": "ECG-QA valid: official_sample valid (template + paraphrased) and "
+                                               f"{args.chunk_ids} sample ids of chunk 60000 (seed {args.seed}), "
+                                               "both wordings",
+                             "valid_gen": "ECG-QA valid ECGs: the selection's generated questions (seed 21)",
+                             "numeric_valid": "ECG-QA valid ECGs: generated numeric-feature and heart-axis questions "
+                                              f"(seed {args.seed + 22}; answers from our re-measurement), "
+                                              "reported only"}}
+    for name in models:
+        result[name] = {s: summary(args.work / f"{name}-{s}-none", args.work / f"{name}-{s}-random-ecg") for s in sets}
+    result["official_valid_paired"] = paired_test(args.work / "default-official_valid-none",
+                                                  args.work / "candidate-official_valid-none")
+    result["decision"] = decide(result)
+    result["command"] = "python benchmarks/ecgqa_candidate.py " + " ".join(sys.argv[1:])
+    result["environment"] = environment()
+    write_result("ecgqa_candidate.json", result)
+    (ROOT / "docs" / "results" / "ecgqa_candidate.md").write_text(render(result))
+    print(json.dumps(result["decision"]))
+
+
+if __name__ == "__main__":
+    main()
