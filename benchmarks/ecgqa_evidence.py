@@ -82,6 +82,39 @@ def generated_test(n: int, seed: int, out: Path) -> Path:
     return path
 
 
+NUMERIC_AXIS_TEMPLATES = [20, 21, 22, 39, 40, 41, 42, *range(50, 57), *range(64, 71)]
+
+
+def numeric_test(n: int, seed: int, out: Path, features: Path) -> Path:
+    """Numeric-feature and heart-axis questions over ECG-QA test ECGs, answered from ECG-QA's features as we
+    re-measure them (`ecgllm data measure ptbxl --ecgqa-features`)."""
+    from ecgllm.datasets import ECGQA, PTBXL
+    from ecgllm.datasets.ecgqa_attributes import build_attributes
+    from ecgllm.datasets.ecgqa_generator import ECGQAGenerator
+
+    path = out / "numeric_test" / "template" / "generated.json"
+    if not path.exists():
+        ptbxl = PTBXL.load(SHARED / "ptbxl")
+        attributes = build_attributes(ptbxl, pd.read_csv(features, index_col="ecg_id"))
+        samples = ECGQAGenerator(attributes, ECGQA(QA).split_ecg_ids("test")).generate(
+            n, seed=seed, template_ids=NUMERIC_AXIS_TEMPLATES)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(samples))
+    return path
+
+
+def numeric_note() -> str:
+    """How far these answers can be trusted: our re-measurement against the official numeric and axis answers."""
+    agreement = json.loads((RESULTS / "ecgqa_generator_agreement.json").read_text())
+    per_feature = ", ".join(f"{k} {v['agreement']:.2f}" for k, v in agreement["numeric_feature_per_feature"].items())
+    return (f"These answers are ours: ECG-QA's NeuroKit2 features re-measured on 100 Hz records resampled to 500 Hz. "
+            f"On the official train/valid questions they agree with the official answer for "
+            f"{agreement['numeric_feature']['agreement']:.2f} of numeric questions (per feature: {per_feature}) and "
+            f"{agreement['heart_axis']['agreement']:.2f} of heart-axis questions "
+            f"(`benchmarks/results/ecgqa_generator_agreement.json`), so a model can score here above what it would "
+            f"on official questions, or below.")
+
+
 def normal_ecg_set(seed: int, out: Path, per_class: int = 100) -> Path:
     """Template 2 ("Is this a normal ECG?") on ECG-QA test ECGs: ``per_class`` with NORM, ``per_class`` without."""
     from ecgllm.datasets import ECGQA, PTBXL
@@ -146,6 +179,29 @@ def verify_confusion(table: pd.DataFrame) -> dict:
     answers = sorted(set(table["gold"]) | {"(other)"})
     predicted = table["prediction"].where(table["prediction"].isin(answers), "(other)")
     return {g: {p: int(((table["gold"] == g) & (predicted == p)).sum()) for p in answers} for g in sorted(set(table["gold"]))}
+
+
+def per_wording(run: Path, data: list[str]) -> dict:
+    """EM by wording: template, an official paraphrase that training data may use, or a held-out one that no
+    training data may use (`Template.held_out_paraphrases`, or a wording absent from the train paraphrases)."""
+    from ecgllm.datasets.ecgqa_templates import load_templates, never_trained_wording
+    from ecgllm.evaluation.ecgqa_score import load_gold
+    from ecgllm.evaluation.stats import wilson_ci
+
+    gold, templates = load_gold(data), load_templates()
+    table = per_sample(run)
+
+    def kind(variant: str, sample_id: int) -> str:
+        if variant != "paraphrased":
+            return "template"
+        sample = gold.samples[(variant, int(sample_id))]
+        unseen = never_trained_wording(templates[sample.template_id], sample.question)
+        return "paraphrase, held out from training" if unseen else "paraphrase, allowed in training"
+
+    table["wording"] = [kind(v, i) for v, i in zip(table["variant"], table["sample_id"])]
+    return {k: {"em": round(float(g["correct"].astype(bool).mean()), 4), "n": int(len(g)),
+                "ci95": [round(x, 4) for x in wilson_ci(int(g["correct"].astype(bool).sum()), len(g))]}
+            for k, g in table.groupby("wording")}
 
 
 def probes_summary(run: Path, summary: dict) -> dict:
@@ -214,7 +270,17 @@ def evaluate(args: argparse.Namespace) -> dict:
                          loaded=loaded, batch_size=args.batch_size, progress=not args.quiet, limit=args.limit_valid)
     result["official_valid"] = {"split": f"ECG-QA valid (chunk 60000 + official_sample; first {args.limit_valid} sample "
                                          "ids), template and paraphrased",
-                                **probes_summary(out / "official_valid", summary)}
+                                **probes_summary(out / "official_valid", summary),
+                                "per_wording": per_wording(out / "official_valid" / "none", valid)}
+
+    if args.features:
+        numeric = numeric_test(args.n_numeric, args.seed, out, args.features)
+        summary = run_probes([str(numeric)], signals, str(out / "numeric"), model=str(model_dir), labels=labels,
+                             loaded=loaded, batch_size=args.batch_size, progress=not args.quiet)
+        result["numeric_test"] = {"split": f"ECG-QA test ECGs (never trained on); {args.n_numeric} generated "
+                                           "numeric-feature and heart-axis questions, template wording, answered from "
+                                           "our re-measurement of ECG-QA's features",
+                                  **probes_summary(out / "numeric", summary)}
 
     answerer = ModelAnswerer(model, processor, batch_size=args.batch_size, max_new_tokens=8)
     result["zero_shot"] = {name: zero_shot(answerer, SHARED / "external" / name, args.batch_size, not args.quiet)
@@ -283,7 +349,10 @@ def _probe_section(name: str, p: dict) -> list[str]:
             lines += [f"| {k} | {_ci(v, p.get(key + '_ci95', {}).get(k))} | {p.get(key + '_n', {}).get(k, '')} |"
                       for k, v in p[key].items()]
             lines.append("")
-    if "per_variant" in p:
+    if "per_wording" in p:
+        lines += ["| wording | EM [95 % CI] | n |", "|---|---|---|"] + [
+            f"| {k} | {_ci(v['em'], v['ci95'])} | {v['n']} |" for k, v in p["per_wording"].items()] + [""]
+    elif "per_variant" in p:
         lines += ["| wording | EM |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in p["per_variant"].items()] + [""]
     confusion = p["verify_confusion"]
     columns = sorted({c for row in confusion.values() for c in row})
@@ -308,6 +377,9 @@ def render_page(r: dict) -> str:
     lines += ["", "## \"Is this a normal ECG?\"", "", f"Split: {n['split']}. Balanced accuracy {_fmt(n['balanced_acc'])}; "
               f"answered \"yes\" {n['answered_yes']} times of {n['n']}.", ""]
     lines += _probe_section("Official ECG-QA valid questions", r["official_valid"])
+    if "numeric_test" in r:
+        lines += _probe_section("Numeric features and heart axis (generated, ECG-QA test ECGs)", r["numeric_test"])
+        lines += [numeric_note(), ""]
     lines += ["## Zero-shot: other hospitals and machines", "", "| data | questions | positives | metrics |", "|---|---|---|---|"]
     for name, z in r["zero_shot"].items():
         metrics = {k: v for k, v in z.items() if k not in ("records", "questions", "positives", "examples", "per_question")}
@@ -357,6 +429,10 @@ def main() -> None:
                         help="answer only the first N generated questions (all of them by default)")
     parser.add_argument("--limit-valid", type=int, default=600,
                         help="official valid: the first N sample ids (each in both wordings)")
+    parser.add_argument("--features", type=Path,
+                        help="ECG-QA's features (`ecgllm data measure ptbxl --ecgqa-features`): adds generated "
+                             "numeric-feature and heart-axis test questions")
+    parser.add_argument("--n-numeric", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--signals", default=str(SHARED / "ptbxl"),

@@ -239,6 +239,49 @@ def test_paraphrased_generation_uses_official_wordings(full):
                if not templates[p["template_id"]].paraphrases)
     with pytest.raises(ValueError, match="paraphrase"):
         generator.generate(5, paraphrase=2.0)
+    # data to train on never uses a held-out wording; other data does
+    from ecgllm.datasets.ecgqa_templates import never_trained_wording
+
+    train = generator.generate(600, seed=4, paraphrase=1.0, held_out_wordings=False)
+    other = generator.generate(600, seed=4, paraphrase=1.0)
+    assert not any(never_trained_wording(templates[s["template_id"]], s["question"]) for s in train)
+    assert sum(never_trained_wording(templates[s["template_id"]], s["question"]) for s in other) > 20
+
+
+def test_one_wording_per_template_is_held_out_and_every_template_keeps_trained_ones():
+    from ecgllm.datasets.ecgqa_templates import never_trained_wording, wording_of
+
+    templates = load_templates()
+    for t in templates.values():
+        assert len(t.held_out_paraphrases) == (1 if len(t.paraphrases) >= 3 else 0)
+        assert set(t.held_out_paraphrases) | set(t.trained_paraphrases) == set(t.paraphrases)
+        assert not set(t.held_out_paraphrases) & set(t.trained_paraphrases)
+    t25 = templates[25]
+    question = "What stage of infarction is this ECG at?"
+    assert wording_of(t25, question) == t25.pattern and not never_trained_wording(t25, question)
+    assert never_trained_wording(t25, "Tell me, in your own words, the infarction stage?")  # no official wording
+    for wording in t25.paraphrases:
+        assert never_trained_wording(t25, wording) == (wording in t25.held_out_paraphrases)
+
+
+def test_converting_official_train_questions_leaves_out_held_out_wordings(tmp_path, capsys):
+    from ecgllm.serving.cli import main
+
+    t = load_templates()[2]  # "Is this a normal ECG?": no placeholder, every paraphrase is a question as it stands
+    held, kept = t.held_out_paraphrases, t.trained_paraphrases
+    assert held and kept
+    train = ECGQA(FIXTURES / "ecgqa").split_ecg_ids("train")
+    ecg = min(train)
+    samples = [{"template_id": 2, "question_id": k, "sample_id": k, "question_type": t.question_type,
+                "attribute_type": t.attribute_type, "question": q, "answer": ["yes"], "ecg_id": [ecg],
+                "attribute": None} for k, q in enumerate([held[0], kept[0], t.pattern])]
+    (tmp_path / "paraphrased").mkdir()
+    (tmp_path / "paraphrased" / "train.json").write_text(json.dumps(samples))
+    out = tmp_path / "c.jsonl"
+    assert main(["data", "convert", str(tmp_path / "paraphrased"), "--split", "train", "-o", str(out)]) == 0
+    questions = [c.turns[0].content for c in read_jsonl(out)]
+    assert held[0] not in questions and kept[0] in questions and t.pattern in questions
+    assert "1 questions in a held-out paraphrased wording left out" in capsys.readouterr().err
 
 
 @needs_shared

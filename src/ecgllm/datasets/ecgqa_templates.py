@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import re
 from collections import Counter, defaultdict
@@ -212,6 +213,17 @@ class Template:
     paraphrases: tuple[str, ...] = ()    # official paraphrased wordings (train), same placeholders
 
     @property
+    def held_out_paraphrases(self) -> tuple[str, ...]:
+        """The paraphrased wordings no training data may use (`held_out_wordings`)."""
+        return held_out_wordings(self.paraphrases)
+
+    @property
+    def trained_paraphrases(self) -> tuple[str, ...]:
+        """The paraphrased wordings training data may use: all but the held-out one."""
+        held = self.held_out_paraphrases
+        return tuple(w for w in self.paraphrases if w not in held)
+
+    @property
     def supported(self) -> bool:
         return self.op != "unsupported"
 
@@ -253,6 +265,34 @@ def load_templates() -> dict[int, Template]:
                             completed=not item.get("observed", False), vocabulary=_universe(scope, tid),
                             paraphrases=tuple(paraphrases.get(str(tid), ())))
     return out
+
+
+# Per template, one official paraphrased wording is never trained on (generated data and converted official samples
+# of a train split leave it out): ECG-QA's valid and test questions reuse the train wordings, so without a held-out
+# wording no question would show how the model answers a wording it never saw. The one held out is the wording with
+# the smallest SHA-256 of its text, in templates with at least `MIN_WORDINGS_TO_HOLD_OUT` paraphrases.
+MIN_WORDINGS_TO_HOLD_OUT = 3
+
+
+def held_out_wordings(paraphrases: tuple[str, ...]) -> tuple[str, ...]:
+    """The held-out wording of a template's paraphrases (with ``${...}`` placeholders), or none."""
+    if len(paraphrases) < MIN_WORDINGS_TO_HOLD_OUT:
+        return ()
+    return (min(paraphrases, key=lambda w: hashlib.sha256(w.encode()).hexdigest()),)
+
+
+def wording_of(template: Template, question: str) -> str | None:
+    """The wording (template pattern or official paraphrase) a question is asked in; None when none matches."""
+    for wording in (template.pattern, *template.paraphrases):
+        if pattern_regex(wording).match(question):
+            return wording
+    return None
+
+
+def never_trained_wording(template: Template, question: str) -> bool:
+    """A question in a held-out paraphrase, or in a wording the train paraphrases do not hold."""
+    wording = wording_of(template, question)
+    return wording is None or wording in template.held_out_paraphrases
 
 
 # ------------------------------------------------------------------------------ building the data files

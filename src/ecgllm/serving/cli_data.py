@@ -153,7 +153,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         generator = ECGQAGenerator(build_attributes(ptbxl, measurements), pool, strata=strata)
         samples = generator.generate(args.n, seed=args.seed, intervention=args.intervention,
                                      template_ids=args.template_ids, paraphrase=args.paraphrase,
-                                     paired=args.paired)
+                                     paired=args.paired, held_out_wordings=args.split != "train")
         if args.format == "official":
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(samples))
@@ -186,6 +186,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
         from ecgllm.datasets.split_policy import load_policy
 
         load_policy().refuse({e for s in samples for e in s.ecg_id}, source=str(args.official), stage="data convert")
+    if args.split == "train":  # the held-out paraphrased wordings stay unseen (Template.held_out_paraphrases)
+        from ecgllm.datasets.ecgqa_templates import load_templates, never_trained_wording
+
+        templates = load_templates()
+        kept = [s for s in samples if s.variant == "template" or s.template_id not in templates
+                or not never_trained_wording(templates[s.template_id], s.question)]
+        if len(kept) < len(samples):
+            print(f"note: {len(samples) - len(kept)} questions in a held-out paraphrased wording left out",
+                  file=sys.stderr)
+        samples = kept
     if args.n and args.n < len(samples):
         keep = np.sort(np.random.default_rng(args.seed).choice(len(samples), args.n, replace=False))
         samples = [samples[i] for i in keep]
