@@ -3,8 +3,9 @@ stated here before any candidate was scored, decides.
 
 Rule: the candidate replaces the default only if
   (a) on the official valid questions we have (official_sample valid, template and paraphrased wording, plus a
-      seeded draw of chunk 60000), it answers more of them right than the default, and a paired McNemar test of
-      the two models' answers gives p < 0.05; and
+      seeded draw of chunk 60000), its EM minus the default's has a 95 % interval above 0; the interval is a
+      paired bootstrap over ECGs (2,000 draws, seed 0), because a question is asked in both wordings and an ECG
+      gets several questions, so questions are not independent (McNemar is reported beside it); and
   (b) on the generated valid questions of the selection (`monitor/valid_gen.json`, benchmarks/ecgqa_selection.py),
       its EM is at most 0.03 below the default's and its fall with another patient's ECG is at most 0.03 smaller.
 Generated numeric-feature and heart-axis valid questions are reported beside the rule, not used by it: their
@@ -27,6 +28,7 @@ import argparse
 import gzip
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -41,16 +43,17 @@ SAMPLE = SHARED / "ecgqa" / "official_sample"
 NUMERIC_AXIS_TEMPLATES = [20, 21, 22, 39, 40, 41, 42, *range(50, 57), *range(64, 71)]
 EM_TOLERANCE = 0.03
 DROP_TOLERANCE = 0.03
-ALPHA = 0.05
-RULE = ("the candidate replaces the default only if (a) on the official valid questions it answers more right than "
-        "the default with a paired McNemar p < 0.05, and (b) on the generated valid questions of the selection its "
-        "EM is at most 0.03 below the default's and its fall with another patient's ECG at most 0.03 smaller")
+BOOTSTRAP_DRAWS = 2000
+RULE = ("the candidate replaces the default only if (a) on the official valid questions its EM minus the default's "
+        "has a 95 % paired bootstrap interval (over ECGs, 2,000 draws) above 0, and (b) on the generated valid "
+        "questions of the selection its EM is at most 0.03 below the default's and its fall with another patient's "
+        "ECG at most 0.03 smaller")
 
 
 def official_valid_set(work: Path, chunk_ids: int, seed: int) -> Path:
     """official_sample valid (both wordings) and a seeded draw of ``chunk_ids`` sample ids of chunk 60000 (both
     wordings), under template/ and paraphrased/ folders so the scorer knows each question's wording."""
-    root = work / "sets" / "official_valid"
+    root = work / "sets" / f"official_valid_c{chunk_ids}_s{seed}"
     for variant in ("template", "paraphrased"):
         target = root / variant / "valid.json"
         if target.exists():
@@ -67,7 +70,7 @@ def official_valid_set(work: Path, chunk_ids: int, seed: int) -> Path:
 
 def numeric_valid_set(work: Path, features: Path, n: int, seed: int) -> Path:
     """Generated numeric-feature and heart-axis questions over ECG-QA valid ECGs (our re-measurement's answers)."""
-    target = work / "sets" / "numeric_valid.json"
+    target = work / "sets" / f"numeric_valid_n{n}_s{seed}.json"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         run([sys.executable, "-m", "ecgllm.serving.cli", "data", "generate", "ecgqa", "--ptbxl", str(SHARED / "ptbxl"),
@@ -85,20 +88,24 @@ def eval_command(model: Path, data: Path, signals: Path, out: Path, probe: str) 
             "--labels", str(SHARED / "ptbxl"), "--model", str(model), "--out", str(out), "--probe", probe, "--quiet"]
 
 
-def evaluate_both(models: dict[str, Path], sets: dict[str, Path], signals: Path, work: Path) -> None:
-    """Every (set, probe) of both models; the two models side by side, one pinned core each."""
-    jobs = {name: [eval_command(model, data, signals, work / f"{name}-{set_name}-{probe}", probe)
-                   for set_name, data in sets.items() for probe in ("none", "random-ecg")]
-            for name, model in models.items()}
+def evaluate_both(models: dict[str, Path], sets: dict[str, Path], signals: Path, work: Path,
+                  cores: list[int]) -> None:
+    """Every (set, probe) of both models, each model's runs one after another on its own pinned core."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cores = os.sched_getaffinity(0)
     procs = []
-    for core, name in zip(sorted(cores) * 2, models):
-        script = "set -e\n" + "\n".join(" ".join(f"'{a}'" for a in c) for c in jobs[name])
-        prefix = ["taskset", "-c", str(core)] if len(cores) > 1 else []
-        procs.append(subprocess.Popen([*prefix, "bash", "-c", script], env=env))
-    if any(p.wait() != 0 for p in procs):
+    for core, name in zip(cores * 2, models):
+        commands = [eval_command(models[name], data, signals, work / f"{name}-{run_name(data)}-{probe}", probe)
+                    for data in sets.values() for probe in ("none", "random-ecg")]
+        script = "set -e\n" + "\n".join(shlex.join(c) for c in commands)
+        procs.append(subprocess.Popen(["taskset", "-c", str(core), "bash", "-c", script], env=env))
+    codes = [p.wait() for p in procs]  # every child ends before the script does: a re-run never races one
+    if any(codes):
         raise SystemExit("an evaluation failed (see above); re-run to resume")
+
+
+def run_name(data: Path) -> str:
+    """A set's name in its run folders (it carries the set's parameters, so another draw gets other folders)."""
+    return data.stem if data.suffix == ".json" else data.name
 
 
 def per_sample(run_dir: Path) -> pd.DataFrame:
@@ -121,20 +128,29 @@ def summary(run_dir: Path, other: Path) -> dict:
 
 
 def paired_test(default: Path, candidate: Path) -> dict:
+    """EM(candidate) - EM(default) on the same questions, with a paired bootstrap interval over ECGs, and McNemar."""
     from statsmodels.stats.contingency_tables import mcnemar
 
     both = per_sample(default).merge(per_sample(candidate), on=["sample_id", "variant"], suffixes=("_d", "_c"))
     d, c = both["correct_d"].astype(bool), both["correct_c"].astype(bool)
     table = [[int((d & c).sum()), int((d & ~c).sum())], [int((~d & c).sum()), int((~d & ~c).sum())]]
     test = mcnemar(table, exact=False, correction=True)
-    return {"n": int(len(both)), "only_default_correct": table[0][1], "only_candidate_correct": table[1][0],
-            "statistic": round(float(test.statistic), 3), "p_value": float(f"{test.pvalue:.3g}")}
+    diff = (c.astype(float) - d.astype(float)).groupby(both["ecg_id_d"]).agg(["sum", "count"])
+    rng = np.random.default_rng(0)
+    draws = rng.integers(0, len(diff), size=(BOOTSTRAP_DRAWS, len(diff)))
+    sums, counts = diff["sum"].to_numpy()[draws].sum(axis=1), diff["count"].to_numpy()[draws].sum(axis=1)
+    low, high = np.quantile(sums / counts, [0.025, 0.975])
+    return {"n": int(len(both)), "ecgs": int(len(diff)), "only_default_correct": table[0][1],
+            "only_candidate_correct": table[1][0], "em_difference": round(float(c.mean() - d.mean()), 4),
+            "em_difference_ci95": [round(float(low), 4), round(float(high), 4)],
+            "mcnemar_statistic": None if np.isnan(test.statistic) else round(float(test.statistic), 3),
+            "mcnemar_p_value": None if np.isnan(test.pvalue) else float(f"{test.pvalue:.3g}")}
 
 
 def decide(result: dict) -> dict:
     test = result["official_valid_paired"]
     gen_d, gen_c = result["default"]["valid_gen"], result["candidate"]["valid_gen"]
-    a = test["only_candidate_correct"] > test["only_default_correct"] and test["p_value"] < ALPHA
+    a = test["em_difference_ci95"][0] > 0
     b_em = gen_c["em"] >= gen_d["em"] - EM_TOLERANCE - 1e-9
     b_drop = gen_c["drop_random_ecg"] >= gen_d["drop_random_ecg"] - DROP_TOLERANCE - 1e-9
     return {"official_valid_better": a, "valid_gen_em_kept": b_em, "valid_gen_reliance_kept": b_drop,
@@ -159,9 +175,12 @@ def render(result: dict) -> str:
         lines.append(f"| {key} | {split} | {d[key]['n']} | {d[key]['em']:.3f} | {c[key]['em']:.3f} | "
                      f"{d[key]['em_random_ecg']:.3f} | {c[key]['em_random_ecg']:.3f} | {sv_text} |")
     t = result["official_valid_paired"]
-    lines += ["", f"Official valid, paired (n = {t['n']}): only the default right {t['only_default_correct']}, only "
-                  f"the candidate right {t['only_candidate_correct']}, McNemar χ² = {t['statistic']}, "
-                  f"p = {t['p_value']:.3g}.", "", "Per template, official valid (EM default → candidate):", "",
+    lines += ["", f"Official valid, paired (n = {t['n']} questions on {t['ecgs']} ECGs): only the default right "
+                  f"{t['only_default_correct']}, only the candidate right {t['only_candidate_correct']}; EM difference "
+                  f"{t['em_difference']:+.3f}, 95 % bootstrap interval over ECGs [{t['em_difference_ci95'][0]:+.3f}, "
+                  f"{t['em_difference_ci95'][1]:+.3f}]; McNemar χ² = {t['mcnemar_statistic']}, p = "
+                  f"{t['mcnemar_p_value']} (it takes questions as independent, which they are not).", "",
+              "Per template, official valid (EM default → candidate):", "",
               "| template | default | candidate |", "|---|---|---|"]
     for template in sorted(d["official_valid"]["per_template"], key=int):
         lines.append(f"| {template} | {d['official_valid']['per_template'][template]:.3f} | "
@@ -184,6 +203,8 @@ def main() -> None:
     parser.add_argument("--chunk-ids", type=int, default=150, help="sample ids drawn from chunk 60000 (default 150)")
     parser.add_argument("--numeric-n", type=int, default=300, help="generated numeric/axis valid questions")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cores", type=int, nargs="+", default=sorted(os.sched_getaffinity(0))[:2],
+                        help="CPU cores for the default's and the candidate's runs (default: the first two)")
     args = parser.parse_args()
     for path in (args.default, args.candidate, args.signals, args.valid_gen, args.features):
         if not path.exists():
@@ -192,7 +213,7 @@ def main() -> None:
             "valid_gen": args.valid_gen,
             "numeric_valid": numeric_valid_set(args.work, args.features, args.numeric_n, args.seed + 22)}
     models = {"default": args.default, "candidate": args.candidate}
-    evaluate_both(models, sets, args.signals, args.work)
+    evaluate_both(models, sets, args.signals, args.work, args.cores)
     result: dict = {"rule": RULE, "models": {k: str(v) for k, v in models.items()},
                     "sets": {"official_valid": "ECG-QA valid: official_sample valid (template + paraphrased) and "
                                                f"{args.chunk_ids} sample ids of chunk 60000 (seed {args.seed}), "
@@ -202,9 +223,11 @@ def main() -> None:
                                               f"(seed {args.seed + 22}; answers from our re-measurement), "
                                               "reported only"}}
     for name in models:
-        result[name] = {s: summary(args.work / f"{name}-{s}-none", args.work / f"{name}-{s}-random-ecg") for s in sets}
-    result["official_valid_paired"] = paired_test(args.work / "default-official_valid-none",
-                                                  args.work / "candidate-official_valid-none")
+        result[name] = {s: summary(args.work / f"{name}-{run_name(data)}-none",
+                                   args.work / f"{name}-{run_name(data)}-random-ecg") for s, data in sets.items()}
+    official = run_name(sets["official_valid"])
+    result["official_valid_paired"] = paired_test(args.work / f"default-{official}-none",
+                                                  args.work / f"candidate-{official}-none")
     result["decision"] = decide(result)
     result["command"] = "python benchmarks/ecgqa_candidate.py " + " ".join(sys.argv[1:])
     result["environment"] = environment()

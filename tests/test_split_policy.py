@@ -83,3 +83,28 @@ def test_a_recipe_whose_data_holds_a_test_patient_stops_with_exit_3(tmp_path, ti
     assert result.returncode == 3, result.stderr[-2000:]
     assert "leaky.jsonl: 1 records of ECG-QA held-out patients (1 of test patients" in result.stderr
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_training_data_with_a_held_out_paraphrase_is_refused_with_its_line(tmp_path):
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from ecgllm.datasets.ecgqa_templates import HeldOutWordingError, load_templates
+    from ecgllm.training.data import ConversationDataset
+
+    t = load_templates()[2]  # "Is this a normal ECG?": its wordings are questions as they stand
+
+    def row(question: str) -> str:
+        return json.dumps({"id": question, "ecgs": [{"dataset": "ptbxl", "record_id": 3, "tag": "ECG 1"}],
+                           "turns": [{"role": "user", "content": question}, {"role": "assistant", "content": "no"}],
+                           "meta": {"task": "ecgqa", "template_id": 2}})
+
+    cache = SimpleNamespace(index=pd.DataFrame({"ecg_id": [3]}), path=tmp_path)
+    allowed = tmp_path / "allowed.jsonl"
+    allowed.write_text("\n".join(row(q) for q in (t.pattern, *t.trained_paraphrases)) + "\n")
+    assert len(ConversationDataset(allowed, cache)) == 1 + len(t.trained_paraphrases)
+    held = tmp_path / "held.jsonl"
+    held.write_text("\n".join([row(t.pattern), row(t.held_out_paraphrases[0])]) + "\n")
+    with pytest.raises(HeldOutWordingError, match=r"held.jsonl: 1 ECG-QA questions .* line 2"):
+        ConversationDataset(held, cache)

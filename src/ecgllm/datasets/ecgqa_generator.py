@@ -444,7 +444,8 @@ class ECGQAGenerator:
 
     def generate(self, n: int, seed: int = 0, template_ids: list[int] | None = None, start_id: int = 0,
                  yes_rate: float | None = 1 / 3, tries: int = 30, intervention: bool = False,
-                 paraphrase: float = 0.0, paired: bool = False, held_out_wordings: bool = True) -> list[dict]:
+                 paraphrase: float = 0.0, paired: bool = False,
+                 include_held_out_wordings: bool = False) -> list[dict]:
         """``n`` samples in the official schema, templates drawn uniformly (or from ``template_ids``).
 
         Yes/no questions aim at ``yes_rate`` "yes" answers (the official release has about 1:2): the
@@ -454,8 +455,8 @@ class ECGQAGenerator:
         ``paraphrase``: share of questions worded by one of the template's official paraphrases (train
         wordings, `Template.paraphrases`) instead of the template wording; templates without paraphrases
         keep their template wording. 0 (default) gives template wording only, 1 paraphrases wherever known.
-        ``held_out_wordings=False`` leaves out the held-out paraphrases (`Template.held_out_paraphrases`): data to
-        train on; True (default) uses every wording.
+        The held-out paraphrases (`Template.held_out_paraphrases`) are left out, as data to train on needs;
+        ``include_held_out_wordings=True`` uses every wording (questions to evaluate on).
 
         ``intervention=True`` samples do(Q) instead (de-biased pre-training data): the severity stratum is
         drawn from P(s) (needs ``strata``), a record of that stratum, and the question's values independently
@@ -515,7 +516,7 @@ class ECGQAGenerator:
                     continue
                 asked.append(partner)
             wording = t.pattern
-            wordings = t.paraphrases if held_out_wordings else t.trained_paraphrases
+            wordings = t.paraphrases if include_held_out_wordings else t.trained_paraphrases
             if wordings and paraphrase > 0 and wording_rng.random() < paraphrase:
                 wording = _pick(wording_rng, wordings)
             question = fill_named(wording, dict(zip(t.placeholders, values)), lead)

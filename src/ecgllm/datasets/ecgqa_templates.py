@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from ecgllm.errors import InputError
+
 DATA = Path(__file__).resolve().parents[1] / "data"
 TEMPLATES_JSON = DATA / "ecgqa_templates.json"
 PARAPHRASES_JSON = DATA / "ecgqa_paraphrases.json"
@@ -214,8 +216,9 @@ class Template:
 
     @property
     def held_out_paraphrases(self) -> tuple[str, ...]:
-        """The paraphrased wordings no training data may use (`held_out_wordings`)."""
-        return held_out_wordings(self.paraphrases)
+        """The paraphrased wordings no training data may use (`held_out_wordings`); never the template wording,
+        which some templates' paraphrased samples reuse."""
+        return held_out_wordings(tuple(w for w in self.paraphrases if w != self.pattern))
 
     @property
     def trained_paraphrases(self) -> tuple[str, ...]:
@@ -274,6 +277,10 @@ def load_templates() -> dict[int, Template]:
 MIN_WORDINGS_TO_HOLD_OUT = 3
 
 
+class HeldOutWordingError(InputError):
+    """Data to train on holds a question in a held-out (or unknown) paraphrased wording."""
+
+
 def held_out_wordings(paraphrases: tuple[str, ...]) -> tuple[str, ...]:
     """The held-out wording of a template's paraphrases (with ``${...}`` placeholders), or none."""
     if len(paraphrases) < MIN_WORDINGS_TO_HOLD_OUT:
@@ -290,9 +297,24 @@ def wording_of(template: Template, question: str) -> str | None:
 
 
 def never_trained_wording(template: Template, question: str) -> bool:
-    """A question in a held-out paraphrase, or in a wording the train paraphrases do not hold."""
+    """A question in a held-out paraphrase, or in a wording neither the template nor its train paraphrases hold."""
     wording = wording_of(template, question)
-    return wording is None or wording in template.held_out_paraphrases
+    return wording is None or (wording != template.pattern and wording in template.held_out_paraphrases)
+
+
+def held_out_worded(rows: list[dict]) -> list[int]:
+    """Indexes of the conversations (``Conversation`` JSON rows) whose ECG-QA question is in a wording no
+    training data may use (`never_trained_wording`); rows of other tasks and without a template are kept."""
+    templates = load_templates()
+    out = []
+    for k, row in enumerate(rows):
+        tid = (row.get("meta") or {}).get("template_id")
+        if tid is None or int(tid) not in templates:
+            continue
+        question = next((t["content"] for t in row.get("turns", []) if t.get("role") == "user"), None)
+        if question is not None and never_trained_wording(templates[int(tid)], question):
+            out.append(k)
+    return out
 
 
 # ------------------------------------------------------------------------------ building the data files

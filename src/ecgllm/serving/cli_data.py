@@ -153,7 +153,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         generator = ECGQAGenerator(build_attributes(ptbxl, measurements), pool, strata=strata)
         samples = generator.generate(args.n, seed=args.seed, intervention=args.intervention,
                                      template_ids=args.template_ids, paraphrase=args.paraphrase,
-                                     paired=args.paired, held_out_wordings=args.split != "train")
+                                     paired=args.paired, include_held_out_wordings=args.split != "train")
         if args.format == "official":
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(samples))
@@ -190,10 +190,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
         from ecgllm.datasets.ecgqa_templates import load_templates, never_trained_wording
 
         templates = load_templates()
-        kept = [s for s in samples if s.variant == "template" or s.template_id not in templates
+        kept = [s for s in samples if s.template_id not in templates
                 or not never_trained_wording(templates[s.template_id], s.question)]
         if len(kept) < len(samples):
-            print(f"note: {len(samples) - len(kept)} questions in a held-out paraphrased wording left out",
+            print(f"note: {len(samples) - len(kept)} questions in a held-out or unknown paraphrased wording left out",
                   file=sys.stderr)
         samples = kept
     if args.n and args.n < len(samples):

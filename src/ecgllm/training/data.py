@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ecgllm.datasets.cache import ECGCache
+from ecgllm.datasets.ecgqa_templates import HeldOutWordingError, held_out_worded
 from ecgllm.datasets.split_policy import load_policy
 from ecgllm.io.image import ECGImage
 from ecgllm.io.record import ECG
@@ -34,6 +35,12 @@ class ConversationDataset(Dataset):
         self.cache = cache
         # before anything else: weight training never sees an ECG-QA valid/test patient (datasets/split_policy.py)
         load_policy().refuse(self.ptbxl_record_ids(), source=str(jsonl), stage=stage)
+        held_out = held_out_worded(self.rows)  # and never a wording kept for measuring unseen paraphrases
+        if held_out:
+            raise HeldOutWordingError(
+                f"{jsonl}: {len(held_out)} ECG-QA questions are in a held-out or unknown paraphrased wording (first at "
+                f"line {self.line_numbers[held_out[0]]}); training never sees them: rebuild the data with "
+                f"`ecgllm data generate/convert --split train`, which leave them out.")
         known = set(cache.index["ecg_id"].tolist())
         missing = {int(e["record_id"]) for r in self.rows for e in r["ecgs"]} - known
         if missing:
