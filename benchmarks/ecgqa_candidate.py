@@ -134,7 +134,8 @@ def paired_test(default: Path, candidate: Path) -> dict:
     both = per_sample(default).merge(per_sample(candidate), on=["sample_id", "variant"], suffixes=("_d", "_c"))
     d, c = both["correct_d"].astype(bool), both["correct_c"].astype(bool)
     table = [[int((d & c).sum()), int((d & ~c).sum())], [int((~d & c).sum()), int((~d & ~c).sum())]]
-    test = mcnemar(table, exact=False, correction=True)
+    discordant = table[0][1] + table[1][0]
+    test = mcnemar(table, exact=False, correction=True) if discordant else None  # none: the two agree throughout
     diff = (c.astype(float) - d.astype(float)).groupby(both["ecg_id_d"]).agg(["sum", "count"])
     rng = np.random.default_rng(0)
     draws = rng.integers(0, len(diff), size=(BOOTSTRAP_DRAWS, len(diff)))
@@ -143,8 +144,8 @@ def paired_test(default: Path, candidate: Path) -> dict:
     return {"n": int(len(both)), "ecgs": int(len(diff)), "only_default_correct": table[0][1],
             "only_candidate_correct": table[1][0], "em_difference": round(float(c.mean() - d.mean()), 4),
             "em_difference_ci95": [round(float(low), 4), round(float(high), 4)],
-            "mcnemar_statistic": None if np.isnan(test.statistic) else round(float(test.statistic), 3),
-            "mcnemar_p_value": None if np.isnan(test.pvalue) else float(f"{test.pvalue:.3g}")}
+            "mcnemar_statistic": None if test is None else round(float(test.statistic), 3),
+            "mcnemar_p_value": 1.0 if test is None else float(f"{test.pvalue:.3g}")}
 
 
 def decide(result: dict) -> dict:

@@ -354,3 +354,41 @@ def test_model_selection_carries_over_gone_candidates_only_on_the_same_questions
         ecgqa_selection.candidate(tmp_path, "new", {**earlier, "candidates": [{**earlier["candidates"][0], "name": "new"}]})
     with pytest.raises(SystemExit, match="no run folders"):
         ecgqa_selection.candidate(tmp_path, "gone", earlier)
+
+
+def test_candidate_rule_needs_a_bootstrap_interval_over_ecgs_above_zero_and_kept_reliance(tmp_path, monkeypatch):
+    """benchmarks/ecgqa_candidate.py: (a) on official valid, EM(candidate) - EM(default) with a paired bootstrap
+    interval over ECGs above 0; (b) on the selection's generated questions, EM and the fall with another patient's
+    ECG at most 0.03 below the default's."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ecgqa_candidate
+
+    def run(name: str, correct: list[bool], ecgs: list[int]) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        rows = ["sample_id,variant,question_type,template_id,ecg_id,gold,prediction,correct"] + [
+            f"{i},template,single-choose,3,{e},a,{'a' if c else 'b'},{c}" for i, (c, e) in enumerate(zip(correct, ecgs))]
+        (folder / "per_sample.csv").write_text("\n".join(rows) + "\n")
+        return folder
+
+    ecgs = [i // 2 for i in range(200)]  # two questions an ECG
+    default = run("d", [i % 2 == 0 for i in range(200)], ecgs)
+    better = run("c", [i % 2 == 0 or i % 3 == 0 for i in range(200)], ecgs)
+    same = run("s", [i % 2 == 0 for i in range(200)], ecgs)
+    test = ecgqa_candidate.paired_test(default, better)
+    assert test["ecgs"] == 100 and test["only_default_correct"] == 0 and test["em_difference"] > 0
+    assert test["em_difference_ci95"][0] > 0
+    tie = ecgqa_candidate.paired_test(default, same)
+    assert tie["em_difference_ci95"] == [0.0, 0.0] and tie["mcnemar_p_value"] == 1.0  # no discordant pair
+    gen = {"em": 0.6, "drop_random_ecg": 0.10}
+    result = {"official_valid_paired": test, "default": {"valid_gen": gen},
+              "candidate": {"valid_gen": {"em": 0.58, "drop_random_ecg": 0.08}}}
+    assert ecgqa_candidate.decide(result)["replace"]
+    result["candidate"]["valid_gen"]["drop_random_ecg"] = 0.06  # relies on the ECG less: kept out
+    assert not ecgqa_candidate.decide(result)["replace"]
+    result["candidate"]["valid_gen"] = {"em": 0.56, "drop_random_ecg": 0.12}  # 0.04 below on EM: kept out
+    assert not ecgqa_candidate.decide(result)["replace"]
+    assert not ecgqa_candidate.decide({**result, "official_valid_paired": tie,
+                                       "candidate": {"valid_gen": gen}})["replace"]
