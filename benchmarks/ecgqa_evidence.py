@@ -269,7 +269,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     summary = run_probes(valid, signals, str(out / "official_valid"), model=str(model_dir), labels=labels,
                          loaded=loaded, batch_size=args.batch_size, progress=not args.quiet, limit=args.limit_valid)
     result["official_valid"] = {"split": f"ECG-QA valid (chunk 60000 + official_sample; first {args.limit_valid} sample "
-                                         "ids), template and paraphrased",
+                                         "ids), template and paraphrased; valid questions choose between models "
+                                         "(benchmarks/ecgqa_candidate.py), so these are not a held-out measure",
                                 **probes_summary(out / "official_valid", summary),
                                 "per_wording": per_wording(out / "official_valid" / "none", valid)}
 
