@@ -62,7 +62,14 @@ threshold fits every label (`continue_balanced.yaml`); with the yes/no answers o
 did not); the per-wording one again in bf16 mixed precision (`continue_question_balanced_bf16.yaml`: it answered
 like its float32 twin, faster per step); and that again without LoRA dropout
 (`continue_question_balanced_bf16_nodropout.yaml`, about a fifth of a step less). The same rule chose that last
-one, which is the shipped default now (`ecgqa_selection_continuations.md`). All LLM stages ran on one CPU core (batch 8); no GPU was available. For the
+one, which is the shipped default now (`ecgqa_selection_continuations.md`). Then a 1,000-step continuation of it on
+what no stage had seen: generated numeric-feature and heart-axis questions answered from ECG-QA's own features
+(re-measured: `ecgllm data measure ptbxl --ecgqa-features`), half of the generated questions in official paraphrased
+wording, and the official train paraphrases, one wording per template held out (`continue_numeric_paraphrased.yaml`).
+It answered the official valid questions no better, numeric and paraphrased ones included, and the generated valid
+ones worse, so by the rule of `benchmarks/ecgqa_candidate.py` the default stayed (`ecgqa_candidate.md`). On the
+generated numeric questions it answered nearly as well with another patient's ECG: the frozen encoder was trained on
+statements, and its tokens seem to carry little of the interval lengths these questions ask about. All LLM stages ran on one CPU core (batch 8); no GPU was available. For the
 answer latency: the prompt's common start (system prompt, user header, ECG tags) is computed once and kept for the
 last few distinct starts, so questions about one ECG and comparisons of two asked in turn both reuse theirs."""
 
