@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import os
 import shlex
@@ -79,6 +80,30 @@ def numeric_valid_set(work: Path, features: Path, n: int, seed: int) -> Path:
     return target
 
 
+def fingerprint(path: Path) -> str:
+    """A short hash of a file, or of a checkpoint's trained weights (what tells two models apart)."""
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256()
+    for part in sorted(p for p in path.rglob("*.safetensors") if p.is_file()):
+        digest.update(part.relative_to(path).as_posix().encode() + part.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def check_work(work: Path, inputs: dict[str, Path]) -> None:
+    """Run folders resume by question, not by model: --work keeps the models and files it was scored with, and
+    refuses others (another candidate needs another --work)."""
+    seen = work / "inputs.json"
+    now = {name: {"path": str(path), "fingerprint": fingerprint(path)} for name, path in inputs.items()}
+    if seen.exists():
+        before = json.loads(seen.read_text())
+        changed = [k for k in now if before.get(k, {}).get("fingerprint") != now[k]["fingerprint"]]
+        if changed:
+            raise SystemExit(f"{work} was scored with another {', '.join(changed)} ({seen}); give another --work")
+    work.mkdir(parents=True, exist_ok=True)
+    seen.write_text(json.dumps(now, indent=2))
+
+
 def run(command: list[str]) -> None:
     subprocess.run(command, check=True)
 
@@ -128,7 +153,8 @@ def summary(run_dir: Path, other: Path) -> dict:
 
 
 def paired_test(default: Path, candidate: Path) -> dict:
-    """EM(candidate) - EM(default) on the same questions, with a paired bootstrap interval over ECGs, and McNemar."""
+    """EM(candidate) - EM(default) on the same questions, with a paired bootstrap interval over ECGs (a comparison
+    counts under its first ECG), and McNemar."""
     from statsmodels.stats.contingency_tables import mcnemar
 
     both = per_sample(default).merge(per_sample(candidate), on=["sample_id", "variant"], suffixes=("_d", "_c"))
@@ -210,6 +236,8 @@ def main() -> None:
     for path in (args.default, args.candidate, args.signals, args.valid_gen, args.features):
         if not path.exists():
             raise SystemExit(f"{path}: not found")
+    check_work(args.work, {"default": args.default, "candidate": args.candidate, "valid_gen": args.valid_gen,
+                           "features": args.features})
     sets = {"official_valid": official_valid_set(args.work, args.chunk_ids, args.seed),
             "valid_gen": args.valid_gen,
             "numeric_valid": numeric_valid_set(args.work, args.features, args.numeric_n, args.seed + 22)}

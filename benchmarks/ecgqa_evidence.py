@@ -65,7 +65,8 @@ like its float32 twin, faster per step); and that again without LoRA dropout
 one, which is the shipped default now (`ecgqa_selection_continuations.md`). Then a 1,000-step continuation of it on
 what no stage had seen: generated numeric-feature and heart-axis questions answered from ECG-QA's own features
 (re-measured: `ecgllm data measure ptbxl --ecgqa-features`), half of the generated questions in official paraphrased
-wording, and the official train paraphrases, one wording per template held out (`continue_numeric_paraphrased.yaml`).
+wording, and official_sample's paraphrased train questions, one wording per template held out
+(`continue_numeric_paraphrased.yaml`).
 It answered the official valid questions no better, numeric and paraphrased ones included, and the generated valid
 ones worse, so by the rule of `benchmarks/ecgqa_candidate.py` the default stayed (`ecgqa_candidate.md`). On the
 generated numeric questions it answered nearly as well with another patient's ECG: the frozen encoder was trained on
@@ -360,6 +361,9 @@ def _probe_section(name: str, p: dict) -> list[str]:
     if "per_wording" in p:
         lines += ["| wording | EM [95 % CI] | n |", "|---|---|---|"] + [
             f"| {k} | {_ci(v['em'], v['ci95'])} | {v['n']} |" for k, v in p["per_wording"].items()] + [""]
+        lines += ["A wording is \"allowed\" when training data may use it and \"held out\" when none may (one "
+                  "official paraphrase per template, or one the train paraphrases lack); which stages used paraphrases "
+                  "at all is in What was tried above.", ""]
     elif "per_variant" in p:
         lines += ["| wording | EM |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in p["per_variant"].items()] + [""]
     confusion = p["verify_confusion"]

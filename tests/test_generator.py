@@ -248,6 +248,9 @@ def test_paraphrased_generation_uses_official_wordings(full):
     assert sum(never_trained_wording(templates[s["template_id"]], s["question"]) for s in other) > 20
 
 
+HELD_OUT_DIGEST = "3c0705c387d8"  # sha256 of the 60 held-out wordings, sorted, one a line
+
+
 def test_one_wording_per_template_is_held_out_and_every_template_keeps_trained_ones():
     from ecgllm.datasets.ecgqa_templates import never_trained_wording, wording_of
 
@@ -265,6 +268,11 @@ def test_one_wording_per_template_is_held_out_and_every_template_keeps_trained_o
     assert never_trained_wording(t25, "Tell me, in your own words, the infarction stage?")  # no official wording
     for wording in t25.paraphrases:
         assert never_trained_wording(t25, wording) == (wording in t25.held_out_paraphrases)
+    # pinned: a rebuilt paraphrase file must not silently move which wordings are held out
+    import hashlib
+
+    held = sorted(w for t in templates.values() for w in t.held_out_paraphrases)
+    assert len(held) == 60 and hashlib.sha256("\n".join(held).encode()).hexdigest()[:12] == HELD_OUT_DIGEST
 
 
 def test_converting_official_train_questions_leaves_out_held_out_wordings(tmp_path, capsys):
@@ -346,12 +354,49 @@ def test_cli_measures_ecgqa_features_resumably_and_they_feed_numeric_questions(t
     assert list(table.index) == [1, 2] and 0.85 < table.at[1, "rr_s"] < 1.1 and table.at[2, "rr_s"] > 1.0
     assert 0.04 < table.at[1, "qrs_s"] < 0.2 and -90 < table.at[1, "axis_ecgqa_deg"] < 180
     before = out.read_text()
-    assert main(args) == 0 and out.read_text() == before  # a re-run resumes: nothing measured twice
+
+    def measured_twice(job):
+        raise AssertionError(f"record {job[0]} measured again")
+
+    import ecgllm.datasets.measurements as measurements
+
+    original, measurements._measure_ecgqa = measurements._measure_ecgqa, measured_twice
+    try:  # a re-run resumes: nothing is measured twice (one worker: measured in this process)
+        assert main(args) == 0 and out.read_text() == before
+    finally:
+        measurements._measure_ecgqa = original
+    # --ecgqa: only the records ECG-QA asks about
+    import shutil
+
+    qa = tmp_path / "qa"
+    shutil.copytree(FIXTURES / "ecgqa/ptbxl", qa)
+    for split in ("train", "valid", "test"):
+        lines = (qa / f"{split}_ecgs.tsv").read_text().splitlines()
+        (qa / f"{split}_ecgs.tsv").write_text("\n".join(x for x in lines if x.split("\t")[-1] != "2") + "\n")
+    only = tmp_path / "only.csv"
+    assert main([*args[:5], "--ecgqa", str(qa), "--ecgqa-features", "--workers", "1", "--out", str(only),
+                 "--quiet"]) == 0
+    assert list(pd.read_csv(only, index_col="ecg_id").index) == [1]
+    # a CSV of another kind is not taken for a resume file
+    plain = tmp_path / "plain.csv"
+    plain.write_text("ecg_id,heart_rate\n1,60\n")
+    assert main([*args[:7], "--ecgqa-features", "--out", str(plain), "--quiet"]) == 3
     # ECG-QA's range answers follow from the measured features (templates 41: "What range does ... fall in?")
     attributes = build_attributes(PTBXL.load(FIXTURES / "ptbxl_labels"), pd.read_csv(out, index_col="ecg_id"))
     t41 = load_templates()[41]
     rr_answer = answer_for(t41, [attributes[2]], ["rr interval"])
     assert rr_answer == ["above the normal range"]
+
+
+@pytest.mark.parametrize("command", [["data", "measure"], ["data", "generate"], ["eval", "ecgbench"]])
+def test_help_examples_keep_their_continued_lines(command, capsys):
+    from ecgllm.serving.cli import main
+
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    examples = re.split(r"examples?:", capsys.readouterr().out)[1]
+    continued = [line for line in examples.splitlines() if line.rstrip().endswith("\\")]
+    assert continued and all(line.startswith("  ecgllm ") for line in continued)
 
 
 def test_ecgqa_mimic_variant_maps_study_ids(tmp_path):

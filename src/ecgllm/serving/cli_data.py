@@ -109,12 +109,20 @@ def cmd_measure(args: argparse.Namespace) -> int:
         ids = ids[: args.limit]
     paths = {i: ptbxl.record_path(i, prefer_fs=args.fs) for i in ids}
     if args.ecgqa_features:
+        import pandas as pd
+
         from ecgllm.datasets.measurements import measure_ecgqa_records
+
+        out = Path(args.out)
+        if out.exists() and "rr_s" not in pd.read_csv(out, nrows=0).columns:
+            print(f"error: {out} exists and holds no ECG-QA features (no rr_s column), so it cannot be resumed; "
+                  f"name another --out", file=sys.stderr)
+            return EXIT_INPUT
 
         # the output is its own resume file: an interrupted run keeps what it measured and goes on from there
         table = measure_ecgqa_records(paths, cache=Path(args.out), workers=args.workers, progress=not args.quiet)
-        print(f"wrote {args.out} ({len(table)} records, {int(table['rr_s'].notna().sum())} with lead II features, "
-              f"{int(table['axis_ecgqa_deg'].notna().sum())} with a heart axis)")
+        print(f"wrote {args.out} ({len(table)} records asked for, {int(table['rr_s'].notna().sum())} with lead II "
+              f"features, {int(table['axis_ecgqa_deg'].notna().sum())} with a heart axis)")
         return EXIT_OK
     table = measure_records(paths, workers=args.workers, progress=not args.quiet)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -182,11 +190,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from ecgllm.evaluation.ecgqa_score import load_gold
 
     samples = sorted(load_gold(args.official).samples.values(), key=lambda s: (s.variant or "", s.sample_id))
-    if args.split == "train":  # conversations to train on: none of an ECG-QA valid/test patient
+    if args.split not in ("valid", "test"):  # conversations to train on: none of an ECG-QA valid/test patient
         from ecgllm.datasets.split_policy import load_policy
 
         load_policy().refuse({e for s in samples for e in s.ecg_id}, source=str(args.official), stage="data convert")
-    if args.split == "train":  # the held-out paraphrased wordings stay unseen (Template.held_out_paraphrases)
+    if args.split not in ("valid", "test"):  # the held-out wordings stay unseen (Template.held_out_paraphrases)
         from ecgllm.datasets.ecgqa_templates import load_templates, never_trained_wording
 
         templates = load_templates()
