@@ -35,13 +35,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from common import ROOT, SHARED, environment, write_result
-from ecgqa_selection import verify_balance_of
+from ecgqa_evidence import per_sample
+from ecgqa_selection import NUMERIC_AXIS_TEMPLATES, verify_balance_of
 
 QA = SHARED / "ecgqa" / "ecgqa" / "ptbxl"
 SAMPLE = SHARED / "ecgqa" / "official_sample"
-NUMERIC_AXIS_TEMPLATES = [20, 21, 22, 39, 40, 41, 42, *range(50, 57), *range(64, 71)]
 EM_TOLERANCE = 0.03
 DROP_TOLERANCE = 0.03
 BOOTSTRAP_DRAWS = 2000
@@ -131,10 +130,6 @@ def evaluate_both(models: dict[str, Path], sets: dict[str, Path], signals: Path,
 def run_name(data: Path) -> str:
     """A set's name in its run folders (it carries the set's parameters, so another draw gets other folders)."""
     return data.stem if data.suffix == ".json" else data.name
-
-
-def per_sample(run_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(run_dir / "per_sample.csv", dtype={"gold": str, "prediction": str}, keep_default_na=False)
 
 
 def summary(run_dir: Path, other: Path) -> dict:

@@ -30,6 +30,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, SHARED, environment, write_result  # noqa: E402
+from ecgqa_selection import NUMERIC_AXIS_TEMPLATES  # noqa: E402
 
 QA = SHARED / "ecgqa/ecgqa/ptbxl"
 SAMPLE = SHARED / "ecgqa/official_sample"
@@ -88,9 +89,6 @@ def generated_test(n: int, seed: int, out: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(samples))
     return path
-
-
-NUMERIC_AXIS_TEMPLATES = [20, 21, 22, 39, 40, 41, 42, *range(50, 57), *range(64, 71)]
 
 
 def numeric_test(n: int, seed: int, out: Path, features: Path) -> Path:

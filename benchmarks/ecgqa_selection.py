@@ -36,10 +36,12 @@ from pathlib import Path
 import pandas as pd
 from common import ROOT, environment, write_result
 
-# TEMPLATES of the monitor sets: every template but heart axis (20-22) and numeric features (39-42, 50-56, 64-70),
-# as in the LLM stages' generated data (recipes/ecgqa/instruct.yaml), as ids for `--template-ids`
-SELECTION_TEMPLATES = [str(t) for t in range(1, 71) if t not in {20, 21, 22, *range(39, 43), *range(50, 57),
-                                                                 *range(64, 71)}]
+# the heart-axis (20-22) and numeric-feature (39-42, 50-56, 64-70) templates: their answers need ECG-QA's own
+# measurements (`ecgllm data measure ptbxl --ecgqa-features`)
+NUMERIC_AXIS_TEMPLATES = [20, 21, 22, 39, 40, 41, 42, *range(50, 57), *range(64, 71)]
+# TEMPLATES of the monitor sets: every other template, as in the LLM stages' generated data
+# (recipes/ecgqa/instruct.yaml), as ids for `--template-ids`
+SELECTION_TEMPLATES = [str(t) for t in range(1, 71) if t not in NUMERIC_AXIS_TEMPLATES]
 EM_TOLERANCE = 0.03
 
 

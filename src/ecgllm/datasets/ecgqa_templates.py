@@ -281,6 +281,7 @@ class HeldOutWordingError(InputError):
     """Data to train on holds a question in a held-out (or unknown) paraphrased wording."""
 
 
+@lru_cache(maxsize=256)
 def held_out_wordings(paraphrases: tuple[str, ...]) -> tuple[str, ...]:
     """The held-out wording of a template's paraphrases (with ``${...}`` placeholders), or none."""
     if len(paraphrases) < MIN_WORDINGS_TO_HOLD_OUT:

@@ -120,7 +120,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
             return EXIT_INPUT
 
         # the output is its own resume file: an interrupted run keeps what it measured and goes on from there
-        table = measure_ecgqa_records(paths, cache=Path(args.out), workers=args.workers, progress=not args.quiet)
+        table = measure_ecgqa_records(paths, cache=out, workers=args.workers, progress=not args.quiet)
         print(f"wrote {args.out} ({len(table)} records asked for, {int(table['rr_s'].notna().sum())} with lead II "
               f"features, {int(table['axis_ecgqa_deg'].notna().sum())} with a heart axis)")
         return EXIT_OK
@@ -190,13 +190,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from ecgllm.evaluation.ecgqa_score import load_gold
 
     samples = sorted(load_gold(args.official).samples.values(), key=lambda s: (s.variant or "", s.sample_id))
-    if args.split not in ("valid", "test"):  # conversations to train on: none of an ECG-QA valid/test patient
+    if args.split not in ("valid", "test"):  # conversations to train on
+        from ecgllm.datasets.ecgqa_templates import load_templates, never_trained_wording
         from ecgllm.datasets.split_policy import load_policy
 
+        # none of an ECG-QA valid/test patient, and the held-out wordings stay unseen (Template.held_out_paraphrases)
         load_policy().refuse({e for s in samples for e in s.ecg_id}, source=str(args.official), stage="data convert")
-    if args.split not in ("valid", "test"):  # the held-out wordings stay unseen (Template.held_out_paraphrases)
-        from ecgllm.datasets.ecgqa_templates import load_templates, never_trained_wording
-
         templates = load_templates()
         kept = [s for s in samples if s.template_id not in templates
                 or not never_trained_wording(templates[s.template_id], s.question)]
