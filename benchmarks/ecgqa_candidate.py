@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 from common import ROOT, SHARED, environment, write_result
-from ecgqa_evidence import per_sample
+from ecgqa_evidence import OFFICIAL_MIX_NOTE, official_mix, per_sample
 from ecgqa_selection import NUMERIC_AXIS_TEMPLATES, verify_balance_of
 
 QA = SHARED / "ecgqa" / "ecgqa" / "ptbxl"
@@ -143,7 +143,10 @@ def summary(run_dir: Path, other: Path) -> dict:
             "per_question_type": metrics.get("per_question_type"),
             "per_template": {str(t): round(float(g["correct"].astype(bool).mean()), 3)
                              for t, g in real.groupby("template_id")},
+            "per_template_random_ecg": {str(t): round(float(g["correct"].astype(bool).mean()), 3)
+                                        for t, g in rand.groupby("template_id")},
             "single_verify": verify_balance_of(verify) if len(verify) else None,
+            "official_mix": official_mix({"em": run_dir, "em_random_ecg": other}),
             "seen_in_training": metrics.get("seen_in_training")}
 
 
@@ -196,6 +199,15 @@ def render(result: dict) -> str:
         sv_text = " / ".join("n/a" if v is None else f"{v:.3f}" for v in sv)
         lines.append(f"| {key} | {split} | {d[key]['n']} | {d[key]['em']:.3f} | {c[key]['em']:.3f} | "
                      f"{d[key]['em_random_ecg']:.3f} | {c[key]['em_random_ecg']:.3f} | {sv_text} |")
+    lines += ["", f"Reported beside the rule, not used by it: EM with each template weighted by its share of the "
+                  f"official train split ({OFFICIAL_MIX_NOTE}).", "",
+              "| question set | share of the official mix its templates cover | EM default | EM candidate | "
+              "EM default, another patient's ECG | EM candidate, another patient's ECG |", "|---|---|---|---|---|---|"]
+    for key in result["sets"]:
+        md, mc = d[key].get("official_mix"), c[key].get("official_mix")
+        if md and mc:
+            lines.append(f"| {key} | {md['covered_share']:.3f} | {md['em']:.3f} | {mc['em']:.3f} | "
+                         f"{md['em_random_ecg']:.3f} | {mc['em_random_ecg']:.3f} |")
     t = result["official_valid_paired"]
     lines += ["", f"Official valid, paired (n = {t['n']} questions on {t['ecgs']} ECGs): only the default right "
                   f"{t['only_default_correct']}, only the candidate right {t['only_candidate_correct']}; EM difference "
@@ -207,6 +219,13 @@ def render(result: dict) -> str:
     for template in sorted(d["official_valid"]["per_template"], key=int):
         lines.append(f"| {template} | {d['official_valid']['per_template'][template]:.3f} | "
                      f"{c['official_valid']['per_template'].get(template, float('nan')):.3f} |")
+    lines += ["", "Per template, generated valid (EM default → candidate; with another patient's ECG in brackets):", "",
+              "| template | default | candidate |", "|---|---|---|"]
+    gen_d, gen_c = d["valid_gen"], c["valid_gen"]
+    for template in sorted(gen_d["per_template"], key=int):
+        cells = [f"{x['per_template'].get(template, float('nan')):.3f} "
+                 f"({x['per_template_random_ecg'].get(template, float('nan')):.3f})" for x in (gen_d, gen_c)]
+        lines.append(f"| {template} | {cells[0]} | {cells[1]} |")
     lines += ["", "Per wording, official valid (EM default → candidate): " + ", ".join(
         f"{v} {d['official_valid']['per_variant'][v]:.3f} → {c['official_valid']['per_variant'][v]:.3f}"
         for v in sorted(d["official_valid"]["per_variant"] or {})) + ".", ""]

@@ -395,6 +395,25 @@ def test_candidate_rule_needs_a_bootstrap_interval_over_ecgs_above_zero_and_kept
 
 
 @needs_shared
+def test_official_mix_weighs_templates_by_their_official_share(tmp_path, monkeypatch):
+    """Template 1 ("Does this ECG show symptoms of X?") is about forty times as common in the official train split as
+    template 2 ("Is this a normal ECG?"): all right on 1 and all wrong on 2 is EM 0.5 by question, near 1 by the mix."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ecgqa_evidence
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = ["sample_id,variant,question_type,template_id,ecg_id,gold,prediction,correct"] + [
+        f"{i},template,single-verify,{1 + i % 2},{i},yes,{'yes' if i % 2 == 0 else 'no'},{i % 2 == 0}" for i in range(40)]
+    (run / "per_sample.csv").write_text("\n".join(rows) + "\n")
+    mix = ecgqa_evidence.official_mix({"em": run})
+    assert 0.95 < mix["em"] < 1.0
+    assert 0.05 < mix["covered_share"] < 0.08
+
+
+@needs_shared
 def test_question_only_baseline_does_not_depend_on_the_thread_count():
     """Its lbfgs fit took another path with two BLAS threads than with one (EM 0.4375 vs 0.4345 on the evidence
     page's questions); it now fits on one thread whatever the caller's setting."""
