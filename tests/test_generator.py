@@ -22,7 +22,7 @@ from tests.conftest import FIXTURES, SHARED, needs_shared
 
 OFFICIAL_KEYS = {"template_id", "question_id", "sample_id", "question_type", "attribute_type", "question",
                  "answer", "ecg_id", "attribute"}
-GENERATED_KEYS = OFFICIAL_KEYS | {"generator_version", "sampling"}
+GENERATED_KEYS = OFFICIAL_KEYS | {"generator_version", "sampling", "draw"}
 
 
 @pytest.fixture(scope="module")
@@ -221,6 +221,34 @@ def test_all_question_and_attribute_types_on_real_data(full):
     measured = {t.template_id for t in load_templates().values()
                 if t.attribute_type in ("numeric_feature", "heart_axis")}
     assert {s["template_id"] for s in samples} == set(range(1, 71)) - measured
+
+
+def test_answer_groups_draw_choose_and_query_questions_as_ecgqa_did(full):
+    """ECG-QA drew, for each question, records of each of its answers in equal numbers; drawing the record first
+    makes most choose and query questions answer "none" (a model then learns "none" as the safe answer)."""
+    ptbxl, qa, attrs = full
+    generator = ECGQAGenerator(attrs, qa.split_ecg_ids("train"))
+    templates = [4, 6, 18, 19, 30, 38]  # choose and query, with and without a lead or a named value
+    grouped = generator.generate(600, seed=3, template_ids=templates, answer_groups=True)
+    record_first = generator.generate(600, seed=3, template_ids=templates)
+
+    def none_share(samples: list[dict]) -> float:
+        return sum(s["answer"] == ["none"] for s in samples) / len(samples)
+
+    assert len(grouped) == 600 and {s["draw"] for s in grouped} == {"answer_groups"}
+    assert {s["draw"] for s in record_first} == {"record_first"}
+    assert none_share(record_first) > 0.6 and none_share(grouped) < 0.2
+    for tid in templates:  # every template still answers "none" sometimes: it stays one answer among others
+        answers = {tuple(s["answer"]) for s in grouped if s["template_id"] == tid}
+        assert len(answers) > 3
+    for s in grouped[:200]:  # each answer is the record's own, as the checker derives it
+        sample = QASample(**{k: s[k] for k in OFFICIAL_KEYS})
+        assert set(regenerate_answer(sample, attrs)) == set(s["answer"])
+    verify = generator.generate(200, seed=3, template_ids=[1, 17], answer_groups=True)  # verify keeps its draw
+    assert {s["draw"] for s in verify} == {"record_first"}
+    with pytest.raises(ValueError, match="answer-group"):
+        ECGQAGenerator(attrs, qa.split_ecg_ids("train"), strata={1: "normal"}).generate(
+            10, intervention=True, answer_groups=True)
 
 
 @needs_shared

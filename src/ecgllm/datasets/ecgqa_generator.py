@@ -39,6 +39,11 @@ ANY_ATTRIBUTE = {12: "any kind of abnormal symptoms", 13: "any diagnostic sympto
 # conditioned on it): "has X been resolved?" presumes X in the first ECG.
 _FIRST_PRESENT = {"resolved": True, "remain": True, "new": False, "absent": False}
 _FIRST_NORMAL = {"become_normal": False, "still_abnormal": False, "become_abnormal": True, "still_normal": True}
+# Answer-group sampling (``answer_groups=True``) covers the single-ECG choose and query templates whose answers come
+# from labels; numeric features and the heart axis keep the record-first draw.
+_GROUPED_SCOPES_EXCLUDED = ("numeric_range", "numeric_in_range", "heart_axis")
+# ECG-QA draws half as many ECGs showing neither option of a choose question as of each other answer.
+NONE_WEIGHT_CHOOSE = 0.5
 
 
 def _pick(rng: np.random.Generator, seq):
@@ -335,6 +340,8 @@ class ECGQAGenerator:
         self.pools = GeneratorPools(ids=ids, consecutive=consecutive, patients=patients,
                                     with_patient=sorted(patients))
         self._covered: dict[int, np.ndarray] = {}
+        self._groups: dict[tuple, dict[tuple[str, ...], list[int]]] = {}
+        self._present_sets: dict[tuple[int, str | None], dict[int, frozenset[str] | None]] = {}
 
     @staticmethod
     def _covers(t: Template, a: RecordAttributes) -> bool:
@@ -424,6 +431,61 @@ class ECGQAGenerator:
             return None
         return list(pair), [_pick(rng, pool)]
 
+    @staticmethod
+    def groups_apply(t: Template) -> bool:
+        """Does answer-group sampling cover template ``t``?"""
+        return (t.question_type.startswith("single") and t.kind in ("choose", "query")
+                and t.scope not in _GROUPED_SCOPES_EXCLUDED)
+
+    def _answer_groups(self, t: Template, values: list[str], lead: str | None) -> dict[tuple[str, ...], list[int]]:
+        """Every record of the pool that template ``t`` can be asked about with these values and lead, grouped by
+        its answer (cached per question)."""
+        key = (t.template_id, tuple(values), lead)
+        if key not in self._groups:
+            groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
+            if t.kind == "choose":  # many option pairs: each record's present values are computed once
+                sets = self._present_sets.get((t.template_id, lead))
+                if sets is None:
+                    sets = {}
+                    for i in self._candidates(t):
+                        present = _present(t, self.attributes[int(i)], lead=lead)
+                        sets[int(i)] = None if present is None else frozenset(present)
+                    self._present_sets[(t.template_id, lead)] = sets
+                for i, present in sets.items():
+                    if present is not None:
+                        groups[tuple(v for v in values[:2] if v in present) or (NONE,)].append(i)
+            else:
+                for i in self._candidates(t):
+                    answer = answer_for(t, [self.attributes[int(i)]], values, lead)
+                    if answer is not None:
+                        groups[tuple(answer)].append(int(i))
+            self._groups[key] = dict(groups)
+        return self._groups[key]
+
+    def _draw_grouped(self, t: Template, rng: np.random.Generator, tries: int
+                      ) -> tuple[list[int], list[str], str | None] | None:
+        """ECG-QA's own draw for a choose or query question: the question first (its values and lead uniform),
+        then one of its answers, each answer group equally likely (a choose question's "none" half as likely), then
+        a record of that group. A question needs two answers other than "none" among the pool's records, as in
+        ECG-QA's train split. So "none" is one answer among many, as in the official files, not the answer of
+        most records."""
+        for _ in range(tries):
+            lead = _pick(rng, STANDARD_12) if "${lead}" in t.pattern else None
+            values: list[str] = []
+            if t.kind == "choose":
+                first = _pick(rng, t.values)
+                values = [first, _pick(rng, [v for v in t.values if v != first])]
+            elif t.placeholders:
+                values = [_pick(rng, t.values)]
+            groups = self._answer_groups(t, values, lead)
+            if sum(answer != (NONE,) for answer in groups) < 2:
+                continue
+            answers = sorted(groups)
+            weights = np.array([NONE_WEIGHT_CHOOSE if t.kind == "choose" and a == (NONE,) else 1.0 for a in answers])
+            members = groups[answers[int(rng.choice(len(answers), p=weights / weights.sum()))]]
+            return [_pick(rng, members)], values, lead
+        return None
+
     def _draw(self, t: Template, rng: np.random.Generator) -> tuple[list[int], list[str], str | None] | None:
         """One random (ECGs, values, lead) for template ``t``; None when nothing in the pool fits."""
         lead = _pick(rng, STANDARD_12) if "${lead}" in t.pattern else None
@@ -445,7 +507,7 @@ class ECGQAGenerator:
     def generate(self, n: int, seed: int = 0, template_ids: list[int] | None = None, start_id: int = 0,
                  yes_rate: float | None = 1 / 3, tries: int = 30, intervention: bool = False,
                  paraphrase: float = 0.0, paired: bool = False,
-                 include_held_out_wordings: bool = False) -> list[dict]:
+                 include_held_out_wordings: bool = False, answer_groups: bool = False) -> list[dict]:
         """``n`` samples in the official schema, templates drawn uniformly (or from ``template_ids``).
 
         Yes/no questions aim at ``yes_rate`` "yes" answers (the official release has about 1:2): the
@@ -466,10 +528,18 @@ class ECGQAGenerator:
         (counterfactual pairs): for each wording, half the answers are one and half the other, so P(A | Q) carries
         nothing and the loss can only fall by reading the ECG. A question for which no ECG of the pool gives
         another answer is dropped; ``n`` counts samples, so ``n // 2`` pairs.
+
+        ``answer_groups=True`` draws single-ECG choose and query questions as ECG-QA drew them (`_draw_grouped`):
+        for each question, records of every answer in equal numbers. With the default record-first draw most of
+        them answer "none" (about four in five generated choose questions, against one in five official ones),
+        and a model learns that "none" is the safe answer.
         """
         if intervention and paired:  # a partner is chosen for its other answer: the question-record link is back
             raise ValueError("intervention and paired sampling cannot be combined: a pair's second ECG is chosen for "
                              "its answer, so the question depends on the record again")
+        if intervention and answer_groups:  # the record is drawn for its answer: S -> Q again
+            raise ValueError("intervention and answer-group sampling cannot be combined: a record is drawn for its "
+                             "answer to the question, so the question depends on the record again")
         if intervention and not self.strata:
             raise ValueError("intervention sampling needs the records' severity strata (ECGQAGenerator(strata=...))")
         if not 0.0 <= paraphrase <= 1.0:
@@ -497,7 +567,8 @@ class ECGQAGenerator:
                 wanted = "yes" if rng.random() < yes_rate else "no"
             found = None
             for _ in range(tries if wanted else 1):
-                drawn = self._draw(t, rng)
+                drawn = self._draw_grouped(t, rng, tries) if answer_groups and self.groups_apply(t) \
+                    else self._draw(t, rng)
                 if drawn is None:
                     break
                 ecg_ids, values, lead = drawn
@@ -527,6 +598,7 @@ class ECGQAGenerator:
                     "question_type": t.question_type, "attribute_type": t.attribute_type, "question": question,
                     "answer": answer, "ecg_id": ecg_ids, "attribute": _attribute_field(t, values),
                     "generator_version": GENERATOR_VERSION, "sampling": sampling,
+                    "draw": "answer_groups" if answer_groups and self.groups_apply(t) else "record_first",
                 })
         return out[: n - n % 2] if paired else out[:n]  # pairs stay whole
 
