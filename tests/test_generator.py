@@ -244,6 +244,10 @@ def test_answer_groups_draw_choose_and_query_questions_as_ecgqa_did(full):
     for s in grouped[:200]:  # each answer is the record's own, as the checker derives it
         sample = QASample(**{k: s[k] for k in OFFICIAL_KEYS})
         assert set(regenerate_answer(sample, attrs)) == set(s["answer"])
+    paired = generator.generate(400, seed=3, template_ids=templates, answer_groups=True, paired=True)
+    for first, second in zip(paired[::2], paired[1::2]):  # a partner answers otherwise, "none" no likelier than else
+        assert first["question"] == second["question"] and sorted(first["answer"]) != sorted(second["answer"])
+    assert none_share(paired) < 0.2
     verify = generator.generate(200, seed=3, template_ids=[1, 17], answer_groups=True)  # verify keeps its draw
     assert {s["draw"] for s in verify} == {"record_first"}
     with pytest.raises(ValueError, match="answer-group"):

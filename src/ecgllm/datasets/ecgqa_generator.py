@@ -480,11 +480,17 @@ class ECGQAGenerator:
             groups = self._answer_groups(t, values, lead)
             if sum(answer != (NONE,) for answer in groups) < 2:
                 continue
-            answers = sorted(groups)
-            weights = np.array([NONE_WEIGHT_CHOOSE if t.kind == "choose" and a == (NONE,) else 1.0 for a in answers])
-            members = groups[answers[int(rng.choice(len(answers), p=weights / weights.sum()))]]
-            return [_pick(rng, members)], values, lead
+            return [self._record_of_an_answer(t, groups, rng)], values, lead
         return None
+
+    @staticmethod
+    def _record_of_an_answer(t: Template, groups: dict[tuple[str, ...], list[int]], rng: np.random.Generator,
+                             other_than: tuple[str, ...] | None = None) -> int:
+        """A record of one of the answers in ``groups`` (each answer equally likely, a choose question's "none" half
+        as likely), ``other_than`` one answer (a counterfactual pair's partner)."""
+        answers = sorted(a for a in groups if a != other_than)
+        weights = np.array([NONE_WEIGHT_CHOOSE if t.kind == "choose" and a == (NONE,) else 1.0 for a in answers])
+        return _pick(rng, groups[answers[int(rng.choice(len(answers), p=weights / weights.sum()))]])
 
     def _draw(self, t: Template, rng: np.random.Generator) -> tuple[list[int], list[str], str | None] | None:
         """One random (ECGs, values, lead) for template ``t``; None when nothing in the pool fits."""
@@ -581,7 +587,10 @@ class ECGQAGenerator:
                 continue
             ecg_ids, values, lead, answer = found
             asked = [(ecg_ids, answer)]
-            if paired:
+            if paired and answer_groups and self.groups_apply(t):  # the partner: a record of another answer
+                other = self._record_of_an_answer(t, self._answer_groups(t, values, lead), rng, tuple(answer))
+                asked.append(([other], answer_for(t, [self.attributes[other]], values, lead)))
+            elif paired:
                 partner = self._partner(t, values, lead, answer, rng, tries)
                 if partner is None:
                     continue
