@@ -9,6 +9,10 @@ checks through the checkpoint's training_records.json):
   question type and per attribute type with 95 % bootstrap intervals; blind and random-ECG probes, with a paired
   McNemar test between the answers with the real ECG and with another patient's ECG; the confusion of verify
   answers; the majority, question-only and classifier baselines on the same questions;
+- a second generated test set over ECG-QA test ECGs whose choose and query questions are drawn as ECG-QA drew
+  them (`--answer-groups`: records of each answer in equal numbers, so "none" is one answer among many), with the
+  same probes and the majority and question-only baselines;
+- every EM also weighted by the official template mix (`ecgllm.datasets.ecgqa_shares`);
 - the official ECG-QA *valid* questions we have (chunk 60000 and official_sample, template and paraphrased):
   the same probes (valid is for model selection, so it is reported, never tuned on here);
 - "Is this a normal ECG?" on 200 ECG-QA test ECGs, 100 with NORM and 100 without: balanced accuracy;
@@ -79,16 +83,21 @@ answer latency: the prompt's common start (system prompt, user header, ECG tags)
 last few distinct starts, so questions about one ECG and comparisons of two asked in turn both reuse theirs."""
 
 
-def generated_test(n: int, seed: int, out: Path) -> Path:
-    """Official-format questions over ECG-QA test ECGs (templates the generator can answer from our labels)."""
+def generated_test(n: int, seed: int, out: Path, answer_groups: bool = False) -> Path:
+    """Official-format questions over ECG-QA test ECGs (templates the generator can answer from our labels);
+    ``answer_groups``: choose and query questions drawn as ECG-QA drew them (records of each answer in equal numbers,
+    `ECGQAGenerator.generate`), in a folder of their own."""
     from ecgllm.datasets import ECGQA, PTBXL
     from ecgllm.datasets.ecgqa_attributes import build_attributes
     from ecgllm.datasets.ecgqa_generator import ECGQAGenerator
 
-    path = out / "generated_test" / "template" / "generated.json"
+    # the grouped set's folder names its size and seed: another draw is another set, never a stale one reused
+    folder = f"grouped_test_n{n}_s{seed}" if answer_groups else "generated_test"
+    path = out / folder / "template" / "generated.json"
     if not path.exists():
         ptbxl = PTBXL.load(SHARED / "ptbxl")
-        samples = ECGQAGenerator(build_attributes(ptbxl), ECGQA(QA).split_ecg_ids("test")).generate(n, seed=seed)
+        samples = ECGQAGenerator(build_attributes(ptbxl), ECGQA(QA).split_ecg_ids("test")).generate(
+            n, seed=seed, answer_groups=answer_groups)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(samples))
     return path
@@ -172,12 +181,15 @@ def official_mix(runs: dict[str, Path]) -> dict:
     shares = official_template_shares(SHARED / "ecgqa")
     out: dict = {}
     for name, run in runs.items():
-        table = per_sample(run)
-        per_template = table.groupby("template_id")["correct"].apply(lambda c: float(c.astype(bool).mean()))
-        em, covered = shares.weighted_mean({int(t): v for t, v in per_template.items()})
-        out[name] = round(em, 4)
-        out["covered_share"] = round(covered, 4)
+        em, covered = shares.weighted_mean({int(t): v for t, v in em_per_template(per_sample(run)).items()})
+        if out.get("covered_share", round(covered, 4)) != round(covered, 4):
+            raise ValueError(f"{run}: other templates than the runs before it; the mix would not compare them")
+        out[name], out["covered_share"] = round(em, 4), round(covered, 4)
     return out
+
+
+def em_per_template(table: pd.DataFrame) -> dict[str, float]:
+    return {str(t): round(float(g["correct"].astype(bool).mean()), 3) for t, g in table.groupby("template_id")}
 
 
 def mcnemar_real_vs_random(probes: Path) -> dict:
@@ -284,6 +296,19 @@ def evaluate(args: argparse.Namespace) -> dict:
     best = max(v["overall_em"] if isinstance(v, dict) else v for v in baselines.values())
     result["generated_test"]["best_baseline_em"] = best
     result["generated_test"]["margin_over_best_baseline"] = round(result["generated_test"]["em"] - best, 4)
+
+    if args.n_grouped:
+        grouped = generated_test(args.n_grouped, args.seed + 1, out, answer_groups=True)
+        runs = out / grouped.parents[1].name.replace("_test", "")  # run folders follow their set
+        summary = run_probes([str(grouped)], signals, str(runs), model=str(model_dir), labels=labels,
+                             loaded=loaded, batch_size=args.batch_size, progress=not args.quiet)
+        result["grouped_test"] = {"split": f"ECG-QA test ECGs (never trained on); {args.n_grouped} generated questions "
+                                           f"(seed {args.seed + 1}), template wording, choose and query questions "
+                                           "drawn as ECG-QA drew them (`--answer-groups`), the others record first",
+                                  **probes_summary(runs, summary)}
+        result["grouped_test"]["baselines"] = run_baselines(
+            train, [str(grouped)], signals, str(runs / "baselines"), which=["majority", "question-only"],
+            labels=labels, progress=not args.quiet)["per_baseline"]
 
     normal = normal_ecg_set(args.seed, out)
     metrics = evaluate_ecgqa(EcgqaRun(data=[str(normal)], ptbxl=signals, out=str(out / "normal_ecg_run"),
@@ -413,6 +438,16 @@ def render_page(r: dict) -> str:
               "| baseline | EM | EM, official template mix |", "|---|---|---|"]
     lines += [f"| {k} | {_fmt(v['overall_em'] if isinstance(v, dict) else v)} | {_fmt(mix.get(k))} |"
               for k, v in g["baselines"].items()]
+    if "grouped_test" in r:
+        q = r["grouped_test"]
+        lines += [""] + _probe_section("Generated test set, choose and query questions drawn as ECG-QA drew them "
+                                       "(ECG-QA test ECGs)", q)
+        lines += ["The main generated set draws a record first, so most of its choose and query questions answer "
+                  "\"none\"; here those are drawn question first, then one of its answers (up to ECG-QA's quota of "
+                  "records each, `--answer-groups`), so \"none\" is one answer among the others, about as often as "
+                  "in the official samples. Yes/no and comparison questions are drawn as in the main set. Baselines on "
+                  "the same questions:", "", "| baseline | EM |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v['overall_em'] if isinstance(v, dict) else v)} |" for k, v in q["baselines"].items()]
     n = r["normal_ecg"]
     lines += ["", "## \"Is this a normal ECG?\"", "", f"Split: {n['split']}. Balanced accuracy {_fmt(n['balanced_acc'])}; "
               f"answered \"yes\" {n['answered_yes']} times of {n['n']}.", ""]
@@ -473,6 +508,8 @@ def main() -> None:
                         help="ECG-QA's features (`ecgllm data measure ptbxl --ecgqa-features`): adds generated "
                              "numeric-feature and heart-axis test questions")
     parser.add_argument("--n-numeric", type=int, default=300)
+    parser.add_argument("--n-grouped", type=int, default=1000,
+                        help="generated test questions drawn as ECG-QA drew them (answer groups); 0: none")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--signals", default=str(SHARED / "ptbxl"),

@@ -22,12 +22,17 @@ def _write_official(root: Path, sample: list[tuple[int, int]], chunk: list[tuple
 
 
 def test_a_template_s_share_is_its_run_of_sample_ids(tmp_path):
-    # template 1 holds ids 0-3, template 2 ids 4-9 (first seen at 4), template 4 ids 10-19: 3 never appears
-    root = _write_official(tmp_path, [(0, 1), (2, 1), (4, 2)], [(10, 4), (15, 4), (19, 4)])
+    # ids seen: template 1 at 0 and 2, template 2 at 4 and 6, template 4 at 10, 15 and 19; 3 never appears.
+    # Boundaries at the midpoints of the gaps: 1 | 2 at 3.5, 2 | 4 at 8.5; 3 shares 2's run.
+    root = _write_official(tmp_path, [(0, 1), (2, 1), (4, 2), (6, 2)], [(10, 4), (15, 4), (19, 4)])
     shares = official_template_shares(root, template_ids=[1, 2, 3, 4])
     assert shares.split_size == 20
-    assert shares.shares == {1: 0.2, 2: 0.3, 4: 0.5}
+    assert shares.shares == pytest.approx({1: 3.5 / 20, 2: 2.5 / 20, 3: 2.5 / 20, 4: 11.5 / 20})
+    assert sum(shares.shares.values()) == pytest.approx(1.0)
     assert shares.unseen_after == {3: 2}
+    # template 2 holds at least ids 4-6 and at most 3-9; template 4 at least 10-19, at most 7-19
+    assert shares.share_range[2] == pytest.approx((3 / 20, 7 / 20))
+    assert shares.share_range[4] == pytest.approx((10 / 20, 13 / 20))
 
 
 def test_samples_out_of_template_order_stop_the_estimate(tmp_path):
@@ -42,7 +47,7 @@ def test_a_missing_official_folder_is_named(tmp_path):
 
 
 def test_the_weighted_mean_uses_only_the_templates_given():
-    shares = TemplateShares(shares={1: 0.6, 2: 0.3, 3: 0.1}, split_size=10, unseen_after={})
+    shares = TemplateShares(shares={1: 0.6, 2: 0.3, 3: 0.1}, share_range={}, split_size=10, unseen_after={})
     mean, covered = shares.weighted_mean({1: 1.0, 3: 0.0})
     assert mean == pytest.approx(0.6 / 0.7)
     assert covered == pytest.approx(0.7)

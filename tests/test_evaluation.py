@@ -358,8 +358,8 @@ def test_model_selection_carries_over_gone_candidates_only_on_the_same_questions
 
 def test_candidate_rule_needs_a_bootstrap_interval_over_ecgs_above_zero_and_kept_reliance(tmp_path, monkeypatch):
     """benchmarks/ecgqa_candidate.py: (a) on official valid, EM(candidate) - EM(default) with a paired bootstrap
-    interval over ECGs above 0; (b) on the selection's generated questions, EM and the fall with another patient's
-    ECG at most 0.03 below the default's."""
+    interval over ECGs above 0; (b) on generated valid questions drawn as ECG-QA drew them, EM and the fall with
+    another patient's ECG at most 0.03 below the default's."""
     from pathlib import Path
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -383,15 +383,15 @@ def test_candidate_rule_needs_a_bootstrap_interval_over_ecgs_above_zero_and_kept
     tie = ecgqa_candidate.paired_test(default, same)
     assert tie["em_difference_ci95"] == [0.0, 0.0] and tie["mcnemar_p_value"] == 1.0  # no discordant pair
     gen = {"em": 0.6, "drop_random_ecg": 0.10}
-    result = {"official_valid_paired": test, "default": {"valid_gen": gen},
-              "candidate": {"valid_gen": {"em": 0.58, "drop_random_ecg": 0.08}}}
+    result = {"official_valid_paired": test, "default": {"valid_grouped": gen},
+              "candidate": {"valid_grouped": {"em": 0.58, "drop_random_ecg": 0.08}}}
     assert ecgqa_candidate.decide(result)["replace"]
-    result["candidate"]["valid_gen"]["drop_random_ecg"] = 0.06  # relies on the ECG less: kept out
+    result["candidate"]["valid_grouped"]["drop_random_ecg"] = 0.06  # relies on the ECG less: kept out
     assert not ecgqa_candidate.decide(result)["replace"]
-    result["candidate"]["valid_gen"] = {"em": 0.56, "drop_random_ecg": 0.12}  # 0.04 below on EM: kept out
+    result["candidate"]["valid_grouped"] = {"em": 0.56, "drop_random_ecg": 0.12}  # 0.04 below on EM: kept out
     assert not ecgqa_candidate.decide(result)["replace"]
     assert not ecgqa_candidate.decide({**result, "official_valid_paired": tie,
-                                       "candidate": {"valid_gen": gen}})["replace"]
+                                       "candidate": {"valid_grouped": gen}})["replace"]
 
 
 @needs_shared

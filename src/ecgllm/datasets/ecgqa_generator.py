@@ -42,8 +42,10 @@ _FIRST_NORMAL = {"become_normal": False, "still_abnormal": False, "become_abnorm
 # Answer-group sampling (``answer_groups=True``) covers the single-ECG choose and query templates whose answers come
 # from labels; numeric features and the heart axis keep the record-first draw.
 _GROUPED_SCOPES_EXCLUDED = ("numeric_range", "numeric_in_range", "heart_axis")
-# ECG-QA draws half as many ECGs showing neither option of a choose question as of each other answer.
-NONE_WEIGHT_CHOOSE = 0.5
+# Records ECG-QA took of each answer of one train question: 5 for a choose question, twice that for a query one
+# (its train split; an answer with fewer records gave all it had). "none" counts as one answer among the others: in
+# the official files it is about as common per question as each of them.
+ANSWER_QUOTA = {"choose": 5, "query": 10}
 
 
 def _pick(rng: np.random.Generator, seq):
@@ -168,10 +170,7 @@ def answer_for(t: Template, records: list[RecordAttributes], values: list[str] |
     if t.op == "verify_any":
         return ["yes" if present else "no"]
     if t.op == "choose":
-        if len(options) < 2:
-            return None
-        chosen = [v for v in options[:2] if v in present]
-        return chosen or [NONE]
+        return _choose_answer(present, options) if len(options) >= 2 else None
     if t.op == "query":
         if narrowing:
             if t.scope in ("form_leads", "noise_leads"):
@@ -182,6 +181,11 @@ def answer_for(t: Template, records: list[RecordAttributes], values: list[str] |
             return chosen or None
         return chosen or [NONE]
     return None
+
+
+def _choose_answer(present: set[str] | frozenset[str], options: list[str]) -> list[str]:
+    """A choose question's answer: the offered options the record shows, in the question's order, or "none"."""
+    return [v for v in options[:2] if v in present] or [NONE]
 
 
 def _lead_rank(name: str) -> int:
@@ -340,7 +344,7 @@ class ECGQAGenerator:
         self.pools = GeneratorPools(ids=ids, consecutive=consecutive, patients=patients,
                                     with_patient=sorted(patients))
         self._covered: dict[int, np.ndarray] = {}
-        self._groups: dict[tuple, dict[tuple[str, ...], list[int]]] = {}
+        self._groups: dict[tuple, dict[tuple[str, ...], np.ndarray]] = {}
         self._present_sets: dict[tuple[int, str | None], dict[int, frozenset[str] | None]] = {}
 
     @staticmethod
@@ -437,9 +441,9 @@ class ECGQAGenerator:
         return (t.question_type.startswith("single") and t.kind in ("choose", "query")
                 and t.scope not in _GROUPED_SCOPES_EXCLUDED)
 
-    def _answer_groups(self, t: Template, values: list[str], lead: str | None) -> dict[tuple[str, ...], list[int]]:
+    def _answer_groups(self, t: Template, values: list[str], lead: str | None) -> dict[tuple[str, ...], np.ndarray]:
         """Every record of the pool that template ``t`` can be asked about with these values and lead, grouped by
-        its answer (cached per question)."""
+        its answer (cached per question, as int32 arrays: a few thousand questions of a pool of ~12,000 records)."""
         key = (t.template_id, tuple(values), lead)
         if key not in self._groups:
             groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
@@ -453,22 +457,21 @@ class ECGQAGenerator:
                     self._present_sets[(t.template_id, lead)] = sets
                 for i, present in sets.items():
                     if present is not None:
-                        groups[tuple(v for v in values[:2] if v in present) or (NONE,)].append(i)
+                        groups[tuple(_choose_answer(present, values))].append(i)
             else:
                 for i in self._candidates(t):
                     answer = answer_for(t, [self.attributes[int(i)]], values, lead)
                     if answer is not None:
                         groups[tuple(answer)].append(int(i))
-            self._groups[key] = dict(groups)
+            self._groups[key] = {a: np.asarray(ids, dtype=np.int32) for a, ids in groups.items()}
         return self._groups[key]
 
     def _draw_grouped(self, t: Template, rng: np.random.Generator, tries: int
                       ) -> tuple[list[int], list[str], str | None] | None:
         """ECG-QA's own draw for a choose or query question: the question first (its values and lead uniform),
-        then one of its answers, each answer group equally likely (a choose question's "none" half as likely), then
-        a record of that group. A question needs two answers other than "none" among the pool's records, as in
-        ECG-QA's train split. So "none" is one answer among many, as in the official files, not the answer of
-        most records."""
+        then one of its answers, then a record of that answer (`_record_of_an_answer`). A question needs two answers
+        other than "none" among the pool's records, as in ECG-QA's train split. So "none" is one answer among the
+        others, as in the official files, not the answer of most records."""
         for _ in range(tries):
             lead = _pick(rng, STANDARD_12) if "${lead}" in t.pattern else None
             values: list[str] = []
@@ -484,13 +487,17 @@ class ECGQAGenerator:
         return None
 
     @staticmethod
-    def _record_of_an_answer(t: Template, groups: dict[tuple[str, ...], list[int]], rng: np.random.Generator,
+    def _record_of_an_answer(t: Template, groups: dict[tuple[str, ...], np.ndarray], rng: np.random.Generator,
                              other_than: tuple[str, ...] | None = None) -> int:
-        """A record of one of the answers in ``groups`` (each answer equally likely, a choose question's "none" half
-        as likely), ``other_than`` one answer (a counterfactual pair's partner)."""
+        """A record of one of the answers in ``groups``, ``other_than`` one answer (a counterfactual pair's partner).
+        ECG-QA took up to a fixed number of records of each answer of a question (`ANSWER_QUOTA`), so an answer is
+        drawn with weight min(its records, quota): a common answer as often as any other, an answer only one record
+        gives once for every quota's worth of the others."""
         answers = sorted(a for a in groups if a != other_than)
-        weights = np.array([NONE_WEIGHT_CHOOSE if t.kind == "choose" and a == (NONE,) else 1.0 for a in answers])
-        return _pick(rng, groups[answers[int(rng.choice(len(answers), p=weights / weights.sum()))]])
+        quota = ANSWER_QUOTA[t.kind]
+        weights = np.array([min(len(groups[a]), quota) for a in answers], dtype=float)
+        members = groups[answers[int(rng.choice(len(answers), p=weights / weights.sum()))]]
+        return int(members[int(rng.integers(len(members)))])
 
     def _draw(self, t: Template, rng: np.random.Generator) -> tuple[list[int], list[str], str | None] | None:
         """One random (ECGs, values, lead) for template ``t``; None when nothing in the pool fits."""
@@ -536,9 +543,9 @@ class ECGQAGenerator:
         another answer is dropped; ``n`` counts samples, so ``n // 2`` pairs.
 
         ``answer_groups=True`` draws single-ECG choose and query questions as ECG-QA drew them (`_draw_grouped`):
-        for each question, records of every answer in equal numbers. With the default record-first draw most of
-        them answer "none" (about four in five generated choose questions, against one in five official ones),
-        and a model learns that "none" is the safe answer.
+        the question first, then up to a fixed number of records of each of its answers. With the default
+        record-first draw most of them answer "none" (about three in four generated choose questions, against
+        about one in three in the official samples), and a model learns that "none" is the safe answer.
         """
         if intervention and paired:  # a partner is chosen for its other answer: the question-record link is back
             raise ValueError("intervention and paired sampling cannot be combined: a pair's second ECG is chosen for "
@@ -571,10 +578,10 @@ class ECGQAGenerator:
             wanted = None
             if t.kind == "verify" and yes_rate is not None:
                 wanted = "yes" if rng.random() < yes_rate else "no"
+            grouped = answer_groups and self.groups_apply(t)
             found = None
             for _ in range(tries if wanted else 1):
-                drawn = self._draw_grouped(t, rng, tries) if answer_groups and self.groups_apply(t) \
-                    else self._draw(t, rng)
+                drawn = self._draw_grouped(t, rng, tries) if grouped else self._draw(t, rng)
                 if drawn is None:
                     break
                 ecg_ids, values, lead = drawn
@@ -587,7 +594,7 @@ class ECGQAGenerator:
                 continue
             ecg_ids, values, lead, answer = found
             asked = [(ecg_ids, answer)]
-            if paired and answer_groups and self.groups_apply(t):  # the partner: a record of another answer
+            if paired and grouped:  # the partner: a record of another answer
                 other = self._record_of_an_answer(t, self._answer_groups(t, values, lead), rng, tuple(answer))
                 asked.append(([other], answer_for(t, [self.attributes[other]], values, lead)))
             elif paired:
@@ -607,7 +614,7 @@ class ECGQAGenerator:
                     "question_type": t.question_type, "attribute_type": t.attribute_type, "question": question,
                     "answer": answer, "ecg_id": ecg_ids, "attribute": _attribute_field(t, values),
                     "generator_version": GENERATOR_VERSION, "sampling": sampling,
-                    "draw": "answer_groups" if answer_groups and self.groups_apply(t) else "record_first",
+                    "draw": "answer_groups" if grouped else "record_first",
                 })
         return out[: n - n % 2] if paired else out[:n]  # pairs stay whole
 

@@ -3,11 +3,13 @@
 Generated question sets draw templates uniformly, so their EM weighs a template asked 800 times in the official
 train split as much as one asked 20,000 times; the official test questions that judge a model follow the official
 mix. The official files number their samples in template order (sample ids rise with the template id; checked
-here on every sample we have, and an error if it ever fails), so the first sample id seen for each template marks
-where its run begins, and a template's share is the length of its run over the split's length. The samples we
-have (`official_sample/template_train.json` and the train chunks in ``../shared``) give those first ids to within
-the sample's spacing: a share is an estimate, good to about a tenth of a small template's run. A template the
-samples never show folds into the run before it (its share is counted there), which the result says.
+here on every sample we have, and an error if it ever fails), so each template holds one run of ids. The samples we
+have (`official_sample/template_train.json` and the train chunks in ``../shared``) show, for each template, the
+first and last ids seen; its run starts somewhere after the previous template's last id seen and at or before its
+own first. The estimate puts each boundary at the midpoint of that gap; ``share_range`` keeps the shortest and the
+longest run the samples allow. A gap can be wide (the samples are drawn in windows of ids), so a small template's
+share is uncertain by up to a few per cent of the split. Templates the samples never show share the run of the
+template before them equally (named in ``unseen_after``).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class TemplateShares:
-    shares: dict[int, float]       # template id -> estimated share of the official train split
-    split_size: int                # samples in the split (the last sample id seen + 1)
-    unseen_after: dict[int, int]   # templates absent from the samples -> the template whose run holds them
+    shares: dict[int, float]                        # template id -> estimated share of the official train split
+    share_range: dict[int, tuple[float, float]]     # the smallest and largest share the samples allow
+    split_size: int                                 # samples in the split (the last sample id seen + 1)
+    unseen_after: dict[int, int]                    # templates absent from the samples -> the run they share
 
     def weighted_mean(self, per_template: dict[int, float]) -> tuple[float, float]:
         """``per_template`` values averaged with the official shares of their templates, and the share of the
@@ -55,13 +58,26 @@ def official_template_shares(ecgqa_dir: Path, template_ids: list[int] | None = N
         if t_b < t_a:
             raise ValueError(f"sample {id_b} (template {t_b}) follows sample {id_a} (template {t_a}): the official "
                              "samples are not in template order, so sample ids do not estimate template shares")
-    starts: dict[int, int] = {}
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
     for sample_id, template_id in samples:
-        starts.setdefault(template_id, sample_id)
-    split_size = samples[-1][0] + 1
-    ordered = sorted(starts)
-    ends = [starts[t] for t in ordered[1:]] + [split_size]
-    shares = {t: (end - starts[t]) / split_size for t, end in zip(ordered, ends)}
+        first.setdefault(template_id, sample_id)
+        last[template_id] = sample_id
+    split_size = samples[-1][0] + 1  # the last train chunk ends the split
+    ordered = sorted(first)
+    # a run starts after the previous template's last id seen, at or before its own first: midpoint of the gap
+    starts = [0.0] + [(last[prev] + 1 + first[t]) / 2 for prev, t in zip(ordered, ordered[1:])]
+    ends = starts[1:] + [float(split_size)]
     unseen = {t: max((s for s in ordered if s < t), default=ordered[0])
-              for t in (template_ids or range(1, 71)) if t not in starts}
-    return TemplateShares(shares=shares, split_size=split_size, unseen_after=unseen)
+              for t in (template_ids or range(1, 71)) if t not in first}
+    shares: dict[int, float] = {}
+    share_range: dict[int, tuple[float, float]] = {}
+    for k, t in enumerate(ordered):
+        sharing = [t] + [u for u, owner in unseen.items() if owner == t]
+        low = (last[t] - first[t] + 1) / split_size
+        high = ((first[ordered[k + 1]] if k + 1 < len(ordered) else split_size)
+                - (last[ordered[k - 1]] + 1 if k else 0)) / split_size
+        for u in sharing:  # an unseen template shares the run of the seen one before it
+            shares[u] = (ends[k] - starts[k]) / split_size / len(sharing)
+            share_range[u] = (low if u == t else 0.0, high)
+    return TemplateShares(shares=shares, share_range=share_range, split_size=split_size, unseen_after=unseen)

@@ -137,14 +137,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ecgllm.datasets.conversation import from_ecgqa
     from ecgllm.datasets.ptbxl import PTBXL
 
-    if getattr(args, "intervention", False) and getattr(args, "paired", False):
-        print("error: --intervention and --paired cannot be combined: a pair's second ECG is chosen for its answer, "
-              "so the question would depend on the record again", file=sys.stderr)
-        return EXIT_USAGE
-    if getattr(args, "intervention", False) and getattr(args, "answer_groups", False):
-        print("error: --intervention and --answer-groups cannot be combined: a record is drawn for its answer to the "
-              "question, so the question would depend on the record again", file=sys.stderr)
-        return EXIT_USAGE
     if args.pool == "ecgqa" and not args.ecgqa:
         print("error: --pool ecgqa needs --ecgqa DIR (the ECG-QA release folder), or use --pool ptbxl",
               file=sys.stderr)
@@ -163,10 +155,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
             strata = strata_for(ptbxl, pool)
         generator = ECGQAGenerator(build_attributes(ptbxl, measurements), pool, strata=strata)
-        samples = generator.generate(args.n, seed=args.seed, intervention=args.intervention,
-                                     template_ids=args.template_ids, paraphrase=args.paraphrase,
-                                     paired=args.paired, include_held_out_wordings=args.split != "train",
-                                     answer_groups=args.answer_groups)
+        try:  # the generator refuses draws that cannot be combined (--intervention with --paired or --answer-groups)
+            samples = generator.generate(args.n, seed=args.seed, intervention=args.intervention,
+                                         template_ids=args.template_ids, paraphrase=args.paraphrase,
+                                         paired=args.paired, include_held_out_wordings=args.split != "train",
+                                         answer_groups=args.answer_groups)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_USAGE
         if args.format == "official":
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(samples))
@@ -383,9 +379,10 @@ def add_data_commands(sub: argparse._SubParsersAction, formatter: type, exit_hel
                         "answers differ, so the wording alone predicts nothing (training data that forces reading "
                         "the ECG)")
     p.add_argument("--answer-groups", action="store_true",
-                   help="ecgqa: draw choose and query questions as ECG-QA did: the question first, then records of "
-                        "each of its answers in equal numbers, so that \"none\" is one answer among many (by default "
-                        "a record is drawn first, and most choose and query questions then answer \"none\")")
+                   help="ecgqa: draw choose and query questions as ECG-QA did: the question first, then one of its "
+                        "answers (up to ECG-QA's quota of records each), then a record, so that \"none\" is one answer "
+                        "among the others (by default a record is drawn first, and most choose and query questions "
+                        "then answer \"none\")")
     p.add_argument("--paraphrase", type=float, default=0.0, metavar="SHARE",
                    help="ecgqa: share of questions (0-1) worded by an official paraphrase of their template "
                         "(train wordings) instead of the template wording (default 0: template wording only)")
