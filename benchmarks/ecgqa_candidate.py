@@ -21,7 +21,7 @@ features, which agrees with an official numeric question 48 % of the time
         --candidate ../cache/runs/ecgqa/continue_numeric_paraphrased/final --signals ../cache/cache/ptbxl100 \\
         --valid-gen ../cache/monitor/valid_gen.json --features ../cache/ecgqa_features_ptbxl100.csv \\
         --work ../cache/candidate
-    -> benchmarks/results/ecgqa_candidate.json, docs/results/ecgqa_candidate.md
+    -> benchmarks/results/ecgqa_candidate[_NAME].json, docs/results/ecgqa_candidate[_NAME].md
 
 Every evaluation is an `ecgllm eval ecgqa` run folder under --work (resumable); the two models run side by side,
 one CPU core each.
@@ -201,7 +201,7 @@ def decide(result: dict) -> dict:
 def render(result: dict) -> str:
     d, c = result["default"], result["candidate"]
     lines = ["# A candidate against the default, on ECG-QA valid", "",
-             "Written by `benchmarks/ecgqa_candidate.py` from `benchmarks/results/ecgqa_candidate.json`; command: "
+             f"Written by `benchmarks/ecgqa_candidate.py` from `benchmarks/results/{result['result_file']}`; command: "
              f"`{result['command']}`.", "",
              f"Default: `{result['models']['default']}`. Candidate: `{result['models']['candidate']}`.", "",
              f"Rule (fixed before the candidate was scored): {result['rule']}.", "",
@@ -261,6 +261,8 @@ def main() -> None:
     parser.add_argument("--chunk-ids", type=int, default=150, help="sample ids drawn from chunk 60000 (default 150)")
     parser.add_argument("--numeric-n", type=int, default=300, help="generated numeric/axis valid questions")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", help="a name for this candidate's result files (ecgqa_candidate_NAME.json/.md), so "
+                                       "that several candidates' decisions stay side by side")
     parser.add_argument("--cores", type=int, nargs="+", default=sorted(os.sched_getaffinity(0))[:2],
                         help="CPU cores for the default's and the candidate's runs (default: the first two)")
     args = parser.parse_args()
@@ -296,8 +298,10 @@ def main() -> None:
     result["decision"] = decide(result)
     result["command"] = "python benchmarks/ecgqa_candidate.py " + " ".join(sys.argv[1:])
     result["environment"] = environment()
-    write_result("ecgqa_candidate.json", result)
-    (ROOT / "docs" / "results" / "ecgqa_candidate.md").write_text(render(result))
+    stem = "ecgqa_candidate" + (f"_{args.name}" if args.name else "")
+    result["result_file"] = f"{stem}.json"
+    write_result(f"{stem}.json", result)
+    (ROOT / "docs" / "results" / f"{stem}.md").write_text(render(result))
     print(json.dumps(result["decision"]))
 
 
