@@ -78,7 +78,13 @@ wording, and official_sample's paraphrased train questions, one wording per temp
 It answered the official valid questions no better, numeric and paraphrased ones included, and the generated valid
 ones worse, so by the rule of `benchmarks/ecgqa_candidate.py` the default stayed (`ecgqa_candidate.md`). On the
 generated numeric questions it answered nearly as well with another patient's ECG: the frozen encoder was trained on
-statements, and its tokens seem to carry little of the interval lengths these questions ask about. All LLM stages ran on one CPU core (batch 8); no GPU was available. For the
+statements, and its tokens seem to carry little of the interval lengths these questions ask about. Then two more
+1,200-step continuations, scored by the rule's second version: with 6,000 generated comparison yes/no questions added
+(`continue_comparison_verify.yaml`: official valid EM unchanged, `ecgqa_candidate_comparison_verify.md`), and with
+those, official paraphrases and the generated choose and query questions drawn as ECG-QA drew them
+(`continue_answer_groups.yaml`: better on the choose questions, worse where official answers are mostly "none",
+worse overall, `ecgqa_candidate_answer_groups.md`). The default stayed. All LLM stages ran on one CPU core (batch
+8); no GPU was available. For the
 answer latency: the prompt's common start (system prompt, user header, ECG tags) is computed once and kept for the
 last few distinct starts, so questions about one ECG and comparisons of two asked in turn both reuse theirs."""
 
@@ -444,9 +450,11 @@ def render_page(r: dict) -> str:
                                        "(ECG-QA test ECGs)", q)
         lines += ["The main generated set draws a record first, so most of its choose and query questions answer "
                   "\"none\"; here those are drawn question first, then one of its answers (up to ECG-QA's quota of "
-                  "records each, `--answer-groups`), so \"none\" is one answer among the others, about as often as "
-                  "in the official samples. Yes/no and comparison questions are drawn as in the main set. Baselines on "
-                  "the same questions:", "", "| baseline | EM |", "|---|---|"]
+                  "records each, `--answer-groups`), so \"none\" is one answer among the others. The official answers lie in "
+                  "between: on the official valid questions we have, \"none\" answers most questions of some query "
+                  "templates (\"What leads are showing X?\"), and a continuation trained on this draw answered those "
+                  "worse (`ecgqa_candidate_answer_groups.md`). Yes/no and comparison questions are drawn as in the "
+                  "main set. Baselines on the same questions:", "", "| baseline | EM |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v['overall_em'] if isinstance(v, dict) else v)} |" for k, v in q["baselines"].items()]
     n = r["normal_ecg"]
     lines += ["", "## \"Is this a normal ECG?\"", "", f"Split: {n['split']}. Balanced accuracy {_fmt(n['balanced_acc'])}; "
