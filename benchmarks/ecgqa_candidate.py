@@ -20,7 +20,7 @@ features, which agrees with an official numeric question 48 % of the time
     python benchmarks/ecgqa_candidate.py --default src/ecgllm/data/checkpoint \\
         --candidate ../cache/runs/ecgqa/continue_numeric_paraphrased/final --signals ../cache/cache/ptbxl100 \\
         --valid-gen ../cache/monitor/valid_gen.json --features ../cache/ecgqa_features_ptbxl100.csv \\
-        --work ../cache/candidate
+        --work ../cache/candidate [--name NAME]
     -> benchmarks/results/ecgqa_candidate[_NAME].json, docs/results/ecgqa_candidate[_NAME].md
 
 Every evaluation is an `ecgllm eval ecgqa` run folder under --work (resumable); the two models run side by side,

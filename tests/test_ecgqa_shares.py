@@ -23,16 +23,20 @@ def _write_official(root: Path, sample: list[tuple[int, int]], chunk: list[tuple
 
 def test_a_template_s_share_is_its_run_of_sample_ids(tmp_path):
     # ids seen: template 1 at 0 and 2, template 2 at 4 and 6, template 4 at 10, 15 and 19; 3 never appears.
-    # Boundaries at the midpoints of the gaps: 1 | 2 at 3.5, 2 | 4 at 8.5; 3 shares 2's run.
+    # The gap 3-4 is cut at its midpoint (1 | 2 at 3.5); the gap 7-9 holds the end of 2, all of 3 and the start of
+    # 4, a third each (2 | 3 at 8, 3 | 4 at 9).
     root = _write_official(tmp_path, [(0, 1), (2, 1), (4, 2), (6, 2)], [(10, 4), (15, 4), (19, 4)])
     shares = official_template_shares(root, template_ids=[1, 2, 3, 4])
     assert shares.split_size == 20
-    assert shares.shares == pytest.approx({1: 3.5 / 20, 2: 2.5 / 20, 3: 2.5 / 20, 4: 11.5 / 20})
-    assert sum(shares.shares.values()) == pytest.approx(1.0)
+    assert shares.shares == pytest.approx({1: 3.5 / 20, 2: 4.5 / 20, 3: 1 / 20, 4: 11 / 20})
     assert shares.unseen_after == {3: 2}
-    # template 2 holds at least ids 4-6 and at most 3-9; template 4 at least 10-19, at most 7-19
+    # template 2 holds at least ids 4-6 and at most 3-9; 3 at most 7-9; 4 at least 10-19, at most 7-19
     assert shares.share_range[2] == pytest.approx((3 / 20, 7 / 20))
+    assert shares.share_range[3] == pytest.approx((0.0, 3 / 20))
     assert shares.share_range[4] == pytest.approx((10 / 20, 13 / 20))
+    for template, share in shares.shares.items():  # every estimate lies within what the samples allow
+        low, high = shares.share_range[template]
+        assert low <= share <= high
 
 
 def test_samples_out_of_template_order_stop_the_estimate(tmp_path):
@@ -66,4 +70,5 @@ def test_the_official_shares_match_a_whole_train_chunk():
         count = sum(s["template_id"] == template for s in chunk)
         assert shares.shares[template] * shares.split_size == pytest.approx(count)
     assert sum(shares.shares.values()) == pytest.approx(1.0)
-    assert set(shares.shares) | set(shares.unseen_after) == set(range(1, 71))
+    assert set(shares.shares) == set(range(1, 71))
+    assert all(low <= shares.shares[t] <= high for t, (low, high) in shares.share_range.items())

@@ -396,7 +396,7 @@ def test_candidate_rule_needs_a_bootstrap_interval_over_ecgs_above_zero_and_kept
 
 @needs_shared
 def test_official_mix_weighs_templates_by_their_official_share(tmp_path, monkeypatch):
-    """Template 1 ("Does this ECG show symptoms of X?") is about forty times as common in the official train split as
+    """Template 1 ("Does this ECG show symptoms of X?") is some seventy times as common in the official train split as
     template 2 ("Is this a normal ECG?"): all right on 1 and all wrong on 2 is EM 0.5 by question, near 1 by the mix."""
     from pathlib import Path
 

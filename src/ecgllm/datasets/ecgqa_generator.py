@@ -42,10 +42,15 @@ _FIRST_NORMAL = {"become_normal": False, "still_abnormal": False, "become_abnorm
 # Answer-group sampling (``answer_groups=True``) covers the single-ECG choose and query templates whose answers come
 # from labels; numeric features and the heart axis keep the record-first draw.
 _GROUPED_SCOPES_EXCLUDED = ("numeric_range", "numeric_in_range", "heart_axis")
-# Records ECG-QA took of each answer of one train question: 5 for a choose question, twice that for a query one
-# (its train split; an answer with fewer records gave all it had). "none" counts as one answer among the others: in
-# the official files it is about as common per question as each of them.
+# Answer weights of the answer-group draw: an answer weighs min(its records, quota). Modelled on ECG-QA's last public
+# generation script (5 records of each answer of a train choose question, 10 of a query one); the released files
+# hold more records of one answer for some query templates (12-43 in the official samples of templates 11, 25, 32-34,
+# 38), so these weights overstate rare query answers there. "none" counts as one answer among the others.
 ANSWER_QUOTA = {"choose": 5, "query": 10}
+
+
+class IncompatibleDrawError(ValueError):
+    """Two ways of drawing questions that cannot be combined (e.g. intervention sampling with paired draws)."""
 
 
 def _pick(rng: np.random.Generator, seq):
@@ -490,9 +495,8 @@ class ECGQAGenerator:
     def _record_of_an_answer(t: Template, groups: dict[tuple[str, ...], np.ndarray], rng: np.random.Generator,
                              other_than: tuple[str, ...] | None = None) -> int:
         """A record of one of the answers in ``groups``, ``other_than`` one answer (a counterfactual pair's partner).
-        ECG-QA took up to a fixed number of records of each answer of a question (`ANSWER_QUOTA`), so an answer is
-        drawn with weight min(its records, quota): a common answer as often as any other, an answer only one record
-        gives once for every quota's worth of the others."""
+        An answer is drawn with weight min(its records, `ANSWER_QUOTA`), after ECG-QA's per-answer quotas: a common
+        answer as often as any other, an answer only one record gives once for every quota's worth of the others."""
         answers = sorted(a for a in groups if a != other_than)
         quota = ANSWER_QUOTA[t.kind]
         weights = np.array([min(len(groups[a]), quota) for a in answers], dtype=float)
@@ -548,11 +552,12 @@ class ECGQAGenerator:
         about one in three in the official samples), and a model learns that "none" is the safe answer.
         """
         if intervention and paired:  # a partner is chosen for its other answer: the question-record link is back
-            raise ValueError("intervention and paired sampling cannot be combined: a pair's second ECG is chosen for "
-                             "its answer, so the question depends on the record again")
+            raise IncompatibleDrawError("intervention and paired sampling cannot be combined: a pair's second ECG "
+                                        "is chosen for its answer, so the question depends on the record again")
         if intervention and answer_groups:  # the record is drawn for its answer: S -> Q again
-            raise ValueError("intervention and answer-group sampling cannot be combined: a record is drawn for its "
-                             "answer to the question, so the question depends on the record again")
+            raise IncompatibleDrawError("intervention and answer-group sampling cannot be combined: a record is "
+                                        "drawn for its answer to the question, so the question depends on the "
+                                        "record again")
         if intervention and not self.strata:
             raise ValueError("intervention sampling needs the records' severity strata (ECGQAGenerator(strata=...))")
         if not 0.0 <= paraphrase <= 1.0:

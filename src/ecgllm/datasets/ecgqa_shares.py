@@ -8,8 +8,8 @@ have (`official_sample/template_train.json` and the train chunks in ``../shared`
 first and last ids seen; its run starts somewhere after the previous template's last id seen and at or before its
 own first. The estimate puts each boundary at the midpoint of that gap; ``share_range`` keeps the shortest and the
 longest run the samples allow. A gap can be wide (the samples are drawn in windows of ids), so a small template's
-share is uncertain by up to a few per cent of the split. Templates the samples never show share the run of the
-template before them equally (named in ``unseen_after``).
+share is uncertain by up to a few per cent of the split. A template the samples never show (named in
+``unseen_after``, with the seen template before it) gets an equal part of the gap it must lie in.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class TemplateShares:
     shares: dict[int, float]                        # template id -> estimated share of the official train split
     share_range: dict[int, tuple[float, float]]     # the smallest and largest share the samples allow
     split_size: int                                 # samples in the split (the last sample id seen + 1)
-    unseen_after: dict[int, int]                    # templates absent from the samples -> the run they share
+    unseen_after: dict[int, int]                    # templates absent from the samples -> the seen one before
 
     def weighted_mean(self, per_template: dict[int, float]) -> tuple[float, float]:
         """``per_template`` values averaged with the official shares of their templates, and the share of the
@@ -65,19 +65,33 @@ def official_template_shares(ecgqa_dir: Path, template_ids: list[int] | None = N
         last[template_id] = sample_id
     split_size = samples[-1][0] + 1  # the last train chunk ends the split
     ordered = sorted(first)
-    # a run starts after the previous template's last id seen, at or before its own first: midpoint of the gap
-    starts = [0.0] + [(last[prev] + 1 + first[t]) / 2 for prev, t in zip(ordered, ordered[1:])]
-    ends = starts[1:] + [float(split_size)]
-    unseen = {t: max((s for s in ordered if s < t), default=ordered[0])
+    unseen = {t: max((s for s in ordered if s < t), default=0)
               for t in (template_ids or range(1, 71)) if t not in first}
-    shares: dict[int, float] = {}
+    # Between two seen templates lies a gap of ids no sample shows, which holds the end of the first, the unseen
+    # templates between them and the start of the second: it is cut into equal parts, one each (the midpoint when
+    # none is unseen). Unseen templates before every seen one share the ids before the first id seen.
+    bounds: dict[int, tuple[float, float]] = {}
+    for k, t in enumerate([0] + ordered):
+        gap_start = last[t] + 1 if t else 0
+        gap_end = first[ordered[k]] if k < len(ordered) else split_size
+        between = sorted(u for u, owner in unseen.items() if owner == t)
+        if k == len(ordered):  # the split ends at the last id seen: nothing comes after the last template
+            gap_end = gap_start
+        owners = ([t] if t else []) + between + ([ordered[k]] if k < len(ordered) else [])
+        step = (gap_end - gap_start) / max(len(owners), 1)
+        edges = [gap_start + step * j for j in range(len(owners) + 1)]
+        if t:  # the seen template before the gap ends after its first part
+            bounds[t] = (bounds[t][0], edges[1])
+            owners, edges = owners[1:], edges[1:]
+        for j, u in enumerate(owners):
+            bounds[u] = (edges[j], edges[j + 1] if u in unseen else float("nan"))
+    shares = {t: (end - begin) / split_size for t, (begin, end) in bounds.items()}
     share_range: dict[int, tuple[float, float]] = {}
     for k, t in enumerate(ordered):
-        sharing = [t] + [u for u, owner in unseen.items() if owner == t]
-        low = (last[t] - first[t] + 1) / split_size
-        high = ((first[ordered[k + 1]] if k + 1 < len(ordered) else split_size)
-                - (last[ordered[k - 1]] + 1 if k else 0)) / split_size
-        for u in sharing:  # an unseen template shares the run of the seen one before it
-            shares[u] = (ends[k] - starts[k]) / split_size / len(sharing)
-            share_range[u] = (low if u == t else 0.0, high)
+        after = first[ordered[k + 1]] if k + 1 < len(ordered) else split_size
+        before = last[ordered[k - 1]] + 1 if k else 0
+        share_range[t] = ((last[t] - first[t] + 1) / split_size, (after - before) / split_size)
+    for u, owner in unseen.items():
+        nxt = min((s for s in ordered if s > u), default=None)
+        share_range[u] = (0.0, ((first[nxt] if nxt else split_size) - (last[owner] + 1 if owner else 0)) / split_size)
     return TemplateShares(shares=shares, share_range=share_range, split_size=split_size, unseen_after=unseen)

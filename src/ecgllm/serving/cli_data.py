@@ -147,7 +147,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.kind == "ecgqa":
         from ecgllm.datasets.ecgqa_attributes import build_attributes
-        from ecgllm.datasets.ecgqa_generator import ECGQAGenerator
+        from ecgllm.datasets.ecgqa_generator import ECGQAGenerator, IncompatibleDrawError
 
         strata = None
         if args.intervention:
@@ -160,7 +160,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                          template_ids=args.template_ids, paraphrase=args.paraphrase,
                                          paired=args.paired, include_held_out_wordings=args.split != "train",
                                          answer_groups=args.answer_groups)
-        except ValueError as error:
+        except IncompatibleDrawError as error:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_USAGE
         if args.format == "official":
@@ -379,10 +379,10 @@ def add_data_commands(sub: argparse._SubParsersAction, formatter: type, exit_hel
                         "answers differ, so the wording alone predicts nothing (training data that forces reading "
                         "the ECG)")
     p.add_argument("--answer-groups", action="store_true",
-                   help="ecgqa: draw choose and query questions as ECG-QA did: the question first, then one of its "
-                        "answers (up to ECG-QA's quota of records each), then a record, so that \"none\" is one answer "
-                        "among the others (by default a record is drawn first, and most choose and query questions "
-                        "then answer \"none\")")
+                   help="ecgqa: draw choose and query questions after ECG-QA's own draw: the question first, then "
+                        "one of its answers (weighted by min(its records, a per-answer quota)), then a record, so that "
+                        "\"none\" is one answer among the others (by default a record is drawn first, and most "
+                        "choose and query questions then answer \"none\")")
     p.add_argument("--paraphrase", type=float, default=0.0, metavar="SHARE",
                    help="ecgqa: share of questions (0-1) worded by an official paraphrase of their template "
                         "(train wordings) instead of the template wording (default 0: template wording only)")
