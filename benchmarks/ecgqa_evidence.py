@@ -10,8 +10,8 @@ checks through the checkpoint's training_records.json):
   McNemar test between the answers with the real ECG and with another patient's ECG; the confusion of verify
   answers; the majority, question-only and classifier baselines on the same questions;
 - a second generated test set over ECG-QA test ECGs whose choose and query questions are drawn as ECG-QA drew
-  them (`--answer-groups`: an answer first, weighted by min(its records, a quota), so "none" is one answer among many), with the
-  same probes and the majority and question-only baselines;
+  them (`--answer-groups`: an answer first, weighted by min(its records, a quota), so "none" is one answer among
+  many), with the same probes and the majority and question-only baselines;
 - every EM also weighted by the official template mix (`ecgllm.datasets.ecgqa_shares`);
 - the official ECG-QA *valid* questions we have (chunk 60000 and official_sample, template and paraphrased):
   the same probes (valid is for model selection, so it is reported, never tuned on here);
@@ -24,6 +24,7 @@ The page is written from the JSON only (`--page-only` re-renders it).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import sys
@@ -92,8 +93,8 @@ last few distinct starts, so questions about one ECG and comparisons of two aske
 
 def generated_test(n: int, seed: int, out: Path, answer_groups: bool = False) -> Path:
     """Official-format questions over ECG-QA test ECGs (templates the generator can answer from our labels);
-    ``answer_groups``: choose and query questions drawn as ECG-QA drew them (an answer first, weighted by min(its records, a quota),
-    `ECGQAGenerator.generate`), in a folder of their own."""
+    ``answer_groups``: choose and query questions drawn as ECG-QA drew them (an answer first, weighted by min(its
+    records, a quota), `ECGQAGenerator.generate`), in a folder of their own."""
     from ecgllm.datasets import ECGQA, PTBXL
     from ecgllm.datasets.ecgqa_attributes import build_attributes
     from ecgllm.datasets.ecgqa_generator import ECGQAGenerator
@@ -183,14 +184,11 @@ def official_mix(runs: dict[str, Path]) -> dict:
     """EM of each run with its templates weighted as the official train split weighs them
     (`ecgllm.datasets.ecgqa_shares`): generated sets draw templates uniformly, the official test questions do not.
     ``covered_share``: how much of the official mix the runs' templates make up."""
-    from ecgllm.datasets.ecgqa_shares import official_template_shares
-
-    shares = official_template_shares(SHARED / "ecgqa")
+    shares = _official_shares()
     out: dict = {}
     templates: set[int] | None = None
     for name, run in runs.items():
-        table = per_sample(run)
-        per_template = table.groupby("template_id")["correct"].apply(lambda c: float(c.astype(bool).mean()))
+        per_template = template_em(per_sample(run))
         if templates is not None and set(per_template.index) != templates:
             raise ValueError(f"{run}: other templates than the runs before it; the mix would not compare them")
         templates = set(per_template.index)
@@ -199,8 +197,21 @@ def official_mix(runs: dict[str, Path]) -> dict:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _official_shares():
+    """The official template shares, read once per process (every probe section and run folder weighs by them)."""
+    from ecgllm.datasets.ecgqa_shares import official_template_shares
+
+    return official_template_shares(SHARED / "ecgqa")
+
+
+def template_em(table: pd.DataFrame) -> pd.Series:
+    """EM per template id of a run's per-sample table."""
+    return table.groupby("template_id")["correct"].apply(lambda c: float(c.astype(bool).mean()))
+
+
 def em_per_template(table: pd.DataFrame) -> dict[str, float]:
-    return {str(t): round(float(g["correct"].astype(bool).mean()), 3) for t, g in table.groupby("template_id")}
+    return {str(t): round(em, 3) for t, em in template_em(table).items()}
 
 
 def mcnemar_real_vs_random(probes: Path) -> dict:
