@@ -1,15 +1,18 @@
 """Does a candidate checkpoint replace the default? Both scored on the same ECG-QA *valid* questions, and a rule,
 stated here before any candidate was scored, decides.
 
-Rule (second version, fixed before any of its candidates was scored): the candidate replaces the default only if
+Rule (third version, fixed before any of its candidates was scored): the candidate replaces the default only if
   (a) on the official valid questions we have (official_sample valid, template and paraphrased wording, plus a
       seeded draw of chunk 60000), its EM minus the default's has a 95 % interval above 0; the interval is a
       paired bootstrap over ECGs (2,000 draws, seed 0), because a question is asked in both wordings and an ECG
       gets several questions, so questions are not independent (McNemar is reported beside it); and
   (b) on generated valid questions drawn as ECG-QA drew them (`valid_grouped`: 600 questions over ECG-QA valid
-      ECGs, seed 21, the selection's templates, choose and query questions with `--answer-groups`), its EM is at
-      most 0.03 below the default's and its fall with another patient's ECG is at most 0.03 smaller.
-The first version took (b) on the selection's generated valid questions (`monitor/valid_gen.json`,
+      ECGs, seed 23, the selection's templates, choose and query questions with `--answer-groups` and the valid
+      split's answer quotas), its EM is at most 0.03 below the default's and its fall with another patient's ECG
+      is at most 0.03 smaller.
+The second version drew valid_grouped with the train split's answer quotas (5 records of each answer of a choose
+question, 10 of a query one; ECG-QA drew valid and test with 3 and 6) and seed 21, valid_gen's seed. The first
+version took (b) on the selection's generated valid questions (`monitor/valid_gen.json`,
 benchmarks/ecgqa_selection.py), which draw a record first: most of their choose and query questions answer "none",
 unlike the official ones, so a model that stops answering "none" where the ECG shows nothing lost there whatever it
 gained on official questions. They are still scored and reported. Generated numeric-feature and heart-axis valid
@@ -41,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 from common import ROOT, SHARED, environment, write_result
+from ecgllm.datasets.ecgqa_generator import ANSWER_QUOTA
 from ecgqa_evidence import OFFICIAL_MIX_NOTE, em_per_template, official_mix, per_sample
 from ecgqa_selection import NUMERIC_AXIS_TEMPLATES, SELECTION_TEMPLATES, verify_balance_of
 
@@ -52,9 +56,10 @@ BOOTSTRAP_DRAWS = 2000
 RULE = ("the candidate replaces the default only if (a) on the official valid questions its EM minus the default's "
         "has a 95 % paired bootstrap interval (over ECGs, 2,000 draws) above 0, and (b) on the generated valid "
         "questions drawn as ECG-QA drew them (valid_grouped) its EM is at most 0.03 below the default's and its fall "
-        "with another patient's ECG at most 0.03 smaller (second version of the rule; the first took (b) on the "
-        "selection's record-first valid_gen, still reported)")
-GROUPED_SEED = 21
+        "with another patient's ECG at most 0.03 smaller (third version of the rule: valid_grouped drawn with the "
+        "valid split's answer quotas, seed 23; the second drew it with the train split's, seed 21; the first took (b) "
+        "on the selection's record-first valid_gen, still reported)")
+GROUPED_SEED = 23  # not valid_gen's 21: the two sets would otherwise share their draws
 GROUPED_N = 600
 
 
@@ -87,8 +92,10 @@ def generated_set(target: Path, split: str, n: int, seed: int, *options: str) ->
 
 def grouped_valid_set(work: Path, n: int = GROUPED_N, seed: int = GROUPED_SEED) -> Path:
     """Generated questions over ECG-QA valid ECGs, the selection's templates, choose and query questions drawn as
-    ECG-QA drew them (`--answer-groups`)."""
-    return generated_set(work / "sets" / f"valid_grouped_n{n}_s{seed}.json", "valid", n, seed, "--answer-groups",
+    ECG-QA drew them (`--answer-groups`, with the valid split's answer quotas, named in the file name)."""
+    quota = ANSWER_QUOTA["valid"]
+    name = f"valid_grouped_n{n}_s{seed}_q{quota['choose']}-{quota['query']}.json"
+    return generated_set(work / "sets" / name, "valid", n, seed, "--answer-groups",
                          "--template-ids", *map(str, SELECTION_TEMPLATES))
 
 
@@ -285,7 +292,9 @@ def main() -> None:
                                           "record-first draw, reported only",
                              "valid_grouped": f"ECG-QA valid ECGs: {GROUPED_N} generated questions (seed "
                                               f"{GROUPED_SEED}), the selection's templates, choose and query questions "
-                                              "drawn as ECG-QA drew them",
+                                              "drawn as ECG-QA drew them (the valid split's answer quotas: "
+                                              f"{ANSWER_QUOTA['valid']['choose']} records of each answer of a choose "
+                                              f"question, {ANSWER_QUOTA['valid']['query']} of a query one)",
                              "numeric_valid": "ECG-QA valid ECGs: generated numeric-feature and heart-axis questions "
                                               f"(seed {args.seed + 22}; answers from our re-measurement), "
                                               "reported only"}}

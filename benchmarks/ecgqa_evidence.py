@@ -97,15 +97,17 @@ def generated_test(n: int, seed: int, out: Path, answer_groups: bool = False) ->
     records, a quota), `ECGQAGenerator.generate`), in a folder of their own."""
     from ecgllm.datasets import ECGQA, PTBXL
     from ecgllm.datasets.ecgqa_attributes import build_attributes
-    from ecgllm.datasets.ecgqa_generator import ECGQAGenerator
+    from ecgllm.datasets.ecgqa_generator import ANSWER_QUOTA, ECGQAGenerator
 
-    # the grouped set's folder names its size and seed: another draw is another set, never a stale one reused
-    folder = f"grouped_test_n{n}_s{seed}" if answer_groups else "generated_test"
+    # the grouped set's folder names its size, seed and answer quotas (the test split's, as ECG-QA drew its test
+    # questions): another draw is another set, never a stale one reused
+    quota = ANSWER_QUOTA["test"]
+    folder = f"grouped_test_n{n}_s{seed}_q{quota['choose']}-{quota['query']}" if answer_groups else "generated_test"
     path = out / folder / "template" / "generated.json"
     if not path.exists():
         ptbxl = PTBXL.load(SHARED / "ptbxl")
         samples = ECGQAGenerator(build_attributes(ptbxl), ECGQA(QA).split_ecg_ids("test")).generate(
-            n, seed=seed, answer_groups=answer_groups)
+            n, seed=seed, answer_groups=answer_groups, quota_split="test")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(samples))
     return path
@@ -326,7 +328,9 @@ def evaluate(args: argparse.Namespace) -> dict:
                              loaded=loaded, batch_size=args.batch_size, progress=not args.quiet)
         result["grouped_test"] = {"split": f"ECG-QA test ECGs (never trained on); {args.n_grouped} generated questions "
                                            f"(seed {args.seed + 1}), template wording, choose and query questions "
-                                           "drawn as ECG-QA drew them (`--answer-groups`), the others record first",
+                                           "drawn as ECG-QA drew them (`--answer-groups`, the test split's answer "
+                                           "quotas: 3 records of each answer of a choose question, 6 of a query "
+                                           "one), the others record first",
                                   **probes_summary(runs, summary)}
         result["grouped_test"]["baselines"] = run_baselines(
             train, [str(grouped)], signals, str(runs / "baselines"), which=["majority", "question-only"],
@@ -465,8 +469,8 @@ def render_page(r: dict) -> str:
         lines += [""] + _probe_section("Generated test set, choose and query questions drawn as ECG-QA drew them "
                                        "(ECG-QA test ECGs)", q)
         lines += ["The main generated set draws a record first, so most of its choose and query questions answer "
-                  "\"none\"; here those are drawn question first, then one of its answers (up to ECG-QA's quota of "
-                  "records each, `--answer-groups`), so \"none\" is one answer among the others. The official answers lie in "
+                  "\"none\"; here those are drawn question first, then one of its answers (up to ECG-QA's test-split "
+                  "quota of records each, `--answer-groups`), so \"none\" is one answer among the others. The official answers lie in "
                   "between: on the official valid questions we have, \"none\" answers most questions of some query "
                   "templates (\"What leads are showing X?\"), and a continuation trained on this draw answered those "
                   "worse (`ecgqa_candidate_answer_groups.md`). Yes/no and comparison questions are drawn as in the "

@@ -7,6 +7,7 @@ import os
 import re
 from collections import Counter
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -15,7 +16,8 @@ from ecgllm.datasets.conversation import from_ecgqa, read_jsonl, write_jsonl
 from ecgllm.datasets.ecgqa import ATTRIBUTE_TYPES, QUESTION_TYPES, QASample
 from ecgllm.datasets.ecgqa_attributes import build_attributes, parse_lead_spec
 from ecgllm.datasets.ecgqa_check import generator_agreement
-from ecgllm.datasets.ecgqa_generator import GENERATOR_VERSION, ECGQAGenerator, answer_for, regenerate_answer
+from ecgllm.datasets.ecgqa_generator import (ANSWER_QUOTA, GENERATOR_VERSION, NONE, ECGQAGenerator, answer_for,
+                                             regenerate_answer)
 from ecgllm.datasets.ecgqa_templates import load_templates
 from ecgllm.datasets.instruct import InstructBuilder
 from ecgllm.io.leads import STANDARD_12
@@ -257,6 +259,21 @@ def test_answer_groups_draw_choose_and_query_questions_as_ecgqa_did(full):
     for first, second in zip(paired[::2], paired[1::2]):  # a partner answers otherwise, "none" no likelier than else
         assert first["question"] == second["question"] and sorted(first["answer"]) != sorted(second["answer"])
     assert none_share(paired) < 0.35
+    assert {s["answer_quota"] for s in grouped} == {5, 10}  # train quotas: choose 5, query 10
+    # a valid or test split is drawn with its own quotas (ECG-QA: choose 3, query 6 there)
+    valid = ECGQAGenerator(attrs, qa.split_ecg_ids("valid"))
+    assert {s["answer_quota"] for s in valid.generate(300, seed=3, template_ids=templates, answer_groups=True,
+                                                        quota_split="valid")} == {3, 6}
+    # answer weights min(records, quota): "none" 50 records, "a" 4, "b" 1 -> 3:3:1 under the valid quota, 5:4:1 train
+    groups = {(NONE,): np.arange(50, dtype=np.int32), ("a",): np.arange(50, 54, dtype=np.int32),
+              ("b",): np.array([54], dtype=np.int32)}
+    for quota_split, expected_share_a in (("valid", 3 / 7), ("train", 4 / 10)):
+        valid._quota = ANSWER_QUOTA[quota_split]
+        rng = np.random.default_rng(0)
+        drawn = [valid._record_of_an_answer(load_templates()[4], groups, rng) for _ in range(20000)]
+        assert abs(np.mean([50 <= i < 54 for i in drawn]) - expected_share_a) < 0.015
+    with pytest.raises(ValueError, match="quota_split"):
+        valid.generate(10, answer_groups=True, quota_split="dev")
     verify = generator.generate(200, seed=3, template_ids=[1, 17], answer_groups=True)  # verify keeps its draw
     assert {s["draw"] for s in verify} == {"record_first"}
     with pytest.raises(ValueError, match="answer-group"):

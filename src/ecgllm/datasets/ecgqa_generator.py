@@ -43,10 +43,13 @@ _FIRST_NORMAL = {"become_normal": False, "still_abnormal": False, "become_abnorm
 # from labels; numeric features and the heart axis keep the record-first draw.
 _GROUPED_SCOPES_EXCLUDED = ("numeric_range", "numeric_in_range", "heart_axis")
 # Answer weights of the answer-group draw: an answer weighs min(its records, quota). Modelled on ECG-QA's last public
-# generation script (5 records of each answer of a train choose question, 10 of a query one); the released files
-# hold more records of one answer for some query templates (12-43 in the official samples of templates 11, 25, 32-34,
-# 38), so these weights overstate rare query answers there. "none" counts as one answer among the others.
-ANSWER_QUOTA = {"choose": 5, "query": 10}
+# generation script: n records of each answer of a choose question and 2n of a query one, n = 5 in the train split and
+# 3 in valid and test, so the quota follows the split the questions are drawn for (`generate(quota_split=...)`; the
+# pool is that split's records, whose fewer records per answer give "none" more weight). The released files hold more
+# records of one answer for some query templates (12-43 in the official samples of templates 11, 25, 32-34, 38), so
+# these weights overstate rare query answers there. "none" counts as one answer among the others.
+ANSWER_QUOTA = {"train": {"choose": 5, "query": 10}, "valid": {"choose": 3, "query": 6},
+                "test": {"choose": 3, "query": 6}}
 
 
 class IncompatibleDrawError(ValueError):
@@ -333,6 +336,7 @@ class ECGQAGenerator:
         self.attributes = attributes
         self.strata = strata or {}          # severity stratum per record (intervention sampling)
         self._intervention = False
+        self._quota = ANSWER_QUOTA["train"]  # answer quotas of the split being drawn for (`generate`)
         self._stratum_prior: dict[str, float] = {}
         self.templates = {k: t for k, t in (templates or load_templates()).items() if t.supported}
         ids = sorted(int(i) for i in pool if int(i) in attributes)
@@ -491,14 +495,14 @@ class ECGQAGenerator:
             return [self._record_of_an_answer(t, groups, rng)], values, lead
         return None
 
-    @staticmethod
-    def _record_of_an_answer(t: Template, groups: dict[tuple[str, ...], np.ndarray], rng: np.random.Generator,
+    def _record_of_an_answer(self, t: Template, groups: dict[tuple[str, ...], np.ndarray], rng: np.random.Generator,
                              other_than: tuple[str, ...] | None = None) -> int:
         """A record of one of the answers in ``groups``, ``other_than`` one answer (a counterfactual pair's partner).
-        An answer is drawn with weight min(its records, `ANSWER_QUOTA`), after ECG-QA's per-answer quotas: a common
-        answer as often as any other, an answer only one record gives once for every quota's worth of the others."""
+        An answer is drawn with weight min(its records, the split's `ANSWER_QUOTA`), after ECG-QA's per-answer
+        quotas: a common answer as often as any other, an answer only one record gives once for every quota's worth
+        of the others."""
         answers = sorted(a for a in groups if a != other_than)
-        quota = ANSWER_QUOTA[t.kind]
+        quota = self._quota[t.kind]
         weights = np.array([min(len(groups[a]), quota) for a in answers], dtype=float)
         members = groups[answers[int(rng.choice(len(answers), p=weights / weights.sum()))]]
         return int(members[int(rng.integers(len(members)))])
@@ -524,7 +528,8 @@ class ECGQAGenerator:
     def generate(self, n: int, seed: int = 0, template_ids: list[int] | None = None, start_id: int = 0,
                  yes_rate: float | None = 1 / 3, tries: int = 30, intervention: bool = False,
                  paraphrase: float = 0.0, paired: bool = False,
-                 include_held_out_wordings: bool = False, answer_groups: bool = False) -> list[dict]:
+                 include_held_out_wordings: bool = False, answer_groups: bool = False,
+                 quota_split: str = "train") -> list[dict]:
         """``n`` samples in the official schema, templates drawn uniformly (or from ``template_ids``).
 
         Yes/no questions aim at ``yes_rate`` "yes" answers (the official release has about 1:2): the
@@ -550,7 +555,11 @@ class ECGQAGenerator:
         the question first, then up to a fixed number of records of each of its answers. With the default
         record-first draw most of them answer "none" (about three in four generated choose questions, against
         about one in three in the official samples), and a model learns that "none" is the safe answer.
+        ``quota_split`` names the split whose per-answer quotas weigh the answers (`ANSWER_QUOTA`): the split the
+        pool belongs to, as ECG-QA drew each split with its own.
         """
+        if quota_split not in ANSWER_QUOTA:
+            raise ValueError(f"quota_split must be one of {sorted(ANSWER_QUOTA)} (got {quota_split!r})")
         if intervention and paired:  # a partner is chosen for its other answer: the question-record link is back
             raise IncompatibleDrawError("intervention and paired sampling cannot be combined: a pair's second ECG "
                                         "is chosen for its answer, so the question depends on the record again")
@@ -563,6 +572,7 @@ class ECGQAGenerator:
         if not 0.0 <= paraphrase <= 1.0:
             raise ValueError(f"paraphrase is a share of questions, between 0 and 1 (got {paraphrase})")
         self._intervention = intervention
+        self._quota = ANSWER_QUOTA[quota_split]
         if intervention:
             from ecgllm.datasets.severity import stratum_weights
 
@@ -620,6 +630,7 @@ class ECGQAGenerator:
                     "answer": answer, "ecg_id": ecg_ids, "attribute": _attribute_field(t, values),
                     "generator_version": GENERATOR_VERSION, "sampling": sampling,
                     "draw": "answer_groups" if grouped else "record_first",
+                    **({"answer_quota": self._quota[t.kind]} if grouped else {}),
                 })
         return out[: n - n % 2] if paired else out[:n]  # pairs stay whole
 
