@@ -30,9 +30,10 @@ def labelled_runs(labels: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def check_targets(processor: EcgProcessor, turns: list[dict[str, str]], tags: list[str]) -> None:
+def check_targets(processor: EcgProcessor, turns: list[dict[str, str]], tags: list[str],
+                  notes: list[str] | None = None) -> None:
     """Every assistant message is labelled as itself + end of turn; nothing else is labelled."""
-    ids, labels = processor.encode_for_training(turns, tags)
+    ids, labels = processor.encode_for_training(turns, tags, notes)
     eos = processor.tokenizer.eos_token
     answers = [t["content"] for t in turns if t["role"] == "assistant"]
     runs = labelled_runs(labels)
@@ -40,7 +41,7 @@ def check_targets(processor: EcgProcessor, turns: list[dict[str, str]], tags: li
     assert decoded == [a + eos for a in answers], (turns, decoded)
     assert all(labels[i] == ids[i] for a, b in runs for i in range(a, b))
     # the whole text is still the chat template's rendering, so training and answering see the same prompt
-    rendered = processor.render(turns, tags, add_generation_prompt=False)
+    rendered = processor.render(turns, tags, add_generation_prompt=False, notes=notes)
     assert processor.tokenizer.decode(ids, clean_up_tokenization_spaces=False) == rendered
 
 

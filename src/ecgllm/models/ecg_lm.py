@@ -62,6 +62,7 @@ class EcgLMConfig:
     named_label_tokens: int = 0                  # > 0: slots for the labels the question names (needs label_tokens)
     signal_quality: bool = False                 # noise heads on the signal; noise names fill the named slots too
     balanced_named_labels: bool = False          # named slots read p shifted to equal priors (LabelTokens.fit_priors)
+    measurement_note: bool = False               # measured intervals as text when asked (models/measurement_note.py)
     image_encoder_init: str | None = None        # a distilled image encoder run: the model also reads ECG images
     lora: dict = field(default_factory=lambda: {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
                                                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]})
@@ -128,6 +129,7 @@ class EcgLanguageModel(nn.Module):
         processor_config = processor_config or ProcessorConfig()
         processor_config.n_ecg_tokens = encoder.n_tokens + config.label_tokens + config.named_label_tokens
         processor_config.named_slots = config.named_label_tokens
+        processor_config.measurement_note = config.measurement_note
         if config.signal_quality and tuple(processor_config.prep.get("leads", STANDARD_12)) != STANDARD_12:
             raise ValueError(f"signal_quality reads the 12 standard leads in order {STANDARD_12}; the recipe's prep "
                              f"has {processor_config.prep.get('leads')}")

@@ -21,6 +21,7 @@ from ecgllm.errors import InputError
 from ecgllm.io.image import ECGImage
 from ecgllm.io.record import ECG
 from ecgllm.models.label_tokens import find_named_labels
+from ecgllm.models.measurement_note import asks_for_measurements, measurement_note, measurements_of
 from ecgllm.signal.prepare import PrepConfig, PreparedECG, prepare
 
 ECG_TOKEN = "<ecg>"
@@ -45,6 +46,7 @@ class ProcessorConfig:
     image: dict | None = None       # {"height", "width"} of the image encoder's input; None: signals only
     named_slots: int = 0            # named-label tokens per ECG (`ecgllm.models.label_tokens`)
     named_labels: list[str] | None = None  # the label names looked for in the question, in the classifier's order
+    measurement_note: bool = False  # each ECG's measured intervals as text when the question asks about them
 
 
 class EcgProcessor:
@@ -73,9 +75,14 @@ class EcgProcessor:
         return signals, masks
 
     # ------------------------------------------------------------------------------------ text
-    def _messages(self, turns: list[dict[str, str]], tags: Sequence[str]) -> list[dict[str, str]]:
-        """The chat messages: system prompt, then each ECG's tag and ``<ecg>`` before the first question."""
-        intro = "\n".join(f"{tag}: {self.config.ecg_token}" if tag else self.config.ecg_token for tag in tags)
+    def _messages(self, turns: list[dict[str, str]], tags: Sequence[str],
+                  notes: Sequence[str] | None = None) -> list[dict[str, str]]:
+        """The chat messages: system prompt, then each ECG's tag and ``<ecg>`` (and its measurement note, if any)
+        before the first question."""
+        slots = [f"{tag}: {self.config.ecg_token}" if tag else self.config.ecg_token for tag in tags]
+        if notes:
+            slots = [f"{slot} {note}" if note else slot for slot, note in zip(slots, notes)]
+        intro = "\n".join(slots)
         messages = [{**m, "content": self._inert(m["content"])} for m in turns]
         first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
         if intro:
@@ -99,11 +106,22 @@ class EcgProcessor:
     def _expand(self, text: str) -> str:
         return text.replace(self.config.ecg_token, self.config.ecg_token * self.config.n_ecg_tokens)
 
-    def render(self, turns: list[dict[str, str]], tags: Sequence[str], add_generation_prompt: bool) -> str:
+    def render(self, turns: list[dict[str, str]], tags: Sequence[str], add_generation_prompt: bool,
+               notes: Sequence[str] | None = None) -> str:
         """Chat-template text with each ECG's tag and an expanded ``<ecg>`` span before the first question."""
-        return self._expand(self._template(self._messages(turns, tags), add_generation_prompt))
+        return self._expand(self._template(self._messages(turns, tags, notes), add_generation_prompt))
 
-    def segments(self, turns: list[dict[str, str]], tags: Sequence[str]) -> list[tuple[str, bool]]:
+    def notes(self, turns: list[dict[str, str]], ecgs: Sequence[ECG | PreparedECG | ECGImage]) -> list[str] | None:
+        """Each ECG's measurement note (`ecgllm.models.measurement_note`) when the checkpoint reads notes and the
+        question asks about a measurement; an ECG image gets none (its signal is not known)."""
+        question = next((t["content"] for t in turns if t["role"] == "user"), "")
+        if not self.config.measurement_note or not ecgs or not asks_for_measurements(question):
+            return None
+        return ["" if isinstance(e, ECGImage) else
+                measurement_note(measurements_of(e.signal, e.fs, e.leads, e.meta)) for e in ecgs]
+
+    def segments(self, turns: list[dict[str, str]], tags: Sequence[str],
+                 notes: Sequence[str] | None = None) -> list[tuple[str, bool]]:
         """The rendered training text as ``(piece, is_target)`` pieces, in order.
 
         Each assistant message is placed by rendering the conversation up to it with the generation prompt
@@ -111,7 +129,7 @@ class EcgProcessor:
         the end-of-turn token. The answer is never searched for in the text, so a question that contains the
         answer's letters ("Is this a normal ECG?" -> "no") cannot move the loss.
         """
-        messages = self._messages(turns, tags)
+        messages = self._messages(turns, tags, notes)
         eos = self.tokenizer.eos_token or ""
         pieces: list[tuple[str, bool]] = []
         done = ""
@@ -135,10 +153,11 @@ class EcgProcessor:
             pieces.append((self._expand(full[len(done):]), False))
         return pieces
 
-    def encode_for_training(self, turns: list[dict[str, str]], tags: Sequence[str]) -> tuple[list[int], list[int]]:
+    def encode_for_training(self, turns: list[dict[str, str]], tags: Sequence[str],
+                            notes: Sequence[str] | None = None) -> tuple[list[int], list[int]]:
         """``(input_ids, labels)`` of one conversation: the pieces of `segments` tokenised one by one, so the
         labelled tokens are exactly each answer and its end-of-turn token, and nothing of the prompt."""
-        pieces = self.segments(turns, tags)
+        pieces = self.segments(turns, tags, notes)
         encoded = self.tokenizer([text for text, _ in pieces], add_special_tokens=False)["input_ids"]
         ids: list[int] = []
         labels: list[int] = []
@@ -159,9 +178,10 @@ class EcgProcessor:
         if len(conversations) != len(ecgs):
             raise ValueError(f"{len(conversations)} conversations but {len(ecgs)} ECG lists")
         tags = tags or [ecg_tags(len(e)) for e in ecgs]
+        notes = [self.notes(c, e) for c, e in zip(conversations, ecgs)]
         batch: dict[str, Any]
         if train:
-            rows = [self.encode_for_training(c, t) for c, t in zip(conversations, tags)]
+            rows = [self.encode_for_training(c, t, n) for c, t, n in zip(conversations, tags, notes)]
             width = max(len(ids) for ids, _ in rows)
             self._check_length(width)
             pad = self.tokenizer.pad_token_id
@@ -169,7 +189,8 @@ class EcgProcessor:
                      "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows]),
                      "labels": torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for _, lab in rows])}
         else:
-            texts = [self.render(c, t, add_generation_prompt=True) for c, t in zip(conversations, tags)]
+            texts = [self.render(c, t, add_generation_prompt=True, notes=n)
+                     for c, t, n in zip(conversations, tags, notes)]
             rows = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
             width = max(len(ids) for ids in rows)
             self._check_length(width)

@@ -31,6 +31,9 @@ class DataConfig:
     ecg_cache: str | None = None    # `ecgllm data prepare` folder holding the referenced records
     max_samples: int | None = None
     ptbxl: str | None = None        # PTB-XL metadata folder: fits model.signal_quality's noise heads
+    # ECG-QA features of the cached records (`ecgllm data measure ptbxl --ecgqa-features`): model.measurement_note
+    # reads them instead of measuring every ECG again (about 0.2 s each)
+    measurements: str | None = None
 
 
 @dataclass

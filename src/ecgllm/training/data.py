@@ -16,13 +16,14 @@ from ecgllm.datasets.ecgqa_templates import HeldOutWordingError, held_out_worded
 from ecgllm.datasets.split_policy import load_policy
 from ecgllm.io.image import ECGImage
 from ecgllm.io.record import ECG
+from ecgllm.models.measurement_note import META_KEY, read_measurement_rows
 
 
 class ConversationDataset(Dataset):
     """Each item: (turns, ECGs, tags) for one conversation whose ECGs come from a prepared cache."""
 
     def __init__(self, jsonl: str | Path, cache: ECGCache, max_samples: int | None = None,
-                 stage: str = "training") -> None:
+                 stage: str = "training", measurements: str | Path | None = None) -> None:
         self.rows = []
         self.line_numbers: list[int] = []  # each row's line in the file, for errors that name it
         with Path(jsonl).open(encoding="utf-8") as fh:
@@ -33,6 +34,8 @@ class ConversationDataset(Dataset):
                 if max_samples and len(self.rows) >= max_samples:
                     break
         self.cache = cache
+        # each record's measured features, handed to the processor's measurement notes with its ECG
+        self.measurements = read_measurement_rows(measurements) if measurements else {}
         # before anything else: weight training never sees an ECG-QA valid/test patient (datasets/split_policy.py)
         load_policy().refuse(self.ptbxl_record_ids(), source=str(jsonl), stage=stage)
         held_out = held_out_worded(self.rows)  # and never a wording kept for measuring unseen paraphrases
@@ -64,7 +67,11 @@ class ConversationDataset(Dataset):
     def __getitem__(self, i: int):
         row = self.rows[i]
         ids = [int(e["record_id"]) for e in row["ecgs"]]
-        ecgs = [_as_rendered(ecg, ref.get("render")) for ecg, ref in zip(self.cache.ecgs(ids), row["ecgs"])]
+        ecgs = self.cache.ecgs(ids)
+        for ecg, i in zip(ecgs, ids):
+            if i in self.measurements:
+                ecg.meta[META_KEY] = self.measurements[i]
+        ecgs = [_as_rendered(ecg, ref.get("render")) for ecg, ref in zip(ecgs, row["ecgs"])]
         turns = [{"role": t["role"], "content": t["content"]} for t in row["turns"]]
         meta = row.get("meta", {})
         weight = meta.get("ipw_weight")

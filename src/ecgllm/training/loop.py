@@ -49,7 +49,7 @@ def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None, fit_qualit
         raise ValueError("data.ecg_cache is required (build one with `ecgllm data prepare`)")
     inherited_stages(_inherited(config))  # a start trained under another split policy stops here, not at the end
     dataset = ConversationDataset(config.data.train, ECGCache.open(config.data.ecg_cache), config.data.max_samples,
-                                  stage=config.stage)
+                                  stage=config.stage, measurements=config.data.measurements)
     if config.debias == "intervention":
         other = [i for i, row in enumerate(dataset.rows) if row.get("meta", {}).get("sampling") != "intervention"]
         if other:

@@ -1,0 +1,106 @@
+"""An ECG's measured intervals and heart axis as one line of text the model reads beside the ECG's tokens.
+
+Why: the frozen encoder was trained on statements, and its tokens carry little of the interval lengths that ECG-QA's
+numeric questions ask about (a model reading only them answered those questions as well with another patient's ECG,
+docs/results/ecgqa_evidence.md). A measurement is read from the ECG too, so the note is part of the ECG: another
+patient's ECG brings its own note, and a prompt without an ECG has none.
+
+The values are ECG-QA's own features (`ecgllm.datasets.ecgqa_numeric.ecgqa_measure`: NeuroKit2 on lead II at 500 Hz,
+the axis from leads I and aVF), each with its class in ECG-QA's words (ranges of `load_ecgqa_ranges`, axis classes of
+`axis_class`), so an answer can be read off the note. A question gets notes only when it asks about a measurement
+(`asks_for_measurements`): other questions stay as short as before, which keeps training and answers fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from ecgllm.datasets.ecgqa_attributes import FEATURES, axis_class, load_ecgqa_ranges, range_of
+
+# ECG-QA's columns (seconds, degrees) of a measurement table (`ecgllm data measure ptbxl --ecgqa-features`)
+FEATURE_COLUMNS = {"rr interval": "rr_s", "p duration": "p_s", "pr interval": "pr_s", "qrs duration": "qrs_s",
+                   "qt interval": "qt_s", "qt corrected": "qtc_s"}
+AXIS_COLUMN = "axis_ecgqa_deg"
+META_KEY = "ecgqa_features"  # an ECG's measurement row, when its record's row of a table is known
+# Words of every ECG-QA numeric-feature and heart-axis question, template and paraphrase (checked in the tests:
+# each of those wordings matches, no other template wording does), and of a user's own questions about them.
+_ASKS = re.compile(r"interval|duration|numeric|axis|deviat|\bqtc?\b|\bqrs\b|\brr\b|\bpr\b|measure|\bvalues?\b|"
+                   r"normal range|heart rate", re.IGNORECASE)
+_MEMO_SIZE = 20_000
+_memo: OrderedDict[bytes, dict[str, float]] = OrderedDict()
+
+
+def asks_for_measurements(question: str) -> bool:
+    """Does the question ask about an interval, a duration, the heart rate or the heart axis?"""
+    return bool(_ASKS.search(question))
+
+
+def _number(value: object) -> float | None:
+    if value is None:
+        return None
+    value = float(value)  # type: ignore[arg-type]
+    return None if math.isnan(value) else value
+
+
+def measurement_note(values: Mapping[str, object]) -> str:
+    """``"Measured: rr interval 944 ms, within the normal range; ...; heart axis 7 degrees, normal heart axis."``
+    from a measurement row; a value the measurement could not give reads "not measured"."""
+    ranges = load_ecgqa_ranges()
+    parts = []
+    for feature in FEATURES:
+        seconds = _number(values.get(FEATURE_COLUMNS[feature]))
+        if seconds is None:
+            parts.append(f"{feature} not measured")
+        else:
+            parts.append(f"{feature} {round(seconds * 1000)} ms, {range_of(feature, seconds * 1000, ranges)}")
+    degrees = _number(values.get(AXIS_COLUMN))
+    parts.append("heart axis not measured" if degrees is None else
+                 f"heart axis {round(degrees)} degrees, {axis_class(degrees)}")
+    return "Measured: " + "; ".join(parts) + "."
+
+
+def measurements_of(signal: np.ndarray, fs: float, leads: list[str] | tuple[str, ...],
+                    meta: Mapping[str, object] | None = None) -> dict[str, float]:
+    """The ECG's measurement row: its record's row of a table when the caller attached one (``meta[META_KEY]``,
+    as training does from `ecgllm data measure ptbxl --ecgqa-features`), else measured now. Measuring takes about
+    0.2 s, so results are kept per signal (by content) for the rest of the process."""
+    if meta and META_KEY in meta:
+        return dict(meta[META_KEY])  # type: ignore[arg-type]
+    from ecgllm.datasets.ecgqa_numeric import ecgqa_measure
+
+    array = np.ascontiguousarray(signal, dtype=np.float32)
+    key = hashlib.blake2b(array.tobytes() + repr((float(fs), tuple(leads))).encode(), digest_size=16).digest()
+    if key in _memo:
+        _memo.move_to_end(key)
+        return _memo[key]
+    try:
+        with warnings.catch_warnings():  # NeuroKit2 warns on every short or flat lead
+            warnings.simplefilter("ignore")
+            row = ecgqa_measure(array, fs, leads)
+    except ValueError:  # a lead it needs (II, I, aVF) is missing: nothing measured
+        row = {}
+    _memo[key] = row
+    if len(_memo) > _MEMO_SIZE:
+        _memo.popitem(last=False)
+    return row
+
+
+def read_measurement_rows(path: str | Path) -> dict[int, dict[str, float]]:
+    """ecg_id -> measurement row of a table written by `ecgllm data measure ptbxl --ecgqa-features`."""
+    import pandas as pd
+
+    table = pd.read_csv(path, index_col="ecg_id")
+    missing = [c for c in (*FEATURE_COLUMNS.values(), AXIS_COLUMN) if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: not a table of ECG-QA features (columns {missing} missing); write one with "
+                         "`ecgllm data measure ptbxl --ecgqa-features`")
+    columns = [*FEATURE_COLUMNS.values(), AXIS_COLUMN]
+    return {int(i): row for i, row in table[columns].to_dict(orient="index").items()}

@@ -1,0 +1,116 @@
+"""Measurement notes: an ECG's measured intervals and axis as text beside its tokens, for questions about them."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ecgllm.datasets.ecgqa_templates import load_templates
+from ecgllm.models.measurement_note import (META_KEY, asks_for_measurements, measurement_note, measurements_of,
+                                            read_measurement_rows)
+from ecgllm.models.processor import IGNORE_INDEX, EcgProcessor, ProcessorConfig
+from tests.conftest import PTBXL_1
+from tests.test_loss_targets import check_targets
+
+ROW = {"rr_s": 0.944, "p_s": 0.093, "pr_s": 0.064, "qrs_s": 0.113, "qt_s": 0.393, "qtc_s": float("nan"),
+       "axis_ecgqa_deg": -45.2}
+
+
+def test_every_numeric_and_axis_wording_asks_for_measurements_and_no_other_does():
+    numeric = {"numeric_feature", "heart_axis"}
+    for t in load_templates().values():
+        for wording in (t.pattern, *t.paraphrases):
+            assert asks_for_measurements(wording) == (t.attribute_type in numeric), (t.template_id, wording)
+    assert asks_for_measurements("What is the heart rate?") and not asks_for_measurements("Is this ECG normal?")
+
+
+def test_the_note_gives_each_value_with_its_ecgqa_class():
+    note = measurement_note(ROW)
+    assert note.startswith("Measured: rr interval 944 ms, within the normal range; p duration 93 ms, within")
+    assert "pr interval 64 ms, below the normal range" in note      # ECG-QA's range 120-200 ms
+    assert "qrs duration 113 ms, above the normal range" in note    # 60-110 ms
+    assert "qt corrected not measured" in note                      # NaN is said, not guessed
+    assert note.endswith("heart axis -45 degrees, left axis deviation.")
+    assert measurement_note({}).count("not measured") == 7
+
+
+def test_a_known_row_is_used_as_is_and_a_signal_is_measured_once():
+    from ecgllm import read_ecg
+    from ecgllm.datasets.ecgqa_numeric import ecgqa_measure
+
+    ecg = read_ecg(PTBXL_1)
+    assert measurements_of(ecg.signal, ecg.fs, ecg.leads, {META_KEY: ROW}) == ROW
+    measured = measurements_of(ecg.signal, ecg.fs, ecg.leads)
+    expected = ecgqa_measure(ecg.signal.astype(np.float32), ecg.fs, ecg.leads)
+    assert all((math.isnan(measured[k]) and math.isnan(v)) or measured[k] == v for k, v in expected.items())
+    assert measurements_of(ecg.signal, ecg.fs, ecg.leads) is measured  # kept: not measured a second time
+    assert measurements_of(ecg.signal[:2], ecg.fs, ecg.leads[:2]) == {}  # no lead II / aVF: nothing measured
+
+
+def test_measurement_table_is_read_and_another_table_refused(tmp_path):
+    good = tmp_path / "features.csv"
+    good.write_text("ecg_id,rr_s,p_s,pr_s,qrs_s,qt_s,qtc_s,axis_ecgqa_deg,error\n7,0.9,0.1,0.15,0.09,0.4,0.41,30,\n")
+    assert read_measurement_rows(good)[7]["rr_s"] == 0.9
+    bad = tmp_path / "other.csv"
+    bad.write_text("ecg_id,heart_rate\n7,60\n")
+    with pytest.raises(ValueError, match="ecgqa-features"):
+        read_measurement_rows(bad)
+
+
+def test_the_processor_adds_notes_only_when_asked_and_never_labels_them(tiny_tokenizer):
+    from ecgllm import read_ecg
+
+    ecg = read_ecg(PTBXL_1)
+    other = read_ecg(PTBXL_1)
+    other.meta[META_KEY] = ROW  # "another patient's ECG": it brings its own note
+    processor = EcgProcessor(tiny_tokenizer, ProcessorConfig(n_ecg_tokens=2, measurement_note=True))
+    numeric = [{"role": "user", "content": "What range does the pr interval of this ECG fall in?"},
+               {"role": "assistant", "content": "below the normal range"}]
+    label = [{"role": "user", "content": "Does this ECG show atrial fibrillation?"},
+             {"role": "assistant", "content": "no"}]
+    notes = processor.notes(numeric, [other])
+    assert notes == [measurement_note(ROW)]
+    assert processor.notes(label, [ecg]) is None
+    assert processor.notes(numeric, [ecg]) != notes
+    prompt = processor.render(numeric[:1], [""], add_generation_prompt=True, notes=notes)
+    assert "<ecg><ecg> Measured: rr interval 944 ms" in prompt and prompt.index("Measured") < prompt.index("pr inter")
+    check_targets(processor, numeric, [""], notes)  # the answer alone is labelled, the note is prompt
+    two = [{"role": "user", "content": "Compared to the first ECG, has the qt interval of the second ECG become "
+                                       "normal?"}, {"role": "assistant", "content": "no"}]
+    notes2 = processor.notes(two, [ecg, other])
+    assert len(notes2) == 2 and notes2[0] != notes2[1]
+    check_targets(processor, two, ["ECG 1", "ECG 2"], notes2)
+    batch = processor([numeric, label], [[other], [ecg]])
+    learned = batch["labels"][0][batch["labels"][0] != IGNORE_INDEX]
+    assert processor.tokenizer.decode(learned, clean_up_tokenization_spaces=False) == \
+        "below the normal range<|im_end|>"
+    assert "Measured" in processor.tokenizer.decode(batch["input_ids"][0])
+    assert "Measured" not in processor.tokenizer.decode(batch["input_ids"][1])
+    plain = EcgProcessor(tiny_tokenizer, ProcessorConfig(n_ecg_tokens=2))  # checkpoints without notes: unchanged
+    assert plain.notes(numeric, [other]) is None
+
+
+def test_training_items_carry_their_records_measurements(tmp_path):
+    """The trainer hands each ECG its record's row of the table (no ECG is measured during training)."""
+    import json
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from ecgllm.io.record import ECG
+    from ecgllm.training.data import ConversationDataset
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"id": "a", "ecgs": [{"dataset": "ptbxl", "record_id": 3, "tag": "ECG 1"},
+                                                    {"dataset": "ptbxl", "record_id": 6, "tag": "ECG 2"}],
+                                "turns": [{"role": "user", "content": "Is this a normal ECG?"},
+                                          {"role": "assistant", "content": "no"}]}) + "\n")
+    table = tmp_path / "features.csv"
+    table.write_text("ecg_id,rr_s,p_s,pr_s,qrs_s,qt_s,qtc_s,axis_ecgqa_deg\n3,0.9,0.1,0.15,0.09,0.4,0.41,30\n")
+    cache = SimpleNamespace(index=pd.DataFrame({"ecg_id": [3, 6]}), path=tmp_path,
+                            ecgs=lambda ids: [ECG(np.zeros((12, 100)), 100.0, ["I"] * 12, {}) for _ in ids])
+    _, ecgs, _, _ = ConversationDataset(data, cache, measurements=table)[0]
+    assert ecgs[0].meta[META_KEY]["rr_s"] == 0.9 and META_KEY not in ecgs[1].meta  # 6 is not in the table
+    assert META_KEY not in ConversationDataset(data, cache)[0][1][0].meta
