@@ -26,14 +26,16 @@ def test_every_numeric_and_axis_wording_asks_for_measurements_and_no_other_does(
     assert asks_for_measurements("What is the heart rate?") and not asks_for_measurements("Is this ECG normal?")
 
 
-def test_the_note_gives_each_value_with_its_ecgqa_class():
+def test_the_note_names_the_features_outside_ecgqa_ranges_and_the_axis_class():
     note = measurement_note(ROW)
-    assert note.startswith("Measured: rr interval 944 ms, within the normal range; p duration 93 ms, within")
-    assert "pr interval 64 ms, below the normal range" in note      # ECG-QA's range 120-200 ms
-    assert "qrs duration 113 ms, above the normal range" in note    # 60-110 ms
-    assert "qt corrected not measured" in note                      # NaN is said, not guessed
-    assert note.endswith("heart axis -45 degrees, left axis deviation.")
-    assert measurement_note({}).count("not measured") == 7
+    # ECG-QA's ranges: pr 120-200 ms, qrs 60-110 ms; qtc NaN is said to be missing, not guessed
+    assert note == ("Below the normal range: pr interval. Above the normal range: qrs duration. "
+                    "Not measured: qt corrected. Heart axis: left axis deviation.")
+    normal = {**ROW, "pr_s": 0.15, "qrs_s": 0.09, "qtc_s": 0.41, "axis_ecgqa_deg": 10.0}
+    assert measurement_note(normal) == ("Below the normal range: none. Above the normal range: none. "
+                                        "Heart axis: normal heart axis.")
+    assert measurement_note({}).endswith("Not measured: rr interval, p duration, pr interval, qrs duration, "
+                                         "qt interval, qt corrected. Heart axis: not measured.")
 
 
 def test_a_known_row_is_used_as_is_and_a_signal_is_measured_once():
@@ -75,7 +77,8 @@ def test_the_processor_adds_notes_only_when_asked_and_never_labels_them(tiny_tok
     assert processor.notes(label, [ecg]) is None
     assert processor.notes(numeric, [ecg]) != notes
     prompt = processor.render(numeric[:1], [""], add_generation_prompt=True, notes=notes)
-    assert "<ecg><ecg> Measured: rr interval 944 ms" in prompt and prompt.index("Measured") < prompt.index("pr inter")
+    assert "<ecg><ecg> Below the normal range: pr interval." in prompt
+    assert prompt.index("Below the normal") < prompt.index("What range")
     check_targets(processor, numeric, [""], notes)  # the answer alone is labelled, the note is prompt
     two = [{"role": "user", "content": "Compared to the first ECG, has the qt interval of the second ECG become "
                                        "normal?"}, {"role": "assistant", "content": "no"}]
@@ -86,8 +89,8 @@ def test_the_processor_adds_notes_only_when_asked_and_never_labels_them(tiny_tok
     learned = batch["labels"][0][batch["labels"][0] != IGNORE_INDEX]
     assert processor.tokenizer.decode(learned, clean_up_tokenization_spaces=False) == \
         "below the normal range<|im_end|>"
-    assert "Measured" in processor.tokenizer.decode(batch["input_ids"][0])
-    assert "Measured" not in processor.tokenizer.decode(batch["input_ids"][1])
+    assert "Below the normal range" in processor.tokenizer.decode(batch["input_ids"][0])
+    assert "Below the normal range" not in processor.tokenizer.decode(batch["input_ids"][1])
     plain = EcgProcessor(tiny_tokenizer, ProcessorConfig(n_ecg_tokens=2))  # checkpoints without notes: unchanged
     assert plain.notes(numeric, [other]) is None
 

@@ -6,7 +6,7 @@ docs/results/ecgqa_evidence.md). A measurement is read from the ECG too, so the 
 patient's ECG brings its own note, and a prompt without an ECG has none.
 
 The values are ECG-QA's own features (`ecgllm.datasets.ecgqa_numeric.ecgqa_measure`: NeuroKit2 on lead II at 500 Hz,
-the axis from leads I and aVF), each with its class in ECG-QA's words (ranges of `load_ecgqa_ranges`, axis classes of
+the axis from leads I and aVF), given as ECG-QA's classes in its words (ranges of `load_ecgqa_ranges`, axis classes of
 `axis_class`), so an answer can be read off the note. A question gets notes only when it asks about a measurement
 (`asks_for_measurements`): other questions stay as short as before, which keeps training and answers fast.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgllm.datasets.ecgqa_attributes import FEATURES, axis_class, load_ecgqa_ranges, range_of
+from ecgllm.datasets.ecgqa_attributes import FEATURES, RANGE_NAMES, axis_class, load_ecgqa_ranges, range_of
 
 # ECG-QA's columns (seconds, degrees) of a measurement table (`ecgllm data measure ptbxl --ecgqa-features`)
 FEATURE_COLUMNS = {"rr interval": "rr_s", "p duration": "p_s", "pr interval": "pr_s", "qrs duration": "qrs_s",
@@ -51,20 +51,25 @@ def _number(value: object) -> float | None:
 
 
 def measurement_note(values: Mapping[str, object]) -> str:
-    """``"Measured: rr interval 944 ms, within the normal range; ...; heart axis 7 degrees, normal heart axis."``
-    from a measurement row; a value the measurement could not give reads "not measured"."""
+    """``"Below the normal range: pr interval. Above the normal range: qrs duration, qt interval. Heart axis: left
+    axis deviation."`` from a measurement row: the features outside ECG-QA's normal ranges, named as its answers name
+    them (the others are within), and the axis class; a value the measurement could not give is said to be missing,
+    never guessed. Short on purpose (about 20-30 tokens): a comparison carries two notes."""
     ranges = load_ecgqa_ranges()
-    parts = []
+    by_class: dict[str, list[str]] = {name: [] for name in RANGE_NAMES}
+    missing = []
     for feature in FEATURES:
         seconds = _number(values.get(FEATURE_COLUMNS[feature]))
         if seconds is None:
-            parts.append(f"{feature} not measured")
+            missing.append(feature)
         else:
-            parts.append(f"{feature} {round(seconds * 1000)} ms, {range_of(feature, seconds * 1000, ranges)}")
+            by_class[range_of(feature, seconds * 1000, ranges)].append(feature)
+    below, _, above = (", ".join(by_class[name]) or "none" for name in RANGE_NAMES)
     degrees = _number(values.get(AXIS_COLUMN))
-    parts.append("heart axis not measured" if degrees is None else
-                 f"heart axis {round(degrees)} degrees, {axis_class(degrees)}")
-    return "Measured: " + "; ".join(parts) + "."
+    note = f"Below the normal range: {below}. Above the normal range: {above}."
+    if missing:
+        note += f" Not measured: {', '.join(missing)}."
+    return note + f" Heart axis: {'not measured' if degrees is None else axis_class(degrees)}."
 
 
 def measurements_of(signal: np.ndarray, fs: float, leads: list[str] | tuple[str, ...],
