@@ -327,6 +327,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     result["generated_test"]["margin_over_best_baseline"] = round(result["generated_test"]["em"] - best, 4)
 
     if args.n_grouped:
+        from ecgllm.datasets.ecgqa_generator import ANSWER_QUOTA
+
+        quota = ANSWER_QUOTA["test"]
         grouped = generated_test(args.n_grouped, args.seed + 1, out, answer_groups=True)
         runs = out / grouped.parents[1].name.replace("_test", "")  # run folders follow their set
         summary = run_probes([str(grouped)], signals, str(runs), model=str(model_dir), labels=labels,
@@ -334,8 +337,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         result["grouped_test"] = {"split": f"ECG-QA test ECGs (never trained on); {args.n_grouped} generated questions "
                                            f"(seed {args.seed + 1}), template wording, choose and query questions "
                                            "drawn as ECG-QA drew them (`--answer-groups`, the test split's answer "
-                                           "quotas: 3 records of each answer of a choose question, 6 of a query "
-                                           "one), the others record first",
+                                           f"quotas: {quota['choose']} records of each answer of a choose question, "
+                                           f"{quota['query']} of a query one), the others record first",
                                   **probes_summary(runs, summary)}
         result["grouped_test"]["baselines"] = run_baselines(
             train, [str(grouped)], signals, str(runs / "baselines"), which=["majority", "question-only"],

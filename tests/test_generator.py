@@ -226,7 +226,7 @@ def test_all_question_and_attribute_types_on_real_data(full):
     assert {s["template_id"] for s in samples} == set(range(1, 71)) - measured
 
 
-def test_answer_groups_draw_choose_and_query_questions_as_ecgqa_did(full):
+def test_answer_groups_draw_choose_and_query_questions_as_ecgqa_did(full, monkeypatch):
     """ECG-QA drew, for each question, up to a fixed number of records of each of its answers; drawing the record
     first makes most choose and query questions answer "none" (a model then learns "none" as the safe answer)."""
     ptbxl, qa, attrs = full
@@ -262,16 +262,14 @@ def test_answer_groups_draw_choose_and_query_questions_as_ecgqa_did(full):
     assert {s["answer_quota"] for s in grouped} == {5, 10}  # train quotas: choose 5, query 10
     # a valid or test split is drawn with its own quotas (ECG-QA: choose 3, query 6 there)
     valid = ECGQAGenerator(attrs, qa.split_ecg_ids("valid"))
+    used: list[int] = []  # the quotas the draw itself weighs answers with, not only the ones recorded
+    draw = ECGQAGenerator._record_of_an_answer
+    monkeypatch.setattr(ECGQAGenerator, "_record_of_an_answer",
+                        staticmethod(lambda groups, rng, quota, other_than=None:
+                                     used.append(quota) or draw(groups, rng, quota, other_than)))
     assert {s["answer_quota"] for s in valid.generate(300, seed=3, template_ids=templates, answer_groups=True,
                                                         quota_split="valid")} == {3, 6}
-    # answer weights min(records, quota): "none" 50 records, "a" 4, "b" 1 -> 3:3:1 under the valid quota, 5:4:1 train
-    groups = {(NONE,): np.arange(50, dtype=np.int32), ("a",): np.arange(50, 54, dtype=np.int32),
-              ("b",): np.array([54], dtype=np.int32)}
-    for quota_split, expected_share_a in (("valid", 3 / 7), ("train", 4 / 10)):
-        valid._quota = ANSWER_QUOTA[quota_split]
-        rng = np.random.default_rng(0)
-        drawn = [valid._record_of_an_answer(load_templates()[4], groups, rng) for _ in range(20000)]
-        assert abs(np.mean([50 <= i < 54 for i in drawn]) - expected_share_a) < 0.015
+    assert set(used) == {3, 6}
     with pytest.raises(ValueError, match="quota_split"):
         valid.generate(10, answer_groups=True, quota_split="dev")
     verify = generator.generate(200, seed=3, template_ids=[1, 17], answer_groups=True)  # verify keeps its draw
@@ -279,6 +277,20 @@ def test_answer_groups_draw_choose_and_query_questions_as_ecgqa_did(full):
     with pytest.raises(ValueError, match="answer-group"):
         ECGQAGenerator(attrs, qa.split_ecg_ids("train"), strata={1: "normal"}).generate(
             10, intervention=True, answer_groups=True)
+
+
+def test_answers_weigh_min_of_their_records_and_the_split_quota():
+    """ECG-QA's quotas (choose: 5 records of each answer in train, 3 in valid/test): "none" with 50 records, "a"
+    with 4 and "b" with 1 are drawn 3:3:1 under the valid quota and 5:4:1 under the train one."""
+    groups = {(NONE,): np.arange(50, dtype=np.int32), ("a",): np.arange(50, 54, dtype=np.int32),
+              ("b",): np.array([54], dtype=np.int32)}
+    for quota_split, expected_share_a in (("valid", 3 / 7), ("train", 4 / 10)):
+        rng = np.random.default_rng(0)
+        quota = ANSWER_QUOTA[quota_split]["choose"]
+        drawn = [ECGQAGenerator._record_of_an_answer(groups, rng, quota) for _ in range(20000)]
+        assert abs(np.mean([50 <= i < 54 for i in drawn]) - expected_share_a) < 0.015
+    rng = np.random.default_rng(0)  # a pair's partner never has the first record's answer
+    assert all(ECGQAGenerator._record_of_an_answer(groups, rng, 3, other_than=(NONE,)) >= 50 for _ in range(200))
 
 
 @needs_shared

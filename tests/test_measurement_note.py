@@ -38,7 +38,7 @@ def test_the_note_names_the_features_outside_ecgqa_ranges_and_the_axis_class():
                                          "qt interval, qt corrected. Heart axis: not measured.")
 
 
-def test_a_known_row_is_used_as_is_and_a_signal_is_measured_once():
+def test_a_known_row_is_used_as_is_and_a_signal_is_measured_once(monkeypatch):
     from ecgllm import read_ecg
     from ecgllm.datasets.ecgqa_numeric import ecgqa_measure
 
@@ -47,8 +47,15 @@ def test_a_known_row_is_used_as_is_and_a_signal_is_measured_once():
     measured = measurements_of(ecg.signal, ecg.fs, ecg.leads)
     expected = ecgqa_measure(ecg.signal.astype(np.float32), ecg.fs, ecg.leads)
     assert all((math.isnan(measured[k]) and math.isnan(v)) or measured[k] == v for k, v in expected.items())
-    assert measurements_of(ecg.signal, ecg.fs, ecg.leads) is measured  # kept: not measured a second time
+    import ecgllm.datasets.ecgqa_numeric as numeric
+
+    calls = []
+    monkeypatch.setattr(numeric, "ecgqa_measure", lambda *a, **k: calls.append(1) or {})
+    assert measurements_of(ecg.signal, ecg.fs, ecg.leads) == measured and not calls  # kept: not measured again
+    assert measurements_of(ecg.signal[:, :300] + 1, ecg.fs, ecg.leads) == {} and calls == [1]  # a new one is measured
+    monkeypatch.undo()
     assert measurements_of(ecg.signal[:2], ecg.fs, ecg.leads[:2]) == {}  # no lead II / aVF: nothing measured
+    assert measurements_of(ecg.signal[:, :5], ecg.fs, ecg.leads) == {}  # too short for NeuroKit2: nothing, no error
 
 
 def test_measurement_table_is_read_and_another_table_refused(tmp_path):
@@ -93,6 +100,11 @@ def test_the_processor_adds_notes_only_when_asked_and_never_labels_them(tiny_tok
     assert "Below the normal range" not in processor.tokenizer.decode(batch["input_ids"][1])
     plain = EcgProcessor(tiny_tokenizer, ProcessorConfig(n_ecg_tokens=2))  # checkpoints without notes: unchanged
     assert plain.notes(numeric, [other]) is None
+    assert processor.notes(numeric, []) is None  # the blind probe: no ECG, no note
+    # answering sees the note exactly as training did: the generation prompt is the training text up to the answer
+    prompt = processor([numeric[:1]], [[other]], train=False)["input_ids"][0].tolist()
+    ids, _ = processor.encode_for_training(numeric, [""], notes)
+    assert ids[:len(prompt)] == prompt and "Below the normal range" in processor.tokenizer.decode(prompt)
 
 
 def test_training_items_carry_their_records_measurements(tmp_path):
@@ -117,3 +129,25 @@ def test_training_items_carry_their_records_measurements(tmp_path):
     _, ecgs, _, _ = ConversationDataset(data, cache, measurements=table)[0]
     assert ecgs[0].meta[META_KEY]["rr_s"] == 0.9 and META_KEY not in ecgs[1].meta  # 6 is not in the table
     assert META_KEY not in ConversationDataset(data, cache)[0][1][0].meta
+
+
+def test_a_measurement_table_without_notes_is_refused_and_notes_without_one_are_announced(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from ecgllm.training.config import RecipeError
+    from ecgllm.training.loop import _check_measurement_table
+
+    rows = [{"ecgs": [{"record_id": 3}], "turns": [{"role": "user", "content": "What is the qt interval?"}]},
+            {"ecgs": [{"record_id": 6}], "turns": [{"role": "user", "content": "Is this a normal ECG?"}]}]
+
+    def config(table, notes):
+        return SimpleNamespace(data=SimpleNamespace(measurements=table), model=SimpleNamespace(measurement_note=notes))
+
+    with pytest.raises(RecipeError, match="model.measurement_note is not"):
+        _check_measurement_table(config("t.csv", False), SimpleNamespace(rows=rows, measurements={3: ROW}))
+    _check_measurement_table(config("t.csv", True), SimpleNamespace(rows=rows, measurements={3: ROW}))
+    assert capsys.readouterr().err == ""  # 6 lacks a row but asks nothing about measurements
+    _check_measurement_table(config("t.csv", True), SimpleNamespace(rows=rows, measurements={6: ROW}))
+    assert "1 records not in t.csv" in capsys.readouterr().err
+    _check_measurement_table(config(None, True), SimpleNamespace(rows=rows, measurements={}))
+    assert "no data.measurements table" in capsys.readouterr().err

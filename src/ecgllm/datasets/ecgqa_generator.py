@@ -336,7 +336,6 @@ class ECGQAGenerator:
         self.attributes = attributes
         self.strata = strata or {}          # severity stratum per record (intervention sampling)
         self._intervention = False
-        self._quota = ANSWER_QUOTA["train"]  # answer quotas of the split being drawn for (`generate`)
         self._stratum_prior: dict[str, float] = {}
         self.templates = {k: t for k, t in (templates or load_templates()).items() if t.supported}
         ids = sorted(int(i) for i in pool if int(i) in attributes)
@@ -475,7 +474,7 @@ class ECGQAGenerator:
             self._groups[key] = {a: np.asarray(ids, dtype=np.int32) for a, ids in groups.items()}
         return self._groups[key]
 
-    def _draw_grouped(self, t: Template, rng: np.random.Generator, tries: int
+    def _draw_grouped(self, t: Template, rng: np.random.Generator, tries: int, quota: int
                       ) -> tuple[list[int], list[str], str | None] | None:
         """ECG-QA's own draw for a choose or query question: the question first (its values and lead uniform),
         then one of its answers, then a record of that answer (`_record_of_an_answer`). A question needs two answers
@@ -492,17 +491,17 @@ class ECGQAGenerator:
             groups = self._answer_groups(t, values, lead)
             if sum(answer != (NONE,) for answer in groups) < 2:
                 continue
-            return [self._record_of_an_answer(t, groups, rng)], values, lead
+            return [self._record_of_an_answer(groups, rng, quota)], values, lead
         return None
 
-    def _record_of_an_answer(self, t: Template, groups: dict[tuple[str, ...], np.ndarray], rng: np.random.Generator,
+    @staticmethod
+    def _record_of_an_answer(groups: dict[tuple[str, ...], np.ndarray], rng: np.random.Generator, quota: int,
                              other_than: tuple[str, ...] | None = None) -> int:
         """A record of one of the answers in ``groups``, ``other_than`` one answer (a counterfactual pair's partner).
         An answer is drawn with weight min(its records, the split's `ANSWER_QUOTA`), after ECG-QA's per-answer
         quotas: a common answer as often as any other, an answer only one record gives once for every quota's worth
         of the others."""
         answers = sorted(a for a in groups if a != other_than)
-        quota = self._quota[t.kind]
         weights = np.array([min(len(groups[a]), quota) for a in answers], dtype=float)
         members = groups[answers[int(rng.choice(len(answers), p=weights / weights.sum()))]]
         return int(members[int(rng.integers(len(members)))])
@@ -572,7 +571,7 @@ class ECGQAGenerator:
         if not 0.0 <= paraphrase <= 1.0:
             raise ValueError(f"paraphrase is a share of questions, between 0 and 1 (got {paraphrase})")
         self._intervention = intervention
-        self._quota = ANSWER_QUOTA[quota_split]
+        quotas = ANSWER_QUOTA[quota_split]
         if intervention:
             from ecgllm.datasets.severity import stratum_weights
 
@@ -596,7 +595,7 @@ class ECGQAGenerator:
             grouped = answer_groups and self.groups_apply(t)
             found = None
             for _ in range(tries if wanted else 1):
-                drawn = self._draw_grouped(t, rng, tries) if grouped else self._draw(t, rng)
+                drawn = self._draw_grouped(t, rng, tries, quotas[t.kind]) if grouped else self._draw(t, rng)
                 if drawn is None:
                     break
                 ecg_ids, values, lead = drawn
@@ -610,7 +609,8 @@ class ECGQAGenerator:
             ecg_ids, values, lead, answer = found
             asked = [(ecg_ids, answer)]
             if paired and grouped:  # the partner: a record of another answer
-                other = self._record_of_an_answer(t, self._answer_groups(t, values, lead), rng, tuple(answer))
+                other = self._record_of_an_answer(self._answer_groups(t, values, lead), rng, quotas[t.kind],
+                                                  tuple(answer))
                 asked.append(([other], answer_for(t, [self.attributes[other]], values, lead)))
             elif paired:
                 partner = self._partner(t, values, lead, answer, rng, tries)
@@ -630,7 +630,7 @@ class ECGQAGenerator:
                     "answer": answer, "ecg_id": ecg_ids, "attribute": _attribute_field(t, values),
                     "generator_version": GENERATOR_VERSION, "sampling": sampling,
                     "draw": "answer_groups" if grouped else "record_first",
-                    **({"answer_quota": self._quota[t.kind]} if grouped else {}),
+                    **({"answer_quota": quotas[t.kind]} if grouped else {}),
                 })
         return out[: n - n % 2] if paired else out[:n]  # pairs stay whole
 

@@ -16,26 +16,34 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from ecgllm.datasets.ecgqa_attributes import ECGQA_COLUMNS as FEATURE_COLUMNS  # feature -> column, seconds
 from ecgllm.datasets.ecgqa_attributes import FEATURES, RANGE_NAMES, axis_class, load_ecgqa_ranges, range_of
 
-# ECG-QA's columns (seconds, degrees) of a measurement table (`ecgllm data measure ptbxl --ecgqa-features`)
-FEATURE_COLUMNS = {"rr interval": "rr_s", "p duration": "p_s", "pr interval": "pr_s", "qrs duration": "qrs_s",
-                   "qt interval": "qt_s", "qt corrected": "qtc_s"}
 AXIS_COLUMN = "axis_ecgqa_deg"
 META_KEY = "ecgqa_features"  # an ECG's measurement row, when its record's row of a table is known
 # Words of every ECG-QA numeric-feature and heart-axis question, template and paraphrase (checked in the tests:
-# each of those wordings matches, no other template wording does), and of a user's own questions about them.
+# each of those wordings matches, no other template's pattern does), and of a user's own questions about them. A
+# few label questions match as well once their values are filled in ("voltage criteria (qrs) for left ventricular
+# hypertrophy"): they get notes in training and in answers alike, which costs tokens and changes nothing else.
 _ASKS = re.compile(r"interval|duration|numeric|axis|deviat|\bqtc?\b|\bqrs\b|\brr\b|\bpr\b|measure|\bvalues?\b|"
                    r"normal range|heart rate", re.IGNORECASE)
 _MEMO_SIZE = 20_000
 _memo: OrderedDict[bytes, dict[str, float]] = OrderedDict()
+_memo_lock = threading.Lock()  # serving answers from several threads
+
+
+@lru_cache(maxsize=1)
+def _ranges() -> dict[str, tuple[float, float]]:
+    return load_ecgqa_ranges()
 
 
 def asks_for_measurements(question: str) -> bool:
@@ -55,7 +63,7 @@ def measurement_note(values: Mapping[str, object]) -> str:
     axis deviation."`` from a measurement row: the features outside ECG-QA's normal ranges, named as its answers name
     them (the others are within), and the axis class; a value the measurement could not give is said to be missing,
     never guessed. Short on purpose (about 20-30 tokens): a comparison carries two notes."""
-    ranges = load_ecgqa_ranges()
+    ranges = _ranges()
     by_class: dict[str, list[str]] = {name: [] for name in RANGE_NAMES}
     missing = []
     for feature in FEATURES:
@@ -83,19 +91,21 @@ def measurements_of(signal: np.ndarray, fs: float, leads: list[str] | tuple[str,
 
     array = np.ascontiguousarray(signal, dtype=np.float32)
     key = hashlib.blake2b(array.tobytes() + repr((float(fs), tuple(leads))).encode(), digest_size=16).digest()
-    if key in _memo:
-        _memo.move_to_end(key)
-        return _memo[key]
+    with _memo_lock:
+        if key in _memo:
+            _memo.move_to_end(key)
+            return dict(_memo[key])
     try:
         with warnings.catch_warnings():  # NeuroKit2 warns on every short or flat lead
             warnings.simplefilter("ignore")
             row = ecgqa_measure(array, fs, leads)
-    except ValueError:  # a lead it needs (II, I, aVF) is missing: nothing measured
-        row = {}
-    _memo[key] = row
-    if len(_memo) > _MEMO_SIZE:
-        _memo.popitem(last=False)
-    return row
+    except Exception:  # noqa: BLE001 - a lead it needs missing (ValueError), a signal too short or flat for
+        row = {}       # NeuroKit2 (TypeError, IndexError, ...): the note says "not measured", the answer goes on
+    with _memo_lock:
+        _memo[key] = row
+        if len(_memo) > _MEMO_SIZE:
+            _memo.popitem(last=False)
+    return dict(row)
 
 
 def read_measurement_rows(path: str | Path) -> dict[int, dict[str, float]]:

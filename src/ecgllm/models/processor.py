@@ -49,6 +49,11 @@ class ProcessorConfig:
     measurement_note: bool = False  # each ECG's measured intervals as text when the question asks about them
 
 
+def first_question(turns: list[dict[str, str]]) -> str:
+    """The first user message: the question the ECGs come with (named labels and measurement notes read it)."""
+    return next((t["content"] for t in turns if t["role"] == "user"), "")
+
+
 class EcgProcessor:
     def __init__(self, tokenizer, config: ProcessorConfig) -> None:
         self.tokenizer = tokenizer
@@ -81,7 +86,7 @@ class EcgProcessor:
         before the first question."""
         slots = [f"{tag}: {self.config.ecg_token}" if tag else self.config.ecg_token for tag in tags]
         if notes:
-            slots = [f"{slot} {note}" if note else slot for slot, note in zip(slots, notes)]
+            slots = [f"{slot} {note}" if note else slot for slot, note in zip(slots, notes, strict=True)]
         intro = "\n".join(slots)
         messages = [{**m, "content": self._inert(m["content"])} for m in turns]
         first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
@@ -114,11 +119,15 @@ class EcgProcessor:
     def notes(self, turns: list[dict[str, str]], ecgs: Sequence[ECG | PreparedECG | ECGImage]) -> list[str] | None:
         """Each ECG's measurement note (`ecgllm.models.measurement_note`) when the checkpoint reads notes and the
         question asks about a measurement; an ECG image gets none (its signal is not known)."""
-        question = next((t["content"] for t in turns if t["role"] == "user"), "")
-        if not self.config.measurement_note or not ecgs or not asks_for_measurements(question):
+        if not self.wants_notes(turns, len(ecgs)):
             return None
         return ["" if isinstance(e, ECGImage) else
                 measurement_note(measurements_of(e.signal, e.fs, e.leads, e.meta)) for e in ecgs]
+
+    def wants_notes(self, turns: list[dict[str, str]], n_ecgs: int) -> bool:
+        """Does this conversation get measurement notes (a checkpoint that reads them, ECGs, a question about a
+        measurement)?"""
+        return bool(self.config.measurement_note and n_ecgs and asks_for_measurements(first_question(turns)))
 
     def segments(self, turns: list[dict[str, str]], tags: Sequence[str],
                  notes: Sequence[str] | None = None) -> list[tuple[str, bool]]:
@@ -213,8 +222,7 @@ class EcgProcessor:
                              "checkpoint was saved before its label vocabulary was loaded")
         rows = []
         for turns, n in zip(conversations, n_ecgs):
-            question = next((t["content"] for t in turns if t["role"] == "user"), "")
-            rows += [find_named_labels(question, self.config.named_labels, self.config.named_slots)] * n
+            rows += [find_named_labels(first_question(turns), self.config.named_labels, self.config.named_slots)] * n
         return torch.tensor(rows, dtype=torch.long).reshape(len(rows), self.config.named_slots)
 
     def _pad_after_shared_prefix(self, rows: list[list[int]], width: int) -> dict[str, torch.Tensor]:

@@ -172,6 +172,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 c.meta["generator_version"] = s["generator_version"]
                 c.meta["sampling"] = s["sampling"]
                 c.meta["draw"] = s["draw"]
+                if "answer_quota" in s:
+                    c.meta["answer_quota"] = s["answer_quota"]
             _write(conversations, out, args.format)
         count = len(samples)
     else:

@@ -16,7 +16,7 @@ from ecgllm.datasets.ecgqa_templates import HeldOutWordingError, held_out_worded
 from ecgllm.datasets.split_policy import load_policy
 from ecgllm.io.image import ECGImage
 from ecgllm.io.record import ECG
-from ecgllm.models.measurement_note import META_KEY, read_measurement_rows
+from ecgllm.models.measurement_note import META_KEY, measurement_note, read_measurement_rows
 
 
 class ConversationDataset(Dataset):
@@ -64,13 +64,17 @@ class ConversationDataset(Dataset):
         return ([{"role": t["role"], "content": t["content"]} for t in row["turns"]],
                 [e.get("tag", "") for e in row["ecgs"]])
 
+    def measurement_rows(self, i: int) -> list[dict[str, float]]:
+        """Each ECG's row of the measurement table (empty where the table lacks the record)."""
+        return [self.measurements.get(int(e["record_id"]), {}) for e in self.rows[i]["ecgs"]]
+
     def __getitem__(self, i: int):
         row = self.rows[i]
         ids = [int(e["record_id"]) for e in row["ecgs"]]
         ecgs = self.cache.ecgs(ids)
-        for ecg, i in zip(ecgs, ids):
-            if i in self.measurements:
-                ecg.meta[META_KEY] = self.measurements[i]
+        for ecg, record_id in zip(ecgs, ids):
+            if record_id in self.measurements:
+                ecg.meta[META_KEY] = self.measurements[record_id]
         ecgs = [_as_rendered(ecg, ref.get("render")) for ecg, ref in zip(ecgs, row["ecgs"])]
         turns = [{"role": t["role"], "content": t["content"]} for t in row["turns"]]
         meta = row.get("meta", {})
@@ -146,5 +150,12 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 
 
 def token_lengths(dataset: ConversationDataset, processor) -> list[int]:
-    """Training tokens of every conversation, as the processor will encode it."""
-    return [len(processor.encode_for_training(*dataset.text(i))[0]) for i in range(len(dataset))]
+    """Training tokens of every conversation, as the processor will encode it (measurement notes from the data's
+    table; a record the table lacks is counted with a note that measured nothing)."""
+    lengths = []
+    for i in range(len(dataset)):
+        turns, tags = dataset.text(i)
+        notes = [measurement_note(row) for row in dataset.measurement_rows(i)] \
+            if processor.wants_notes(turns, len(tags)) else None
+        lengths.append(len(processor.encode_for_training(turns, tags, notes)[0]))
+    return lengths

@@ -8,13 +8,18 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ecgllm.models.placement import FrozenWeightsCast
 from ecgllm.training.config import RecipeError, TrainConfig, check_resumable, resolved
+
+if TYPE_CHECKING:
+    from ecgllm.training.data import ConversationDataset
 
 STATE_FILE = "trainer_state.json"
 
@@ -31,6 +36,27 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 def _inherited(config: TrainConfig) -> list[str | None]:
     return [config.model.encoder_init, config.init_from, config.model.image_encoder_init]
+
+
+def _check_measurement_table(config: TrainConfig, dataset: ConversationDataset) -> None:
+    """A measurement table without notes to read it is a recipe mistake; notes without a table (or a table that
+    lacks records) still train, measuring those ECGs in the loop (about 0.2 s each), which is said once."""
+    if config.data.measurements and not config.model.measurement_note:
+        raise RecipeError(f"data.measurements ({config.data.measurements}) is set but model.measurement_note is "
+                          "not: nothing would read the table; set model.measurement_note: true or drop the table")
+    if not config.model.measurement_note:
+        return
+    from ecgllm.models.measurement_note import asks_for_measurements
+    from ecgllm.models.processor import first_question
+
+    known = dataset.measurements
+    noted = [row for row in dataset.rows if asks_for_measurements(first_question(row["turns"]))]
+    missing = {int(e["record_id"]) for row in noted for e in row["ecgs"]} - set(known)
+    if missing:
+        where = (f"{len(missing)} records not in {config.data.measurements}" if known
+                 else "no data.measurements table")
+        print(f"note: model.measurement_note with {where}: their notes are measured during training (about 0.2 s "
+              f"per ECG); `ecgllm data measure ptbxl --ecgqa-features` writes the table", file=sys.stderr, flush=True)
 
 
 def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None, fit_quality: bool = True,
@@ -63,6 +89,7 @@ def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None, fit_qualit
             raise RecipeError(f"debias: ipw, but {len(unweighted)} of {len(dataset.rows)} conversations in "
                               f"{config.data.train} have no meta.ipw_weight (the first is line "
                               f"{dataset.line_numbers[unweighted[0]]}; run `ecgllm data debias` on it)")
+    _check_measurement_table(config, dataset)
     model, processor = EcgLanguageModel.build(config.model, ProcessorConfig(prep=config.prep.to_dict()),
                                               llm=llm, tokenizer=tokenizer, init_from=config.init_from)
     if config.init_from:
