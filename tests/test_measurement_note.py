@@ -56,6 +56,22 @@ def test_a_known_row_is_used_as_is_and_a_signal_is_measured_once(monkeypatch):
     monkeypatch.undo()
     assert measurements_of(ecg.signal[:2], ecg.fs, ecg.leads[:2]) == {}  # no lead II / aVF: nothing measured
     assert measurements_of(ecg.signal[:, :5], ecg.fs, ecg.leads) == {}  # too short for NeuroKit2: nothing, no error
+    copy = measurements_of(ecg.signal, ecg.fs, ecg.leads)
+    copy["rr_s"] = -1.0  # a caller's change never reaches the kept row
+    assert measurements_of(ecg.signal, ecg.fs, ecg.leads) == measured
+
+
+def test_a_measurement_that_fails_otherwise_reads_not_measured_and_is_said(monkeypatch, capsys):
+    import ecgllm.datasets.ecgqa_numeric as numeric
+    from ecgllm import read_ecg
+
+    def broken(*args, **kwargs):
+        raise TypeError("odd signal")
+
+    monkeypatch.setattr(numeric, "ecgqa_measure", broken)
+    ecg = read_ecg(PTBXL_1)
+    assert measurements_of(ecg.signal * 0.5, ecg.fs, ecg.leads) == {}
+    assert "TypeError: odd signal" in capsys.readouterr().err
 
 
 def test_measurement_table_is_read_and_another_table_refused(tmp_path):
@@ -108,7 +124,7 @@ def test_the_processor_adds_notes_only_when_asked_and_never_labels_them(tiny_tok
 
 
 def test_training_items_carry_their_records_measurements(tmp_path):
-    """The trainer hands each ECG its record's row of the table (no ECG is measured during training)."""
+    """The trainer hands each ECG its record's row of the table (those ECGs are not measured during training)."""
     import json
     from types import SimpleNamespace
 

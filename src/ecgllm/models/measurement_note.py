@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import sys
 import threading
 import warnings
 from collections import OrderedDict
@@ -39,6 +40,11 @@ _ASKS = re.compile(r"interval|duration|numeric|axis|deviat|\bqtc?\b|\bqrs\b|\brr
 _MEMO_SIZE = 20_000
 _memo: OrderedDict[bytes, dict[str, float]] = OrderedDict()
 _memo_lock = threading.Lock()  # serving answers from several threads
+
+
+@lru_cache(maxsize=None)
+def _say_once(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 @lru_cache(maxsize=1)
@@ -99,8 +105,12 @@ def measurements_of(signal: np.ndarray, fs: float, leads: list[str] | tuple[str,
         with warnings.catch_warnings():  # NeuroKit2 warns on every short or flat lead
             warnings.simplefilter("ignore")
             row = ecgqa_measure(array, fs, leads)
-    except Exception:  # noqa: BLE001 - a lead it needs missing (ValueError), a signal too short or flat for
-        row = {}       # NeuroKit2 (TypeError, IndexError, ...): the note says "not measured", the answer goes on
+    except ValueError:  # a lead it needs is missing, or the signal is too short to filter: nothing measured
+        row = {}
+    except Exception as exc:  # noqa: BLE001 - NeuroKit2 fails in other ways on odd signals (TypeError, IndexError):
+        row = {}              # the note says "not measured" and the answer goes on; said once, so a bug shows
+        _say_once(f"note: an ECG could not be measured for its measurement note ({type(exc).__name__}: {exc}); "
+                  "such notes say \"not measured\"")
     with _memo_lock:
         _memo[key] = row
         if len(_memo) > _MEMO_SIZE:

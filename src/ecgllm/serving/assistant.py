@@ -126,7 +126,7 @@ class ECGAssistant:
                 warnings.append(f"{which}: " + UNLIKE_WARNING.format(distance=float(distance), typical=check.typical))
         return warnings
 
-    def _measure_ahead(self, questions: Sequence[str], ecg_lists: Sequence[list[ECG]]) -> None:
+    def _measure_ahead(self, questions: Sequence[str], ecg_lists: Sequence[list[ECG | ECGImage]]) -> None:
         """Take the measurements of a checkpoint's measurement notes before the tokenizer lock (about 0.2 s per ECG,
         kept per signal), so that the lock is held only to tokenise; nothing happens for other checkpoints."""
         for question, ecgs in zip(questions, ecg_lists):

@@ -53,7 +53,7 @@ def _check_measurement_table(config: TrainConfig, dataset: ConversationDataset) 
     noted = [row for row in dataset.rows if asks_for_measurements(first_question(row["turns"]))]
     missing = {int(e["record_id"]) for row in noted for e in row["ecgs"]} - set(known)
     if missing:
-        where = (f"{len(missing)} records not in {config.data.measurements}" if known
+        where = (f"{len(missing)} records not in {config.data.measurements}" if config.data.measurements
                  else "no data.measurements table")
         print(f"note: model.measurement_note with {where}: their notes are measured during training (about 0.2 s "
               f"per ECG); `ecgllm data measure ptbxl --ecgqa-features` writes the table", file=sys.stderr, flush=True)
