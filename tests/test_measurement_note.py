@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from ecgllm.datasets.ecgqa_attributes import FEATURES
 from ecgllm.datasets.ecgqa_templates import load_templates
+from ecgllm.models.ecg_lm import EcgLMConfig
 from ecgllm.models.measurement_note import (META_KEY, asks_for_measurements, measurement_note, measurements_of,
                                             read_measurement_rows)
 from ecgllm.models.processor import IGNORE_INDEX, EcgProcessor, ProcessorConfig
@@ -26,16 +28,36 @@ def test_every_numeric_and_axis_wording_asks_for_measurements_and_no_other_does(
     assert asks_for_measurements("What is the heart rate?") and not asks_for_measurements("Is this ECG normal?")
 
 
-def test_the_note_names_the_features_outside_ecgqa_ranges_and_the_axis_class():
+def test_the_note_names_the_features_of_each_ecgqa_range_and_the_axis_class():
     note = measurement_note(ROW)
     # ECG-QA's ranges: pr 120-200 ms, qrs 60-110 ms; qtc NaN is said to be missing, not guessed
-    assert note == ("Below the normal range: pr interval. Above the normal range: qrs duration. "
-                    "Not measured: qt corrected. Heart axis: left axis deviation.")
+    assert note == ("Below the normal range: pr interval. Within the normal range: rr interval, p duration, "
+                    "qt interval. Above the normal range: qrs duration. Not measured: qt corrected. "
+                    "Heart axis: left axis deviation.")
     normal = {**ROW, "pr_s": 0.15, "qrs_s": 0.09, "qtc_s": 0.41, "axis_ecgqa_deg": 10.0}
-    assert measurement_note(normal) == ("Below the normal range: none. Above the normal range: none. "
-                                        "Heart axis: normal heart axis.")
-    assert measurement_note({}).endswith("Not measured: rr interval, p duration, pr interval, qrs duration, "
-                                         "qt interval, qt corrected. Heart axis: not measured.")
+    assert measurement_note(normal) == ("Below the normal range: none. Within the normal range: rr interval, "
+                                        "p duration, pr interval, qrs duration, qt interval, qt corrected. "
+                                        "Above the normal range: none. Heart axis: normal heart axis.")
+    assert measurement_note({}).endswith("Within the normal range: none. Above the normal range: none. Not measured: "
+                                         "rr interval, p duration, pr interval, qrs duration, qt interval, "
+                                         "qt corrected. Heart axis: not measured.")
+
+
+def test_every_feature_is_in_exactly_one_list_of_a_version_2_note_and_version_1_leaves_within_out():
+    """ECG-QA asks which features fall within the normal range as often as below or above it: a version-2 note
+    answers each of the three by one list (version 1 left "within" to a complement no model learned to take)."""
+    for row in (ROW, {**ROW, "rr_s": 0.4, "p_s": 0.2, "qtc_s": 0.6}, {}):
+        note = measurement_note(row)
+        lists = [part.split(": ", 1)[1].split(", ") for part in note.rstrip(".").split(". ")[:-1]]
+        named = [feature for names in lists for feature in names if feature != "none"]
+        assert sorted(named) == sorted(FEATURES), note
+    assert measurement_note(ROW, version=1) == ("Below the normal range: pr interval. Above the normal range: qrs "
+                                                "duration. Not measured: qt corrected. Heart axis: left axis "
+                                                "deviation.")
+    with pytest.raises(ValueError, match="note version 3"):
+        measurement_note(ROW, version=3)
+    with pytest.raises(ValueError, match="measurement_note must be 0"):
+        EcgLMConfig(label_tokens=6, named_label_tokens=2, measurement_note=3)
 
 
 def test_a_known_row_is_used_as_is_and_a_signal_is_measured_once(monkeypatch):
@@ -90,13 +112,15 @@ def test_the_processor_adds_notes_only_when_asked_and_never_labels_them(tiny_tok
     ecg = read_ecg(PTBXL_1)
     other = read_ecg(PTBXL_1)
     other.meta[META_KEY] = ROW  # "another patient's ECG": it brings its own note
-    processor = EcgProcessor(tiny_tokenizer, ProcessorConfig(n_ecg_tokens=2, measurement_note=True))
+    processor = EcgProcessor(tiny_tokenizer, ProcessorConfig(n_ecg_tokens=2, measurement_note=True))  # version 1
     numeric = [{"role": "user", "content": "What range does the pr interval of this ECG fall in?"},
                {"role": "assistant", "content": "below the normal range"}]
     label = [{"role": "user", "content": "Does this ECG show atrial fibrillation?"},
              {"role": "assistant", "content": "no"}]
     notes = processor.notes(numeric, [other])
-    assert notes == [measurement_note(ROW)]
+    assert notes == [measurement_note(ROW, version=1)]
+    assert EcgProcessor(tiny_tokenizer, ProcessorConfig(n_ecg_tokens=2, measurement_note=2)).notes(numeric, [other]) \
+        == [measurement_note(ROW, version=2)]
     assert processor.notes(label, [ecg]) is None
     assert processor.notes(numeric, [ecg]) != notes
     prompt = processor.render(numeric[:1], [""], add_generation_prompt=True, notes=notes)

@@ -24,6 +24,7 @@ from ecgllm.io.leads import STANDARD_12
 from ecgllm.models.encoder_source import ENCODER_TO_PREP_NORMALIZE, encoder_head, encoder_meta
 from ecgllm.models.encoders import build_encoder
 from ecgllm.models.label_tokens import LabelTokens
+from ecgllm.models.measurement_note import NOTE_VERSIONS
 from ecgllm.models.processor import EcgProcessor, ImageNotSupportedError, ProcessorConfig
 from ecgllm.models.projector import build_projector
 from ecgllm.models.removed_features import without_removed_keys
@@ -62,7 +63,8 @@ class EcgLMConfig:
     named_label_tokens: int = 0                  # > 0: slots for the labels the question names (needs label_tokens)
     signal_quality: bool = False                 # noise heads on the signal; noise names fill the named slots too
     balanced_named_labels: bool = False          # named slots read p shifted to equal priors (LabelTokens.fit_priors)
-    measurement_note: bool = False               # measured intervals as text when asked (models/measurement_note.py)
+    measurement_note: int = 0                    # measured intervals as text when asked: the note's version
+                                                 # (models/measurement_note.py NOTE_VERSIONS; 0 none, true 1)
     image_encoder_init: str | None = None        # a distilled image encoder run: the model also reads ECG images
     lora: dict = field(default_factory=lambda: {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
                                                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]})
@@ -78,6 +80,9 @@ class EcgLMConfig:
             raise ValueError("signal_quality needs named_label_tokens (its noise probabilities fill those slots)")
         if self.balanced_named_labels and not self.named_label_tokens:
             raise ValueError("balanced_named_labels needs named_label_tokens (it shifts their probabilities)")
+        if self.measurement_note and self.measurement_note not in NOTE_VERSIONS:
+            raise ValueError(f"measurement_note must be 0 (no notes) or a note version {sorted(NOTE_VERSIONS)}, "
+                             f"not {self.measurement_note!r}")
 
 
 # Longest training sequence that runs the math attention kernel on the CPU: its backward memory grows with the

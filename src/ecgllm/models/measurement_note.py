@@ -37,6 +37,13 @@ META_KEY = "ecgqa_features"  # an ECG's measurement row, when its record's row o
 # hypertrophy"): they get notes in training and in answers alike, which costs tokens and changes nothing else.
 _ASKS = re.compile(r"interval|duration|numeric|axis|deviat|\bqtc?\b|\bqrs\b|\brr\b|\bpr\b|measure|\bvalues?\b|"
                    r"normal range|heart rate", re.IGNORECASE)
+# What a note says, by the version a checkpoint was trained with (`model.measurement_note`; 0 is no notes):
+# 1 lists the features below and above the normal range; 2 adds those within it. Why 2: ECG-QA asks which features
+# fall within the normal range as often as below or above it, and a model trained on version 1 answered those by
+# copying a list from the note instead of taking the measured features that no list names
+# (docs/results/ecgqa_candidate_measurement_notes.md).
+NOTE_VERSIONS = {1: "below and above the normal range", 2: "below, within and above the normal range"}
+LATEST_VERSION = max(NOTE_VERSIONS)
 _MEMO_SIZE = 20_000
 _memo: OrderedDict[bytes, dict[str, float]] = OrderedDict()
 _memo_lock = threading.Lock()  # serving answers from several threads
@@ -64,11 +71,14 @@ def _number(value: object) -> float | None:
     return None if math.isnan(value) else value
 
 
-def measurement_note(values: Mapping[str, object]) -> str:
-    """``"Below the normal range: pr interval. Above the normal range: qrs duration, qt interval. Heart axis: left
-    axis deviation."`` from a measurement row: the features outside ECG-QA's normal ranges, named as its answers name
-    them (the others are within), and the axis class; a value the measurement could not give is said to be missing,
-    never guessed. Short on purpose (about 20-30 tokens): a comparison carries two notes."""
+def measurement_note(values: Mapping[str, object], version: int = LATEST_VERSION) -> str:
+    """``"Below the normal range: pr interval. Within the normal range: rr interval, p duration. Above the normal
+    range: qrs duration, qt interval. Heart axis: left axis deviation."`` from a measurement row: the features in
+    each of ECG-QA's range classes, named as its answers name them, and the axis class; a value the measurement could
+    not give is said to be missing, never guessed. Short on purpose (about 30-40 tokens): a comparison carries two
+    notes. ``version`` 1 leaves the features within the normal range out (`NOTE_VERSIONS`)."""
+    if version not in NOTE_VERSIONS:
+        raise ValueError(f"measurement note version {version!r}: this package writes {sorted(NOTE_VERSIONS)}")
     ranges = _ranges()
     by_class: dict[str, list[str]] = {name: [] for name in RANGE_NAMES}
     missing = []
@@ -78,9 +88,12 @@ def measurement_note(values: Mapping[str, object]) -> str:
             missing.append(feature)
         else:
             by_class[range_of(feature, seconds * 1000, ranges)].append(feature)
-    below, _, above = (", ".join(by_class[name]) or "none" for name in RANGE_NAMES)
+    below, within, above = (", ".join(by_class[name]) or "none" for name in RANGE_NAMES)
     degrees = _number(values.get(AXIS_COLUMN))
-    note = f"Below the normal range: {below}. Above the normal range: {above}."
+    note = f"Below the normal range: {below}."
+    if version >= 2:
+        note += f" Within the normal range: {within}."
+    note += f" Above the normal range: {above}."
     if missing:
         note += f" Not measured: {', '.join(missing)}."
     return note + f" Heart axis: {'not measured' if degrees is None else axis_class(degrees)}."

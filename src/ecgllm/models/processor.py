@@ -46,7 +46,8 @@ class ProcessorConfig:
     image: dict | None = None       # {"height", "width"} of the image encoder's input; None: signals only
     named_slots: int = 0            # named-label tokens per ECG (`ecgllm.models.label_tokens`)
     named_labels: list[str] | None = None  # the label names looked for in the question, in the classifier's order
-    measurement_note: bool = False  # each ECG's measured intervals as text when the question asks about them
+    measurement_note: int = 0  # each ECG's measured intervals as text when the question asks about them: the
+    # note's version (`measurement_note.NOTE_VERSIONS`), 0 for none (a checkpoint's `true` reads as version 1)
 
 
 def first_question(turns: list[dict[str, str]]) -> str:
@@ -122,7 +123,12 @@ class EcgProcessor:
         if not self.wants_notes(turns, len(ecgs)):
             return None
         return ["" if isinstance(e, ECGImage) else
-                measurement_note(measurements_of(e.signal, e.fs, e.leads, e.meta)) for e in ecgs]
+                measurement_note(measurements_of(e.signal, e.fs, e.leads, e.meta), self.note_version) for e in ecgs]
+
+    @property
+    def note_version(self) -> int:
+        """The version of the measurement notes this checkpoint reads (0: none)."""
+        return int(self.config.measurement_note)
 
     def wants_notes(self, turns: list[dict[str, str]], n_ecgs: int) -> bool:
         """Does this conversation get measurement notes (a checkpoint that reads them, ECGs, a question about a

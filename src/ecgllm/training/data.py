@@ -155,7 +155,7 @@ def token_lengths(dataset: ConversationDataset, processor) -> list[int]:
     lengths = []
     for i in range(len(dataset)):
         turns, tags = dataset.text(i)
-        notes = [measurement_note(row) for row in dataset.measurement_rows(i)] \
+        notes = [measurement_note(row, processor.note_version) for row in dataset.measurement_rows(i)] \
             if processor.wants_notes(turns, len(tags)) else None
         lengths.append(len(processor.encode_for_training(turns, tags, notes)[0]))
     return lengths
