@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from ecgllm.models.processor import IGNORE_INDEX, EcgProcessor, ProcessorConfig
 from tests.conftest import PTBXL_1
 from tests.test_loss_targets import check_targets
 
+ROOT = Path(__file__).resolve().parents[1]
 ROW = {"rr_s": 0.944, "p_s": 0.093, "pr_s": 0.064, "qrs_s": 0.113, "qt_s": 0.393, "qtc_s": float("nan"),
        "axis_ecgqa_deg": -45.2}
 
@@ -29,16 +32,16 @@ def test_every_numeric_and_axis_wording_asks_for_measurements_and_no_other_does(
 
 
 def test_the_note_names_the_features_of_each_ecgqa_range_and_the_axis_class():
-    note = measurement_note(ROW)
+    note = measurement_note(ROW, version=2)
     # ECG-QA's ranges: pr 120-200 ms, qrs 60-110 ms; qtc NaN is said to be missing, not guessed
     assert note == ("Below the normal range: pr interval. Within the normal range: rr interval, p duration, "
                     "qt interval. Above the normal range: qrs duration. Not measured: qt corrected. "
                     "Heart axis: left axis deviation.")
     normal = {**ROW, "pr_s": 0.15, "qrs_s": 0.09, "qtc_s": 0.41, "axis_ecgqa_deg": 10.0}
-    assert measurement_note(normal) == ("Below the normal range: none. Within the normal range: rr interval, "
+    assert measurement_note(normal, version=2) == ("Below the normal range: none. Within the normal range: rr interval, "
                                         "p duration, pr interval, qrs duration, qt interval, qt corrected. "
                                         "Above the normal range: none. Heart axis: normal heart axis.")
-    assert measurement_note({}).endswith("Within the normal range: none. Above the normal range: none. Not measured: "
+    assert measurement_note({}, version=2).endswith("Within the normal range: none. Above the normal range: none. Not measured: "
                                          "rr interval, p duration, pr interval, qrs duration, qt interval, "
                                          "qt corrected. Heart axis: not measured.")
 
@@ -47,7 +50,7 @@ def test_every_feature_is_in_exactly_one_list_of_a_version_2_note_and_version_1_
     """ECG-QA asks which features fall within the normal range as often as below or above it: a version-2 note
     answers each of the three by one list (version 1 left "within" to a complement no model learned to take)."""
     for row in (ROW, {**ROW, "rr_s": 0.4, "p_s": 0.2, "qtc_s": 0.6}, {}):
-        note = measurement_note(row)
+        note = measurement_note(row, version=2)
         lists = [part.split(": ", 1)[1].split(", ") for part in note.rstrip(".").split(". ")[:-1]]
         named = [feature for names in lists for feature in names if feature != "none"]
         assert sorted(named) == sorted(FEATURES), note
@@ -58,6 +61,23 @@ def test_every_feature_is_in_exactly_one_list_of_a_version_2_note_and_version_1_
         measurement_note(ROW, version=3)
     with pytest.raises(ValueError, match="measurement_note must be 0"):
         EcgLMConfig(label_tokens=6, named_label_tokens=2, measurement_note=3)
+
+
+def test_a_checkpoint_or_recipe_that_says_true_reads_version_1_and_a_saved_version_survives(tiny_tokenizer, tmp_path):
+    from ecgllm.training.config import load_recipe
+
+    for saved, version in ((True, 1), (2, 2), (False, 0)):
+        EcgProcessor(tiny_tokenizer, ProcessorConfig(n_ecg_tokens=2, measurement_note=saved)).save_pretrained(tmp_path)
+        assert EcgProcessor.from_pretrained(tmp_path).note_version == version
+    saved_config = json.loads((tmp_path / "processor_config.json").read_text())
+    (tmp_path / "processor_config.json").write_text(json.dumps({**saved_config, "measurement_note": 7}))
+    with pytest.raises(ValueError, match="measurement_note 7"):
+        EcgProcessor.from_pretrained(tmp_path)
+    recipe = (ROOT / "recipes" / "ecgqa" / "continue_measurement_notes_within.yaml").read_text()
+    for written, version in (("true", 1), ("2", 2)):
+        path = tmp_path / f"recipe_{written}.yaml"
+        path.write_text(recipe.replace("measurement_note: 2", f"measurement_note: {written}"))
+        assert load_recipe(path).model.measurement_note == version
 
 
 def test_a_known_row_is_used_as_is_and_a_signal_is_measured_once(monkeypatch):

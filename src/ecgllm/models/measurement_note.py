@@ -43,7 +43,6 @@ _ASKS = re.compile(r"interval|duration|numeric|axis|deviat|\bqtc?\b|\bqrs\b|\brr
 # copying a list from the note instead of taking the measured features that no list names
 # (docs/results/ecgqa_candidate_measurement_notes.md).
 NOTE_VERSIONS = {1: "below and above the normal range", 2: "below, within and above the normal range"}
-LATEST_VERSION = max(NOTE_VERSIONS)
 _MEMO_SIZE = 20_000
 _memo: OrderedDict[bytes, dict[str, float]] = OrderedDict()
 _memo_lock = threading.Lock()  # serving answers from several threads
@@ -71,12 +70,13 @@ def _number(value: object) -> float | None:
     return None if math.isnan(value) else value
 
 
-def measurement_note(values: Mapping[str, object], version: int = LATEST_VERSION) -> str:
+def measurement_note(values: Mapping[str, object], version: int) -> str:
     """``"Below the normal range: pr interval. Within the normal range: rr interval, p duration. Above the normal
     range: qrs duration, qt interval. Heart axis: left axis deviation."`` from a measurement row: the features in
     each of ECG-QA's range classes, named as its answers name them, and the axis class; a value the measurement could
-    not give is said to be missing, never guessed. Short on purpose (about 30-40 tokens): a comparison carries two
-    notes. ``version`` 1 leaves the features within the normal range out (`NOTE_VERSIONS`)."""
+    not give is said to be missing, never guessed. Short on purpose (about 45 tokens; version 1, which leaves the
+    features within the normal range out, about 25): a comparison carries two notes. ``version``: the one the
+    checkpoint was trained with (`NOTE_VERSIONS`), never a default, so adding a version changes no one's notes."""
     if version not in NOTE_VERSIONS:
         raise ValueError(f"measurement note version {version!r}: this package writes {sorted(NOTE_VERSIONS)}")
     ranges = _ranges()

@@ -21,7 +21,7 @@ from ecgllm.errors import InputError
 from ecgllm.io.image import ECGImage
 from ecgllm.io.record import ECG
 from ecgllm.models.label_tokens import find_named_labels
-from ecgllm.models.measurement_note import asks_for_measurements, measurement_note, measurements_of
+from ecgllm.models.measurement_note import NOTE_VERSIONS, asks_for_measurements, measurement_note, measurements_of
 from ecgllm.signal.prepare import PrepConfig, PreparedECG, prepare
 
 ECG_TOKEN = "<ecg>"
@@ -59,6 +59,9 @@ class EcgProcessor:
     def __init__(self, tokenizer, config: ProcessorConfig) -> None:
         self.tokenizer = tokenizer
         self.config = config
+        if config.measurement_note and config.measurement_note not in NOTE_VERSIONS:
+            raise ValueError(f"measurement_note {config.measurement_note!r}: this package writes notes of versions "
+                             f"{sorted(NOTE_VERSIONS)} (0: none)")
         self.prep = PrepConfig.from_dict(config.prep)
         if config.ecg_token not in tokenizer.get_vocab():
             tokenizer.add_special_tokens({"additional_special_tokens": [config.ecg_token]})

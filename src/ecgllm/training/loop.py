@@ -43,7 +43,8 @@ def _check_measurement_table(config: TrainConfig, dataset: ConversationDataset) 
     lacks records) still train, measuring those ECGs in the loop (about 0.2 s each), which is said once."""
     if config.data.measurements and not config.model.measurement_note:
         raise RecipeError(f"data.measurements ({config.data.measurements}) is set but model.measurement_note is "
-                          "not: nothing would read the table; set model.measurement_note to a note version (2) or drop the table")
+                          "not: nothing would read the table; set model.measurement_note to a note version (2) or "
+                          "drop the table")
     if not config.model.measurement_note:
         return
     from ecgllm.models.measurement_note import asks_for_measurements
