@@ -38,12 +38,12 @@ def test_the_note_names_the_features_of_each_ecgqa_range_and_the_axis_class():
                     "qt interval. Above the normal range: qrs duration. Not measured: qt corrected. "
                     "Heart axis: left axis deviation.")
     normal = {**ROW, "pr_s": 0.15, "qrs_s": 0.09, "qtc_s": 0.41, "axis_ecgqa_deg": 10.0}
-    assert measurement_note(normal, version=2) == ("Below the normal range: none. Within the normal range: rr interval, "
-                                        "p duration, pr interval, qrs duration, qt interval, qt corrected. "
-                                        "Above the normal range: none. Heart axis: normal heart axis.")
-    assert measurement_note({}, version=2).endswith("Within the normal range: none. Above the normal range: none. Not measured: "
-                                         "rr interval, p duration, pr interval, qrs duration, qt interval, "
-                                         "qt corrected. Heart axis: not measured.")
+    assert measurement_note(normal, version=2) == (
+        "Below the normal range: none. Within the normal range: rr interval, p duration, pr interval, qrs duration, "
+        "qt interval, qt corrected. Above the normal range: none. Heart axis: normal heart axis.")
+    assert measurement_note({}, version=2).endswith(
+        "Within the normal range: none. Above the normal range: none. Not measured: rr interval, p duration, "
+        "pr interval, qrs duration, qt interval, qt corrected. Heart axis: not measured.")
 
 
 def test_every_feature_is_in_exactly_one_list_of_a_version_2_note_and_version_1_leaves_within_out():

@@ -499,8 +499,8 @@ class ECGQAGenerator:
                              other_than: tuple[str, ...] | None = None) -> int:
         """A record of one of the answers in ``groups``, ``other_than`` one answer (a counterfactual pair's partner).
         An answer is drawn with weight min(its records, ``quota``: the split's `ANSWER_QUOTA` of the template's
-        kind), after ECG-QA's per-answer quotas: a common answer as often as any other, an answer only one record gives once for every quota's worth
-        of the others."""
+        kind), after ECG-QA's per-answer quotas: a common answer as often as any other, an answer only one record
+        gives once for every quota's worth of the others."""
         answers = sorted(a for a in groups if a != other_than)
         weights = np.array([min(len(groups[a]), quota) for a in answers], dtype=float)
         members = groups[answers[int(rng.choice(len(answers), p=weights / weights.sum()))]]

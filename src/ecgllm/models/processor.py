@@ -136,7 +136,7 @@ class EcgProcessor:
     def wants_notes(self, turns: list[dict[str, str]], n_ecgs: int) -> bool:
         """Does this conversation get measurement notes (a checkpoint that reads them, ECGs, a question about a
         measurement)?"""
-        return bool(self.config.measurement_note and n_ecgs and asks_for_measurements(first_question(turns)))
+        return bool(self.note_version and n_ecgs and asks_for_measurements(first_question(turns)))
 
     def segments(self, turns: list[dict[str, str]], tags: Sequence[str],
                  notes: Sequence[str] | None = None) -> list[tuple[str, bool]]:
