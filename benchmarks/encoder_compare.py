@@ -4,7 +4,8 @@ moves most from the first run to the second.
 
     python benchmarks/encoder_compare.py RUN_A RUN_B [RUN ...] [--ecg-cache DIR] [--ptbxl DIR] [--aggregations]
 
-Each run is an `ecgllm train recipes/encoder_ptbxl.yaml` output folder (its checkpoint.pt and result.json).
+Each run is an `ecgllm train recipes/encoder_ptbxl.yaml` output folder (its encoder.safetensors,
+head.safetensors and result.json: the weights the run scored, its weight average where it kept one).
 ``--aggregations`` also scores the first run with the max over windows and with one pass over the whole
 record, against the mean over windows that training uses.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CACHE, SHARED  # noqa: E402
@@ -30,10 +32,8 @@ from ecgllm.training.pretrain_encoder import (EncoderClassifier, crop_samples, g
 def load_run(run: Path, n_outputs: int) -> tuple[EncoderClassifier, dict]:
     config = json.loads((run / "result.json").read_text())["config"]
     model = EncoderClassifier(build_encoder(config["encoder"], **config["encoder_kwargs"]), n_outputs)
-    state = torch.load(run / "checkpoint.pt", weights_only=False, map_location="cpu")
-    if state.get("ema"):  # the run scored and saved its weight average
-        state = {"model": {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}}
-    model.load_state_dict(state["model"])
+    model.encoder.load_state_dict(load_file(run / "encoder.safetensors"))
+    model.head.load_state_dict(load_file(run / "head.safetensors"))
     return model.eval(), config
 
 

@@ -12,7 +12,8 @@ import torch
 import yaml
 
 from ecgllm import read_ecg
-from ecgllm.models.placement import Placement, resolve_device, resolve_dtype
+from ecgllm.models.placement import resolve_device, resolve_dtype
+from ecgllm.training.epochs import epoch_accelerator
 from tests.conftest import FIXTURES, make_training_workspace
 
 PTBXL_1 = FIXTURES / "ptbxl/records100/00000/00001_lr.hea"
@@ -32,7 +33,7 @@ def test_asking_for_a_missing_gpu_is_a_clear_error_not_a_silent_cpu_run():
     with pytest.raises(ValueError, match="no CUDA GPU"):
         resolve_device("cuda")
     with pytest.raises(ValueError, match="no CUDA GPU"):
-        Placement.resolve("cuda:0")
+        epoch_accelerator("cuda", "no")
 
 
 def test_bad_names_are_refused():
@@ -43,7 +44,7 @@ def test_bad_names_are_refused():
     with pytest.raises(ValueError, match="dtype must be"):
         resolve_dtype("float8", torch.device("cpu"))
     with pytest.raises(ValueError, match="mixed_precision"):
-        Placement.resolve("cpu", "fp16")
+        epoch_accelerator("cpu", "fp16")
 
 
 def test_cli_dtype_choices_are_the_placement_dtypes():

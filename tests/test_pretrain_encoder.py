@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import shutil
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,6 +77,69 @@ def test_encoder_pretraining_recipe_and_resume(subset):
     assert json.loads((root / "run/result.json").read_text())["super_macro_auc"] == out["super_macro_auc"]
 
 
+CLI = [sys.executable, "-m", "ecgllm.serving.cli", "train"]
+KILL_SEED = 17  # draws after which epoch the resume test kills a run: fixed, so a failure replays
+
+
+def encoder_recipe(root: Path, name: str, **extra) -> Path:
+    """Dropout, random crops, mixup and an EMA: every random stream an encoder run draws from."""
+    recipe = {"stage": "encoder_pretraining", "output_dir": str(root / name), "ecg_cache": str(root / "cache"),
+              "ptbxl": str(SHARED / "ptbxl"), "encoder": "resnet1d",
+              "encoder_kwargs": {"widths": [8, 16], "n_tokens": 4, "blocks_per_stage": 1}, "epochs": 3,
+              "batch_size": 32, "head_dropout": 0.3, "mixup_alpha": 0.4, "ema_decay": 0.9, "valid_every": 3,
+              "threads": 1, **extra}
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def run_weights(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(run / "encoder.safetensors") | {f"head.{k}": v for k, v in
+                                                      load_file(run / "head.safetensors").items()}
+
+
+@needs_shared
+def test_a_killed_encoder_run_resumes_to_bit_identical_weights(subset):
+    root, _ = subset
+    clean = subprocess.run(CLI + [str(encoder_recipe(root, "clean")), "--quiet"], capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    kill_after = random.Random(KILL_SEED).choice([1, 2])
+    process = subprocess.Popen(CLI + [str(encoder_recipe(root, "killed")), "--quiet"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    target = root / "killed" / "checkpoints" / f"epoch-{kill_after:04d}"
+    deadline = time.time() + 300
+    while not target.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, f"the run finished before it could be killed after epoch {kill_after}"
+    assert not (root / "killed" / "result.json").exists()
+    resumed = subprocess.run(CLI + [str(encoder_recipe(root, "killed")), "--quiet"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    a, b = run_weights(root / "clean"), run_weights(root / "killed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    scores = [json.loads((root / run / "result.json").read_text())["super_macro_auc"] for run in ("clean", "killed")]
+    assert scores[0] == scores[1]
+
+
+@needs_shared
+def test_an_encoder_stage_trains_on_two_cpu_processes_with_gloo(subset):
+    root, _ = subset
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "ecgllm.serving.cli", "train",
+                             str(encoder_recipe(root, "ddp", epochs=2, valid_every=1)), "--quiet"],
+                            capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("fold-10 macro AUC") == 2  # each process reports the result the main one wrote
+    history = [json.loads(line) for line in (root / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2] and all(h["loss"] > 0 for h in history)  # logged by rank 0 once
+    assert {p.name for p in (root / "ddp" / "checkpoints" / "epoch-0002").iterdir()} >= {
+        "random_states_0.pkl", "random_states_1.pkl"}  # every process's RNG states
+    assert (root / "ddp" / "encoder.safetensors").exists()
+
+
 @needs_shared
 def test_encoder_pretraining_under_bf16_autocast(subset):
     """The same stage with `mixed_precision: bf16` (what a GPU run would use; CPU autocast here), crops of
@@ -129,12 +197,11 @@ def test_positive_weights_lift_rare_labels():
 
 
 def test_superclass_loss_weight_scales_only_the_last_five_outputs():
-    from ecgllm.models.placement import Placement
     from ecgllm.training.pretrain_encoder import superclass_weights
 
-    place = Placement.resolve("cpu", "no")
-    assert superclass_weights(76, 1.0, place) is None  # plain mean: earlier recipes replay exactly
-    weights = superclass_weights(76, 4.0, place)
+    cpu = torch.device("cpu")
+    assert superclass_weights(76, 1.0, cpu) is None  # plain mean: earlier recipes replay exactly
+    weights = superclass_weights(76, 4.0, cpu)
     assert weights.shape == (76,) and (weights[:71] == 1).all() and (weights[71:] == 4).all()
 
 

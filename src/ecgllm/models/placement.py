@@ -1,19 +1,17 @@
 """Where a model runs and in which precision: the CPU here, a CUDA GPU when PyTorch sees one, bf16 where that
-GPU supports it, and bf16 mixed-precision training where a recipe asks for it (fast on CPUs with bf16
-instructions too). The same code and recipes run on both; nothing requires a GPU."""
+GPU supports it; and frozen weights cast once for bf16 mixed-precision training (training stages place themselves
+through Accelerate: `ecgllm.training.loop`, `ecgllm.training.epochs`). The same code and recipes run on both;
+nothing requires a GPU."""
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
-MIXED_PRECISION = ("no", "bf16")
 
 
 def resolve_device(name: str | None = "auto") -> torch.device:
@@ -113,30 +111,3 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if bf16_supported(device) else torch.float32
     return DTYPES[name]
-
-
-@dataclass(frozen=True)
-class Placement:
-    """The device of an epoch-based training stage and whether its forward passes autocast to bf16."""
-
-    device: torch.device
-    mixed_precision: str = "no"
-
-    @classmethod
-    def resolve(cls, device: str | None = "auto", mixed_precision: str = "no") -> "Placement":
-        if mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {mixed_precision!r}")
-        placed = resolve_device(device)
-        if mixed_precision == "bf16" and placed.type == "cuda" and not bf16_supported(placed):
-            raise ValueError("mixed_precision bf16: this GPU does not support bfloat16; use 'no'")
-        return cls(placed, mixed_precision)
-
-    def tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast on the stage's device (on a CPU faster only with bf16 instructions, see
-        `cpu_has_bf16_instructions`)."""
-        if self.mixed_precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()

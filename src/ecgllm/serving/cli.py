@@ -272,10 +272,10 @@ examples:
     p = sub.add_parser("train", formatter_class=_Formatter, help="run a training recipe (YAML)",
                        description="Run one training stage from a YAML recipe. The recipe's `stage` picks it: "
                                    "encoder_pretraining, encoder_contrastive and image_distillation train whole "
-                                   "epochs (resume after the last finished one); alignment, pretraining and "
-                                   "instruction stages of the language model run on HF Accelerate with atomic "
-                                   "checkpoints, and re-running the same command resumes to the same weights as an "
-                                   "uninterrupted run. A CUDA GPU is used when PyTorch sees one (`device: cpu` in "
+                                   "epochs (checkpoint after each); alignment, pretraining and instruction stages of "
+                                   "the language model train steps (checkpoint every save_every). Every stage runs on "
+                                   "HF Accelerate with atomic checkpoints, and re-running the same command resumes "
+                                   "to the same weights as an uninterrupted run. A CUDA GPU is used when PyTorch sees one (`device: cpu` in "
                                    "an encoder recipe forbids it); `mixed_precision: bf16` autocasts. Several "
                                    "processes or GPUs: `accelerate launch -m ecgllm.serving.cli train RECIPE` or "
                                    "torchrun.",
@@ -283,6 +283,7 @@ examples:
   ecgllm train recipes/encoder_ptbxl.yaml          # PTB-XL encoder, fold-10 macro AUC at the end
   ecgllm train recipes/instruct_tiny.yaml
   torchrun --standalone --nproc_per_node 2 -m ecgllm.serving.cli train recipes/instruct_tiny.yaml
+  torchrun --standalone --nproc_per_node 2 -m ecgllm.serving.cli train recipes/encoder_ptbxl.yaml
   ecgllm train recipes/ecgqa/paired_more.yaml --export-step 300   # checkpoint 300 -> a --model folder
   ecgllm train recipes/instruct_tiny.yaml --optim.lr 1e-4 --optim.max_steps 50 --output_dir runs/try
 
@@ -294,7 +295,7 @@ otherwise it stops and lists the changed keys (--resume-anyway continues regardl
     p.add_argument("recipe", help="YAML recipe (see recipes/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--resume-anyway", action="store_true",
-                   help="resume a language-model run even though its recipe changed since it started")
+                   help="resume a run even though its recipe changed since it started")
     p.add_argument("--export-step", type=int, metavar="N",
                    help="train nothing: turn the run's checkpoint of step N into a model folder, OUTPUT_DIR/step-N/, "
                         "that --model reads (language-model stages), e.g. to choose a checkpoint on ECG-QA valid")
@@ -332,7 +333,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from ecgllm.training.contrastive import pretrain_contrastive
 
         config = load_encoder_recipe(args.recipe, args.overrides)
-        result = pretrain_contrastive(config, progress=not args.quiet)
+        result = pretrain_contrastive(config, progress=not args.quiet, resume_anyway=args.resume_anyway)
         print(f"contrastive pretraining done: valid loss {result['history'][-1]['valid_loss']:.4f}; "
               f"encoder in {config.output_dir}")
         return EXIT_OK
@@ -340,7 +341,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from ecgllm.training.distill_image import distill_image_encoder
 
         config = load_encoder_recipe(args.recipe, args.overrides)
-        result = distill_image_encoder(config, progress=not args.quiet)
+        result = distill_image_encoder(config, progress=not args.quiet, resume_anyway=args.resume_anyway)
         print(f"fold-10 superclass macro AUC: images {result['image_clean_super_macro_auc']:.4f} clean, "
               f"{result['image_augmented_super_macro_auc']:.4f} distorted; signals {result['signal_super_macro_auc']:.4f}; "
               f"image encoder in {config.output_dir}")
@@ -348,7 +349,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if stage == "encoder_pretraining":
         from ecgllm.training.pretrain_encoder import pretrain_encoder
 
-        result = pretrain_encoder(load_encoder_recipe(args.recipe, args.overrides), progress=not args.quiet)
+        result = pretrain_encoder(load_encoder_recipe(args.recipe, args.overrides), progress=not args.quiet,
+                                  resume_anyway=args.resume_anyway)
         print(f"fold-10 macro AUC: superclasses {result['super_macro_auc']:.4f}, "
               f"71 statements {result['all71_macro_auc']:.4f}; {result['epoch_s']:.0f} s/epoch")
         return EXIT_OK

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -25,9 +24,7 @@ from torch.nn import functional as F
 
 from ecgllm.datasets.split_policy import write_training_records
 from ecgllm.models.encoders import build_encoder
-from ecgllm.models.placement import Placement
-from ecgllm.training.pretrain_encoder import (check_normalize, load_epoch_state, load_ptbxl_arrays, random_crops,
-                                              save_encoder, save_epoch_state, start_run)
+from ecgllm.training.pretrain_encoder import check_normalize, load_ptbxl_arrays, random_crops, save_encoder, start_run
 
 TEXT_SOURCES = ("report", "statements", "both")
 
@@ -115,24 +112,51 @@ def clip_loss(logits: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
                   + torch.sum(-targets * F.log_softmax(logits.T, 1), 1).mean())
 
 
-@torch.no_grad()
-def _valid_loss(model: ECGTextModel, signals, feats, text_ids, rows, crop: int, batch: int,
-                place: Placement) -> float:
-    model.eval()
-    start = (signals.shape[-1] - crop) // 2
-    losses = []
-    for i in range(0, len(rows) - batch + 1, batch):  # full batches only: the loss depends on batch size
-        r = rows[i:i + batch]
-        with place.autocast():
-            logits = model(place.tensor(signals[r, :, start:start + crop]), place.tensor(feats[r]))
-        losses.append(clip_loss(logits.float(), place.tensor(text_ids[r])).item())
-    return float(np.mean(losses)) if losses else float("nan")
+class ContrastiveTask:
+    """ECG crops against their texts' features: the contrastive stage's `EpochTask`. Each process's share of a
+    batch is its own set of in-batch negatives."""
+
+    label = "contrastive"
+
+    def __init__(self, config: ContrastiveConfig, signals: np.ndarray, feats: np.ndarray, text_ids: np.ndarray,
+                 train: np.ndarray, valid: np.ndarray, crop: int, accelerator) -> None:
+        self.config, self.signals, self.feats, self.text_ids = config, signals, feats, text_ids
+        self.train, self.valid, self.crop, self.accelerator = train, valid, crop, accelerator
+        self.steps_per_epoch = len(train) // config.batch_size  # full batches: the loss needs negatives
+
+    def batches(self, epoch: int):
+        rng = np.random.default_rng([self.config.seed, epoch])
+        order = self.train[rng.permutation(len(self.train))]
+        offsets = rng.integers(0, self.signals.shape[-1] - self.crop + 1, size=len(order))
+        size = self.config.batch_size
+        for b in range(self.steps_per_epoch):
+            rows, offs = order[b * size:(b + 1) * size], offsets[b * size:(b + 1) * size]
+            yield (random_crops(self.signals, rows, offs, self.crop), torch.from_numpy(self.feats[rows]),
+                   torch.from_numpy(self.text_ids[rows]))
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        ecg, text, text_ids = batch
+        return clip_loss(model(ecg, text).float(), text_ids)
+
+    @torch.no_grad()
+    def metrics(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        """The loss on fold 9's centre crops, in full batches only (the loss depends on the batch size)."""
+        model.eval()
+        start, size, device = (self.signals.shape[-1] - self.crop) // 2, self.config.batch_size, self.accelerator.device
+        losses = []
+        for i in range(0, len(self.valid) - size + 1, size):
+            r = self.valid[i:i + size]
+            with self.accelerator.autocast():
+                logits = model(torch.from_numpy(self.signals[r, :, start:start + self.crop]).to(device),
+                               torch.from_numpy(self.feats[r]).to(device))
+            losses.append(clip_loss(logits.float(), torch.from_numpy(self.text_ids[r]).to(device)).item())
+        return {"valid_loss": round(float(np.mean(losses)), 4) if losses else float("nan")}
 
 
-def pretrain_contrastive(config: ContrastiveConfig, progress: bool = True) -> dict:
-    from tqdm import tqdm
+def pretrain_contrastive(config: ContrastiveConfig, progress: bool = True, resume_anyway: bool = False) -> dict:
+    from ecgllm.training.epochs import epoch_accelerator, prepare_run, run_epochs
 
-    place = Placement.resolve(config.device, config.mixed_precision)
+    accelerator = epoch_accelerator(config.device, config.mixed_precision)
     out = start_run(config.output_dir, config.seed, config.threads)
     data, ptbxl = load_ptbxl_arrays(config.ecg_cache, config.ptbxl, config.normalize, config.exclude_ids_file)
     texts = record_texts(ptbxl, data.ids, config.text)
@@ -140,45 +164,23 @@ def pretrain_contrastive(config: ContrastiveConfig, progress: bool = True) -> di
     train, valid = data.train[has_text[data.train]], data.valid[has_text[data.valid]]
     feats = text_features(texts, train, config.text_features, config.seed)
     _, text_ids = np.unique(np.array(texts, dtype=object).astype(str), return_inverse=True)
-    crop = int(config.crop_s * data.fs)
+    task = ContrastiveTask(config, data.signals, feats, text_ids, train, valid, int(config.crop_s * data.fs),
+                           accelerator)
 
     encoder = build_encoder(config.encoder, **config.encoder_kwargs)
-    model = ECGTextModel(encoder, feats.shape[1], config.embed_dim).to(place.device)
+    model = ECGTextModel(encoder, feats.shape[1], config.embed_dim)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = len(train) // config.batch_size  # full batches: the loss needs negatives
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps_per_epoch)
-    state_path = out / "checkpoint.pt"
-    start_epoch, history = load_epoch_state(state_path, model, optimizer, scheduler)
-    for epoch in range(start_epoch, config.epochs):
-        rng = np.random.default_rng([config.seed, epoch])
-        model.train()
-        t0 = time.time()
-        order = train[rng.permutation(len(train))]
-        offsets = rng.integers(0, data.signals.shape[-1] - crop + 1, size=len(order))
-        losses = []
-        for b in tqdm(range(steps_per_epoch), desc=f"contrastive {epoch + 1}/{config.epochs}", disable=not progress):
-            rows = order[b * config.batch_size:(b + 1) * config.batch_size]
-            offs = offsets[b * config.batch_size:(b + 1) * config.batch_size]
-            with place.autocast():
-                logits = model(random_crops(data.signals, rows, offs, crop).to(place.device), place.tensor(feats[rows]))
-            loss = clip_loss(logits.float(), place.tensor(text_ids[rows]))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-        entry = {"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4),
-                 "valid_loss": round(_valid_loss(model, data.signals, feats, text_ids, valid, crop,
-                                                 config.batch_size, place), 4),
-                 "epoch_s": round(time.time() - t0, 1)}
-        history.append(entry)
-        with (out / "metrics.jsonl").open("a") as fh:
-            fh.write(json.dumps(entry) + "\n")
-        save_epoch_state(state_path, model, optimizer, scheduler, epoch + 1, history)
-    save_encoder(out, model.encoder.cpu(), config.encoder, config.encoder_kwargs, config.normalize, data.fs)
-    result = {"encoder": config.encoder, "text": config.text, "train_pairs": int(len(train)),
-              "excluded_by_split_policy": data.excluded_by_policy, "valid_pairs": int(len(valid)), "distinct_train_texts": int(len(np.unique(text_ids[train]))),
-              "history": history, "config": asdict(config)}
-    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_training_records(out, "encoder_contrastive", data.ids[train])
-    return result
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr,
+                                                    total_steps=config.epochs * task.steps_per_epoch)
+    run = prepare_run(accelerator, model, optimizer, scheduler, out)
+    history = run_epochs(run, task, config.epochs, config, progress, resume_anyway)
+    if run.is_main:
+        save_encoder(out, run.trained.encoder.cpu(), config.encoder, config.encoder_kwargs, config.normalize, data.fs)
+        result = {"encoder": config.encoder, "text": config.text, "train_pairs": int(len(train)),
+                  "excluded_by_split_policy": data.excluded_by_policy, "valid_pairs": int(len(valid)),
+                  "distinct_train_texts": int(len(np.unique(text_ids[train]))), "history": history,
+                  "config": asdict(config)}
+        (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        write_training_records(out, "encoder_contrastive", data.ids[train])
+    accelerator.wait_for_everyone()
+    return json.loads((out / "result.json").read_text())

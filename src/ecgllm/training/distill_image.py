@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -156,15 +155,46 @@ def student_outputs(student: ImageEncoder, head: nn.Module, images: np.ndarray, 
     return tokens, np.concatenate(logits)
 
 
-def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> dict:
-    from ecgllm.training.pretrain_encoder import load_epoch_state, load_ptbxl_arrays, save_epoch_state, start_run
+class DistillTask:
+    """Renders against the teacher's tokens and label probabilities: the image distillation's `EpochTask`."""
 
-    from ecgllm.models.placement import Placement
+    label = "distil epoch"
 
-    place = Placement.resolve(config.device, config.mixed_precision)
+    def __init__(self, config: ImageDistillConfig, images: np.ndarray, target_tokens: np.ndarray,
+                 target_logits: np.ndarray, encoder: nn.Module, head: nn.Module) -> None:
+        self.config, self.images, self.target_tokens, self.target_logits = config, images, target_tokens, target_logits
+        self.encoder, self.head = encoder, head
+        self.scale = float(target_tokens.var()) + 1e-8
+        self.steps_per_epoch = int(np.ceil(len(images) / config.batch_size))
+
+    def batches(self, epoch: int):
+        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.images))
+        size = self.config.batch_size
+        for step in range(self.steps_per_epoch):
+            rows = np.sort(order[step * size: (step + 1) * size])  # sorted: the cached renders are read from disk
+            yield (torch.from_numpy(np.asarray(self.images[rows], dtype=np.float32) / 255.0)[:, None],
+                   torch.from_numpy(self.target_tokens[rows]), torch.from_numpy(self.target_logits[rows]))
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        images, target_tokens, target_logits = batch
+        tokens = model(images).float()
+        token_loss = nn.functional.mse_loss(tokens, target_tokens) / self.scale
+        label_loss = nn.functional.binary_cross_entropy_with_logits(self.head(self.encoder.pool(tokens)),
+                                                                    torch.sigmoid(target_logits))
+        return token_loss + self.config.label_weight * label_loss
+
+    def metrics(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        return {}
+
+
+def distill_image_encoder(config: ImageDistillConfig, progress: bool = True, resume_anyway: bool = False) -> dict:
+    from ecgllm.training.epochs import epoch_accelerator, prepare_run, run_epochs
+    from ecgllm.training.pretrain_encoder import load_ptbxl_arrays, start_run
+
+    accelerator = epoch_accelerator(config.device, config.mixed_precision)
     out = start_run(config.output_dir, config.seed, config.threads)
     encoder, head, saved = load_teacher(Path(config.teacher), config.n_tokens)
-    encoder, head = encoder.to(place.device), head.to(place.device)
+    encoder, head = encoder.to(accelerator.device), head.to(accelerator.device)
     image_config = ImageEncoderConfig(**{"n_tokens": config.n_tokens, "dim": encoder.dim, **config.image})
     data, _ = load_ptbxl_arrays(config.ecg_cache, config.ptbxl, saved["input"]["normalize"], config.exclude_ids_file)
     rng = np.random.default_rng(config.seed)
@@ -172,56 +202,40 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> 
     test = rng.permutation(data.test)[: config.n_eval]
     seeds = rng.integers(0, 2**31 - 1, size=len(train))
     augment = rng.random(len(train)) < config.augment_probability
-    train_images = _load_or_render(out / f"renders_train_v{RENDERS_VERSION}.npy", lambda: render_set(
-        data.signals[train], data.fs, seeds, augment, image_config, config.workers, progress, "train"))
     test_seeds = np.arange(len(test)) + 10_000_019
-    clean = _load_or_render(out / f"renders_test_clean_v{RENDERS_VERSION}.npy", lambda: render_set(
-        data.signals[test], data.fs, test_seeds, np.zeros(len(test), bool), image_config, config.workers, progress,
-        "fold 10 clean"))
-    distorted = _load_or_render(out / f"renders_test_augmented_v{RENDERS_VERSION}.npy", lambda: render_set(
-        data.signals[test], data.fs, test_seeds, np.ones(len(test), bool), image_config, config.workers, progress,
-        "fold 10 distorted"))
+    with accelerator.main_process_first():  # the main process renders and caches; the others read its files
+        train_images = _load_or_render(out / f"renders_train_v{RENDERS_VERSION}.npy", lambda: render_set(
+            data.signals[train], data.fs, seeds, augment, image_config, config.workers, progress, "train"))
+        clean = _load_or_render(out / f"renders_test_clean_v{RENDERS_VERSION}.npy", lambda: render_set(
+            data.signals[test], data.fs, test_seeds, np.zeros(len(test), bool), image_config, config.workers,
+            progress, "fold 10 clean"))
+        distorted = _load_or_render(out / f"renders_test_augmented_v{RENDERS_VERSION}.npy", lambda: render_set(
+            data.signals[test], data.fs, test_seeds, np.ones(len(test), bool), image_config, config.workers,
+            progress, "fold 10 distorted"))
     target_tokens, target_logits = teacher_targets(encoder, head, data.signals[train])
-    scale = float(target_tokens.var()) + 1e-8
+    task = DistillTask(config, train_images, target_tokens, target_logits, encoder, head)
 
     student = ImageEncoder(image_config)
     if config.init_student:
         load_student_init(student, Path(config.init_student))
-    student = student.to(place.device)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=1e-4)
-    steps_per_epoch = int(np.ceil(len(train) / config.batch_size))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps_per_epoch,
-                                                    pct_start=0.1)
-    state_path = out / "checkpoint.pt"
-    done, history = load_epoch_state(state_path, student, optimizer, scheduler)
-    from tqdm.auto import tqdm
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr,
+                                                    total_steps=config.epochs * task.steps_per_epoch, pct_start=0.1)
+    run = prepare_run(accelerator, student, optimizer, scheduler, out, max_grad_norm=1.0)
+    history = run_epochs(run, task, config.epochs, config, progress, resume_anyway)
+    if run.is_main:
+        _finish(config, run.trained, encoder, head, data, train, test, train_images, clean, distorted, image_config,
+                history, out, progress)
+    accelerator.wait_for_everyone()
+    return json.loads((out / "result.json").read_text())
 
-    for epoch in range(done, config.epochs):
-        student.train()
-        order = np.random.default_rng([config.seed, epoch]).permutation(len(train))  # seed 0/epoch 1 != seed 1/epoch 0
-        losses, t0 = [], time.time()
-        bar = tqdm(range(steps_per_epoch), desc=f"distil epoch {epoch + 1}/{config.epochs}", disable=not progress)
-        for step in bar:
-            rows = np.sort(order[step * config.batch_size: (step + 1) * config.batch_size])
-            x = place.tensor(np.asarray(train_images[rows], dtype=np.float32) / 255.0)[:, None]
-            with place.autocast():
-                tokens = student(x).float()
-            token_loss = nn.functional.mse_loss(tokens, place.tensor(target_tokens[rows])) / scale
-            label_loss = nn.functional.binary_cross_entropy_with_logits(
-                head(encoder.pool(tokens)), torch.sigmoid(place.tensor(target_logits[rows])))
-            loss = token_loss + config.label_weight * label_loss
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "epoch_s": round(time.time() - t0, 1)}
-        history.append(entry)
-        with (out / "metrics.jsonl").open("a") as fh:
-            fh.write(json.dumps(entry) + "\n")
-        save_epoch_state(state_path, student, optimizer, scheduler, epoch + 1, history)
+
+def _finish(config: ImageDistillConfig, student: ImageEncoder, encoder: nn.Module, head: nn.Module, data,
+            train: np.ndarray, test: np.ndarray, train_images: np.ndarray, clean: np.ndarray, distorted: np.ndarray,
+            image_config: ImageEncoderConfig, history: list[dict], out: Path, progress: bool) -> None:
+    """Fold-10 scores of the renders and of the signals, the image encoder, its page check and the records it
+    trained on (the main process)."""
+    from ecgllm.datasets.split_policy import write_training_records
 
     y = data.y[test]
     _, teacher_logits = teacher_targets(encoder, head, data.signals[test])
@@ -233,8 +247,6 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> 
     for name, logits in outputs:
         result.update(superclass_metrics(name, y, logits))
     save_image_encoder(out, student.cpu(), {"teacher": config.teacher, "distillation": asdict(config)})
-    from ecgllm.datasets.split_policy import write_training_records
-
     write_training_records(out, "image_distillation", data.ids[train], inherited=[config.teacher, config.init_student])
     held_out = page_check_pages(data, image_config, workers=config.workers, progress=progress)
     if held_out is None:
@@ -244,7 +256,6 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True) -> 
         check = fit_page_check(out, student, train_images, held_out)
         result["page_check"] = {"typical": round(check.typical, 2), "refuse": round(check.refuse, 2)}
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
 
 
 def page_check_pages(data, config: ImageEncoderConfig, n: int = 300, workers: int = 1,

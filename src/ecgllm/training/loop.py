@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,21 +15,16 @@ from typing import TYPE_CHECKING
 import torch
 
 from ecgllm.models.placement import FrozenWeightsCast
+from ecgllm.training.checkpoints import STATE_FILE, finished_checkpoints, fresh_accelerator, read_state, save_checkpoint
 from ecgllm.training.config import RecipeError, TrainConfig, check_resumable, resolved
 
 if TYPE_CHECKING:
     from ecgllm.training.data import ConversationDataset
 
-STATE_FILE = "trainer_state.json"
-
-
-def finished_checkpoints(output_dir: Path) -> list[Path]:
-    """The run's complete checkpoints, oldest first (a temporary or killed one has no state file)."""
-    return sorted(p for p in (output_dir / "checkpoints").glob("step-*") if (p / STATE_FILE).exists())
-
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    done = finished_checkpoints(output_dir)
+    """The run's last complete checkpoint (``checkpoints/step-N``), if any."""
+    done = finished_checkpoints(output_dir / "checkpoints", "step")
     return done[-1] if done else None
 
 
@@ -149,7 +143,7 @@ def export_checkpoint(config: TrainConfig, step: int, llm=None, tokenizer=None) 
     output_dir = Path(config.output_dir)
     source = output_dir / "checkpoints" / f"step-{step:08d}"
     if not (source / STATE_FILE).exists():
-        done = [str(int(p.name.split("-")[1])) for p in finished_checkpoints(output_dir)]
+        done = [str(int(p.name.split("-")[1])) for p in finished_checkpoints(output_dir / "checkpoints", "step")]
         raise RecipeError(f"{output_dir}: no finished checkpoint of step {step}; there are: "
                           f"{', '.join(done) or 'none'}")
     if not (source / "model.safetensors").exists():
@@ -173,27 +167,9 @@ def export_checkpoint(config: TrainConfig, step: int, llm=None, tokenizer=None) 
                                name=f"{output_dir.resolve().name}/step-{step}")
 
 
-def _save_checkpoint(accelerator, output_dir: Path, step: int, keep: int) -> None:
-    root = output_dir / "checkpoints"
-    final = root / f"step-{step:08d}"
-    tmp = root / f".tmp-step-{step:08d}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step}))
-        tmp.rename(final)  # the checkpoint only counts once it is complete
-        for old in sorted(p for p in root.glob("step-*"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
 def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True, resume_anyway: bool = False) -> Path:
     """Run (or resume) a training stage; returns the folder of the final model. A run resumes only under the
     recipe it was started with (``resume_anyway`` continues under a changed one)."""
-    from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -205,9 +181,10 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True, 
     if latest_checkpoint(output_dir) is not None:
         check_resumable(output_dir / "recipe.json", config, resume_anyway)
     # cpu=True is how Accelerate recognises a torchrun/`accelerate launch` run without GPUs (gloo backend).
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=config.optim.grad_accum,
-                              mixed_precision=config.mixed_precision,
-                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    accelerator = fresh_accelerator(cpu=not torch.cuda.is_available(),
+                                    gradient_accumulation_steps=config.optim.grad_accum,
+                                    mixed_precision=config.mixed_precision,
+                                    dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     set_seed(config.seed)
     resuming = latest_checkpoint(output_dir) is not None  # its state brings fitted heads
     dataset, model, processor = _dataset_and_model(config, llm, tokenizer, fit_quality=not resuming,
@@ -236,7 +213,7 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True, 
     resume = latest_checkpoint(output_dir)
     if resume is not None:
         accelerator.load_state(str(resume))
-        step = json.loads((resume / STATE_FILE).read_text())["step"]
+        step = read_state(resume)["step"]
         accelerator.print(f"resuming from {resume} (step {step})")
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -282,7 +259,8 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True, 
                         bar.set_postfix(loss=f"{mean_loss:.3f}")
                 if step % config.save_every == 0 or step == config.optim.max_steps:
                     with frozen.original():  # checkpoints hold the float32 weights a resumed run loads
-                        _save_checkpoint(accelerator, output_dir, step, config.keep_checkpoints)
+                        save_checkpoint(accelerator, output_dir / "checkpoints", f"step-{step:08d}", {"step": step},
+                                        config.keep_checkpoints)
                 if step >= config.optim.max_steps:
                     break
     bar.close()

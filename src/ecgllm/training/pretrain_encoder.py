@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +23,6 @@ from ecgllm.models.encoders import build_encoder
 
 if TYPE_CHECKING:
     from ecgllm.datasets.ptbxl import PTBXL
-    from ecgllm.models.placement import Placement
 
 
 NORMALIZATIONS = ("zscore", "mv")
@@ -215,14 +213,14 @@ def positive_weights(y: np.ndarray, power: float) -> np.ndarray:
     return ((len(y) - positives) / positives) ** power
 
 
-def superclass_weights(n_outputs: int, weight: float, place: Placement) -> torch.Tensor | None:
+def superclass_weights(n_outputs: int, weight: float, device: torch.device) -> torch.Tensor | None:
     """Per-output loss weights: the last 5 outputs (superclasses) weigh ``weight``, the 71 statements 1. With
     equal weights the superclasses are 5 of 76 terms of the loss the shared features learn from."""
     if weight == 1.0:
         return None
-    weights = np.ones(n_outputs, dtype=np.float32)
+    weights = torch.ones(n_outputs, device=device)
     weights[-5:] = weight
-    return place.tensor(weights)
+    return weights
 
 
 def mixup(x: torch.Tensor, target: torch.Tensor, alpha: float,
@@ -281,117 +279,105 @@ def start_run(output_dir: str, seed: int, threads: int | None) -> Path:
     return out
 
 
-def load_epoch_state(path: Path, model, optimizer, scheduler, ema=None) -> tuple[int, list]:
-    """Resume after a crash: whole epochs are atomic. Returns (epochs done, metric history)."""
-    if not path.exists():
-        return 0, []
-    state = torch.load(path, weights_only=False, map_location="cpu")  # load_state_dict moves to each device
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if ema is not None:
-        ema.load_state_dict(state["ema"])
-    torch.set_rng_state(state["rng"])
-    return state["epoch"], state["history"]
+class ClassifierTask:
+    """Multi-label classification of random crops: the encoder pretraining's `EpochTask`."""
+
+    label = "epoch"
+
+    def __init__(self, config: EncoderPretrainConfig, data: PTBXLArrays, crops: list[int], stride: int,
+                 loss_fn: nn.Module) -> None:
+        self.config, self.data, self.crops, self.stride, self.loss_fn = config, data, crops, stride, loss_fn
+        self.steps_per_epoch = int(np.ceil(len(data.train) / config.batch_size))
+
+    def batches(self, epoch: int):
+        config, signals, train = self.config, self.data.signals, self.data.train
+        rng = np.random.default_rng([config.seed, epoch])  # per epoch, so a resumed run sees the same data
+        order = train[rng.permutation(len(train))]
+        if len(self.crops) == 1:  # the single-length draw of earlier recipes, kept so their runs replay exactly
+            lengths = np.full(self.steps_per_epoch, self.crops[0])
+            offsets = rng.integers(0, signals.shape[-1] - self.crops[0] + 1, size=len(order))
+        else:  # one length per batch; offsets uniform over each record's room for that length
+            lengths = rng.choice(self.crops, size=self.steps_per_epoch)
+            room = signals.shape[-1] - np.repeat(lengths, config.batch_size)[: len(order)] + 1
+            offsets = (rng.random(len(order)) * room).astype(int)
+        mix_rng = np.random.default_rng([config.seed, epoch, 1])  # own stream: recipes without mixup replay exactly
+        for b in range(self.steps_per_epoch):
+            rows = order[b * config.batch_size:(b + 1) * config.batch_size]
+            offs = offsets[b * config.batch_size:(b + 1) * config.batch_size]
+            x, target = random_crops(signals, rows, offs, int(lengths[b])), torch.from_numpy(self.data.y[rows])
+            if config.mixup_alpha:
+                x, target = mixup(x, target, config.mixup_alpha, mix_rng)
+            yield x, target
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        x, target = batch
+        return self.loss_fn(model(x).float(), target)
+
+    def metrics(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        if epoch % self.config.valid_every and epoch != self.config.epochs:
+            return {}
+        valid = self.data.valid
+        super_auc, all71_auc = group_aucs(self.data.y[valid], score_records(model, self.data.signals[valid],
+                                                                            self.crops, self.stride))
+        return {"valid_super_auc": round(super_auc, 4), "valid_all71_auc": round(all71_auc, 4)}
 
 
-def save_epoch_state(path: Path, model, optimizer, scheduler, epoch: int, history: list, ema=None) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state(), "epoch": epoch, "history": history,
-                "ema": None if ema is None else ema.state_dict()}, tmp)
-    tmp.replace(path)
+def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True, resume_anyway: bool = False) -> dict:
+    from ecgllm.training.epochs import epoch_accelerator, prepare_run, run_epochs
 
-
-def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True) -> dict:
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-    from tqdm import tqdm
-
-    from ecgllm.models.placement import Placement
-
-    place = Placement.resolve(config.device, config.mixed_precision)
+    accelerator = epoch_accelerator(config.device, config.mixed_precision)
     out = start_run(config.output_dir, config.seed, config.threads)
     encoder = build_encoder(config.encoder, **config.encoder_kwargs)
     if config.init_encoder:  # before the data load, so a wrong path is reported at once
         load_encoder_weights(encoder, config.init_encoder)
     data, ptbxl = load_ptbxl_arrays(config.ecg_cache, config.ptbxl, config.normalize, config.exclude_ids_file)
-    signals, y, train, valid, test = data.signals, data.y, data.train, data.valid, data.test
+    signals, y, train = data.signals, data.y, data.train
     crops = crop_samples(config.crop_s, data.fs)
     stride = int(config.eval_stride_s * data.fs)
     if max(crops) > signals.shape[-1] or min(crops) < 1:
         raise ValueError(f"crop_s {config.crop_s}: every crop must fit the {signals.shape[-1] / data.fs:g} s records")
 
-    model = EncoderClassifier(encoder, y.shape[1], config.head_dropout).to(place.device)
-    # An exponential moving average of the weights scores more smoothly than the last step's weights.
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
-           if config.ema_decay else None)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = int(np.ceil(len(train) / config.batch_size))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps_per_epoch)
-    pos_weight = place.tensor(positive_weights(y[train], config.pos_weight_power)) if config.pos_weight_power else None
-    loss_fn = nn.BCEWithLogitsLoss(weight=superclass_weights(y.shape[1], config.superclass_loss_weight, place),
+    device = accelerator.device
+    pos_weight = (torch.from_numpy(positive_weights(y[train], config.pos_weight_power)).float().to(device)
+                  if config.pos_weight_power else None)
+    loss_fn = nn.BCEWithLogitsLoss(weight=superclass_weights(y.shape[1], config.superclass_loss_weight, device),
                                    pos_weight=pos_weight)
-    state_path = out / "checkpoint.pt"
-    start_epoch, history = load_epoch_state(state_path, model, optimizer, scheduler, ema)
-    for epoch in range(start_epoch, config.epochs):
-        rng = np.random.default_rng([config.seed, epoch])  # per epoch, so a resumed run sees the same data
-        model.train()
-        t0 = time.time()
-        order = train[rng.permutation(len(train))]
-        if len(crops) == 1:  # the single-length draw of earlier recipes, kept so their runs replay exactly
-            lengths = np.full(steps_per_epoch, crops[0])
-            offsets = rng.integers(0, signals.shape[-1] - crops[0] + 1, size=len(order))
-        else:  # one length per batch; offsets uniform over each record's room for that length
-            lengths = rng.choice(crops, size=steps_per_epoch)
-            room = signals.shape[-1] - np.repeat(lengths, config.batch_size)[: len(order)] + 1
-            offsets = (rng.random(len(order)) * room).astype(int)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress)
-        losses = []
-        mix_rng = np.random.default_rng([config.seed, epoch, 1])  # own stream: recipes without mixup replay exactly
-        for b in bar:
-            rows = order[b * config.batch_size:(b + 1) * config.batch_size]
-            offs = offsets[b * config.batch_size:(b + 1) * config.batch_size]
-            x, target = random_crops(signals, rows, offs, int(lengths[b])), torch.from_numpy(y[rows])
-            if config.mixup_alpha:
-                x, target = mixup(x, target, config.mixup_alpha, mix_rng)
-            with place.autocast():
-                logits = model(x.to(place.device))
-            loss = loss_fn(logits.float(), target.to(place.device))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            losses.append(loss.item())
-        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "epoch_s": round(time.time() - t0, 1)}
-        if (epoch + 1) % config.valid_every == 0 or epoch + 1 == config.epochs:
-            super_auc, all71_auc = group_aucs(y[valid], score_records(model if ema is None else ema.module,
-                                                                      signals[valid], crops, stride))
-            entry |= {"valid_super_auc": round(super_auc, 4), "valid_all71_auc": round(all71_auc, 4)}
-        history.append(entry)
-        with (out / "metrics.jsonl").open("a") as fh:
-            fh.write(json.dumps(entry) + "\n")
-        save_epoch_state(state_path, model, optimizer, scheduler, epoch + 1, history, ema)
-    final = model if ema is None else ema.module
-    result = {"encoder": config.encoder, "encoder_kwargs": config.encoder_kwargs,
-              "params": sum(p.numel() for p in encoder.parameters()),
-              **fold10_summary(y[test], score_records(final, signals[test], crops, stride)),
-              "epoch_s": round(float(np.median([h["epoch_s"] for h in history])), 1), "epochs": config.epochs,
-              "train_records": int(len(train)), "excluded_records": data.excluded,
-              "excluded_by_split_policy": data.excluded_by_policy, "history": history,
-              "config": asdict(config)}
+    task = ClassifierTask(config, data, crops, stride, loss_fn)
+    model = EncoderClassifier(encoder, y.shape[1], config.head_dropout)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr,
+                                                    total_steps=config.epochs * task.steps_per_epoch)
+    # An exponential moving average of the weights scores more smoothly than the last step's weights.
+    run = prepare_run(accelerator, model, optimizer, scheduler, out, ema_decay=config.ema_decay)
+    history = run_epochs(run, task, config.epochs, config, progress, resume_anyway)
+    if run.is_main:
+        _finish(config, run.scored, encoder, data, ptbxl, crops, stride, history, out)
+    accelerator.wait_for_everyone()
+    return json.loads((out / "result.json").read_text())
+
+
+def _finish(config: EncoderPretrainConfig, final: EncoderClassifier, encoder: nn.Module, data: PTBXLArrays, ptbxl,
+            crops: list[int], stride: int, history: list[dict], out: Path) -> None:
+    """Fold-10 scores, the encoder, its head and labels, and the records it trained on (the main process)."""
     from safetensors.torch import save_file
 
+    from ecgllm.datasets.ecgqa_attributes import statement_names
+
+    test = data.test
+    result = {"encoder": config.encoder, "encoder_kwargs": config.encoder_kwargs,
+              "params": sum(p.numel() for p in encoder.parameters()),
+              **fold10_summary(data.y[test], score_records(final, data.signals[test], crops, stride)),
+              "epoch_s": round(float(np.median([h["epoch_s"] for h in history])), 1), "epochs": config.epochs,
+              "train_records": int(len(data.train)), "excluded_records": data.excluded,
+              "excluded_by_split_policy": data.excluded_by_policy, "history": history,
+              "config": asdict(config)}
     final = final.cpu()  # saved weights load anywhere
     save_encoder(out, final.encoder, config.encoder, config.encoder_kwargs, config.normalize, data.fs)
     # The classifier head and its label vocabulary serve the classifier baselines and the text-tags pipeline.
     save_file({k: v.contiguous() for k, v in final.head.state_dict().items()}, out / "head.safetensors")
-    from ecgllm.datasets.ecgqa_attributes import statement_names
-
     names = statement_names(ptbxl.statements)  # read by the language model's label tokens
+    labels = data.classes71 + data.superclasses
     (out / "labels.json").write_text(json.dumps({"all71": data.classes71, "superclass": data.superclasses,
-                                                 "names": {c: names.get(c, c) for c in data.classes71 + data.superclasses}}) + "\n")
+                                                 "names": {c: names.get(c, c) for c in labels}}) + "\n")
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_training_records(out, "encoder_pretraining", data.ids[train], inherited=[config.init_encoder])
-    return result
+    write_training_records(out, "encoder_pretraining", data.ids[data.train], inherited=[config.init_encoder])

@@ -1,0 +1,53 @@
+"""Run checkpoints of every training stage: Accelerate's state (model, optimizer, scheduler, every process's RNG
+states, registered extras such as an EMA) plus a small JSON of where the run stands, written atomically (to a
+temporary folder, then renamed), so a killed run resumes from its last complete checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+STATE_FILE = "trainer_state.json"
+
+
+def fresh_accelerator(**kwargs):
+    """An `Accelerator` for one training run. In a single process (no torchrun/`accelerate launch`), Accelerate's
+    shared state from an earlier run in the same process is cleared first: it would refuse a run in another
+    precision (the CLI runs each stage in a fresh process; tests and notebooks run several in one)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        AcceleratorState._reset_state()  # Accelerate's own reset of its singleton; a launched run keeps its state
+    return Accelerator(**kwargs)
+
+
+def finished_checkpoints(root: Path, prefix: str) -> list[Path]:
+    """The complete checkpoints ``root/<prefix>-*``, oldest first (a temporary or killed one has no state file)."""
+    return sorted(p for p in root.glob(f"{prefix}-*") if (p / STATE_FILE).exists())
+
+
+def read_state(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / STATE_FILE).read_text())
+
+
+def save_checkpoint(accelerator, root: Path, name: str, state: dict, keep: int) -> Path:
+    """Save the run's state as ``root/name`` (every process takes part) and keep the newest ``keep`` of its kind
+    (the name's prefix before the last '-')."""
+    final = root / name
+    tmp = root / f".tmp-{name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(state))
+        tmp.rename(final)  # the checkpoint only counts once it is complete
+        prefix = name.rsplit("-", 1)[0]
+        for old in sorted(root.glob(f"{prefix}-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
