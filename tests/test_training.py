@@ -18,6 +18,7 @@ import yaml
 from safetensors.torch import load_file
 
 from ecgllm.training.config import RecipeError, load_recipe
+from ecgllm.training.loop import lr_factor
 from tests.conftest import make_training_workspace
 
 KILL_SEED = 17  # draws where the resume tests kill a run: fixed, so a failure replays
@@ -122,7 +123,11 @@ def test_two_cpu_processes_with_gloo(workspace):
                             env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (workspace / "ddp" / "final" / "adapter").is_dir()
-    assert len((workspace / "ddp" / "metrics.jsonl").read_text().splitlines()) == 4  # logged once, by rank 0
+    logged = [json.loads(line) for line in (workspace / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged] == [1, 2, 3, 4]  # logged once, by rank 0
+    optim = load_recipe(workspace / "ddp.yaml").optim  # the schedule counts optimizer steps, not processes' steps
+    assert [m["lr"] for m in logged] == pytest.approx([optim.lr * lr_factor(m["step"], optim.warmup_steps, 4)
+                                                       for m in logged])
     export = subprocess.run(CLI + ["train", str(workspace / "ddp.yaml"), "--export-step", "4"], capture_output=True,
                             text=True)  # a multi-process run's checkpoint holds the wrapped model's names
     assert export.returncode == 0, export.stderr[-2000:]

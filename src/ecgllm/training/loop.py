@@ -167,6 +167,15 @@ def export_checkpoint(config: TrainConfig, step: int, llm=None, tokenizer=None) 
                                name=f"{output_dir.resolve().name}/step-{step}")
 
 
+def lr_factor(step: int, warmup: int, max_steps: int) -> float:
+    """The learning rate's share after ``step`` optimizer steps: linear warm-up, then a cosine to 0."""
+    warmup = max(warmup, 0)
+    if step < warmup:
+        return (step + 1) / warmup
+    done = (step - warmup) / max(1, max_steps - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+
+
 def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True, resume_anyway: bool = False) -> Path:
     """Run (or resume) a training stage; returns the folder of the final model. A run resumes only under the
     recipe it was started with (``resume_anyway`` continues under a changed one)."""
@@ -198,15 +207,10 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True, 
                             num_workers=0)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
-    warmup = max(config.optim.warmup_steps, 0)
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress_ = (step - warmup) / max(1, config.optim.max_steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(progress_, 1.0)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    # Accelerate steps a prepared scheduler once per process at each optimizer step (each process reads its own
+    # batches): the schedule counts optimizer steps, whatever the number of processes.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda count: lr_factor(
+        count // accelerator.num_processes, config.optim.warmup_steps, config.optim.max_steps))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     step = 0
