@@ -198,6 +198,13 @@ def test_pretrained_encoder_starts_the_llm_stage_and_its_labels_travel_with_the_
     save_encoder(tmp_path / "enc", pretrained, "resnet1d", kwargs, "zscore", 100.0)
     with pytest.raises(ValueError, match="normalize"):
         EcgLanguageModel.build(config, ProcessorConfig(), llm=tiny_llm(len(tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))
+    # an encoder run records its cache's whole preparation: a band-pass the encoder never saw is refused too
+    save_encoder(tmp_path / "enc", pretrained, "resnet1d", kwargs, "mv", 100.0,
+                 prep=PrepConfig(normalize="none", bandpass=None).to_dict())
+    with pytest.raises(ValueError, match=r"prepared its ECGs with \{'bandpass': None\}"):
+        EcgLanguageModel.build(config, centered, llm=tiny_llm(len(tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))
+    same = ProcessorConfig(prep=PrepConfig(normalize="center", bandpass=None).to_dict())
+    EcgLanguageModel.build(config, same, llm=tiny_llm(len(tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))
     other = EcgLMConfig(llm="tiny", encoder="resnet1d", encoder_kwargs={"widths": [16, 16], "n_tokens": 4},
                         encoder_init=str(tmp_path / "enc"))
     with pytest.raises(ValueError, match="recipe asks for"):

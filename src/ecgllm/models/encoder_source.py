@@ -17,8 +17,9 @@ ENCODER_TO_PREP_NORMALIZE = {"mv": "center", "zscore": "zscore"}
 
 
 def encoder_meta(folder: str | Path) -> dict:
-    """``{"encoder", "encoder_kwargs", "input": {"normalize", "fs"}}`` of an encoder run; a model folder's also
-    holds its whole ``"prep"`` (filtering, leads, window), which an encoder run does not record."""
+    """``{"encoder", "encoder_kwargs", "input": {"normalize", "fs"}, "prep"}`` of an encoder run or a model folder:
+    ``"prep"`` is the whole preparation (filtering, leads, window) the encoder was fed; encoder runs from before it
+    was recorded have only ``"input"``."""
     folder = Path(folder)
     if (folder / "encoder_config.json").exists():
         return json.loads((folder / "encoder_config.json").read_text())

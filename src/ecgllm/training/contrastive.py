@@ -175,7 +175,8 @@ def pretrain_contrastive(config: ContrastiveConfig, progress: bool = True, resum
     run = prepare_run(accelerator, model, optimizer, scheduler, out)
     history = run_epochs(run, task, config.epochs, config, progress, resume_anyway)
     if run.is_main:
-        save_encoder(out, run.trained.encoder.cpu(), config.encoder, config.encoder_kwargs, config.normalize, data.fs)
+        save_encoder(out, run.trained.encoder.cpu(), config.encoder, config.encoder_kwargs, config.normalize, data.fs,
+                     data.prep)
         result = {"encoder": config.encoder, "text": config.text, "train_pairs": int(len(train)),
                   "excluded_by_split_policy": data.excluded_by_policy, "valid_pairs": int(len(valid)),
                   "distinct_train_texts": int(len(np.unique(text_ids[train]))), "history": history,

@@ -170,6 +170,7 @@ class PTBXLArrays:
     excluded: int
     fs: float
     excluded_by_policy: int = 0      # records of ECG-QA valid/test patients in folds 1-8 (split policy)
+    prep: dict | None = None         # the cache's preparation (filtering, leads, window) before `normalize`
 
 
 def load_ptbxl_arrays(ecg_cache: str, ptbxl_dir: str, normalize: str,
@@ -198,7 +199,8 @@ def load_ptbxl_arrays(ecg_cache: str, ptbxl_dir: str, normalize: str,
                          superclasses=list(supers),
                          train=np.flatnonzero((folds <= 8) & ~np.isin(ids, list(excluded)) & ~held_out),
                          valid=np.flatnonzero(folds == 9), test=np.flatnonzero(folds == 10),
-                         excluded=len(excluded), fs=float(cache.meta["fs"]), excluded_by_policy=int(held_out.sum()))
+                         excluded=len(excluded), fs=float(cache.meta["fs"]), excluded_by_policy=int(held_out.sum()),
+                         prep=cache.meta.get("prep"))
     policy.refuse(ids[arrays.train], source=str(ecg_cache), stage="encoder")  # a guard: the filter above
     if arrays.excluded_by_policy:
         print(f"split policy {policy.sha256[:12]}: {arrays.excluded_by_policy} records of ECG-QA valid/test patients "
@@ -258,13 +260,20 @@ def encoder_kwargs_hint(folder: str) -> str:
     return f"(that run used {json.loads(config.read_text())['encoder_kwargs']})" if config.exists() else ""
 
 
-def save_encoder(out: Path, encoder: nn.Module, name: str, kwargs: dict, normalize: str, fs: float) -> None:
-    """Encoder weights plus what a later stage needs to feed it the same input."""
+def save_encoder(out: Path, encoder: nn.Module, name: str, kwargs: dict, normalize: str, fs: float,
+                 prep: dict | None = None) -> None:
+    """Encoder weights plus what a later stage needs to feed it the same input: ``prep``, the preparation of the
+    cache it trained on (filtering, leads, window), is recorded with the encoder's normalisation, so a language-model
+    stage that starts from the encoder checks its own preparation against all of it."""
     from safetensors.torch import save_file
 
+    from ecgllm.models.encoder_source import ENCODER_TO_PREP_NORMALIZE
+
     save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, out / "encoder.safetensors")
-    (out / "encoder_config.json").write_text(json.dumps({"encoder": name, "encoder_kwargs": kwargs,
-                                                         "input": {"normalize": normalize, "fs": fs}}, indent=2))
+    meta = {"encoder": name, "encoder_kwargs": kwargs, "input": {"normalize": normalize, "fs": fs}}
+    if prep is not None:
+        meta["prep"] = {**prep, "normalize": ENCODER_TO_PREP_NORMALIZE[normalize], "fs": fs}
+    (out / "encoder_config.json").write_text(json.dumps(meta, indent=2))
 
 
 def start_run(output_dir: str, seed: int, threads: int | None) -> Path:
@@ -372,7 +381,7 @@ def _finish(config: EncoderPretrainConfig, final: EncoderClassifier, encoder: nn
               "excluded_by_split_policy": data.excluded_by_policy, "history": history,
               "config": asdict(config)}
     final = final.cpu()  # saved weights load anywhere
-    save_encoder(out, final.encoder, config.encoder, config.encoder_kwargs, config.normalize, data.fs)
+    save_encoder(out, final.encoder, config.encoder, config.encoder_kwargs, config.normalize, data.fs, data.prep)
     # The classifier head and its label vocabulary serve the classifier baselines and the text-tags pipeline.
     save_file({k: v.contiguous() for k, v in final.head.state_dict().items()}, out / "head.safetensors")
     names = statement_names(ptbxl.statements)  # read by the language model's label tokens
