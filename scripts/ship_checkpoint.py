@@ -22,7 +22,7 @@ TARGET = ROOT / "src/ecgllm/data/checkpoint"
 # a shipped copy keeps its image encoder (and that encoder's page check) unless replaced
 KEEP = ("config.json", "encoder.safetensors", "projector.safetensors", "label_tokens.safetensors",
         "labels.json", "processor_config.json", "adapter", "tokenizer", "training_records.json",
-        "image_encoder.safetensors", "image_encoder.json", "page_check.safetensors")
+        "image_encoder.safetensors", "image_encoder.json", "page_check.safetensors", "card.json")
 
 
 def attach_image_encoder(checkpoint: Path, run: Path) -> None:
@@ -47,6 +47,18 @@ def attach_image_encoder(checkpoint: Path, run: Path) -> None:
              for k, v in saved.items()}
     (checkpoint / "image_encoder.json").write_text(json.dumps(saved, indent=2) + "\n")
     processor.save_pretrained(checkpoint)
+
+
+def stage_card(staged: Path, source: Path, shipped_from: str) -> None:
+    """The shipped copy's card: the source's own, or for a folder from before cards one made from its files and its
+    run's recipe; it names the run it was shipped from and hashes the copy's own training records."""
+    from ecgllm.models.card import card_of_model_folder, file_sha256, read_card, write_card
+
+    card = read_card(source) or card_of_model_folder(source)
+    card.provenance.shipped_from = shipped_from
+    records = staged / "training_records.json"
+    card.provenance.training_records_sha256 = file_sha256(records) if records.exists() else None
+    write_card(staged, card)
 
 
 def main() -> int:
@@ -87,6 +99,7 @@ def main() -> int:
 
             # what the image encoder was distilled on belongs to what the shipped checkpoint has seen
             write_training_records(staged, None, inherited=[args.source, args.image_encoder])
+        stage_card(staged, args.source, meta["shipped_from"])
         weights = sum(p.stat().st_size for p in staged.rglob("*.safetensors"))
         total = sum(p.stat().st_size for p in staged.rglob("*") if p.is_file())
         if weights > args.max_mb * 2**20:

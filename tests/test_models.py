@@ -492,3 +492,29 @@ def test_encoder_init_takes_only_the_encoder_of_a_model_folder(tiny_checkpoint, 
         EcgLanguageModel.build(EcgLMConfig(llm="tiny", encoder="resnet1d", encoder_kwargs={"widths": [8, 32]},
                                            encoder_init=str(tiny_checkpoint)), ProcessorConfig(),
                                llm=tiny_llm(len(tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))
+
+
+def test_a_card_that_disagrees_with_the_saved_preparation_is_refused(tiny_checkpoint, tmp_path):
+    """A model folder's card.json must describe the folder it sits in: another kind or another preparation means
+    files of two artifacts were mixed, and loading stops with a sentence."""
+    import json
+    import shutil
+
+    from ecgllm.errors import InputError
+    from ecgllm.models.card import ArtifactCard, Provenance, read_card, write_card
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, folder)
+    prep = json.loads((folder / "processor_config.json").read_text())["prep"]
+    card = ArtifactCard(kind="language_model", prep=prep, provenance=Provenance(ecgllm_version="test", recipe={}))
+    write_card(folder, card)
+    EcgLanguageModel.from_pretrained(folder)  # the card agrees
+    write_card(folder, card.model_copy(update={"prep": {**prep, "bandpass": [1.0, 30.0]}}))
+    with pytest.raises(InputError, match="disagree on bandpass"):
+        EcgLanguageModel.from_pretrained(folder)
+    write_card(folder, card.model_copy(update={"kind": "signal_encoder"}))
+    with pytest.raises(InputError, match="describes a signal encoder"):
+        EcgLanguageModel.from_pretrained(folder)
+    (folder / "card.json").write_text('{"kind": "language_model"}')
+    with pytest.raises(InputError, match="not a valid artifact card"):
+        read_card(folder)

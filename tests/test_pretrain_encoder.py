@@ -68,6 +68,16 @@ def test_encoder_pretraining_recipe_and_resume(subset):
     trained = read_training_records(root / "run")["stages"][-1]["records"]
     assert set(trained) == expected and not set(trained) & held_out
     assert (root / "run/encoder.safetensors").exists()
+    from ecgllm.models.card import read_card
+
+    card = read_card(root / "run")
+    labels = json.loads((root / "run/labels.json").read_text())
+    assert card.kind == "signal_encoder" and card.labels == labels["all71"] + labels["superclass"]
+    assert len(card.labels) == 76 and card.label_names["NORM"] == "normal ecg"
+    assert card.prep["bandpass"] is None and card.prep["normalize"] == "zscore" and card.pooling == "mean"
+    assert card.metrics["super_macro_auc"] == out["super_macro_auc"]
+    assert card.provenance.recipe["exclude_ids_file"] == str(root / "exclude.tsv")
+    assert {"index.csv", "meta.json", "ptbxl_database.csv"} <= set(card.provenance.data_sha256)
     assert "valid_super_auc" not in out["history"][0] and "valid_super_auc" in out["history"][1]  # valid_every: 2
     # re-running the same recipe resumes from the last finished epoch instead of training again
     again = subprocess.run(cli, capture_output=True, text=True)
@@ -138,6 +148,34 @@ def test_an_encoder_stage_trains_on_two_cpu_processes_with_gloo(subset):
     assert {p.name for p in (root / "ddp" / "checkpoints" / "epoch-0002").iterdir()} >= {
         "random_states_0.pkl", "random_states_1.pkl"}  # every process's RNG states
     assert (root / "ddp" / "encoder.safetensors").exists()
+
+
+@needs_shared
+def test_contrastive_stage_trains_resumes_and_starts_the_encoder_stage(subset):
+    """ECG-text pretraining on the subset: a finite validation loss each epoch, an encoder run with a card, a
+    second call that trains nothing, and an encoder stage that starts from it."""
+    from ecgllm.models.card import read_card
+    from ecgllm.training.contrastive import ContrastiveConfig, pretrain_contrastive
+    from ecgllm.training.pretrain_encoder import EncoderPretrainConfig, pretrain_encoder
+
+    root, ids = subset
+    kwargs = {"widths": [8, 16], "n_tokens": 4, "blocks_per_stage": 1}
+    config = ContrastiveConfig(output_dir=str(root / "clip"), ecg_cache=str(root / "cache"), ptbxl=str(SHARED / "ptbxl"),
+                               encoder_kwargs=kwargs, text_features=16, embed_dim=8, epochs=2, batch_size=16)
+    result = pretrain_contrastive(config, progress=False)
+    assert [h["epoch"] for h in result["history"]] == [1, 2]
+    assert all(h["loss"] > 0 and h["valid_loss"] > 0 for h in result["history"])
+    card = read_card(root / "clip")
+    assert card.kind == "signal_encoder" and card.prep["normalize"] == "center" and not card.labels
+    from ecgllm.datasets.split_policy import load_policy, read_training_records
+
+    trained = set(read_training_records(root / "clip")["stages"][-1]["records"])
+    assert trained <= set(ids[:8 * 24]) and not trained & load_policy().fit_forbidden
+    assert pretrain_contrastive(config, progress=False)["history"] == result["history"]  # done: nothing trains
+    encoder = pretrain_encoder(EncoderPretrainConfig(output_dir=str(root / "from_clip"), ecg_cache=str(root / "cache"),
+                                                     ptbxl=str(SHARED / "ptbxl"), encoder_kwargs=kwargs, epochs=1,
+                                                     normalize="mv", init_encoder=str(root / "clip")), progress=False)
+    assert 0.0 <= encoder["super_macro_auc"] <= 1.0
 
 
 @needs_shared

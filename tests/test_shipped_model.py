@@ -42,6 +42,38 @@ def test_the_default_checkpoint_is_shipped_small_and_self_describing():
         assert "/work/" not in path.read_text() and "/home/" not in path.read_text(), path
 
 
+def test_the_default_checkpoint_has_a_card_and_answers_50_questions_as_it_did_without_one(assistant, tmp_path):
+    """The shipped folder was converted to carry a card (preparation, labels, provenance); loading it with the card
+    gives the same answers and P(yes) to 50 fixed questions as the folder without it (how it shipped before)."""
+    import shutil
+
+    from ecgllm import ECGAssistant, read_ecg
+    from ecgllm.datasets.split_policy import load_policy
+    from ecgllm.evaluation.runner import ModelAnswerer, Prompt
+    from ecgllm.models.card import file_sha256, read_card
+
+    card = read_card(SHIPPED_CHECKPOINT)
+    assert card.kind == "language_model" and card.provenance.shipped_from
+    assert card.prep == json.loads((SHIPPED_CHECKPOINT / "processor_config.json").read_text())["prep"]
+    assert card.labels[-5:] and len(card.labels) == assistant.model.label_tokens.head.out_features
+    assert card.provenance.split_policy_sha256 == load_policy().sha256
+    assert card.provenance.training_records_sha256 == file_sha256(SHIPPED_CHECKPOINT / "training_records.json")
+    legacy = tmp_path / "checkpoint"
+    shutil.copytree(SHIPPED_CHECKPOINT, legacy, ignore=shutil.ignore_patterns("card.json"))
+    without = ECGAssistant.load(legacy)
+    questions = ["Is this a normal ECG?", "Does this ECG show atrial fibrillation?", "Which rhythm does this ECG show?",
+                 "Does this ECG show symptoms of non-specific st changes?", "What is the heart axis of this ECG?",
+                 "Does this ECG show left ventricular hypertrophy?", "Which noise does this ECG show?",
+                 "Does this ECG show first degree av block?", "What leads are showing non-specific st changes?",
+                 "Does this ECG show sinus rhythm?", "Does this ECG show complete right bundle branch block?",
+                 "What form-related symptoms does this ECG show?", "Does this ECG show a pacemaker?"]
+    ecgs = [read_ecg(p) for p in AFIB + NORMAL]
+    prompts = [Prompt(q, [e], [""]) for q in questions for e in ecgs][:50]
+    answers = [ModelAnswerer(a.model, a.processor, batch_size=8, max_new_tokens=8)(prompts)
+               for a in (assistant, without)]
+    assert len(prompts) == 50 and answers[0] == answers[1]
+
+
 def test_readme_question_on_the_bundled_record_and_a_comparison_from_the_shell():
     result = _ask("ask", str(PTBXL_1), "Does this ECG show atrial fibrillation?", "--json")
     assert result.returncode == 0, result.stderr[-2000:]

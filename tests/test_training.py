@@ -70,6 +70,18 @@ def test_recipe_trains_logs_and_saves(workspace):
 
     model, processor = EcgLanguageModel.from_pretrained(run / "final")
     assert processor.prep.normalize == "zscore" and model.encoder.n_tokens == 4
+    from ecgllm.datasets.split_policy import load_policy
+    from ecgllm.models.card import file_sha256, read_card
+
+    card = read_card(run / "final")  # what the weights expect and where they come from
+    assert card.kind == "language_model" and card.prep["normalize"] == "zscore"
+    assert card.provenance.recipe == json.loads((run / "recipe.json").read_text())
+    assert card.provenance.split_policy_sha256 == load_policy().sha256
+    assert card.provenance.training_records_sha256 == file_sha256(run / "final" / "training_records.json")
+    train_file = Path(card.provenance.recipe["data"]["train"])
+    assert card.provenance.data_sha256[train_file.name] == file_sha256(train_file)
+    assert {"index.csv", "meta.json"} <= set(card.provenance.data_sha256)
+    assert card.provenance.git_commit is None or len(card.provenance.git_commit.split("+")[0]) == 40
 
 
 def test_an_intermediate_checkpoint_exports_to_a_model_folder(workspace):

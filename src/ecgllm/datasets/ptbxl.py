@@ -25,6 +25,8 @@ LABEL_KINDS = ("all", "diagnostic", "superclass", "subclass", "form", "rhythm")
 METADATA_COLUMNS = ("report", "heart_axis", "infarction_stadium1", "infarction_stadium2", "baseline_drift",
                     "static_noise", "burst_noise", "electrodes_problems", "extra_beats", "pacemaker",
                     "validated_by_human", "recording_date", "device", "site", "nurse")
+# the files a PTB-XL folder takes its labels from (the database or the label table, and the statements)
+PTBXL_LABEL_FILES = ("ptbxl_database.csv", "ptbxl_labels.csv", "scp_statements.csv")
 
 
 class DatasetError(InputError):

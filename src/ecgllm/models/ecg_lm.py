@@ -21,6 +21,7 @@ from torch import nn
 
 from ecgllm import __version__
 from ecgllm.io.leads import STANDARD_12
+from ecgllm.models.card import check_card
 from ecgllm.models.encoder_source import ENCODER_TO_PREP_NORMALIZE, encoder_head, encoder_meta
 from ecgllm.models.encoders import build_encoder
 from ecgllm.models.label_tokens import LabelTokens
@@ -570,6 +571,7 @@ class EcgLanguageModel(nn.Module):
         meta = json.loads((directory / "config.json").read_text())
         config = EcgLMConfig(**without_removed_keys(meta["config"], str(directory / "config.json")))
         processor = EcgProcessor.from_pretrained(directory)
+        check_card(directory, "language_model", processor.config.prep)
         if config.llm_policy == "full":
             from transformers import AutoModelForCausalLM
 

@@ -24,7 +24,8 @@ from torch.nn import functional as F
 
 from ecgllm.datasets.split_policy import write_training_records
 from ecgllm.models.encoders import build_encoder
-from ecgllm.training.pretrain_encoder import check_normalize, load_ptbxl_arrays, random_crops, save_encoder, start_run
+from ecgllm.training.pretrain_encoder import (check_normalize, load_ptbxl_arrays, random_crops, save_encoder, start_run,
+                                              write_encoder_card)
 
 TEXT_SOURCES = ("report", "statements", "both")
 
@@ -175,13 +176,14 @@ def pretrain_contrastive(config: ContrastiveConfig, progress: bool = True, resum
     run = prepare_run(accelerator, model, optimizer, scheduler, out)
     history = run_epochs(run, task, config.epochs, config, progress, resume_anyway)
     if run.is_main:
-        save_encoder(out, run.trained.encoder.cpu(), config.encoder, config.encoder_kwargs, config.normalize, data.fs,
-                     data.prep)
+        meta = save_encoder(out, run.trained.encoder.cpu(), config.encoder, config.encoder_kwargs, config.normalize,
+                            data.fs, data.prep)
         result = {"encoder": config.encoder, "text": config.text, "train_pairs": int(len(train)),
                   "excluded_by_split_policy": data.excluded_by_policy, "valid_pairs": int(len(valid)),
                   "distinct_train_texts": int(len(np.unique(text_ids[train]))), "history": history,
                   "config": asdict(config)}
         (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         write_training_records(out, "encoder_contrastive", data.ids[train])
+        write_encoder_card(out, config, meta, run.trained.encoder, None, {"valid_loss": history[-1]["valid_loss"]})
     accelerator.wait_for_everyone()
     return json.loads((out / "result.json").read_text())

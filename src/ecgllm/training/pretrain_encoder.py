@@ -261,7 +261,7 @@ def encoder_kwargs_hint(folder: str) -> str:
 
 
 def save_encoder(out: Path, encoder: nn.Module, name: str, kwargs: dict, normalize: str, fs: float,
-                 prep: dict | None = None) -> None:
+                 prep: dict | None = None) -> dict:
     """Encoder weights plus what a later stage needs to feed it the same input: ``prep``, the preparation of the
     cache it trained on (filtering, leads, window), is recorded with the encoder's normalisation, so a language-model
     stage that starts from the encoder checks its own preparation against all of it."""
@@ -274,6 +274,22 @@ def save_encoder(out: Path, encoder: nn.Module, name: str, kwargs: dict, normali
     if prep is not None:
         meta["prep"] = {**prep, "normalize": ENCODER_TO_PREP_NORMALIZE[normalize], "fs": fs}
     (out / "encoder_config.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def write_encoder_card(out: Path, config, meta: dict, encoder: nn.Module, labels: dict | None, metrics: dict) -> None:
+    """The encoder run's `card.json` (after its training records): preparation, label space, pooling, provenance
+    and headline metrics."""
+    from ecgllm.datasets.ptbxl import PTBXL_LABEL_FILES
+    from ecgllm.models.card import ArtifactCard, cache_files, provenance, write_card
+    from ecgllm.training.config import resolved
+
+    codes = (labels or {}).get("all71", []) + (labels or {}).get("superclass", [])
+    data = cache_files(config.ecg_cache) + [Path(config.ptbxl) / name for name in PTBXL_LABEL_FILES]
+    write_card(out, ArtifactCard(kind="signal_encoder", prep=meta.get("prep") or meta["input"], labels=codes,
+                                 label_names=(labels or {}).get("names", {}),
+                                 pooling=getattr(encoder, "pool_mode", "mean"),
+                                 provenance=provenance(out, resolved(config), data), metrics=metrics))
 
 
 def start_run(output_dir: str, seed: int, threads: int | None) -> Path:
@@ -381,12 +397,15 @@ def _finish(config: EncoderPretrainConfig, final: EncoderClassifier, encoder: nn
               "excluded_by_split_policy": data.excluded_by_policy, "history": history,
               "config": asdict(config)}
     final = final.cpu()  # saved weights load anywhere
-    save_encoder(out, final.encoder, config.encoder, config.encoder_kwargs, config.normalize, data.fs, data.prep)
+    meta = save_encoder(out, final.encoder, config.encoder, config.encoder_kwargs, config.normalize, data.fs,
+                        data.prep)
     # The classifier head and its label vocabulary serve the classifier baselines and the text-tags pipeline.
     save_file({k: v.contiguous() for k, v in final.head.state_dict().items()}, out / "head.safetensors")
     names = statement_names(ptbxl.statements)  # read by the language model's label tokens
-    labels = data.classes71 + data.superclasses
-    (out / "labels.json").write_text(json.dumps({"all71": data.classes71, "superclass": data.superclasses,
-                                                 "names": {c: names.get(c, c) for c in labels}}) + "\n")
+    labels = {"all71": data.classes71, "superclass": data.superclasses,
+              "names": {c: names.get(c, c) for c in data.classes71 + data.superclasses}}
+    (out / "labels.json").write_text(json.dumps(labels) + "\n")
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     write_training_records(out, "encoder_pretraining", data.ids[data.train], inherited=[config.init_encoder])
+    write_encoder_card(out, config, meta, final.encoder, labels,
+                       {k: v for k, v in result.items() if k.startswith(("super_macro_auc", "all71_macro_auc"))})
