@@ -57,10 +57,38 @@ def test_every_feature_is_in_exactly_one_list_of_a_version_2_note_and_version_1_
     assert measurement_note(ROW, version=1) == ("Below the normal range: pr interval. Above the normal range: qrs "
                                                 "duration. Not measured: qt corrected. Heart axis: left axis "
                                                 "deviation.")
-    with pytest.raises(ValueError, match="note version 3"):
-        measurement_note(ROW, version=3)
+    with pytest.raises(ValueError, match="note version 4"):
+        measurement_note(ROW, version=4)
     with pytest.raises(ValueError, match="measurement_note must be 0"):
-        EcgLMConfig(label_tokens=6, named_label_tokens=2, measurement_note=3)
+        EcgLMConfig(label_tokens=6, named_label_tokens=2, measurement_note=4)
+
+
+def test_a_version_3_comparison_names_what_became_normal_abnormal_or_stayed_abnormal(tiny_tokenizer):
+    """The second of two ECGs gets the serial comparison that ECG-QA's numeric comparison questions (templates 68,
+    69, 70) ask about; each feature measured in both ECGs is named by its ranges there, a feature missing in either
+    is not named."""
+    from ecgllm import read_ecg
+    from ecgllm.models.measurement_note import comparison_note
+
+    later = {**ROW, "pr_s": 0.15, "qrs_s": 0.12, "rr_s": 0.5, "qtc_s": 0.41}  # pr normal now, rr short now
+    assert comparison_note(ROW, later) == ("Against the first ECG: become normal: pr interval. Become abnormal: rr "
+                                           "interval. Still abnormal: qrs duration.")
+    assert comparison_note(ROW, ROW) == ("Against the first ECG: become normal: none. Become abnormal: none. Still "
+                                         "abnormal: pr interval, qrs duration.")
+    assert comparison_note({}, ROW).endswith("become normal: none. Become abnormal: none. Still abnormal: none.")
+    first, second = read_ecg(PTBXL_1), read_ecg(PTBXL_1)
+    first.meta[META_KEY], second.meta[META_KEY] = ROW, later
+    question = [{"role": "user", "content": "What numeric features of the second ECG are still abnormal as compared "
+                                            "to the first ECG?"}, {"role": "assistant", "content": "qrs duration"}]
+    v3 = EcgProcessor(tiny_tokenizer, ProcessorConfig(n_ecg_tokens=2, measurement_note=3))
+    notes = v3.notes(question, [first, second])
+    assert notes == [measurement_note(ROW, 3), measurement_note(later, 3) + " " + comparison_note(ROW, later)]
+    assert measurement_note(ROW, 3) == measurement_note(ROW, 2)  # one ECG's note is version 2's
+    assert v3.notes(question, [second, first])[1].endswith(comparison_note(later, ROW))  # the order counts
+    assert v3.notes(question[:1], [first]) == [measurement_note(ROW, 3)]  # one ECG: nothing to compare
+    v2 = EcgProcessor(tiny_tokenizer, ProcessorConfig(n_ecg_tokens=2, measurement_note=2))
+    assert v2.notes(question, [first, second]) == [measurement_note(ROW, 2), measurement_note(later, 2)]
+    check_targets(v3, question, ["ECG 1", "ECG 2"], notes)  # the comparison is prompt, never labelled
 
 
 def test_a_checkpoint_or_recipe_that_says_true_reads_version_1_and_a_saved_version_survives(tiny_tokenizer, tmp_path):

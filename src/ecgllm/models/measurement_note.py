@@ -42,7 +42,13 @@ _ASKS = re.compile(r"interval|duration|numeric|axis|deviat|\bqtc?\b|\bqrs\b|\brr
 # fall within the normal range as often as below or above it, and a model trained on version 1 answered those by
 # copying a list from the note instead of taking the measured features that no list names
 # (docs/results/ecgqa_candidate_measurement_notes.md).
-NOTE_VERSIONS = {1: "below and above the normal range", 2: "below, within and above the normal range"}
+# 3 adds, to the second of two ECGs, which features became normal, became abnormal or stayed abnormal against the
+# first. Why 3: ECG-QA's comparison questions on numeric features (templates 68-70, more than a third of its
+# official valid questions scored here) ask exactly that, and models reading two version-2 notes answered them
+# almost never right (EM 0.00-0.03, docs/results/ecgqa_candidate_measurement_notes_within.md): the set difference of
+# two notes is a step they did not learn. A serial comparison is what ECG machines print beside a repeat ECG.
+NOTE_VERSIONS = {1: "below and above the normal range", 2: "below, within and above the normal range",
+                 3: "version 2, and for two ECGs the features that became normal, became abnormal or stayed abnormal"}
 _MEMO_SIZE = 20_000
 _memo: OrderedDict[bytes, dict[str, float]] = OrderedDict()
 _memo_lock = threading.Lock()  # serving answers from several threads
@@ -97,6 +103,26 @@ def measurement_note(values: Mapping[str, object], version: int) -> str:
     if missing:
         note += f" Not measured: {', '.join(missing)}."
     return note + f" Heart axis: {'not measured' if degrees is None else axis_class(degrees)}."
+
+
+def comparison_note(first: Mapping[str, object], second: Mapping[str, object]) -> str:
+    """``"Against the first ECG: become normal: pr interval. Become abnormal: none. Still abnormal: qrs duration."``
+    from the two ECGs' measurement rows: each feature measured in both, by whether it lies outside ECG-QA's normal
+    range in the first and in the second (`ecgllm.datasets.ecgqa_ranges.NUMERIC_COMPARISONS`, the generator's
+    comparison answers), named as its answers name them."""
+    ranges = _ranges()
+    lists: dict[tuple[bool, bool], list[str]] = {(True, False): [], (False, True): [], (True, True): []}
+    for feature in FEATURES:
+        a, b = (_number(row.get(FEATURE_COLUMNS[feature])) for row in (first, second))
+        if a is None or b is None:
+            continue
+        outside = tuple(range_of(feature, v * 1000, ranges) != RANGE_NAMES[1] for v in (a, b))
+        if outside in lists:
+            lists[outside].append(feature)  # type: ignore[index]
+    became_normal, became_abnormal, still = (", ".join(lists[k]) or "none"
+                                             for k in ((True, False), (False, True), (True, True)))
+    return (f"Against the first ECG: become normal: {became_normal}. Become abnormal: {became_abnormal}. "
+            f"Still abnormal: {still}.")
 
 
 def measurements_of(signal: np.ndarray, fs: float, leads: list[str] | tuple[str, ...],

@@ -21,7 +21,8 @@ from ecgllm.errors import InputError
 from ecgllm.io.image import ECGImage
 from ecgllm.io.record import ECG
 from ecgllm.models.label_tokens import find_named_labels
-from ecgllm.models.measurement_note import NOTE_VERSIONS, asks_for_measurements, measurement_note, measurements_of
+from ecgllm.models.measurement_note import (NOTE_VERSIONS, asks_for_measurements, comparison_note, measurement_note,
+                                            measurements_of)
 from ecgllm.signal.prepare import PrepConfig, PreparedECG, prepare
 
 ECG_TOKEN = "<ecg>"
@@ -125,8 +126,11 @@ class EcgProcessor:
         question asks about a measurement; an ECG image gets none (its signal is not known)."""
         if not self.wants_notes(turns, len(ecgs)):
             return None
-        return ["" if isinstance(e, ECGImage) else
-                measurement_note(measurements_of(e.signal, e.fs, e.leads, e.meta), self.note_version) for e in ecgs]
+        rows = [None if isinstance(e, ECGImage) else measurements_of(e.signal, e.fs, e.leads, e.meta) for e in ecgs]
+        notes = ["" if row is None else measurement_note(row, self.note_version) for row in rows]
+        if self.note_version >= 3 and len(rows) == 2 and None not in rows:  # a serial comparison with the second
+            notes[1] += " " + comparison_note(rows[0], rows[1])
+        return notes
 
     @property
     def note_version(self) -> int:
