@@ -220,3 +220,29 @@ def test_cache_marks_unreadable_records_instead_of_failing(tmp_path):
     assert cache.index["ok"].tolist() == [True, False]
     assert cache.meta["n_failed"] == 1 and "00002_lr" in cache.meta["failures"][0]
     assert np.abs(cache.batch([1])).max() > 0 and np.abs(cache.batch([2])).max() == 0
+
+
+def test_a_cached_ecg_masks_a_flat_lead_as_answering_the_recording_does(tmp_path):
+    """The cache keeps each record's lead mask: a lead that was flat in the recording is masked in training as it
+    is when the same file is answered (the cache used to hand it back as a present, flat lead)."""
+    import wfdb
+
+    from ecgllm import read_ecg
+    from ecgllm.signal import PrepConfig as Prep
+    from ecgllm.signal.prepare import prepare
+
+    record = wfdb.rdrecord(str(FIXTURES / "ptbxl/records100/00000/00001_lr"))
+    signal = record.p_signal.copy()
+    signal[:, record.sig_name.index("V3")] = 0.0  # a lead that came off
+    wfdb.wrsamp("00001_lr", fs=record.fs, units=record.units, sig_name=record.sig_name, p_signal=signal,
+                fmt=["16"] * len(record.sig_name), write_dir=str(tmp_path))
+    index = PTBXL.load(FIXTURES / "ptbxl").table[["strat_fold"]].reset_index().iloc[:1]
+    config = Prep(bandpass=None)
+    cache = ECGCache.open(build_cache([tmp_path / "00001_lr"], index, tmp_path / "c", config, "test", workers=1,
+                                      progress=False))
+    served = prepare(read_ecg(tmp_path / "00001_lr.hea"), config).mask
+    trained = prepare(cache.ecgs([1])[0], config).mask
+    assert not served[config.leads.index("V3")] and served.sum() == 11
+    assert cache.masks[0].tolist() == served.tolist() and trained.tolist() == served.tolist()
+    (tmp_path / "c" / "masks.npy").unlink()  # a cache from before masks were kept: every lead present, as then
+    assert prepare(ECGCache.open(tmp_path / "c").ecgs([1])[0], config).mask.all()

@@ -3,6 +3,8 @@
 Layout of a cache folder:
   signals.npy   float16 [N, leads, T] in mV (a .npy memory map; float16 keeps 0.05 % relative precision,
                 far below ECG noise, at half the size of float32)
+  masks.npy     bool [N, leads]: False where a lead was missing, flat or saturated in the recording (so a
+                cached ECG is masked as the same file is when it is answered); caches from before it have none
   index.csv     row, ecg_id, patient_id, strat_fold (and whatever the dataset table offers)
   meta.json     fs, leads, samples, dtype, the PrepConfig used, source, ecgllm version
 
@@ -33,6 +35,7 @@ _state: dict = {}
 def _init_worker(out_path: str, config: dict) -> None:
     warnings.simplefilter("ignore")
     _state["out"] = np.lib.format.open_memmap(out_path, mode="r+")
+    _state["masks"] = np.lib.format.open_memmap(str(Path(out_path).with_name("masks.npy")), mode="r+")
     _state["config"] = PrepConfig.from_dict(config)
 
 
@@ -50,8 +53,9 @@ def _fill(job: tuple[int, list[str]]) -> tuple[int, list[tuple[int, str]]]:
         except ECGReadError as exc:
             failures.append((start + i, str(exc)))
     if ecgs:
-        signals, _ = prepare_batch(ecgs, _state["config"])
+        signals, masks = prepare_batch(ecgs, _state["config"])
         _state["out"][rows] = signals.astype(np.float16)
+        _state["masks"][rows] = masks
     return len(paths), failures
 
 
@@ -73,6 +77,7 @@ def build_cache(paths: list[Path], index: pd.DataFrame, out: str | Path, config:
         signals_path = tmp / "signals.npy"
         shape = (len(paths), len(config.leads), config.n_samples)
         np.lib.format.open_memmap(signals_path, mode="w+", dtype=np.float16, shape=shape).flush()
+        np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=bool, shape=shape[:2]).flush()
         jobs = [(i, [str(p) for p in paths[i:i + CHUNK]]) for i in range(0, len(paths), CHUNK)]
         failures: list[tuple[int, str]] = []
         bar = tqdm(total=len(paths), unit="rec", desc="preparing", disable=not progress)
@@ -116,6 +121,7 @@ class ECGCache:
     signals: np.ndarray
     index: pd.DataFrame
     meta: dict
+    masks: np.ndarray | None = None  # bool [N, leads]; None for a cache built before masks were kept
 
     @classmethod
     def open(cls, path: str | Path) -> "ECGCache":
@@ -126,7 +132,8 @@ class ECGCache:
         meta = json.loads((path / "meta.json").read_text())
         index = pd.read_csv(path / "index.csv")
         signals = np.load(path / "signals.npy", mmap_mode="r")
-        return cls(path=path, signals=signals, index=index, meta=meta)
+        masks = np.load(path / "masks.npy") if (path / "masks.npy").exists() else None
+        return cls(path=path, signals=signals, index=index, meta=meta, masks=masks)
 
     def __post_init__(self) -> None:
         # Built once: batch() runs for every training item.
@@ -150,9 +157,13 @@ class ECGCache:
         return out
 
     def ecgs(self, ecg_ids) -> list[ECG]:
-        """The given records as `ECG` objects (cache rate and leads, mV), in the order asked."""
+        """The given records as `ECG` objects (cache rate and leads, mV), in the order asked; a lead the cache
+        masked is a bad lead of its ECG, so preparing it again masks it as answering the recording would."""
         fs, leads = self.meta["fs"], list(self.meta["leads"])
-        return [ECG(signal, fs, leads, {}) for signal in self.batch(ecg_ids)]
+        masks = self.masks[self.rows(ecg_ids)] if self.masks is not None else [None] * len(ecg_ids)
+        return [ECG(signal, fs, leads, {} if mask is None or mask.all() else
+                    {"bad_leads": {lead: "masked when the cache was built" for lead, ok in zip(leads, mask) if not ok}})
+                for signal, mask in zip(self.batch(ecg_ids), masks)]
 
     def load_all(self) -> np.ndarray:
         return np.asarray(self.signals, dtype=np.float32)
