@@ -55,6 +55,15 @@ def stage_card(staged: Path, source: Path, shipped_from: str) -> None:
     from ecgllm.models.card import card_of_model_folder, file_sha256, read_card, write_card
 
     card = read_card(source) or card_of_model_folder(source)
+
+    def local(value):  # an absolute path of the training machine shrinks to its last part
+        if isinstance(value, dict):
+            return {k: local(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [local(v) for v in value]
+        return Path(value).name if isinstance(value, str) and value.startswith("/") else value
+
+    card.provenance.recipe = local(card.provenance.recipe)
     card.provenance.shipped_from = shipped_from
     records = staged / "training_records.json"
     card.provenance.training_records_sha256 = file_sha256(records) if records.exists() else None

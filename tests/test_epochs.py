@@ -65,7 +65,8 @@ def toy_run(recipe: ToyRecipe, ema_decay: float = 0.0):
 def train(recipe: ToyRecipe, crash_at=None, ema_decay: float = 0.0) -> tuple[dict, list[dict]]:
     run = toy_run(recipe, ema_decay)
     history = run_epochs(run, ToyTask(recipe.seed, crash_at), recipe.epochs, recipe, progress=False)
-    return {k: v.clone() for k, v in run.scored.state_dict().items()}, history
+    with run.scored() as scored:
+        return {k: v.clone() for k, v in scored.state_dict().items()}, history
 
 
 def same(a: dict, b: dict) -> bool:
@@ -94,7 +95,7 @@ def test_the_resumed_weights_differ_from_a_run_that_replays_other_dropout(tmp_pa
     run = toy_run(ToyRecipe(str(tmp_path / "b"), epochs=1))
     torch.manual_seed(123)  # the same initial weights and data, other dropout masks
     run_epochs(run, ToyTask(0), 1, ToyRecipe(str(tmp_path / "b"), epochs=1), progress=False)
-    b = run.scored.state_dict()
+    b = run.trained.state_dict()
     assert not same(a, b)
 
 

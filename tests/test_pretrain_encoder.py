@@ -148,6 +148,10 @@ def test_an_encoder_stage_trains_on_two_cpu_processes_with_gloo(subset):
     assert {p.name for p in (root / "ddp" / "checkpoints" / "epoch-0002").iterdir()} >= {
         "random_states_0.pkl", "random_states_1.pkl"}  # every process's RNG states
     assert (root / "ddp" / "encoder.safetensors").exists()
+    # the schedule stepped once per batch (not once per process), over every batch both processes could share
+    n = json.loads((root / "ddp" / "result.json").read_text())["train_records"]
+    scheduler = torch.load(root / "ddp" / "checkpoints" / "epoch-0002" / "scheduler.bin", weights_only=False)
+    assert scheduler["last_epoch"] == 2 * (n // 32 + (n % 32 >= 2))
 
 
 @needs_shared

@@ -98,7 +98,12 @@ def build_cache(paths: list[Path], index: pd.DataFrame, out: str | Path, config:
         index = index.reset_index(drop=True).copy()
         index.insert(0, "row", np.arange(len(index)))
         index["ok"] = True
-        index.loc[[row for row, _ in failures], "ok"] = False  # their rows stay zero in signals.npy
+        failed = [row for row, _ in failures]
+        index.loc[failed, "ok"] = False  # their rows stay zero in signals.npy
+        if failed:  # and unmasked, as before masks were kept: a wholly masked ECG would leave an encoder nothing
+            masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="r+")
+            masks[failed] = True
+            masks.flush()
         index.to_csv(tmp / "index.csv", index=False)
         meta = {"fs": config.fs, "leads": list(config.leads), "samples": config.n_samples, "dtype": "float16",
                 "units": "mV", "n_records": len(paths), "n_failed": len(failures), "prep": config.to_dict(),

@@ -53,10 +53,9 @@ class PTBXLSignals:
             absent = [i for i in want if i not in known]
             if absent:
                 raise DatasetError(f"{self.root}: the cache lacks ecg_ids {absent[:10]}")
-            meta = self._cache.meta
-            for i, signal in zip(want, self._cache.batch(want)):
-                self._loaded[i] = ECG(np.asarray(signal, np.float32), float(meta["fs"]), list(meta["leads"]),
-                                      {"id": i, "source": "ptbxl"})
+            for i, ecg in zip(want, self._cache.ecgs(want)):  # with the leads the cache masked, as training has them
+                ecg.meta.update({"id": i, "source": "ptbxl"})
+                self._loaded[i] = ecg
         elif self.kind == "pack":
             try:
                 ids, signals, _ = self._pack.load_records(str(self.root), want)

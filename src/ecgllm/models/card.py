@@ -12,7 +12,7 @@ import hashlib
 import json
 import subprocess
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -20,11 +20,11 @@ from ecgllm.errors import InputError
 
 CARD_FILE = "card.json"
 SCHEMA_VERSION = 1
-Kind = Literal["signal_encoder", "image_encoder", "language_model"]
+KINDS = ("signal_encoder", "image_encoder", "language_model")
 
 
 class Provenance(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # fields a later version adds do not stop an older package
 
     ecgllm_version: str
     git_commit: str | None = None          # None outside a git checkout; "+dirty" marks uncommitted changes
@@ -36,10 +36,10 @@ class Provenance(BaseModel):
 
 
 class ArtifactCard(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     schema_version: int = SCHEMA_VERSION
-    kind: Kind
+    kind: str                              # one of KINDS (a later kind reads, and its loader says it is not its own)
     prep: dict[str, Any]                   # signals: the PrepConfig; pictures: the page's input size
     labels: list[str] = []                 # the classifier's outputs, in order
     label_names: dict[str, str] = {}
@@ -89,6 +89,8 @@ def cache_files(cache: str | Path) -> list[Path]:
 
 
 def write_card(folder: str | Path, card: ArtifactCard) -> Path:
+    if card.kind not in KINDS:
+        raise ValueError(f"artifact kind {card.kind!r}: one of {KINDS}")
     path = Path(folder) / CARD_FILE
     path.write_text(card.model_dump_json(indent=2) + "\n")
     return path

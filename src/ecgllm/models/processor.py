@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -126,9 +126,14 @@ class EcgProcessor:
         question asks about a measurement; an ECG image gets none (its signal is not known)."""
         if not self.wants_notes(turns, len(ecgs)):
             return None
-        rows = [None if isinstance(e, ECGImage) else measurements_of(e.signal, e.fs, e.leads, e.meta) for e in ecgs]
+        return self.notes_of_rows([None if isinstance(e, ECGImage) else measurements_of(e.signal, e.fs, e.leads, e.meta)
+                                   for e in ecgs])
+
+    def notes_of_rows(self, rows: Sequence[Mapping[str, object] | None]) -> list[str]:
+        """The notes of ECGs with these measurement rows (None: a picture, which gets none); from version 3 the
+        second of two measured ECGs also gets the serial comparison with the first."""
         notes = ["" if row is None else measurement_note(row, self.note_version) for row in rows]
-        if self.note_version >= 3 and len(rows) == 2 and None not in rows:  # a serial comparison with the second
+        if self.note_version >= 3 and len(rows) == 2 and rows[0] is not None and rows[1] is not None:
             notes[1] += " " + comparison_note(rows[0], rows[1])
         return notes
 

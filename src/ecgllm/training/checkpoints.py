@@ -17,10 +17,11 @@ def fresh_accelerator(**kwargs):
     shared state from an earlier run in the same process is cleared first: it would refuse a run in another
     precision (the CLI runs each stage in a fresh process; tests and notebooks run several in one)."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
+    from accelerate.state import AcceleratorState, GradientState
 
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        AcceleratorState._reset_state()  # Accelerate's own reset of its singleton; a launched run keeps its state
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # Accelerate's own resets of its singletons (device included)
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
     return Accelerator(**kwargs)
 
 

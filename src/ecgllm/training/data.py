@@ -16,7 +16,7 @@ from ecgllm.datasets.ecgqa_templates import HeldOutWordingError, held_out_worded
 from ecgllm.datasets.split_policy import load_policy
 from ecgllm.io.image import ECGImage
 from ecgllm.io.record import ECG
-from ecgllm.models.measurement_note import META_KEY, measurement_note, read_measurement_rows
+from ecgllm.models.measurement_note import META_KEY, read_measurement_rows
 
 
 class ConversationDataset(Dataset):
@@ -155,7 +155,6 @@ def token_lengths(dataset: ConversationDataset, processor) -> list[int]:
     lengths = []
     for i in range(len(dataset)):
         turns, tags = dataset.text(i)
-        notes = [measurement_note(row, processor.note_version) for row in dataset.measurement_rows(i)] \
-            if processor.wants_notes(turns, len(tags)) else None
+        notes = processor.notes_of_rows(dataset.measurement_rows(i)) if processor.wants_notes(turns, len(tags)) else None
         lengths.append(len(processor.encode_for_training(turns, tags, notes)[0]))
     return lengths

@@ -224,8 +224,9 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True, res
     run = prepare_run(accelerator, student, optimizer, scheduler, out, max_grad_norm=1.0)
     history = run_epochs(run, task, config.epochs, config, progress, resume_anyway)
     if run.is_main:
-        _finish(config, run.trained, encoder, head, data, train, test, train_images, clean, distorted, image_config,
-                history, out, progress)
+        with run.scored() as student:
+            _finish(config, student, encoder, head, data, train, test, train_images, clean, distorted, image_config,
+                    history, out, progress)
     accelerator.wait_for_everyone()
     return json.loads((out / "result.json").read_text())
 

@@ -11,9 +11,11 @@ run resumes bit-identically, and only under the recipe it started with."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
@@ -45,21 +47,28 @@ class EpochTask(Protocol):
 
 def epoch_accelerator(device: str, mixed_precision: str):
     """The Accelerator of an epoch-based stage from its recipe's ``device`` and ``mixed_precision``."""
-    from accelerate.utils import DataLoaderConfiguration
+    from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
     from ecgllm.models.placement import bf16_supported, resolve_device
 
     if mixed_precision not in MIXED_PRECISION:
         raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {mixed_precision!r}")
-    placed = resolve_device(device)
-    if placed.index is not None:
+    if ":" in str(device):
         raise ValueError(f"device {device!r}: an epoch-based stage runs on 'cuda' and takes its GPU from the launcher "
                          "(CUDA_VISIBLE_DEVICES, or one per process under torchrun / accelerate launch)")
+    placed = resolve_device(device)
     if mixed_precision == "bf16" and placed.type == "cuda" and not bf16_supported(placed):
         raise ValueError("mixed_precision bf16: this GPU does not support bfloat16; use 'no'")
-    # split_batches: each process takes a share of the recipe's batch, and the schedule steps once per batch
-    return fresh_accelerator(cpu=placed.type == "cpu", mixed_precision=mixed_precision,
-                             dataloader_config=DataLoaderConfiguration(split_batches=True))
+    # split_batches: each process takes a share of the recipe's batch, and the schedule steps once per batch.
+    # The timeout: the other processes wait while the main one renders pages or scores fold 10 (tens of minutes on
+    # a CPU), longer than the process group's default of 10 minutes (NCCL).
+    accelerator = fresh_accelerator(cpu=placed.type == "cpu", mixed_precision=mixed_precision,
+                                    dataloader_config=DataLoaderConfiguration(split_batches=True),
+                                    kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=4))])
+    if accelerator.device.type != placed.type:
+        raise ValueError(f"device {device!r}: this process already runs on {accelerator.device} (one device per "
+                         "process; start a new process for another)")
+    return accelerator
 
 
 @dataclass
@@ -79,10 +88,24 @@ class EpochRun:
         """The model's own module (without a DistributedDataParallel wrapper)."""
         return self.accelerator.unwrap_model(self.model)
 
-    @property
-    def scored(self) -> nn.Module:
-        """The weights a stage scores and saves: the exponential moving average where there is one."""
-        return self.trained if self.ema is None else self.ema.module
+    @contextlib.contextmanager
+    def scored(self):
+        """The weights a stage scores and saves (the exponential moving average where there is one), run in float32:
+        the bf16 autocast Accelerate wraps around the trained module's forward is lifted meanwhile (it relies on
+        Accelerate keeping the module's own forward as ``_original_forward``)."""
+        if self.ema is not None:
+            yield self.ema.module
+            return
+        module = self.trained
+        wrapped, original = module.__dict__.get("forward"), module.__dict__.get("_original_forward")
+        if wrapped is None or original is None:  # no mixed precision: nothing wraps the forward
+            yield module
+            return
+        module.forward = original
+        try:
+            yield module
+        finally:
+            module.forward = wrapped
 
     @property
     def is_main(self) -> bool:
@@ -148,10 +171,13 @@ def run_epochs(run: EpochRun, task: EpochTask, epochs: int, recipe: Any, progres
         losses = []
         bar = tqdm(task.batches(epoch), total=task.steps_per_epoch, desc=f"{task.label} {epoch + 1}/{epochs}",
                    disable=not (progress and run.is_main))
+        world = accelerator.num_processes
         for batch in bar:
-            share = tuple(t[accelerator.process_index::accelerator.num_processes].to(accelerator.device)
-                          for t in batch)
-            loss = task.loss(run.model, share)
+            if len(batch[0]) < world:  # a last batch too small to give every process a share (all skip it)
+                continue
+            share = tuple(t[accelerator.process_index::world].to(accelerator.device) for t in batch)
+            # each process's mean loss, weighted by its share: the gradient is the whole batch's mean loss
+            loss = task.loss(run.model, share) * (len(share[0]) * world / len(batch[0]))
             run.optimizer.zero_grad()
             accelerator.backward(loss)
             if run.max_grad_norm:
@@ -165,7 +191,8 @@ def run_epochs(run: EpochRun, task: EpochTask, epochs: int, recipe: Any, progres
                 bar.set_postfix(loss=f"{torch.stack(losses[-20:]).mean().item():.3f}")
         mean_loss = accelerator.reduce(torch.stack(losses).mean(), "mean").item()
         entry = {"epoch": epoch + 1, "loss": round(mean_loss, 5), "epoch_s": round(time.time() - started, 1)}
-        entry |= task.metrics(run.scored, epoch + 1)
+        with run.scored() as scored:
+            entry |= task.metrics(scored, epoch + 1)
         history.append(entry)
         if run.is_main:
             with (run.out / "metrics.jsonl").open("a") as fh:

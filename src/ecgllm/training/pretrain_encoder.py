@@ -376,7 +376,8 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True, resum
     run = prepare_run(accelerator, model, optimizer, scheduler, out, ema_decay=config.ema_decay)
     history = run_epochs(run, task, config.epochs, config, progress, resume_anyway)
     if run.is_main:
-        _finish(config, run.scored, encoder, data, ptbxl, crops, stride, history, out)
+        with run.scored() as final:
+            _finish(config, final, encoder, data, ptbxl, crops, stride, history, out)
     accelerator.wait_for_everyone()
     return json.loads((out / "result.json").read_text())
 
