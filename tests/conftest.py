@@ -76,3 +76,20 @@ def make_training_workspace(root: Path, tokenizer, n_conversations: int = 48) ->
     llm.save_pretrained(root / "tiny-llm")       # any local Hugging Face causal-LM folder works
     tokenizer.save_pretrained(root / "tiny-llm")
     return root
+
+
+KILL_SEED = 17  # draws where the resume tests kill a run: fixed, so a failure replays
+
+
+def kill_once_written(command: list[str], target: Path, what: str, timeout_s: float = 300) -> None:
+    """Start ``command`` and SIGKILL it as soon as ``target`` (a checkpoint) exists; fail if it ended first."""
+    import signal
+    import subprocess
+    import time
+
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout_s
+    while not target.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, f"the run finished before it could be killed {what}"

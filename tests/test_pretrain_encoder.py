@@ -6,10 +6,8 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ import yaml
 from ecgllm.datasets import PTBXL
 from ecgllm.datasets.cache import build_cache
 from ecgllm.signal import PrepConfig
-from tests.conftest import SHARED, needs_shared
+from tests.conftest import KILL_SEED, SHARED, kill_once_written, needs_shared
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +86,6 @@ def test_encoder_pretraining_recipe_and_resume(subset):
 
 
 CLI = [sys.executable, "-m", "ecgllm.serving.cli", "train"]
-KILL_SEED = 17  # draws after which epoch the resume test kills a run: fixed, so a failure replays
 
 
 def encoder_recipe(root: Path, name: str, **extra) -> Path:
@@ -116,14 +113,8 @@ def test_a_killed_encoder_run_resumes_to_bit_identical_weights(subset):
     clean = subprocess.run(CLI + [str(encoder_recipe(root, "clean")), "--quiet"], capture_output=True, text=True)
     assert clean.returncode == 0, clean.stderr[-2000:]
     kill_after = random.Random(KILL_SEED).choice([1, 2])
-    process = subprocess.Popen(CLI + [str(encoder_recipe(root, "killed")), "--quiet"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    target = root / "killed" / "checkpoints" / f"epoch-{kill_after:04d}"
-    deadline = time.time() + 300
-    while not target.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.002)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, f"the run finished before it could be killed after epoch {kill_after}"
+    kill_once_written(CLI + [str(encoder_recipe(root, "killed")), "--quiet"],
+                      root / "killed" / "checkpoints" / f"epoch-{kill_after:04d}", f"after epoch {kill_after}")
     assert not (root / "killed" / "result.json").exists()
     resumed = subprocess.run(CLI + [str(encoder_recipe(root, "killed")), "--quiet"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -7,10 +7,8 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,9 +17,7 @@ from safetensors.torch import load_file
 
 from ecgllm.training.config import RecipeError, load_recipe
 from ecgllm.training.loop import lr_factor
-from tests.conftest import make_training_workspace
-
-KILL_SEED = 17  # draws where the resume tests kill a run: fixed, so a failure replays
+from tests.conftest import KILL_SEED, kill_once_written, make_training_workspace
 
 CLI = [sys.executable, "-m", "ecgllm.serving.cli"]
 
@@ -110,15 +106,9 @@ def test_sigkill_then_resume_gives_bit_identical_weights(workspace):
     clean = recipe(workspace, "clean", max_steps=30)
     assert subprocess.run(CLI + ["train", str(clean), "--quiet"], capture_output=True).returncode == 0
     killed = recipe(workspace, "killed", max_steps=30)
-    kill_at = random.Random(KILL_SEED).randrange(4, 20, 2)  # a checkpointed step, seeded so a failure replays
-    process = subprocess.Popen(CLI + ["train", str(killed), "--quiet"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    target = workspace / "killed" / "checkpoints" / f"step-{kill_at:08d}"
-    deadline = time.time() + 120
-    while not target.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.002)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, f"the run finished before it could be killed at step {kill_at}"
+    kill_at = random.Random(KILL_SEED).randrange(4, 20, 2)  # a checkpointed step
+    kill_once_written(CLI + ["train", str(killed), "--quiet"],
+                      workspace / "killed" / "checkpoints" / f"step-{kill_at:08d}", f"at step {kill_at}", 120)
     assert not (workspace / "killed" / "final").exists()
     resumed = subprocess.run(CLI + ["train", str(killed), "--quiet"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
