@@ -159,7 +159,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             samples = generator.generate(args.n, seed=args.seed, intervention=args.intervention,
                                          template_ids=args.template_ids, paraphrase=args.paraphrase,
                                          paired=args.paired, include_held_out_wordings=args.split != "train",
-                                         answer_groups=args.answer_groups, quota_split=args.split)
+                                         answer_groups=args.answer_groups, quota_split=args.split,
+                                         answered_comparisons=args.answered_comparisons)
         except IncompatibleDrawError as error:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_USAGE
@@ -386,6 +387,11 @@ def add_data_commands(sub: argparse._SubParsersAction, formatter: type, exit_hel
                         "of each answer of a choose question and 10 of a query one in --split train, 3 and 6 in "
                         "valid and test)), then a record, so that \"none\" is one answer among the others (by "
                         "default a record is drawn first, and most choose and query questions then answer \"none\")")
+    p.add_argument("--answered-comparisons", action="store_true",
+                   help="ecgqa: ask comparison queries (what is new, resolved, still present; which numeric features "
+                        "became normal or abnormal) only of ECG pairs whose answer names something, as ECG-QA's own "
+                        "questions almost always do (by default the pair is drawn first and about a third answer "
+                        "\"none\")")
     p.add_argument("--paraphrase", type=float, default=0.0, metavar="SHARE",
                    help="ecgqa: share of questions (0-1) worded by an official paraphrase of their template "
                         "(train wordings) instead of the template wording (default 0: template wording only)")
