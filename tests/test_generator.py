@@ -147,17 +147,22 @@ def test_paired_generation_asks_each_question_of_two_ecgs_with_different_answers
 
 
 def test_answered_comparisons_ask_comparison_queries_of_pairs_whose_answer_names_something(small):
-    """ECG-QA's own comparison queries almost never answer "none"; drawn pair first, many of ours did. With
-    ``answered_comparisons`` none does, every answer is still the pair's own, and other questions draw as before."""
+    """ECG-QA's own numeric comparison queries almost never answer "none"; drawn pair first, many of ours did. With
+    ``answered_comparisons`` none does (partners included), every answer is still the pair's own, and questions of
+    other templates draw as before."""
     ptbxl, attrs = small
-    queries = [t for t, tmpl in ECGQAGenerator(attrs, ptbxl.ecg_ids).templates.items()
-               if tmpl.question_type.startswith("comparison") and tmpl.kind == "query"]
+    from ecgllm.datasets.ecgqa_generator import ANSWERED_COMPARISONS
+
+    queries = list(ANSWERED_COMPARISONS)
     plain = ECGQAGenerator(attrs, ptbxl.ecg_ids).generate(300, seed=3, template_ids=queries)
     answered = ECGQAGenerator(attrs, ptbxl.ecg_ids).generate(300, seed=3, template_ids=queries,
                                                             answered_comparisons=True)
     assert sum(s["answer"] == ["none"] for s in plain) > 30  # the record-first draw: many "none"
     assert len(answered) > 200 and not any(s["answer"] == ["none"] for s in answered)
-    for s in answered:
+    paired = ECGQAGenerator(attrs, ptbxl.ecg_ids).generate(200, seed=3, template_ids=queries, paired=True,
+                                                          answered_comparisons=True)
+    assert len(paired) > 100 and not any(s["answer"] == ["none"] for s in paired)  # partners name something too
+    for s in answered + paired:
         assert set(regenerate_answer(QASample(**{k: s[k] for k in OFFICIAL_KEYS}), attrs)) == set(s["answer"])
     singles = [t for t in ECGQAGenerator(attrs, ptbxl.ecg_ids).templates if t not in queries][:20]
     assert ECGQAGenerator(attrs, ptbxl.ecg_ids).generate(100, seed=4, template_ids=singles) == \

@@ -28,6 +28,10 @@ from ecgllm.io.leads import STANDARD_12
 GENERATOR_VERSION = 2
 WITHIN = "within the normal range"
 NONE = "none"
+# Numeric comparison queries ("What numeric features of the second ECG now have become normal / are now considered
+# abnormal / are still abnormal as compared to the first ECG?") that `generate(answered_comparisons=True)` asks only
+# of pairs whose answer names something, as ECG-QA asked its own.
+ANSWERED_COMPARISONS = (68, 69, 70)
 _LEAD_IN_QUESTION = re.compile(r"\blead (I{1,3}|aV[RLF]|V[1-6])(?![0-9A-Za-z])")
 _DIAGNOSTIC = frozenset(DIAGNOSTIC_CODES)
 _SUPERCLASSES = frozenset(SUPERCLASS_NAMES.values())
@@ -557,11 +561,12 @@ class ECGQAGenerator:
         ``quota_split`` names the split whose per-answer quotas weigh the answers (`ANSWER_QUOTA`): the split the
         pool belongs to, as ECG-QA drew each split with its own.
 
-        ``answered_comparisons=True`` asks comparison queries ("What symptoms are newly detected in the second
-        ECG ...?", "What numeric features of the second ECG ... ?") only of pairs whose answer names something, as
-        ECG-QA's own questions do (official_sample: no "none" in templates 47-49 and 61-63, 2 of 30 in 68; its
-        train chunks: 32 of 1,288 in 68-70). Drawn pair first, about a third of them answer "none" (and a pair whose
-        lead II PTB-XL marks as noisy always does, whatever the ECGs measure).
+        ``answered_comparisons=True`` asks the numeric comparison queries (`ANSWERED_COMPARISONS`: "What numeric
+        features of the second ECG ... as compared to the first ECG?") only of pairs whose answer names something,
+        as ECG-QA's own questions almost always do (about 3 % "none" in its train questions of those templates).
+        Drawn pair first, about a third of them answer "none" (and a pair whose lead II PTB-XL marks as noisy
+        always does, whatever the ECGs measure). Other comparison queries keep the pair-first draw: ECG-QA's valid
+        questions of template 47, for one, answer "none" about half the time.
         """
         if quota_split not in ANSWER_QUOTA:
             raise ValueError(f"quota_split must be one of {sorted(ANSWER_QUOTA)} (got {quota_split!r})")
@@ -599,7 +604,7 @@ class ECGQAGenerator:
             if t.kind == "verify" and yes_rate is not None:
                 wanted = "yes" if rng.random() < yes_rate else "no"
             grouped = answer_groups and self.groups_apply(t)
-            named = answered_comparisons and t.question_type.startswith("comparison") and t.kind == "query"
+            named = answered_comparisons and t.template_id in ANSWERED_COMPARISONS
             found = None
             for _ in range(tries if wanted or named else 1):
                 drawn = self._draw_grouped(t, rng, tries, quotas[t.kind]) if grouped else self._draw(t, rng)
@@ -620,7 +625,7 @@ class ECGQAGenerator:
                                                   tuple(answer))
                 asked.append(([other], answer_for(t, [self.attributes[other]], values, lead)))
             elif paired:
-                partner = self._partner(t, values, lead, answer, rng, tries)
+                partner = self._partner(t, values, lead, answer, rng, tries, named)
                 if partner is None:
                     continue
                 asked.append(partner)
@@ -642,8 +647,9 @@ class ECGQAGenerator:
         return out[: n - n % 2] if paired else out[:n]  # pairs stay whole
 
     def _partner(self, t: Template, values: list[str], lead: str | None, answer: list[str],
-                 rng: np.random.Generator, tries: int) -> tuple[list[int], list[str]] | None:
-        """ECGs of the pool that answer the same question (``values``, ``lead``) otherwise than ``answer``."""
+                 rng: np.random.Generator, tries: int, named: bool = False) -> tuple[list[int], list[str]] | None:
+        """ECGs of the pool that answer the same question (``values``, ``lead``) otherwise than ``answer`` (and,
+        ``named``, not "none")."""
         for _ in range(tries):
             if t.question_type.startswith("comparison"):
                 picked = self._comparison(t, rng)
@@ -656,6 +662,6 @@ class ECGQAGenerator:
                     return None
                 ecg_ids = [int(candidates[int(rng.integers(candidates.size))])]
             other = answer_for(t, [self.attributes[i] for i in ecg_ids], values, lead)
-            if other is not None and sorted(other) != sorted(answer):
+            if other is not None and sorted(other) != sorted(answer) and not (named and other == [NONE]):
                 return ecg_ids, other
         return None

@@ -388,10 +388,10 @@ def add_data_commands(sub: argparse._SubParsersAction, formatter: type, exit_hel
                         "valid and test)), then a record, so that \"none\" is one answer among the others (by "
                         "default a record is drawn first, and most choose and query questions then answer \"none\")")
     p.add_argument("--answered-comparisons", action="store_true",
-                   help="ecgqa: ask comparison queries (what is new, resolved, still present; which numeric features "
-                        "became normal or abnormal) only of ECG pairs whose answer names something, as ECG-QA's own "
-                        "questions almost always do (by default the pair is drawn first and about a third answer "
-                        "\"none\")")
+                   help="ecgqa: ask the numeric comparison queries (templates 68-70: which numeric features of the "
+                        "second ECG became normal, became abnormal or are still abnormal) only of ECG pairs whose "
+                        "answer names something, as ECG-QA's own questions almost always do (by default the pair is "
+                        "drawn first and about a third answer \"none\")")
     p.add_argument("--paraphrase", type=float, default=0.0, metavar="SHARE",
                    help="ecgqa: share of questions (0-1) worded by an official paraphrase of their template "
                         "(train wordings) instead of the template wording (default 0: template wording only)")

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Protocol
 import torch
 from torch import nn
 
+from ecgllm.errors import RecipeError
 from ecgllm.training.checkpoints import finished_checkpoints, fresh_accelerator, read_state, save_checkpoint
 
 MIXED_PRECISION = ("no", "bf16")
@@ -38,7 +39,8 @@ class EpochTask(Protocol):
         """The whole (global) batches of epoch ``epoch`` (0-based), on the CPU."""
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        """The loss of this process's share of a batch, already on the run's device."""
+        """The mean loss over this process's share of a batch, already on the run's device (the engine weighs it
+        by the share's size)."""
 
     def metrics(self, model: nn.Module, epoch: int) -> dict[str, float]:
         """Extra entries of the metric history after epoch ``epoch`` (1-based), from the weights the stage scores
@@ -189,6 +191,9 @@ def run_epochs(run: EpochRun, task: EpochTask, epochs: int, recipe: Any, progres
             losses.append(loss.detach().float())
             if len(losses) % 20 == 0:
                 bar.set_postfix(loss=f"{torch.stack(losses[-20:]).mean().item():.3f}")
+        if not losses:
+            raise RecipeError(f"epoch {epoch + 1}: no batch had a row for each of the {world} processes; the batch "
+                              "size must be at least the number of processes")
         mean_loss = accelerator.reduce(torch.stack(losses).mean(), "mean").item()
         entry = {"epoch": epoch + 1, "loss": round(mean_loss, 5), "epoch_s": round(time.time() - started, 1)}
         with run.scored() as scored:
