@@ -70,22 +70,48 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _data_hashes(files: list[str | Path]) -> dict[str, str]:
+    return {Path(f).name: file_sha256(f) for f in files if Path(f).is_file()}
+
+
+def _records_hashes(folder: str | Path) -> dict[str, str | None]:
+    """The split policy's hash and the hash of ``training_records.json`` in ``folder`` (None where it has none)."""
+    records = Path(folder) / "training_records.json"
+    if not records.exists():
+        return {"split_policy_sha256": None, "training_records_sha256": None}
+    return {"split_policy_sha256": json.loads(records.read_text())["split_policy_sha256"],
+            "training_records_sha256": file_sha256(records)}
+
+
+def label_space(vocab: dict | None) -> dict[str, Any]:
+    """A card's ``labels`` (the 71 statements, then the superclasses, as the classifier orders its outputs) and
+    ``label_names`` from a ``labels.json`` vocabulary."""
+    vocab = vocab or {}
+    return {"labels": vocab.get("all71", []) + vocab.get("superclass", []), "label_names": vocab.get("names", {})}
+
+
 def provenance(folder: str | Path, recipe: dict[str, Any], data_files: list[str | Path]) -> Provenance:
     """The provenance of the artifact in ``folder``: its ``training_records.json`` must already be written."""
     from ecgllm import __version__
 
-    records = Path(folder) / "training_records.json"
-    policy = json.loads(records.read_text())["split_policy_sha256"] if records.exists() else None
     return Provenance(ecgllm_version=__version__, git_commit=git_commit(), recipe=recipe,
-                      data_sha256={Path(f).name: file_sha256(f) for f in data_files if Path(f).is_file()},
-                      split_policy_sha256=policy,
-                      training_records_sha256=file_sha256(records) if records.exists() else None)
+                      data_sha256=_data_hashes(data_files), **_records_hashes(folder))
 
 
-def cache_files(cache: str | Path) -> list[Path]:
+def write_artifact_card(folder: str | Path, kind: str, prep: dict[str, Any], vocab: dict | None, pooling: str | None,
+                        recipe: dict[str, Any], data_files: list[str | Path], metrics: dict | None = None) -> Path:
+    """Write the card of a freshly trained artifact (after its ``training_records.json``)."""
+    return write_card(folder, ArtifactCard(kind=kind, prep=prep, **label_space(vocab), pooling=pooling,
+                                           provenance=provenance(folder, recipe, data_files), metrics=metrics or {}))
+
+
+def cache_files(cache: str | Path, ptbxl: str | Path | None = None) -> list[Path]:
     """The files that identify a prepared ECG cache: its record index and its preparation (the signals file, half
-    a gigabyte, follows from both)."""
-    return [Path(cache) / "index.csv", Path(cache) / "meta.json"]
+    a gigabyte, follows from both); with ``ptbxl``, also the PTB-XL label files an encoder stage learned from."""
+    from ecgllm.datasets.ptbxl import PTBXL_LABEL_FILES
+
+    labels = [Path(ptbxl) / name for name in PTBXL_LABEL_FILES] if ptbxl is not None else []
+    return [Path(cache) / "index.csv", Path(cache) / "meta.json", *labels]
 
 
 def write_card(folder: str | Path, card: ArtifactCard) -> Path:
@@ -134,22 +160,17 @@ def card_of_model_folder(folder: str | Path) -> ArtifactCard:
     meta = json.loads((folder / "config.json").read_text())
     prep = json.loads((folder / "processor_config.json").read_text())["prep"]
     labels_file = folder / "labels.json"
-    vocab = json.loads(labels_file.read_text()) if labels_file.exists() else {}
+    vocab = json.loads(labels_file.read_text()) if labels_file.exists() else None
     recipe_file = folder.parent / "recipe.json"
     recipe = json.loads(recipe_file.read_text()) if recipe_file.exists() else {}
-    data_files: list[Path] = []
+    data_files: list[str | Path] = []
     if recipe.get("output_dir") and folder.parent.resolve().as_posix().endswith(str(recipe["output_dir"]).strip("/")):
         started_in = Path(folder.parent.resolve().as_posix()[: -len(str(recipe["output_dir"]).strip("/"))])
         data = recipe.get("data", {})
         named = [data.get("train"), data.get("measurements")]
         data_files = [started_in / f for f in named if f] + ([started_in / f for f in cache_files(data["ecg_cache"])]
                                                              if data.get("ecg_cache") else [])
-    records = folder / "training_records.json"
-    policy = json.loads(records.read_text())["split_policy_sha256"] if records.exists() else None
-    return ArtifactCard(kind="language_model", prep=prep,
-                        labels=vocab.get("all71", []) + vocab.get("superclass", []), label_names=vocab.get("names", {}),
+    return ArtifactCard(kind="language_model", prep=prep, **label_space(vocab),
                         pooling=meta["config"].get("encoder_kwargs", {}).get("pool", "mean"),
                         provenance=Provenance(ecgllm_version=meta.get("ecgllm_version", "unknown"), recipe=recipe,
-                                              data_sha256={p.name: file_sha256(p) for p in data_files if p.is_file()},
-                                              split_policy_sha256=policy,
-                                              training_records_sha256=file_sha256(records) if records.exists() else None))
+                                              data_sha256=_data_hashes(data_files), **_records_hashes(folder)))

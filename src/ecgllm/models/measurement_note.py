@@ -28,6 +28,7 @@ import numpy as np
 
 from ecgllm.datasets.ecgqa_attributes import ECGQA_COLUMNS as FEATURE_COLUMNS  # feature -> column, seconds
 from ecgllm.datasets.ecgqa_attributes import FEATURES, RANGE_NAMES, axis_class, load_ecgqa_ranges, range_of
+from ecgllm.datasets.ecgqa_ranges import NUMERIC_COMPARISONS
 
 AXIS_COLUMN = "axis_ecgqa_deg"
 META_KEY = "ecgqa_features"  # an ECG's measurement row, when its record's row of a table is known
@@ -47,6 +48,7 @@ _ASKS = re.compile(r"interval|duration|numeric|axis|deviat|\bqtc?\b|\bqrs\b|\brr
 # official valid questions scored here) ask exactly that, and models reading two version-2 notes answered them
 # almost never right (EM 0.00-0.03, docs/results/ecgqa_candidate_measurement_notes_within.md): the set difference of
 # two notes is a step they did not learn. A serial comparison is what ECG machines print beside a repeat ECG.
+_COMPARISON_TEMPLATES = (68, 69, 70)  # became normal, became abnormal, still abnormal: the comparison's three lists
 NOTE_VERSIONS = {1: "below and above the normal range", 2: "below, within and above the normal range",
                  3: "version 2, and for two ECGs the features that became normal, became abnormal or stayed abnormal"}
 _MEMO_SIZE = 20_000
@@ -111,16 +113,16 @@ def comparison_note(first: Mapping[str, object], second: Mapping[str, object]) -
     range in the first and in the second (`ecgllm.datasets.ecgqa_ranges.NUMERIC_COMPARISONS`, the generator's
     comparison answers), named as its answers name them."""
     ranges = _ranges()
-    lists: dict[tuple[bool, bool], list[str]] = {(True, False): [], (False, True): [], (True, True): []}
+    named: dict[tuple[bool, ...], list[str]] = {NUMERIC_COMPARISONS[t]: [] for t in _COMPARISON_TEMPLATES}
     for feature in FEATURES:
         a, b = (_number(row.get(FEATURE_COLUMNS[feature])) for row in (first, second))
         if a is None or b is None:
             continue
         outside = tuple(range_of(feature, v * 1000, ranges) != RANGE_NAMES[1] for v in (a, b))
-        if outside in lists:
-            lists[outside].append(feature)  # type: ignore[index]
-    became_normal, became_abnormal, still = (", ".join(lists[k]) or "none"
-                                             for k in ((True, False), (False, True), (True, True)))
+        if outside in named:
+            named[outside].append(feature)
+    became_normal, became_abnormal, still = (", ".join(named[NUMERIC_COMPARISONS[t]]) or "none"
+                                             for t in _COMPARISON_TEMPLATES)
     return (f"Against the first ECG: become normal: {became_normal}. Become abnormal: {became_abnormal}. "
             f"Still abnormal: {still}.")
 

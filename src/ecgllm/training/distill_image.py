@@ -264,18 +264,15 @@ def write_image_card(out: Path, config: ImageDistillConfig, image_config: ImageE
                      result: dict) -> None:
     """The run's `card.json`: the page size it reads, the teacher's label space and pooling (which its tokens feed),
     provenance and the fold-10 metrics."""
-    from ecgllm.datasets.ptbxl import PTBXL_LABEL_FILES
-    from ecgllm.models.card import ArtifactCard, cache_files, provenance, write_card
+    from ecgllm.models.card import cache_files, write_artifact_card
     from ecgllm.training.config import resolved
 
     labels_file = Path(config.teacher) / "labels.json"
-    labels = json.loads(labels_file.read_text()) if labels_file.exists() else {}
-    data = cache_files(config.ecg_cache) + [Path(config.ptbxl) / name for name in PTBXL_LABEL_FILES]
-    write_card(out, ArtifactCard(kind="image_encoder", prep={"height": image_config.height, "width": image_config.width},
-                                 labels=labels.get("all71", []) + labels.get("superclass", []),
-                                 label_names=labels.get("names", {}), pooling=getattr(teacher, "pool_mode", "mean"),
-                                 provenance=provenance(out, resolved(config), data),
-                                 metrics={k: v for k, v in result.items() if k.startswith(("image_", "signal_"))}))
+    labels = json.loads(labels_file.read_text()) if labels_file.exists() else None
+    write_artifact_card(out, "image_encoder", {"height": image_config.height, "width": image_config.width}, labels,
+                        getattr(teacher, "pool_mode", "mean"), resolved(config),
+                        cache_files(config.ecg_cache, config.ptbxl),
+                        {k: v for k, v in result.items() if k.startswith(("image_", "signal_"))})
 
 
 def page_check_pages(data, config: ImageEncoderConfig, n: int = 300, workers: int = 1,

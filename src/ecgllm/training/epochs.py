@@ -129,9 +129,9 @@ def prepare_run(accelerator, model: nn.Module, optimizer, scheduler, out: Path, 
     return EpochRun(accelerator, model, optimizer, scheduler, Path(out), ema, max_grad_norm)
 
 
-def _resume(run: EpochRun) -> tuple[int, list[dict]]:
-    """(epochs done, metric history) of the run folder's last complete checkpoint; (0, []) for a new run."""
-    done = finished_checkpoints(run.out / "checkpoints", "epoch")
+def _resume(run: EpochRun, done: list[Path]) -> tuple[int, list[dict]]:
+    """(epochs done, metric history) of the run folder's last complete checkpoint of ``done``; (0, []) for a new
+    run."""
     if done:
         run.accelerator.load_state(str(done[-1]))
         state = read_state(done[-1])
@@ -161,9 +161,10 @@ def run_epochs(run: EpochRun, task: EpochTask, epochs: int, recipe: Any, progres
     from ecgllm.training.config import check_resumable, resolved
 
     accelerator = run.accelerator
-    if finished_checkpoints(run.out / "checkpoints", "epoch") or (run.out / LEGACY_STATE).exists():
+    checkpoints = finished_checkpoints(run.out / "checkpoints", "epoch")
+    if checkpoints or (run.out / LEGACY_STATE).exists():
         check_resumable(run.out / "recipe.json", recipe, resume_anyway)
-    done, history = _resume(run)
+    done, history = _resume(run, checkpoints)
     if run.is_main:
         run.out.mkdir(parents=True, exist_ok=True)
         (run.out / "recipe.json").write_text(json.dumps(resolved(recipe), indent=2) + "\n")

@@ -129,17 +129,14 @@ def _write_model_folder(folder: Path, config: TrainConfig, model, processor, dat
     """A self-contained model folder (what `--model` reads) with the records every stage behind it trained on,
     and the name servers show for it."""
     from ecgllm.datasets.split_policy import write_training_records
-    from ecgllm.models.card import ArtifactCard, cache_files, provenance, write_card
+    from ecgllm.models.card import cache_files, write_artifact_card
 
     model.save_pretrained(folder, processor, name=name)
     write_training_records(folder, config.stage, dataset.ptbxl_record_ids(), inherited=_inherited(config))
-    vocab = model.label_vocab or {}
     data = [config.data.train, *([config.data.measurements] if config.data.measurements else []),
             *cache_files(config.data.ecg_cache)]
-    write_card(folder, ArtifactCard(kind="language_model", prep=json.loads(json.dumps(processor.config.prep)),
-                                    labels=vocab.get("all71", []) + vocab.get("superclass", []),
-                                    label_names=vocab.get("names", {}), pooling=getattr(model.encoder, "pool_mode", None),
-                                    provenance=provenance(folder, resolved(config), data)))
+    write_artifact_card(folder, "language_model", json.loads(json.dumps(processor.config.prep)), model.label_vocab,
+                        getattr(model.encoder, "pool_mode", None), resolved(config), data)
     return folder
 
 

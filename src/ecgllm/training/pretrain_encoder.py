@@ -280,16 +280,12 @@ def save_encoder(out: Path, encoder: nn.Module, name: str, kwargs: dict, normali
 def write_encoder_card(out: Path, config, meta: dict, encoder: nn.Module, labels: dict | None, metrics: dict) -> None:
     """The encoder run's `card.json` (after its training records): preparation, label space, pooling, provenance
     and headline metrics."""
-    from ecgllm.datasets.ptbxl import PTBXL_LABEL_FILES
-    from ecgllm.models.card import ArtifactCard, cache_files, provenance, write_card
+    from ecgllm.models.card import cache_files, write_artifact_card
     from ecgllm.training.config import resolved
 
-    codes = (labels or {}).get("all71", []) + (labels or {}).get("superclass", [])
-    data = cache_files(config.ecg_cache) + [Path(config.ptbxl) / name for name in PTBXL_LABEL_FILES]
-    write_card(out, ArtifactCard(kind="signal_encoder", prep=meta.get("prep") or meta["input"], labels=codes,
-                                 label_names=(labels or {}).get("names", {}),
-                                 pooling=getattr(encoder, "pool_mode", "mean"),
-                                 provenance=provenance(out, resolved(config), data), metrics=metrics))
+    write_artifact_card(out, "signal_encoder", meta.get("prep") or meta["input"], labels,
+                        getattr(encoder, "pool_mode", "mean"), resolved(config),
+                        cache_files(config.ecg_cache, config.ptbxl), metrics)
 
 
 def start_run(output_dir: str, seed: int, threads: int | None) -> Path:
