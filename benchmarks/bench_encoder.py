@@ -70,7 +70,7 @@ def rescore_fold10(run_dir: Path, result: dict) -> dict:
     data, _ = load_ptbxl_arrays(config["ecg_cache"], config["ptbxl"], config["normalize"])
     model, _ = load_run(run_dir, data.y.shape[1])
     scores = score_records(model, data.signals[data.test], crop_samples(config["crop_s"], data.fs),
-                           int(config["eval_stride_s"] * data.fs))
+                           int(config["eval_stride_s"] * data.fs), masks=data.masks[data.test])
     summary = fold10_summary(data.y[data.test], scores)
     for key in ("super_macro_auc", "all71_macro_auc"):
         if abs(summary[key] - result[key]) > 1e-3:

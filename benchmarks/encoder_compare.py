@@ -67,13 +67,15 @@ def main() -> None:
         crops = crop_samples(config["crop_s"], data.fs)
         for split in ("valid", "test"):
             rows = getattr(data, split)
-            scores[k, split] = score_records(model, data.signals[rows], crops, stride)
+            scores[k, split] = score_records(model, data.signals[rows], crops, stride, masks=data.masks[rows])
             print(f"{run.name:>24s} fold {9 if split == 'valid' else 10}: {aucs(data.y[rows], scores[k, split])}")
         if args.aggregations and k == 0:
             for split in ("valid", "test"):
                 rows, fold = getattr(data, split), 9 if split == "valid" else 10
-                window_max = score_records(model, data.signals[rows], crops, stride, reduce="max")
-                whole = score_records(model, data.signals[rows], data.signals.shape[-1], stride)  # one window
+                window_max = score_records(model, data.signals[rows], crops, stride, reduce="max",
+                                           masks=data.masks[rows])
+                whole = score_records(model, data.signals[rows], data.signals.shape[-1], stride,  # one window
+                                      masks=data.masks[rows])
                 print(f"{'':>24s} fold {fold}, max over windows: {aucs(data.y[rows], window_max)}")
                 print(f"{'':>24s} fold {fold}, whole record:     {aucs(data.y[rows], whole)}")
     for split in ("valid", "test"):

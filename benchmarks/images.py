@@ -207,7 +207,7 @@ def fold10_test_reading(model_dir: str, cache: str, ptbxl_dir: str, ecgqa_dir: s
                          f"records were seen in training; this benchmark reads only records no stage saw")
     result = {"records": int(len(rows)), "split": f"PTB-XL fold 10 ∩ ECG-QA test ({len(rows)} records, seed 0)",
               "seen_in_training": seen}
-    _, signal_logits = teacher_targets(encoder, head, data.signals[rows])
+    _, signal_logits = teacher_targets(encoder, head, data.signals[rows], data.masks[rows])
     result.update(superclass_metrics("signal", data.y[rows], signal_logits))
     for name, augment in (("image_clean", False), ("image_augmented", True)):
         images = render_set(data.signals[rows], data.fs, seeds, np.full(len(rows), augment), config, workers, True,

@@ -245,11 +245,64 @@ def test_mixup_blends_each_crop_with_its_own_labels():
 
     labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
     crops = labels[:, :1, None].expand(4, 1, 50).clone()  # each crop's value is its first label
-    x, target = mixup(crops, labels, 0.4, np.random.default_rng(0))
+    present = torch.ones(4, 1, dtype=torch.bool)
+    x, mask, target = mixup(crops, present, labels, 0.4, np.random.default_rng(0))
     assert torch.allclose(x[:, 0, 0], target[:, 0])  # the labels were blended with the same partner and share
-    assert not torch.equal(target, labels) and ((target >= 0) & (target <= 1)).all()
-    again, _ = mixup(crops, labels, 0.4, np.random.default_rng(0))
+    assert not torch.equal(target, labels) and ((target >= 0) & (target <= 1)).all() and mask.all()
+    again, _, _ = mixup(crops, present, labels, 0.4, np.random.default_rng(0))
     assert torch.equal(x, again)  # seeded: a resumed run replays the same batches
+
+
+def test_mixup_keeps_a_lead_present_in_either_crop_and_adds_nothing_from_a_missing_one():
+    import numpy as np
+
+    from ecgllm.training.pretrain_encoder import mixup
+
+    crops = torch.full((2, 2, 10), 5.0)  # two crops of two leads; the first crop's second lead is missing
+    mask = torch.tensor([[True, False], [True, True]])
+    for seed in range(50):  # the first draw that pairs the two crops
+        x, mixed, _ = mixup(crops, mask, torch.zeros(2, 1), 0.4, np.random.default_rng(seed))
+        if mixed[0, 1]:
+            break
+    assert mixed.all()  # the second lead is present in the blend: one of its crops has it
+    assert (x[:, 1] < 5.0).all() and (x[:, 0] == 5.0).all()  # the missing lead's samples counted as zero
+
+
+def test_the_encoder_stage_trains_and_scores_with_the_caches_lead_masks():
+    """A lead the cache masked reaches the encoder as missing, in training batches and in scoring: what its samples
+    hold changes neither the loss nor the scores (it used to be trained as a present, flat lead)."""
+    import numpy as np
+    from torch import nn
+
+    from ecgllm.models.encoders import build_encoder
+    from ecgllm.training.pretrain_encoder import (ClassifierTask, EncoderClassifier, EncoderPretrainConfig,
+                                                  PTBXLArrays, score_records)
+
+    rng = np.random.default_rng(0)
+    signals = rng.normal(size=(12, 12, 300)).astype(np.float32)
+    masks = np.ones((12, 12), dtype=bool)
+    masks[::2, 4] = False  # lead V1 (index 4) came off in every other record
+    data = PTBXLArrays(ids=np.arange(12), signals=signals, masks=masks, y=rng.integers(0, 2, (12, 3)).astype(np.float32),
+                       classes71=["a", "b"], superclasses=["c"], train=np.arange(12), valid=np.arange(12),
+                       test=np.arange(12), excluded=0, fs=100.0)
+    torch.manual_seed(0)
+    model = EncoderClassifier(build_encoder("resnet1d", widths=[8, 16], n_tokens=4, blocks_per_stage=1), 3).eval()
+    config = EncoderPretrainConfig(output_dir="unused", ecg_cache="unused", ptbxl="unused", batch_size=4, crop_s=2.0)
+    noisy = data.signals.copy()
+    noisy[~masks] = 100.0  # garbage where the cache masked a lead
+
+    def losses(arrays: PTBXLArrays) -> list[float]:
+        task = ClassifierTask(config, arrays, [200], 100, nn.BCEWithLogitsLoss())
+        with torch.no_grad():
+            return [task.loss(model, batch).item() for batch in task.batches(0)]
+
+    batch_masks = [batch[1] for batch in ClassifierTask(config, data, [200], 100, nn.BCEWithLogitsLoss()).batches(0)]
+    assert sum(int((~m).sum()) for m in batch_masks) == int((~masks).sum())  # every masked lead arrives masked
+    assert np.allclose(losses(data), losses(PTBXLArrays(**{**vars(data), "signals": noisy})), atol=1e-6)
+    scored, scored_noisy = (score_records(model, s, 200, 100, masks=masks) for s in (signals, noisy))
+    assert np.allclose(scored, scored_noisy, atol=1e-6)
+    # the check can fail: without the masks, the same garbage moves the scores
+    assert not np.allclose(score_records(model, signals, 200, 100), score_records(model, noisy, 200, 100), atol=1e-3)
 
 
 @needs_shared

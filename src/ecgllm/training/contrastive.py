@@ -99,8 +99,9 @@ class ECGTextModel(nn.Module):
         self.text_proj = nn.Sequential(nn.Linear(text_dim, 2 * embed_dim), nn.GELU(), nn.Linear(2 * embed_dim, embed_dim))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
-    def forward(self, ecg: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        e = F.normalize(self.ecg_proj(self.encoder.pool(self.encoder(ecg))), dim=-1)
+    def forward(self, ecg: torch.Tensor, text: torch.Tensor,
+                lead_mask: torch.Tensor | None = None) -> torch.Tensor:
+        e = F.normalize(self.ecg_proj(self.encoder.pool(self.encoder(ecg, lead_mask))), dim=-1)
         t = F.normalize(self.text_proj(text), dim=-1)
         return self.logit_scale.clamp(max=math.log(100)).exp() * e @ t.T
 
@@ -119,9 +120,9 @@ class ContrastiveTask:
 
     label = "contrastive"
 
-    def __init__(self, config: ContrastiveConfig, signals: np.ndarray, feats: np.ndarray, text_ids: np.ndarray,
-                 train: np.ndarray, valid: np.ndarray, crop: int, accelerator) -> None:
-        self.config, self.signals, self.feats, self.text_ids = config, signals, feats, text_ids
+    def __init__(self, config: ContrastiveConfig, signals: np.ndarray, masks: np.ndarray, feats: np.ndarray,
+                 text_ids: np.ndarray, train: np.ndarray, valid: np.ndarray, crop: int, accelerator) -> None:
+        self.config, self.signals, self.masks, self.feats, self.text_ids = config, signals, masks, feats, text_ids
         self.train, self.valid, self.crop, self.accelerator = train, valid, crop, accelerator
         self.steps_per_epoch = len(train) // config.batch_size  # full batches: the loss needs negatives
 
@@ -132,12 +133,12 @@ class ContrastiveTask:
         size = self.config.batch_size
         for b in range(self.steps_per_epoch):
             rows, offs = order[b * size:(b + 1) * size], offsets[b * size:(b + 1) * size]
-            yield (random_crops(self.signals, rows, offs, self.crop), torch.from_numpy(self.feats[rows]),
-                   torch.from_numpy(self.text_ids[rows]))
+            yield (random_crops(self.signals, rows, offs, self.crop), torch.from_numpy(self.masks[rows]),
+                   torch.from_numpy(self.feats[rows]), torch.from_numpy(self.text_ids[rows]))
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
-        ecg, text, text_ids = batch
-        return clip_loss(model(ecg, text).float(), text_ids)
+        ecg, lead_mask, text, text_ids = batch
+        return clip_loss(model(ecg, text, lead_mask).float(), text_ids)
 
     @torch.no_grad()
     def metrics(self, model: nn.Module, epoch: int) -> dict[str, float]:
@@ -149,7 +150,7 @@ class ContrastiveTask:
             r = self.valid[i:i + size]
             with self.accelerator.autocast():
                 logits = model(torch.from_numpy(self.signals[r, :, start:start + self.crop]).to(device),
-                               torch.from_numpy(self.feats[r]).to(device))
+                               torch.from_numpy(self.feats[r]).to(device), torch.from_numpy(self.masks[r]).to(device))
             losses.append(clip_loss(logits.float(), torch.from_numpy(self.text_ids[r]).to(device)).item())
         return {"valid_loss": round(float(np.mean(losses)), 4) if losses else float("nan")}
 
@@ -165,8 +166,8 @@ def pretrain_contrastive(config: ContrastiveConfig, progress: bool = True, resum
     train, valid = data.train[has_text[data.train]], data.valid[has_text[data.valid]]
     feats = text_features(texts, train, config.text_features, config.seed)
     _, text_ids = np.unique(np.array(texts, dtype=object).astype(str), return_inverse=True)
-    task = ContrastiveTask(config, data.signals, feats, text_ids, train, valid, int(config.crop_s * data.fs),
-                           accelerator)
+    task = ContrastiveTask(config, data.signals, data.masks, feats, text_ids, train, valid,
+                           int(config.crop_s * data.fs), accelerator)
 
     encoder = build_encoder(config.encoder, **config.encoder_kwargs)
     model = ECGTextModel(encoder, feats.shape[1], config.embed_dim)

@@ -74,11 +74,14 @@ def load_teacher(run: Path, n_tokens: int):
 
 
 @torch.no_grad()
-def teacher_targets(encoder, head, signals: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def teacher_targets(encoder, head, signals: np.ndarray, masks: np.ndarray,
+                    batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher's tokens and head logits of ``signals`` [N, leads, T] with their lead ``masks`` [N, leads]."""
     tokens, logits = [], []
     device = next(encoder.parameters()).device
     for i in range(0, len(signals), batch):
-        t = encoder(torch.from_numpy(signals[i: i + batch]).to(device))
+        rows = slice(i, i + batch)
+        t = encoder(torch.from_numpy(signals[rows]).to(device), torch.from_numpy(masks[rows]).to(device))
         tokens.append(t.cpu().numpy())
         logits.append(head(encoder.pool(t)).cpu().numpy())
     return np.concatenate(tokens), np.concatenate(logits)
@@ -212,7 +215,7 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True, res
         distorted = _load_or_render(out / f"renders_test_augmented_v{RENDERS_VERSION}.npy", lambda: render_set(
             data.signals[test], data.fs, test_seeds, np.ones(len(test), bool), image_config, config.workers,
             progress, "fold 10 distorted"))
-    target_tokens, target_logits = teacher_targets(encoder, head, data.signals[train])
+    target_tokens, target_logits = teacher_targets(encoder, head, data.signals[train], data.masks[train])
     task = DistillTask(config, train_images, target_tokens, target_logits, encoder, head)
 
     student = ImageEncoder(image_config)
@@ -239,7 +242,7 @@ def _finish(config: ImageDistillConfig, student: ImageEncoder, encoder: nn.Modul
     from ecgllm.datasets.split_policy import write_training_records
 
     y = data.y[test]
-    _, teacher_logits = teacher_targets(encoder, head, data.signals[test])
+    _, teacher_logits = teacher_targets(encoder, head, data.signals[test], data.masks[test])
     result = {"teacher": config.teacher, "n_train": int(len(train)), "n_eval": int(len(test)),
               "excluded_by_split_policy": data.excluded_by_policy,
               "params": sum(p.numel() for p in student.parameters()), "history": history}

@@ -86,8 +86,8 @@ class EncoderClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)  # no weights: the saved head stays a plain linear layer
         self.head = nn.Linear(encoder.dim, n_outputs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.encoder.pool(self.encoder(x))))
+    def forward(self, x: torch.Tensor, lead_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.dropout(self.encoder.pool(self.encoder(x, lead_mask))))
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:
@@ -102,9 +102,10 @@ def _read_excluded(path: str | None) -> set[int]:
 
 @torch.no_grad()
 def score_records(model: EncoderClassifier, signals: np.ndarray, crop: int | list[int], stride: int,
-                  batch: int = 256, reduce: str = "mean") -> np.ndarray:
-    """Sigmoid scores over sliding windows of each record ([N, leads, T]), on the model's device, reduced by
-    their mean (or ``reduce="max"``). With several crop lengths, each length's result counts equally."""
+                  batch: int = 256, reduce: str = "mean", masks: np.ndarray | None = None) -> np.ndarray:
+    """Sigmoid scores over sliding windows of each record ([N, leads, T]; ``masks`` [N, leads], False where a
+    lead is missing, all present when None), on the model's device, reduced by their mean (or ``reduce="max"``).
+    With several crop lengths, each length's result counts equally."""
     if reduce not in ("mean", "max"):
         raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
     model.eval()
@@ -117,7 +118,9 @@ def score_records(model: EncoderClassifier, signals: np.ndarray, crop: int | lis
             chunk = torch.from_numpy(signals[i:i + batch]).to(device)
             windows = torch.stack([chunk[..., s:s + length] for s in starts], 1)  # [B, W, L, length]
             b, w = windows.shape[:2]
-            probs = torch.sigmoid(model(windows.reshape(b * w, *windows.shape[2:]))).reshape(b, w, -1)
+            lead_mask = (None if masks is None else
+                         torch.from_numpy(masks[i:i + batch]).to(device).repeat_interleave(w, 0))  # each window's
+            probs = torch.sigmoid(model(windows.reshape(b * w, *windows.shape[2:]), lead_mask)).reshape(b, w, -1)
             probs = probs.amax(1) if reduce == "max" else probs.mean(1)
             out.append(probs.float().cpu().numpy())
         per_length.append(np.concatenate(out))
@@ -161,6 +164,8 @@ class PTBXLArrays:
 
     ids: np.ndarray
     signals: np.ndarray              # [N, leads, T] float32, normalised as configured
+    masks: np.ndarray                # [N, leads] bool: False where the cache masked a lead (missing, flat,
+                                     # saturated), as answering masks it; all True for a cache without masks
     y: np.ndarray                    # [N, 71 + 5] multi-hot: the 71 statements, then the superclasses
     classes71: list[str]
     superclasses: list[str]
@@ -194,7 +199,9 @@ def load_ptbxl_arrays(ecg_cache: str, ptbxl_dir: str, normalize: str,
         signals = _zscore(raw)
     else:
         signals = raw - raw.mean(-1, keepdims=True)  # remove each lead's offset, keep its voltage
-    arrays = PTBXLArrays(ids=ids, signals=signals.astype(np.float32),
+    # A cache built before lead masks were kept reads as every lead present, as it was trained then.
+    masks = cache.masks.astype(bool) if cache.masks is not None else np.ones(raw.shape[:2], dtype=bool)
+    arrays = PTBXLArrays(ids=ids, signals=signals.astype(np.float32), masks=masks,
                          y=np.concatenate([y71, ysup], 1).astype(np.float32), classes71=list(classes71),
                          superclasses=list(supers),
                          train=np.flatnonzero((folds <= 8) & ~np.isin(ids, list(excluded)) & ~held_out),
@@ -225,12 +232,15 @@ def superclass_weights(n_outputs: int, weight: float, device: torch.device) -> t
     return weights
 
 
-def mixup(x: torch.Tensor, target: torch.Tensor, alpha: float,
-          rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blend each crop and its labels with another crop of the batch by one Beta(alpha, alpha) share."""
+def mixup(x: torch.Tensor, lead_mask: torch.Tensor, target: torch.Tensor, alpha: float,
+          rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Blend each crop and its labels with another crop of the batch by one Beta(alpha, alpha) share. A lead of
+    the blend is present where either crop has it; a missing lead adds nothing (its samples count as zero)."""
     share = float(rng.beta(alpha, alpha))
     partner = torch.from_numpy(rng.permutation(len(x)))
-    return share * x + (1 - share) * x[partner], share * target + (1 - share) * target[partner]
+    x = x * lead_mask.unsqueeze(-1).to(x.dtype)
+    return (share * x + (1 - share) * x[partner], lead_mask | lead_mask[partner],
+            share * target + (1 - share) * target[partner])
 
 
 def random_crops(signals: np.ndarray, rows: np.ndarray, offsets: np.ndarray, crop: int) -> torch.Tensor:
@@ -326,20 +336,21 @@ class ClassifierTask:
             rows = order[b * config.batch_size:(b + 1) * config.batch_size]
             offs = offsets[b * config.batch_size:(b + 1) * config.batch_size]
             x, target = random_crops(signals, rows, offs, int(lengths[b])), torch.from_numpy(self.data.y[rows])
+            lead_mask = torch.from_numpy(self.data.masks[rows])
             if config.mixup_alpha:
-                x, target = mixup(x, target, config.mixup_alpha, mix_rng)
-            yield x, target
+                x, lead_mask, target = mixup(x, lead_mask, target, config.mixup_alpha, mix_rng)
+            yield x, lead_mask, target
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
-        x, target = batch
-        return self.loss_fn(model(x).float(), target)
+        x, lead_mask, target = batch
+        return self.loss_fn(model(x, lead_mask).float(), target)
 
     def metrics(self, model: nn.Module, epoch: int) -> dict[str, float]:
         if epoch % self.config.valid_every and epoch != self.config.epochs:
             return {}
         valid = self.data.valid
-        super_auc, all71_auc = group_aucs(self.data.y[valid], score_records(model, self.data.signals[valid],
-                                                                            self.crops, self.stride))
+        super_auc, all71_auc = group_aucs(self.data.y[valid], score_records(
+            model, self.data.signals[valid], self.crops, self.stride, masks=self.data.masks[valid]))
         return {"valid_super_auc": round(super_auc, 4), "valid_all71_auc": round(all71_auc, 4)}
 
 
@@ -388,7 +399,8 @@ def _finish(config: EncoderPretrainConfig, final: EncoderClassifier, encoder: nn
     test = data.test
     result = {"encoder": config.encoder, "encoder_kwargs": config.encoder_kwargs,
               "params": sum(p.numel() for p in encoder.parameters()),
-              **fold10_summary(data.y[test], score_records(final, data.signals[test], crops, stride)),
+              **fold10_summary(data.y[test], score_records(final, data.signals[test], crops, stride,
+                                                           masks=data.masks[test])),
               "epoch_s": round(float(np.median([h["epoch_s"] for h in history])), 1), "epochs": config.epochs,
               "train_records": int(len(data.train)), "excluded_records": data.excluded,
               "excluded_by_split_policy": data.excluded_by_policy, "history": history,
