@@ -8,7 +8,8 @@
    two (this machine's cores); baseline in the same run: the matplotlib multi-lead plot (`ecgllm plot`).
 2. Superclass and 71-statement macro AUC of the checkpoint's image encoder on clean and distorted renders of
    PTB-XL fold 10 ∩ ECG-QA test vs its signal encoder on the same records (`fold10_test_reading`); the
-   distillation run's own fold-10 report is kept beside it.
+   distillation run's own fold-10 report is kept beside it when ``--distill`` names the run (without it, the
+   recipe the checkpoint's image encoder recorded, `image_encoder.json`, describes the distillation).
 3. ECG-QA exact match on generated ECG-QA test questions with the ECGs given as signals, clean renders and
    distorted renders (the signal vs image gap of the whole model).
 4. The real printed ECGs in ../shared/data/external/ecg_images (20 photographed/printed 12-lead reports:
@@ -270,7 +271,7 @@ def write_doc(result: dict, command: str) -> None:
         f"## {t['split']}: image encoder vs signal encoder", "",
         "The shipped checkpoint's image encoder (distilled on "
         f"{d['n_train']} renders of PTB-XL folds 1-8 records without any ECG-QA valid/test patient, "
-        f"{len(d.get('history', []))} epochs" + (", continued from an earlier distillation of as many epochs on other "
+        f"{d.get('epochs', len(d.get('history', [])))} epochs" + (", continued from an earlier distillation of as many epochs on other "
                                                   "renders" if result.get("warm_started") else "")
         + ") against the signal encoder it imitates, on the same records, each "
         "rendered once clean and once with print/photo distortions; read as the served model reads a picture (the "
@@ -320,7 +321,8 @@ def write_doc(result: dict, command: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint with an image encoder")
-    parser.add_argument("--distill", required=True, help="the image-distillation run (result.json)")
+    parser.add_argument("--distill", help="the image-distillation run that made --model's image encoder (its "
+                        "result.json is kept in the results); default: the recipe --model's image_encoder.json records")
     parser.add_argument("--generated-test", required=True, help="generated ECG-QA test file (its ECGs: ECG-QA test)")
     parser.add_argument("--signals", required=True, help="prepared PTB-XL cache (`ecgllm data prepare`)")
     parser.add_argument("--ptbxl", default=str(SHARED / "ptbxl"), help="PTB-XL labels folder")
@@ -331,24 +333,32 @@ def main() -> None:
     parser.add_argument("--render-n", type=int, default=100)
     parser.add_argument("--out", default="runs/images_eval", help="folder for the evaluation runs")
     args = parser.parse_args()
-    command = (f"python benchmarks/images.py --model {args.model} --distill {args.distill} --generated-test "
+    command = (f"python benchmarks/images.py --model {args.model}"
+               + (f" --distill {args.distill}" if args.distill else "") + " --generated-test "
                f"{args.generated_test} --signals {args.signals} --ptbxl {args.ptbxl} --ecgqa {args.ecgqa} "
                f"--n-eval {args.n_eval} --workers {args.workers} --limit {args.limit} --render-n {args.render_n} "
                f"--out {args.out}")
-    distillation = json.loads((Path(args.distill) / "result.json").read_text())
-    # the page describes the --distill run as the one that made --model's image encoder: the same weights
-    weights = [Path(folder) / "image_encoder.safetensors" for folder in (args.model, args.distill)]
+    weights = [Path(folder) / "image_encoder.safetensors" for folder in filter(None, (args.model, args.distill))]
     if not all(w.exists() for w in weights):
         raise SystemExit(f"no image encoder in {' or '.join(str(w.parent) for w in weights if not w.exists())}")
+    # the page describes the --distill run as the one that made --model's image encoder: the same weights
     if len({hashlib.sha256(w.read_bytes()).hexdigest() for w in weights}) != 1:
         raise SystemExit(f"{args.model}'s image encoder is not the one {args.distill} distilled (other weights)")
+    made = json.loads((Path(args.distill or args.model) / "image_encoder.json").read_text()).get("distillation", {})
+    if args.distill:
+        distillation = json.loads((Path(args.distill) / "result.json").read_text())
+    elif made:
+        distillation = {"n_train": made["n_train"], "epochs": made["epochs"], "recipe": made,
+                        "run_report": "not at hand (no --distill): the recipe the image encoder recorded"}
+    else:
+        raise SystemExit(f"{args.model}'s image_encoder.json records no distillation recipe: name the run (--distill)")
     shipped_from = json.loads((Path(args.model) / "config.json").read_text()).get("shipped_from") or "RUN"
-    made = json.loads((Path(args.distill) / "image_encoder.json").read_text()).get("distillation", {})
     result = {"render": render_speed(args.render_n),
               "fold10_test": fold10_test_reading(args.model, args.signals, args.ptbxl, args.ecgqa, args.n_eval,
                                                  args.workers),
               "distillation": distillation, "shipped_from": f"ecgqa/{shipped_from}",
-              "distill_run": Path(args.distill).name, "warm_started": bool(made.get("init_student")),
+              "distill_run": Path(args.distill).name if args.distill else Path(made["output_dir"]).name,
+              "warm_started": bool(made.get("init_student")),
               "ecgqa": ecgqa_modalities(args.model, args.generated_test, args.signals, args.limit, Path(args.out)),
               "printed": printed_images(args.model), "not_ecg": not_ecg_pictures(args.model)}
     t = result["fold10_test"]
