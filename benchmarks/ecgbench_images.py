@@ -168,6 +168,8 @@ def main() -> None:
     parser.add_argument("--page-only", action="store_true",
                         help="write the page again from benchmarks/results/ecgbench_images.json (nothing is run)")
     args = parser.parse_args()
+    if not Path(args.generated_test).is_file():  # before the renders and the model load, not after them
+        parser.error(f"--generated-test {args.generated_test}: no such file")
     if args.page_only:
         saved = json.loads((ROOT / "benchmarks/results/ecgbench_images.json").read_text())
         write_doc(saved, saved["pulse_7b"], saved["command"])

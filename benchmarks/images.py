@@ -333,6 +333,8 @@ def main() -> None:
     parser.add_argument("--render-n", type=int, default=100)
     parser.add_argument("--out", default="runs/images_eval", help="folder for the evaluation runs")
     args = parser.parse_args()
+    if not Path(args.generated_test).is_file():  # before the renders and the model load, not after them
+        parser.error(f"--generated-test {args.generated_test}: no such file")
     command = (f"python benchmarks/images.py --model {args.model}"
                + (f" --distill {args.distill}" if args.distill else "") + " --generated-test "
                f"{args.generated_test} --signals {args.signals} --ptbxl {args.ptbxl} --ecgqa {args.ecgqa} "
