@@ -168,13 +168,13 @@ def main() -> None:
     parser.add_argument("--page-only", action="store_true",
                         help="write the page again from benchmarks/results/ecgbench_images.json (nothing is run)")
     args = parser.parse_args()
-    if not Path(args.generated_test).is_file():  # before the renders and the model load, not after them
-        parser.error(f"--generated-test {args.generated_test}: no such file")
     if args.page_only:
         saved = json.loads((ROOT / "benchmarks/results/ecgbench_images.json").read_text())
         write_doc(saved, saved["pulse_7b"], saved["command"])
         print(f"wrote {DOC}")
         return
+    if not Path(args.generated_test).is_file():  # before the renders and the model load, not after them
+        parser.error(f"--generated-test {args.generated_test}: no such file")
     command = "python benchmarks/ecgbench_images.py " + " ".join(
         f"--{k.replace('_', '-')} {shown_path(v)}" for k, v in vars(args).items() if k != "page_only")
     reference = json.loads(REFERENCE.read_text())

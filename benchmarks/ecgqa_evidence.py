@@ -91,7 +91,7 @@ questions in official paraphrased wording, official_sample's train questions in 
 third version, answered the official valid questions better (an EM gain whose bootstrap interval over ECGs lies
 above 0, most of it on "What stage of infarction is this ECG at?" and "What leads are showing X?") and kept its
 reliance on the ECG on the generated ones (`ecgqa_candidate_paraphrased_comparison.md`), and became the default.
-Then, from it, 1,200 more steps on the same data (`ecgqa_candidate_paraphrased_comparison_more.md`) and three
+Then, from it, 1,000 more steps on the same data (`ecgqa_candidate_paraphrased_comparison_more.md`) and three
 continuations that give the model a measurement note of each ECG beside its tokens (`ecgllm.models.measurement_note`:
 ECG-QA's own features, NeuroKit2 on lead II, as ECG-QA's range classes) with generated numeric-feature and heart-axis
 questions (`ecgqa_candidate_measurement_notes.md`, `_mix.md`, `_within.md`); none passed the rule. The fourth, with
@@ -99,7 +99,8 @@ notes that also state, for two ECGs, which features became normal, became abnorm
 (`continue_measurement_comparison.yaml`, 1,500 steps), answered the official valid questions better (a gain whose
 bootstrap interval over ECGs lies above 0, most of it on the numeric comparison templates 68-70) and kept its
 reliance on the ECG on the generated ones (`ecgqa_candidate_measurement_comparison.md`): it is the shipped default,
-measured on this page. All LLM stages ran on one CPU core (batch 8); no GPU was available. For the
+measured on this page. All LLM stages ran on CPU, batch 8, on one core (the last resumed from its step 500 on two
+threads); no GPU was available. For the
 answer latency: the prompt's common start (system prompt, user header, ECG tags) is computed once and kept for the
 last few distinct starts, so questions about one ECG and comparisons of two asked in turn both reuse theirs."""
 

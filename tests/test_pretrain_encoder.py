@@ -305,6 +305,46 @@ def test_the_encoder_stage_trains_and_scores_with_the_caches_lead_masks():
     assert not np.allclose(score_records(model, signals, 200, 100), score_records(model, noisy, 200, 100), atol=1e-3)
 
 
+def test_the_contrastive_stage_and_the_distillation_teacher_read_the_caches_lead_masks():
+    """As in the classifier stage: garbage in a lead the cache masked moves neither the contrastive loss (training
+    batches and the fold-9 metric) nor the teacher's tokens and logits that image distillation imitates."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import numpy as np
+    from torch import nn
+
+    from ecgllm.models.encoders import build_encoder
+    from ecgllm.training.contrastive import ContrastiveConfig, ContrastiveTask, ECGTextModel
+    from ecgllm.training.distill_image import teacher_targets
+
+    rng = np.random.default_rng(1)
+    signals = rng.normal(size=(8, 12, 300)).astype(np.float32)
+    masks = np.ones((8, 12), dtype=bool)
+    masks[1::2, 7] = False
+    noisy = signals.copy()
+    noisy[~masks] = 100.0
+    torch.manual_seed(0)
+    encoder = build_encoder("resnet1d", widths=[8, 16], n_tokens=4, blocks_per_stage=1).eval()
+    model = ECGTextModel(encoder, text_dim=6, embed_dim=5).eval()
+    feats, text_ids, rows = rng.normal(size=(8, 6)).astype(np.float32), np.arange(8) % 3, np.arange(8)
+    config = ContrastiveConfig(output_dir="unused", ecg_cache="unused", ptbxl="unused", batch_size=4, crop_s=2.0)
+
+    def readings(arrays: np.ndarray) -> list[float]:
+        on_cpu = SimpleNamespace(device=torch.device("cpu"), autocast=contextlib.nullcontext)  # what the task uses
+        task = ContrastiveTask(config, arrays, masks, feats, text_ids, rows, rows, 200, on_cpu)
+        with torch.no_grad():
+            return [task.loss(model, batch).item() for batch in task.batches(0)] + [task.metrics(model, 0)["valid_loss"]]
+
+    assert np.allclose(readings(signals), readings(noisy), atol=1e-5)
+    head = nn.Linear(encoder.dim, 3).eval()
+    (tokens, logits), (tokens_noisy, logits_noisy) = (teacher_targets(encoder, head, x, masks) for x in (signals, noisy))
+    assert np.allclose(tokens, tokens_noisy, atol=1e-5) and np.allclose(logits, logits_noisy, atol=1e-5)
+    unmasked = np.ones_like(masks)  # the check can fail: read as present, the garbage moves the teacher
+    assert not np.allclose(teacher_targets(encoder, head, signals, unmasked)[1],
+                           teacher_targets(encoder, head, noisy, unmasked)[1], atol=1e-3)
+
+
 @needs_shared
 def test_image_distillation_stage_runs_resumes_and_reports(subset):
     """Renders of the subset → the teacher's tokens; fold-10 renders (clean, distorted) give AUCs; resume."""
