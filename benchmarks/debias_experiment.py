@@ -32,8 +32,13 @@ docs/results/debias.md and docs/results/debias.png.
 
 A later default that keeps the arms' encoder and head (they take nothing else from it) is compared without new arms:
 
-    python benchmarks/debias_experiment.py --update-shipping ../cache/monitor/shipped-none ../cache/monitor/qnd-none \
-        --arms-start ../cache/runs/ecgqa/shipped_q600 --default src/ecgllm/data/checkpoint
+    python benchmarks/debias_experiment.py --update-shipping ../cache/monitor/qnd-none ../cache/monitor/cmc-none \
+        --arms-start ../cache/models/q600 --default src/ecgllm/data/checkpoint
+
+(EARLIER, TODAY: `ecgllm eval ecgqa` runs on monitor/valid_gen.json, ``--limit 150``, of the default last compared
+and of the run shipped today, each run from the folder above its model; a default no longer at hand comes back
+from git: ``git archive COMMIT src/ecgllm/data/checkpoint``, e.g. 0279a2c for continue_question_balanced_bf16_nodropout,
+5279160 for shipped_q600, the arms' start.)
 """
 
 from __future__ import annotations
@@ -282,6 +287,9 @@ def same_answering_weights(first: Path, second: Path) -> bool:
         for f in files)
 
 
+TODAY = ", the run shipped as today's default"  # how the page names the default an update compared
+
+
 def update_shipping(result: dict, earlier: Path, today: Path) -> dict:
     """Decide the shipping again against today's default, from the arms' recorded valid EMs, without their runs.
 
@@ -307,8 +315,9 @@ def update_shipping(result: dict, earlier: Path, today: Path) -> dict:
     model = json.loads((today / "metrics.json").read_text())["run"]["model"]
     best = shipping["best_arm_by_valid"]
     decision = shipping_decision(best, shipping["best_arm_valid_em"], shipping["tied_with"], today_em, n)
-    result["shipping"] = {**shipping, "shipped_model_valid_em": today_em, "compared_model": f"`{model}`, the run shipped as today's default",
-                          "earlier_comparison": {"model": shipping.get("compared_model", "`runs/ecgqa/shipped_q600`"),
+    earlier_model = shipping.get("compared_model", "`runs/ecgqa/shipped_q600`").removesuffix(TODAY)
+    result["shipping"] = {**shipping, "shipped_model_valid_em": today_em, "compared_model": f"`{model}`{TODAY}",
+                          "earlier_comparison": {"model": earlier_model,
                                                  "valid_em": earlier_em}, "decision": decision}
     result["shipped_arm"] = best if arm_beats(shipping["best_arm_valid_em"], today_em) else None
     result["shipping_date"] = environment()["date"]
@@ -400,12 +409,12 @@ def render(result: dict) -> str:
                                              "(`encoder_init: runs/ecgqa/shipped_q600`)")
     lines += ["", "## Shipping", "", shipped["decision"] + f" The default compared here is {compared}."]
     if "earlier_comparison" in shipped:
-        earlier_em = shipped["earlier_comparison"]["valid_em"]
+        earlier = shipped["earlier_comparison"]
         lines += ["", "The arms took only the encoder and its classifier head from the default they started from "
                   "(`encoder_init: runs/ecgqa/shipped_q600`); today's default keeps both, frozen, bit for bit, so "
-                  "the arms stand for it unchanged and only its own valid EM is new. The default the arms were first "
-                  f"compared with, scored again, gave exactly its recorded EM ({earlier_em:.3f}), so today's default "
-                  "answered the very same questions."]
+                  "the arms stand for it unchanged and only its own valid EM is new. The default they were last "
+                  f"compared with ({earlier['model']}), scored again, gave exactly its recorded EM "
+                  f"({earlier['valid_em']:.3f}), so today's default answered the very same questions."]
     lines += ["", f"Command: `{result['command']}`"]
     if "shipping_command" in result:
         lines += ["", f"Shipping decided again: `{result['shipping_command']}`"]
