@@ -228,7 +228,9 @@ def ecgqa_modalities(model_dir: str, data: str, signals: str, limit: int, out: P
                        limit=limit, modality=modality)
         metrics = evaluate_ecgqa(run, model, processor)
         result[modality] = {"em": round(metrics["overall_em"], 3), "n": metrics["n"],
-                            "ci95": [round(v, 3) for v in metrics["overall_em_ci95"]]}
+                            "ci95": [round(v, 3) for v in metrics["overall_em_ci95"]],
+                            "per_attribute_type": {k: {"em": round(v, 3), "n": metrics["per_attribute_type_n"][k]}
+                                                   for k, v in sorted(metrics["per_attribute_type"].items())}}
     return result
 
 
@@ -237,6 +239,19 @@ TARGETS = (  # issue targets on PTB-XL fold 10 ∩ ECG-QA test renders, and on t
     ("superclass macro AUC, clean renders", "image_clean_super_macro_auc", 0.91),
     ("71-statement macro AUC, clean renders", "image_clean_all71_macro_auc", 0.85),
 )
+
+
+def attribute_table(ecgqa: dict) -> list[str]:
+    """EM per attribute type (n), one column per modality: where pictures answer worse than signals. Noise
+    questions lean on the signal-quality heads, which read the signal; a picture leaves their slots blank."""
+    kinds = sorted({k for v in ecgqa.values() for k in v["per_attribute_type"]})
+    first = next(iter(ecgqa.values()))["per_attribute_type"]
+    return ["By attribute type (EM; the signal-quality heads that answer noise questions read the signal, so a "
+            "picture leaves their slots blank):", "",
+            "| attribute type | n | " + " | ".join(ecgqa) + " |", "|---|---|" + "---|" * len(ecgqa),
+            *[f"| {kind} | {first.get(kind, {}).get('n', '')} | "
+              + " | ".join(str(v["per_attribute_type"].get(kind, {}).get("em", "")) for v in ecgqa.values()) + " |"
+              for kind in kinds], ""]
 
 
 def write_doc(result: dict, command: str) -> None:
@@ -286,6 +301,7 @@ def write_doc(result: dict, command: str) -> None:
         "## ECG-QA exact match, the same questions with the ECGs as signals or pictures", "",
         "| ECGs given as | EM | 95% CI | n |", "|---|---|---|---|",
         *[f"| {k} | {v['em']} | {v['ci95'][0]}–{v['ci95'][1]} | {v['n']} |" for k, v in q.items()], "",
+        *(attribute_table(q) if all("per_attribute_type" in v for v in q.values()) else []),
         "## Real printed ECGs, zero-shot", "",
         f"{p['n']} printed 12-lead reports ({p['task']}). The model is asked \"Is this a normal ECG?\".", "",
         "| reader | accuracy | 95% CI |", "|---|---|---|",
