@@ -300,19 +300,23 @@ def update_shipping(result: dict, earlier: Path, today: Path) -> dict:
     shipping = result["shipping"]
     n = shipping["valid_questions"]
     earlier_em, earlier_rows = first_valid_em(earlier, n)
-    # the default last compared, or the one the arms were first compared with (a re-run of the same update)
-    recorded = {shipping["shipped_model_valid_em"], shipping.get("earlier_comparison", {}).get("valid_em")}
-    if earlier_em not in recorded:
-        raise SystemExit(f"{earlier}: EM {earlier_em} on the first {n} valid questions, but the arms were compared "
-                         f"with {shipping['shipped_model_valid_em']}: not the same questions or not the same model")
-    if earlier_em == shipping.get("earlier_comparison", {}).get("valid_em"):
-        shipping = {**shipping, "compared_model": shipping["earlier_comparison"]["model"],
-                    "shipped_model_valid_em": earlier_em}
+    model = json.loads((today / "metrics.json").read_text())["run"]["model"]
+    before = shipping.get("earlier_comparison")
+    # A re-run of the last update scores the same model as today's again: it is compared with the default before it.
+    # Told apart by the model's name, not by EM alone (two defaults can answer k of n alike).
+    if before and model == shipping.get("compared_model", "").removesuffix(TODAY).strip("`"):
+        if earlier_em != before["valid_em"]:
+            raise SystemExit(f"{earlier}: EM {earlier_em} on the first {n} valid questions, but the default compared "
+                             f"before {model} had {before['valid_em']}: not the same questions or not the same model")
+        shipping = {**shipping, "compared_model": before["model"], "shipped_model_valid_em": earlier_em}
+    elif earlier_em != shipping["shipped_model_valid_em"]:
+        raise SystemExit(f"{earlier}: EM {earlier_em} on the first {n} valid questions, but the arms were last "
+                         f"compared with {shipping['shipped_model_valid_em']}: not the same questions or not the same "
+                         "model")
     today_em, today_rows = first_valid_em(today, n)
     columns = ["ecg_id", "template_id", "gold"]
     if not today_rows[columns].equals(earlier_rows[columns]):
         raise SystemExit(f"{today}: did not answer the valid questions the arms answered")
-    model = json.loads((today / "metrics.json").read_text())["run"]["model"]
     best = shipping["best_arm_by_valid"]
     decision = shipping_decision(best, shipping["best_arm_valid_em"], shipping["tied_with"], today_em, n)
     earlier_model = shipping.get("compared_model", "`runs/ecgqa/shipped_q600`").removesuffix(TODAY)

@@ -293,6 +293,16 @@ def test_the_shipping_is_decided_again_only_on_the_arms_valid_questions(tmp_path
     other = run("other", [True, False, False, False], gold="no")
     with pytest.raises(SystemExit, match="did not answer the valid questions"):
         debias_experiment.update_shipping(copy.deepcopy(recorded), earlier, other)
+    # Chained: the next default is compared against the last one compared (stronger, 0.75), by name and EM; running
+    # the same update again is recognised by today's model name, even when two defaults answer alike
+    later = run("later", [True, True, True, False, True, True])            # first 4: EM 0.75, like stronger
+    chained = debias_experiment.update_shipping(copy.deepcopy(kept), stronger, later)
+    assert "runs/later/final" in chained["shipping"]["compared_model"]
+    assert chained["shipping"]["earlier_comparison"] == {"model": "`runs/stronger/final`", "valid_em": 0.75}
+    again = debias_experiment.update_shipping(copy.deepcopy(chained), stronger, later)
+    assert again["shipping"] == chained["shipping"]
+    with pytest.raises(SystemExit, match="not the same questions"):  # the default from two updates back is refused
+        debias_experiment.update_shipping(copy.deepcopy(chained), earlier, weaker)
 
 
 def test_the_arms_stand_for_a_default_only_with_their_encoder_and_head(tmp_path, monkeypatch):
