@@ -3,6 +3,7 @@ same projector and LLM; the distillation stage runs, resumes and reports; signal
 
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 import sys
@@ -288,8 +289,9 @@ def test_pictures_unlike_an_ecg_page_are_answered_with_a_warning_or_refused(imag
     photo = tmp_path / "photo.png"
     Image.fromarray((np.random.default_rng(1).random((600, 800, 3)) * 255).astype(np.uint8)).save(photo)
     pictures = assistant.read([page, photo, blank])
+    encoder = copy.deepcopy(assistant.model.image_encoder).cpu().float()  # as the check reads: float32, on the CPU
     with torch.no_grad():
-        features = page_features(assistant.model.image_encoder(assistant.processor.prepare_images(pictures)))
+        features = page_features(encoder(assistant.processor.prepare_images(pictures)))
     reference = PageCheck(features[0], np.eye(features.shape[1]), 0.0, 0.0)
     to_page, to_photo, to_blank = reference.distance(features)
     assert to_photo > 0 and to_blank > 0 and to_photo != to_blank

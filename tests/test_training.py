@@ -119,7 +119,7 @@ def test_sigkill_then_resume_gives_bit_identical_weights(workspace):
 
 def test_two_cpu_processes_with_gloo(workspace):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # CPU processes on a GPU machine too
     result = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "ecgllm.serving.cli", "train",
                              str(recipe(workspace, "ddp", max_steps=4)), "--quiet"], capture_output=True, text=True,
                             env=env, timeout=600)
