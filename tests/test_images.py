@@ -3,7 +3,6 @@ same projector and LLM; the distillation stage runs, resumes and reports; signal
 
 from __future__ import annotations
 
-import copy
 import shutil
 import subprocess
 import sys
@@ -53,6 +52,7 @@ def test_image_input_inverts_ink_and_resizes(page):
 
 def test_a_checkpoint_with_an_image_encoder_answers_about_pictures_and_mixed_pairs(image_checkpoint, page):
     from ecgllm import ECGAssistant
+    from ecgllm.models.placement import to_model_device
 
     assistant = ECGAssistant.load(image_checkpoint)
     assert assistant.model.image_encoder is not None and assistant.processor.config.image["height"] == 64
@@ -65,6 +65,7 @@ def test_a_checkpoint_with_an_image_encoder_answers_about_pictures_and_mixed_pai
                                 train=False)
     assert batch["ecg"].shape[0] == 1 and batch["images"].shape == (1, 1, 64, 96)
     assert batch["ecg_is_image"].tolist() == [False, True]
+    batch = to_model_device(batch, assistant.model)
     features = assistant.model.encode(batch["ecg"], batch["ecg_mask"], batch["images"], batch["ecg_is_image"])
     assert torch.allclose(features[1], assistant.model.image_encoder(batch["images"])[0])
     assert torch.allclose(features[0], assistant.model.encoder(batch["ecg"], batch["ecg_mask"])[0])
@@ -289,7 +290,8 @@ def test_pictures_unlike_an_ecg_page_are_answered_with_a_warning_or_refused(imag
     photo = tmp_path / "photo.png"
     Image.fromarray((np.random.default_rng(1).random((600, 800, 3)) * 255).astype(np.uint8)).save(photo)
     pictures = assistant.read([page, photo, blank])
-    encoder = copy.deepcopy(assistant.model.image_encoder).cpu().float()  # as the check reads: float32, on the CPU
+    # what the check reads pictures with: the image encoder in float32 on the CPU, as loaded (not a rounded bf16 one)
+    encoder = ECGAssistant.load(image_checkpoint, device="cpu", dtype="float32").model.image_encoder
     with torch.no_grad():
         features = page_features(encoder(assistant.processor.prepare_images(pictures)))
     reference = PageCheck(features[0], np.eye(features.shape[1]), 0.0, 0.0)

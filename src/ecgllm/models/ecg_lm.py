@@ -245,9 +245,9 @@ class EcgLanguageModel(nn.Module):
 
             set_peft_model_state_dict(self.llm, load_file(directory / "adapter/adapter_model.safetensors"))
         elif self.config.llm_policy == "full" and (directory / "llm").is_dir():
-            from transformers import AutoModelForCausalLM
+            from ecgllm.models.llm import load_causal_lm
 
-            self.llm.load_state_dict(AutoModelForCausalLM.from_pretrained(str(directory / "llm")).state_dict())
+            self.llm.load_state_dict(load_causal_lm(directory / "llm").state_dict())
         if (directory / "labels.json").exists():
             self.label_vocab = json.loads((directory / "labels.json").read_text())
         if processor is not None:
@@ -573,9 +573,9 @@ class EcgLanguageModel(nn.Module):
         processor = EcgProcessor.from_pretrained(directory)
         check_card(directory, "language_model", processor.config.prep)
         if config.llm_policy == "full":
-            from transformers import AutoModelForCausalLM
+            from ecgllm.models.llm import load_causal_lm
 
-            llm = AutoModelForCausalLM.from_pretrained(str(directory / "llm"))
+            llm = load_causal_lm(directory / "llm")
         elif llm is None:
             from ecgllm.models.llm import load_llm
 

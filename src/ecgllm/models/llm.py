@@ -94,7 +94,7 @@ def _remove_stale_partials(target: Path, older_than_s: float = 3600.0) -> None:
 
 def convert_default_llm(target: Path | None = None) -> Path:
     """Convert the SmolLM2 GGUF into a safetensors model folder (atomically) and return its path."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from tqdm import tqdm
 
@@ -113,7 +113,7 @@ def convert_default_llm(target: Path | None = None) -> Path:
         bar.update()
         bar.set_description("de-quantising the weights")
         with _silent_gguf_bar():
-            quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            quantized = load_causal_lm(gguf.parent, gguf_file=gguf.name)
         bar.update()
         config = quantized.config
         if hasattr(config, "quantization_config"):
@@ -153,13 +153,22 @@ def resolve_llm(name_or_path: str | None) -> Path:
                            "never downloads at run time: pass a folder, or omit it for the embedded SmolLM2.")
 
 
+def load_causal_lm(path: str | Path, **kwargs):
+    """``AutoModelForCausalLM.from_pretrained`` on PyTorch's own kernels: transformers 5 otherwise swaps in kernels
+    fetched from the Hugging Face Hub once the model runs on a GPU, a download at run time that ecgllm never makes
+    (offline, the first training step or answer on a GPU failed)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path), use_kernels=False, **kwargs)
+
+
 def load_llm(name_or_path: str | None = None, dtype=None):
     """``(model, tokenizer)`` for a causal LM folder or the default; fp32 unless ``dtype`` is given."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     path = resolve_llm(name_or_path)
     with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
+        model = load_causal_lm(path, dtype=dtype or torch.float32)
     return model, tokenizer
