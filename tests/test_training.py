@@ -102,7 +102,9 @@ def test_an_intermediate_checkpoint_exports_to_a_model_folder(workspace):
     assert missing.returncode == 3 and "no finished checkpoint of step 5; there are: 10, 12" in missing.stderr
 
 
-def test_sigkill_then_resume_gives_bit_identical_weights(workspace):
+def test_sigkill_then_resume_gives_bit_identical_weights(workspace, monkeypatch):
+    # a CPU property: GPU kernels need not repeat their sums bit for bit (on an H200 the two runs' weights differed)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     clean = recipe(workspace, "clean", max_steps=30)
     assert subprocess.run(CLI + ["train", str(clean), "--quiet"], capture_output=True).returncode == 0
     killed = recipe(workspace, "killed", max_steps=30)

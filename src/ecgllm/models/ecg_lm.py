@@ -299,7 +299,14 @@ class EcgLanguageModel(nn.Module):
     def encode(self, ecg: torch.Tensor | None, ecg_mask: torch.Tensor | None, images: torch.Tensor | None = None,
                ecg_is_image: torch.Tensor | None = None) -> torch.Tensor | None:
         """Encoder tokens [E, N, D] of every ECG in prompt order: signals by the signal encoder, pictures by the
-        image encoder (``ecg_is_image`` [E] says which is which)."""
+        image encoder (``ecg_is_image`` [E] says which is which). Inputs move to the encoders' device and take their
+        dtype, so a model loaded in bf16 on a GPU reads a processor's float32 CPU batch."""
+        signal_weight = next(self.encoder.parameters())
+        image_weight = signal_weight if self.image_encoder is None else next(self.image_encoder.parameters())
+        ecg = None if ecg is None else ecg.to(signal_weight.device, signal_weight.dtype)
+        ecg_mask = None if ecg_mask is None else ecg_mask.to(signal_weight.device)
+        images = None if images is None else images.to(image_weight.device, image_weight.dtype)
+        ecg_is_image = None if ecg_is_image is None else ecg_is_image.to(signal_weight.device)
         if ecg_is_image is None or not bool(ecg_is_image.any()):
             if ecg is None or ecg.shape[0] == 0:
                 return None
@@ -321,13 +328,7 @@ class EcgLanguageModel(nn.Module):
         embeds = self.llm.get_input_embeddings()(input_ids)
         slots = input_ids == self.ecg_token_id
         device = embeds.device
-        # inputs take the encoders' dtype, so a model loaded in bf16 reads fp32 batches
-        ecg_dtype = next(self.encoder.parameters()).dtype
-        image_dtype = ecg_dtype if self.image_encoder is None else next(self.image_encoder.parameters()).dtype
-        features = self.encode(None if ecg is None else ecg.to(device, ecg_dtype),
-                               None if ecg_mask is None else ecg_mask.to(device),
-                               None if images is None else images.to(device, image_dtype),
-                               None if ecg_is_image is None else ecg_is_image.to(device))
+        features = self.encode(ecg, ecg_mask, images, ecg_is_image)
         n_ecgs = 0 if features is None else features.shape[0]
         expected = n_ecgs * self.tokens_per_ecg
         if int(slots.sum()) != expected:
