@@ -118,6 +118,29 @@ def test_rest_api_answers_about_an_uploaded_photo_and_shows_it(image_checkpoint,
     assert r.status_code == 422 and "signals only" in r.json()["detail"]
 
 
+def test_a_noise_question_about_a_picture_is_answered_with_a_note(image_checkpoint, page):
+    """A picture leaves the signal-quality slots blank, so its noise is judged from the drawing alone: the answer
+    says so (Python API, batches, REST), for pictures only and for noise questions only."""
+    from fastapi.testclient import TestClient
+
+    from ecgllm import ECGAssistant
+    from ecgllm.serving.api import ServeSettings, create_app
+
+    assistant = ECGAssistant.load(image_checkpoint)
+    noise = "Does this ECG show baseline drift in lead V3?"
+    noted = assistant.ask(page, noise, max_new_tokens=2, measure=False).warnings
+    assert len(noted) == 1 and noted[0].startswith("the picture: noise is judged from the drawing alone")
+    assert assistant.ask(PTBXL_1, noise, max_new_tokens=2, measure=False).warnings == []
+    assert assistant.ask(page, "Is this a normal ECG?", max_new_tokens=2, measure=False).warnings == []
+    pair = assistant.compare(PTBXL_1, page, "Which ECG shows any kind of noises?", max_new_tokens=2, measure=False)
+    assert len(pair.warnings) == 1 and pair.warnings[0].startswith("the picture:")  # one picture of the two
+    batched = assistant.ask_batch([(page, noise), (PTBXL_1, noise)], max_new_tokens=2)
+    assert [len(a.warnings) for a in batched] == [1, 0]
+    client = TestClient(create_app(assistant, ServeSettings(max_new_tokens=2)))
+    r = client.post("/v1/ask", files=[("ecg", ("photo.jpg", page.read_bytes()))], data={"question": noise})
+    assert r.status_code == 200 and len(r.json()["warnings"]) == 1, r.text
+
+
 def test_image_instruction_data_trains_through_the_image_encoder(tmp_path, tiny_tokenizer):
     """`ecgllm data as-images` marks ECGs as renders; a training stage then feeds those pages through the
     (frozen) image encoder into the same projector and LLM, and the result reads pictures."""

@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ecgllm import __version__
 from ecgllm.errors import InputError
 from ecgllm.io.limits import ReadLimits
-from ecgllm.serving.assistant import REPORT_QUESTION, AnswerTimeoutError
+from ecgllm.serving.assistant import REPORT_QUESTION, AnswerTimeoutError, picture_noise_notes
 from ecgllm.serving.batcher import AnswerBatcher
 from ecgllm.serving.openai_api import OPENAI_PATHS, add_openai_routes, openai_error
 from ecgllm.serving.uploads import UploadError, UploadLimits, UploadTooLargeError, save_records
@@ -304,11 +304,11 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
         with tempfile.TemporaryDirectory(prefix="ecgllm-upload-") as tmp:
             return records_from(files, body, Path(tmp))
 
-    def read_checked(files, body) -> tuple[list, list[str]]:
-        """The records, and warnings for pictures unlike the pages the model learned; a picture that is no ECG
-        page is refused here, before it is answered (422, or 400 in the OpenAI shape)."""
+    def read_checked(files, body, question: str) -> tuple[list, list[str]]:
+        """The records, and warnings for pictures unlike the pages the model learned or asked about their noise; a
+        picture that is no ECG page is refused here, before it is answered (422, or 400 in the OpenAI shape)."""
         records = read_records(files, body)
-        return records, assistant.check_pages(records)
+        return records, assistant.check_pages(records) + picture_noise_notes(records, question)
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError):
@@ -377,7 +377,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
             question = str(body.get("question", "")).strip()
             if not question:
                 raise InputError("the question is empty (field 'question')")
-            records, warnings = read_checked(files, body)
+            records, warnings = read_checked(files, body, question)
             return records, question, (question, warnings)
 
         (question, warnings), text, measurements, timing = await answered(request, prepare, settings.max_new_tokens,
@@ -390,7 +390,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
     async def report(request: Request) -> ReportResponse:
         """Multipart ``ecg`` (one record) or JSON {"ecgs": [one]}: a short report with measurements."""
         def prepare(files, body):
-            ecgs, warnings = read_checked(files, body)
+            ecgs, warnings = read_checked(files, body, REPORT_QUESTION)
             if len(ecgs) != 1:
                 raise InputError(f"a report is of one ECG; this upload holds {len(ecgs)}")
             return ecgs, REPORT_QUESTION, warnings

@@ -6,6 +6,7 @@ neurokit2 next to the model, so a user can check the answer against numbers) and
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +24,19 @@ from ecgllm.serving.measuring import measurement_summary
 
 ECGLike = Union[ECG, ECGImage, str, Path]
 REPORT_QUESTION = "Write a short clinical report of this ECG."
+# ECG-QA's noise questions ("... baseline drift in lead V3?", "... any kind of noises?", "... electrodes problems?")
+NOISE_QUESTION = re.compile(r"nois|baseline drift|electrode", re.IGNORECASE)
+PICTURE_NOISE_NOTE = ("noise is judged from the drawing alone: the signal-quality heads read the signal, and the "
+                      "image encoder tells noise poorly (benchmarks/image_noise_probe.py), so this answer may be "
+                      "unreliable. The signal file answers noise questions better")
+
+
+def picture_noise_notes(records: Sequence[ECG | ECGImage], question: str) -> list[str]:
+    """A note for each picture asked about its noise: a picture leaves the signal-quality slots blank."""
+    pictures = [number for number, r in enumerate(records, 1) if isinstance(r, ECGImage)]
+    if not pictures or not NOISE_QUESTION.search(question):
+        return []
+    return [f"{f'picture {n}' if len(pictures) > 1 else 'the picture'}: {PICTURE_NOISE_NOTE}" for n in pictures]
 
 
 class _RowDeadlines:
@@ -170,7 +184,7 @@ class ECGAssistant:
             raise ValueError("the question is empty")
         t0 = time.perf_counter()
         records = self.read(ecgs)
-        warnings = self.check_pages(records)
+        warnings = self.check_pages(records) + picture_noise_notes(records, question)
         t1 = time.perf_counter()
         measurements = [measurement_summary(e) for e in records] if measure else []
         t2 = time.perf_counter()
@@ -203,8 +217,8 @@ class ECGAssistant:
         for number, (ecgs, question) in enumerate(items):
             ecgs = [ecgs] if isinstance(ecgs, (ECG, ECGImage, str, Path)) else list(ecgs)
             records = self.read(ecgs)
-            parsed.append((records, question, list(checked[number]) if checked is not None
-                           else self.check_pages(records)))
+            parsed.append((records, question, (list(checked[number]) if checked is not None
+                                               else self.check_pages(records)) + picture_noise_notes(records, question)))
         order = sorted(range(len(parsed)), key=lambda i: (len(parsed[i][0]), len(parsed[i][1])))
         answers: list[Answer | None] = [None] * len(parsed)
         for start in range(0, len(order), batch_size):
@@ -225,7 +239,7 @@ class ECGAssistant:
 
         ecgs = [ecg] if isinstance(ecg, (ECG, ECGImage, str, Path)) else list(ecg)
         records = self.read(ecgs)
-        noted = self.check_pages(records)
+        noted = self.check_pages(records) + picture_noise_notes(records, question)
         if warnings is not None:
             warnings.extend(noted)
         self._measure_ahead([question], [records])

@@ -176,7 +176,8 @@ def question_and_files(request: ChatRequest) -> tuple[str, list[tuple[str, bytes
 
 def add_openai_routes(app: FastAPI, assistant, settings, answered, read_checked, protected: list) -> None:
     """``answered(None, prepare, max_new_tokens)`` admits a request and batches its question; ``read_checked``
-    turns uploaded files into ECG records and the page check's warnings (`ECGAssistant.check_pages`);
+    turns uploaded files into ECG records and the warnings about pictures (`ECGAssistant.check_pages`,
+    `ecgllm.serving.assistant.picture_noise_notes`);
     ``protected``: the API-key dependency (all from `ecgllm.serving.api`)."""
 
     @app.get("/v1/models")
@@ -200,7 +201,7 @@ def add_openai_routes(app: FastAPI, assistant, settings, answered, read_checked,
 
         def prepare(_files, _body):  # decoding the files is work: admitted, in a thread, off the event loop
             question, files = question_and_files(body)
-            records, warnings = read_checked(files, {})
+            records, warnings = read_checked(files, {}, question)
             return records, question, warnings
 
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
