@@ -6,10 +6,11 @@
 ECG-QA asks about baseline drift, static and burst noise, electrode problems and "any kind of noises". For a signal
 the signal-quality heads answer from the spectrum (`ecgllm.models.signal_quality`); a picture leaves their slots
 blank. Before building an image head for those slots, this measures whether the image encoder's tokens carry the
-information: records of ECG-QA train patients, half with a noise label, are rendered (half distorted, seeded);
-a logistic probe on the tokens' mean and maximum (`page_features`) is fitted on renders of PTB-XL folds 1-8 and
-scored on renders of fold 9 (AUC against the noise label, with bootstrap intervals), beside the signal-quality heads
-reading the same fold-9 records' signals. No ECG-QA valid or test record is used (split policy).
+information: records of ECG-QA train patients with official PTB-XL metadata, half with a noise, are rendered
+(half distorted, seeded); a logistic probe on the tokens' mean and maximum (`page_features`) is fitted on renders
+of PTB-XL folds 1-8 and scored on renders of fold 9 (AUC against the noise as ECG-QA reads PTB-XL's columns, with
+bootstrap intervals), beside the signal-quality heads reading the same fold-9 records' signals. No ECG-QA valid or
+test record is used (split policy).
 """
 
 from __future__ import annotations
@@ -25,16 +26,15 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ecgllm.datasets.ecgqa_attributes import noise_leads_table
 from ecgllm.datasets.split_policy import load_policy
+from ecgllm.io.leads import STANDARD_12
 from ecgllm.evaluation.stats import bootstrap_metric_ci
 from ecgllm.models.ecg_lm import EcgLanguageModel
 from ecgllm.models.page_check import page_features
 from ecgllm.models.signal_quality import QUALITY_KINDS
 from ecgllm.training.distill_image import render_set, student_tokens
 from ecgllm.training.pretrain_encoder import load_ptbxl_arrays
-
-NOISE_COLUMNS = ("baseline_drift", "static_noise", "burst_noise", "electrodes_problems")  # QUALITY_KINDS' order
-
 
 def balanced_rows(rows: np.ndarray, noisy: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` rows, half of them with a noise label (as many as there are, if fewer)."""
@@ -63,19 +63,21 @@ def main() -> None:
     if model.image_encoder is None or model.label_tokens is None or model.label_tokens.quality is None:
         parser.error(f"{args.model}: needs an image encoder and signal-quality heads")
     data, ptbxl = load_ptbxl_arrays(args.signals, args.ptbxl, "mv")
-    noise = np.stack([ptbxl.table.loc[data.ids, c].notna().to_numpy() for c in NOISE_COLUMNS], 1)
+    # noise as ECG-QA reads PTB-XL's columns (a note naming no lead is no noise), known for official rows only
+    noise = noise_leads_table(ptbxl.table, data.ids, list(STANDARD_12)).any(1)
     noise = np.concatenate([noise, noise.any(1, keepdims=True)], 1)  # + "any kind of noises"
+    official = ptbxl.table.loc[data.ids, "has_official_metadata"].to_numpy(dtype=bool)
     rng = np.random.default_rng(0)
     fold9 = data.valid[~np.isin(data.ids[data.valid], list(load_policy().fit_forbidden))]
-    splits = {"train": balanced_rows(data.train, noise[:, -1], args.n_train, rng),
-              "valid": balanced_rows(fold9, noise[:, -1], args.n_valid, rng)}
+    splits = {"train": balanced_rows(data.train[official[data.train]], noise[:, -1], args.n_train, rng),
+              "valid": balanced_rows(fold9[official[fold9]], noise[:, -1], args.n_valid, rng)}
     encoder = model.image_encoder
     features, quality = {}, None
     for name, rows in splits.items():
         distorted = np.arange(len(rows)) % 2 == 1
         seeds = np.arange(len(rows)) + (60_000_001 if name == "train" else 70_000_001)
         images = render_set(data.signals[rows], data.fs, seeds, distorted, encoder.config, args.workers,
-                            not args.quiet, f"render {name}")
+                            not args.quiet, name)
         with torch.no_grad():
             features[name] = page_features(torch.from_numpy(student_tokens(encoder, images, batch=32)))
     with torch.no_grad():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,8 +68,9 @@ def test_a_checkpoint_with_an_image_encoder_answers_about_pictures_and_mixed_pai
     assert batch["ecg_is_image"].tolist() == [False, True]
     batch = to_model_device(batch, assistant.model)
     features = assistant.model.encode(batch["ecg"], batch["ecg_mask"], batch["images"], batch["ecg_is_image"])
-    assert torch.allclose(features[1], assistant.model.image_encoder(batch["images"])[0])
-    assert torch.allclose(features[0], assistant.model.encoder(batch["ecg"], batch["ecg_mask"])[0])
+    dtype = next(assistant.model.parameters()).dtype  # bf16 on a GPU: encode() casts its inputs, so cast here too
+    assert torch.allclose(features[1], assistant.model.image_encoder(batch["images"].to(dtype))[0])
+    assert torch.allclose(features[0], assistant.model.encoder(batch["ecg"].to(dtype), batch["ecg_mask"])[0])
 
 
 def test_signal_only_checkpoints_refuse_pictures_with_a_sentence(tiny_checkpoint, page):
@@ -136,9 +138,47 @@ def test_a_noise_question_about_a_picture_is_answered_with_a_note(image_checkpoi
     assert len(pair.warnings) == 1 and pair.warnings[0].startswith("the picture:")  # one picture of the two
     batched = assistant.ask_batch([(page, noise), (PTBXL_1, noise)], max_new_tokens=2)
     assert [len(a.warnings) for a in batched] == [1, 0]
+    streamed: list[str] = []
+    "".join(assistant.stream(page, noise, max_new_tokens=2, warnings=streamed))
+    assert len(streamed) == 1
     client = TestClient(create_app(assistant, ServeSettings(max_new_tokens=2)))
     r = client.post("/v1/ask", files=[("ecg", ("photo.jpg", page.read_bytes()))], data={"question": noise})
     assert r.status_code == 200 and len(r.json()["warnings"]) == 1, r.text
+
+
+def test_noise_questions_are_told_by_every_ecgqa_wording_and_pictures_numbered_as_the_page_check_does():
+    """Every ECG-QA template and paraphrase about noise (filled with each noise and a lead) is a noise question, and
+    no other template is; with [signal, picture, picture] the notes name "picture 1" and "picture 2"."""
+    import json
+    import string
+
+    from ecgllm.io.image import ECGImage
+    from ecgllm.models.signal_quality import QUALITY_KINDS
+    from ecgllm.serving.assistant import NOISE_QUESTION, picture_noise_notes
+
+    data = Path(__file__).resolve().parents[1] / "src/ecgllm/data"
+    templates = json.loads((data / "ecgqa_templates.json").read_text())
+    paraphrases = json.loads((data / "ecgqa_paraphrases.json").read_text())["templates"]
+
+    class Filled(dict):
+        def __missing__(self, key):
+            return "lead V3" if key == "lead" else "sinus rhythm"
+
+    checked = 0
+    for template in templates:
+        for wording in [template["pattern"], *paraphrases.get(str(template["template_id"]), [])]:
+            for kind in QUALITY_KINDS:
+                question = string.Template(wording).substitute(Filled(noise=kind))
+                assert bool(NOISE_QUESTION.search(question)) == (template["attribute_type"] == "noise"), question
+                checked += 1
+    assert checked > 500
+    for question in ("Is there baseline wander?", "Any muscle artifact?", "Is the signal quality good?"):
+        assert NOISE_QUESTION.search(question)
+    for question in ("Is there limb lead reversal?", "Is the rhythm regular?", "Is this a normal ECG?"):
+        assert not NOISE_QUESTION.search(question)
+    picture = ECGImage.__new__(ECGImage)  # only its type matters here
+    notes = picture_noise_notes([read_ecg(PTBXL_1), picture, picture], "Which shows static noise?")
+    assert [n.split(":")[0] for n in notes] == ["picture 1", "picture 2"]
 
 
 def test_image_instruction_data_trains_through_the_image_encoder(tmp_path, tiny_tokenizer):

@@ -141,7 +141,8 @@ def test_frozen_weights_cast_once_give_the_numbers_of_autocast(tiny_tokenizer):
     assert FrozenWeightsCast(model, enabled=False).count == 0
 
 
-def test_llms_load_on_pytorchs_own_kernels_never_on_kernels_fetched_from_the_hub(tmp_path, tiny_tokenizer):
+def test_llms_load_on_pytorchs_own_kernels_never_on_kernels_fetched_from_the_hub(tmp_path, tiny_tokenizer,
+                                                                                 monkeypatch):
     """transformers 5 kernelizes a model loaded with its defaults once it runs on a GPU, fetching the kernels from
     the Hugging Face Hub (offline: an error at the first training step or answer); ecgllm never downloads."""
     from transformers import AutoModelForCausalLM
@@ -149,6 +150,7 @@ def test_llms_load_on_pytorchs_own_kernels_never_on_kernels_fetched_from_the_hub
     from ecgllm.models.llm import load_llm
     from tests.tiny_models import tiny_llm
 
+    monkeypatch.delenv("USE_HUB_KERNELS", raising=False)  # the library's default, unless the environment says no
     tiny_llm(len(tiny_tokenizer)).save_pretrained(tmp_path)
     tiny_tokenizer.save_pretrained(tmp_path)
     assert AutoModelForCausalLM.from_pretrained(str(tmp_path)).use_kernels  # the library's default

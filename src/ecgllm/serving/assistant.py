@@ -24,19 +24,23 @@ from ecgllm.serving.measuring import measurement_summary
 
 ECGLike = Union[ECG, ECGImage, str, Path]
 REPORT_QUESTION = "Write a short clinical report of this ECG."
-# ECG-QA's noise questions ("... baseline drift in lead V3?", "... any kind of noises?", "... electrodes problems?")
-NOISE_QUESTION = re.compile(r"nois|baseline drift|electrode", re.IGNORECASE)
-PICTURE_NOISE_NOTE = ("noise is judged from the drawing alone: the signal-quality heads read the signal, and the "
-                      "image encoder tells noise poorly (benchmarks/image_noise_probe.py), so this answer may be "
-                      "unreliable. The signal file answers noise questions better")
+# Questions about noise: ECG-QA's ("... baseline drift in lead V3?", "... any kind of noises?", "... electrodes
+# problems?") and their paraphrases ("signal distortions", "interference"), and common wordings (wander, artifact)
+NOISE_QUESTION = re.compile(r"nois|baseline (drift|wander)|electrodes? problems?|contact problem|artifact|"
+                            r"interference|distortion|signal quality", re.IGNORECASE)
+PICTURE_NOISE_NOTE = ("noise is judged from the drawing alone: the signal-quality heads that read drift and static "
+                      "noise from a signal do not see a picture, and the image encoder tells noise poorly, so this "
+                      "answer may be unreliable. Ask with the signal file for noise")
 
 
 def picture_noise_notes(records: Sequence[ECG | ECGImage], question: str) -> list[str]:
-    """A note for each picture asked about its noise: a picture leaves the signal-quality slots blank."""
-    pictures = [number for number, r in enumerate(records, 1) if isinstance(r, ECGImage)]
-    if not pictures or not NOISE_QUESTION.search(question):
+    """A note for each picture asked about its noise: a picture leaves the signal-quality slots blank. Pictures are
+    numbered among the pictures, as the page check numbers them."""
+    n_pictures = sum(isinstance(r, ECGImage) for r in records)
+    if not n_pictures or not NOISE_QUESTION.search(question):
         return []
-    return [f"{f'picture {n}' if len(pictures) > 1 else 'the picture'}: {PICTURE_NOISE_NOTE}" for n in pictures]
+    return [f"{f'picture {n}' if n_pictures > 1 else 'the picture'}: {PICTURE_NOISE_NOTE}"
+            for n in range(1, n_pictures + 1)]
 
 
 class _RowDeadlines:
@@ -212,13 +216,14 @@ class ECGAssistant:
                   max_new_tokens: int = 64, checked: Sequence[list[str]] | None = None) -> list[Answer]:
         """Answer many (ecg or [ecg, ecg], question) pairs; batched after sorting by length, returned in the
         order given. Measurements are skipped here for speed (use `ask` for them). ``checked``: each item's page
-        check warnings when the caller has already run `check_pages` on its records (not run again)."""
+        check warnings when the caller has already run `check_pages` on its records (not run again); the notes on
+        pictures asked about noise (`picture_noise_notes`) are added to them here."""
         parsed = []
         for number, (ecgs, question) in enumerate(items):
             ecgs = [ecgs] if isinstance(ecgs, (ECG, ECGImage, str, Path)) else list(ecgs)
             records = self.read(ecgs)
-            parsed.append((records, question, (list(checked[number]) if checked is not None
-                                               else self.check_pages(records)) + picture_noise_notes(records, question)))
+            pages = list(checked[number]) if checked is not None else self.check_pages(records)
+            parsed.append((records, question, pages + picture_noise_notes(records, question)))
         order = sorted(range(len(parsed)), key=lambda i: (len(parsed[i][0]), len(parsed[i][1])))
         answers: list[Answer | None] = [None] * len(parsed)
         for start in range(0, len(order), batch_size):
@@ -234,7 +239,8 @@ class ECGAssistant:
     def stream(self, ecg: ECGLike | Sequence[ECGLike], question: str, max_new_tokens: int = 64,
                warnings: list[str] | None = None) -> Iterator[str]:
         """Yield the answer's text piece by piece as it is generated. A picture that is no ECG page is refused
-        before anything is yielded; the page check's warnings are appended to ``warnings`` when a list is given."""
+        before anything is yielded; the warnings about pictures (the page check's, `picture_noise_notes`) are
+        appended to ``warnings`` when a list is given."""
         from transformers import TextIteratorStreamer
 
         ecgs = [ecg] if isinstance(ecg, (ECG, ECGImage, str, Path)) else list(ecg)

@@ -277,7 +277,8 @@ def add_ask_commands(sub: argparse._SubParsersAction, formatter: type, exit_help
     p = sub.add_parser("batch", formatter_class=formatter, help="answer a JSONL file of questions (resumable)",
                        description="Read lines {\"id\": ..., \"ecg\": PATH or [OLD, NEW], \"question\": ...} and "
                                    "append {\"id\", \"question\", \"answer\"} (plus \"warnings\" for a picture "
-                                   "unlike the ECG pages the model learned; or {\"id\", \"error\"}) lines to the "
+                                   "unlike the ECG pages the model learned, or asked about its noise; or "
+                                   "{\"id\", \"error\"}) lines to the "
                                    "output. Re-running skips ids already in the output, so a killed run resumes "
                                    "without losing or duplicating lines.",
                        epilog=f"""examples:
