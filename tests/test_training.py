@@ -27,13 +27,14 @@ def workspace(tmp_path_factory, tiny_tokenizer):
     return make_training_workspace(tmp_path_factory.mktemp("train"), tiny_tokenizer)
 
 
-def recipe(workspace: Path, name: str, **optim) -> Path:
+def recipe(workspace: Path, name: str, lora_dropout: float = 0.0, **optim) -> Path:
     data = {
         "stage": "instruction", "output_dir": str(workspace / name),
         "data": {"train": str(workspace / "train.jsonl"), "ecg_cache": str(workspace / "cache")},
         "model": {"llm": str(workspace / "tiny-llm"), "encoder": "resnet1d",
                   "encoder_kwargs": {"widths": [8, 16], "n_tokens": 4}, "llm_policy": "lora",
-                  "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}},
+                  "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": lora_dropout,
+                           "target_modules": ["q_proj", "v_proj"]}},
         "prep": {"fs": 100.0, "normalize": "zscore", "window_s": 10.0},
         "optim": {"lr": 0.001, "batch_size": 4, "grad_accum": 2, "max_steps": 12, **optim},
         "seed": 0, "save_every": 2, "log_every": 1,
@@ -105,9 +106,10 @@ def test_an_intermediate_checkpoint_exports_to_a_model_folder(workspace):
 def test_sigkill_then_resume_gives_bit_identical_weights(workspace, monkeypatch):
     # a CPU property: GPU kernels need not repeat their sums bit for bit (on an H200 the two runs' weights differed)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    clean = recipe(workspace, "clean", max_steps=30)
+    # LoRA dropout on: the resumed run must replay the killed run's dropout masks too (the RNG states resume)
+    clean = recipe(workspace, "clean", lora_dropout=0.2, max_steps=30)
     assert subprocess.run(CLI + ["train", str(clean), "--quiet"], capture_output=True).returncode == 0
-    killed = recipe(workspace, "killed", max_steps=30)
+    killed = recipe(workspace, "killed", lora_dropout=0.2, max_steps=30)
     kill_at = random.Random(KILL_SEED).randrange(4, 20, 2)  # a checkpointed step
     kill_once_written(CLI + ["train", str(killed), "--quiet"],
                       workspace / "killed" / "checkpoints" / f"step-{kill_at:08d}", f"at step {kill_at}", 120)

@@ -172,6 +172,28 @@ def export_checkpoint(config: TrainConfig, step: int, llm=None, tokenizer=None) 
                                name=f"{output_dir.resolve().name}/step-{step}")
 
 
+def random_states() -> dict:
+    """Every random state a training step draws from (Python, NumPy, PyTorch's CPU and GPU generators)."""
+    import random
+
+    import numpy as np
+
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_random_states(states: dict) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] is not None:
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 def lr_factor(step: int, warmup: int, max_steps: int) -> float:
     """The learning rate's share after ``step`` optimizer steps: linear warm-up, then a cosine to 0."""
     warmup = max(warmup, 0)
@@ -220,10 +242,15 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True, 
 
     step = 0
     resume = latest_checkpoint(output_dir)
+    resumed_random = None
     if resume is not None:
         accelerator.load_state(str(resume))
         step = read_state(resume)["step"]
         accelerator.print(f"resuming from {resume} (step {step})")
+        # The random states as the run left them at that step. They are put back once the resumed epoch has
+        # replayed its batches up to there: starting an epoch and building batches draw random numbers too, which
+        # the killed run drew before it saved, so the dropout masks that follow are the killed run's.
+        resumed_random = random_states()
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
@@ -242,9 +269,12 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True, 
         while step < config.optim.max_steps:
             epoch, done_in_epoch = divmod(step, steps_per_epoch)
             loader.set_epoch(epoch)
-            batches = loader
-            if done_in_epoch:
-                batches = accelerator.skip_first_batches(loader, done_in_epoch * config.optim.grad_accum)
+            batches = iter(loader)
+            for _ in range(done_in_epoch * config.optim.grad_accum):  # a resumed epoch: the batches already done
+                next(batches)
+            if resumed_random is not None:
+                set_random_states(resumed_random)
+                resumed_random = None
             for batch in batches:
                 with accelerator.accumulate(model):
                     loss = model(**batch).loss
