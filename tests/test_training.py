@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -222,6 +223,42 @@ def test_every_shipped_recipe_reads(recipe):
 
     config = load_encoder_recipe(recipe) if recipe_stage(recipe) in ENCODER_STAGES else load_recipe(recipe)
     assert config.output_dir
+
+
+RECIPES = Path(__file__).parents[1] / "recipes"
+STARTS = ("init_from", "encoder_init", "init_encoder", "teacher", "init_student", "image_encoder_init")
+
+
+def _start_runs(recipe: dict):
+    """The runs a recipe starts from: (dotted key, path) of every start key, nested or not."""
+    for key, value in recipe.items():
+        if isinstance(value, dict):
+            yield from ((f"{key}.{inner}", path) for inner, path in _start_runs(value))
+        elif key in STARTS and value:
+            yield key, str(value)
+
+
+def _comments(recipe: Path, depth: int = 3) -> str:
+    """A recipe's comment lines, and those of the recipes they name ("see recipes/ecgqa/X.yaml"), a few levels."""
+    text = "\n".join(line for line in recipe.read_text().splitlines() if line.lstrip().startswith("#"))
+    if depth:
+        for named in sorted(set(re.findall(r"recipes/[\w/]+\.yaml", text))):
+            if (RECIPES.parent / named).exists() and RECIPES.parent / named != recipe:
+                text += "\n" + _comments(RECIPES.parent / named, depth - 1)
+    return text
+
+
+def test_no_two_recipes_write_the_same_run_and_every_start_is_made_or_explained():
+    """A run a recipe starts from is another shipped recipe's output (its folder, final model or a checkpoint), or
+    the recipe's comments (or those of a recipe they name) say where it comes from, e.g. a default restored from git."""
+    recipes = {path: yaml.safe_load(path.read_text()) for path in sorted(RECIPES.rglob("*.yaml"))}
+    outputs = [recipe["output_dir"] for recipe in recipes.values()]
+    assert len(outputs) == len(set(outputs)), "two recipes write the same run folder"
+    unexplained = [f"{path.name}: {key} = {start}" for path, recipe in recipes.items()
+                   for key, start in _start_runs(recipe)
+                   if not any(start == out or start.startswith(out + "/") for out in outputs)
+                   and start.split("/final")[0] not in _comments(path)]
+    assert not unexplained, unexplained
 
 
 def test_encoder_recipe_starts_from_a_contrastive_run_of_the_same_encoder():
