@@ -74,13 +74,21 @@ def test_the_default_checkpoint_has_a_card_and_answers_50_questions_as_it_did_wi
     assert len(prompts) == 50 and answers[0] == answers[1]
 
 
-def test_readme_question_on_the_bundled_record_and_a_comparison_from_the_shell():
+def test_readme_question_on_the_bundled_record_from_the_shell():
     result = _ask("ask", str(PTBXL_1), "Does this ECG show atrial fibrillation?", "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     answer = json.loads(result.stdout)["text"]
     assert answer.strip().lower().startswith("no"), answer  # PTB-XL record 1: sinus rhythm
-    result = _ask("compare", str(NORMAL[0]), str(NORMAL[1]), "What changed?")
-    assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]
+
+
+def test_a_comparison_from_the_shell_is_the_python_apis(assistant):
+    """The shell's `compare` gives the Python API's answer for the same two records, with both records measured."""
+    result = _ask("compare", str(NORMAL[0]), str(NORMAL[1]), "What changed?", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    shown = json.loads(result.stdout)
+    expected = assistant.compare(NORMAL[0], NORMAL[1], "What changed?")
+    assert shown["text"].strip() and shown["text"] == expected.text
+    assert len(shown["measurements"]) == 2 and all("heart_rate" in m for m in shown["measurements"])
 
 
 def test_the_unseen_fixtures_are_of_held_out_patients():
@@ -112,8 +120,13 @@ def test_a_photo_of_a_printout_is_answered(assistant, tmp_path):
         pytest.fail("the shipped checkpoint has no image encoder")
     photo = tmp_path / "photo.jpg"
     render_ecg(read_ecg(PTBXL_1), augment=True, seed=2).image.save(photo, quality=85)
-    result = _ask("ask", str(photo), "Is this a normal ECG?")
-    assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]
+    result = _ask("ask", str(photo), "Is this a normal ECG?", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    shown = json.loads(result.stdout)
+    # an answer of ECG-QA's classes for this template, the Python API's, read through the image encoder
+    assert shown["text"].strip().lower() in {"yes", "no", "not sure"}, shown["text"]
+    assert shown["text"] == assistant.ask(photo, "Is this a normal ECG?").text
+    assert "image" in shown["measurements"][0]
 
 
 def test_the_classifier_baseline_reads_the_checkpoints_own_encoder_and_head(assistant):
