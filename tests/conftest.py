@@ -78,6 +78,29 @@ def make_training_workspace(root: Path, tokenizer, n_conversations: int = 48) ->
     return root
 
 
+def bf16_training_recipe(workspace: Path, name: str) -> Path:
+    """A six-step LLM stage under `mixed_precision: bf16` on a `make_training_workspace`, written as ``name``.yaml;
+    its run folder is ``workspace / name``."""
+    import yaml
+
+    recipe = {"stage": "instruction", "output_dir": str(workspace / name), "mixed_precision": "bf16",
+              "data": {"train": str(workspace / "train.jsonl"), "ecg_cache": str(workspace / "cache")},
+              "model": {"llm": str(workspace / "tiny-llm"), "encoder": "resnet1d",
+                        "encoder_kwargs": {"widths": [8, 16], "n_tokens": 4}, "llm_policy": "lora",
+                        "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj"]}},
+              "prep": {"fs": 100.0, "normalize": "zscore", "window_s": 10.0},
+              "optim": {"lr": 0.002, "batch_size": 4, "max_steps": 6}, "save_every": 3, "log_every": 1}
+    path = workspace / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def logged_losses(run: Path) -> list[float]:
+    import json
+
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 KILL_SEED = 17  # draws where the resume tests kill a run: fixed, so a failure replays
 
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from ecgllm import read_ecg
-from tests.conftest import FIXTURES, make_training_workspace
+from tests.conftest import FIXTURES, bf16_training_recipe, logged_losses, make_training_workspace
 
 PTBXL_1 = FIXTURES / "ptbxl/records100/00000/00001_lr.hea"
 QUESTION = "Does this ECG show atrial fibrillation?"
@@ -45,18 +44,11 @@ def test_an_llm_stage_trains_on_the_gpu_under_bf16_and_its_checkpoint_answers_on
     from ecgllm.training.loop import train
 
     workspace = make_training_workspace(tmp_path, tiny_tokenizer, n_conversations=16)
-    recipe = {"stage": "instruction", "output_dir": str(workspace / "gpu"), "mixed_precision": "bf16",
-              "data": {"train": str(workspace / "train.jsonl"), "ecg_cache": str(workspace / "cache")},
-              "model": {"llm": str(workspace / "tiny-llm"), "encoder": "resnet1d",
-                        "encoder_kwargs": {"widths": [8, 16], "n_tokens": 4}, "llm_policy": "lora",
-                        "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj"]}},
-              "prep": {"fs": 100.0, "normalize": "zscore", "window_s": 10.0},
-              "optim": {"lr": 0.002, "batch_size": 4, "max_steps": 6}, "save_every": 3, "log_every": 1}
-    (workspace / "gpu.yaml").write_text(yaml.safe_dump(recipe))
+    recipe = bf16_training_recipe(workspace, "gpu")
     torch.cuda.reset_peak_memory_stats()
-    final = train(load_recipe(workspace / "gpu.yaml"), progress=False)
+    final = train(load_recipe(recipe), progress=False)
     assert torch.cuda.max_memory_allocated() > 0  # the steps ran on the GPU
-    losses = [yaml.safe_load(line)["loss"] for line in (workspace / "gpu/metrics.jsonl").read_text().splitlines()]
+    losses = logged_losses(workspace / "gpu")
     assert len(losses) == 6 and all(np.isfinite(losses))
     assert {t.dtype for t in load_file(final / "projector.safetensors").values()} == {torch.float32}
     assert {t.device.type for t in load_file(final / "projector.safetensors").values()} == {"cpu"}

@@ -9,12 +9,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from ecgllm import read_ecg
 from ecgllm.models.placement import resolve_device, resolve_dtype
 from ecgllm.training.epochs import epoch_accelerator
-from tests.conftest import FIXTURES, make_training_workspace
+from tests.conftest import FIXTURES, bf16_training_recipe, logged_losses, make_training_workspace
 
 PTBXL_1 = FIXTURES / "ptbxl/records100/00000/00001_lr.hea"
 NO_GPU = not torch.cuda.is_available()
@@ -84,16 +83,8 @@ def test_llm_training_with_bf16_mixed_precision(tmp_path, tiny_tokenizer):
     from ecgllm.training.config import load_recipe
 
     workspace = make_training_workspace(tmp_path, tiny_tokenizer, n_conversations=16)
-    recipe = {"stage": "instruction", "output_dir": str(workspace / "bf16"), "mixed_precision": "bf16",
-              "data": {"train": str(workspace / "train.jsonl"), "ecg_cache": str(workspace / "cache")},
-              "model": {"llm": str(workspace / "tiny-llm"), "encoder": "resnet1d",
-                        "encoder_kwargs": {"widths": [8, 16], "n_tokens": 4}, "llm_policy": "lora",
-                        "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj"]}},
-              "prep": {"fs": 100.0, "normalize": "zscore", "window_s": 10.0},
-              "optim": {"lr": 0.002, "batch_size": 4, "max_steps": 6}, "save_every": 3, "log_every": 1}
-    (workspace / "bf16.yaml").write_text(yaml.safe_dump(recipe))
-    final = train(load_recipe(workspace / "bf16.yaml"), progress=False)
-    losses = [yaml.safe_load(line)["loss"] for line in (workspace / "bf16/metrics.jsonl").read_text().splitlines()]
+    final = train(load_recipe(bf16_training_recipe(workspace, "bf16")), progress=False)
+    losses = logged_losses(workspace / "bf16")
     assert len(losses) == 6 and all(np.isfinite(losses))
     from safetensors.torch import load_file
 
