@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 def assistant():
     from ecgllm import ECGAssistant
 
-    return ECGAssistant.load()
+    return ECGAssistant.load(SHIPPED_CHECKPOINT)  # the shipped one, as the CLI runs below ($ECGLLM_MODEL unset)
 
 
 def _ask(*args: str) -> subprocess.CompletedProcess:
@@ -123,7 +123,7 @@ def test_a_photo_of_a_printout_is_answered(assistant, tmp_path):
     result = _ask("ask", str(photo), "Is this a normal ECG?", "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     shown = json.loads(result.stdout)
-    # an answer of ECG-QA's classes for this template, the Python API's, read through the image encoder
+    # an answer of ECG-QA's classes for this template, the Python API's, with the file read as a picture
     assert shown["text"].strip().lower() in {"yes", "no", "not sure"}, shown["text"]
     assert shown["text"] == assistant.ask(photo, "Is this a normal ECG?").text
     assert "image" in shown["measurements"][0]

@@ -252,12 +252,20 @@ def test_no_two_recipes_write_the_same_run_and_every_start_is_made_or_explained(
     """A run a recipe starts from is another shipped recipe's output (its folder, final model or a checkpoint), or
     the recipe's comments (or those of a recipe they name) say where it comes from, e.g. a default restored from git."""
     recipes = {path: yaml.safe_load(path.read_text()) for path in sorted(RECIPES.rglob("*.yaml"))}
-    outputs = [recipe["output_dir"] for recipe in recipes.values()]
-    assert len(outputs) == len(set(outputs)), "two recipes write the same run folder"
+    outputs = {path: os.path.normpath(recipe["output_dir"]) for path, recipe in recipes.items()}
+    for path, out in outputs.items():
+        clashes = [other.name for other, theirs in outputs.items()
+                   if other != path and (theirs == out or theirs.startswith(out + "/"))]
+        assert not clashes, f"{path.name} writes {out}, as do (or inside it) {clashes}"
+
+    def made_or_explained(path: Path, start: str) -> bool:
+        start = os.path.normpath(start)
+        made = any(start == out or start.startswith(out + "/") for other, out in outputs.items() if other != path)
+        base = start.removesuffix("/final")
+        return made or re.search(rf"{re.escape(base)}(?![\w/-])", _comments(path)) is not None
+
     unexplained = [f"{path.name}: {key} = {start}" for path, recipe in recipes.items()
-                   for key, start in _start_runs(recipe)
-                   if not any(start == out or start.startswith(out + "/") for out in outputs)
-                   and start.split("/final")[0] not in _comments(path)]
+                   for key, start in _start_runs(recipe) if not made_or_explained(path, start)]
     assert not unexplained, unexplained
 
 

@@ -5,6 +5,7 @@ with bit-identical weights."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
@@ -247,9 +248,9 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True, 
         accelerator.load_state(str(resume))
         step = read_state(resume)["step"]
         accelerator.print(f"resuming from {resume} (step {step})")
-        # The random states as the run left them at that step. They are put back once the resumed epoch has
-        # replayed its batches up to there: starting an epoch and building batches draw random numbers too, which
-        # the killed run drew before it saved, so the dropout masks that follow are the killed run's.
+        # The random states as the run left them at that step, put back once the resumed epoch's iterator exists:
+        # creating it draws one number from torch's generator (the DataLoader's base seed), which the killed run
+        # drew before it saved, so the dropout masks that follow are the killed run's.
         resumed_random = random_states()
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -269,9 +270,10 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True, 
         while step < config.optim.max_steps:
             epoch, done_in_epoch = divmod(step, steps_per_epoch)
             loader.set_epoch(epoch)
-            batches = iter(loader)
-            for _ in range(done_in_epoch * config.optim.grad_accum):  # a resumed epoch: the batches already done
-                next(batches)
+            batches = loader
+            if done_in_epoch:  # a resumed epoch: the batches already done are skipped by index, not built
+                resumed_epoch = iter(accelerator.skip_first_batches(loader, done_in_epoch * config.optim.grad_accum))
+                batches = itertools.chain([next(resumed_epoch)], resumed_epoch)  # its iterator has drawn its number
             if resumed_random is not None:
                 set_random_states(resumed_random)
                 resumed_random = None
