@@ -135,7 +135,7 @@ def test_frozen_weights_cast_once_give_the_numbers_of_autocast(tiny_tokenizer):
 def test_llms_load_on_pytorchs_own_kernels_never_on_kernels_fetched_from_the_hub(tmp_path, tiny_tokenizer,
                                                                                  monkeypatch):
     """transformers 5 kernelizes a model loaded with its defaults once it runs on a GPU, fetching the kernels from
-    the Hugging Face Hub (offline: an error at the first training step or answer); ecgllm never downloads."""
+    the Hugging Face Hub (offline: an error at the first training step); ecgllm never downloads."""
     from transformers import AutoModelForCausalLM
 
     from ecgllm.models.llm import load_llm

@@ -156,7 +156,7 @@ def resolve_llm(name_or_path: str | None) -> Path:
 def load_causal_lm(path: str | Path, **kwargs):
     """``AutoModelForCausalLM.from_pretrained`` on PyTorch's own kernels: transformers 5 otherwise swaps in kernels
     fetched from the Hugging Face Hub once the model runs on a GPU, a download at run time that ecgllm never makes
-    (offline, the first training step or answer on a GPU failed)."""
+    (offline, the first training step on a GPU failed)."""
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(str(path), use_kernels=False, **kwargs)
