@@ -115,11 +115,18 @@ def test_sigkill_then_resume_gives_bit_identical_weights(workspace, monkeypatch)
     kill_once_written(CLI + ["train", str(killed), "--quiet"],
                       workspace / "killed" / "checkpoints" / f"step-{kill_at:08d}", f"at step {kill_at}", 120)
     assert not (workspace / "killed" / "final").exists()
+    with (workspace / "killed/metrics.jsonl").open("a") as fh:  # as if it had logged past its checkpoint
+        fh.write(json.dumps({"step": kill_at + 1, "loss": -1.0}) + "\n")
     resumed = subprocess.run(CLI + ["train", str(killed), "--quiet"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stdout + resumed.stderr
     a, b = final_weights(workspace / "clean"), final_weights(workspace / "killed")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    # each step logged once, with the clean run's loss: the line logged after the checkpoint was dropped
+    logged = [json.loads(line) for line in (workspace / "killed/metrics.jsonl").read_text().splitlines()]
+    clean_logged = [json.loads(line) for line in (workspace / "clean/metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged] == list(range(1, 31))
+    assert [m["loss"] for m in logged] == [m["loss"] for m in clean_logged]
 
 
 def test_two_cpu_processes_with_gloo(workspace):
