@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ecgllm import __version__
 from ecgllm.errors import InputError
 from ecgllm.io.limits import ReadLimits
-from ecgllm.serving.assistant import REPORT_QUESTION, AnswerTimeoutError, picture_noise_notes
+from ecgllm.serving.assistant import REPORT_QUESTION, AnswerTimeoutError
 from ecgllm.serving.batcher import AnswerBatcher
 from ecgllm.serving.openai_api import OPENAI_PATHS, add_openai_routes, openai_error
 from ecgllm.serving.uploads import UploadError, UploadLimits, UploadTooLargeError, save_records
@@ -308,7 +308,7 @@ def create_app(assistant, settings: ServeSettings | None = None) -> FastAPI:
         """The records, and warnings for pictures unlike the pages the model learned or asked about their noise; a
         picture that is no ECG page is refused here, before it is answered (422, or 400 in the OpenAI shape)."""
         records = read_records(files, body)
-        return records, assistant.check_pages(records) + picture_noise_notes(records, question)
+        return records, assistant.picture_warnings(records, question)
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError):

@@ -144,6 +144,11 @@ class ECGAssistant:
                 warnings.append(f"{which}: " + UNLIKE_WARNING.format(distance=float(distance), typical=check.typical))
         return warnings
 
+    def picture_warnings(self, records: Sequence[ECG | ECGImage], question: str) -> list[str]:
+        """Every warning about the pictures among ``records`` asked ``question``: the page check's (a picture too
+        unlike an ECG page is refused here, `check_pages`), then a note for each picture asked about noise."""
+        return self.check_pages(records) + picture_noise_notes(records, question)
+
     def _measure_ahead(self, questions: Sequence[str], ecg_lists: Sequence[list[ECG | ECGImage]]) -> None:
         """Take the measurements of a checkpoint's measurement notes before the tokenizer lock (about 0.2 s per ECG,
         kept per signal), so that the lock is held only to tokenise; nothing happens for other checkpoints."""
@@ -188,7 +193,7 @@ class ECGAssistant:
             raise ValueError("the question is empty")
         t0 = time.perf_counter()
         records = self.read(ecgs)
-        warnings = self.check_pages(records) + picture_noise_notes(records, question)
+        warnings = self.picture_warnings(records, question)
         t1 = time.perf_counter()
         measurements = [measurement_summary(e) for e in records] if measure else []
         t2 = time.perf_counter()
@@ -215,15 +220,14 @@ class ECGAssistant:
     def ask_batch(self, items: Sequence[tuple[ECGLike | Sequence[ECGLike], str]], batch_size: int = 16,
                   max_new_tokens: int = 64, checked: Sequence[list[str]] | None = None) -> list[Answer]:
         """Answer many (ecg or [ecg, ecg], question) pairs; batched after sorting by length, returned in the
-        order given. Measurements are skipped here for speed (use `ask` for them). ``checked``: each item's page
-        check warnings when the caller has already run `check_pages` on its records (not run again); the notes on
-        pictures asked about noise (`picture_noise_notes`) are added to them here."""
+        order given. Measurements are skipped here for speed (use `ask` for them). ``checked``: each item's
+        warnings when the caller has already run `picture_warnings` on its records and question (not run again)."""
         parsed = []
         for number, (ecgs, question) in enumerate(items):
             ecgs = [ecgs] if isinstance(ecgs, (ECG, ECGImage, str, Path)) else list(ecgs)
             records = self.read(ecgs)
-            pages = list(checked[number]) if checked is not None else self.check_pages(records)
-            parsed.append((records, question, pages + picture_noise_notes(records, question)))
+            parsed.append((records, question, list(checked[number]) if checked is not None
+                           else self.picture_warnings(records, question)))
         order = sorted(range(len(parsed)), key=lambda i: (len(parsed[i][0]), len(parsed[i][1])))
         answers: list[Answer | None] = [None] * len(parsed)
         for start in range(0, len(order), batch_size):
@@ -239,13 +243,13 @@ class ECGAssistant:
     def stream(self, ecg: ECGLike | Sequence[ECGLike], question: str, max_new_tokens: int = 64,
                warnings: list[str] | None = None) -> Iterator[str]:
         """Yield the answer's text piece by piece as it is generated. A picture that is no ECG page is refused
-        before anything is yielded; the warnings about pictures (the page check's, `picture_noise_notes`) are
-        appended to ``warnings`` when a list is given."""
+        before anything is yielded; the warnings about pictures (`picture_warnings`) are appended to ``warnings``
+        when a list is given."""
         from transformers import TextIteratorStreamer
 
         ecgs = [ecg] if isinstance(ecg, (ECG, ECGImage, str, Path)) else list(ecg)
         records = self.read(ecgs)
-        noted = self.check_pages(records) + picture_noise_notes(records, question)
+        noted = self.picture_warnings(records, question)
         if warnings is not None:
             warnings.extend(noted)
         self._measure_ahead([question], [records])

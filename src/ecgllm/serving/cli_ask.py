@@ -154,7 +154,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                     paths = [r["ecg"]] if isinstance(r["ecg"], str) else list(r["ecg"])
                     records = assistant.read(paths)
                     # a picture that is no ECG page fails its line here; ask_batch reuses the warnings
-                    items.append((records, r, assistant.check_pages(records)))
+                    items.append((records, r, assistant.picture_warnings(records, r["question"])))
                 except InputError as exc:  # one bad file must not stop the batch
                     failed.append({"id": r["id"], "error": str(exc)})
             answers = assistant.ask_batch([(e, r["question"]) for e, r, _ in items], args.batch_size,

@@ -176,8 +176,7 @@ def question_and_files(request: ChatRequest) -> tuple[str, list[tuple[str, bytes
 
 def add_openai_routes(app: FastAPI, assistant, settings, answered, read_checked, protected: list) -> None:
     """``answered(None, prepare, max_new_tokens)`` admits a request and batches its question; ``read_checked``
-    turns uploaded files into ECG records and the warnings about pictures (`ECGAssistant.check_pages`,
-    `ecgllm.serving.assistant.picture_noise_notes`);
+    turns uploaded files into ECG records and the warnings about pictures (`ECGAssistant.picture_warnings`);
     ``protected``: the API-key dependency (all from `ecgllm.serving.api`)."""
 
     @app.get("/v1/models")
