@@ -28,13 +28,14 @@ from sklearn.preprocessing import StandardScaler
 
 from ecgllm.datasets.ecgqa_attributes import noise_leads_table
 from ecgllm.datasets.split_policy import load_policy
-from ecgllm.io.leads import STANDARD_12
 from ecgllm.evaluation.stats import bootstrap_metric_ci
+from ecgllm.io.leads import STANDARD_12
 from ecgllm.models.ecg_lm import EcgLanguageModel
 from ecgllm.models.page_check import page_features
 from ecgllm.models.signal_quality import QUALITY_KINDS
 from ecgllm.training.distill_image import render_set, student_tokens
 from ecgllm.training.pretrain_encoder import load_ptbxl_arrays
+
 
 def balanced_rows(rows: np.ndarray, noisy: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` rows, half of them with a noise label (as many as there are, if fewer)."""
@@ -72,7 +73,7 @@ def main() -> None:
     splits = {"train": balanced_rows(data.train[official[data.train]], noise[:, -1], args.n_train, rng),
               "valid": balanced_rows(fold9[official[fold9]], noise[:, -1], args.n_valid, rng)}
     encoder = model.image_encoder
-    features, quality = {}, None
+    features = {}
     for name, rows in splits.items():
         distorted = np.arange(len(rows)) % 2 == 1
         seeds = np.arange(len(rows)) + (60_000_001 if name == "train" else 70_000_001)

@@ -95,10 +95,11 @@ def bf16_training_recipe(workspace: Path, name: str) -> Path:
     return path
 
 
-def logged_losses(run: Path) -> list[float]:
+def logged(run: Path) -> list[dict]:
+    """The entries of a run folder's ``metrics.jsonl``, in order."""
     import json
 
-    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 KILL_SEED = 17  # draws where the resume tests kill a run: fixed, so a failure replays

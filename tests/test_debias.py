@@ -15,7 +15,7 @@ import yaml
 
 from ecgllm.datasets.debias import ipw_weights, question_prior_accuracy
 from ecgllm.datasets.severity import count_stratum, most_severe, superclass_stratum
-from tests.conftest import FIXTURES, PTBXL_1, SHARED, make_training_workspace, needs_shared
+from tests.conftest import FIXTURES, PTBXL_1, SHARED, logged, make_training_workspace, needs_shared
 from tests.tiny_models import tiny_llm
 
 CLI = [sys.executable, "-m", "ecgllm.serving.cli"]
@@ -165,7 +165,7 @@ def test_debiased_training_runs_saves_and_chains(debias_workspace):
     a = load_file(root / f"{method}-1/final/projector.safetensors")
     b = load_file(root / f"{method}-2/final/projector.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)  # lr 0: the chained stage kept the first stage's weights
-    assert np.isfinite([json.loads(x)["loss"] for x in (root / f"{method}-1/metrics.jsonl").read_text().splitlines()]).all()
+    assert np.isfinite([m["loss"] for m in logged(root / f"{method}-1")]).all()
 
 
 @pytest.mark.parametrize("method, missing", [("ipw", "meta.ipw_weight"), ("intervention", "--intervention")])

@@ -1,6 +1,6 @@
 """The CUDA side of every path, run where PyTorch sees a GPU (skipped elsewhere; the CPU side of the same paths is
 tested in test_placement.py): answering in bf16 on the GPU, an LLM stage trained there under bf16 autocast whose
-checkpoint answers on a CPU, and an epoch-based stage's step on the GPU."""
+checkpoint answers on a CPU, and a bf16 training step through the epoch engine's Accelerator."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ecgllm import read_ecg
-from tests.conftest import FIXTURES, bf16_training_recipe, logged_losses, make_training_workspace
+from tests.conftest import FIXTURES, bf16_training_recipe, logged, make_training_workspace
 
 PTBXL_1 = FIXTURES / "ptbxl/records100/00000/00001_lr.hea"
 QUESTION = "Does this ECG show atrial fibrillation?"
@@ -48,7 +48,7 @@ def test_an_llm_stage_trains_on_the_gpu_under_bf16_and_its_checkpoint_answers_on
     torch.cuda.reset_peak_memory_stats()
     final = train(load_recipe(recipe), progress=False)
     assert torch.cuda.max_memory_allocated() > 0  # the steps ran on the GPU
-    losses = logged_losses(workspace / "gpu")
+    losses = [m["loss"] for m in logged(workspace / "gpu")]
     assert len(losses) == 6 and all(np.isfinite(losses))
     assert {t.dtype for t in load_file(final / "projector.safetensors").values()} == {torch.float32}
     assert {t.device.type for t in load_file(final / "projector.safetensors").values()} == {"cpu"}

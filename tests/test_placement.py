@@ -13,7 +13,7 @@ import torch
 from ecgllm import read_ecg
 from ecgllm.models.placement import resolve_device, resolve_dtype
 from ecgllm.training.epochs import epoch_accelerator
-from tests.conftest import FIXTURES, bf16_training_recipe, logged_losses, make_training_workspace
+from tests.conftest import FIXTURES, bf16_training_recipe, logged, make_training_workspace
 
 PTBXL_1 = FIXTURES / "ptbxl/records100/00000/00001_lr.hea"
 NO_GPU = not torch.cuda.is_available()
@@ -84,7 +84,7 @@ def test_llm_training_with_bf16_mixed_precision(tmp_path, tiny_tokenizer):
 
     workspace = make_training_workspace(tmp_path, tiny_tokenizer, n_conversations=16)
     final = train(load_recipe(bf16_training_recipe(workspace, "bf16")), progress=False)
-    losses = logged_losses(workspace / "bf16")
+    losses = [m["loss"] for m in logged(workspace / "bf16")]
     assert len(losses) == 6 and all(np.isfinite(losses))
     from safetensors.torch import load_file
 

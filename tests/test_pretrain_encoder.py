@@ -17,7 +17,7 @@ import yaml
 from ecgllm.datasets import PTBXL
 from ecgllm.datasets.cache import build_cache
 from ecgllm.signal import PrepConfig
-from tests.conftest import KILL_SEED, SHARED, kill_once_written, needs_shared
+from tests.conftest import KILL_SEED, SHARED, kill_once_written, logged, needs_shared
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_encoder_pretraining_recipe_and_resume(subset):
     # re-running the same recipe resumes from the last finished epoch instead of training again
     again = subprocess.run(cli, capture_output=True, text=True)
     assert again.returncode == 0
-    epochs = [json.loads(line)["epoch"] for line in (root / "run/metrics.jsonl").read_text().splitlines()]
+    epochs = [m["epoch"] for m in logged(root / "run")]
     assert epochs == [1, 2]
     assert json.loads((root / "run/result.json").read_text())["super_macro_auc"] == out["super_macro_auc"]
 
@@ -134,7 +134,7 @@ def test_an_encoder_stage_trains_on_two_cpu_processes_with_gloo(subset):
                             capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("fold-10 macro AUC") == 2  # each process reports the result the main one wrote
-    history = [json.loads(line) for line in (root / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    history = logged(root / "ddp")
     assert [h["epoch"] for h in history] == [1, 2] and all(h["loss"] > 0 for h in history)  # logged by rank 0 once
     assert {p.name for p in (root / "ddp" / "checkpoints" / "epoch-0002").iterdir()} >= {
         "random_states_0.pkl", "random_states_1.pkl"}  # every process's RNG states

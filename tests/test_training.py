@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from ecgllm.training.config import RecipeError, load_recipe
 from ecgllm.training.loop import lr_factor
-from tests.conftest import KILL_SEED, kill_once_written, make_training_workspace
+from tests.conftest import KILL_SEED, kill_once_written, logged, make_training_workspace
 
 CLI = [sys.executable, "-m", "ecgllm.serving.cli"]
 
@@ -60,7 +60,7 @@ def test_recipe_trains_logs_and_saves(workspace):
     result = subprocess.run(CLI + ["train", str(recipe(workspace, "basic", lr=0.01)), "--quiet"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     run = workspace / "basic"
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    metrics = logged(run)
     assert [m["step"] for m in metrics] == list(range(1, 13))
     assert metrics[-1]["loss"] < metrics[0]["loss"]  # it learns something
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000010", "step-00000012"]
@@ -123,10 +123,9 @@ def test_sigkill_then_resume_gives_bit_identical_weights(workspace, monkeypatch)
     a, b = final_weights(workspace / "clean"), final_weights(workspace / "killed")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     # each step logged once, with the clean run's loss: the line logged after the checkpoint was dropped
-    logged = [json.loads(line) for line in (workspace / "killed/metrics.jsonl").read_text().splitlines()]
-    clean_logged = [json.loads(line) for line in (workspace / "clean/metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in logged] == list(range(1, 31))
-    assert [m["loss"] for m in logged] == [m["loss"] for m in clean_logged]
+    resumed, clean_logged = logged(workspace / "killed"), logged(workspace / "clean")
+    assert [m["step"] for m in resumed] == list(range(1, 31))
+    assert [m["loss"] for m in resumed] == [m["loss"] for m in clean_logged]
 
 
 def test_two_cpu_processes_with_gloo(workspace):
@@ -137,11 +136,11 @@ def test_two_cpu_processes_with_gloo(workspace):
                             env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (workspace / "ddp" / "final" / "adapter").is_dir()
-    logged = [json.loads(line) for line in (workspace / "ddp" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in logged] == [1, 2, 3, 4]  # logged once, by rank 0
+    entries = logged(workspace / "ddp")
+    assert [m["step"] for m in entries] == [1, 2, 3, 4]  # logged once, by rank 0
     optim = load_recipe(workspace / "ddp.yaml").optim  # the schedule counts optimizer steps, not processes' steps
-    assert [m["lr"] for m in logged] == pytest.approx([optim.lr * lr_factor(m["step"], optim.warmup_steps, 4)
-                                                       for m in logged])
+    assert [m["lr"] for m in entries] == pytest.approx([optim.lr * lr_factor(m["step"], optim.warmup_steps, 4)
+                                                        for m in entries])
     export = subprocess.run(CLI + ["train", str(workspace / "ddp.yaml"), "--export-step", "4"], capture_output=True,
                             text=True)  # a multi-process run's checkpoint holds the wrapped model's names
     assert export.returncode == 0, export.stderr[-2000:]
