@@ -13,6 +13,7 @@ from torch import nn
 
 from ecgllm.training.config import RecipeError
 from ecgllm.training.epochs import LEGACY_STATE, epoch_accelerator, prepare_run, run_epochs
+from tests.conftest import logged
 
 
 @dataclass
@@ -80,10 +81,15 @@ def test_a_crash_mid_epoch_resumes_to_bit_identical_weights(tmp_path, crash_at):
     with pytest.raises(Crash):
         train(crashed, crash_at, ema_decay=0.9)
     assert sorted(p.name for p in (tmp_path / "crashed/checkpoints").iterdir()) == [f"epoch-{crash_at[0]:04d}"]
+    # An epoch is logged before its checkpoint is saved: as if the run had been killed between the two, the epoch
+    # after the checkpoint is in metrics.jsonl already; the resumed run trains it again and logs it once.
+    with (tmp_path / "crashed/metrics.jsonl").open("a") as fh:
+        fh.write('{"epoch": %d, "loss": -1.0, "epoch_s": 0.0}\n' % (crash_at[0] + 1))
     resumed, history = train(crashed, ema_decay=0.9)
     assert same(clean, resumed)  # dropout masks, data order and the EMA all replay
     strip = [{k: v for k, v in h.items() if k != "epoch_s"} for h in history]
     assert strip == [{k: v for k, v in h.items() if k != "epoch_s"} for h in clean_history]
+    assert [{k: v for k, v in h.items() if k != "epoch_s"} for h in logged(tmp_path / "crashed")] == strip
     finished, _ = train(crashed, ema_decay=0.9)  # every epoch done: nothing trains again
     assert same(clean, finished)
 

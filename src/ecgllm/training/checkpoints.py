@@ -52,3 +52,14 @@ def save_checkpoint(accelerator, root: Path, name: str, state: dict, keep: int) 
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def drop_metrics_after(metrics_path: Path, key: str, last: int) -> None:
+    """Keep the ``metrics.jsonl`` lines whose ``key`` (step or epoch) is at most ``last``, atomically: a killed run
+    may have logged past its last checkpoint, and the resumed run logs those again."""
+    lines = metrics_path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line).get(key, last) <= last]
+    if len(kept) != len(lines):
+        tmp = metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(metrics_path)

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from ecgllm.errors import RecipeError
-from ecgllm.training.checkpoints import finished_checkpoints, fresh_accelerator, read_state, save_checkpoint
+from ecgllm.training.checkpoints import (drop_metrics_after, finished_checkpoints, fresh_accelerator, read_state,
+                                        save_checkpoint)
 
 MIXED_PRECISION = ("no", "bf16")
 LEGACY_STATE = "checkpoint.pt"  # the single-file state of the hand-written epoch loops this engine replaced
@@ -168,6 +169,10 @@ def run_epochs(run: EpochRun, task: EpochTask, epochs: int, recipe: Any, progres
     if run.is_main:
         run.out.mkdir(parents=True, exist_ok=True)
         (run.out / "recipe.json").write_text(json.dumps(resolved(recipe), indent=2) + "\n")
+        if (run.out / "metrics.jsonl").exists():
+            # an epoch is logged before its checkpoint is saved: a run killed between the two logged an epoch it
+            # trains again now
+            drop_metrics_after(run.out / "metrics.jsonl", "epoch", done)
     for epoch in range(done, epochs):
         run.model.train()
         started = time.time()

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from ecgllm.models.placement import FrozenWeightsCast
-from ecgllm.training.checkpoints import STATE_FILE, finished_checkpoints, fresh_accelerator, read_state, save_checkpoint
+from ecgllm.training.checkpoints import (STATE_FILE, drop_metrics_after, finished_checkpoints, fresh_accelerator, read_state,
+                                        save_checkpoint)
 from ecgllm.training.config import RecipeError, TrainConfig, check_resumable, resolved
 
 if TYPE_CHECKING:
@@ -195,16 +196,6 @@ def set_random_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def drop_steps_after(metrics_path: Path, step: int) -> None:
-    """Keep the metrics lines of steps up to ``step`` (a resumed run logs the later ones again), atomically."""
-    lines = metrics_path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-    if len(kept) != len(lines):
-        tmp = metrics_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(kept))
-        tmp.replace(metrics_path)
-
-
 def lr_factor(step: int, warmup: int, max_steps: int) -> float:
     """The learning rate's share after ``step`` optimizer steps: linear warm-up, then a cosine to 0."""
     warmup = max(warmup, 0)
@@ -266,8 +257,8 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True, 
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
     metrics_path = output_dir / "metrics.jsonl"
-    if accelerator.is_main_process and resume is not None and metrics_path.exists():
-        drop_steps_after(metrics_path, step)  # the killed run logged past its checkpoint: those steps run again
+    if accelerator.is_main_process and metrics_path.exists():
+        drop_metrics_after(metrics_path, "step", step)  # a killed run logged past its checkpoint: those steps run again
 
     micro_per_epoch = len(loader)
     # Accelerate also syncs at the end of the loader, so a short last group still makes a step.
