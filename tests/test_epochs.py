@@ -135,3 +135,48 @@ def test_a_run_resumes_only_under_the_recipe_it_started_with(tmp_path):
 def test_a_gpu_index_is_left_to_the_launcher():
     with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES|no CUDA GPU"):
         epoch_accelerator("cuda:1", "no")
+
+
+DRAWS = """
+import json
+import sys
+from pathlib import Path
+import torch
+from accelerate.utils import set_seed
+from ecgllm.training.checkpoints import fresh_accelerator, seed_each_process
+accelerator = fresh_accelerator(cpu=True)
+set_seed(5)
+alike = torch.rand(3).tolist()  # what every process drew before: the same masks on each
+set_seed(5)
+seed_each_process(accelerator, 5)
+own = torch.rand(3).tolist()
+Path(sys.argv[1], f"rank{accelerator.process_index}.json").write_text(json.dumps({"alike": alike, "own": own}))
+"""
+
+
+def test_under_torchrun_each_process_draws_its_own_dropout_and_one_process_keeps_its_stream(tmp_path):
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from accelerate.utils import set_seed
+
+    from ecgllm.training.checkpoints import fresh_accelerator, seed_each_process
+
+    script = tmp_path / "draws.py"
+    script.write_text(DRAWS)
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
+    assert ranks[0]["alike"] == ranks[1]["alike"]  # the defect: one seed, the same draws on both processes
+    assert ranks[0]["own"] != ranks[1]["own"]
+    set_seed(5)
+    before = torch.rand(3)
+    set_seed(5)
+    seed_each_process(fresh_accelerator(cpu=True), 5)
+    assert torch.equal(torch.rand(3), before)  # a single process replays as before

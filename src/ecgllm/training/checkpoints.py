@@ -25,6 +25,17 @@ def fresh_accelerator(**kwargs):
     return Accelerator(**kwargs)
 
 
+def seed_each_process(accelerator, seed: int) -> None:
+    """Under torchrun every process starts from the same seed, so, left alone, every process would draw the same
+    dropout masks (and crops, noise) for its own share of the batch. Called once the data order is fixed (the
+    samplers keep their own seeded generators), it gives process k the seed ``seed + k``; a single process keeps
+    its stream as it is, so single-process runs replay as before."""
+    from accelerate.utils import set_seed
+
+    if accelerator.num_processes > 1:
+        set_seed(seed + accelerator.process_index)
+
+
 def finished_checkpoints(root: Path, prefix: str) -> list[Path]:
     """The complete checkpoints ``root/<prefix>-*``, oldest first (a temporary or killed one has no state file)."""
     return sorted(p for p in root.glob(f"{prefix}-*") if (p / STATE_FILE).exists())

@@ -24,7 +24,7 @@ from torch import nn
 
 from ecgllm.errors import RecipeError
 from ecgllm.training.checkpoints import (drop_metrics_after, finished_checkpoints, fresh_accelerator, read_state,
-                                        save_checkpoint)
+                                        save_checkpoint, seed_each_process)
 
 MIXED_PRECISION = ("no", "bf16")
 LEGACY_STATE = "checkpoint.pt"  # the single-file state of the hand-written epoch loops this engine replaced
@@ -125,6 +125,8 @@ def prepare_run(accelerator, model: nn.Module, optimizer, scheduler, out: Path, 
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
            if ema_decay else None)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # the stages seeded every process alike (start_run) and draw their batches from (seed, epoch) generators
+    seed_each_process(accelerator, torch.initial_seed())
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
     return EpochRun(accelerator, model, optimizer, scheduler, Path(out), ema, max_grad_norm)

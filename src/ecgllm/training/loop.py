@@ -17,7 +17,7 @@ import torch
 
 from ecgllm.models.placement import FrozenWeightsCast
 from ecgllm.training.checkpoints import (STATE_FILE, drop_metrics_after, finished_checkpoints, fresh_accelerator, read_state,
-                                        save_checkpoint)
+                                        save_checkpoint, seed_each_process)
 from ecgllm.training.config import RecipeError, TrainConfig, check_resumable, resolved
 
 if TYPE_CHECKING:
@@ -241,6 +241,7 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True, 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda count: lr_factor(
         count // accelerator.num_processes, config.optim.warmup_steps, config.optim.max_steps))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    seed_each_process(accelerator, config.seed)  # the same batches order everywhere, each process its own dropout
 
     step = 0
     resume = latest_checkpoint(output_dir)
