@@ -26,8 +26,8 @@ features, which agrees with an official numeric question 48 % of the time
         --work ../cache/candidate [--name NAME]
     -> benchmarks/results/ecgqa_candidate[_NAME].json, docs/results/ecgqa_candidate[_NAME].md
 
-Every evaluation is an `ecgllm eval ecgqa` run folder under --work (resumable); the two models run side by side,
-one CPU core each.
+Every evaluation is an `ecgllm eval ecgqa` run folder under --work (resumable); the runs of both models are spread
+over the cores, one run per core at a time.
 """
 
 from __future__ import annotations
@@ -140,17 +140,36 @@ def eval_command(model: Path, data: Path, signals: Path, out: Path, probe: str) 
 
 def evaluate_both(models: dict[str, Path], sets: dict[str, Path], signals: Path, work: Path,
                   cores: list[int]) -> None:
-    """Every (set, probe) of both models, each model's runs one after another on its own pinned core."""
+    """Every (model, set, probe) run, spread over the cores: one worker per pinned core takes the next run not yet
+    taken, so a model whose runs are already complete (a default scored before) leaves every core to the other."""
+    import queue
+    import threading
+
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    procs = []
-    for core, name in zip(cores * 2, models):
-        commands = [eval_command(models[name], data, signals, work / f"{name}-{run_name(data)}-{probe}", probe)
-                    for data in sets.values() for probe in ("none", "random-ecg")]
-        script = "set -e\n" + "\n".join(shlex.join(c) for c in commands)
-        procs.append(subprocess.Popen(["taskset", "-c", str(core), "bash", "-c", script], env=env))
-    codes = [p.wait() for p in procs]  # every child ends before the script does: a re-run never races one
-    if any(codes):
-        raise SystemExit("an evaluation failed (see above); re-run to resume")
+    todo: queue.Queue = queue.Queue()
+    for name in models:
+        for data in sets.values():
+            for probe in ("none", "random-ecg"):
+                out = work / f"{name}-{run_name(data)}-{probe}"
+                todo.put((out, eval_command(models[name], data, signals, out, probe)))
+    failed: list[str] = []
+
+    def worker(core: int) -> None:
+        while not failed:
+            try:
+                out, command = todo.get_nowait()
+            except queue.Empty:
+                return
+            if subprocess.run(["taskset", "-c", str(core), *command], env=env).returncode:
+                failed.append(f"{out}: {shlex.join(command)}")
+
+    threads = [threading.Thread(target=worker, args=(core,)) for core in cores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:  # every child ends before the script does: a re-run never races one
+        thread.join()
+    if failed:
+        raise SystemExit(f"an evaluation failed ({failed[0]}; see above); re-run to resume")
 
 
 def run_name(data: Path) -> str:

@@ -394,6 +394,32 @@ def test_candidate_rule_needs_a_bootstrap_interval_over_ecgs_above_zero_and_kept
                                        "candidate": {"valid_grouped": gen}})["replace"]
 
 
+def test_candidate_runs_are_spread_over_the_cores_and_a_failure_stops_with_a_sentence(tmp_path, monkeypatch):
+    """benchmarks/ecgqa_candidate.py runs every (model, set, probe) evaluation once, pinned to one of the cores; a
+    model scored before takes no core from the other (its runs resume at once), and a failed run is named."""
+    import os
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ecgqa_candidate
+
+    def fake_eval(model, data, signals, out, probe):
+        code = f"import os, pathlib; pathlib.Path({str(out)!r}).write_text(str(sorted(os.sched_getaffinity(0))))"
+        return [sys.executable, "-c", "raise SystemExit(1)" if "broken" in str(data) else code]
+
+    monkeypatch.setattr(ecgqa_candidate, "eval_command", fake_eval)
+    core = sorted(os.sched_getaffinity(0))[0]
+    models = {"default": tmp_path / "d", "candidate": tmp_path / "c"}
+    sets = {"a": tmp_path / "a.json", "b": tmp_path / "b.json"}
+    ecgqa_candidate.evaluate_both(models, sets, tmp_path, tmp_path, [core, core])
+    runs = sorted(p.name for p in tmp_path.glob("*-*-*"))
+    assert runs == sorted(f"{m}-{s}-{p}" for m in models for s in sets for p in ("none", "random-ecg"))
+    assert {(tmp_path / r).read_text() for r in runs} == {str([core])}
+    with pytest.raises(SystemExit, match="an evaluation failed .*broken"):
+        ecgqa_candidate.evaluate_both(models, {"broken": tmp_path / "broken.json"}, tmp_path, tmp_path, [core])
+
+
 @needs_shared
 def test_official_mix_weighs_templates_by_their_official_share(tmp_path, monkeypatch):
     """Template 1 ("Does this ECG show symptoms of X?") is some seventy times as common in the official train split as
