@@ -296,10 +296,13 @@ def test_the_real_model_stops_a_row_at_its_deadline_and_lets_the_others_go_on(as
     from transformers import StoppingCriteriaList
 
     from ecgllm import read_ecg
+    from ecgllm.datasets.conversation import ecg_tags
+    from ecgllm.models.answering import prompt_batch
     from ecgllm.serving.assistant import _RowDeadlines
 
     ecg = read_ecg(HEA)
-    batch = assistant._batch(["Is this normal?", "Is this normal?"], [[ecg], [ecg]], False)
+    batch = prompt_batch(assistant.model, assistant.processor, ["Is this normal?"] * 2, [[ecg], [ecg]],
+                         [ecg_tags(1, False)] * 2)
     now = time.monotonic()
     out = assistant.model.generate(**batch, max_new_tokens=40, min_new_tokens=40,
                                    pad_token_id=assistant.processor.tokenizer.pad_token_id,

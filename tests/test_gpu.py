@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from ecgllm import read_ecg
+from ecgllm.datasets.conversation import ecg_tags
+from ecgllm.models.answering import prompt_batch
 from tests.conftest import FIXTURES, bf16_training_recipe, logged, make_training_workspace
 
 PTBXL_1 = FIXTURES / "ptbxl/records100/00000/00001_lr.hea"
@@ -18,7 +20,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def first_token_logits(assistant) -> torch.Tensor:
-    batch = assistant._batch([QUESTION], [assistant.read([PTBXL_1])], False)
+    batch = prompt_batch(assistant.model, assistant.processor, [QUESTION], [assistant.read([PTBXL_1])], [ecg_tags(1, False)])
     with torch.no_grad():
         return assistant.model(**batch).logits[0, -1].float().cpu()
 

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from ecgllm import read_ecg
+from ecgllm.datasets.conversation import ecg_tags
+from ecgllm.models.answering import prompt_batch
 from ecgllm.models.placement import resolve_device, resolve_dtype
 from ecgllm.training.epochs import epoch_accelerator
 from tests.conftest import FIXTURES, bf16_training_recipe, logged, make_training_workspace
@@ -72,7 +74,8 @@ def test_bf16_weights_answer_like_fp32(tiny_checkpoint):
     question = "Does this ECG show atrial fibrillation?"
     assert isinstance(bf16.ask(PTBXL_1, question, max_new_tokens=4, measure=False).text, str)
     # the first generated token's scores agree across precisions (tiny random model: compare distributions)
-    batches = [a._batch([question], [a.read([PTBXL_1])], False) for a in (fp32, bf16)]
+    batches = [prompt_batch(a.model, a.processor, [question], [a.read([PTBXL_1])], [ecg_tags(1, False)])
+               for a in (fp32, bf16)]
     logits = [a.model(**b).logits[0, -1].float() for a, b in zip((fp32, bf16), batches)]
     assert torch.nn.functional.cosine_similarity(logits[0], logits[1], dim=0) > 0.99
 

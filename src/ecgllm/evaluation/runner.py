@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
 from ecgllm.datasets.conversation import ecg_tags
 from ecgllm.datasets.ecgqa import QASample
 from ecgllm.io.record import ECG
-from ecgllm.models.placement import to_model_device
+from ecgllm.models.answering import generate_answers
 
 PROBES = ("none", "blind", "random-ecg")
 
@@ -40,24 +39,12 @@ class ModelAnswerer:
     def __init__(self, model, processor, batch_size: int = 16, max_new_tokens: int = 32) -> None:
         self.model, self.processor = model.eval(), processor
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
-        tok = processor.tokenizer
-        self._yes = sorted({tok.encode(w, add_special_tokens=False)[0] for w in ("yes", "Yes", " yes", " Yes")})
-        self._no = sorted({tok.encode(w, add_special_tokens=False)[0] for w in ("no", "No", " no", " No")})
 
-    @torch.no_grad()
     def __call__(self, prompts: Sequence[Prompt]) -> list[tuple[str, float]]:
-        turns = [[{"role": "user", "content": p.question}] for p in prompts]
-        batch = to_model_device(self.processor(turns, [p.ecgs for p in prompts], tags=[p.tags for p in prompts],
-                                               train=False), self.model)
-        out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, output_scores=True,
-                                  return_dict_in_generate=True,
-                                  pad_token_id=self.processor.tokenizer.pad_token_id)
-        first = torch.softmax(out.scores[0].float(), dim=-1)
-        p_yes = first[:, self._yes].sum(-1)
-        p_no = first[:, self._no].sum(-1)
-        probs = (p_yes / (p_yes + p_no).clamp(min=1e-12)).tolist()
-        texts = self.processor.tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
-        return [(t.strip(), p) for t, p in zip(texts, probs)]
+        answers = generate_answers(self.model, self.processor, [p.question for p in prompts],
+                                   [p.ecgs for p in prompts], [p.tags for p in prompts], self.max_new_tokens,
+                                   yes_no=True)
+        return list(zip(answers.texts, answers.p_yes))
 
 
 def random_ecg_mapping(ecg_ids: Sequence[int], seed: int = 0, patient_of: dict[int, object] | None = None) -> dict[int, int]:

@@ -19,7 +19,7 @@ from ecgllm.datasets.conversation import ecg_tags
 from ecgllm.io.image import ECGImage
 from ecgllm.io.reader import read_ecg
 from ecgllm.io.record import ECG
-from ecgllm.models.placement import to_model_device
+from ecgllm.models.answering import generate_answers
 from ecgllm.serving.measuring import measurement_summary
 
 ECGLike = Union[ECG, ECGImage, str, Path]
@@ -155,37 +155,25 @@ class ECGAssistant:
         for question, ecgs in zip(questions, ecg_lists):
             self.processor.notes([{"role": "user", "content": question}], ecgs)
 
-    def _batch(self, questions: Sequence[str], ecg_lists: Sequence[list[ECG]], consecutive: bool):
-        turns = [[{"role": "user", "content": q}] for q in questions]
-        tags = [ecg_tags(len(e), consecutive) if e else [] for e in ecg_lists]
-        return to_model_device(self.processor(turns, list(ecg_lists), tags=tags, train=False), self.model)
-
     def decode(self, tokens: Sequence[int]) -> str:
         """Token ids as text, special tokens left out (taking turns with the other threads' tokenising)."""
         with self._tokenizing:
             return self.processor.tokenizer.decode(tokens, skip_special_tokens=True)
 
-    @torch.no_grad()
     def _generate(self, questions, ecg_lists, consecutive: bool, max_new_tokens: int,
                   max_time_s: float | None = None, limits: Sequence[int] | None = None,
                   deadlines: Sequence[float] | None = None, streamer=None) -> list[str]:
-        """Greedy answers of a batch. ``limits``: each row's own token limit (its answer is cut there, as a
-        single generation with that limit would end: greedy rows do not depend on each other); ``deadlines``:
-        each row stops generating at its own `time.monotonic()` deadline."""
+        """Greedy answers of a batch. ``limits``: each row's own token limit; ``deadlines``: each row stops
+        generating at its own `time.monotonic()` deadline."""
         from transformers import StoppingCriteriaList
 
         self._measure_ahead(questions, ecg_lists)
-        with self._tokenizing:
-            batch = self._batch(questions, ecg_lists, consecutive)
+        tags = [ecg_tags(len(e), consecutive) if e else [] for e in ecg_lists]
         extra = {"stopping_criteria": StoppingCriteriaList([_RowDeadlines(deadlines)])} if deadlines else {}
         if streamer is not None:  # `streamer` gets each step's tokens of every row (see `AnswerBatcher`)
             extra["streamer"] = streamer
-        out = self.model.generate(**batch, max_new_tokens=max_new_tokens, max_time=max_time_s,
-                                  pad_token_id=self.processor.tokenizer.pad_token_id, **extra)
-        rows = [row[:limit] for row, limit in zip(out, limits)] if limits else list(out)
-        with self._tokenizing:
-            texts = self.processor.tokenizer.batch_decode(rows, skip_special_tokens=True)
-        return [t.strip() for t in texts]
+        return generate_answers(self.model, self.processor, questions, ecg_lists, tags, max_new_tokens,
+                                limits=limits, tokenizer_lock=self._tokenizing, max_time=max_time_s, **extra).texts
 
     def _answer(self, ecgs: Sequence[ECGLike], question: str, consecutive: bool, max_new_tokens: int,
                 measure: bool) -> Answer:
@@ -252,13 +240,9 @@ class ECGAssistant:
         noted = self.picture_warnings(records, question)
         if warnings is not None:
             warnings.extend(noted)
-        self._measure_ahead([question], [records])
-        with self._tokenizing:
-            batch = self._batch([question], [records], consecutive=len(ecgs) == 2)
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_special_tokens=True)
-        kwargs = dict(batch, max_new_tokens=max_new_tokens, streamer=streamer,
-                      pad_token_id=self.processor.tokenizer.pad_token_id)
-        worker = Thread(target=self.model.generate, kwargs=kwargs, daemon=True)
+        worker = Thread(target=self._generate, args=([question], [records], len(ecgs) == 2, max_new_tokens),
+                        kwargs={"streamer": streamer}, daemon=True)
         worker.start()
         yield from streamer
         worker.join()
