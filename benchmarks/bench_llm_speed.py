@@ -45,6 +45,7 @@ from ecgllm.datasets import ECGQA, PTBXL  # noqa: E402
 from ecgllm.datasets.ecgqa_attributes import build_attributes  # noqa: E402
 from ecgllm.datasets.ecgqa_generator import ECGQAGenerator  # noqa: E402
 from ecgllm.models import EcgLanguageModel, EcgLMConfig  # noqa: E402
+from ecgllm.training.model_setup import build_model  # noqa: E402
 from ecgllm.models.placement import FrozenWeightsCast, cpu_has_bf16_instructions  # noqa: E402
 
 ENCODER = {"widths": [48, 96, 128, 192], "n_tokens": 16, "blocks_per_stage": 1}
@@ -255,7 +256,7 @@ def main() -> None:
 
     # 2. a fresh model with 16 projected tokens per ECG, always 8 new tokens (length-controlled)
     torch.manual_seed(0)
-    model, processor = EcgLanguageModel.build(EcgLMConfig(encoder_kwargs=ENCODER))
+    model, processor = build_model(EcgLMConfig(encoder_kwargs=ENCODER))
     step_s, lengths = train_steps(model, processor)
     seconds = []
     for s in questions:

@@ -34,9 +34,10 @@ RECORD = ROOT / "tests/fixtures/ptbxl/records100/00000/00001_lr"
 def default_checkpoint() -> Path:
     out = CACHE / "bench_serving_checkpoint"
     if not (out / "config.json").exists():
-        from ecgllm.models import EcgLanguageModel, EcgLMConfig
+        from ecgllm.models import EcgLMConfig
+        from ecgllm.training.model_setup import build_model
 
-        model, processor = EcgLanguageModel.build(EcgLMConfig(encoder_kwargs={"widths": [32, 64, 128], "n_tokens": 16}))
+        model, processor = build_model(EcgLMConfig(encoder_kwargs={"widths": [32, 64, 128], "n_tokens": 16}))
         model.save_pretrained(out, processor)
     return out
 

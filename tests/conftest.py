@@ -39,7 +39,8 @@ def tiny_checkpoint(tmp_path_factory, tiny_tokenizer):
 
     import torch
 
-    from ecgllm.models import EcgLanguageModel, EcgLMConfig, ProcessorConfig
+    from ecgllm.models import EcgLMConfig, ProcessorConfig
+    from ecgllm.training.model_setup import build_model
     from tests.tiny_models import tiny_llm
 
     root = tmp_path_factory.mktemp("tinyckpt")
@@ -50,8 +51,8 @@ def tiny_checkpoint(tmp_path_factory, tiny_tokenizer):
     config = EcgLMConfig(llm=str(root / "llm"), encoder="resnet1d", encoder_kwargs={"widths": [8, 16], "n_tokens": 2},
                          lora={"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]})
     torch.manual_seed(0)
-    model, processor = EcgLanguageModel.build(config, ProcessorConfig(), llm=tiny_llm(len(tokenizer)),
-                                              tokenizer=tokenizer)
+    model, processor = build_model(config, ProcessorConfig(), llm=tiny_llm(len(tokenizer)),
+                                   tokenizer=tokenizer)
     model.save_pretrained(root / "ckpt", processor, name="tiny-test-model")
     return root / "ckpt"
 

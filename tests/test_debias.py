@@ -15,6 +15,7 @@ import yaml
 
 from ecgllm.datasets.debias import ipw_weights, question_prior_accuracy
 from ecgllm.datasets.severity import count_stratum, most_severe, superclass_stratum
+from ecgllm.training.model_setup import load_stage_weights
 from tests.conftest import FIXTURES, PTBXL_1, SHARED, logged, make_training_workspace, needs_shared
 from tests.tiny_models import tiny_llm
 
@@ -76,12 +77,13 @@ def test_intervention_sampling_cuts_the_stratum_question_link():
 
 @pytest.fixture()
 def tiny_model(tiny_tokenizer):
-    from ecgllm.models import EcgLanguageModel, EcgLMConfig, ProcessorConfig
+    from ecgllm.models import EcgLMConfig, ProcessorConfig
+    from ecgllm.training.model_setup import build_model
 
     tokenizer = copy.deepcopy(tiny_tokenizer)
     config = EcgLMConfig(llm="tiny", encoder_kwargs={"widths": [8, 16], "n_tokens": 2}, lora={"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]})
     torch.manual_seed(0)
-    return EcgLanguageModel.build(config, ProcessorConfig(), llm=tiny_llm(len(tokenizer)), tokenizer=tokenizer)
+    return build_model(config, ProcessorConfig(), llm=tiny_llm(len(tokenizer)), tokenizer=tokenizer)
 
 
 def _batch(processor, train: bool):
@@ -229,7 +231,7 @@ def test_the_removed_stratified_option_is_refused_with_a_sentence(debias_workspa
     meta["config"].update(n_strata=4, stratum_prior=[0.25] * 4)
     (folder / "config.json").write_text(json.dumps(meta))
     with pytest.raises(RemovedFeatureError, match="old-stratified"):
-        model.load_weights_from(folder, processor)
+        load_stage_weights(model, folder, processor)
     with pytest.raises(RemovedFeatureError, match="old-stratified"):
         encoder_meta(folder)
 

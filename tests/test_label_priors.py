@@ -167,6 +167,7 @@ def test_prevalences_of_real_ptbxl_rows():
 def test_a_balanced_model_folder_needs_its_priors(tmp_path, tiny_tokenizer):
     from ecgllm.models import EcgLanguageModel
     from ecgllm.models.ecg_lm import EcgLMConfig
+    from ecgllm.training.model_setup import build_model
     from ecgllm.models.processor import ProcessorConfig
     from ecgllm.signal import PrepConfig
     from tests.test_models import encoder_run_with_head
@@ -179,8 +180,8 @@ def test_a_balanced_model_folder_needs_its_priors(tmp_path, tiny_tokenizer):
     config = EcgLMConfig(llm="tiny", encoder_kwargs=kwargs, encoder_init=str(tmp_path / "enc"), label_tokens=1,
                          named_label_tokens=1, balanced_named_labels=True, encoder_policy="frozen",
                          lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]})
-    model, processor = EcgLanguageModel.build(config, ProcessorConfig(prep=PrepConfig(normalize="center").to_dict()),
-                                              llm=tiny_llm(len(tiny_tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))
+    model, processor = build_model(config, ProcessorConfig(prep=PrepConfig(normalize="center").to_dict()),
+                                   llm=tiny_llm(len(tiny_tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))
     model.save_pretrained(tmp_path / "unfitted", processor)
     with pytest.raises(ValueError, match="holds no fitted priors"):
         EcgLanguageModel.from_pretrained(tmp_path / "unfitted", llm=tiny_llm(len(tiny_tokenizer)))

@@ -7,6 +7,7 @@ import torch
 
 from ecgllm import read_ecg
 from ecgllm.models import EcgLanguageModel, EcgLMConfig, EcgTokenCountError, ProcessorConfig, build_encoder
+from ecgllm.training.model_setup import build_model, load_stage_weights
 from ecgllm.models.processor import IGNORE_INDEX
 from tests.conftest import FIXTURES, PTBXL_1
 from tests.tiny_models import tiny_llm
@@ -19,7 +20,7 @@ def make(tiny_tokenizer, policy="lora", encoder="resnet1d"):
     config = EcgLMConfig(llm="tiny", encoder=encoder, encoder_kwargs=kwargs, llm_policy=policy,
                          lora={"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})
     torch.manual_seed(0)
-    return EcgLanguageModel.build(config, ProcessorConfig(), llm=tiny_llm(len(tokenizer)), tokenizer=tokenizer)
+    return build_model(config, ProcessorConfig(), llm=tiny_llm(len(tokenizer)), tokenizer=tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +189,7 @@ def test_pretrained_encoder_starts_the_llm_stage_and_its_labels_travel_with_the_
                          lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]})
     tokenizer = copy.deepcopy(tiny_tokenizer)
     centered = ProcessorConfig(prep=PrepConfig(normalize="center").to_dict())  # what an "mv" encoder was fed
-    model, processor = EcgLanguageModel.build(config, centered, llm=tiny_llm(len(tokenizer)), tokenizer=tokenizer)
+    model, processor = build_model(config, centered, llm=tiny_llm(len(tokenizer)), tokenizer=tokenizer)
     for name, value in pretrained.state_dict().items():
         assert torch.equal(model.encoder.state_dict()[name], value), name
     model.save_pretrained(tmp_path / "ckpt", processor)
@@ -197,18 +198,18 @@ def test_pretrained_encoder_starts_the_llm_stage_and_its_labels_travel_with_the_
     # an encoder trained on z-scored input must not silently receive millivolts, nor another architecture
     save_encoder(tmp_path / "enc", pretrained, "resnet1d", kwargs, "zscore", 100.0)
     with pytest.raises(ValueError, match="normalize"):
-        EcgLanguageModel.build(config, ProcessorConfig(), llm=tiny_llm(len(tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))
+        build_model(config, ProcessorConfig(), llm=tiny_llm(len(tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))
     # an encoder run records its cache's whole preparation: a band-pass the encoder never saw is refused too
     save_encoder(tmp_path / "enc", pretrained, "resnet1d", kwargs, "mv", 100.0,
                  prep=PrepConfig(normalize="none", bandpass=None).to_dict())
     with pytest.raises(ValueError, match=r"prepared its ECGs with \{'bandpass': None\}"):
-        EcgLanguageModel.build(config, centered, llm=tiny_llm(len(tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))
+        build_model(config, centered, llm=tiny_llm(len(tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))
     same = ProcessorConfig(prep=PrepConfig(normalize="center", bandpass=None).to_dict())
-    EcgLanguageModel.build(config, same, llm=tiny_llm(len(tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))
+    build_model(config, same, llm=tiny_llm(len(tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))
     other = EcgLMConfig(llm="tiny", encoder="resnet1d", encoder_kwargs={"widths": [16, 16], "n_tokens": 4},
                         encoder_init=str(tmp_path / "enc"))
     with pytest.raises(ValueError, match="recipe asks for"):
-        EcgLanguageModel.build(other, ProcessorConfig(), llm=tiny_llm(len(tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))
+        build_model(other, ProcessorConfig(), llm=tiny_llm(len(tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))
 
 
 def encoder_run_with_head(folder, kwargs: dict, seed: int) -> torch.nn.Linear:
@@ -244,7 +245,7 @@ def test_label_tokens_name_the_classifier_s_likeliest_labels_and_survive_every_s
     tokenizer = copy.deepcopy(tiny_tokenizer)
     base_vocab = len(tokenizer)  # before the processor adds <ecg>: the base LLM a checkpoint points at
     prep = ProcessorConfig(prep=PrepConfig(normalize="center").to_dict())
-    model, processor = EcgLanguageModel.build(config, prep, llm=tiny_llm(base_vocab), tokenizer=tokenizer)
+    model, processor = build_model(config, prep, llm=tiny_llm(base_vocab), tokenizer=tokenizer)
     assert model.tokens_per_ecg == 6 and processor.config.n_ecg_tokens == 6
     table = model.llm.get_input_embeddings().weight
     ids = tokenizer(" atrial fibrillation", add_special_tokens=False)["input_ids"]
@@ -264,12 +265,12 @@ def test_label_tokens_name_the_classifier_s_likeliest_labels_and_survive_every_s
     loaded, loaded_processor = EcgLanguageModel.from_pretrained(tmp_path / "ckpt", llm=tiny_llm(base_vocab))
     assert torch.allclose(before, logits_of(loaded, loaded_processor([QA], [[ecgs[0]]])), atol=1e-5)
     later = EcgLMConfig(llm="tiny", encoder_kwargs=kwargs, label_tokens=2, encoder_policy="frozen", lora=lora)
-    nxt, _ = EcgLanguageModel.build(later, prep, llm=tiny_llm(base_vocab), tokenizer=copy.deepcopy(tiny_tokenizer),
-                                    init_from=tmp_path / "ckpt")
-    nxt.load_weights_from(tmp_path / "ckpt")
+    nxt, _ = build_model(later, prep, llm=tiny_llm(base_vocab), tokenizer=copy.deepcopy(tiny_tokenizer),
+                         init_from=tmp_path / "ckpt")
+    load_stage_weights(nxt, tmp_path / "ckpt")
     assert torch.equal(nxt.label_tokens.name_embeddings, model.label_tokens.name_embeddings)
     with pytest.raises(ValueError, match="encoder_init"):
-        EcgLanguageModel.build(later, prep, llm=tiny_llm(base_vocab), tokenizer=copy.deepcopy(tiny_tokenizer))
+        build_model(later, prep, llm=tiny_llm(base_vocab), tokenizer=copy.deepcopy(tiny_tokenizer))
 
 
 def test_find_named_labels_reads_whole_names_longest_first_in_question_order():
@@ -306,8 +307,8 @@ def test_named_label_tokens_carry_the_classifier_s_probability_of_the_question_s
         config = EcgLMConfig(llm="tiny", encoder_kwargs=kwargs, encoder_init=str(tmp_path / "enc"), label_tokens=1,
                              encoder_policy="frozen", lora=lora, **extra)
         torch.manual_seed(0)
-        return EcgLanguageModel.build(config, copy.deepcopy(prep), llm=tiny_llm(base_vocab),
-                                      tokenizer=copy.deepcopy(tiny_tokenizer))
+        return build_model(config, copy.deepcopy(prep), llm=tiny_llm(base_vocab),
+                           tokenizer=copy.deepcopy(tiny_tokenizer))
 
     plain, _ = build()
     plain.save_pretrained(tmp_path / "plain", _)
@@ -340,9 +341,9 @@ def test_named_label_tokens_carry_the_classifier_s_probability_of_the_question_s
                           atol=1e-5)
     later = EcgLMConfig(llm="tiny", encoder_kwargs=kwargs, label_tokens=1, named_label_tokens=2,
                         encoder_policy="frozen", lora=lora)
-    nxt, nxt_processor = EcgLanguageModel.build(later, copy.deepcopy(prep), llm=tiny_llm(base_vocab),
-                                                tokenizer=copy.deepcopy(tiny_tokenizer), init_from=tmp_path / "plain")
-    nxt.load_weights_from(tmp_path / "plain", nxt_processor)  # a checkpoint from before named slots
+    nxt, nxt_processor = build_model(later, copy.deepcopy(prep), llm=tiny_llm(base_vocab),
+                                     tokenizer=copy.deepcopy(tiny_tokenizer), init_from=tmp_path / "plain")
+    load_stage_weights(nxt, tmp_path / "plain", nxt_processor)  # a checkpoint from before named slots
     assert nxt_processor.config.named_labels == processor.config.named_labels
     assert torch.equal(nxt.label_tokens.name_embeddings, plain.label_tokens.name_embeddings)
     assert not nxt.label_tokens.named_slots.any()
@@ -450,7 +451,7 @@ def test_other_sampling_rates_and_lead_orders_are_prepared_the_same_way(tiny_tok
 def test_real_smollm2_forward_and_generate(ecgs):
     """The embedded default LLM, offline: converted once from the wheel's GGUF, then loaded from cache."""
     config = EcgLMConfig(encoder_kwargs={"widths": (32, 64), "n_tokens": 8})
-    model, processor = EcgLanguageModel.build(config)
+    model, processor = build_model(config)
     model.eval()
     batch = processor([QA], [[ecgs[0]]])
     assert torch.isfinite(model(**batch).loss)
@@ -478,7 +479,7 @@ def test_encoder_init_takes_only_the_encoder_of_a_model_folder(tiny_checkpoint, 
     config = EcgLMConfig(llm="tiny", encoder="resnet1d", encoder_kwargs={"widths": [8, 16], "n_tokens": 2},
                          encoder_init=str(tiny_checkpoint), lora={"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]})
     torch.manual_seed(1)
-    model, _ = EcgLanguageModel.build(config, ProcessorConfig(), llm=tiny_llm(len(tokenizer)), tokenizer=tokenizer)
+    model, _ = build_model(config, ProcessorConfig(), llm=tiny_llm(len(tokenizer)), tokenizer=tokenizer)
     encoder = load_file(tiny_checkpoint / "encoder.safetensors")
     assert all(torch.equal(model.encoder.state_dict()[k], v) for k, v in encoder.items())
     projector = load_file(tiny_checkpoint / "projector.safetensors")
@@ -486,12 +487,12 @@ def test_encoder_init_takes_only_the_encoder_of_a_model_folder(tiny_checkpoint, 
     other_prep = ProcessorConfig()
     other_prep.prep = {**other_prep.prep, "bandpass": [1.0, 30.0]}
     with pytest.raises(ValueError, match="prepared its ECGs with"):  # other filtering: the encoder would read
-        EcgLanguageModel.build(config, other_prep, llm=tiny_llm(len(tokenizer)),  # other signals than it learned
-                               tokenizer=copy.deepcopy(tiny_tokenizer))
+        build_model(config, other_prep, llm=tiny_llm(len(tokenizer)),  # other signals than it learned
+                    tokenizer=copy.deepcopy(tiny_tokenizer))
     with pytest.raises(ValueError, match="holds resnet1d"):  # another encoder shape is refused with a sentence
-        EcgLanguageModel.build(EcgLMConfig(llm="tiny", encoder="resnet1d", encoder_kwargs={"widths": [8, 32]},
-                                           encoder_init=str(tiny_checkpoint)), ProcessorConfig(),
-                               llm=tiny_llm(len(tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))
+        build_model(EcgLMConfig(llm="tiny", encoder="resnet1d", encoder_kwargs={"widths": [8, 32]},
+                                encoder_init=str(tiny_checkpoint)), ProcessorConfig(),
+                    llm=tiny_llm(len(tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))
 
 
 def test_a_card_that_disagrees_with_the_saved_preparation_is_refused(tiny_checkpoint, tmp_path):

@@ -19,6 +19,7 @@ from ecgllm.datasets.ecgqa_attributes import noise_leads_table
 from ecgllm.io.leads import STANDARD_12
 from ecgllm.models import EcgLanguageModel
 from ecgllm.models.ecg_lm import EcgLMConfig
+from ecgllm.training.model_setup import build_model
 from ecgllm.models.label_tokens import NOT_NAMED
 from ecgllm.models.processor import ProcessorConfig
 from ecgllm.models.signal_quality import N_FEATURES, QUALITY_KINDS, SignalQuality, quality_features
@@ -146,9 +147,9 @@ def test_a_named_noise_fills_its_slot_with_the_heads_probability_and_survives_sa
                          named_label_tokens=2, signal_quality=True, encoder_policy="frozen",
                          lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]})
     torch.manual_seed(0)
-    model, processor = EcgLanguageModel.build(config, ProcessorConfig(prep=PrepConfig(normalize="center").to_dict()),
-                                              llm=tiny_llm(len(tiny_tokenizer)),
-                                              tokenizer=copy.deepcopy(tiny_tokenizer))
+    model, processor = build_model(config, ProcessorConfig(prep=PrepConfig(normalize="center").to_dict()),
+                                   llm=tiny_llm(len(tiny_tokenizer)),
+                                   tokenizer=copy.deepcopy(tiny_tokenizer))
     names = processor.config.named_labels
     assert names[:3] == ["atrial fibrillation", "normal ecg", "left ventricular hypertrophy"]
     assert names[3:] == model.label_tokens.quality.entry_names()
@@ -187,9 +188,9 @@ def test_a_named_noise_fills_its_slot_with_the_heads_probability_and_survives_sa
     assert mixed[0].isnan().all()
     assert torch.equal(mixed[1], model.label_tokens.quality(batch["ecg"], batch["ecg_mask"])[0])
     # a folder whose heads were never fitted is refused, not served with blank noise slots
-    unfitted, unfitted_processor = EcgLanguageModel.build(config, ProcessorConfig(prep=PrepConfig(normalize="center").to_dict()),
-                                                          llm=tiny_llm(len(tiny_tokenizer)),
-                                                          tokenizer=copy.deepcopy(tiny_tokenizer))
+    unfitted, unfitted_processor = build_model(config, ProcessorConfig(prep=PrepConfig(normalize="center").to_dict()),
+                                               llm=tiny_llm(len(tiny_tokenizer)),
+                                               tokenizer=copy.deepcopy(tiny_tokenizer))
     unfitted.save_pretrained(tmp_path / "unfitted", unfitted_processor)
     with pytest.raises(ValueError, match="no fitted noise heads"):
         EcgLanguageModel.from_pretrained(tmp_path / "unfitted", llm=tiny_llm(len(tiny_tokenizer)))

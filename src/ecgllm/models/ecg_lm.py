@@ -22,11 +22,10 @@ from torch import nn
 from ecgllm import __version__
 from ecgllm.io.leads import STANDARD_12
 from ecgllm.models.card import check_card
-from ecgllm.models.encoder_source import ENCODER_TO_PREP_NORMALIZE, encoder_head, encoder_meta
 from ecgllm.models.encoders import build_encoder
 from ecgllm.models.label_tokens import LabelTokens
 from ecgllm.models.measurement_note import NOTE_VERSIONS
-from ecgllm.models.processor import EcgProcessor, ImageNotSupportedError, ProcessorConfig
+from ecgllm.models.processor import EcgProcessor, ImageNotSupportedError
 from ecgllm.models.projector import build_projector
 from ecgllm.models.removed_features import without_removed_keys
 from ecgllm.models.signal_quality import SignalQuality
@@ -120,44 +119,6 @@ class EcgLanguageModel(nn.Module):
         self.label_vocab: dict[str, list[str]] = {}  # label vocabularies of the pretrained encoder, if any
         self._apply_policies()
 
-    # ------------------------------------------------------------------------------------ building
-    @classmethod
-    def build(cls, config: EcgLMConfig, processor_config: ProcessorConfig | None = None,
-              llm=None, tokenizer=None, init_from: str | Path | None = None) -> tuple["EcgLanguageModel", EcgProcessor]:
-        """A fresh model and its processor (``llm``/``tokenizer`` may be given, e.g. tiny ones in tests).
-        ``init_from``: the earlier stage whose weights will be loaded (it sizes the label tokens when the recipe
-        names no ``encoder_init``)."""
-        if llm is None or tokenizer is None:
-            from ecgllm.models.llm import load_llm
-
-            llm, tokenizer = load_llm(config.llm)
-        encoder = build_encoder(config.encoder, **config.encoder_kwargs)  # to learn n_tokens
-        processor_config = processor_config or ProcessorConfig()
-        processor_config.n_ecg_tokens = encoder.n_tokens + config.label_tokens + config.named_label_tokens
-        processor_config.named_slots = config.named_label_tokens
-        processor_config.measurement_note = config.measurement_note
-        if config.signal_quality and tuple(processor_config.prep.get("leads", STANDARD_12)) != STANDARD_12:
-            raise ValueError(f"signal_quality reads the 12 standard leads in order {STANDARD_12}; the recipe's prep "
-                             f"has {processor_config.prep.get('leads')}")
-        processor = EcgProcessor(tokenizer, processor_config)
-        add_ecg_token_rows(llm, len(tokenizer))
-        head = _encoder_head(config.encoder_init) if config.label_tokens and config.encoder_init else None
-        n_labels = head["weight"].shape[0] if head is not None else None
-        if config.label_tokens and head is None and init_from is not None:
-            n_labels = _saved_label_count(init_from)
-        model = cls(config, llm, processor.ecg_token_id, n_labels=n_labels)
-        if config.encoder_init:
-            model.load_pretrained_encoder(config.encoder_init, processor_config.prep)
-        if config.image_encoder_init:
-            model.attach_image_encoder(config.image_encoder_init, processor)
-        if model.label_tokens is not None and head is not None:
-            model.label_tokens.head.load_state_dict(head)
-            codes = model.label_vocab.get("all71", []) + model.label_vocab.get("superclass", [])
-            names = model.label_vocab.get("names", {})
-            model.label_tokens.set_names([names.get(c, c) for c in codes], tokenizer, model.llm.get_input_embeddings())
-        model.name_labels_for(processor)
-        return model, processor
-
     @property
     def tokens_per_ecg(self) -> int:
         return self.encoder.n_tokens + (self.label_tokens.n_tokens if self.label_tokens is not None else 0)
@@ -169,50 +130,6 @@ class EcgLanguageModel(nn.Module):
         names = self.label_vocab.get("names", {})
         return [names.get(c, c) for c in codes]
 
-    def name_labels_for(self, processor: EcgProcessor) -> None:
-        """Tell the processor which label names to look for in questions (named-label tokens)."""
-        if not self.config.named_label_tokens:
-            return
-        names = self.label_names()
-        if not names:
-            return  # no label vocabulary yet: `load_weights_from` brings it
-        if self.label_tokens is not None and len(names) != self.label_tokens.head.out_features:
-            raise ValueError(f"named_label_tokens: {len(names)} label names for a classifier of "
-                             f"{self.label_tokens.head.out_features} outputs (labels.json does not fit the head)")
-        processor.config.named_labels = self.label_tokens.named_vocabulary(names) if self.label_tokens else names
-
-    def load_pretrained_encoder(self, folder: str | Path, prep: dict) -> None:
-        """Start from an encoder pretraining run, or from the encoder of a model folder (its encoder, classifier
-        head and label vocabulary only: never its projector or adapter): the weights, the label vocabulary, and a
-        check that the processor feeds the encoder the input it was trained on."""
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        try:
-            saved = encoder_meta(folder)
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(f"encoder_init: {exc}") from None
-        # n_tokens only sets the final pooling, so an encoder pretrained with 16 tokens may serve with 8
-        same = {k: v for k, v in saved["encoder_kwargs"].items() if k != "n_tokens"} == \
-            {k: v for k, v in self.config.encoder_kwargs.items() if k != "n_tokens"}
-        if saved["encoder"] != self.config.encoder or not same:
-            raise ValueError(f"encoder_init: {folder} holds {saved['encoder']} {saved['encoder_kwargs']}, the "
-                             f"recipe asks for {self.config.encoder} {self.config.encoder_kwargs}")
-        normalize = saved["input"]["normalize"]
-        expected = ENCODER_TO_PREP_NORMALIZE.get(normalize, normalize)
-        if prep.get("normalize") != expected or float(prep.get("fs", 0)) != float(saved["input"]["fs"]):
-            raise ValueError(f"encoder_init: the encoder was trained on {saved['input']} input; set prep.fs to "
-                             f"{saved['input']['fs']} and prep.normalize to {expected!r}")
-        # a model folder records its whole preparation: filtering, leads and window must match too
-        as_saved = json.loads(json.dumps(prep))  # tuples as lists, as the folder stores them
-        differs = {k: v for k, v in saved.get("prep", {}).items() if k != "crop" and as_saved.get(k) != v}
-        if differs:
-            raise ValueError(f"encoder_init: {folder} prepared its ECGs with {differs}; set the recipe's prep to the "
-                             f"same (it has {({k: as_saved.get(k) for k in differs})})")
-        self.encoder.load_state_dict(load_file(folder / "encoder.safetensors"))
-        if (folder / "labels.json").exists():
-            self.label_vocab = json.loads((folder / "labels.json").read_text())
-
     def _apply_policies(self) -> None:
         if self.config.llm_policy == "lora":
             from peft import LoraConfig, get_peft_model
@@ -222,36 +139,6 @@ class EcgLanguageModel(nn.Module):
             self.llm.requires_grad_(False)
         if self.config.encoder_policy == "frozen":
             self.encoder.requires_grad_(False)
-
-    def load_weights_from(self, directory: str | Path, processor: EcgProcessor | None = None) -> None:
-        """Continue from an earlier stage's checkpoint folder (same architecture): encoder, projector, label
-        tokens, image encoder, and the LoRA adapter or full LLM weights. The base LLM itself is not touched."""
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        if not (directory / "config.json").exists():
-            raise FileNotFoundError(f"init_from: {directory} is not a checkpoint folder (no config.json)")
-        # weights trained with a removed feature (e.g. the true stratum as an input) must not seed a new stage
-        saved = directory / "config.json"
-        without_removed_keys(json.loads(saved.read_text())["config"], str(saved))
-        self.encoder.load_state_dict(load_file(directory / "encoder.safetensors"))
-        self.projector.load_state_dict(load_file(directory / "projector.safetensors"))
-        if self.label_tokens is not None and (directory / "label_tokens.safetensors").exists():
-            self.label_tokens.load_state(load_file(directory / "label_tokens.safetensors"))
-        if self.image_encoder is None and (directory / "image_encoder.safetensors").exists() and processor is not None:
-            self.attach_image_encoder(directory, processor)
-        if self.config.llm_policy == "lora" and (directory / "adapter/adapter_model.safetensors").exists():
-            from peft import set_peft_model_state_dict
-
-            set_peft_model_state_dict(self.llm, load_file(directory / "adapter/adapter_model.safetensors"))
-        elif self.config.llm_policy == "full" and (directory / "llm").is_dir():
-            from ecgllm.models.llm import load_causal_lm
-
-            self.llm.load_state_dict(load_causal_lm(directory / "llm").state_dict())
-        if (directory / "labels.json").exists():
-            self.label_vocab = json.loads((directory / "labels.json").read_text())
-        if processor is not None:
-            self.name_labels_for(processor)
 
     def attach_image_encoder(self, folder: str | Path, processor: EcgProcessor) -> None:
         """Add a distilled image encoder (`ecgllm.training.distill_image` output) so the checkpoint reads ECG
@@ -615,22 +502,3 @@ class EcgLanguageModel(nn.Module):
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)
         return model.eval(), processor
-
-
-def _encoder_head(folder: str | Path) -> dict[str, torch.Tensor]:
-    head = encoder_head(folder)
-    if head is None:
-        raise FileNotFoundError(f"label_tokens: {folder} holds no head.safetensors; point encoder_init at a finished "
-                                f"`ecgllm train` encoder run (or a model folder with label tokens), or set "
-                                f"label_tokens to 0")
-    return head
-
-
-def _saved_label_count(checkpoint: str | Path) -> int | None:
-    from safetensors import safe_open
-
-    path = Path(checkpoint) / "label_tokens.safetensors"
-    if not path.exists():
-        return None
-    with safe_open(str(path), framework="pt") as f:
-        return int(f.get_slice("head.weight").get_shape()[0])

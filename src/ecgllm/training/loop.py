@@ -64,7 +64,7 @@ def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None, fit_qualit
     where a checkpoint of this run will replace the weights: resuming, exporting)."""
     from ecgllm.datasets.cache import ECGCache
     from ecgllm.datasets.split_policy import inherited_stages
-    from ecgllm.models.ecg_lm import EcgLanguageModel
+    from ecgllm.training.model_setup import build_model, load_stage_weights
     from ecgllm.models.processor import ProcessorConfig
     from ecgllm.training.data import ConversationDataset
 
@@ -87,10 +87,10 @@ def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None, fit_qualit
                               f"{config.data.train} have no meta.ipw_weight (the first is line "
                               f"{dataset.line_numbers[unweighted[0]]}; run `ecgllm data debias` on it)")
     _check_measurement_table(config, dataset)
-    model, processor = EcgLanguageModel.build(config.model, ProcessorConfig(prep=config.prep.to_dict()),
-                                              llm=llm, tokenizer=tokenizer, init_from=config.init_from)
+    model, processor = build_model(config.model, ProcessorConfig(prep=config.prep.to_dict()),
+                                   llm=llm, tokenizer=tokenizer, init_from=config.init_from)
     if config.init_from:
-        model.load_weights_from(config.init_from, processor)
+        load_stage_weights(model, config.init_from, processor)
     quality = model.label_tokens.quality if model.label_tokens is not None else None
     if quality is not None:
         try:
