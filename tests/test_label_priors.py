@@ -166,7 +166,7 @@ def test_prevalences_of_real_ptbxl_rows():
 
 def test_a_balanced_model_folder_needs_its_priors(tmp_path, tiny_tokenizer):
     from ecgllm.models import EcgLanguageModel
-    from ecgllm.models.ecg_lm import EcgLMConfig
+    from ecgllm.models.configuration import EcgLMConfig
     from ecgllm.training.model_setup import build_model
     from ecgllm.models.processor import ProcessorConfig
     from ecgllm.signal import PrepConfig

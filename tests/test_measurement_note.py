@@ -11,7 +11,7 @@ import pytest
 
 from ecgllm.datasets.ecgqa_attributes import FEATURES
 from ecgllm.datasets.ecgqa_templates import load_templates
-from ecgllm.models.ecg_lm import EcgLMConfig
+from ecgllm.models.configuration import EcgLMConfig
 from ecgllm.models.measurement_note import (META_KEY, asks_for_measurements, measurement_note, measurements_of,
                                             read_measurement_rows)
 from ecgllm.models.processor import IGNORE_INDEX, EcgProcessor, ProcessorConfig

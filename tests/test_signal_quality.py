@@ -18,11 +18,11 @@ from sklearn.metrics import roc_auc_score
 from ecgllm.datasets.ecgqa_attributes import noise_leads_table
 from ecgllm.io.leads import STANDARD_12
 from ecgllm.models import EcgLanguageModel
-from ecgllm.models.ecg_lm import EcgLMConfig
-from ecgllm.training.model_setup import build_model
+from ecgllm.models.configuration import EcgLMConfig
 from ecgllm.models.label_tokens import NOT_NAMED
 from ecgllm.models.processor import ProcessorConfig
 from ecgllm.models.signal_quality import N_FEATURES, QUALITY_KINDS, SignalQuality, quality_features
+from ecgllm.training.model_setup import build_model
 from ecgllm.training.signal_quality import fit_signal_quality
 from tests.conftest import FIXTURES, make_training_workspace
 from tests.test_models import encoder_run_with_head, logits_of

@@ -1,6 +1,7 @@
 """ECG encoders, projectors, the ECG language model and its processor."""
 
-from ecgllm.models.ecg_lm import EcgLanguageModel, EcgLMConfig, EcgTokenCountError
+from ecgllm.models.configuration import EcgLMConfig
+from ecgllm.models.ecg_lm import EcgLanguageModel, EcgTokenCountError
 from ecgllm.models.encoders import ENCODERS, build_encoder
 from ecgllm.models.processor import EcgProcessor, ProcessorConfig
 from ecgllm.models.projector import PROJECTORS, build_projector

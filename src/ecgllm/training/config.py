@@ -17,7 +17,7 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from ecgllm.errors import RecipeError
-from ecgllm.models.ecg_lm import EcgLMConfig
+from ecgllm.models.configuration import EcgLMConfig
 from ecgllm.models.removed_features import without_removed_keys
 from ecgllm.signal.prepare import PrepConfig
 from ecgllm.training.contrastive import ContrastiveConfig

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from ecgllm.io.leads import STANDARD_12
-from ecgllm.models.ecg_lm import EcgLanguageModel, EcgLMConfig, add_ecg_token_rows
+from ecgllm.models.configuration import EcgLMConfig
+from ecgllm.models.ecg_lm import EcgLanguageModel, add_ecg_token_rows
 from ecgllm.models.encoder_source import ENCODER_TO_PREP_NORMALIZE, encoder_head, encoder_meta
 from ecgllm.models.encoders import build_encoder
 from ecgllm.models.processor import EcgProcessor, ProcessorConfig

@@ -1,0 +1,47 @@
+"""`EcgLMConfig`: what an ECG language model is made of (the configuration part of the llava-style split:
+configuration here, the model in `ecgllm.models.ecg_lm`, the processor in `ecgllm.models.processor`). A checkpoint's
+``config.json`` holds it; a training recipe's ``model:`` section is one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ecgllm.models.measurement_note import NOTE_VERSIONS
+
+LLM_POLICIES = ("frozen", "lora", "full")
+ENCODER_POLICIES = ("frozen", "trained")
+
+
+@dataclass
+class EcgLMConfig:
+    llm: str | None = None                       # local HF folder, or None for the embedded SmolLM2
+    encoder: str = "resnet1d"
+    encoder_kwargs: dict = field(default_factory=dict)
+    projector: str = "mlp2x_gelu"
+    llm_policy: str = "lora"
+    encoder_policy: str = "trained"
+    encoder_init: str | None = None              # a finished encoder pretraining run to start from
+    label_tokens: int = 0                        # > 0: that many label tokens per ECG (needs encoder_init's head)
+    named_label_tokens: int = 0                  # > 0: slots for the labels the question names (needs label_tokens)
+    signal_quality: bool = False                 # noise heads on the signal; noise names fill the named slots too
+    balanced_named_labels: bool = False          # named slots read p shifted to equal priors (LabelTokens.fit_priors)
+    measurement_note: int = 0                    # measured intervals as text when asked: the note's version
+                                                 # (models/measurement_note.py NOTE_VERSIONS; 0 none, true 1)
+    image_encoder_init: str | None = None        # a distilled image encoder run: the model also reads ECG images
+    lora: dict = field(default_factory=lambda: {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
+                                                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]})
+
+    def __post_init__(self) -> None:
+        if self.llm_policy not in LLM_POLICIES:
+            raise ValueError(f"llm_policy must be one of {LLM_POLICIES}")
+        if self.encoder_policy not in ENCODER_POLICIES:
+            raise ValueError(f"encoder_policy must be one of {ENCODER_POLICIES}")
+        if self.named_label_tokens and not self.label_tokens:
+            raise ValueError("named_label_tokens needs label_tokens (the classifier head they read)")
+        if self.signal_quality and not self.named_label_tokens:
+            raise ValueError("signal_quality needs named_label_tokens (its noise probabilities fill those slots)")
+        if self.balanced_named_labels and not self.named_label_tokens:
+            raise ValueError("balanced_named_labels needs named_label_tokens (it shifts their probabilities)")
+        if self.measurement_note and self.measurement_note not in NOTE_VERSIONS:
+            raise ValueError(f"measurement_note must be 0 (no notes) or a note version {sorted(NOTE_VERSIONS)}, "
+                             f"not {self.measurement_note!r}")
