@@ -160,8 +160,11 @@ def evaluate_both(models: dict[str, Path], sets: dict[str, Path], signals: Path,
                 out, command = todo.get_nowait()
             except queue.Empty:
                 return
-            if subprocess.run(["taskset", "-c", str(core), *command], env=env).returncode:
-                failed.append(f"{out}: {shlex.join(command)}")
+            try:
+                if subprocess.run(["taskset", "-c", str(core), *command], env=env).returncode:
+                    failed.append(f"{out}: {shlex.join(command)}")
+            except Exception as exc:  # noqa: BLE001 - e.g. no taskset: stops the others, reported below
+                failed.append(f"{out}: {exc!r}")
 
     threads = [threading.Thread(target=worker, args=(core,)) for core in cores]
     for thread in threads:
@@ -290,7 +293,7 @@ def main() -> None:
     parser.add_argument("--name", help="a name for this candidate's result files (ecgqa_candidate_NAME.json/.md), so "
                                        "that several candidates' decisions stay side by side")
     parser.add_argument("--cores", type=int, nargs="+", default=sorted(os.sched_getaffinity(0))[:2],
-                        help="CPU cores for the default's and the candidate's runs (default: the first two)")
+                        help="CPU cores the runs are spread over, one run per core at a time (default: the first two)")
     args = parser.parse_args()
     for path in (args.default, args.candidate, args.signals, args.valid_gen, args.features):
         if not path.exists():

@@ -40,6 +40,41 @@ def test_compare_report_and_stream(assistant):
     assert all(isinstance(p, str) for p in pieces)
 
 
+def streamed(assistant, ecg, question: str) -> dict:
+    """Consume ``assistant.stream`` in a thread: its text, or the error it raised, or {} if it hangs."""
+    import threading
+
+    result: dict = {}
+
+    def consume() -> None:
+        try:
+            result["text"] = "".join(assistant.stream(ecg, question, max_new_tokens=2))
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            result["error"] = exc
+
+    worker = threading.Thread(target=consume, daemon=True)
+    worker.start()
+    worker.join(60)
+    return result
+
+
+def test_a_stream_that_cannot_be_answered_raises_instead_of_hanging(assistant, monkeypatch):
+    from PIL import Image
+
+    from ecgllm.io.image import ECGImage
+    from ecgllm.models.processor import ImageNotSupportedError
+
+    picture = ECGImage(Image.new("RGB", (200, 100), "white"), {"source": "blank"})
+    assert isinstance(streamed(assistant, picture, "Is this a normal ECG?").get("error"), ImageNotSupportedError)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(assistant.model, "generate", broken)  # fails inside the generating thread
+    error = streamed(assistant, PTBXL_1, "Is this a normal ECG?").get("error")
+    assert isinstance(error, RuntimeError) and "out of memory" in str(error)
+
+
 def test_batched_answers_equal_one_by_one_answers_in_the_given_order(assistant):
     items = [(PTBXL_1, "Is this a normal ECG?"), ([PTBXL_1, PTBXL_2], "What changed?"),
              (DICOM, "Does this ECG show symptoms of atrial fibrillation?")]

@@ -60,7 +60,7 @@ def toy_run(recipe: ToyRecipe, ema_decay: float = 0.0):
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.lr,
                                                     total_steps=recipe.epochs * ToyTask.steps_per_epoch)
     return prepare_run(epoch_accelerator("cpu", "no"), model, optimizer, scheduler, Path(recipe.output_dir),
-                       ema_decay=ema_decay)
+                       recipe.seed, ema_decay=ema_decay)
 
 
 def train(recipe: ToyRecipe, crash_at=None, ema_decay: float = 0.0) -> tuple[dict, list[dict]]:
@@ -82,9 +82,10 @@ def test_a_crash_mid_epoch_resumes_to_bit_identical_weights(tmp_path, crash_at):
         train(crashed, crash_at, ema_decay=0.9)
     assert sorted(p.name for p in (tmp_path / "crashed/checkpoints").iterdir()) == [f"epoch-{crash_at[0]:04d}"]
     # An epoch is logged before its checkpoint is saved: as if the run had been killed between the two, the epoch
-    # after the checkpoint is in metrics.jsonl already; the resumed run trains it again and logs it once.
+    # after the checkpoint is in metrics.jsonl already (and a line the kill tore); the resumed run trains it again
+    # and logs it once.
     with (tmp_path / "crashed/metrics.jsonl").open("a") as fh:
-        fh.write('{"epoch": %d, "loss": -1.0, "epoch_s": 0.0}\n' % (crash_at[0] + 1))
+        fh.write('{"epoch": %d, "loss": -1.0, "epoch_s": 0.0}\n{"epoch": %d, "lo' % (crash_at[0] + 1, crash_at[0] + 2))
     resumed, history = train(crashed, ema_decay=0.9)
     assert same(clean, resumed)  # dropout masks, data order and the EMA all replay
     strip = [{k: v for k, v in h.items() if k != "epoch_s"} for h in history]

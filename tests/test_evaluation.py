@@ -409,15 +409,19 @@ def test_candidate_runs_are_spread_over_the_cores_and_a_failure_stops_with_a_sen
         return [sys.executable, "-c", "raise SystemExit(1)" if "broken" in str(data) else code]
 
     monkeypatch.setattr(ecgqa_candidate, "eval_command", fake_eval)
-    core = sorted(os.sched_getaffinity(0))[0]
+    cores = sorted(os.sched_getaffinity(0))[:2]
     models = {"default": tmp_path / "d", "candidate": tmp_path / "c"}
     sets = {"a": tmp_path / "a.json", "b": tmp_path / "b.json"}
-    ecgqa_candidate.evaluate_both(models, sets, tmp_path, tmp_path, [core, core])
+    ecgqa_candidate.evaluate_both(models, sets, tmp_path, tmp_path, cores)
     runs = sorted(p.name for p in tmp_path.glob("*-*-*"))
     assert runs == sorted(f"{m}-{s}-{p}" for m in models for s in sets for p in ("none", "random-ecg"))
-    assert {(tmp_path / r).read_text() for r in runs} == {str([core])}
+    # each run pinned to one core; with two cores, both took runs
+    assert {(tmp_path / r).read_text() for r in runs} == {str([c]) for c in cores}
     with pytest.raises(SystemExit, match="an evaluation failed .*broken"):
-        ecgqa_candidate.evaluate_both(models, {"broken": tmp_path / "broken.json"}, tmp_path, tmp_path, [core])
+        ecgqa_candidate.evaluate_both(models, {"broken": tmp_path / "broken.json"}, tmp_path, tmp_path, cores[:1])
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))  # no taskset: the worker's error is reported, not lost
+    with pytest.raises(SystemExit, match="an evaluation failed .*FileNotFoundError"):
+        ecgqa_candidate.evaluate_both(models, sets, tmp_path, tmp_path / "other", cores)
 
 
 @needs_shared

@@ -19,7 +19,7 @@ from ecgllm.datasets.conversation import ecg_tags
 from ecgllm.io.image import ECGImage
 from ecgllm.io.reader import read_ecg
 from ecgllm.io.record import ECG
-from ecgllm.models.answering import generate_answers
+from ecgllm.models.answering import generate_answers, prompt_batch
 from ecgllm.serving.measuring import measurement_summary
 
 ECGLike = Union[ECG, ECGImage, str, Path]
@@ -240,9 +240,26 @@ class ECGAssistant:
         noted = self.picture_warnings(records, question)
         if warnings is not None:
             warnings.extend(noted)
+        # the prompt is built here, so that a question the model cannot take (a picture for a signal-only model, a
+        # prompt too long, ...) raises to the caller before anything is yielded
+        self._measure_ahead([question], [records])
+        tags = [ecg_tags(len(records), len(records) == 2)] if records else [[]]
+        with self._tokenizing:
+            batch = prompt_batch(self.model, self.processor, [question], [records], tags)
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_special_tokens=True)
-        worker = Thread(target=self._generate, args=([question], [records], len(ecgs) == 2, max_new_tokens),
-                        kwargs={"streamer": streamer}, daemon=True)
+        failed: list[BaseException] = []
+
+        def generate() -> None:
+            try:
+                generate_answers(self.model, self.processor, [question], [records], tags, max_new_tokens,
+                                 tokenizer_lock=self._tokenizing, batch=batch, streamer=streamer)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller below, never lost with the thread
+                failed.append(exc)
+                streamer.end()  # ends the caller's iteration, which would otherwise wait for tokens forever
+
+        worker = Thread(target=generate, daemon=True)
         worker.start()
         yield from streamer
         worker.join()
+        if failed:
+            raise failed[0]

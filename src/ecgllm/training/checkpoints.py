@@ -67,10 +67,20 @@ def save_checkpoint(accelerator, root: Path, name: str, state: dict, keep: int) 
 
 def drop_metrics_after(metrics_path: Path, key: str, last: int) -> None:
     """Keep the ``metrics.jsonl`` lines whose ``key`` (step or epoch) is at most ``last``, atomically: a killed run
-    may have logged past its last checkpoint, and the resumed run logs those again."""
+    may have logged past its last checkpoint, and the resumed run logs those again. A line the kill tore (or
+    any line that is not a JSON object) goes too."""
     lines = metrics_path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if line.strip() and json.loads(line).get(key, last) <= last]
-    if len(kept) != len(lines):
+    kept = [line for line in lines if _logged_value(line, key, last) <= last]
+    if len(kept) != len(lines) or (kept and not kept[-1].endswith("\n")):
         tmp = metrics_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(kept))
+        tmp.write_text("".join(line if line.endswith("\n") else line + "\n" for line in kept))
         tmp.replace(metrics_path)
+
+
+def _logged_value(line: str, key: str, last: int) -> float:
+    """The line's ``key`` (``last`` for a line without it: kept); infinity for a line that does not parse."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return float("inf")
+    return row.get(key, last) if isinstance(row, dict) else float("inf")

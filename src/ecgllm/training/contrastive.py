@@ -174,7 +174,7 @@ def pretrain_contrastive(config: ContrastiveConfig, progress: bool = True, resum
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr,
                                                     total_steps=config.epochs * task.steps_per_epoch)
-    run = prepare_run(accelerator, model, optimizer, scheduler, out)
+    run = prepare_run(accelerator, model, optimizer, scheduler, out, config.seed)
     history = run_epochs(run, task, config.epochs, config, progress, resume_anyway)
     if run.is_main:
         meta = save_encoder(out, run.trained.encoder.cpu(), config.encoder, config.encoder_kwargs, config.normalize,

@@ -224,7 +224,7 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True, res
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr,
                                                     total_steps=config.epochs * task.steps_per_epoch, pct_start=0.1)
-    run = prepare_run(accelerator, student, optimizer, scheduler, out, max_grad_norm=1.0)
+    run = prepare_run(accelerator, student, optimizer, scheduler, out, config.seed, max_grad_norm=1.0)
     history = run_epochs(run, task, config.epochs, config, progress, resume_anyway)
     if run.is_main:
         with run.scored() as student:

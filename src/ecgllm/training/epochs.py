@@ -115,18 +115,19 @@ class EpochRun:
         return self.accelerator.is_main_process
 
 
-def prepare_run(accelerator, model: nn.Module, optimizer, scheduler, out: Path, ema_decay: float = 0.0,
+def prepare_run(accelerator, model: nn.Module, optimizer, scheduler, out: Path, seed: int, ema_decay: float = 0.0,
                 max_grad_norm: float | None = None) -> EpochRun:
-    """Place the model and wrap it, its optimizer and scheduler for the accelerator; ``ema_decay`` > 0 keeps an
-    exponential moving average of the weights (part of every checkpoint)."""
+    """Place the model and wrap it, its optimizer and scheduler for the accelerator; ``seed``: the run's (each
+    process then draws its own dropout from it); ``ema_decay`` > 0 keeps an exponential moving average of the
+    weights (part of every checkpoint)."""
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     model = model.to(accelerator.device)
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
            if ema_decay else None)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    # the stages seeded every process alike (start_run) and draw their batches from (seed, epoch) generators
-    seed_each_process(accelerator, torch.initial_seed())
+    # the stages draw their batches from (seed, epoch) generators, the same on every process
+    seed_each_process(accelerator, seed)
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
     return EpochRun(accelerator, model, optimizer, scheduler, Path(out), ema, max_grad_norm)

@@ -380,7 +380,7 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True, resum
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr,
                                                     total_steps=config.epochs * task.steps_per_epoch)
     # An exponential moving average of the weights scores more smoothly than the last step's weights.
-    run = prepare_run(accelerator, model, optimizer, scheduler, out, ema_decay=config.ema_decay)
+    run = prepare_run(accelerator, model, optimizer, scheduler, out, config.seed, ema_decay=config.ema_decay)
     history = run_epochs(run, task, config.epochs, config, progress, resume_anyway)
     if run.is_main:
         with run.scored() as final:
