@@ -227,8 +227,33 @@ ENCODER_STAGES = ("encoder_pretraining", "encoder_contrastive", "image_distillat
 def test_every_shipped_recipe_reads(recipe):
     from ecgllm.training.config import load_encoder_recipe, recipe_stage
 
+    import yaml
+
+    from ecgllm.training.config import resolved
+
     config = load_encoder_recipe(recipe) if recipe_stage(recipe) in ENCODER_STAGES else load_recipe(recipe)
-    assert config.output_dir
+    written, loaded = yaml.safe_load(recipe.read_text()), resolved(config)
+
+    def arrives(key: str, value, got) -> None:  # every value the recipe writes is in the typed config, as written
+        if isinstance(value, dict):
+            assert isinstance(got, dict), f"{recipe.name}: {key} is {got!r}"
+            for inner, item in value.items():
+                assert inner in got, f"{recipe.name}: {key}.{inner} did not reach the config"
+                arrives(f"{key}.{inner}", item, got[inner])
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            assert isinstance(got, (int, float)) and not isinstance(got, bool) and got == value, \
+                f"{recipe.name}: {key} {value!r} became {got!r}"
+        elif isinstance(value, str) and isinstance(got, float):  # YAML 1.1 reads 2e-4 as text; the recipe types it
+            assert float(value) == got, f"{recipe.name}: {key} {value!r} became {got!r}"
+        elif isinstance(value, (list, tuple)):
+            assert list(got) == list(value), f"{recipe.name}: {key} {value!r} became {got!r}"
+        else:
+            assert got == value, f"{recipe.name}: {key} {value!r} became {got!r}"
+
+    for key, value in written.items():
+        if key != "stage":
+            assert key in loaded, f"{recipe.name}: {key} did not reach the config"
+            arrives(key, value, loaded[key])
 
 
 RECIPES = Path(__file__).parents[1] / "recipes"
