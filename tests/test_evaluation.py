@@ -285,6 +285,45 @@ def test_ecgbench_suite_runs_end_to_end_on_real_records(tmp_path, tiny_checkpoin
     assert (tmp_path / "bench/report.md").exists() and (tmp_path / "bench/metrics.json").exists()
 
 
+@needs_shared
+@pytest.mark.parametrize("truthful", [True, False])
+def test_ecgbench_superclass_metrics_follow_the_answers_against_the_labels(tmp_path, tiny_checkpoint, monkeypatch,
+                                                                          truthful):
+    """An answerer that knows each record's superclasses (or says the opposite) scores a perfect (or a fully wrong)
+    superclass detection: AUC from its P(yes), Hamming loss, F1 — so the metrics compare answers with the labels
+    of the records asked about, not with anything else."""
+    import ecgllm.evaluation.runner as runner
+    from ecgllm.datasets import PTBXL
+    from ecgllm.evaluation.ecgbench import SUPERCLASSES, run_ecgbench, superclass_question
+
+    labels = PTBXL.load(SHARED / "ptbxl")
+    question_of = {superclass_question(c): c for c in SUPERCLASSES}
+
+    class Oracle:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def __call__(self, prompts):
+            answers = []
+            for p in prompts:
+                code = question_of.get(p.question)
+                if code is None:
+                    answers.append(("none", 0.5))
+                    continue
+                has = code in labels.labels(int(p.ecgs[0].meta["id"]), "superclass")
+                said = has if truthful else not has
+                answers.append(("yes" if said else "no", 1.0 if said else 0.0))
+            return answers
+
+    monkeypatch.setattr(runner, "ModelAnswerer", Oracle)
+    metrics = run_ecgbench(tmp_path / "bench", str(SHARED / "ptbxl"), model=str(tiny_checkpoint), records=20,
+                           batch_size=8, progress=False)["superclass_detection"]
+    assert metrics["questions"] == 100 and metrics["unparseable"] == 0
+    assert metrics["macro_auc_from_scores"] == (1.0 if truthful else 0.0)
+    assert metrics["hamming_loss"] == (0.0 if truthful else 1.0)
+    assert (metrics["macro_f1"] > 0.5) if truthful else (metrics["macro_f1"] == 0.0)
+
+
 def test_all_four_baselines_are_scored_like_a_model(tmp_path, tiny_checkpoint, two_record_gold):
     import torch
     from safetensors.torch import save_file
