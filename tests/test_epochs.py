@@ -181,3 +181,49 @@ def test_under_torchrun_each_process_draws_its_own_dropout_and_one_process_keeps
     set_seed(5)
     seed_each_process(fresh_accelerator(cpu=True), 5)
     assert torch.equal(torch.rand(3), before)  # a single process replays as before
+
+
+ORDER = """
+import json
+import sys
+from pathlib import Path
+import torch
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch.utils.data import DataLoader
+from ecgllm.training.checkpoints import fresh_accelerator
+from ecgllm.training.loop import prepare_for_processes
+accelerator = fresh_accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+set_seed(5)  # as the LLM stage seeds before building its loader
+model = torch.nn.Linear(2, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+loader = DataLoader(list(range(32)), batch_size=4, shuffle=True)
+model, optimizer, loader, scheduler = prepare_for_processes(accelerator, 5, model, optimizer, loader, scheduler)
+seen = [int(i) for epoch in range(2) for batch in loader for i in batch]
+own = torch.rand(3).tolist()
+Path(sys.argv[1], f"rank{accelerator.process_index}.json").write_text(json.dumps({"seen": seen, "own": own}))
+"""
+
+
+def test_under_torchrun_the_llm_stage_splits_one_shuffle_and_draws_its_own_dropout(tmp_path):
+    """The LLM stage's setup (`prepare_for_processes`) on two processes: the processes take disjoint shares of one
+    shuffled order, all of it, each epoch, and draw different dropout masks after."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    script = tmp_path / "order.py"
+    script.write_text(ORDER)
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
+    for epoch in range(2):
+        shares = [set(r["seen"][16 * epoch:16 * (epoch + 1)]) for r in ranks]
+        assert not shares[0] & shares[1] and shares[0] | shares[1] == set(range(32))
+    assert ranks[0]["seen"][:16] != ranks[0]["seen"][16:]  # a new shuffle each epoch
+    assert ranks[0]["own"] != ranks[1]["own"]

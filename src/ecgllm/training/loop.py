@@ -196,6 +196,15 @@ def set_random_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def prepare_for_processes(accelerator, seed: int, model, optimizer, loader, scheduler) -> tuple:
+    """Accelerate's ``prepare``, then each process's own seed: the loader's shuffle is fixed at ``prepare`` from the
+    seed every process shares (so the processes split one order of batches), and what is drawn after (dropout)
+    differs per process. Seeding each process before ``prepare`` would give each another order."""
+    prepared = accelerator.prepare(model, optimizer, loader, scheduler)
+    seed_each_process(accelerator, seed)
+    return prepared
+
+
 def lr_factor(step: int, warmup: int, max_steps: int) -> float:
     """The learning rate's share after ``step`` optimizer steps: linear warm-up, then a cosine to 0."""
     warmup = max(warmup, 0)
@@ -240,8 +249,8 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True, 
     # batches): the schedule counts optimizer steps, whatever the number of processes.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda count: lr_factor(
         count // accelerator.num_processes, config.optim.warmup_steps, config.optim.max_steps))
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    seed_each_process(accelerator, config.seed)  # the same batches order everywhere, each process its own dropout
+    model, optimizer, loader, scheduler = prepare_for_processes(accelerator, config.seed, model, optimizer, loader,
+                                                                scheduler)
 
     step = 0
     resume = latest_checkpoint(output_dir)
