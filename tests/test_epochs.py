@@ -138,6 +138,25 @@ def test_a_gpu_index_is_left_to_the_launcher():
         epoch_accelerator("cuda:1", "no")
 
 
+def on_two_processes(script: str, folder: Path) -> list[dict]:
+    """Run ``script`` (it writes ``rank{k}.json`` into the folder given as its argument) under torchrun on two CPU
+    processes; the two results, rank 0 first."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    path = folder / "script.py"
+    path.write_text(script)
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # CPU processes on a GPU machine too
+    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(path), str(folder)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads((folder / f"rank{k}.json").read_text()) for k in (0, 1)]
+
+
 DRAWS = """
 import json
 import sys
@@ -156,24 +175,11 @@ Path(sys.argv[1], f"rank{accelerator.process_index}.json").write_text(json.dumps
 
 
 def test_under_torchrun_each_process_draws_its_own_dropout_and_one_process_keeps_its_stream(tmp_path):
-    import json
-    import os
-    import shutil
-    import subprocess
-    import sys
-
     from accelerate.utils import set_seed
 
     from ecgllm.training.checkpoints import fresh_accelerator, seed_each_process
 
-    script = tmp_path / "draws.py"
-    script.write_text(DRAWS)
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
+    ranks = on_two_processes(DRAWS, tmp_path)
     assert ranks[0]["alike"] == ranks[1]["alike"]  # the defect: one seed, the same draws on both processes
     assert ranks[0]["own"] != ranks[1]["own"]
     set_seed(5)
@@ -208,20 +214,7 @@ Path(sys.argv[1], f"rank{accelerator.process_index}.json").write_text(json.dumps
 def test_under_torchrun_the_llm_stage_splits_one_shuffle_and_draws_its_own_dropout(tmp_path):
     """The LLM stage's setup (`prepare_for_processes`) on two processes: the processes take disjoint shares of one
     shuffled order, all of it, each epoch, and draw different dropout masks after."""
-    import json
-    import os
-    import shutil
-    import subprocess
-    import sys
-
-    script = tmp_path / "order.py"
-    script.write_text(ORDER)
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
+    ranks = on_two_processes(ORDER, tmp_path)
     for epoch in range(2):
         shares = [set(r["seen"][16 * epoch:16 * (epoch + 1)]) for r in ranks]
         assert not shares[0] & shares[1] and shares[0] | shares[1] == set(range(32))
