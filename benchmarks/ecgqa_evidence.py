@@ -101,10 +101,11 @@ bootstrap interval over ECGs lies above 0, most of it on the numeric comparison 
 reliance on the ECG on the generated ones (`ecgqa_candidate_measurement_comparison.md`): it is the shipped default,
 measured on this page. Then two continuations of it on fresh draws of generated questions (new seeds: every
 stage since stage 3 had met the same generated pairs): the first (`continue_fresh_pairs.yaml`) answered the generated
-valid questions better and the official numeric templates worse (its mix held half the numeric questions) and did
-not pass the rule (`ecgqa_candidate_fresh_pairs.md`); the second, from it with those questions put back
-(`continue_fresh_pairs_numeric.yaml`), passed it (`ecgqa_candidate_fresh_pairs_numeric.md`) and replaces the default
-once this page has been measured on it. All LLM stages ran on CPU, batch 8, on one core (the last resumed from its step 500 on two
+valid questions better and the official numeric templates worse (its mix held half as many questions of the
+templates 39, 41, 42 and 68-70) and did not pass the rule (`ecgqa_candidate_fresh_pairs.md`); the second, from it with
+those questions put back (`continue_fresh_pairs_numeric.yaml`), passed it (`ecgqa_candidate_fresh_pairs_numeric.md`):
+it is to replace the default, and this page is then measured on it (until then it measures the default above).
+All LLM stages ran on CPU, batch 8, on one core (`continue_measurement_comparison` resumed from its step 500 on two
 threads); no GPU was available. For the
 answer latency: the prompt's common start (system prompt, user header, ECG tags) is computed once and kept for the
 last few distinct starts, so questions about one ECG and comparisons of two asked in turn both reuse theirs."""
