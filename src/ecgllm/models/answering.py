@@ -54,10 +54,9 @@ def generate_answers(model, processor, questions: Sequence[str], ecg_lists: Sequ
     rows = [row[:limit] for row, limit in zip(sequences, limits)] if limits else list(sequences)
     with lock:
         texts = [t.strip() for t in tokenizer.batch_decode(rows, skip_special_tokens=True)]
-        yes_ids, no_ids = (first_token_ids(tokenizer, YES_WORDS), first_token_ids(tokenizer, NO_WORDS)) if yes_no \
-            else ([], [])
-    if not yes_no:
-        return GeneratedAnswers(texts)
+        if not yes_no:
+            return GeneratedAnswers(texts)
+        yes_ids, no_ids = first_token_ids(tokenizer, YES_WORDS), first_token_ids(tokenizer, NO_WORDS)
     first = torch.softmax(out.scores[0].float(), dim=-1)
     p_yes = first[:, yes_ids].sum(-1)
     p_no = first[:, no_ids].sum(-1)

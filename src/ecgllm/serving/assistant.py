@@ -155,6 +155,11 @@ class ECGAssistant:
         for question, ecgs in zip(questions, ecg_lists):
             self.processor.notes([{"role": "user", "content": question}], ecgs)
 
+    @staticmethod
+    def _tags(ecg_lists: Sequence[list[ECG | ECGImage]], consecutive: bool) -> list[list[str]]:
+        """Each prompt's ECG tags ("ECG 1 (earlier)", ... for a consecutive pair); none for a prompt without ECGs."""
+        return [ecg_tags(len(e), consecutive) if e else [] for e in ecg_lists]
+
     def decode(self, tokens: Sequence[int]) -> str:
         """Token ids as text, special tokens left out (taking turns with the other threads' tokenising)."""
         with self._tokenizing:
@@ -168,7 +173,7 @@ class ECGAssistant:
         from transformers import StoppingCriteriaList
 
         self._measure_ahead(questions, ecg_lists)
-        tags = [ecg_tags(len(e), consecutive) if e else [] for e in ecg_lists]
+        tags = self._tags(ecg_lists, consecutive)
         extra = {"stopping_criteria": StoppingCriteriaList([_RowDeadlines(deadlines)])} if deadlines else {}
         if streamer is not None:  # `streamer` gets each step's tokens of every row (see `AnswerBatcher`)
             extra["streamer"] = streamer
@@ -243,7 +248,7 @@ class ECGAssistant:
         # the prompt is built here, so that a question the model cannot take (a picture for a signal-only model, a
         # prompt too long, ...) raises to the caller before anything is yielded
         self._measure_ahead([question], [records])
-        tags = [ecg_tags(len(records), len(records) == 2)] if records else [[]]
+        tags = self._tags([records], consecutive=len(records) == 2)
         with self._tokenizing:
             batch = prompt_batch(self.model, self.processor, [question], [records], tags)
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_special_tokens=True)

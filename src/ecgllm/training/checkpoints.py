@@ -68,7 +68,9 @@ def save_checkpoint(accelerator, root: Path, name: str, state: dict, keep: int) 
 def drop_metrics_after(metrics_path: Path, key: str, last: int) -> None:
     """Keep the ``metrics.jsonl`` lines whose ``key`` (step or epoch) is at most ``last``, atomically: a killed run
     may have logged past its last checkpoint, and the resumed run logs those again. A line the kill tore (or
-    any line that is not a JSON object) goes too."""
+    any line that is not a JSON object) goes too. Nothing to do for a run that logged nothing yet."""
+    if not metrics_path.exists():
+        return
     lines = metrics_path.read_text().splitlines(keepends=True)
     kept = [line for line in lines if _logged_value(line, key, last) <= last]
     if len(kept) != len(lines) or (kept and not kept[-1].endswith("\n")):

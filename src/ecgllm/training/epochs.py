@@ -172,10 +172,9 @@ def run_epochs(run: EpochRun, task: EpochTask, epochs: int, recipe: Any, progres
     if run.is_main:
         run.out.mkdir(parents=True, exist_ok=True)
         (run.out / "recipe.json").write_text(json.dumps(resolved(recipe), indent=2) + "\n")
-        if (run.out / "metrics.jsonl").exists():
-            # an epoch is logged before its checkpoint is saved: a run killed between the two logged an epoch it
-            # trains again now
-            drop_metrics_after(run.out / "metrics.jsonl", "epoch", done)
+        # an epoch is logged before its checkpoint is saved: a run killed between the two logged an epoch it trains
+        # again now
+        drop_metrics_after(run.out / "metrics.jsonl", "epoch", done)
     for epoch in range(done, epochs):
         run.model.train()
         started = time.time()

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from ecgllm.models.placement import FrozenWeightsCast
-from ecgllm.training.checkpoints import (STATE_FILE, drop_metrics_after, finished_checkpoints, fresh_accelerator, read_state,
-                                        save_checkpoint, seed_each_process)
+from ecgllm.training.checkpoints import (STATE_FILE, drop_metrics_after, finished_checkpoints, fresh_accelerator,
+                                        read_state, save_checkpoint, seed_each_process)
 from ecgllm.training.config import RecipeError, TrainConfig, check_resumable, resolved
 
 if TYPE_CHECKING:
@@ -64,9 +64,9 @@ def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None, fit_qualit
     where a checkpoint of this run will replace the weights: resuming, exporting)."""
     from ecgllm.datasets.cache import ECGCache
     from ecgllm.datasets.split_policy import inherited_stages
-    from ecgllm.training.model_setup import build_model, load_stage_weights
     from ecgllm.models.processor import ProcessorConfig
     from ecgllm.training.data import ConversationDataset
+    from ecgllm.training.model_setup import build_model, load_stage_weights
 
     if config.data.ecg_cache is None:
         raise ValueError("data.ecg_cache is required (build one with `ecgllm data prepare`)")
@@ -267,7 +267,7 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True, 
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
     metrics_path = output_dir / "metrics.jsonl"
-    if accelerator.is_main_process and metrics_path.exists():
+    if accelerator.is_main_process:
         drop_metrics_after(metrics_path, "step", step)  # a killed run logged past its checkpoint: those steps run again
 
     micro_per_epoch = len(loader)
