@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -14,6 +15,44 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 CACHE = Path(os.environ.get("ECGLLM_CACHE", ROOT / ".cache"))
+DEFAULT_CHECKPOINT = ROOT / "src" / "ecgllm" / "data" / "checkpoint"
+
+
+def fingerprint(path: Path) -> str:
+    """A short hash of a file, or of a checkpoint's trained weights (what tells two models apart): every
+    *.safetensors under the folder, in the order of their paths relative to it."""
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return weights_fingerprint({part.relative_to(path).as_posix(): part.read_bytes()
+                                for part in path.rglob("*.safetensors") if part.is_file()})
+
+
+def weights_fingerprint(files: dict[str, bytes]) -> str:
+    """fingerprint() of a checkpoint given as {path relative to the folder: bytes} (also read from git history)."""
+    digest = hashlib.sha256()
+    for relative in sorted(files, key=lambda name: Path(name).parts):
+        digest.update(relative.encode() + files[relative])
+    return digest.hexdigest()[:12]
+
+
+def measured_model(folder: Path) -> dict:
+    """Which checkpoint a page measured: its weights' fingerprint and the run it was shipped from."""
+    config = folder / "config.json"
+    shipped_from = json.loads(config.read_text()).get("shipped_from") if config.exists() else None
+    return {"fingerprint": fingerprint(folder), "shipped_from": shipped_from}
+
+
+def stale_default_note(result: dict) -> str:
+    """For a page that measures the shipped default: '' while its JSON's `measured_model` is today's default,
+    otherwise a warning that names both (a page is re-measured by its own command after a new default ships)."""
+    now = measured_model(DEFAULT_CHECKPOINT)
+    measured = result.get("measured_model")
+    if measured and measured["fingerprint"] == now["fingerprint"]:
+        return ""
+    was = (f"`{measured['shipped_from']}` (weights {measured['fingerprint']})" if measured
+           else "a checkpoint this result does not name")
+    return (f"**Not yet measured on today's default.** These figures were measured on {was}; the default shipped "
+            f"now is `{now['shipped_from']}` (weights {now['fingerprint']}). Its command re-measures them.")
 
 
 def ptbxl_wfdb_dir(explicit: str | None = None) -> Path:

@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common import ROOT, SHARED, environment, write_result
+from common import ROOT, SHARED, environment, measured_model, stale_default_note, write_result
 
 REFERENCE = ROOT / "benchmarks/references/pulse_ecgbench.json"
 DOC = ROOT / "docs/results/ecgbench_images.md"
@@ -97,6 +97,7 @@ def write_doc(result: dict, reference: dict, command: str) -> None:
         f"({q_pictures['seen_in_training'].get('records_evaluated')} records, "
         f"{q_pictures['seen_in_training'].get('records_seen_in_training')} seen in training).",
         "",
+        *([note, ""] if (note := stale_default_note(result)) else []),
         "## Multi-label detection (percent)",
         "",
         "| set | ours: size | pictures: AUC from P(yes) | pictures: 0/1 AUC (PULSE's way) | pictures: F1 | "
@@ -182,6 +183,7 @@ def main() -> None:
     config = json.loads((Path(args.model) / "config.json").read_text())
     result["model_name"] = config.get("name") or Path(args.model).name
     result["shipped_from"] = config.get("shipped_from")
+    result["measured_model"] = measured_model(Path(args.model))
     result["pulse_7b"] = reference
     write_result("ecgbench_images.json", {**result, "command": command, "environment": environment()})
     write_doc(result, reference, command)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import json
 import os
 import shlex
@@ -43,7 +42,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, SHARED, environment, write_result
+from common import ROOT, SHARED, environment, fingerprint, write_result
 from ecgllm.datasets.ecgqa_generator import ANSWER_QUOTA
 from ecgqa_evidence import OFFICIAL_MIX_NOTE, em_per_template, official_mix, per_sample
 from ecgqa_selection import NUMERIC_AXIS_TEMPLATES, SELECTION_TEMPLATES, verify_balance_of
@@ -103,16 +102,6 @@ def numeric_valid_set(work: Path, features: Path, n: int, seed: int) -> Path:
     """Generated numeric-feature and heart-axis questions over ECG-QA valid ECGs (our re-measurement's answers)."""
     return generated_set(work / "sets" / f"numeric_valid_n{n}_s{seed}.json", "valid", n, seed, "--measurements",
                          str(features), "--template-ids", *map(str, NUMERIC_AXIS_TEMPLATES))
-
-
-def fingerprint(path: Path) -> str:
-    """A short hash of a file, or of a checkpoint's trained weights (what tells two models apart)."""
-    if path.is_file():
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    digest = hashlib.sha256()
-    for part in sorted(p for p in path.rglob("*.safetensors") if p.is_file()):
-        digest.update(part.relative_to(path).as_posix().encode() + part.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def check_work(work: Path, inputs: dict[str, Path]) -> None:
@@ -232,7 +221,9 @@ def render(result: dict) -> str:
     lines = ["# A candidate against the default, on ECG-QA valid", "",
              f"Written by `benchmarks/ecgqa_candidate.py` from `benchmarks/results/{result['result_file']}`; command: "
              f"`{result['command']}`.", "",
-             f"Default: `{result['models']['default']}`. Candidate: `{result['models']['candidate']}`.", "",
+             f"Default: `{result['models']['default']}`. Candidate: `{result['models']['candidate']}`."
+             + (" Weights (fingerprints of their safetensors files): default {default}, candidate {candidate}."
+                .format(**result["fingerprints"]) if "fingerprints" in result else ""), "",
              f"Rule (fixed before the candidate was scored): {result['rule']}.", "",
              f"**Decision: {'replace the default' if result['decision']['replace'] else 'keep the default'}** "
              f"({', '.join(f'{k}: {v}' for k, v in result['decision'].items() if k != 'replace')}).", "",
@@ -307,6 +298,7 @@ def main() -> None:
     models = {"default": args.default, "candidate": args.candidate}
     evaluate_both(models, sets, args.signals, args.work, args.cores)
     result: dict = {"rule": RULE, "models": {k: str(v) for k, v in models.items()},
+                    "fingerprints": {k: fingerprint(v) for k, v in models.items()},
                     "sets": {"official_valid": "ECG-QA valid: official_sample valid (template + paraphrased) and "
                                                f"{args.chunk_ids} sample ids of chunk 60000 (seed {args.seed}), "
                                                "both wordings",

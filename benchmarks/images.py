@@ -31,7 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, SHARED, environment, write_result
+from common import ROOT, SHARED, environment, measured_model, stale_default_note, write_result
 
 from ecgllm import read_ecg
 from ecgllm.render import plot_ecg, render_ecg
@@ -291,6 +291,7 @@ def write_doc(result: dict, command: str) -> None:
     gap = t["signal_super_macro_auc"] - t["image_augmented_super_macro_auc"]
     lines = [
         "# ECG images: renders, the image encoder, real printed ECGs", "",
+        *([note, ""] if (note := stale_default_note(result)) else []),
         "Every number here is read from `benchmarks/results/images.json`, written by the last command below",
         "(the distillation run and the shipped checkpoint come first):", "", "```bash",
         "ecgllm train recipes/ecgqa/image_encoder.yaml   # renders of folds 1-8 "
@@ -419,7 +420,8 @@ def main() -> None:
               "distill_run": Path(args.distill).name if args.distill else Path(made["output_dir"]).name,
               "warm_started": bool(made.get("init_student")),
               "ecgqa": ecgqa_modalities(args.model, args.generated_test, args.signals, args.limit, Path(args.out)),
-              "printed": printed_images(args.model), "not_ecg": not_ecg_pictures(args.model)}
+              "printed": printed_images(args.model), "not_ecg": not_ecg_pictures(args.model),
+              "measured_model": measured_model(Path(args.model))}
     t = result["fold10_test"]
     flat = {"render_images_per_s": result["render"]["augmented_2proc_per_s"],
             "render_clean_images_per_s": result["render"]["clean_2proc_per_s"],

@@ -498,3 +498,37 @@ def test_question_only_baseline_does_not_depend_on_the_thread_count():
     with threadpool_limits(2):
         two = question_only_answers(train, test)
     assert one == two
+
+
+def test_a_page_of_the_default_says_when_a_newer_default_has_shipped(tmp_path, monkeypatch):
+    """benchmarks/common.py: a result names the checkpoint it measured by its weights; a page of the shipped default
+    stays silent while that is today's default and warns, naming both, once another has shipped. The fingerprint read
+    from git history (scripts/stamp_measured_model.py) is the one read from the folder."""
+    import json
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(root / "benchmarks"))
+    monkeypatch.syspath_prepend(str(root / "scripts"))
+    import common
+    import stamp_measured_model
+
+    today = common.measured_model(common.DEFAULT_CHECKPOINT)
+    assert common.stale_default_note({"measured_model": today}) == ""
+    assert "does not name" in common.stale_default_note({})
+    other = tmp_path / "other"
+    shutil.copytree(common.DEFAULT_CHECKPOINT, other)
+    weights = other / "projector.safetensors"
+    weights.write_bytes(weights.read_bytes() + b" ")
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "shipped_from": "an_earlier_run"}))
+    earlier = common.measured_model(other)
+    assert earlier["fingerprint"] != today["fingerprint"]
+    note = common.stale_default_note({"measured_model": earlier})
+    assert "an_earlier_run" in note and earlier["fingerprint"] in note and today["fingerprint"] in note
+    changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src/ecgllm/data/checkpoint"],
+                             capture_output=True, text=True, check=True).stdout
+    if not changed:  # a checkout whose default is committed as it is on disk
+        assert stamp_measured_model.checkpoint_at("HEAD") == today
