@@ -9,7 +9,7 @@ import platform
 import subprocess
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -30,16 +30,16 @@ def fingerprint(path: Path) -> str:
 def weights_fingerprint(files: dict[str, bytes]) -> str:
     """fingerprint() of a checkpoint given as {path relative to the folder: bytes} (also read from git history)."""
     digest = hashlib.sha256()
-    for relative in sorted(files, key=lambda name: Path(name).parts):
+    for relative in sorted(files, key=lambda name: PurePosixPath(name).parts):  # the same on every platform
         digest.update(relative.encode() + files[relative])
     return digest.hexdigest()[:12]
 
 
 def measured_model(folder: Path) -> dict:
-    """Which checkpoint a page measured: its weights' fingerprint and the run it was shipped from."""
-    config = folder / "config.json"
-    shipped_from = json.loads(config.read_text()).get("shipped_from") if config.exists() else None
-    return {"fingerprint": fingerprint(folder), "shipped_from": shipped_from}
+    """Which checkpoint a page measured: its weights' fingerprint and the run it was shipped from (for a folder
+    that was never shipped, its own name)."""
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+    return {"fingerprint": fingerprint(folder), "shipped_from": config.get("shipped_from") or folder.name}
 
 
 def stale_default_note(result: dict) -> str:
@@ -49,10 +49,11 @@ def stale_default_note(result: dict) -> str:
     measured = result.get("measured_model")
     if measured and measured["fingerprint"] == now["fingerprint"]:
         return ""
-    was = (f"`{measured['shipped_from']}` (weights {measured['fingerprint']})" if measured
+    was = (f"`{measured.get('shipped_from')}` (weights {measured.get('fingerprint')})" if measured
            else "a checkpoint this result does not name")
-    return (f"**Not yet measured on today's default.** These figures were measured on {was}; the default shipped "
-            f"now is `{now['shipped_from']}` (weights {now['fingerprint']}). Its command re-measures them.")
+    return (f"**Not measured on today's default.** These figures were measured on {was}; the default shipped now is "
+            f"`{now['shipped_from']}` (weights {now['fingerprint']}). The page's command, run with `--model "
+            "src/ecgllm/data/checkpoint`, measures them on it.")
 
 
 def ptbxl_wfdb_dir(explicit: str | None = None) -> Path:

@@ -87,7 +87,7 @@ def write_doc(result: dict, reference: dict, command: str) -> None:
         "Written by `benchmarks/ecgbench_images.py` from `benchmarks/results/ecgbench_images.json`; PULSE-7B's "
         "figures are read from `benchmarks/references/pulse_ecgbench.json` (" + reference["source"] + ").",
         "",
-        f"Model: the shipped default (`{result['model_name']}`). Every recording is shown to it as a paper render "
+        f"Model: `{result['model_name']}`{' (shipped from ' + result['shipped_from'] + ')' if result.get('shipped_from') else ''}. Every recording is shown to it as a paper render "
         "with print/photo distortions (3x4 + rhythm strip, drawn per recording by its name and the seed) and read "
         "through its image encoder; the same suite on the signals is given for comparison.",
         "",

@@ -524,7 +524,7 @@ def readme_block(r: dict) -> str:
         return f"{_fmt(s.get('records_seen_in_training'))} of {_fmt(s.get('records_evaluated'))}"
 
     return "\n".join([
-        *([stale_default_note(r), ""] if stale_default_note(r) else []),
+        *([note, ""] if (note := stale_default_note(r)) else []),
         "| measured on | split (ECGs seen in training) | EM | blind | another patient's ECG |",
         "|---|---|---|---|---|",
         f"| {g['n']} generated questions | ECG-QA test ({seen(g)}) | "

@@ -3,10 +3,12 @@
 A page that measures the shipped default says so when a newer default has shipped since
 (`benchmarks/common.py: stale_default_note`). Results written before `measured_model` was recorded get it here,
 read from git history: the default checkpoint as it stood at the last commit that wrote the result (a benchmark
-measures the checkout it runs in, and its result is committed with it). A result that already names its model
-is left alone.
+measures the checkout it runs in, and its result is committed with it; a `--page-only` re-render committed after
+another default shipped would mislead it, so stamp before shipping). A result that already names its model is left
+alone; the benchmarks record it themselves now.
 
-    python scripts/stamp_measured_model.py benchmarks/results/ecgqa_evidence.json benchmarks/results/images.json
+    python scripts/stamp_measured_model.py benchmarks/results/ecgqa_evidence.json benchmarks/results/images.json \
+        benchmarks/results/ecgbench_images.json
 """
 
 from __future__ import annotations
@@ -25,12 +27,16 @@ CHECKPOINT = DEFAULT_CHECKPOINT.relative_to(ROOT).as_posix()
 
 
 def git(*args: str) -> bytes:
-    return subprocess.run(["git", "-C", str(ROOT), *args], check=True, capture_output=True).stdout
+    done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True)
+    if done.returncode:
+        raise SystemExit(f"git {' '.join(args)}: {done.stderr.decode().strip()}")
+    return done.stdout
 
 
 def checkpoint_at(commit: str) -> dict:
     """measured_model() of the default checkpoint as committed at `commit`."""
-    names = git("ls-tree", "-r", "--name-only", commit, "--", CHECKPOINT).decode().split()
+    names = [name for name in git("ls-tree", "-r", "-z", "--name-only", commit, "--", CHECKPOINT).decode().split("\0")
+             if name]
     weights = {name[len(CHECKPOINT) + 1:]: git("show", f"{commit}:{name}")
                for name in names if name.endswith(".safetensors")}
     if not weights:
@@ -38,6 +44,14 @@ def checkpoint_at(commit: str) -> dict:
     config = f"{CHECKPOINT}/config.json"
     shipped_from = json.loads(git("show", f"{commit}:{config}")).get("shipped_from") if config in names else None
     return {"fingerprint": weights_fingerprint(weights), "shipped_from": shipped_from}
+
+
+def last_unstamped_commit(relative: str) -> str:
+    """The last commit that wrote the result's figures: the newest one whose copy names no model yet."""
+    for commit in git("log", "--format=%H", "--", relative).decode().split():
+        if "measured_model" not in json.loads(git("show", f"{commit}:{relative}")):
+            return commit
+    raise SystemExit(f"{relative}: no commit holds it without a model named, so none tells which checkpoint it measured")
 
 
 def main() -> None:
@@ -49,12 +63,9 @@ def main() -> None:
         if "measured_model" in result:
             print(f"{path}: names its model already ({result['measured_model']['fingerprint']})")
             continue
-        relative = path.resolve().relative_to(ROOT).as_posix()
-        commit = git("log", "-1", "--format=%H", "--", relative).decode().strip()
-        if not commit:
-            raise SystemExit(f"{path}: not committed, so no commit tells which checkpoint it measured")
-        result["measured_model"] = {**checkpoint_at(commit), "read_from": f"git: {CHECKPOINT} at commit {commit[:7]}, "
-                                                                          "the last commit that wrote this result"}
+        commit = last_unstamped_commit(path.resolve().relative_to(ROOT).as_posix())
+        result["measured_model"] = {**checkpoint_at(commit), "read_from": f"git: {CHECKPOINT} as committed with "
+                                                                          f"this result (commit {commit[:7]})"}
         path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"{path}: measured {result['measured_model']['shipped_from']} "
               f"({result['measured_model']['fingerprint']}; commit {commit[:7]})")

@@ -504,6 +504,7 @@ def test_a_page_of_the_default_says_when_a_newer_default_has_shipped(tmp_path, m
     """benchmarks/common.py: a result names the checkpoint it measured by its weights; a page of the shipped default
     stays silent while that is today's default and warns, naming both, once another has shipped. The fingerprint read
     from git history (scripts/stamp_measured_model.py) is the one read from the folder."""
+    import hashlib
     import json
     import shutil
     import subprocess
@@ -528,7 +529,39 @@ def test_a_page_of_the_default_says_when_a_newer_default_has_shipped(tmp_path, m
     assert earlier["fingerprint"] != today["fingerprint"]
     note = common.stale_default_note({"measured_model": earlier})
     assert "an_earlier_run" in note and earlier["fingerprint"] in note and today["fingerprint"] in note
+    pinned = tmp_path / "pinned"  # the order committed fingerprints were made with: by path parts, not by string
+    (pinned / "a").mkdir(parents=True)
+    (pinned / "a" / "x.safetensors").write_bytes(b"X")
+    (pinned / "a-b.safetensors").write_bytes(b"Y")
+    assert common.fingerprint(pinned) == hashlib.sha256(b"a/x.safetensorsXa-b.safetensorsY").hexdigest()[:12]
     changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src/ecgllm/data/checkpoint"],
                              capture_output=True, text=True, check=True).stdout
     if not changed:  # a checkout whose default is committed as it is on disk
         assert stamp_measured_model.checkpoint_at("HEAD") == today
+
+
+def test_committed_pages_of_the_default_warn_exactly_when_it_has_changed(monkeypatch):
+    """A new default shipped without re-measuring its pages must leave them warning (their `--page-only` render
+    adds the note); pages measured on today's default carry no warning. The evidence page's render and the README
+    block it writes put the note in when the model measured is another."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(root / "benchmarks"))
+    import common
+    import ecgqa_evidence
+
+    pages = {"ecgqa_evidence.json": ["docs/results/ecgqa_evidence.md", "README.md"],
+             "images.json": ["docs/results/images.md"], "ecgbench_images.json": ["docs/results/ecgbench_images.md"]}
+    for name, texts in pages.items():
+        result = json.loads((common.RESULTS / name).read_text())
+        assert "measured_model" in result, f"{name} names no model (scripts/stamp_measured_model.py)"
+        note = common.stale_default_note(result)
+        for text in texts:
+            page = (root / text).read_text()
+            assert (note in page) if note else ("Not measured on today's default" not in page), (
+                f"{text} is not rendered for the default it measured: run its `--page-only`")
+    evidence = json.loads((common.RESULTS / "ecgqa_evidence.json").read_text())
+    other = {**evidence, "measured_model": {"fingerprint": "0" * 12, "shipped_from": "an_earlier_run"}}
+    assert "an_earlier_run" in ecgqa_evidence.render_page(other) and "an_earlier_run" in ecgqa_evidence.readme_block(other)
