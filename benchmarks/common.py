@@ -78,6 +78,40 @@ def environment() -> dict:
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+def run_on_cores(jobs: list[tuple[Path, list[str]]], cores: list[int]) -> None:
+    """Run (out folder, command) jobs, one worker per pinned core taking the next job not yet taken, each command
+    on one thread; the first failure stops the rest from starting and is reported (its run folder resumes)."""
+    import queue
+    import shlex
+    import threading
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    todo: queue.Queue = queue.Queue()
+    for job in jobs:
+        todo.put(job)
+    failed: list[str] = []
+
+    def worker(core: int) -> None:
+        while not failed:
+            try:
+                out, command = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                if subprocess.run(["taskset", "-c", str(core), *command], env=env).returncode:
+                    failed.append(f"{out}: {shlex.join(command)}")
+            except Exception as exc:  # noqa: BLE001 - e.g. no taskset: stops the others, reported below
+                failed.append(f"{out}: {exc!r}")
+
+    threads = [threading.Thread(target=worker, args=(core,)) for core in cores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:  # every child ends before the caller goes on: a re-run never races one
+        thread.join()
+    if failed:
+        raise SystemExit(f"an evaluation failed ({failed[0]}; see above); re-run to resume")
+
+
 def write_result(name: str, result: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / name

@@ -36,13 +36,12 @@ import argparse
 import gzip
 import json
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, SHARED, environment, fingerprint, write_result
+from common import ROOT, SHARED, environment, fingerprint, run_on_cores, write_result
 from ecgllm.datasets.ecgqa_generator import ANSWER_QUOTA
 from ecgqa_evidence import OFFICIAL_MIX_NOTE, em_per_template, official_mix, per_sample
 from ecgqa_selection import NUMERIC_AXIS_TEMPLATES, SELECTION_TEMPLATES, verify_balance_of
@@ -129,39 +128,11 @@ def eval_command(model: Path, data: Path, signals: Path, out: Path, probe: str) 
 
 def evaluate_both(models: dict[str, Path], sets: dict[str, Path], signals: Path, work: Path,
                   cores: list[int]) -> None:
-    """Every (model, set, probe) run, spread over the cores: one worker per pinned core takes the next run not yet
-    taken, so a model whose runs are already complete (a default scored before) leaves every core to the other."""
-    import queue
-    import threading
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    todo: queue.Queue = queue.Queue()
-    for name in models:
-        for data in sets.values():
-            for probe in ("none", "random-ecg"):
-                out = work / f"{name}-{run_name(data)}-{probe}"
-                todo.put((out, eval_command(models[name], data, signals, out, probe)))
-    failed: list[str] = []
-
-    def worker(core: int) -> None:
-        while not failed:
-            try:
-                out, command = todo.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                if subprocess.run(["taskset", "-c", str(core), *command], env=env).returncode:
-                    failed.append(f"{out}: {shlex.join(command)}")
-            except Exception as exc:  # noqa: BLE001 - e.g. no taskset: stops the others, reported below
-                failed.append(f"{out}: {exc!r}")
-
-    threads = [threading.Thread(target=worker, args=(core,)) for core in cores]
-    for thread in threads:
-        thread.start()
-    for thread in threads:  # every child ends before the script does: a re-run never races one
-        thread.join()
-    if failed:
-        raise SystemExit(f"an evaluation failed ({failed[0]}; see above); re-run to resume")
+    """Every (model, set, probe) run, spread over the cores (`run_on_cores`), so a model whose runs are already
+    complete (a default scored before) leaves every core to the other."""
+    run_on_cores([(work / f"{name}-{run_name(data)}-{probe}",
+                   eval_command(models[name], data, signals, work / f"{name}-{run_name(data)}-{probe}", probe))
+                  for name in models for data in sets.values() for probe in ("none", "random-ecg")], cores)
 
 
 def run_name(data: Path) -> str:

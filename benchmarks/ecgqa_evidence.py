@@ -18,7 +18,9 @@ checks through the checkpoint's training_records.json):
 - "Is this a normal ECG?" on 200 ECG-QA test ECGs, 100 with NORM and 100 without: balanced accuracy;
 - zero-shot yes/no questions on the CPSC 2018 and CODE-15% samples in ../shared (other hospitals, 500 / 400 Hz),
   scored against their labels.
-The page is written from the JSON only (`--page-only` re-renders it).
+The answering runs are spread over `--cores` (one `ecgllm eval ecgqa` run per core at a time, each resumable by
+question); scoring, baselines and zero-shot then run in this process. The page is written from the JSON only
+(`--page-only` re-renders it).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -34,7 +37,8 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, SHARED, environment, measured_model, stale_default_note, write_result  # noqa: E402
+from common import (RESULTS, ROOT, SHARED, environment, measured_model, run_on_cores,  # noqa: E402
+                    stale_default_note, write_result)
 from ecgqa_selection import NUMERIC_AXIS_TEMPLATES  # noqa: E402
 
 QA = SHARED / "ecgqa/ecgqa/ptbxl"
@@ -322,6 +326,18 @@ def evaluate(args: argparse.Namespace) -> dict:
                     "measured_model": measured_model(model_dir), "targets": TARGETS}
 
     generated = generated_test(args.n_generated, args.seed, out)
+    grouped = generated_test(args.n_grouped, args.seed + 1, out, answer_groups=True) if args.n_grouped else None
+    grouped_runs = out / grouped.parents[1].name.replace("_test", "") if grouped else None  # folders follow the set
+    normal = normal_ecg_set(args.seed, out)
+    valid = official_valid(out)
+    numeric = numeric_test(args.n_numeric, args.seed, out, args.features) if args.features else None
+    # every answer first, spread over the cores; the sections below then resume their complete runs and score them
+    answer_on_cores(model_dir, signals, labels, args, [
+        ([generated], out / "generated", args.limit_generated, PROBES),
+        *([([grouped], grouped_runs, None, PROBES)] if grouped else []),
+        (valid, out / "official_valid", args.limit_valid, PROBES),
+        *([([numeric], out / "numeric", None, PROBES)] if numeric else []),
+        ([normal], out / "normal_ecg_run", None, (None,))])
     summary = run_probes([str(generated)], signals, str(out / "generated"), model=str(model_dir), labels=labels,
                          loaded=loaded, batch_size=args.batch_size, progress=not args.quiet,
                          limit=args.limit_generated)
@@ -345,8 +361,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         from ecgllm.datasets.ecgqa_generator import ANSWER_QUOTA
 
         quota = ANSWER_QUOTA["test"]
-        grouped = generated_test(args.n_grouped, args.seed + 1, out, answer_groups=True)
-        runs = out / grouped.parents[1].name.replace("_test", "")  # run folders follow their set
+        runs = grouped_runs
         summary = run_probes([str(grouped)], signals, str(runs), model=str(model_dir), labels=labels,
                              loaded=loaded, batch_size=args.batch_size, progress=not args.quiet)
         result["grouped_test"] = {"split": f"ECG-QA test ECGs (never trained on); {args.n_grouped} generated questions "
@@ -359,7 +374,6 @@ def evaluate(args: argparse.Namespace) -> dict:
             train, [str(grouped)], signals, str(runs / "baselines"), which=["majority", "question-only"],
             labels=labels, progress=not args.quiet)["per_baseline"]
 
-    normal = normal_ecg_set(args.seed, out)
     metrics = evaluate_ecgqa(EcgqaRun(data=[str(normal)], ptbxl=signals, out=str(out / "normal_ecg_run"),
                                       model=str(model_dir), labels=labels, batch_size=args.batch_size), *loaded,
                              progress=not args.quiet)
@@ -368,7 +382,6 @@ def evaluate(args: argparse.Namespace) -> dict:
                             "balanced_acc": balanced_accuracy(table), "em": metrics["overall_em"],
                             "answered_yes": int((table["prediction"] == "yes").sum())}
 
-    valid = official_valid(out)
     summary = run_probes(valid, signals, str(out / "official_valid"), model=str(model_dir), labels=labels,
                          loaded=loaded, batch_size=args.batch_size, progress=not args.quiet, limit=args.limit_valid)
     result["official_valid"] = {"split": f"ECG-QA valid (chunk 60000 + official_sample; first {args.limit_valid} sample "
@@ -377,8 +390,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                                 **probes_summary(out / "official_valid", summary),
                                 "per_wording": per_wording(out / "official_valid" / "none", valid)}
 
-    if args.features:
-        numeric = numeric_test(args.n_numeric, args.seed, out, args.features)
+    if numeric:
         summary = run_probes([str(numeric)], signals, str(out / "numeric"), model=str(model_dir), labels=labels,
                              loaded=loaded, batch_size=args.batch_size, progress=not args.quiet)
         result["numeric_test"] = {"split": f"ECG-QA test ECGs (never trained on); {args.n_numeric} generated "
@@ -393,6 +405,25 @@ def evaluate(args: argparse.Namespace) -> dict:
     result["command"] = "python benchmarks/ecgqa_evidence.py " + " ".join(sys.argv[1:])
     result["environment"] = environment()
     return result
+
+
+PROBES = ("none", "blind", "random-ecg")  # run_probes' order and sub-folders
+
+
+def answer_on_cores(model_dir: Path, signals: str, labels: str, args: argparse.Namespace,
+                    runs: list[tuple[list, Path, int | None, tuple]]) -> None:
+    """Answer every (data, folder, limit, probes) run as `ecgllm eval ecgqa` does, one run per core at a time
+    (`--cores`), into the folders the in-process sections read: they resume by question, so they find them done."""
+    jobs = []
+    for data, folder, limit, probes in runs:
+        for probe in probes:
+            target = folder / probe if probe else folder
+            jobs.append((target, [sys.executable, "-m", "ecgllm.serving.cli", "eval", "ecgqa",
+                                  "--data", *map(str, data), "--ptbxl", str(signals), "--labels", labels,
+                                  "--model", str(model_dir), "--out", str(target), "--probe", probe or "none",
+                                  "--batch-size", str(args.batch_size), "--device", "cpu", "--dtype", "float32",
+                                  "--quiet", *(["--limit", str(limit)] if limit else [])]))
+    run_on_cores(jobs, args.cores)
 
 
 def latency_result() -> dict:
@@ -571,6 +602,9 @@ def main() -> None:
     parser.add_argument("--page-only", action="store_true",
                         help="re-render the page from the JSON, taking in the latest results/llm_speed.json")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--cores", type=int, nargs="+", default=sorted(os.sched_getaffinity(0))[:2],
+                        help="CPU cores the answering runs are spread over, one run per core at a time, each on one "
+                             "thread (default: the first two)")
     args = parser.parse_args()
     if not args.page_only:
         write_result(RESULT, evaluate(args))
