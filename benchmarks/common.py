@@ -39,7 +39,23 @@ def measured_model(folder: Path) -> dict:
     """Which checkpoint a page measured: its weights' fingerprint and the run it was shipped from (for a folder
     that was never shipped, its own name)."""
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
-    return {"fingerprint": fingerprint(folder), "shipped_from": config.get("shipped_from") or folder.name}
+    name = os.path.relpath(folder.resolve(), ROOT) if folder.resolve().is_relative_to(ROOT.parent) else str(folder)
+    return {"fingerprint": fingerprint(folder), "shipped_from": config.get("shipped_from") or name}
+
+
+def claim_run_folder(out: Path, folder: Path) -> dict:
+    """The model a benchmark's --out holds answers of: its run folders resume by question, not by model, so answers
+    of another model there would pass as this one's. Recorded on first use; another model is refused."""
+    now = measured_model(folder)
+    seen = out / "measured_model.json"
+    if seen.exists():
+        before = json.loads(seen.read_text())
+        if before["fingerprint"] != now["fingerprint"]:
+            raise SystemExit(f"{out} holds answers of another model ({before['shipped_from']}, weights "
+                             f"{before['fingerprint']}; {folder} has {now['fingerprint']}): give another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    seen.write_text(json.dumps(now, indent=2) + "\n")
+    return now
 
 
 def stale_default_note(result: dict) -> str:
@@ -53,7 +69,7 @@ def stale_default_note(result: dict) -> str:
            else "a checkpoint this result does not name")
     return (f"**Not measured on today's default.** These figures were measured on {was}; the default shipped now is "
             f"`{now['shipped_from']}` (weights {now['fingerprint']}). The page's command, run with `--model "
-            "src/ecgllm/data/checkpoint`, measures them on it.")
+            "src/ecgllm/data/checkpoint` and a new `--out`, measures them on it.")
 
 
 def ptbxl_wfdb_dir(explicit: str | None = None) -> Path:

@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common import ROOT, SHARED, environment, measured_model, stale_default_note, write_result
+from common import ROOT, SHARED, claim_run_folder, environment, stale_default_note, write_result
 
 REFERENCE = ROOT / "benchmarks/references/pulse_ecgbench.json"
 DOC = ROOT / "docs/results/ecgbench_images.md"
@@ -33,7 +33,7 @@ def run_suite(args: argparse.Namespace) -> dict:
     from ecgllm.evaluation.ecgqa_eval import EcgqaRun, evaluate_ecgqa
 
     out = Path(args.out)
-    result: dict = {"modalities": {}}
+    result: dict = {"modalities": {}, "measured_model": claim_run_folder(out, Path(args.model))}
     for modality in MODALITIES:
         metrics = run_ecgbench(out / f"ecgbench-{modality}", args.signals, model=args.model, labels=args.ptbxl,
                                records=args.records, external=args.external, seed=args.seed,
@@ -183,7 +183,6 @@ def main() -> None:
     config = json.loads((Path(args.model) / "config.json").read_text())
     result["model_name"] = config.get("name") or Path(args.model).name
     result["shipped_from"] = config.get("shipped_from")
-    result["measured_model"] = measured_model(Path(args.model))
     result["pulse_7b"] = reference
     write_result("ecgbench_images.json", {**result, "command": command, "environment": environment()})
     write_doc(result, reference, command)

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, ROOT, SHARED, environment, measured_model, run_on_cores,  # noqa: E402
+from common import (RESULTS, ROOT, SHARED, claim_run_folder, environment, run_on_cores,  # noqa: E402
                     stale_default_note, write_result)
 from ecgqa_selection import NUMERIC_AXIS_TEMPLATES  # noqa: E402
 
@@ -323,7 +323,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     loaded = (model, processor)
     out, labels, signals = args.out, str(SHARED / "ptbxl"), args.signals
     result: dict = {"model": str(model_dir.relative_to(ROOT)) if model_dir.is_relative_to(ROOT) else str(model_dir),
-                    "measured_model": measured_model(model_dir), "targets": TARGETS}
+                    "measured_model": claim_run_folder(Path(out), model_dir), "targets": TARGETS}
 
     generated = generated_test(args.n_generated, args.seed, out)
     grouped = generated_test(args.n_grouped, args.seed + 1, out, answer_groups=True) if args.n_grouped else None
@@ -423,7 +423,7 @@ def answer_on_cores(model_dir: Path, signals: str, labels: str, args: argparse.N
                                   "--model", str(model_dir), "--out", str(target), "--probe", probe or "none",
                                   "--batch-size", str(args.batch_size), "--device", "cpu", "--dtype", "float32",
                                   "--quiet", *(["--limit", str(limit)] if limit else [])]))
-    run_on_cores(jobs, args.cores)
+    run_on_cores(jobs, args.cores or sorted(os.sched_getaffinity(0))[:2])
 
 
 def latency_result() -> dict:
@@ -602,7 +602,7 @@ def main() -> None:
     parser.add_argument("--page-only", action="store_true",
                         help="re-render the page from the JSON, taking in the latest results/llm_speed.json")
     parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--cores", type=int, nargs="+", default=sorted(os.sched_getaffinity(0))[:2],
+    parser.add_argument("--cores", type=int, nargs="+",
                         help="CPU cores the answering runs are spread over, one run per core at a time, each on one "
                              "thread (default: the first two)")
     args = parser.parse_args()

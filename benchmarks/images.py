@@ -31,7 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, SHARED, environment, measured_model, stale_default_note, write_result
+from common import ROOT, SHARED, claim_run_folder, environment, stale_default_note, write_result
 
 from ecgllm import read_ecg
 from ecgllm.render import plot_ecg, render_ecg
@@ -413,6 +413,7 @@ def main() -> None:
     else:
         raise SystemExit(f"{args.model}'s image_encoder.json records no distillation recipe: name the run (--distill)")
     shipped_from = json.loads((Path(args.model) / "config.json").read_text()).get("shipped_from") or "RUN"
+    measured = claim_run_folder(Path(args.out), Path(args.model))
     result = {"render": render_speed(args.render_n),
               "fold10_test": fold10_test_reading(args.model, args.signals, args.ptbxl, args.ecgqa, args.n_eval,
                                                  args.workers),
@@ -421,7 +422,7 @@ def main() -> None:
               "warm_started": bool(made.get("init_student")),
               "ecgqa": ecgqa_modalities(args.model, args.generated_test, args.signals, args.limit, Path(args.out)),
               "printed": printed_images(args.model), "not_ecg": not_ecg_pictures(args.model),
-              "measured_model": measured_model(Path(args.model))}
+              "measured_model": measured}
     t = result["fold10_test"]
     flat = {"render_images_per_s": result["render"]["augmented_2proc_per_s"],
             "render_clean_images_per_s": result["render"]["clean_2proc_per_s"],

@@ -529,6 +529,11 @@ def test_a_page_of_the_default_says_when_a_newer_default_has_shipped(tmp_path, m
     assert earlier["fingerprint"] != today["fingerprint"]
     note = common.stale_default_note({"measured_model": earlier})
     assert "an_earlier_run" in note and earlier["fingerprint"] in note and today["fingerprint"] in note
+    out = tmp_path / "runs"  # a benchmark's run folders resume by question: another model's answers are refused
+    assert common.claim_run_folder(out, common.DEFAULT_CHECKPOINT) == today
+    assert common.claim_run_folder(out, common.DEFAULT_CHECKPOINT) == today
+    with pytest.raises(SystemExit, match="holds answers of another model"):
+        common.claim_run_folder(out, other)
     pinned = tmp_path / "pinned"  # the order committed fingerprints were made with: by path parts, not by string
     (pinned / "a").mkdir(parents=True)
     (pinned / "a" / "x.safetensors").write_bytes(b"X")
