@@ -157,10 +157,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(ROOT / "src/ecgllm/data/checkpoint"),
                         help="checkpoint with an image encoder (default: the shipped one)")
-    parser.add_argument("--signals", required=True, help="prepared PTB-XL cache (`ecgllm data prepare`)")
+    parser.add_argument("--signals", help="prepared PTB-XL cache (`ecgllm data prepare`; required unless --page-only)")
     parser.add_argument("--ptbxl", default=str(SHARED / "ptbxl"), help="PTB-XL labels folder")
     parser.add_argument("--external", default=str(SHARED / "external"), help="folder with cpsc2018/ and code15/")
-    parser.add_argument("--generated-test", required=True, help="generated ECG-QA file over ECG-QA test ECGs")
+    parser.add_argument("--generated-test", help="generated ECG-QA file over ECG-QA test ECGs (required unless "
+                        "--page-only)")
     parser.add_argument("--records", type=int, default=200, help="PTB-XL fold 10 ∩ ECG-QA test records")
     parser.add_argument("--limit", type=int, default=150, help="ECG-QA sample ids")
     parser.add_argument("--seed", type=int, default=0)
@@ -174,6 +175,9 @@ def main() -> None:
         write_doc(saved, saved["pulse_7b"], saved["command"])
         print(f"wrote {DOC}")
         return
+    missing = [f"--{name.replace('_', '-')}" for name in ("signals", "generated_test") if not getattr(args, name)]
+    if missing:
+        parser.error(f"{', '.join(missing)} required (or --page-only)")
     if not Path(args.generated_test).is_file():  # before the renders and the model load, not after them
         parser.error(f"--generated-test {args.generated_test}: no such file")
     command = "python benchmarks/ecgbench_images.py " + " ".join(

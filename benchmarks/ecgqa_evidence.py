@@ -108,7 +108,7 @@ stage since stage 3 had met the same generated pairs): the first (`continue_fres
 valid questions better and the official numeric templates worse (its mix held half as many questions of the
 templates 39, 41, 42 and 68-70) and did not pass the rule (`ecgqa_candidate_fresh_pairs.md`); the second, from it with
 those questions put back (`continue_fresh_pairs_numeric.yaml`), passed it (`ecgqa_candidate_fresh_pairs_numeric.md`):
-it is to replace the default, and this page is then measured on it (until then it measures the default above).
+it replaced the default (the note at the top of this page, if any, says that its figures were measured on an earlier one).
 All LLM stages ran on CPU, batch 8, on one core (`continue_measurement_comparison` resumed from its step 500 on two
 threads); no GPU was available. For the
 answer latency: the prompt's common start (system prompt, user header, ECG tags) is computed once and kept for the
