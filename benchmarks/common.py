@@ -37,7 +37,8 @@ def weights_fingerprint(files: dict[str, bytes]) -> str:
 
 def measured_model(folder: Path) -> dict:
     """Which checkpoint a page measured: its weights' fingerprint and the run it was shipped from (for a folder
-    that was never shipped, its own name)."""
+    that was never shipped, its path). Every safetensors counts, the image encoder's too: a page names the whole
+    model it measured, so a new image encoder alone marks a page of the signal path as measured on another one."""
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
     name = os.path.relpath(folder.resolve(), ROOT) if folder.resolve().is_relative_to(ROOT.parent) else str(folder)
     return {"fingerprint": fingerprint(folder), "shipped_from": config.get("shipped_from") or name}
