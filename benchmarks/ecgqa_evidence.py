@@ -102,8 +102,8 @@ questions (`ecgqa_candidate_measurement_notes.md`, `_mix.md`, `_within.md`); non
 notes that also state, for two ECGs, which features became normal, became abnormal or stayed abnormal
 (`continue_measurement_comparison.yaml`, 1,500 steps), answered the official valid questions better (a gain whose
 bootstrap interval over ECGs lies above 0, most of it on the numeric comparison templates 68-70) and kept its
-reliance on the ECG on the generated ones (`ecgqa_candidate_measurement_comparison.md`): it is the shipped default,
-measured on this page. Then two continuations of it on fresh draws of generated questions (new seeds: every
+reliance on the ECG on the generated ones (`ecgqa_candidate_measurement_comparison.md`), and became the default
+(until `continue_fresh_pairs_numeric`, below). Then two continuations of it on fresh draws of generated questions (new seeds: every
 stage since stage 3 had met the same generated pairs): the first (`continue_fresh_pairs.yaml`) answered the generated
 valid questions better and the official numeric templates worse (its mix held half as many questions of the
 templates 39, 41, 42 and 68-70) and did not pass the rule (`ecgqa_candidate_fresh_pairs.md`); the second, from it with
