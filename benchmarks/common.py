@@ -95,6 +95,15 @@ def environment() -> dict:
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+def eval_command(model: Path, data: Path | list, signals: Path | str, out: Path, probe: str,
+                 *options: str) -> list[str]:
+    """The `ecgllm eval ecgqa` run of one model on one set (a file or several) with one probe, quiet."""
+    files = data if isinstance(data, list) else [data]
+    return [sys.executable, "-m", "ecgllm.serving.cli", "eval", "ecgqa", "--data", *map(str, files), "--ptbxl",
+            str(signals), "--labels", str(SHARED / "ptbxl"), "--model", str(model), "--out", str(out), "--probe", probe,
+            "--quiet", *options]
+
+
 def run_on_cores(jobs: list[tuple[Path, list[str]]], cores: list[int]) -> None:
     """Run (out folder, command) jobs, one worker per pinned core taking the next job not yet taken, each command
     on one thread; the first failure stops the rest from starting and is reported (its run folder resumes)."""

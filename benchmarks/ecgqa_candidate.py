@@ -41,7 +41,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, SHARED, environment, fingerprint, run_on_cores, write_result
+from common import ROOT, SHARED, environment, eval_command, fingerprint, run_on_cores, write_result
 from ecgllm.datasets.ecgqa_generator import ANSWER_QUOTA
 from ecgqa_evidence import OFFICIAL_MIX_NOTE, em_per_template, official_mix, per_sample
 from ecgqa_selection import NUMERIC_AXIS_TEMPLATES, SELECTION_TEMPLATES, verify_balance_of
@@ -119,11 +119,6 @@ def check_work(work: Path, inputs: dict[str, Path]) -> None:
 
 def run(command: list[str]) -> None:
     subprocess.run(command, check=True)
-
-
-def eval_command(model: Path, data: Path, signals: Path, out: Path, probe: str) -> list[str]:
-    return [sys.executable, "-m", "ecgllm.serving.cli", "eval", "ecgqa", "--data", str(data), "--ptbxl", str(signals),
-            "--labels", str(SHARED / "ptbxl"), "--model", str(model), "--out", str(out), "--probe", probe, "--quiet"]
 
 
 def evaluate_both(models: dict[str, Path], sets: dict[str, Path], signals: Path, work: Path,

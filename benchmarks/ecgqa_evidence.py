@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, ROOT, SHARED, claim_run_folder, environment, run_on_cores,  # noqa: E402
+from common import (RESULTS, ROOT, SHARED, claim_run_folder, environment, eval_command, run_on_cores,  # noqa: E402
                     stale_default_note, write_result)
 from ecgqa_selection import NUMERIC_AXIS_TEMPLATES  # noqa: E402
 
@@ -332,7 +332,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     valid = official_valid(out)
     numeric = numeric_test(args.n_numeric, args.seed, out, args.features) if args.features else None
     # every answer first, spread over the cores; the sections below then resume their complete runs and score them
-    answer_on_cores(model_dir, signals, labels, args, [
+    answer_on_cores(model_dir, signals, args, [
         ([generated], out / "generated", args.limit_generated, PROBES),
         *([([grouped], grouped_runs, None, PROBES)] if grouped else []),
         (valid, out / "official_valid", args.limit_valid, PROBES),
@@ -410,7 +410,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 PROBES = ("none", "blind", "random-ecg")  # run_probes' order and sub-folders
 
 
-def answer_on_cores(model_dir: Path, signals: str, labels: str, args: argparse.Namespace,
+def answer_on_cores(model_dir: Path, signals: str, args: argparse.Namespace,
                     runs: list[tuple[list, Path, int | None, tuple]]) -> None:
     """Answer every (data, folder, limit, probes) run as `ecgllm eval ecgqa` does, one run per core at a time
     (`--cores`), into the folders the in-process sections read: they resume by question, so they find them done."""
@@ -418,11 +418,9 @@ def answer_on_cores(model_dir: Path, signals: str, labels: str, args: argparse.N
     for data, folder, limit, probes in runs:
         for probe in probes:
             target = folder / probe if probe else folder
-            jobs.append((target, [sys.executable, "-m", "ecgllm.serving.cli", "eval", "ecgqa",
-                                  "--data", *map(str, data), "--ptbxl", str(signals), "--labels", labels,
-                                  "--model", str(model_dir), "--out", str(target), "--probe", probe or "none",
-                                  "--batch-size", str(args.batch_size), "--device", "cpu", "--dtype", "float32",
-                                  "--quiet", *(["--limit", str(limit)] if limit else [])]))
+            jobs.append((target, eval_command(model_dir, list(data), signals, target, probe or "none",
+                                              "--batch-size", str(args.batch_size), "--device", "cpu", "--dtype",
+                                              "float32", *(["--limit", str(limit)] if limit else []))))
     run_on_cores(jobs, args.cores or sorted(os.sched_getaffinity(0))[:2])
 
 
