@@ -44,7 +44,7 @@ from ecgllm import read_ecg  # noqa: E402
 from ecgllm.datasets import ECGQA, PTBXL  # noqa: E402
 from ecgllm.datasets.ecgqa_attributes import build_attributes  # noqa: E402
 from ecgllm.datasets.ecgqa_generator import ECGQAGenerator  # noqa: E402
-from ecgllm.models import EcgLanguageModel, EcgLMConfig  # noqa: E402
+from ecgllm.models import EcgLanguageModel, EcgLMConfig, EcgProcessor  # noqa: E402
 from ecgllm.training.model_setup import build_model  # noqa: E402
 from ecgllm.models.placement import FrozenWeightsCast, cpu_has_bf16_instructions  # noqa: E402
 
@@ -100,7 +100,7 @@ def compare_trainer_paths(model, processor, samples: list[dict], ecg: dict, batc
 
     model.encode = encode
     results = {}
-    own = float(model.config.lora.get("lora_dropout", 0.0)) if model.config.llm_policy == "lora" else EARLIER_LORA_DROPOUT
+    own = float(model.ecg_config.lora.get("lora_dropout", 0.0)) if model.ecg_config.llm_policy == "lora" else EARLIER_LORA_DROPOUT
     paths = [("padded_full_logits", padded, False, False, EARLIER_LORA_DROPOUT)]
     if own != EARLIER_LORA_DROPOUT:  # the earlier path at the checkpoint's own dropout: the code's levers alone
         paths.append((SAME_DROPOUT_BASELINE, padded, False, False, own))
@@ -226,7 +226,8 @@ def main() -> None:
     from ecgllm.serving.assistant import ECGAssistant
 
     shipped_dir = resolve_model_dir(args.model)
-    shipped, processor = EcgLanguageModel.from_pretrained(shipped_dir)
+    shipped = EcgLanguageModel.from_pretrained(shipped_dir)
+    processor = EcgProcessor.from_pretrained(shipped_dir)
     for name, p in shipped.llm.named_parameters():  # the adapter loads frozen for inference; train it here
         p.requires_grad_("lora_" in name)
     step_s, lengths = train_steps(shipped, processor)
@@ -245,7 +246,7 @@ def main() -> None:
               if shipped_dir.is_relative_to(ROOT) else str(shipped_dir),
               "llm": "SmolLM2-135M-Instruct (GGUF Q4_1 de-quantised to fp32)",
               "policy": "LoRA r=16 on q,k,v,o; encoder frozen; projector and label tokens trained",
-              "encoder": shipped.config.encoder, "tokens_per_ecg": shipped.tokens_per_ecg,
+              "encoder": shipped.ecg_config.encoder, "tokens_per_ecg": shipped.tokens_per_ecg,
               "train_batch_size": 8, "train_samples_per_s": round(8 / step_s, 2), "train_step_s_median": round(step_s, 3),
               "train_sequence_tokens_mean": round(float(np.mean(lengths)), 1),
               "train_sequence_tokens_max": int(max(lengths)), **latency(seconds),

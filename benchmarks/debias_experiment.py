@@ -253,17 +253,13 @@ def same_tensors(first: dict, second: dict) -> bool:
 def same_encoder_and_head(first: Path, second: Path) -> bool:
     """Whether two model folders hold the same signal encoder, classifier head, label names and signal
     preparation: all that ``encoder_init`` takes from a folder."""
-    from safetensors.torch import load_file
-
-    from ecgllm.models.encoder_source import encoder_head, encoder_meta
+    from ecgllm.models.encoder_source import encoder_head, encoder_labels, encoder_meta, encoder_state
 
     first, second = Path(first), Path(second)
-    return (same_tensors(load_file(first / "encoder.safetensors"), load_file(second / "encoder.safetensors"))
+    return (same_tensors(encoder_state(first), encoder_state(second))
             and same_tensors(encoder_head(first) or {}, encoder_head(second) or {})
             and encoder_meta(first) == encoder_meta(second)
-            and all((first / f).exists() == (second / f).exists() and (not (first / f).exists() or
-                    json.loads((first / f).read_text()) == json.loads((second / f).read_text()))
-                    for f in ("labels.json",)))
+            and encoder_labels(first) == encoder_labels(second))
 
 
 def scored_model(evaluation: Path) -> Path:
@@ -278,13 +274,12 @@ def scored_model(evaluation: Path) -> Path:
 
 def same_answering_weights(first: Path, second: Path) -> bool:
     """Whether two model folders answer with the same weights (a run's final folder and its shipped copy)."""
-    from safetensors.torch import load_file
+    from ecgllm.models.model_folder import saved_weights
 
-    files = ("encoder.safetensors", "projector.safetensors", "label_tokens.safetensors",
-             "adapter/adapter_model.safetensors")
-    return all((Path(first) / f).exists() == (Path(second) / f).exists() and (
-        not (Path(first) / f).exists() or same_tensors(load_file(Path(first) / f), load_file(Path(second) / f)))
-        for f in files)
+    def answering(folder: Path) -> dict:  # a shipped copy may carry an image encoder its run had not
+        return {k: v for k, v in saved_weights(folder).items() if not k.startswith("image_encoder.")}
+
+    return same_tensors(answering(Path(first)), answering(Path(second)))
 
 
 TODAY = ", the run shipped as today's default"  # how the page names the default an update compared

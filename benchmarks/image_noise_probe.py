@@ -60,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.time()
-    model, _ = EcgLanguageModel.from_pretrained(args.model)
+    model = EcgLanguageModel.from_pretrained(args.model)
     if model.image_encoder is None or model.label_tokens is None or model.label_tokens.quality is None:
         parser.error(f"{args.model}: needs an image encoder and signal-quality heads")
     data, ptbxl = load_ptbxl_arrays(args.signals, args.ptbxl, "mv")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -243,8 +242,10 @@ def blank_signal_quality(model):
 def ecgqa_modalities(model_dir: str, data: str, signals: str, limit: int, out: Path) -> dict:
     from ecgllm.evaluation.ecgqa_eval import EcgqaRun, evaluate_ecgqa
     from ecgllm.models.ecg_lm import EcgLanguageModel
+    from ecgllm.models.processor import EcgProcessor
 
-    model, processor = EcgLanguageModel.from_pretrained(model_dir)
+    model = EcgLanguageModel.from_pretrained(model_dir)
+    processor = EcgProcessor.from_pretrained(model_dir)
     result = {}
     for modality in ("signal", "image", "image-augmented", BLANK_QUALITY):
         blank = modality == BLANK_QUALITY
@@ -398,13 +399,22 @@ def main() -> None:
                f"{args.generated_test} --signals {args.signals} --ptbxl {args.ptbxl} --ecgqa {args.ecgqa} "
                f"--n-eval {args.n_eval} --workers {args.workers} --limit {args.limit} --render-n {args.render_n} "
                f"--out {args.out}")
-    weights = [Path(folder) / "image_encoder.safetensors" for folder in filter(None, (args.model, args.distill))]
-    if not all(w.exists() for w in weights):
-        raise SystemExit(f"no image encoder in {' or '.join(str(w.parent) for w in weights if not w.exists())}")
+    import torch
+
+    from ecgllm.models.image_encoder import load_image_encoder
+
+    encoders = {}
+    for folder in filter(None, (args.model, args.distill)):
+        try:
+            encoders[folder] = load_image_encoder(folder)
+        except FileNotFoundError:
+            raise SystemExit(f"no image encoder in {folder}") from None
     # the page describes the --distill run as the one that made --model's image encoder: the same weights
-    if len({hashlib.sha256(w.read_bytes()).hexdigest() for w in weights}) != 1:
+    states = [encoder.state_dict() for encoder, _ in encoders.values()]
+    if any(set(state) != set(states[0]) or not all(torch.equal(state[k], states[0][k]) for k in state)
+           for state in states[1:]):
         raise SystemExit(f"{args.model}'s image encoder is not the one {args.distill} distilled (other weights)")
-    made = json.loads((Path(args.distill or args.model) / "image_encoder.json").read_text()).get("distillation", {})
+    made = encoders[args.distill or args.model][1].get("distillation", {})
     if args.distill:
         distillation = json.loads((Path(args.distill) / "result.json").read_text())
     elif made:

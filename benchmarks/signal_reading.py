@@ -48,9 +48,11 @@ def main() -> None:
     from ecgllm.datasets.ptbxl import PTBXL
     from ecgllm.datasets.split_policy import seen_by_checkpoint
     from ecgllm.models.ecg_lm import EcgLanguageModel
+    from ecgllm.models.processor import EcgProcessor
     from ecgllm.models.signal_quality import QUALITY_KINDS
 
-    model, processor = EcgLanguageModel.from_pretrained(args.model)
+    model = EcgLanguageModel.from_pretrained(args.model)
+    processor = EcgProcessor.from_pretrained(args.model)
     model.eval()
     if model.label_tokens is None:
         raise SystemExit(f"{args.model}: this checkpoint has no label tokens (nothing to measure)")

@@ -16,6 +16,7 @@ import torch
 from ecgllm.datasets.ptbxl import PTBXL
 from ecgllm.datasets.ptbxl_signals import PTBXLSignals
 from ecgllm.models.ecg_lm import EcgLanguageModel
+from ecgllm.models.processor import EcgProcessor
 
 QUESTIONS = (("AFIB", "Does this ECG show symptoms of atrial fibrillation?"), ("NORM", "Is this a normal ECG?"),
              ("LVH", "Does this ECG show symptoms of left ventricular hypertrophy?"))
@@ -28,7 +29,8 @@ def main() -> None:
     parser.add_argument("--signals", required=True, help="PTB-XL signals: official folder or prepared cache")
     parser.add_argument("--per-side", type=int, default=6)
     args = parser.parse_args()
-    model, processor = EcgLanguageModel.from_pretrained(args.checkpoint)
+    model = EcgLanguageModel.from_pretrained(args.checkpoint)
+    processor = EcgProcessor.from_pretrained(args.checkpoint)
     ptbxl, source = PTBXL.load(args.ptbxl), PTBXLSignals.open(args.signals)
     fold10 = [int(i) for i in ptbxl.table.index[ptbxl.table.strat_fold == 10]]
     for code, question in QUESTIONS:

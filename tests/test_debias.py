@@ -162,10 +162,10 @@ def test_debiased_training_runs_saves_and_chains(debias_workspace):
     (root / f"{method}-2.yaml").write_text(yaml.safe_dump(second))
     result = subprocess.run(CLI + ["train", str(root / f"{method}-2.yaml"), "--quiet"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    from safetensors.torch import load_file
+    from ecgllm.models.model_folder import part_state
 
-    a = load_file(root / f"{method}-1/final/projector.safetensors")
-    b = load_file(root / f"{method}-2/final/projector.safetensors")
+    a = part_state(root / f"{method}-1/final", "projector")
+    b = part_state(root / f"{method}-2/final", "projector")
     assert all(torch.equal(a[k], b[k]) for k in a)  # lr 0: the chained stage kept the first stage's weights
     assert np.isfinite([m["loss"] for m in logged(root / f"{method}-1")]).all()
 
@@ -228,7 +228,7 @@ def test_the_removed_stratified_option_is_refused_with_a_sentence(debias_workspa
     model, processor = tiny_model
     folder = model.save_pretrained(tmp_path / "old-stratified", processor)
     meta = json.loads((folder / "config.json").read_text())
-    meta["config"].update(n_strata=4, stratum_prior=[0.25] * 4)
+    meta["model"].update(n_strata=4, stratum_prior=[0.25] * 4)
     (folder / "config.json").write_text(json.dumps(meta))
     with pytest.raises(RemovedFeatureError, match="old-stratified"):
         load_stage_weights(model, folder, processor)
@@ -320,8 +320,8 @@ def test_the_arms_stand_for_a_default_only_with_their_encoder_and_head(tmp_path,
         (tmp_path / name / "encoder_config.json").write_text(json.dumps(
             {"encoder": "resnet1d", "encoder_kwargs": {"widths": [2]}, "input": {"normalize": "mv", "fs": fs}}))
         save_file({"conv.weight": torch.full((2, 2), encoder)}, tmp_path / name / "encoder.safetensors")
-        save_file({"head.weight": torch.full((3, 2), head), "confidence.weight": torch.full((2, 1), other)},
-                  tmp_path / name / "label_tokens.safetensors")
+        save_file({"weight": torch.full((3, 2), head)}, tmp_path / name / "head.safetensors")
+        save_file({"weight": torch.full((2, 1), other)}, tmp_path / name / "projector.safetensors")  # LLM side
         return tmp_path / name
 
     start = folder("start", 1.0, 2.0, 0.0)

@@ -32,10 +32,12 @@ def page(tmp_path_factory):
 def image_checkpoint(tiny_checkpoint, tmp_path_factory):
     """The tiny checkpoint with an (untrained) image encoder attached, saved and reloaded."""
     from ecgllm.models.ecg_lm import EcgLanguageModel
+    from ecgllm.models.processor import EcgProcessor
     from ecgllm.training.distill_image import save_image_encoder
 
     root = tmp_path_factory.mktemp("imgckpt")
-    model, processor = EcgLanguageModel.from_pretrained(tiny_checkpoint)
+    model = EcgLanguageModel.from_pretrained(tiny_checkpoint)
+    processor = EcgProcessor.from_pretrained(tiny_checkpoint)
     torch.manual_seed(0)
     student = ImageEncoder(ImageEncoderConfig(n_tokens=model.encoder.n_tokens, dim=model.encoder.dim, **TINY_IMAGE))
     save_image_encoder(root / "run", student, {"teacher": "test"}) if (root / "run").mkdir() is None else None
@@ -226,7 +228,9 @@ def test_image_instruction_data_trains_through_the_image_encoder(tmp_path, tiny_
     assert result.returncode == 0, result.stderr[-3000:]
     final = tmp_path / "run/final"
     # the frozen image encoder (batch norm included) is saved exactly as given
-    saved = load_file(final / "image_encoder.safetensors")
+    from ecgllm.models.model_folder import part_state
+
+    saved = part_state(final, "image_encoder")
     assert all(torch.equal(v, load_file(tmp_path / "img/image_encoder.safetensors")[k]) for k, v in saved.items())
     from ecgllm import ECGAssistant
 
@@ -238,9 +242,10 @@ def test_image_instruction_data_trains_through_the_image_encoder(tmp_path, tiny_
 
 def test_frozen_encoders_keep_their_batch_norm_statistics_in_training(image_checkpoint):
     from ecgllm.models.ecg_lm import EcgLanguageModel
+    from ecgllm.models.processor import EcgProcessor
 
-    model, _ = EcgLanguageModel.from_pretrained(image_checkpoint)
-    model.config.encoder_policy = "frozen"
+    model = EcgLanguageModel.from_pretrained(image_checkpoint)
+    model.ecg_config.encoder_policy = "frozen"
     model.train()
     assert model.llm.training and not model.encoder.training and not model.image_encoder.training
 

@@ -188,5 +188,5 @@ def test_a_balanced_model_folder_needs_its_priors(tmp_path, tiny_tokenizer):
     entries = model.label_tokens.named_prior_logit.shape[0]
     model.label_tokens.fit_priors(torch.full((entries,), 0.2, dtype=torch.float64), records=7)
     model.save_pretrained(tmp_path / "fitted", processor)
-    loaded, _ = EcgLanguageModel.from_pretrained(tmp_path / "fitted", llm=tiny_llm(len(tiny_tokenizer)))
+    loaded = EcgLanguageModel.from_pretrained(tmp_path / "fitted", llm=tiny_llm(len(tiny_tokenizer)))
     assert loaded.label_tokens.priors_fitted and int(loaded.label_tokens.named_prior_records) == 7

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ecgllm import read_ecg
-from ecgllm.models import EcgLanguageModel, EcgLMConfig, EcgTokenCountError, ProcessorConfig, build_encoder
+from ecgllm.models import (EcgLanguageModel, EcgLMConfig, EcgProcessor, EcgTokenCountError, ProcessorConfig,
+                           build_encoder)
 from ecgllm.training.model_setup import build_model, load_stage_weights
 from ecgllm.models.processor import IGNORE_INDEX
 from tests.conftest import FIXTURES, PTBXL_1
@@ -166,10 +167,49 @@ def test_save_and_load_round_trip(tmp_path, tiny_tokenizer, ecgs, policy, encode
     before = logits_of(model, batch)
     model.save_pretrained(tmp_path / "ckpt", processor)
     base = tiny_llm(len(tiny_tokenizer))  # the same base weights the checkpoint points at
-    loaded, loaded_processor = EcgLanguageModel.from_pretrained(tmp_path / "ckpt", llm=base)
+    loaded = EcgLanguageModel.from_pretrained(tmp_path / "ckpt", llm=base)
+    loaded_processor = EcgProcessor.from_pretrained(tmp_path / "ckpt")
     after = logits_of(loaded, loaded_processor([QA], [[ecgs[0]]]))
     assert torch.allclose(before, after, atol=1e-5)
     assert loaded_processor.prep == processor.prep
+
+
+def test_a_checkpoint_is_transformers_layout_and_an_incomplete_or_foreign_one_is_refused(tmp_path, tiny_tokenizer,
+                                                                                           ecgs):
+    """save_pretrained writes config.json (model_type "ecgllm", the base LLM's config inside) and one
+    model.safetensors without the base's weights; the older layout's files of a folder written again are dropped; a
+    folder missing a part, or whose adapter another LoRA configuration made, stops loading with the folder's name;
+    beam search decodes (its cache is sized by the base LLM's configuration)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from ecgllm.models.model_folder import WEIGHTS_FILE
+
+    model, processor = make(tiny_tokenizer)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "projector.safetensors").write_bytes(b"stale")  # a part of the older layout, left by an earlier save
+    model.save_pretrained(folder, processor)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "ecgllm" and config["text_config"]["model_type"] == "llama"
+    assert not (folder / "projector.safetensors").exists()
+    keys = set(load_file(folder / WEIGHTS_FILE))
+    assert {k.split(".")[0] for k in keys} == {"encoder", "projector", "llm"}
+    assert all("lora_" in k for k in keys if k.startswith("llm."))  # the adapter, not the base it reads
+    base = tiny_llm(len(tiny_tokenizer))
+    prompt = processor([QA[:1]], [[ecgs[0]]], train=False)
+    loaded = EcgLanguageModel.from_pretrained(folder, llm=base)
+    assert loaded.generate(**prompt, max_new_tokens=3, num_beams=2).shape[0] == 1
+    assert not any(p.requires_grad for n, p in loaded.llm.named_parameters() if "lora_" in n)  # loaded to answer
+    weights = load_file(folder / WEIGHTS_FILE)
+    save_file({k: v for k, v in weights.items() if not k.startswith("projector.")}, folder / WEIGHTS_FILE,
+              metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="no projector weights"):
+        EcgLanguageModel.from_pretrained(folder, llm=tiny_llm(len(tiny_tokenizer)))
+    save_file({k: v for k, v in weights.items() if "lora_B" not in k}, folder / WEIGHTS_FILE, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="LLM weights do not fit"):
+        EcgLanguageModel.from_pretrained(folder, llm=tiny_llm(len(tiny_tokenizer)))
 
 
 def test_pretrained_encoder_starts_the_llm_stage_and_its_labels_travel_with_the_checkpoint(tmp_path, tiny_tokenizer):
@@ -193,7 +233,7 @@ def test_pretrained_encoder_starts_the_llm_stage_and_its_labels_travel_with_the_
     for name, value in pretrained.state_dict().items():
         assert torch.equal(model.encoder.state_dict()[name], value), name
     model.save_pretrained(tmp_path / "ckpt", processor)
-    loaded, _ = EcgLanguageModel.from_pretrained(tmp_path / "ckpt", llm=tiny_llm(len(tokenizer)))
+    loaded = EcgLanguageModel.from_pretrained(tmp_path / "ckpt", llm=tiny_llm(len(tokenizer)))
     assert loaded.label_vocab["superclass"][3] == "NORM"
     # an encoder trained on z-scored input must not silently receive millivolts, nor another architecture
     save_encoder(tmp_path / "enc", pretrained, "resnet1d", kwargs, "zscore", 100.0)
@@ -262,7 +302,8 @@ def test_label_tokens_name_the_classifier_s_likeliest_labels_and_survive_every_s
     batch = processor([QA], [[ecgs[0]]])
     before = logits_of(model, batch)
     model.save_pretrained(tmp_path / "ckpt", processor)
-    loaded, loaded_processor = EcgLanguageModel.from_pretrained(tmp_path / "ckpt", llm=tiny_llm(base_vocab))
+    loaded = EcgLanguageModel.from_pretrained(tmp_path / "ckpt", llm=tiny_llm(base_vocab))
+    loaded_processor = EcgProcessor.from_pretrained(tmp_path / "ckpt")
     assert torch.allclose(before, logits_of(loaded, loaded_processor([QA], [[ecgs[0]]])), atol=1e-5)
     later = EcgLMConfig(llm="tiny", encoder_kwargs=kwargs, label_tokens=2, encoder_policy="frozen", lora=lora)
     nxt, _ = build_model(later, prep, llm=tiny_llm(base_vocab), tokenizer=copy.deepcopy(tiny_tokenizer),
@@ -335,7 +376,8 @@ def test_named_label_tokens_carry_the_classifier_s_probability_of_the_question_s
     assert torch.isfinite(model(**batch).loss)
     before = logits_of(model.eval(), batch)
     model.save_pretrained(tmp_path / "named", processor)
-    loaded, loaded_processor = EcgLanguageModel.from_pretrained(tmp_path / "named", llm=tiny_llm(base_vocab))
+    loaded = EcgLanguageModel.from_pretrained(tmp_path / "named", llm=tiny_llm(base_vocab))
+    loaded_processor = EcgProcessor.from_pretrained(tmp_path / "named")
     assert loaded_processor.config.named_labels == processor.config.named_labels
     assert torch.allclose(before, logits_of(loaded, loaded_processor([QA, asked], [[ecgs[0]], [ecgs[0], ecgs[1]]])),
                           atol=1e-5)
@@ -467,12 +509,14 @@ def test_encoder_init_takes_only_the_encoder_of_a_model_folder(tiny_checkpoint, 
 
     from safetensors.torch import load_file, save_file
 
+    from ecgllm.models.model_folder import WEIGHTS_FILE, part_state
     from tests.tiny_models import tiny_llm
 
     trained = tmp_path / "trained"
     shutil.copytree(tiny_checkpoint, trained)
-    save_file({k: torch.full_like(v, 0.5) for k, v in load_file(trained / "projector.safetensors").items()},
-              trained / "projector.safetensors")  # a projector no fresh one could equal
+    weights = load_file(trained / WEIGHTS_FILE)  # a projector no fresh one could equal
+    save_file({k: torch.full_like(v, 0.5) if k.startswith("projector.") else v for k, v in weights.items()},
+              trained / WEIGHTS_FILE, metadata={"format": "pt"})
     tiny_checkpoint = trained
 
     tokenizer = copy.deepcopy(tiny_tokenizer)
@@ -480,9 +524,9 @@ def test_encoder_init_takes_only_the_encoder_of_a_model_folder(tiny_checkpoint, 
                          encoder_init=str(tiny_checkpoint), lora={"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]})
     torch.manual_seed(1)
     model, _ = build_model(config, ProcessorConfig(), llm=tiny_llm(len(tokenizer)), tokenizer=tokenizer)
-    encoder = load_file(tiny_checkpoint / "encoder.safetensors")
+    encoder = part_state(tiny_checkpoint, "encoder")
     assert all(torch.equal(model.encoder.state_dict()[k], v) for k, v in encoder.items())
-    projector = load_file(tiny_checkpoint / "projector.safetensors")
+    projector = part_state(tiny_checkpoint, "projector")
     assert all(not torch.equal(model.projector.state_dict()[k], v) for k, v in projector.items())
     other_prep = ProcessorConfig()
     other_prep.prep = {**other_prep.prep, "bandpass": [1.0, 30.0]}

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from ecgllm.models.default import SHIPPED_CHECKPOINT
 from tests.conftest import FIXTURES, PTBXL_1
@@ -33,6 +34,21 @@ def _ask(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=600, env=env)
 
 
+def fifty_prompts() -> list:
+    """50 fixed single-ECG questions (13 wordings, the AF and normal fixtures) to compare two loads of one model."""
+    from ecgllm import read_ecg
+    from ecgllm.evaluation.runner import Prompt
+
+    questions = ["Is this a normal ECG?", "Does this ECG show atrial fibrillation?", "Which rhythm does this ECG show?",
+                 "Does this ECG show symptoms of non-specific st changes?", "What is the heart axis of this ECG?",
+                 "Does this ECG show left ventricular hypertrophy?", "Which noise does this ECG show?",
+                 "Does this ECG show first degree av block?", "What leads are showing non-specific st changes?",
+                 "Does this ECG show sinus rhythm?", "Does this ECG show complete right bundle branch block?",
+                 "What form-related symptoms does this ECG show?", "Does this ECG show a pacemaker?"]
+    ecgs = [read_ecg(p) for p in AFIB + NORMAL]
+    return [Prompt(q, [e], [""]) for q in questions for e in ecgs][:50]
+
+
 def test_the_default_checkpoint_is_shipped_small_and_self_describing():
     weights = sum(p.stat().st_size for p in SHIPPED_CHECKPOINT.rglob("*.safetensors"))
     assert 0 < weights <= 40 * 2**20
@@ -47,9 +63,9 @@ def test_the_default_checkpoint_has_a_card_and_answers_50_questions_as_it_did_wi
     gives the same answers and P(yes) to 50 fixed questions as the folder without it (how it shipped before)."""
     import shutil
 
-    from ecgllm import ECGAssistant, read_ecg
+    from ecgllm import ECGAssistant
     from ecgllm.datasets.split_policy import load_policy
-    from ecgllm.evaluation.runner import ModelAnswerer, Prompt
+    from ecgllm.evaluation.runner import ModelAnswerer
     from ecgllm.models.card import file_sha256, read_card
 
     card = read_card(SHIPPED_CHECKPOINT)
@@ -61,17 +77,38 @@ def test_the_default_checkpoint_has_a_card_and_answers_50_questions_as_it_did_wi
     legacy = tmp_path / "checkpoint"
     shutil.copytree(SHIPPED_CHECKPOINT, legacy, ignore=shutil.ignore_patterns("card.json"))
     without = ECGAssistant.load(legacy)
-    questions = ["Is this a normal ECG?", "Does this ECG show atrial fibrillation?", "Which rhythm does this ECG show?",
-                 "Does this ECG show symptoms of non-specific st changes?", "What is the heart axis of this ECG?",
-                 "Does this ECG show left ventricular hypertrophy?", "Which noise does this ECG show?",
-                 "Does this ECG show first degree av block?", "What leads are showing non-specific st changes?",
-                 "Does this ECG show sinus rhythm?", "Does this ECG show complete right bundle branch block?",
-                 "What form-related symptoms does this ECG show?", "Does this ECG show a pacemaker?"]
-    ecgs = [read_ecg(p) for p in AFIB + NORMAL]
-    prompts = [Prompt(q, [e], [""]) for q in questions for e in ecgs][:50]
+    prompts = fifty_prompts()
     answers = [ModelAnswerer(a.model, a.processor, batch_size=8, max_new_tokens=8)(prompts)
                for a in (assistant, without)]
     assert len(prompts) == 50 and answers[0] == answers[1]
+
+
+def test_the_default_checkpoint_converts_to_transformers_layout_and_answers_50_questions_alike(assistant, tmp_path):
+    """`EcgLanguageModel.save_pretrained` writes transformers' layout (config.json of model_type "ecgllm", one
+    model.safetensors without the base LLM's weights); the default, loaded and saved again in it, holds the same
+    weights under the model's own keys and gives the same answers to 50 fixed questions as the folder it came from."""
+    from safetensors import safe_open
+
+    from ecgllm.evaluation.runner import ModelAnswerer
+    from ecgllm.models import EcgLanguageModel, EcgProcessor
+    from ecgllm.models.model_folder import WEIGHTS_FILE, is_legacy, saved_weights
+
+    converted = tmp_path / "converted"
+    EcgLanguageModel.from_pretrained(SHIPPED_CHECKPOINT).save_pretrained(
+        converted, EcgProcessor.from_pretrained(SHIPPED_CHECKPOINT))
+    config = json.loads((converted / "config.json").read_text())
+    assert config["model_type"] == "ecgllm" and config["architectures"] == ["EcgLanguageModel"]
+    assert not is_legacy(converted) and config["name"] == "ecgllm-default"
+    with safe_open(str(converted / WEIGHTS_FILE), framework="pt") as f:
+        keys = list(f.keys())
+    assert any("lora_A" in k for k in keys) and not any(k.startswith("llm.") and "lora_" not in k for k in keys)
+    before, after = saved_weights(SHIPPED_CHECKPOINT), saved_weights(converted)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert (converted / WEIGHTS_FILE).stat().st_size <= 40 * 2**20
+    prompts = fifty_prompts()
+    answers = [ModelAnswerer(EcgLanguageModel.from_pretrained(folder), EcgProcessor.from_pretrained(folder),
+                             batch_size=8, max_new_tokens=8)(prompts) for folder in (SHIPPED_CHECKPOINT, converted)]
+    assert len(prompts) == 50 and answers[0] == answers[1] and len(set(map(str, answers[0]))) > 5
 
 
 def test_readme_question_on_the_bundled_record_from_the_shell():

@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 
 from ecgllm.datasets.ecgqa_attributes import noise_leads_table
 from ecgllm.io.leads import STANDARD_12
-from ecgllm.models import EcgLanguageModel
+from ecgllm.models import EcgLanguageModel, EcgProcessor
 from ecgllm.models.configuration import EcgLMConfig
 from ecgllm.models.label_tokens import NOT_NAMED
 from ecgllm.models.processor import ProcessorConfig
@@ -176,7 +176,8 @@ def test_a_named_noise_fills_its_slot_with_the_heads_probability_and_survives_sa
     assert model.label_tokens.quality_name_embeddings.norm(dim=-1).min() > 0
     before = logits_of(model.eval(), batch)
     model.save_pretrained(tmp_path / "saved", processor)
-    loaded, loaded_processor = EcgLanguageModel.from_pretrained(tmp_path / "saved", llm=tiny_llm(len(tiny_tokenizer)))
+    loaded = EcgLanguageModel.from_pretrained(tmp_path / "saved", llm=tiny_llm(len(tiny_tokenizer)))
+    loaded_processor = EcgProcessor.from_pretrained(tmp_path / "saved")
     assert loaded_processor.config.named_labels == names
     assert torch.allclose(before, logits_of(loaded, loaded_processor([asked], [[ecg]])), atol=1e-5)
     with pytest.raises(ValueError, match="signal_quality needs named_label_tokens"):
@@ -221,7 +222,7 @@ def test_a_stage_fits_the_heads_on_its_own_records_and_needs_the_metadata(tmp_pa
                for e in json.loads(line)["ecgs"]}
     assert f"noise heads fitted on {len(trained)} training records" in done.stdout  # the stage's records, no other
     assert f"from {len(trained)} training records" in done.stdout  # the named-label priors: the same records
-    model, _ = EcgLanguageModel.from_pretrained(tmp_path / "run" / "final")
+    model = EcgLanguageModel.from_pretrained(tmp_path / "run" / "final")
     quality = model.label_tokens.quality
     assert quality.fitted and float(quality.fs) == 100.0
     assert model.label_tokens.priors_fitted and int(model.label_tokens.named_prior_records) == len(trained)

@@ -72,18 +72,16 @@ class EncoderFeatures:
     encoder the LLM reads, so the baseline shows what a classifier gets from the same features)."""
 
     def __init__(self, run_dir: str | Path) -> None:
-        from safetensors.torch import load_file
-
-        from ecgllm.models.encoder_source import encoder_head, encoder_meta
+        from ecgllm.models.encoder_source import encoder_head, encoder_labels, encoder_meta, encoder_state
         from ecgllm.models.encoders import build_encoder
 
         run_dir = Path(run_dir)
         config, head = encoder_meta(run_dir), encoder_head(run_dir)
         self.encoder = build_encoder(config["encoder"], **config["encoder_kwargs"]).eval()
-        self.encoder.load_state_dict(load_file(run_dir / "encoder.safetensors"))
+        self.encoder.load_state_dict(encoder_state(run_dir))
         self.normalize, self.fs = config["input"]["normalize"], float(config["input"]["fs"])
         self.prep = config.get("prep")  # a checkpoint's exact input preparation, as its processor applies it
-        self.labels = json.loads((run_dir / "labels.json").read_text()) if (run_dir / "labels.json").exists() else {}
+        self.labels = encoder_labels(run_dir) or {}
         self.head = None
         if head is not None:
             self.head = torch.nn.Linear(head["weight"].shape[1], head["weight"].shape[0])

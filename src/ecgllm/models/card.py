@@ -156,11 +156,12 @@ def card_of_model_folder(folder: str | Path) -> ArtifactCard:
     """A card for a language-model folder written before cards existed, from its own files and, where the folder is
     a run's ``final``/``step-N``, the run's ``recipe.json`` (its data files hashed where they still exist, relative to
     where the run was started). The commit it was trained at is not known: ``git_commit`` stays None."""
+    from ecgllm.models.model_folder import read_config
+
     folder = Path(folder)
-    meta = json.loads((folder / "config.json").read_text())
+    config = read_config(folder)
     prep = json.loads((folder / "processor_config.json").read_text())["prep"]
-    labels_file = folder / "labels.json"
-    vocab = json.loads(labels_file.read_text()) if labels_file.exists() else None
+    vocab = config.label_vocab
     recipe_file = folder.parent / "recipe.json"
     recipe = json.loads(recipe_file.read_text()) if recipe_file.exists() else {}
     data_files: list[str | Path] = []
@@ -171,6 +172,6 @@ def card_of_model_folder(folder: str | Path) -> ArtifactCard:
         data_files = [started_in / f for f in named if f] + ([started_in / f for f in cache_files(data["ecg_cache"])]
                                                              if data.get("ecg_cache") else [])
     return ArtifactCard(kind="language_model", prep=prep, **label_space(vocab),
-                        pooling=meta["config"].get("encoder_kwargs", {}).get("pool", "mean"),
-                        provenance=Provenance(ecgllm_version=meta.get("ecgllm_version", "unknown"), recipe=recipe,
+                        pooling=(config.model or {}).get("encoder_kwargs", {}).get("pool", "mean"),
+                        provenance=Provenance(ecgllm_version=config.ecgllm_version or "unknown", recipe=recipe,
                                               data_sha256=_data_hashes(data_files), **_records_hashes(folder)))

@@ -1,10 +1,14 @@
-"""`EcgLMConfig`: what an ECG language model is made of (the configuration part of the llava-style split:
-configuration here, the model in `ecgllm.models.ecg_lm`, the processor in `ecgllm.models.processor`). A checkpoint's
-``config.json`` holds it; a training recipe's ``model:`` section is one."""
+"""The configuration part of the llava-style split (configuration here, the model in `ecgllm.models.ecg_lm`, the
+processor in `ecgllm.models.processor`): `EcgLMConfig`, what an ECG language model is made of (a training recipe's
+``model:`` section is one), and `EcgLanguageModelConfig`, the transformers ``PreTrainedConfig`` a checkpoint's
+``config.json`` holds, with the `EcgLMConfig` inside it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
 
 from ecgllm.models.measurement_note import NOTE_VERSIONS
 
@@ -42,6 +46,34 @@ class EcgLMConfig:
             raise ValueError("signal_quality needs named_label_tokens (its noise probabilities fill those slots)")
         if self.balanced_named_labels and not self.named_label_tokens:
             raise ValueError("balanced_named_labels needs named_label_tokens (it shifts their probabilities)")
+        if self.lora.get("modules_to_save") or self.lora.get("bias", "none") != "none":
+            # a checkpoint stores the adapter's lora_ weights only (`EcgLanguageModel.save_pretrained`)
+            raise ValueError("lora: modules_to_save and bias are not supported (a checkpoint keeps the LoRA matrices "
+                             "only); leave them out")
         if self.measurement_note and self.measurement_note not in NOTE_VERSIONS:
             raise ValueError(f"measurement_note must be 0 (no notes) or a note version {sorted(NOTE_VERSIONS)}, "
                              f"not {self.measurement_note!r}")
+
+
+@strict(accept_kwargs=True)
+class EcgLanguageModelConfig(PreTrainedConfig):
+    """A checkpoint's ``config.json`` in transformers' own format (`EcgLanguageModel` is a ``PreTrainedModel``):
+    the parts the model is made of (``model``: an `EcgLMConfig`, as a recipe's ``model:`` section writes it) and
+    what sizes its weights, so that ``from_pretrained`` can build the model before reading them."""
+
+    model_type = "ecgllm"
+
+    model: dict | None = None               # the `EcgLMConfig`
+    ecg_token_id: int = -1                  # the ``<ecg>`` placeholder's id in the processor's tokenizer
+    vocab_size: int = 0                     # the tokenizer's length with ``<ecg>`` (the LLM's embeddings grow to it)
+    n_labels: int | None = None             # outputs of the label tokens' classifier head
+    image_encoder: dict | None = None       # the attached image encoder's description (`load_image_encoder`)
+    label_vocab: dict | None = None         # the pretrained encoder's label vocabularies (labels.json)
+    ecgllm_version: str = ""
+    name: str | None = None                 # what servers call the model (`serving.assistant.model_identity`)
+    shipped_from: str | None = None         # for the packaged default: the training run it was copied from
+    # the base LLM's own configuration, as the model was built on it (decoding reads its layers and vocabulary)
+    text_config: dict | PreTrainedConfig | None = None
+
+    def parts(self) -> EcgLMConfig:
+        return EcgLMConfig(**(self.model or {}))

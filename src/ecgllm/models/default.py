@@ -40,12 +40,12 @@ def load_checkpoint(model: str | None, device: str = "auto", dtype: str = "auto"
     """``(model, processor, folder)``: the given checkpoint, or the default one, placed on ``device`` (``auto``:
     a CUDA GPU when PyTorch sees one) in ``dtype`` (``auto``: bf16 on a GPU that supports it, else fp32)."""
     from ecgllm.models.ecg_lm import EcgLanguageModel
+    from ecgllm.models.processor import EcgProcessor
     from ecgllm.models.llm import quiet_transformers
     from ecgllm.models.placement import resolve_device, resolve_dtype
 
     folder = resolve_model_dir(model)
     placed = resolve_device(device)
     with quiet_transformers():  # a first run still says, in one line and one bar, that it prepares the LLM
-        loaded, processor = EcgLanguageModel.from_pretrained(folder, device=placed,
-                                                             dtype=resolve_dtype(dtype, placed))
-    return loaded, processor, folder
+        loaded = EcgLanguageModel.from_pretrained(folder, device=placed, dtype=resolve_dtype(dtype, placed))
+    return loaded, EcgProcessor.from_pretrained(folder), folder

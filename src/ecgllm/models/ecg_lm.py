@@ -1,16 +1,21 @@
-"""`EcgLanguageModel`: an ECG encoder and a projector feeding any Hugging Face causal LM (LLaVA-style).
+"""`EcgLanguageModel`: an ECG encoder and a projector feeding any Hugging Face causal LM (LLaVA-style), as a
+transformers ``PreTrainedModel`` with ``GenerationMixin``.
 
 The processor puts ``n_ecg_tokens`` ``<ecg>`` placeholder tokens per ECG into the prompt; the model embeds
 the prompt, checks that the number of placeholders equals ECGs × tokens, and scatters the projected encoder
 tokens into those positions (``masked_scatter``, in batch order). Several ECGs per prompt and mixed ECG
 counts across a batch work because ECGs are consumed in the order their placeholders appear.
+
+Checkpoints are transformers' own: ``save_pretrained`` writes ``config.json`` (`EcgLanguageModelConfig`) and
+``model.safetensors`` with every weight but the base LLM's (a LoRA checkpoint stores its adapter, not the 135M
+base weights it reads from the embedded SmolLM2); ``from_pretrained`` builds the model on that base and loads them
+over it. Folders of the layout before it (`ecgllm.models.model_folder`) still load.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import threading
 from collections import OrderedDict
 from dataclasses import asdict
@@ -18,16 +23,16 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
 
 from ecgllm import __version__
 from ecgllm.io.leads import STANDARD_12
 from ecgllm.models.card import check_card
-from ecgllm.models.configuration import EcgLMConfig
+from ecgllm.models.configuration import EcgLanguageModelConfig, EcgLMConfig
 from ecgllm.models.encoders import build_encoder
 from ecgllm.models.label_tokens import LabelTokens
 from ecgllm.models.processor import EcgProcessor, ImageNotSupportedError
 from ecgllm.models.projector import build_projector
-from ecgllm.models.removed_features import without_removed_keys
 from ecgllm.models.signal_quality import SignalQuality
 
 
@@ -56,30 +61,70 @@ class EcgTokenCountError(ValueError):
     """The prompt's ``<ecg>`` placeholders do not match the ECGs given."""
 
 
-class EcgLanguageModel(nn.Module):
-    def __init__(self, config: EcgLMConfig, llm: nn.Module, ecg_token_id: int, n_labels: int | None = None) -> None:
-        super().__init__()
-        self.config = config
-        self.encoder = build_encoder(config.encoder, **config.encoder_kwargs)
+class EcgLanguageModel(PreTrainedModel, GenerationMixin):
+    config_class = EcgLanguageModelConfig
+    main_input_name = "input_ids"
+
+    def __init__(self, config: EcgLanguageModelConfig, llm: nn.Module | None = None) -> None:
+        """``llm``: the base causal LM (e.g. a tiny one in tests); by default the one ``config.model.llm`` names,
+        read from its folder."""
+        parts = config.parts()
+        if llm is None:
+            llm = _read_base_llm(parts)
+        add_ecg_token_rows(llm, config.vocab_size)
+        config.text_config = llm.config  # what `generate` sizes its cache and vocabulary by
+        super().__init__(config)
+        self.ecg_config = parts
+        self.encoder = build_encoder(parts.encoder, **parts.encoder_kwargs)
         self.llm = llm
         hidden = llm.get_input_embeddings().embedding_dim
-        self.projector = build_projector(config.projector, self.encoder.dim, hidden)
-        self.image_encoder: nn.Module | None = None  # attached by `attach_image_encoder` (same token space)
+        self.projector = build_projector(parts.projector, self.encoder.dim, hidden)
+        self.image_encoder: nn.Module | None = None  # set from config.image_encoder, or by `attach_image_encoder`
         self.page_check = None  # with the image encoder: how far a picture lies from the pages it learned
+        if config.image_encoder:
+            from ecgllm.models.image_encoder import ImageEncoder, ImageEncoderConfig
+
+            image_encoder = ImageEncoder(ImageEncoderConfig(**config.image_encoder["config"]))
+            self._check_image_tokens(image_encoder, "the configuration's image encoder")
+            self.image_encoder = image_encoder.requires_grad_(False)
         self.label_tokens: LabelTokens | None = None
-        if config.label_tokens:
-            if not n_labels:
+        if parts.label_tokens:
+            if not config.n_labels:
                 raise ValueError("label_tokens needs the encoder pretraining's classifier head: set encoder_init "
                                  "to a finished encoder run (it holds head.safetensors)")
-            quality = SignalQuality(STANDARD_12) if config.signal_quality else None
-            self.label_tokens = LabelTokens(self.encoder.dim, n_labels, hidden, config.label_tokens,
-                                            config.named_label_tokens, quality, config.balanced_named_labels)
-        self.ecg_token_id = ecg_token_id
+            quality = SignalQuality(STANDARD_12) if parts.signal_quality else None
+            self.label_tokens = LabelTokens(self.encoder.dim, config.n_labels, hidden, parts.label_tokens,
+                                            parts.named_label_tokens, quality, parts.balanced_named_labels)
+        self.ecg_token_id = config.ecg_token_id
         self.sparse_logits = True  # training loss: vocabulary projection only where labels are (see forward)
         self.share_prefix = True   # ... and the batch's common leading tokens run once (see _hidden_states)
         self.math_attention = True  # ... and, on the CPU, attention as plain matmuls + softmax (see forward)
-        self.label_vocab: dict[str, list[str]] = {}  # label vocabularies of the pretrained encoder, if any
-        self._apply_policies()
+        # label vocabularies of the pretrained encoder, if any
+        self.label_vocab: dict[str, list[str]] = dict(config.label_vocab or {})
+        # decoding follows the LLM's own settings (its end-of-turn token first)
+        self.generation_config = copy.deepcopy(llm.generation_config)
+        for module in llm.modules():  # given or read already initialised: `post_init` must not draw them anew
+            module._is_hf_initialized = True
+        self.post_init()
+        self._apply_policies()  # after `post_init`: a fresh LoRA adapter keeps PEFT's initialisation
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Nothing: each part initialises itself as it is built (PyTorch's defaults, the encoders' own choices)."""
+
+    def _apply_policies(self) -> None:
+        if self.ecg_config.llm_policy == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            self.llm = get_peft_model(self.llm, LoraConfig(task_type="CAUSAL_LM", **self.ecg_config.lora))
+        elif self.ecg_config.llm_policy == "frozen":
+            self.llm.requires_grad_(False)
+        if self.ecg_config.encoder_policy == "frozen":
+            self.encoder.requires_grad_(False)
+        # transformers reads the LLM's tied embeddings through PEFT's attribute forwarding, under names that do not
+        # exist; the LLM ties its own weights, so only pairs of real parameters are kept
+        names = dict(self.named_parameters(remove_duplicate=False))
+        self.all_tied_weights_keys = {target: source for target, source in self.all_tied_weights_keys.items()
+                                      if target in names and source in names}
 
     @property
     def tokens_per_ecg(self) -> int:
@@ -92,16 +137,6 @@ class EcgLanguageModel(nn.Module):
         names = self.label_vocab.get("names", {})
         return [names.get(c, c) for c in codes]
 
-    def _apply_policies(self) -> None:
-        if self.config.llm_policy == "lora":
-            from peft import LoraConfig, get_peft_model
-
-            self.llm = get_peft_model(self.llm, LoraConfig(task_type="CAUSAL_LM", **self.config.lora))
-        elif self.config.llm_policy == "frozen":
-            self.llm.requires_grad_(False)
-        if self.config.encoder_policy == "frozen":
-            self.encoder.requires_grad_(False)
-
     def attach_image_encoder(self, folder: str | Path, processor: EcgProcessor) -> None:
         """Add a distilled image encoder (`ecgllm.training.distill_image` output) so the checkpoint reads ECG
         images through the same projector, label tokens and LLM; the processor learns its input size."""
@@ -111,17 +146,25 @@ class EcgLanguageModel(nn.Module):
         folder = Path(folder)
         encoder, saved = load_image_encoder(folder)
         config = encoder.config
-        if (config.n_tokens, config.dim) != (self.encoder.n_tokens, self.encoder.dim):
-            raise ValueError(f"the image encoder in {folder} makes {config.n_tokens} tokens of width {config.dim}; "
-                             f"this model's signal encoder makes {self.encoder.n_tokens} of width {self.encoder.dim}")
+        self._check_image_tokens(encoder, f"the image encoder in {folder}")
         self.image_encoder = encoder.eval().requires_grad_(False)
-        self.page_check = PageCheck.load(folder)  # None for an encoder distilled before the check existed
-        # the check reads pictures with a float32 copy kept on the CPU, as loaded: its thresholds were fitted in
-        # float32, and a model cast to bf16 rounds its weights (a plain attribute, never saved nor cast)
-        object.__setattr__(self, "_page_check_encoder",
-                           None if self.page_check is None else copy.deepcopy(encoder).float().eval())
-        self._image_meta = saved
+        self.config.image_encoder = saved
+        self.set_page_check(PageCheck.load(folder))  # None for an encoder distilled before the check existed
         processor.config.image = {"height": config.height, "width": config.width}
+
+    def _check_image_tokens(self, encoder: nn.Module, which: str) -> None:
+        """Pictures must become tokens of the signal encoder's count and width: the projector reads both."""
+        if (encoder.n_tokens, encoder.dim) != (self.encoder.n_tokens, self.encoder.dim):
+            raise ValueError(f"{which} makes {encoder.n_tokens} tokens of width {encoder.dim}; this model's signal "
+                             f"encoder makes {self.encoder.n_tokens} of width {self.encoder.dim}")
+
+    def set_page_check(self, check) -> None:
+        """The image encoder's page check (`ecgllm.models.page_check.PageCheck`, or None), read with a float32 copy
+        of the image encoder as it is now, kept on the CPU: the check's thresholds were fitted in float32, and a
+        model cast to bf16 rounds its weights (a plain attribute, never saved nor cast)."""
+        self.page_check = check
+        object.__setattr__(self, "_page_check_encoder",
+                           None if check is None else copy.deepcopy(self.image_encoder).float().eval())
 
     @torch.no_grad()
     def page_distances(self, pixels: torch.Tensor):
@@ -138,7 +181,7 @@ class EcgLanguageModel(nn.Module):
         """Frozen encoders stay in eval mode: their batch-norm statistics must not drift with the LLM's batches
         (they did before this fix: a "frozen" encoder's saved running statistics differed from the run it came from)."""
         super().train(mode)
-        if self.config.encoder_policy == "frozen":
+        if self.ecg_config.encoder_policy == "frozen":
             self.encoder.eval()
         if self.image_encoder is not None:
             self.image_encoder.eval()
@@ -207,8 +250,9 @@ class EcgLanguageModel(nn.Module):
             out[signals] = quality(ecg.to(device), ecg_mask.to(device))
         return out
 
-    def forward(self, input_ids, attention_mask=None, ecg=None, ecg_mask=None, labels=None,
-                sample_weight=None, images=None, ecg_is_image=None, ecg_named=None):
+    def forward(self, input_ids=None, attention_mask=None, ecg=None, ecg_mask=None, labels=None,
+                sample_weight=None, images=None, ecg_is_image=None, ecg_named=None, inputs_embeds=None,
+                position_ids=None, cache=None, use_cache=None, logits_to_keep=0, **llm_kwargs):
         """``sample_weight`` [B]: per-conversation loss weights (inverse-propensity de-biasing): each answer token
         counts with its conversation's weight, Σ w_i Σ_t l_it / Σ w_i n_i, so weights that are all equal give
         exactly the unweighted loss (the mean over answer tokens) and the arms differ in the weights alone.
@@ -221,10 +265,20 @@ class EcgLanguageModel(nn.Module):
         With ``math_attention`` on too, a training loss on the CPU runs PyTorch's math attention instead of its
         flash kernel: the same function, and on ~60-token sequences the flash kernel's backward took ~15 % of a
         bf16 step on this project's 2-core CPU, the math one about a third of that."""
+        if labels is None:
+            # ``generate`` passes the prompt's embeddings (ECGs in place) once, then each new token with the cache
+            if inputs_embeds is not None:
+                embeds = inputs_embeds
+            elif cache is not None and ecg is None and images is None:  # a decoding step: its new tokens only
+                embeds = self.llm.get_input_embeddings()(input_ids)
+            else:
+                embeds = self.embed(input_ids, ecg, ecg_mask, images, ecg_is_image, ecg_named)
+            if position_ids is None and attention_mask is not None:  # positions follow the mask: generation
+                # batches are padded after their shared prefix
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -embeds.shape[1]:]
+            return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                            cache=cache, use_cache=use_cache, logits_to_keep=logits_to_keep, **llm_kwargs)
         embeds = self.embed(input_ids, ecg, ecg_mask, images, ecg_is_image, ecg_named)
-        if labels is None:  # positions follow the mask: generation batches are padded after their shared prefix
-            positions = None if attention_mask is None else (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions)
         if not self.sparse_logits:
             return self._dense_loss(embeds, attention_mask, labels, sample_weight)
         from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -318,8 +372,8 @@ class EcgLanguageModel(nn.Module):
             cache = self._prompt_prefix_cache(input_ids, attention_mask, embeds)
             if cache is not None:
                 kwargs["cache"] = cache
-        return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                                 use_cache=True, **kwargs)
+        return super().generate(inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                use_cache=True, **kwargs)
 
     def _weights_state(self) -> tuple:
         """What a cached prefix depends on besides its tokens: placement, precision, mode and the LLM's weights.
@@ -339,7 +393,7 @@ class EcgLanguageModel(nn.Module):
     def merge_adapter_for_inference(self) -> None:
         """Fold the LoRA adapter into the LLM's weights (W + BA), so an answer runs plain linear layers instead of
         base + adapter: the same function, fewer operations. For serving only: a merged adapter no longer trains."""
-        if self.config.llm_policy == "lora" and hasattr(self.llm, "merge_adapter"):
+        if self.ecg_config.llm_policy == "lora" and hasattr(self.llm, "merge_adapter"):
             self.llm.merge_adapter()
 
     PREFIX_MEMO_SIZE = 8  # distinct prompt starts kept: one ECG, two ECGs, the report, the chat UI's, ...
@@ -379,88 +433,85 @@ class EcgLanguageModel(nn.Module):
         return cache
 
     # ------------------------------------------------------------------------------------ saving
-    def save_pretrained(self, directory: str | Path, processor: EcgProcessor, name: str | None = None) -> Path:
-        """One self-describing folder: config, encoder + projector weights, LoRA adapter (or full LLM
-        weights), processor (tokenizer, chat template, ECG preparation), and the base-LLM pointer. ``name``: what
+    def save_pretrained(self, directory: str | Path, processor: EcgProcessor | None = None, name: str | None = None,
+                        **kwargs) -> Path:
+        """One self-describing folder: transformers' ``config.json`` and ``model.safetensors`` (every weight but the
+        base LLM's: a LoRA model stores its adapter, a ``full`` one its whole LLM), the generation settings, the
+        processor (tokenizer, chat template, ECG preparation) and the image encoder's page check. ``name``: what
         servers call the model (`ecgllm.serving.assistant.model_identity`), e.g. its training run's."""
-        from safetensors.torch import save_file
-
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        meta = {"ecgllm_version": __version__, **({"name": name} if name else {}), "config": asdict(self.config)}
-        (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-        save_file({k: v.contiguous() for k, v in self.encoder.state_dict().items()}, directory / "encoder.safetensors")
-        save_file({k: v.contiguous() for k, v in self.projector.state_dict().items()}, directory / "projector.safetensors")
-        if self.label_tokens is not None:
-            save_file({k: v.detach().contiguous() for k, v in self.label_tokens.state_dict().items()},
-                      directory / "label_tokens.safetensors")
-        if self.image_encoder is not None:
-            save_file({k: v.contiguous() for k, v in self.image_encoder.state_dict().items()},
-                      directory / "image_encoder.safetensors")
-            (directory / "image_encoder.json").write_text(json.dumps(self._image_meta, indent=2) + "\n")
-            if self.page_check is not None:
-                self.page_check.save(directory)
-        if self.config.llm_policy == "lora":
-            # the resized embedding is the base one plus a deterministic <ecg> row: no need to store 100+ MB
-            self.llm.save_pretrained(directory / "adapter", save_embedding_layers=False)
-        elif self.config.llm_policy == "full":
-            self.llm.save_pretrained(directory / "llm", safe_serialization=True)
-        processor.save_pretrained(directory)
-        if self.label_vocab:
-            (directory / "labels.json").write_text(json.dumps(self.label_vocab) + "\n")
+        self.config.model = asdict(self.ecg_config)
+        self.config.label_vocab = self.label_vocab or None
+        self.config.ecgllm_version = __version__
+        if name:
+            self.config.name = name
+        base = set() if self.ecg_config.llm_policy == "full" else {
+            key for key in self.state_dict() if key.startswith("llm.") and "lora_" not in key}
+        self._keys_to_ignore_on_save = base  # the embedded base's own weights (and its deterministic <ecg> row)
+        from ecgllm.models.llm import quiet_transformers
+        from ecgllm.models.model_folder import remove_legacy_files
+
+        if directory.is_dir():
+            remove_legacy_files(directory)
+
+        with quiet_transformers():  # a training run saves often: no progress bar of transformers' for each
+            super().save_pretrained(directory, **kwargs)
+        if processor is not None:
+            processor.save_pretrained(directory)
+        if self.page_check is not None:
+            self.page_check.save(directory)
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, llm=None, device: str | torch.device | None = None,
-                        dtype: torch.dtype | None = None) -> tuple["EcgLanguageModel", EcgProcessor]:
-        """Load a folder written by `save_pretrained` (``llm``: the base model, e.g. a tiny one in tests), on
-        ``device`` in ``dtype`` (default: where and as it was loaded, the CPU in fp32)."""
-        from safetensors.torch import load_file
+    def from_pretrained(cls, directory: str | Path, llm: nn.Module | None = None,
+                        device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None) -> "EcgLanguageModel":
+        """Load a folder written by `save_pretrained` (or in the layout before it, `model_folder`) in eval mode, on
+        ``device`` in ``dtype`` (default: the CPU in float32); ``llm``: the base model (e.g. a tiny one in tests).
+        Its processor: ``EcgProcessor.from_pretrained(directory)``.
+
+        The model is built on its base LLM, read by transformers from the base's own folder, and the checkpoint's
+        weights are loaded over it: transformers' own loader would build the model on the meta device and treat
+        every base weight, absent from the checkpoint by design, as missing and to be initialised anew."""
+        from ecgllm.models import model_folder
+        from ecgllm.models.page_check import PageCheck
 
         directory = Path(directory)
-        meta = json.loads((directory / "config.json").read_text())
-        config = EcgLMConfig(**without_removed_keys(meta["config"], str(directory / "config.json")))
-        processor = EcgProcessor.from_pretrained(directory)
-        check_card(directory, "language_model", processor.config.prep)
-        if config.llm_policy == "full":
+        check_card(directory, "language_model", EcgProcessor.read_prep(directory))
+        own = model_folder.own_llm_folder(directory)
+        if llm is None and own is not None:
             from ecgllm.models.llm import load_causal_lm
 
-            llm = load_causal_lm(directory / "llm")
-        elif llm is None:
-            from ecgllm.models.llm import load_llm
-
-            llm, _ = load_llm(config.llm)
-        add_ecg_token_rows(llm, len(processor.tokenizer))
-        adapter = directory / "adapter"
-        policy = config.llm_policy
-        if policy == "lora":
-            config.llm_policy = "frozen"  # the saved adapter is attached below instead of a fresh one
-        label_file = directory / "label_tokens.safetensors"
-        label_state = load_file(label_file) if config.label_tokens and label_file.exists() else None
-        n_labels = None if label_state is None else label_state["head.weight"].shape[0]
-        model = cls(config, llm, processor.ecg_token_id, n_labels=n_labels)
-        if policy == "lora":
-            from peft import PeftModel
-
-            model.llm = PeftModel.from_pretrained(llm, str(adapter))
-            config.llm_policy = "lora"
-        model.encoder.load_state_dict(load_file(directory / "encoder.safetensors"))
-        model.projector.load_state_dict(load_file(directory / "projector.safetensors"))
-        if model.label_tokens is not None:
-            model.label_tokens.load_state(label_state)
-            quality = model.label_tokens.quality
-            if quality is not None and not quality.fitted:
-                raise ValueError(f"{directory}: config.json asks for signal_quality but label_tokens.safetensors "
-                                 f"holds no fitted noise heads (the folder is incomplete)")
-            if quality is not None:
-                quality.check_rate(processor.prep.fs, f"{directory} (an inconsistent folder)")
-            if config.balanced_named_labels and not model.label_tokens.priors_fitted:
-                raise ValueError(f"{directory}: config.json asks for balanced_named_labels but label_tokens.safetensors "
-                                 f"holds no fitted priors (the folder is incomplete)")
-        if (directory / "image_encoder.safetensors").exists():
-            model.attach_image_encoder(directory, processor)
-        if (directory / "labels.json").exists():
-            model.label_vocab = json.loads((directory / "labels.json").read_text())
+            llm = load_causal_lm(own)
+        model = cls(model_folder.read_config(directory), llm=llm)
+        model_folder.load_weights(model, directory)
+        for name, parameter in model.llm.named_parameters():  # a loaded adapter answers; training unfreezes it
+            if "lora_" in name:
+                parameter.requires_grad_(False)
+        model._check_label_tokens(directory)
+        if model.image_encoder is not None:
+            model.set_page_check(PageCheck.load(directory))
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)
-        return model.eval(), processor
+        return model.eval()
+
+    def _check_label_tokens(self, directory: Path) -> None:
+        """The label tokens' fitted parts exist where the configuration asks for them (an incomplete folder stops)."""
+        if self.label_tokens is None:
+            return
+        quality = self.label_tokens.quality
+        if quality is not None and not quality.fitted:
+            raise ValueError(f"{directory}: config.json asks for signal_quality but the checkpoint holds no fitted "
+                             f"noise heads (the folder is incomplete)")
+        if quality is not None:
+            quality.check_rate(EcgProcessor.read_prep(directory)["fs"], f"{directory} (an inconsistent folder)")
+        if self.ecg_config.balanced_named_labels and not self.label_tokens.priors_fitted:
+            raise ValueError(f"{directory}: config.json asks for balanced_named_labels but the checkpoint holds no "
+                             f"fitted priors (the folder is incomplete)")
+
+
+def _read_base_llm(parts: EcgLMConfig) -> nn.Module:
+    """The base causal LM ``parts.llm`` names, in float32 on the CPU."""
+    from ecgllm.models.llm import load_llm
+
+    return load_llm(parts.llm)[0]

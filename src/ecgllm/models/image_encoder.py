@@ -78,12 +78,23 @@ class ImageEncoder(nn.Module):
 
 
 def load_image_encoder(folder: str | Path) -> tuple[ImageEncoder, dict]:
-    """The image encoder saved in ``folder`` (a distillation run or a model folder: image_encoder.json and
-    image_encoder.safetensors) and its saved description (config, teacher, distillation)."""
+    """The image encoder saved in ``folder`` and its saved description (config, teacher, distillation): a
+    distillation run (image_encoder.json and image_encoder.safetensors) or a model folder of either layout
+    (`ecgllm.models.model_folder`). FileNotFoundError when the folder holds none."""
     from safetensors.torch import load_file
 
+    from ecgllm.models.model_folder import part_state, read_config
+
     folder = Path(folder)
-    saved = json.loads((folder / "image_encoder.json").read_text())
+    if (folder / "image_encoder.json").exists():
+        saved = json.loads((folder / "image_encoder.json").read_text())
+        state = load_file(folder / "image_encoder.safetensors")
+    elif (folder / "config.json").exists():
+        saved, state = read_config(folder).image_encoder, part_state(folder, "image_encoder")
+    else:
+        saved = state = None
+    if saved is None or state is None:
+        raise FileNotFoundError(f"{folder} holds no image encoder")
     encoder = ImageEncoder(ImageEncoderConfig(**saved["config"]))
-    encoder.load_state_dict(load_file(folder / "image_encoder.safetensors"))
+    encoder.load_state_dict(state)
     return encoder, saved

@@ -273,6 +273,11 @@ class EcgProcessor:
         self.tokenizer.save_pretrained(directory / "tokenizer")
         (directory / "processor_config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
 
+    @staticmethod
+    def read_prep(directory: str | Path) -> dict:
+        """The ECG preparation a saved processor applies (its ``PrepConfig`` as saved), without loading it."""
+        return json.loads((Path(directory) / "processor_config.json").read_text())["prep"]
+
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "EcgProcessor":
         from transformers import AutoTokenizer

@@ -182,7 +182,7 @@ def add_openai_routes(app: FastAPI, assistant, settings, answered, read_checked,
     @app.get("/v1/models")
     def models() -> dict:
         """The served model, in OpenAI's list shape, with what a client needs to prepare ECGs."""
-        config = assistant.model.config
+        config = assistant.model.ecg_config
         return {"object": "list", "data": [{
             "id": assistant.name, "object": "model", "created": 0, "owned_by": "ecgllm",
             "version": assistant.version,

@@ -54,9 +54,7 @@ class ImageDistillConfig:
 def load_teacher(run: Path, n_tokens: int):
     """The signal encoder and classifier head to imitate: from an encoder pretraining run, or from a language
     model checkpoint (its own copy of the encoder, as the LLM was trained with it, and its label-token head)."""
-    from safetensors.torch import load_file
-
-    from ecgllm.models.encoder_source import encoder_head, encoder_meta
+    from ecgllm.models.encoder_source import encoder_head, encoder_meta, encoder_state
     from ecgllm.models.encoders import build_encoder
 
     try:
@@ -67,7 +65,7 @@ def load_teacher(run: Path, n_tokens: int):
         raise FileNotFoundError(f"teacher: {run} has no classifier head (head.safetensors or label tokens)")
     kwargs = dict(saved["encoder_kwargs"], n_tokens=n_tokens)
     encoder = build_encoder(saved["encoder"], **kwargs)
-    encoder.load_state_dict(load_file(run / "encoder.safetensors"))
+    encoder.load_state_dict(encoder_state(run))
     head = nn.Linear(head_weights["weight"].shape[1], head_weights["weight"].shape[0])
     head.load_state_dict(head_weights)
     return encoder.eval().requires_grad_(False), head.eval().requires_grad_(False), saved
@@ -270,8 +268,9 @@ def write_image_card(out: Path, config: ImageDistillConfig, image_config: ImageE
     from ecgllm.models.card import cache_files, write_artifact_card
     from ecgllm.training.config import resolved
 
-    labels_file = Path(config.teacher) / "labels.json"
-    labels = json.loads(labels_file.read_text()) if labels_file.exists() else None
+    from ecgllm.models.encoder_source import encoder_labels
+
+    labels = encoder_labels(config.teacher)
     write_artifact_card(out, "image_encoder", {"height": image_config.height, "width": image_config.width}, labels,
                         getattr(teacher, "pool_mode", "mean"), resolved(config),
                         cache_files(config.ecg_cache, config.ptbxl),
@@ -335,18 +334,18 @@ def fit_page_check_of_run(run: Path, teacher: Path | None, ecg_cache: str, ptbxl
 def load_student_init(student: ImageEncoder, folder: Path) -> None:
     """Warm start: the weights of an earlier image encoder of the same shape, so a distillation can go on with
     fresh renders and a fresh schedule instead of starting again."""
-    from safetensors.torch import load_file
+    from ecgllm.models.image_encoder import load_image_encoder
 
-    described, weights = folder / "image_encoder.json", folder / "image_encoder.safetensors"
-    if not (described.is_file() and weights.is_file()):
-        raise RecipeError(f"init_student: {folder} holds no image encoder (image_encoder.json and "
-                          f"image_encoder.safetensors); name a finished distillation run or a model folder")
-    saved = json.loads(described.read_text())["config"]
-    wanted = student.config.to_dict()
+    try:
+        earlier, described = load_image_encoder(folder)
+    except FileNotFoundError:
+        raise RecipeError(f"init_student: {folder} holds no image encoder; name a finished distillation run or a "
+                          f"model folder with one") from None
+    saved, wanted = described["config"], student.config.to_dict()
     if saved != wanted:
         differ = ", ".join(f"{k}: {saved.get(k)} there, {v} here" for k, v in wanted.items() if saved.get(k) != v)
         raise RecipeError(f"init_student: the image encoder in {folder} has another shape ({differ})")
-    student.load_state_dict(load_file(weights))
+    student.load_state_dict(earlier.state_dict())
 
 
 def superclass_metrics(name: str, y: np.ndarray, logits: np.ndarray) -> dict:

@@ -6,17 +6,19 @@ decided here."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from ecgllm.io.leads import STANDARD_12
-from ecgllm.models.configuration import EcgLMConfig
-from ecgllm.models.ecg_lm import EcgLanguageModel, add_ecg_token_rows
-from ecgllm.models.encoder_source import ENCODER_TO_PREP_NORMALIZE, encoder_head, encoder_meta
+from ecgllm.models.configuration import EcgLanguageModelConfig, EcgLMConfig
+from ecgllm.models.ecg_lm import EcgLanguageModel
+from ecgllm.models.encoder_source import (ENCODER_TO_PREP_NORMALIZE, encoder_head, encoder_labels, encoder_meta,
+                                          encoder_state)
 from ecgllm.models.encoders import build_encoder
+from ecgllm.models.model_folder import load_weights, read_config
 from ecgllm.models.processor import EcgProcessor, ProcessorConfig
-from ecgllm.models.removed_features import without_removed_keys
 
 
 def build_model(config: EcgLMConfig, processor_config: ProcessorConfig | None = None, llm=None, tokenizer=None,
@@ -37,12 +39,12 @@ def build_model(config: EcgLMConfig, processor_config: ProcessorConfig | None = 
         raise ValueError(f"signal_quality reads the 12 standard leads in order {STANDARD_12}; the recipe's prep "
                          f"has {processor_config.prep.get('leads')}")
     processor = EcgProcessor(tokenizer, processor_config)
-    add_ecg_token_rows(llm, len(tokenizer))
     head = _encoder_head(config.encoder_init) if config.label_tokens and config.encoder_init else None
     n_labels = head["weight"].shape[0] if head is not None else None
     if config.label_tokens and head is None and init_from is not None:
-        n_labels = _saved_label_count(init_from)
-    model = EcgLanguageModel(config, llm, processor.ecg_token_id, n_labels=n_labels)
+        n_labels = read_config(init_from).n_labels
+    model = EcgLanguageModel(EcgLanguageModelConfig(model=asdict(config), ecg_token_id=processor.ecg_token_id,
+                                                    vocab_size=len(tokenizer), n_labels=n_labels), llm=llm)
     if config.encoder_init:
         load_pretrained_encoder(model, config.encoder_init, processor_config.prep)
     if config.image_encoder_init:
@@ -56,7 +58,7 @@ def build_model(config: EcgLMConfig, processor_config: ProcessorConfig | None = 
 
 def name_labels_for(model: EcgLanguageModel, processor: EcgProcessor) -> None:
     """Tell the processor which label names to look for in questions (named-label tokens)."""
-    if not model.config.named_label_tokens:
+    if not model.ecg_config.named_label_tokens:
         return
     names = model.label_names()
     if not names:
@@ -71,8 +73,6 @@ def load_pretrained_encoder(model: EcgLanguageModel, folder: str | Path, prep: d
     """Start from an encoder pretraining run, or from the encoder of a model folder (its encoder, classifier
     head and label vocabulary only: never its projector or adapter): the weights, the label vocabulary, and a
     check that the processor feeds the encoder the input it was trained on."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     try:
         saved = encoder_meta(folder)
@@ -80,10 +80,10 @@ def load_pretrained_encoder(model: EcgLanguageModel, folder: str | Path, prep: d
         raise FileNotFoundError(f"encoder_init: {exc}") from None
     # n_tokens only sets the final pooling, so an encoder pretrained with 16 tokens may serve with 8
     same = {k: v for k, v in saved["encoder_kwargs"].items() if k != "n_tokens"} == \
-        {k: v for k, v in model.config.encoder_kwargs.items() if k != "n_tokens"}
-    if saved["encoder"] != model.config.encoder or not same:
+        {k: v for k, v in model.ecg_config.encoder_kwargs.items() if k != "n_tokens"}
+    if saved["encoder"] != model.ecg_config.encoder or not same:
         raise ValueError(f"encoder_init: {folder} holds {saved['encoder']} {saved['encoder_kwargs']}, the "
-                         f"recipe asks for {model.config.encoder} {model.config.encoder_kwargs}")
+                         f"recipe asks for {model.ecg_config.encoder} {model.ecg_config.encoder_kwargs}")
     normalize = saved["input"]["normalize"]
     expected = ENCODER_TO_PREP_NORMALIZE.get(normalize, normalize)
     if prep.get("normalize") != expected or float(prep.get("fs", 0)) != float(saved["input"]["fs"]):
@@ -95,38 +95,25 @@ def load_pretrained_encoder(model: EcgLanguageModel, folder: str | Path, prep: d
     if differs:
         raise ValueError(f"encoder_init: {folder} prepared its ECGs with {differs}; set the recipe's prep to the "
                          f"same (it has {({k: as_saved.get(k) for k in differs})})")
-    model.encoder.load_state_dict(load_file(folder / "encoder.safetensors"))
-    if (folder / "labels.json").exists():
-        model.label_vocab = json.loads((folder / "labels.json").read_text())
+    model.encoder.load_state_dict(encoder_state(folder))
+    labels = encoder_labels(folder)
+    if labels:
+        model.label_vocab = labels
 
 
 def load_stage_weights(model: EcgLanguageModel, directory: str | Path, processor: EcgProcessor | None = None) -> None:
-    """Continue from an earlier stage's checkpoint folder (same architecture): encoder, projector, label
-    tokens, image encoder, and the LoRA adapter or full LLM weights. The base LLM itself is not touched."""
-    from safetensors.torch import load_file
-
+    """Continue from an earlier stage's checkpoint folder (same architecture, either layout): encoder, projector,
+    label tokens, image encoder, and the LoRA adapter or full LLM weights. The base LLM itself is not touched."""
     directory = Path(directory)
     if not (directory / "config.json").exists():
         raise FileNotFoundError(f"init_from: {directory} is not a checkpoint folder (no config.json)")
     # weights trained with a removed feature (e.g. the true stratum as an input) must not seed a new stage
-    saved = directory / "config.json"
-    without_removed_keys(json.loads(saved.read_text())["config"], str(saved))
-    model.encoder.load_state_dict(load_file(directory / "encoder.safetensors"))
-    model.projector.load_state_dict(load_file(directory / "projector.safetensors"))
-    if model.label_tokens is not None and (directory / "label_tokens.safetensors").exists():
-        model.label_tokens.load_state(load_file(directory / "label_tokens.safetensors"))
-    if model.image_encoder is None and (directory / "image_encoder.safetensors").exists() and processor is not None:
+    saved = read_config(directory)
+    if model.image_encoder is None and saved.image_encoder is not None and processor is not None:
         model.attach_image_encoder(directory, processor)
-    if model.config.llm_policy == "lora" and (directory / "adapter/adapter_model.safetensors").exists():
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model.llm, load_file(directory / "adapter/adapter_model.safetensors"))
-    elif model.config.llm_policy == "full" and (directory / "llm").is_dir():
-        from ecgllm.models.llm import load_causal_lm
-
-        model.llm.load_state_dict(load_causal_lm(directory / "llm").state_dict())
-    if (directory / "labels.json").exists():
-        model.label_vocab = json.loads((directory / "labels.json").read_text())
+    load_weights(model, directory, complete=False)
+    if saved.label_vocab:
+        model.label_vocab = dict(saved.label_vocab)
     if processor is not None:
         name_labels_for(model, processor)
 
@@ -138,13 +125,3 @@ def _encoder_head(folder: str | Path) -> dict[str, torch.Tensor]:
                                 f"`ecgllm train` encoder run (or a model folder with label tokens), or set "
                                 f"label_tokens to 0")
     return head
-
-
-def _saved_label_count(checkpoint: str | Path) -> int | None:
-    from safetensors import safe_open
-
-    path = Path(checkpoint) / "label_tokens.safetensors"
-    if not path.exists():
-        return None
-    with safe_open(str(path), framework="pt") as f:
-        return int(f.get_slice("head.weight").get_shape()[0])
