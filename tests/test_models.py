@@ -189,10 +189,12 @@ def test_a_checkpoint_is_transformers_layout_and_an_incomplete_or_foreign_one_is
     model, processor = make(tiny_tokenizer)
     folder = tmp_path / "ckpt"
     folder.mkdir()
-    (folder / "projector.safetensors").write_bytes(b"stale")  # a part of the older layout, left by an earlier save
+    (folder / "config.json").write_text(json.dumps({"config": {}}))  # a model folder of the older layout ...
+    (folder / "projector.safetensors").write_bytes(b"stale")  # ... whose parts a new save must not leave behind
     model.save_pretrained(folder, processor)
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "ecgllm" and config["text_config"]["model_type"] == "llama"
+    assert "_name_or_path" not in config["text_config"]  # no folder of the machine that saved it
     assert not (folder / "projector.safetensors").exists()
     keys = set(load_file(folder / WEIGHTS_FILE))
     assert {k.split(".")[0] for k in keys} == {"encoder", "projector", "llm"}

@@ -77,3 +77,10 @@ class EcgLanguageModelConfig(PreTrainedConfig):
 
     def parts(self) -> EcgLMConfig:
         return EcgLMConfig(**(self.model or {}))
+
+    def to_dict(self) -> dict:
+        """As transformers writes it, without the base LLM's folder on this machine (a shipped copy names none)."""
+        out = super().to_dict()
+        if isinstance(out.get("text_config"), dict):
+            out["text_config"] = {k: v for k, v in out["text_config"].items() if k != "_name_or_path"}
+        return out

@@ -449,13 +449,13 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
             key for key in self.state_dict() if key.startswith("llm.") and "lora_" not in key}
         self._keys_to_ignore_on_save = base  # the embedded base's own weights (and its deterministic <ecg> row)
         from ecgllm.models.llm import quiet_transformers
-        from ecgllm.models.model_folder import remove_legacy_files
+        from ecgllm.models.model_folder import is_legacy, remove_legacy_files
 
-        if directory.is_dir():
-            remove_legacy_files(directory)
-
+        older_layout = (directory / "config.json").exists() and is_legacy(directory)
         with quiet_transformers():  # a training run saves often: no progress bar of transformers' for each
             super().save_pretrained(directory, **kwargs)
+        if older_layout:  # only once the new files are written, and only an ecgllm model folder's own parts
+            remove_legacy_files(directory)
         if processor is not None:
             processor.save_pretrained(directory)
         if self.page_check is not None:

@@ -20,7 +20,8 @@ from ecgllm.models.removed_features import without_removed_keys
 
 PARTS = ("encoder", "projector", "label_tokens", "image_encoder")
 WEIGHTS_FILE = "model.safetensors"
-LEGACY_FILES = tuple(f"{part}.safetensors" for part in PARTS) + ("image_encoder.json", "labels.json", "adapter", "llm")
+# what a folder of the older layout holds beside config.json (its llm/ stays: a recipe's `llm:` may point at it)
+LEGACY_FILES = tuple(f"{part}.safetensors" for part in PARTS) + ("image_encoder.json", "labels.json", "adapter")
 
 
 def is_legacy(folder: str | Path) -> bool:
@@ -79,8 +80,8 @@ def part_state(folder: str | Path, part: str) -> dict[str, torch.Tensor] | None:
 
 
 def remove_legacy_files(folder: str | Path) -> None:
-    """Drop the older layout's files from a folder being written in today's (a step folder exported again):
-    a reader must never find a stale part beside the new weights."""
+    """Drop the older layout's files from a model folder just written again in today's layout (a step folder
+    exported again): a reader must never find a stale part beside the new weights."""
     import shutil
 
     folder = Path(folder)
@@ -99,7 +100,8 @@ def load_weights(model, folder: str | Path, *, complete: bool = True) -> None:
     adapter or full LLM) must fit exactly, and anything else stops with the folder's name. Otherwise (a stage
     continuing from an earlier one, ``init_from``): a part the folder lacks keeps its start (label tokens of a stage
     before them), the model's own image encoder is kept, and LLM weights of another ``llm_policy`` are not carried
-    over (a frozen stage's folder seeds a LoRA stage with a fresh adapter)."""
+    over (a frozen stage's folder seeds a LoRA stage with a fresh adapter). LoRA weights of the same policy must fit
+    exactly: a stage that adds target modules starts from a new run, not from ``init_from``."""
     folder = Path(folder)
     for part in PARTS:
         module = getattr(model, part)
