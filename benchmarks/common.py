@@ -35,6 +35,13 @@ def weights_fingerprint(files: dict[str, bytes]) -> str:
     return digest.hexdigest()[:12]
 
 
+def same_tensors(first: dict, second: dict) -> bool:
+    """Whether two state dicts hold the same keys and exactly equal tensors."""
+    import torch
+
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
 def measured_model(folder: Path) -> dict:
     """Which checkpoint a page measured: its weights' fingerprint and the run it was shipped from (for a folder
     that was never shipped, its path). Every safetensors counts, the image encoder's too: a page names the whole

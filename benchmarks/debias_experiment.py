@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import RESULTS, ROOT, environment, write_result
+from common import RESULTS, ROOT, environment, same_tensors, write_result
 from ecgqa_selection import EM_TOLERANCE
 
 SETS = ("template-none", "paraphrased-none", "template-random-ecg", "template-blind", "valid-none")
@@ -242,12 +242,6 @@ def first_valid_em(folder: Path, n: int) -> tuple[float, pd.DataFrame]:
     frame = pd.read_csv(folder / "per_sample.csv").set_index("sample_id").sort_index()
     rows = frame.loc[sorted(set(frame.index))[:n]]
     return round(float(correct(rows).mean()), 4), rows
-
-
-def same_tensors(first: dict, second: dict) -> bool:
-    import torch
-
-    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
 def same_encoder_and_head(first: Path, second: Path) -> bool:

@@ -30,7 +30,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, SHARED, claim_run_folder, environment, stale_default_note, write_result
+from common import ROOT, SHARED, claim_run_folder, environment, same_tensors, stale_default_note, write_result
 
 from ecgllm import read_ecg
 from ecgllm.render import plot_ecg, render_ecg
@@ -399,8 +399,6 @@ def main() -> None:
                f"{args.generated_test} --signals {args.signals} --ptbxl {args.ptbxl} --ecgqa {args.ecgqa} "
                f"--n-eval {args.n_eval} --workers {args.workers} --limit {args.limit} --render-n {args.render_n} "
                f"--out {args.out}")
-    import torch
-
     from ecgllm.models.image_encoder import load_image_encoder
 
     encoders = {}
@@ -411,8 +409,7 @@ def main() -> None:
             raise SystemExit(f"no image encoder in {folder}") from None
     # the page describes the --distill run as the one that made --model's image encoder: the same weights
     states = [encoder.state_dict() for encoder, _ in encoders.values()]
-    if any(set(state) != set(states[0]) or not all(torch.equal(state[k], states[0][k]) for k in state)
-           for state in states[1:]):
+    if not all(same_tensors(states[0], state) for state in states[1:]):
         raise SystemExit(f"{args.model}'s image encoder is not the one {args.distill} distilled (other weights)")
     made = encoders[args.distill or args.model][1].get("distillation", {})
     if args.distill:

@@ -117,7 +117,8 @@ def load_weights(model, folder: str | Path, *, complete: bool = True) -> None:
         else:
             module.load_state_dict(state)
     policy = model.ecg_config.llm_policy
-    if policy == "frozen" or (read_config(folder).parts().llm_policy != policy and not complete):
+    # (the saved policy is read only for a stage's start: a loaded model's configuration is the folder's own)
+    if policy == "frozen" or (not complete and read_config(folder).parts().llm_policy != policy):
         return
     if is_legacy(folder):
         _load_legacy_llm(model, folder, policy)
