@@ -81,12 +81,12 @@ def convo(s, with_answer=True):
 
 def compare_trainer_paths(model, processor, samples: list[dict], ecg: dict, batch_size: int = 8) -> dict:
     """samples/s of the earlier and the current training path over the same conversations, same weights."""
-    from ecgllm.training.data import LengthGroupedBatchSampler
+    from ecgllm.training.data import length_grouped_batches
 
     lengths = [len(processor.encode_for_training(convo(s), [""] * len(s["ecg_id"]))[0]) for s in samples]
     order = np.random.default_rng(0).permutation(len(samples))
     padded = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
-    grouped = list(LengthGroupedBatchSampler(lengths, batch_size, seed=0))
+    grouped = length_grouped_batches(lengths, batch_size, seed=0)
     params = [p for p in model.parameters() if p.requires_grad]
     start = {id(p): p.detach().clone() for p in params}
     timed_encode = model.encode

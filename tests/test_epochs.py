@@ -1,5 +1,6 @@
-"""The epoch-based stages' engine (`ecgllm.training.epochs`) on a toy task: a crash mid-epoch resumes to
-bit-identical weights with dropout on, the earlier single-file state converts, and a changed recipe is refused."""
+"""The training engine of every stage (`ecgllm.training.engine`) on a toy task: a crash mid-epoch resumes to
+bit-identical weights with dropout on, by epochs or by steps with gradient accumulation, the earlier single-file
+state converts, a changed recipe is refused, and two processes share out each batch."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from ecgllm.training.config import RecipeError
-from ecgllm.training.epochs import LEGACY_STATE, epoch_accelerator, prepare_run, run_epochs
+from ecgllm.training.engine import LEGACY_STATE, Schedule, Task, prepare_run, run_training, stage_accelerator
 from tests.conftest import logged
 
 
@@ -28,18 +29,17 @@ class Crash(Exception):
     pass
 
 
-class ToyTask:
+class ToyTask(Task):
     """Noisy regression through dropout; batches from a generator seeded by (seed, epoch), as the stages draw them."""
 
     label = "toy"
-    steps_per_epoch = 6
 
-    def __init__(self, seed: int, crash_at: tuple[int, int] | None = None) -> None:
-        self.seed, self.crash_at = seed, crash_at
+    def __init__(self, seed: int, crash_at: tuple[int, int] | None = None, batches_per_epoch: int = 6) -> None:
+        self.seed, self.crash_at, self.batches_per_epoch = seed, crash_at, batches_per_epoch
 
-    def batches(self, epoch: int):
+    def epoch_batches(self, epoch: int):
         rng = np.random.default_rng([self.seed, epoch])
-        for step in range(self.steps_per_epoch):
+        for step in range(self.batches_per_epoch):
             if (epoch, step) == self.crash_at:
                 raise Crash
             x = rng.normal(size=(8, 4)).astype(np.float32)
@@ -58,14 +58,14 @@ def toy_run(recipe: ToyRecipe, ema_decay: float = 0.0):
     model = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.3), nn.Linear(16, 1))
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.lr,
-                                                    total_steps=recipe.epochs * ToyTask.steps_per_epoch)
-    return prepare_run(epoch_accelerator("cpu", "no"), model, optimizer, scheduler, Path(recipe.output_dir),
+                                                    total_steps=recipe.epochs * 6)
+    return prepare_run(stage_accelerator("cpu", "no"), model, optimizer, scheduler, Path(recipe.output_dir),
                        recipe.seed, ema_decay=ema_decay)
 
 
 def train(recipe: ToyRecipe, crash_at=None, ema_decay: float = 0.0) -> tuple[dict, list[dict]]:
     run = toy_run(recipe, ema_decay)
-    history = run_epochs(run, ToyTask(recipe.seed, crash_at), recipe.epochs, recipe, progress=False)
+    history = run_training(run, ToyTask(recipe.seed, crash_at), Schedule(epochs=recipe.epochs), recipe, progress=False)
     with run.scored() as scored:
         return {k: v.clone() for k, v in scored.state_dict().items()}, history
 
@@ -101,16 +101,45 @@ def test_the_resumed_weights_differ_from_a_run_that_replays_other_dropout(tmp_pa
     torch.manual_seed(1)
     run = toy_run(ToyRecipe(str(tmp_path / "b"), epochs=1))
     torch.manual_seed(123)  # the same initial weights and data, other dropout masks
-    run_epochs(run, ToyTask(0), 1, ToyRecipe(str(tmp_path / "b"), epochs=1), progress=False)
+    run_training(run, ToyTask(0), Schedule(epochs=1), ToyRecipe(str(tmp_path / "b"), epochs=1), progress=False)
     b = run.trained.state_dict()
     assert not same(a, b)
+
+
+STEPS = Schedule(max_steps=8, save_every=2, log_every=1, keep=10, grad_accum=2)  # 5 batches: 3 steps an epoch
+
+
+def train_steps(recipe: ToyRecipe, crash_at=None) -> dict:
+    run = toy_run(recipe)
+    run_training(run, ToyTask(recipe.seed, crash_at, batches_per_epoch=5), STEPS, recipe, progress=False)
+    return {k: v.clone() for k, v in run.trained.state_dict().items()}
+
+
+@pytest.mark.parametrize("crash_at", [(1, 3), (2, 0)])
+def test_a_run_by_steps_with_accumulation_resumes_inside_an_epoch_to_bit_identical_weights(tmp_path, crash_at):
+    """The language-model stages' schedule: optimizer steps of two batches each (an epoch's odd last batch is a step
+    of its own), a checkpoint every second step; a crash inside an epoch resumes from the last step checkpoint,
+    skipping the batches that epoch already used, and logs each step once."""
+    clean = train_steps(ToyRecipe(str(tmp_path / "clean")))
+    crashed = ToyRecipe(str(tmp_path / "crashed"))
+    with pytest.raises(Crash):
+        train_steps(crashed, crash_at)
+    saved = sorted(p.name for p in (tmp_path / "crashed/checkpoints").iterdir())
+    assert saved == {(1, 3): ["step-00000002", "step-00000004"], (2, 0): ["step-00000002", "step-00000004",
+                                                                         "step-00000006"]}[crash_at]
+    resumed = train_steps(crashed)
+    assert same(clean, resumed)
+    assert [row["step"] for row in logged(tmp_path / "crashed")] == list(range(1, 9))
+    assert [row["loss"] for row in logged(tmp_path / "crashed")] == [row["loss"] for row in logged(tmp_path / "clean")]
+    with pytest.raises(ValueError, match="either epochs or max_steps"):
+        Schedule(epochs=1, max_steps=1)
 
 
 def test_the_earlier_single_file_state_converts(tmp_path):
     clean, _ = train(ToyRecipe(str(tmp_path / "clean"), epochs=2))
     legacy = ToyRecipe(str(tmp_path / "legacy"), epochs=2)
     run = toy_run(replace(legacy, output_dir=str(tmp_path / "first")))
-    history = run_epochs(run, ToyTask(0), 1, legacy, progress=False)
+    history = run_training(run, ToyTask(0), Schedule(epochs=1), legacy, progress=False)
     # what the earlier epoch loop wrote after epoch 1: one file of state dicts and the torch RNG
     Path(legacy.output_dir).mkdir()
     torch.save({"model": run.trained.state_dict(), "optimizer": run.optimizer.state_dict(),
@@ -129,13 +158,14 @@ def test_a_run_resumes_only_under_the_recipe_it_started_with(tmp_path):
     with pytest.raises(RecipeError, match=r"changed: lr: 0.05 -> 0.01"):
         train(replace(recipe, lr=0.01))
     run = toy_run(replace(recipe, lr=0.01))
-    history = run_epochs(run, ToyTask(0), 3, replace(recipe, lr=0.01), progress=False, resume_anyway=True)
+    history = run_training(run, ToyTask(0), Schedule(epochs=3), replace(recipe, lr=0.01), progress=False,
+                           resume_anyway=True)
     assert [h["epoch"] for h in history] == [1, 2, 3]
 
 
 def test_a_gpu_index_is_left_to_the_launcher():
     with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES|no CUDA GPU"):
-        epoch_accelerator("cuda:1", "no")
+        stage_accelerator("cuda:1", "no")
 
 
 def on_two_processes(script: str, folder: Path) -> list[dict]:
@@ -189,32 +219,53 @@ def test_under_torchrun_each_process_draws_its_own_dropout_and_one_process_keeps
     assert torch.equal(torch.rand(3), before)  # a single process replays as before
 
 
-ORDER = """
+SHARES = """
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 import torch
-from accelerate.utils import DataLoaderConfiguration, set_seed
-from torch.utils.data import DataLoader
-from ecgllm.training.checkpoints import fresh_accelerator
-from ecgllm.training.loop import prepare_for_processes
-accelerator = fresh_accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
-set_seed(5)  # as the LLM stage seeds before building its loader
-model = torch.nn.Linear(2, 1)
-optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+from torch import nn
+from ecgllm.training.engine import Schedule, Task, prepare_run, run_training, stage_accelerator
+
+
+@dataclass
+class Recipe:
+    output_dir: str
+
+
+class Rows(Task):
+    label, batches_per_epoch = "rows", 4
+    seen = []
+
+    def epoch_batches(self, epoch):
+        order = torch.randperm(32, generator=torch.Generator().manual_seed(100 + epoch))
+        for b in range(4):
+            yield (order[8 * b:8 * (b + 1)].float()[:, None],)
+
+    def loss(self, model, share):
+        self.seen += [int(v) for v in share[0][:, 0]]
+        return model(share[0]).square().mean()
+
+
+accelerator = stage_accelerator("cpu", "no")
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(1, 4), nn.Dropout(0.5), nn.Linear(4, 1))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-loader = DataLoader(list(range(32)), batch_size=4, shuffle=True)
-model, optimizer, loader, scheduler = prepare_for_processes(accelerator, 5, model, optimizer, loader, scheduler)
-seen = [int(i) for epoch in range(2) for batch in loader for i in batch]
+out = Path(sys.argv[1], "run")
+run = prepare_run(accelerator, model, optimizer, scheduler, out, 5)
+task = Rows()
+run_training(run, task, Schedule(max_steps=8, log_every=1), Recipe(str(out)), progress=False)
 own = torch.rand(3).tolist()
-Path(sys.argv[1], f"rank{accelerator.process_index}.json").write_text(json.dumps({"seen": seen, "own": own}))
+Path(sys.argv[1], f"rank{accelerator.process_index}.json").write_text(json.dumps({"seen": task.seen, "own": own}))
 """
 
 
-def test_under_torchrun_the_llm_stage_splits_one_shuffle_and_draws_its_own_dropout(tmp_path):
-    """The LLM stage's setup (`prepare_for_processes`) on two processes: the processes take disjoint shares of one
-    shuffled order, all of it, each epoch, and draw different dropout masks after."""
-    ranks = on_two_processes(ORDER, tmp_path)
+def test_under_torchrun_each_process_takes_its_share_of_every_batch_and_draws_its_own_dropout(tmp_path):
+    """The engine on two processes: each batch's rows are shared out, so the processes take disjoint shares of one
+    shuffled order, all of it, each epoch, and draw different dropout masks."""
+    ranks = on_two_processes(SHARES, tmp_path)
     for epoch in range(2):
         shares = [set(r["seen"][16 * epoch:16 * (epoch + 1)]) for r in ranks]
         assert not shares[0] & shares[1] and shares[0] | shares[1] == set(range(32))

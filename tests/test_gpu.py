@@ -1,6 +1,6 @@
 """The CUDA side of every path, run where PyTorch sees a GPU (skipped elsewhere; the CPU side of the same paths is
 tested in test_placement.py): answering in bf16 on the GPU, an LLM stage trained there under bf16 autocast whose
-checkpoint answers on a CPU, and a bf16 training step through the epoch engine's Accelerator."""
+checkpoint answers on a CPU, and a bf16 training step through the training engine's Accelerator."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_an_llm_stage_trains_on_the_gpu_under_bf16_and_its_checkpoint_answers_on
 
     from ecgllm import ECGAssistant
     from ecgllm.training.config import load_recipe
-    from ecgllm.training.loop import train
+    from ecgllm.training.llm_stage import train
 
     workspace = make_training_workspace(tmp_path, tiny_tokenizer, n_conversations=16)
     recipe = bf16_training_recipe(workspace, "gpu")
@@ -59,15 +59,15 @@ def test_an_llm_stage_trains_on_the_gpu_under_bf16_and_its_checkpoint_answers_on
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or not torch.cuda.is_bf16_supported(), reason="needs bf16")
-def test_a_training_step_through_the_epoch_engines_accelerator_runs_on_the_gpu_under_bf16():
-    """The Accelerator the epoch-based stages get (`epoch_accelerator`) places an encoder and head on the GPU; a
+def test_a_training_step_through_the_engines_accelerator_runs_on_the_gpu_under_bf16():
+    """The Accelerator every stage gets (`stage_accelerator`) places an encoder and head on the GPU; a
     step under its autocast gives a finite float32 loss and float32 gradients there (the stages' own loops are
     not run here)."""
     from ecgllm.models.encoders import build_encoder
     from ecgllm.signal import PrepConfig, prepare
-    from ecgllm.training.epochs import epoch_accelerator
+    from ecgllm.training.engine import stage_accelerator
 
-    accelerator = epoch_accelerator("cuda", "bf16")
+    accelerator = stage_accelerator("cuda", "bf16")
     assert accelerator.device.type == "cuda"
     encoder = build_encoder("resnet1d", n_leads=12, widths=[8, 16], n_tokens=4)
     head = torch.nn.Linear(encoder.dim, 5)

@@ -223,7 +223,7 @@ def test_a_measurement_table_without_notes_is_refused_and_notes_without_one_are_
     from types import SimpleNamespace
 
     from ecgllm.training.config import RecipeError
-    from ecgllm.training.loop import _check_measurement_table
+    from ecgllm.training.llm_stage import _check_measurement_table
 
     rows = [{"ecgs": [{"record_id": 3}], "turns": [{"role": "user", "content": "What is the qt interval?"}]},
             {"ecgs": [{"record_id": 6}], "turns": [{"role": "user", "content": "Is this a normal ECG?"}]}]

@@ -14,7 +14,7 @@ from ecgllm import read_ecg
 from ecgllm.datasets.conversation import ecg_tags
 from ecgllm.models.answering import prompt_batch
 from ecgllm.models.placement import resolve_device, resolve_dtype
-from ecgllm.training.epochs import epoch_accelerator
+from ecgllm.training.engine import stage_accelerator
 from tests.conftest import FIXTURES, bf16_training_recipe, logged, make_training_workspace
 
 PTBXL_1 = FIXTURES / "ptbxl/records100/00000/00001_lr.hea"
@@ -34,7 +34,7 @@ def test_asking_for_a_missing_gpu_is_a_clear_error_not_a_silent_cpu_run():
     with pytest.raises(ValueError, match="no CUDA GPU"):
         resolve_device("cuda")
     with pytest.raises(ValueError, match="no CUDA GPU"):
-        epoch_accelerator("cuda", "no")
+        stage_accelerator("cuda", "no")
 
 
 def test_bad_names_are_refused():
@@ -44,8 +44,10 @@ def test_bad_names_are_refused():
         resolve_device("cuda:x")
     with pytest.raises(ValueError, match="dtype must be"):
         resolve_dtype("float8", torch.device("cpu"))
-    with pytest.raises(ValueError, match="mixed_precision"):
-        epoch_accelerator("cpu", "fp16")
+    with pytest.raises(ValueError, match="mixed_precision must be"):
+        stage_accelerator("cpu", "fp8")
+    with pytest.raises(ValueError, match="mixed_precision fp16 needs a CUDA GPU"):
+        stage_accelerator("cpu", "fp16")
 
 
 def test_cli_dtype_choices_are_the_placement_dtypes():
@@ -82,7 +84,7 @@ def test_bf16_weights_answer_like_fp32(tiny_checkpoint):
 
 def test_llm_training_with_bf16_mixed_precision(tmp_path, tiny_tokenizer):
     """`mixed_precision: bf16` runs through Accelerate's autocast (on the CPU here), learns, and saves fp32."""
-    from ecgllm.training.loop import train
+    from ecgllm.training.llm_stage import train
     from ecgllm.training.config import load_recipe
 
     workspace = make_training_workspace(tmp_path, tiny_tokenizer, n_conversations=16)

@@ -17,7 +17,7 @@ import yaml
 
 from ecgllm.models.model_folder import saved_weights
 from ecgllm.training.config import RecipeError, load_recipe
-from ecgllm.training.loop import lr_factor
+from ecgllm.training.llm_stage import lr_factor
 from tests.conftest import KILL_SEED, kill_once_written, logged, make_training_workspace
 
 CLI = [sys.executable, "-m", "ecgllm.serving.cli"]

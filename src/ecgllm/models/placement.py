@@ -1,6 +1,6 @@
 """Where a model runs and in which precision: the CPU here, a CUDA GPU when PyTorch sees one, bf16 where that
 GPU supports it; and frozen weights cast once for bf16 mixed-precision training (training stages place themselves
-through Accelerate: `ecgllm.training.loop`, `ecgllm.training.epochs`). The same code and recipes run on both;
+through Accelerate: `ecgllm.training.llm_stage`, `ecgllm.training.engine`). The same code and recipes run on both;
 nothing requires a GPU."""
 
 from __future__ import annotations

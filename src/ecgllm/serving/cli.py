@@ -354,7 +354,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"fold-10 macro AUC: superclasses {result['super_macro_auc']:.4f}, "
               f"71 statements {result['all71_macro_auc']:.4f}; {result['epoch_s']:.0f} s/epoch")
         return EXIT_OK
-    from ecgllm.training.loop import export_checkpoint, train
+    from ecgllm.training.llm_stage import export_checkpoint, train
 
     if args.export_step is not None:
         print(f"wrote {export_checkpoint(load_recipe(args.recipe, args.overrides), args.export_step)}")

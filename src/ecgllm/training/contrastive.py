@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from ecgllm.datasets.split_policy import write_training_records
 from ecgllm.models.encoders import build_encoder
+from ecgllm.training.engine import Task
 from ecgllm.training.pretrain_encoder import (check_normalize, load_ptbxl_arrays, random_crops, save_encoder, start_run,
                                               write_encoder_card)
 
@@ -114,8 +115,8 @@ def clip_loss(logits: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
                   + torch.sum(-targets * F.log_softmax(logits.T, 1), 1).mean())
 
 
-class ContrastiveTask:
-    """ECG crops against their texts' features: the contrastive stage's `EpochTask`. Each process's share of a
+class ContrastiveTask(Task):
+    """ECG crops against their texts' features: the contrastive stage's `Task`. Each process's share of a
     batch is its own set of in-batch negatives."""
 
     label = "contrastive"
@@ -124,14 +125,14 @@ class ContrastiveTask:
                  text_ids: np.ndarray, train: np.ndarray, valid: np.ndarray, crop: int, accelerator) -> None:
         self.config, self.signals, self.masks, self.feats, self.text_ids = config, signals, masks, feats, text_ids
         self.train, self.valid, self.crop, self.accelerator = train, valid, crop, accelerator
-        self.steps_per_epoch = len(train) // config.batch_size  # full batches: the loss needs negatives
+        self.batches_per_epoch = len(train) // config.batch_size  # full batches: the loss needs negatives
 
-    def batches(self, epoch: int):
+    def epoch_batches(self, epoch: int):
         rng = np.random.default_rng([self.config.seed, epoch])
         order = self.train[rng.permutation(len(self.train))]
         offsets = rng.integers(0, self.signals.shape[-1] - self.crop + 1, size=len(order))
         size = self.config.batch_size
-        for b in range(self.steps_per_epoch):
+        for b in range(self.batches_per_epoch):
             rows, offs = order[b * size:(b + 1) * size], offsets[b * size:(b + 1) * size]
             yield (random_crops(self.signals, rows, offs, self.crop), torch.from_numpy(self.masks[rows]),
                    torch.from_numpy(self.feats[rows]), torch.from_numpy(self.text_ids[rows]))
@@ -156,9 +157,9 @@ class ContrastiveTask:
 
 
 def pretrain_contrastive(config: ContrastiveConfig, progress: bool = True, resume_anyway: bool = False) -> dict:
-    from ecgllm.training.epochs import epoch_accelerator, prepare_run, run_epochs
+    from ecgllm.training.engine import Schedule, prepare_run, run_training, stage_accelerator
 
-    accelerator = epoch_accelerator(config.device, config.mixed_precision)
+    accelerator = stage_accelerator(config.device, config.mixed_precision)
     out = start_run(config.output_dir, config.seed, config.threads)
     data, ptbxl = load_ptbxl_arrays(config.ecg_cache, config.ptbxl, config.normalize, config.exclude_ids_file)
     texts = record_texts(ptbxl, data.ids, config.text)
@@ -173,9 +174,9 @@ def pretrain_contrastive(config: ContrastiveConfig, progress: bool = True, resum
     model = ECGTextModel(encoder, feats.shape[1], config.embed_dim)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr,
-                                                    total_steps=config.epochs * task.steps_per_epoch)
+                                                    total_steps=config.epochs * task.batches_per_epoch)
     run = prepare_run(accelerator, model, optimizer, scheduler, out, config.seed)
-    history = run_epochs(run, task, config.epochs, config, progress, resume_anyway)
+    history = run_training(run, task, Schedule(epochs=config.epochs), config, progress, resume_anyway)
     if run.is_main:
         meta = save_encoder(out, run.trained.encoder.cpu(), config.encoder, config.encoder_kwargs, config.normalize,
                             data.fs, data.prep)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from ecgllm.datasets.cache import ECGCache
 from ecgllm.datasets.ecgqa_templates import HeldOutWordingError, held_out_worded
@@ -106,47 +105,24 @@ def make_collate(processor, debias: str = "none"):
     return collate
 
 
-class LengthGroupedBatchSampler(Sampler[list[int]]):
-    """Shuffled batches of conversations of similar token length, so little of a batch is padding.
-
-    Each epoch: a seeded permutation, cut into groups of ``group_batches`` batches; each group is sorted by
-    length and cut into batches; the full batches are shuffled and the one short batch, if any, comes last.
-    The order depends only on (seed, epoch), so a
-    resumed run sees the same batches.
-    """
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, group_batches: int = 64) -> None:
-        self.lengths = np.asarray(lengths)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.group = batch_size * group_batches
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    @property
-    def sampler(self) -> "LengthGroupedBatchSampler":
-        """Accelerate sets the epoch through ``batch_sampler.sampler`` when it shards batches over processes."""
-        return self
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
-
-    def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(len(self.lengths))
-        batches = []
-        for start in range(0, len(order), self.group):
-            group = order[start:start + self.group]
-            group = group[np.argsort(-self.lengths[group], kind="stable")]
-            batches += [group[i:i + self.batch_size].tolist() for i in range(0, len(group), self.batch_size)]
-        full = [b for b in batches if len(b) == self.batch_size]
-        short = [b for b in batches if len(b) < self.batch_size]
-        # the one short batch goes last: Accelerate's per-process sharding assumes only the final batch is short
-        for k in rng.permutation(len(full)):
-            yield full[k]
-        yield from short
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int = 0, epoch: int = 0,
+                           group_batches: int = 64) -> list[list[int]]:
+    """Shuffled batches of conversations of similar token length, so little of a batch is padding: a permutation
+    seeded by (seed, epoch), cut into groups of ``group_batches`` batches; each group sorted by length and cut
+    into batches; the full batches shuffled, the one short batch, if any, last. The order depends only on (seed,
+    epoch), so a resumed run sees the same batches."""
+    lengths = np.asarray(lengths)
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    batches = []
+    group = batch_size * group_batches
+    for start in range(0, len(order), group):
+        members = order[start:start + group]
+        members = members[np.argsort(-lengths[members], kind="stable")]
+        batches += [members[i:i + batch_size].tolist() for i in range(0, len(members), batch_size)]
+    full = [b for b in batches if len(b) == batch_size]
+    short = [b for b in batches if len(b) < batch_size]
+    return [full[k] for k in rng.permutation(len(full))] + short
 
 
 def token_lengths(dataset: ConversationDataset, processor) -> list[int]:

@@ -25,6 +25,7 @@ from torch import nn
 
 from ecgllm.errors import RecipeError
 from ecgllm.models.image_encoder import ImageEncoder, ImageEncoderConfig, image_input
+from ecgllm.training.engine import Task
 
 
 @dataclass
@@ -156,22 +157,22 @@ def student_outputs(student: ImageEncoder, head: nn.Module, images: np.ndarray, 
     return tokens, np.concatenate(logits)
 
 
-class DistillTask:
-    """Renders against the teacher's tokens and label probabilities: the image distillation's `EpochTask`."""
+class DistillTask(Task):
+    """Renders against the teacher's tokens and label probabilities: the image distillation's `Task`."""
 
-    label = "distil epoch"
+    label = "image distillation"
 
     def __init__(self, config: ImageDistillConfig, images: np.ndarray, target_tokens: np.ndarray,
                  target_logits: np.ndarray, encoder: nn.Module, head: nn.Module) -> None:
         self.config, self.images, self.target_tokens, self.target_logits = config, images, target_tokens, target_logits
         self.encoder, self.head = encoder, head
         self.scale = float(target_tokens.var()) + 1e-8
-        self.steps_per_epoch = int(np.ceil(len(images) / config.batch_size))
+        self.batches_per_epoch = int(np.ceil(len(images) / config.batch_size))
 
-    def batches(self, epoch: int):
+    def epoch_batches(self, epoch: int):
         order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.images))
         size = self.config.batch_size
-        for step in range(self.steps_per_epoch):
+        for step in range(self.batches_per_epoch):
             rows = np.sort(order[step * size: (step + 1) * size])  # sorted: the cached renders are read from disk
             yield (torch.from_numpy(np.asarray(self.images[rows], dtype=np.float32) / 255.0)[:, None],
                    torch.from_numpy(self.target_tokens[rows]), torch.from_numpy(self.target_logits[rows]))
@@ -184,15 +185,12 @@ class DistillTask:
                                                                     torch.sigmoid(target_logits))
         return token_loss + self.config.label_weight * label_loss
 
-    def metrics(self, model: nn.Module, epoch: int) -> dict[str, float]:
-        return {}
-
 
 def distill_image_encoder(config: ImageDistillConfig, progress: bool = True, resume_anyway: bool = False) -> dict:
-    from ecgllm.training.epochs import epoch_accelerator, prepare_run, run_epochs
+    from ecgllm.training.engine import Schedule, prepare_run, run_training, stage_accelerator
     from ecgllm.training.pretrain_encoder import load_ptbxl_arrays, start_run
 
-    accelerator = epoch_accelerator(config.device, config.mixed_precision)
+    accelerator = stage_accelerator(config.device, config.mixed_precision)
     out = start_run(config.output_dir, config.seed, config.threads)
     encoder, head, saved = load_teacher(Path(config.teacher), config.n_tokens)
     encoder, head = encoder.to(accelerator.device), head.to(accelerator.device)
@@ -221,9 +219,9 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True, res
         load_student_init(student, Path(config.init_student))
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr,
-                                                    total_steps=config.epochs * task.steps_per_epoch, pct_start=0.1)
+                                                    total_steps=config.epochs * task.batches_per_epoch, pct_start=0.1)
     run = prepare_run(accelerator, student, optimizer, scheduler, out, config.seed, max_grad_norm=1.0)
-    history = run_epochs(run, task, config.epochs, config, progress, resume_anyway)
+    history = run_training(run, task, Schedule(epochs=config.epochs), config, progress, resume_anyway)
     if run.is_main:
         with run.scored() as student:
             _finish(config, student, encoder, head, data, train, test, train_images, clean, distorted, image_config,

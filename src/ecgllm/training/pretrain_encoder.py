@@ -20,6 +20,7 @@ from torch import nn
 
 from ecgllm.datasets.split_policy import load_policy, write_training_records
 from ecgllm.models.encoders import build_encoder
+from ecgllm.training.engine import Task
 
 if TYPE_CHECKING:
     from ecgllm.datasets.ptbxl import PTBXL
@@ -310,29 +311,29 @@ def start_run(output_dir: str, seed: int, threads: int | None) -> Path:
     return out
 
 
-class ClassifierTask:
-    """Multi-label classification of random crops: the encoder pretraining's `EpochTask`."""
+class ClassifierTask(Task):
+    """Multi-label classification of random crops: the encoder pretraining's `Task`."""
 
-    label = "epoch"
+    label = "encoder"
 
     def __init__(self, config: EncoderPretrainConfig, data: PTBXLArrays, crops: list[int], stride: int,
                  loss_fn: nn.Module) -> None:
         self.config, self.data, self.crops, self.stride, self.loss_fn = config, data, crops, stride, loss_fn
-        self.steps_per_epoch = int(np.ceil(len(data.train) / config.batch_size))
+        self.batches_per_epoch = int(np.ceil(len(data.train) / config.batch_size))
 
-    def batches(self, epoch: int):
+    def epoch_batches(self, epoch: int):
         config, signals, train = self.config, self.data.signals, self.data.train
         rng = np.random.default_rng([config.seed, epoch])  # per epoch, so a resumed run sees the same data
         order = train[rng.permutation(len(train))]
         if len(self.crops) == 1:  # the single-length draw of earlier recipes, kept so their runs replay exactly
-            lengths = np.full(self.steps_per_epoch, self.crops[0])
+            lengths = np.full(self.batches_per_epoch, self.crops[0])
             offsets = rng.integers(0, signals.shape[-1] - self.crops[0] + 1, size=len(order))
         else:  # one length per batch; offsets uniform over each record's room for that length
-            lengths = rng.choice(self.crops, size=self.steps_per_epoch)
+            lengths = rng.choice(self.crops, size=self.batches_per_epoch)
             room = signals.shape[-1] - np.repeat(lengths, config.batch_size)[: len(order)] + 1
             offsets = (rng.random(len(order)) * room).astype(int)
         mix_rng = np.random.default_rng([config.seed, epoch, 1])  # own stream: recipes without mixup replay exactly
-        for b in range(self.steps_per_epoch):
+        for b in range(self.batches_per_epoch):
             rows = order[b * config.batch_size:(b + 1) * config.batch_size]
             offs = offsets[b * config.batch_size:(b + 1) * config.batch_size]
             x, target = random_crops(signals, rows, offs, int(lengths[b])), torch.from_numpy(self.data.y[rows])
@@ -355,9 +356,9 @@ class ClassifierTask:
 
 
 def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True, resume_anyway: bool = False) -> dict:
-    from ecgllm.training.epochs import epoch_accelerator, prepare_run, run_epochs
+    from ecgllm.training.engine import Schedule, prepare_run, run_training, stage_accelerator
 
-    accelerator = epoch_accelerator(config.device, config.mixed_precision)
+    accelerator = stage_accelerator(config.device, config.mixed_precision)
     out = start_run(config.output_dir, config.seed, config.threads)
     encoder = build_encoder(config.encoder, **config.encoder_kwargs)
     if config.init_encoder:  # before the data load, so a wrong path is reported at once
@@ -378,10 +379,10 @@ def pretrain_encoder(config: EncoderPretrainConfig, progress: bool = True, resum
     model = EncoderClassifier(encoder, y.shape[1], config.head_dropout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr,
-                                                    total_steps=config.epochs * task.steps_per_epoch)
+                                                    total_steps=config.epochs * task.batches_per_epoch)
     # An exponential moving average of the weights scores more smoothly than the last step's weights.
     run = prepare_run(accelerator, model, optimizer, scheduler, out, config.seed, ema_decay=config.ema_decay)
-    history = run_epochs(run, task, config.epochs, config, progress, resume_anyway)
+    history = run_training(run, task, Schedule(epochs=config.epochs), config, progress, resume_anyway)
     if run.is_main:
         with run.scored() as final:
             _finish(config, final, encoder, data, ptbxl, crops, stride, history, out)

@@ -1,24 +1,22 @@
-"""One training loop for every stage, on HF Accelerate (CPU, one GPU, or several via `accelerate launch`
-/ torchrun). Checkpoints are atomic (written to a temporary folder, then renamed) and hold model, optimizer,
-scheduler and RNG states plus the step, so a killed run resumes with exactly the same batches and ends
-with bit-identical weights."""
+"""The language-model stages: their data and model at the start, their `Task` for the training engine
+(`ecgllm.training.engine`), and their model folders (the final one, and any checkpoint exported for model
+selection). A killed run resumes from its last step checkpoint with exactly the same batches and ends with
+bit-identical weights (on the CPU)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import sys
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
-from ecgllm.models.placement import FrozenWeightsCast
-from ecgllm.training.checkpoints import (STATE_FILE, drop_metrics_after, finished_checkpoints, fresh_accelerator,
-                                        read_state, save_checkpoint, seed_each_process)
-from ecgllm.training.config import RecipeError, TrainConfig, check_resumable, resolved
+from ecgllm.training.checkpoints import STATE_FILE, finished_checkpoints
+from ecgllm.training.config import RecipeError, TrainConfig, resolved
+from ecgllm.training.engine import Schedule, Task, prepare_run, run_training, stage_accelerator
 
 if TYPE_CHECKING:
     from ecgllm.training.data import ConversationDataset
@@ -174,35 +172,35 @@ def export_checkpoint(config: TrainConfig, step: int, llm=None, tokenizer=None) 
                                name=f"{output_dir.resolve().name}/step-{step}")
 
 
-def random_states() -> dict:
-    """Every random state a training step draws from (Python, NumPy, PyTorch's CPU and GPU generators)."""
-    import random
+class ConversationTask(Task):
+    """The language-model stages' `Task`: each batch is a list of conversation indices (of similar token length, or
+    shuffled), and each process makes its share into tensors with the processor."""
 
-    import numpy as np
+    def __init__(self, dataset: ConversationDataset, processor, config: TrainConfig) -> None:
+        from ecgllm.training.data import make_collate, token_lengths
 
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        self.dataset, self.collate = dataset, make_collate(processor, config.debias)
+        self.label, self.seed, self.batch_size = config.stage, config.seed, config.optim.batch_size
+        self.lengths = token_lengths(dataset, processor) if config.optim.group_by_length else None
+        self.batches_per_epoch = math.ceil(len(dataset) / self.batch_size)
 
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        from ecgllm.training.data import length_grouped_batches
 
-def set_random_states(states: dict) -> None:
-    import random
+        if self.lengths is not None:
+            return length_grouped_batches(self.lengths, self.batch_size, self.seed, epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+        return [order[i:i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
 
-    import numpy as np
+    def rows(self, batch: list[int]) -> int:
+        return len(batch)
 
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] is not None:
-        torch.cuda.set_rng_state_all(states["cuda"])
+    def share(self, batch: list[int], index: int, world: int, device: torch.device) -> dict[str, Any]:
+        collated = self.collate([self.dataset[i] for i in batch[index::world]])
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in collated.items()}
 
-
-def prepare_for_processes(accelerator, seed: int, model, optimizer, loader, scheduler) -> tuple:
-    """Accelerate's ``prepare``, then each process's own seed: the loader's shuffle is fixed at ``prepare`` from the
-    seed every process shares (so the processes split one order of batches), and what is drawn after (dropout)
-    differs per process. Seeding each process before ``prepare`` would give each another order."""
-    prepared = accelerator.prepare(model, optimizer, loader, scheduler)
-    seed_each_process(accelerator, seed)
-    return prepared
+    def loss(self, model, share: dict[str, Any]) -> torch.Tensor:
+        return model(**share).loss
 
 
 def lr_factor(step: int, warmup: int, max_steps: int) -> float:
@@ -217,110 +215,26 @@ def lr_factor(step: int, warmup: int, max_steps: int) -> float:
 def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True, resume_anyway: bool = False) -> Path:
     """Run (or resume) a training stage; returns the folder of the final model. A run resumes only under the
     recipe it was started with (``resume_anyway`` continues under a changed one)."""
-    from accelerate.utils import DataLoaderConfiguration, set_seed
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
-    from ecgllm.training.data import LengthGroupedBatchSampler, make_collate, token_lengths
+    from accelerate.utils import set_seed
 
     output_dir = Path(config.output_dir)
-    recipe = resolved(config)  # the recipe as given, saved beside the run for resuming
-    if latest_checkpoint(output_dir) is not None:
-        check_resumable(output_dir / "recipe.json", config, resume_anyway)
-    # cpu=True is how Accelerate recognises a torchrun/`accelerate launch` run without GPUs (gloo backend).
-    accelerator = fresh_accelerator(cpu=not torch.cuda.is_available(),
-                                    gradient_accumulation_steps=config.optim.grad_accum,
-                                    mixed_precision=config.mixed_precision,
-                                    dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    accelerator = stage_accelerator("auto", config.mixed_precision)
     set_seed(config.seed)
     resuming = latest_checkpoint(output_dir) is not None  # its state brings fitted heads
     dataset, model, processor = _dataset_and_model(config, llm, tokenizer, fit_quality=not resuming,
                                                    announce=progress and accelerator.is_main_process)
-    collate = make_collate(processor, config.debias)
-    if config.optim.group_by_length:
-        sampler = LengthGroupedBatchSampler(token_lengths(dataset, processor), config.optim.batch_size, config.seed)
-        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0)
-    else:
-        loader = DataLoader(dataset, batch_size=config.optim.batch_size, shuffle=True, collate_fn=collate,
-                            num_workers=0)
+    task = ConversationTask(dataset, processor, config)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
-    # Accelerate steps a prepared scheduler once per process at each optimizer step (each process reads its own
-    # batches): the schedule counts optimizer steps, whatever the number of processes.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda count: lr_factor(
-        count // accelerator.num_processes, config.optim.warmup_steps, config.optim.max_steps))
-    model, optimizer, loader, scheduler = prepare_for_processes(accelerator, config.seed, model, optimizer, loader,
-                                                                scheduler)
-
-    step = 0
-    resume = latest_checkpoint(output_dir)
-    resumed_random = None
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        step = read_state(resume)["step"]
-        accelerator.print(f"resuming from {resume} (step {step})")
-        # The random states as the run left them at that step, put back once the resumed epoch's iterator exists:
-        # creating it draws one number from torch's generator (the DataLoader's base seed), which the killed run
-        # drew before it saved, so the dropout masks that follow are the killed run's.
-        resumed_random = random_states()
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
-    metrics_path = output_dir / "metrics.jsonl"
-    if accelerator.is_main_process:
-        drop_metrics_after(metrics_path, "step", step)  # a killed run logged past its checkpoint: those steps run again
-
-    micro_per_epoch = len(loader)
-    # Accelerate also syncs at the end of the loader, so a short last group still makes a step.
-    steps_per_epoch = max(1, math.ceil(micro_per_epoch / config.optim.grad_accum))
-    bar = tqdm(total=config.optim.max_steps, initial=step, unit="step", desc=config.stage,
-               disable=not (progress and accelerator.is_main_process))
-    model.train()
-    started = time.time()
-    # bf16 autocast casts every frozen weight on every call; cast once instead (same numbers, fewer copies)
-    frozen = FrozenWeightsCast(accelerator.unwrap_model(model), enabled=config.mixed_precision == "bf16")
-    with frozen:
-        while step < config.optim.max_steps:
-            epoch, done_in_epoch = divmod(step, steps_per_epoch)
-            loader.set_epoch(epoch)
-            batches = loader
-            if done_in_epoch:  # a resumed epoch: the batches already done are skipped by index, not built
-                resumed_epoch = iter(accelerator.skip_first_batches(loader, done_in_epoch * config.optim.grad_accum))
-                batches = itertools.chain([next(resumed_epoch)], resumed_epoch)  # its iterator has drawn its number
-            if resumed_random is not None:
-                set_random_states(resumed_random)
-                resumed_random = None
-            for batch in batches:
-                with accelerator.accumulate(model):
-                    loss = model(**batch).loss
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and config.optim.max_grad_norm:
-                        accelerator.clip_grad_norm_(params, config.optim.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                if not accelerator.sync_gradients:
-                    continue
-                step += 1
-                bar.update(1)
-                if step % config.log_every == 0 or step == config.optim.max_steps:
-                    mean_loss = accelerator.gather(loss.detach()).mean().item()
-                    if accelerator.is_main_process:
-                        with metrics_path.open("a") as fh:
-                            fh.write(json.dumps({"step": step, "loss": round(mean_loss, 5),
-                                                 "lr": scheduler.get_last_lr()[0],
-                                                 "elapsed_s": round(time.time() - started, 2)}) + "\n")
-                        bar.set_postfix(loss=f"{mean_loss:.3f}")
-                if step % config.save_every == 0 or step == config.optim.max_steps:
-                    with frozen.original():  # checkpoints hold the float32 weights a resumed run loads
-                        save_checkpoint(accelerator, output_dir / "checkpoints", f"step-{step:08d}", {"step": step},
-                                        config.keep_checkpoints)
-                if step >= config.optim.max_steps:
-                    break
-    bar.close()
+        count, config.optim.warmup_steps, config.optim.max_steps))
+    run = prepare_run(accelerator, model, optimizer, scheduler, output_dir, config.seed,
+                      max_grad_norm=config.optim.max_grad_norm)
+    schedule = Schedule(max_steps=config.optim.max_steps, save_every=config.save_every, log_every=config.log_every,
+                        keep=config.keep_checkpoints, grad_accum=config.optim.grad_accum)
+    run_training(run, task, schedule, config, progress, resume_anyway)
     final = output_dir / "final"
-    if accelerator.is_main_process:
-        _write_model_folder(final, config, accelerator.unwrap_model(model), processor, dataset,
-                            name=output_dir.resolve().name)
+    if run.is_main:
+        _write_model_folder(final, config, run.trained, processor, dataset, name=output_dir.resolve().name)
     accelerator.wait_for_everyone()
     return final
