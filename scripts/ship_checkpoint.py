@@ -25,7 +25,9 @@ TARGET = ROOT / "src/ecgllm/data/checkpoint"
 def attach_image_encoder(model, processor, run: Path) -> None:
     """Attach the distilled image encoder of ``run`` (checks the token space), with its page check, its
     description's machine-local paths shrunk to their last part."""
-    model.attach_image_encoder(run, processor)
+    from ecgllm.training.model_setup import attach_image_encoder as attach
+
+    attach(model, run, processor)
     if model.page_check is None:
         print(f"warning: {run} has no page check: pictures will be answered without one "
               f"(fit it: python scripts/fit_page_check.py {run} --signals ... --ptbxl ...)", file=sys.stderr)

@@ -34,6 +34,7 @@ def image_checkpoint(tiny_checkpoint, tmp_path_factory):
     from ecgllm.models.ecg_lm import EcgLanguageModel
     from ecgllm.models.processor import EcgProcessor
     from ecgllm.training.distill_image import save_image_encoder
+    from ecgllm.training.model_setup import attach_image_encoder
 
     root = tmp_path_factory.mktemp("imgckpt")
     model = EcgLanguageModel.from_pretrained(tiny_checkpoint)
@@ -41,7 +42,7 @@ def image_checkpoint(tiny_checkpoint, tmp_path_factory):
     torch.manual_seed(0)
     student = ImageEncoder(ImageEncoderConfig(n_tokens=model.encoder.n_tokens, dim=model.encoder.dim, **TINY_IMAGE))
     save_image_encoder(root / "run", student, {"teacher": "test"}) if (root / "run").mkdir() is None else None
-    model.attach_image_encoder(root / "run", processor)
+    attach_image_encoder(model, root / "run", processor)
     model.save_pretrained(root / "ckpt", processor)
     shutil.copytree(tiny_checkpoint.parent / "llm", root / "llm")  # the base LLM the config points at
     return root / "ckpt"
@@ -196,6 +197,7 @@ def test_image_instruction_data_trains_through_the_image_encoder(tmp_path, tiny_
     from ecgllm.io import ECGImage
     from ecgllm.training.data import ConversationDataset
     from ecgllm.training.distill_image import save_image_encoder
+    from ecgllm.training.model_setup import attach_image_encoder
     from tests.conftest import make_training_workspace
 
     ws = make_training_workspace(tmp_path, copy.deepcopy(tiny_tokenizer), n_conversations=16)

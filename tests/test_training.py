@@ -223,11 +223,12 @@ ENCODER_STAGES = ("encoder_pretraining", "encoder_contrastive", "image_distillat
 @pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes").rglob("*.yaml")),
                          ids=lambda p: p.name)
 def test_every_shipped_recipe_reads(recipe):
-    from ecgllm.training.config import load_encoder_recipe, recipe_stage
+    from ecgllm.training.config import load_encoder_recipe
+    from ecgllm.training.recipes import recipe_stage
 
     import yaml
 
-    from ecgllm.training.config import resolved
+    from ecgllm.training.recipes import resolved
 
     config = load_encoder_recipe(recipe) if recipe_stage(recipe) in ENCODER_STAGES else load_recipe(recipe)
     written, loaded = yaml.safe_load(recipe.read_text()), resolved(config)

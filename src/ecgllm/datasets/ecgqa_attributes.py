@@ -117,23 +117,21 @@ HEART_AXIS_NAMES = {"MID": "normal heart axis", "LAD": "left axis deviation", "A
                     "AXL": "left axis deviation", "RAD": "right axis deviation", "ARAD": "right axis deviation",
                     "AXR": "right axis deviation", "SAG": "extreme axis deviation"}
 RANGE_NAMES = ("below the normal range", "within the normal range", "above the normal range")
-# ECG-QA's inclusive normal ranges in ms (its code; p duration has no lower bound). The QTc upper bound is
-# a choice between the code (555 ms = 430/sqrt(0.6)) and what the comparison answers need (about 450 ms):
-# see ecgqa_normal_ranges.json, which `load_ecgqa_ranges` reads.
-NORMAL_RANGES = {"rr interval": (600.0, 1000.0), "p duration": (-math.inf, 120.0), "pr interval": (120.0, 200.0),
-                 "qrs duration": (60.0, 110.0), "qt interval": (330.0, 430.0), "qt corrected": (330.0, 450.0)}
-FEATURES = tuple(NORMAL_RANGES)
 RANGES_JSON = Path(__file__).resolve().parents[1] / "data" / "ecgqa_normal_ranges.json"
 
 
 def load_ecgqa_ranges() -> dict[str, tuple[float, float]]:
-    """ECG-QA's ranges (ms) from the packaged file (`ecgllm.datasets.ecgqa_ranges` fits and checks them) when
-    it exists, else `NORMAL_RANGES`. JSON has no infinity: an unbounded edge is written as null."""
-    if not RANGES_JSON.exists():
-        return dict(NORMAL_RANGES)
+    """ECG-QA's inclusive normal ranges in ms, from the packaged file, their one source (its code's ranges; p
+    duration has no lower bound; the QTc upper bound is a choice between the code's 555 ms = 430/sqrt(0.6) and
+    the 450 ms the comparison answers need, which `ecgllm.datasets.ecgqa_ranges` fits and checks). JSON has no
+    infinity: an unbounded edge is written as null."""
     data = json.loads(RANGES_JSON.read_text())
     return {feature: (-math.inf if lo is None else float(lo), math.inf if hi is None else float(hi))
             for feature, (lo, hi) in ((f, v["range_ms"]) for f, v in data["features"].items())}
+
+
+NORMAL_RANGES = load_ecgqa_ranges()
+FEATURES = tuple(NORMAL_RANGES)
 # Columns of a measurement table: ECG-QA's own (NeuroKit2, lead II, seconds; `ecgqa_numeric`) first, then
 # the ms columns of `ecgllm.signal.Measurements` (e.g. from `ecgllm data measure`) as a fallback.
 ECGQA_COLUMNS = {"rr interval": "rr_s", "p duration": "p_s", "pr interval": "pr_s", "qrs duration": "qrs_s",

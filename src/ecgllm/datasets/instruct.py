@@ -17,7 +17,9 @@ from ecgllm.signal.measure import axis_category
 TASKS = ("feature", "rhythm", "morphology", "report")
 FORMATS = ("close", "open", "fill", "mcq")
 LETTERS = "ABCD"
-# feature -> (measurement column, unit, normal range used for close-ended questions)
+# feature -> (measurement column, unit, normal range used for close-ended questions). Clinical conventions of the
+# instruction data's own questions, deliberately not ECG-QA's ranges (`ecgqa_attributes.NORMAL_RANGES`), which
+# follow ECG-QA's code and answer its templates.
 FEATURES = {
     "heart rate": ("heart_rate", "bpm", (60.0, 100.0)),
     "PR interval": ("pr_ms", "ms", (120.0, 200.0)),

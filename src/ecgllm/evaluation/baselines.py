@@ -88,10 +88,13 @@ class EncoderFeatures:
             self.head.load_state_dict(head)
 
     def _input(self, ecgs: Sequence[ECG]) -> tuple[torch.Tensor, torch.Tensor]:
+        from ecgllm.models.encoder_source import ENCODER_TO_PREP_NORMALIZE
         from ecgllm.signal.prepare import PrepConfig, prepare
 
+        # an encoder run of the earliest format names its normalisation only ("mv": the per-lead mean removed)
         prep = PrepConfig(**self.prep) if self.prep else PrepConfig(
-            fs=self.fs, bandpass=None, normalize="zscore" if self.normalize == "zscore" else "center", window_s=10.0)
+            fs=self.fs, bandpass=None, normalize=ENCODER_TO_PREP_NORMALIZE.get(self.normalize, "center"),
+            window_s=10.0)
         prepared = [prepare(e, prep) for e in ecgs]
         x = np.stack([p.signal for p in prepared])
         return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(np.stack([p.mask for p in prepared]))

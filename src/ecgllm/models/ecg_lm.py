@@ -79,13 +79,13 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
         self.llm = llm
         hidden = llm.get_input_embeddings().embedding_dim
         self.projector = build_projector(parts.projector, self.encoder.dim, hidden)
-        self.image_encoder: nn.Module | None = None  # set from config.image_encoder, or by `attach_image_encoder`
+        self.image_encoder: nn.Module | None = None  # set from config.image_encoder, or by `ecgllm.training.model_setup.attach_image_encoder`
         self.page_check = None  # with the image encoder: how far a picture lies from the pages it learned
         if config.image_encoder:
             from ecgllm.models.image_encoder import ImageEncoder, ImageEncoderConfig
 
             image_encoder = ImageEncoder(ImageEncoderConfig(**config.image_encoder["config"]))
-            self._check_image_tokens(image_encoder, "the configuration's image encoder")
+            self.check_image_tokens(image_encoder, "the configuration's image encoder")
             self.image_encoder = image_encoder.requires_grad_(False)
         self.label_tokens: LabelTokens | None = None
         if parts.label_tokens:
@@ -137,22 +137,7 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
         names = self.label_vocab.get("names", {})
         return [names.get(c, c) for c in codes]
 
-    def attach_image_encoder(self, folder: str | Path, processor: EcgProcessor) -> None:
-        """Add a distilled image encoder (`ecgllm.training.distill_image` output) so the checkpoint reads ECG
-        images through the same projector, label tokens and LLM; the processor learns its input size."""
-        from ecgllm.models.image_encoder import load_image_encoder
-        from ecgllm.models.page_check import PageCheck
-
-        folder = Path(folder)
-        encoder, saved = load_image_encoder(folder)
-        config = encoder.config
-        self._check_image_tokens(encoder, f"the image encoder in {folder}")
-        self.image_encoder = encoder.eval().requires_grad_(False)
-        self.config.image_encoder = saved
-        self.set_page_check(PageCheck.load(folder))  # None for an encoder distilled before the check existed
-        processor.config.image = {"height": config.height, "width": config.width}
-
-    def _check_image_tokens(self, encoder: nn.Module, which: str) -> None:
+    def check_image_tokens(self, encoder: nn.Module, which: str) -> None:
         """Pictures must become tokens of the signal encoder's count and width: the projector reads both."""
         if (encoder.n_tokens, encoder.dim) != (self.encoder.n_tokens, self.encoder.dim):
             raise ValueError(f"{which} makes {encoder.n_tokens} tokens of width {encoder.dim}; this model's signal "

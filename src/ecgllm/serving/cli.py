@@ -305,7 +305,7 @@ otherwise it stops and lists the changed keys (--resume-anyway continues regardl
 
 def recipe_overrides(extra: list[str]) -> list[str]:
     """``--optim.lr 1e-4 --seed=3`` (arguments argparse did not know) as ``["optim.lr=1e-4", "seed=3"]``."""
-    from ecgllm.training.config import RecipeError
+    from ecgllm.errors import RecipeError
 
     out, i = [], 0
     while i < len(extra):
@@ -323,7 +323,9 @@ def recipe_overrides(extra: list[str]) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ecgllm.training.config import RecipeError, load_encoder_recipe, load_recipe, recipe_stage
+    from ecgllm.errors import RecipeError
+    from ecgllm.training.config import load_encoder_recipe, load_recipe
+    from ecgllm.training.recipes import recipe_stage
 
     stage = recipe_stage(args.recipe)
     if args.export_step is not None and stage in ("encoder_contrastive", "image_distillation", "encoder_pretraining"):

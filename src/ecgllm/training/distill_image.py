@@ -26,6 +26,7 @@ from torch import nn
 from ecgllm.errors import RecipeError
 from ecgllm.models.image_encoder import ImageEncoder, ImageEncoderConfig, image_input
 from ecgllm.training.engine import Task
+from ecgllm.training.recipes import resolved
 
 
 @dataclass
@@ -264,7 +265,6 @@ def write_image_card(out: Path, config: ImageDistillConfig, image_config: ImageE
     """The run's `card.json`: the page size it reads, the teacher's label space and pooling (which its tokens feed),
     provenance and the fold-10 metrics."""
     from ecgllm.models.card import cache_files, write_artifact_card
-    from ecgllm.training.config import resolved
 
     from ecgllm.models.encoder_source import encoder_labels
 

@@ -29,6 +29,7 @@ from torch import nn
 from ecgllm.errors import RecipeError
 from ecgllm.training.checkpoints import (drop_metrics_after, finished_checkpoints, fresh_accelerator, read_state,
                                         save_checkpoint, seed_each_process)
+from ecgllm.training.recipes import check_resumable, resolved
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LEGACY_STATE = "checkpoint.pt"  # the single-file state of the hand-written epoch loops this engine replaced
@@ -221,7 +222,6 @@ def run_training(run: Run, task: Task, schedule: Schedule, recipe: Any, progress
     from tqdm.auto import tqdm
 
     from ecgllm.models.placement import FrozenWeightsCast
-    from ecgllm.training.config import check_resumable, resolved
 
     accelerator = run.accelerator
     unit = "step" if schedule.by_steps else "epoch"

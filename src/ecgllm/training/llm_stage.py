@@ -15,8 +15,10 @@ import numpy as np
 import torch
 
 from ecgllm.training.checkpoints import STATE_FILE, finished_checkpoints
-from ecgllm.training.config import RecipeError, TrainConfig, resolved
+from ecgllm.errors import RecipeError
+from ecgllm.training.config import TrainConfig
 from ecgllm.training.engine import Schedule, Task, prepare_run, run_training, stage_accelerator
+from ecgllm.training.recipes import resolved
 
 if TYPE_CHECKING:
     from ecgllm.training.data import ConversationDataset

@@ -48,12 +48,27 @@ def build_model(config: EcgLMConfig, processor_config: ProcessorConfig | None = 
     if config.encoder_init:
         load_pretrained_encoder(model, config.encoder_init, processor_config.prep)
     if config.image_encoder_init:
-        model.attach_image_encoder(config.image_encoder_init, processor)
+        attach_image_encoder(model, config.image_encoder_init, processor)
     if model.label_tokens is not None and head is not None:
         model.label_tokens.head.load_state_dict(head)
         model.label_tokens.set_names(model.label_names(), tokenizer, model.llm.get_input_embeddings())
     name_labels_for(model, processor)
     return model, processor
+
+
+def attach_image_encoder(model: EcgLanguageModel, folder: str | Path, processor: EcgProcessor) -> None:
+    """Add a distilled image encoder (`ecgllm.training.distill_image` output) so the model reads ECG images through
+    the same projector, label tokens and LLM; the processor learns its input size."""
+    from ecgllm.models.image_encoder import load_image_encoder
+    from ecgllm.models.page_check import PageCheck
+
+    folder = Path(folder)
+    encoder, saved = load_image_encoder(folder)
+    model.check_image_tokens(encoder, f"the image encoder in {folder}")
+    model.image_encoder = encoder.eval().requires_grad_(False)
+    model.config.image_encoder = saved
+    model.set_page_check(PageCheck.load(folder))  # None for an encoder distilled before the check existed
+    processor.config.image = {"height": encoder.config.height, "width": encoder.config.width}
 
 
 def name_labels_for(model: EcgLanguageModel, processor: EcgProcessor) -> None:
@@ -110,7 +125,7 @@ def load_stage_weights(model: EcgLanguageModel, directory: str | Path, processor
     # weights trained with a removed feature (e.g. the true stratum as an input) must not seed a new stage
     saved = read_config(directory)
     if model.image_encoder is None and saved.image_encoder is not None and processor is not None:
-        model.attach_image_encoder(directory, processor)
+        attach_image_encoder(model, directory, processor)
     load_weights(model, directory, complete=False)
     if saved.label_vocab:
         model.label_vocab = dict(saved.label_vocab)

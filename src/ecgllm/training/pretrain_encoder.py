@@ -21,6 +21,7 @@ from torch import nn
 from ecgllm.datasets.split_policy import load_policy, write_training_records
 from ecgllm.models.encoders import build_encoder
 from ecgllm.training.engine import Task
+from ecgllm.training.recipes import resolved
 
 if TYPE_CHECKING:
     from ecgllm.datasets.ptbxl import PTBXL
@@ -292,7 +293,6 @@ def write_encoder_card(out: Path, config, meta: dict, encoder: nn.Module, labels
     """The encoder run's `card.json` (after its training records): preparation, label space, pooling, provenance
     and headline metrics."""
     from ecgllm.models.card import cache_files, write_artifact_card
-    from ecgllm.training.config import resolved
 
     write_artifact_card(out, "signal_encoder", meta.get("prep") or meta["input"], labels,
                         getattr(encoder, "pool_mode", "mean"), resolved(config),
