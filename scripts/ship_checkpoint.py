@@ -13,6 +13,7 @@ the size budget on top of the SmolLM2 base, and the copy must load and answer be
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -40,9 +41,29 @@ def attach_image_encoder(model, processor, run: Path) -> None:
                                       else local(v)) for k, v in saved.items()}
 
 
-def stage_card(staged: Path, source: Path, shipped_from: str) -> None:
+def selection_metrics(result: Path, source: Path) -> dict:
+    """The headline figures of the model-selection run that chose ``source`` (`benchmarks/ecgqa_candidate.py`'s
+    JSON, on ECG-QA valid), for its card; the result must have scored these very weights as its candidate."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from common import fingerprint
+
+    scored = json.loads(result.read_text())
+    if scored["fingerprints"]["candidate"] != fingerprint(source):
+        raise SystemExit(f"error: {result} scored other weights ({scored['fingerprints']['candidate']}) than "
+                         f"{source} ({fingerprint(source)})")
+    if not scored["decision"]["replace"]:
+        raise SystemExit(f"error: by {result}, {source} does not replace the default")
+    metrics = {"selected_by": result.name, "split": "ECG-QA valid (model selection; no ECG of it seen in training)"}
+    for name in ("official_valid", "valid_grouped"):
+        for key in ("n", "em", "em_random_ecg", "drop_random_ecg"):
+            metrics[f"{name}_{key}"] = scored["candidate"][name][key]
+    return metrics
+
+
+def stage_card(staged: Path, source: Path, shipped_from: str, metrics: dict | None = None) -> None:
     """The shipped copy's card: the source's own, or for a folder from before cards one made from its files and its
-    run's recipe; it names the run it was shipped from and hashes the copy's own training records."""
+    run's recipe; it names the run it was shipped from, hashes the copy's own training records, and carries the
+    figures that chose it (``metrics``), where given."""
     from ecgllm.models.card import card_of_model_folder, file_sha256, read_card, write_card
 
     card = read_card(source) or card_of_model_folder(source)
@@ -58,6 +79,8 @@ def stage_card(staged: Path, source: Path, shipped_from: str) -> None:
     card.provenance.shipped_from = shipped_from
     records = staged / "training_records.json"
     card.provenance.training_records_sha256 = file_sha256(records) if records.exists() else None
+    if metrics:
+        card.metrics = {**card.metrics, **metrics}
     write_card(staged, card)
 
 
@@ -66,7 +89,10 @@ def main() -> int:
     parser.add_argument("source", type=Path, help="a checkpoint folder written by `ecgllm train` (…/final)")
     parser.add_argument("--max-mb", type=float, default=40.0, help="weights budget on top of the base LLM")
     parser.add_argument("--image-encoder", type=Path, help="an image-distillation run to attach (reads ECG images)")
+    parser.add_argument("--selected-by", type=Path, help="the benchmarks/ecgqa_candidate.py result (JSON) that chose "
+                        "this model on ECG-QA valid: its headline figures go into the card")
     args = parser.parse_args()
+    metrics = selection_metrics(args.selected_by, args.source) if args.selected_by else None
     from ecgllm.models.ecg_lm import EcgLanguageModel
     from ecgllm.models.model_folder import read_config
     from ecgllm.models.processor import EcgProcessor
@@ -94,7 +120,7 @@ def main() -> int:
 
             # what the image encoder was distilled on belongs to what the shipped checkpoint has seen
             write_training_records(staged, None, inherited=[args.source, args.image_encoder])
-        stage_card(staged, args.source, model.config.shipped_from)
+        stage_card(staged, args.source, model.config.shipped_from, metrics)
         weights = sum(p.stat().st_size for p in staged.rglob("*.safetensors"))
         total = sum(p.stat().st_size for p in staged.rglob("*") if p.is_file())
         if weights > args.max_mb * 2**20:
