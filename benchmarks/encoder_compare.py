@@ -19,22 +19,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CACHE, SHARED  # noqa: E402
 
+from ecgllm.models.encoder_source import encoder_head, encoder_meta, encoder_state  # noqa: E402
 from ecgllm.models.encoders import build_encoder  # noqa: E402
 from ecgllm.training.pretrain_encoder import (EncoderClassifier, crop_samples, group_aucs,  # noqa: E402
                                               load_ptbxl_arrays, score_records)
 
 
 def load_run(run: Path, n_outputs: int) -> tuple[EncoderClassifier, dict]:
-    config = json.loads((run / "result.json").read_text())["config"]
-    model = EncoderClassifier(build_encoder(config["encoder"], **config["encoder_kwargs"]), n_outputs)
-    model.encoder.load_state_dict(load_file(run / "encoder.safetensors"))
-    model.head.load_state_dict(load_file(run / "head.safetensors"))
-    return model.eval(), config
+    """An encoder run's classifier, read as every stage reads an encoder (`ecgllm.models.encoder_source`), and its
+    recipe."""
+    meta = encoder_meta(run)
+    model = EncoderClassifier(build_encoder(meta["encoder"], **meta["encoder_kwargs"]), n_outputs)
+    model.encoder.load_state_dict(encoder_state(run))
+    model.head.load_state_dict(encoder_head(run))
+    return model.eval(), json.loads((run / "result.json").read_text())["config"]
 
 
 def aucs(y: np.ndarray, scores: np.ndarray) -> str:

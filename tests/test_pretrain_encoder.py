@@ -434,3 +434,43 @@ def test_contrastive_recipe_checks_its_normalisation_when_read():
 
     with pytest.raises(ValueError, match="normalize must be one of"):
         ContrastiveConfig(output_dir="o", ecg_cache="c", ptbxl="p", normalize="raw")
+
+
+def test_an_encoder_run_whose_card_disagrees_with_its_encoder_is_refused(tmp_path):
+    """Every reader of an encoder run (`encoder_source`) checks the run's card.json against the preparation the
+    encoder was saved with, as the model loader checks a model folder's: mixed files stop with a sentence."""
+    from ecgllm.errors import InputError
+    from ecgllm.models.card import ArtifactCard, Provenance, write_card
+    from ecgllm.models.encoder_source import encoder_meta, encoder_state
+    from ecgllm.models.encoders import build_encoder
+    from ecgllm.training.pretrain_encoder import save_encoder
+
+    prep = {"fs": 100.0, "normalize": "center", "bandpass": None, "window_s": 10.0}
+    meta = save_encoder(tmp_path, build_encoder("resnet1d", widths=[8, 16], n_tokens=4), "resnet1d",
+                        {"widths": [8, 16], "n_tokens": 4}, "mv", 100.0, prep)
+    card = ArtifactCard(kind="signal_encoder", prep=meta["prep"], provenance=Provenance(ecgllm_version="t", recipe={}))
+    write_card(tmp_path, card)
+    assert encoder_meta(tmp_path) == meta and encoder_state(tmp_path)
+    write_card(tmp_path, card.model_copy(update={"prep": {**meta["prep"], "bandpass": [1.0, 30.0]}}))
+    with pytest.raises(InputError, match="disagree on bandpass"):
+        encoder_state(tmp_path)
+    write_card(tmp_path, card.model_copy(update={"kind": "image_encoder"}))
+    with pytest.raises(InputError, match="describes a image encoder|describes an image encoder"):
+        encoder_meta(tmp_path)
+
+
+def test_an_image_encoder_run_whose_card_reads_another_page_size_is_refused(tmp_path):
+    from ecgllm.errors import InputError
+    from ecgllm.models.card import ArtifactCard, Provenance, write_card
+    from ecgllm.models.image_encoder import ImageEncoder, ImageEncoderConfig, load_image_encoder
+    from ecgllm.training.distill_image import save_image_encoder
+
+    shape = {"n_tokens": 2, "dim": 8, "height": 64, "width": 96, "widths": [4, 8], "heads": 2}
+    save_image_encoder(tmp_path, ImageEncoder(ImageEncoderConfig(**shape)), {"teacher": "test"})
+    card = ArtifactCard(kind="image_encoder", prep={"height": 64, "width": 96},
+                        provenance=Provenance(ecgllm_version="t", recipe={}))
+    write_card(tmp_path, card)
+    assert load_image_encoder(tmp_path)[0].config.width == 96
+    write_card(tmp_path, card.model_copy(update={"prep": {"height": 64, "width": 128}}))
+    with pytest.raises(InputError, match="disagree on width"):
+        load_image_encoder(tmp_path)

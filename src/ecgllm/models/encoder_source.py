@@ -24,9 +24,13 @@ def encoder_meta(folder: str | Path) -> dict:
     from ecgllm.models.processor import EcgProcessor
     from ecgllm.models.removed_features import RemovedFeatureError
 
+    from ecgllm.models.card import check_card
+
     folder = Path(folder)
     if _is_encoder_run(folder):
-        return json.loads((folder / "encoder_config.json").read_text())
+        meta = json.loads((folder / "encoder_config.json").read_text())
+        check_card(folder, "signal_encoder", meta.get("prep") or meta["input"])  # the card its run wrote beside
+        return meta
     try:
         prep = EcgProcessor.read_prep(folder)
         config = read_config(folder).model  # stops on a removed feature: its encoder may have trained on an oracle input
@@ -58,12 +62,14 @@ def encoder_head(folder: str | Path) -> dict[str, torch.Tensor] | None:
 
 
 def encoder_state(folder: str | Path) -> dict[str, torch.Tensor]:
-    """The signal encoder's weights of an encoder run or a model folder."""
+    """The signal encoder's weights of an encoder run (its card checked, `encoder_meta`) or a model folder."""
     from safetensors.torch import load_file
 
     from ecgllm.models.model_folder import part_state
 
     folder = Path(folder)
+    if _is_encoder_run(folder):
+        encoder_meta(folder)
     state = load_file(folder / "encoder.safetensors") if _is_encoder_run(folder) else part_state(folder, "encoder")
     if state is None:
         raise FileNotFoundError(f"{folder} holds no encoder weights")

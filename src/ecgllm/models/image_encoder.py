@@ -83,12 +83,15 @@ def load_image_encoder(folder: str | Path) -> tuple[ImageEncoder, dict]:
     (`ecgllm.models.model_folder`). FileNotFoundError when the folder holds none."""
     from safetensors.torch import load_file
 
+    from ecgllm.models.card import check_card
     from ecgllm.models.model_folder import part_state, read_config
 
     folder = Path(folder)
     if (folder / "image_encoder.json").exists():
         saved = json.loads((folder / "image_encoder.json").read_text())
         state = load_file(folder / "image_encoder.safetensors")
+        if not (folder / "config.json").exists():  # a distillation run (a model folder's card is the model's)
+            check_card(folder, "image_encoder", {"height": saved["config"]["height"], "width": saved["config"]["width"]})
     elif (folder / "config.json").exists():
         saved, state = read_config(folder).image_encoder, part_state(folder, "image_encoder")
     else:

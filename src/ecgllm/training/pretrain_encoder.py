@@ -250,20 +250,21 @@ def random_crops(signals: np.ndarray, rows: np.ndarray, offsets: np.ndarray, cro
 
 
 def load_encoder_weights(encoder: nn.Module, folder: str) -> None:
-    """Initialise ``encoder`` from another run's ``encoder.safetensors`` (e.g. contrastive pretraining)."""
-    from safetensors.torch import load_file
-
+    """Initialise ``encoder`` from another run's encoder (e.g. contrastive pretraining), read as every stage reads
+    one (`ecgllm.models.encoder_source`)."""
     from ecgllm.errors import RecipeError
+    from ecgllm.models.encoder_source import encoder_state
 
-    path = Path(folder) / "encoder.safetensors"
-    if not path.exists():
-        raise RecipeError(f"init_encoder: {path} not found. Point it at a finished encoder run (for "
-                          "recipes/encoder_ptbxl.yaml: run `ecgllm train recipes/encoder_contrastive.yaml` first), "
-                          "or remove init_encoder to start from random weights.")
     try:
-        encoder.load_state_dict(load_file(path))
+        state = encoder_state(folder)
+    except FileNotFoundError:
+        raise RecipeError(f"init_encoder: {folder} holds no encoder. Point it at a finished encoder run (for "
+                          "recipes/encoder_ptbxl.yaml: run `ecgllm train recipes/encoder_contrastive.yaml` first), "
+                          "or remove init_encoder to start from random weights.") from None
+    try:
+        encoder.load_state_dict(state)
     except RuntimeError as exc:  # shapes differ: the run used other encoder_kwargs
-        raise RecipeError(f"init_encoder: {path} does not fit encoder_kwargs {encoder_kwargs_hint(folder)}: "
+        raise RecipeError(f"init_encoder: {folder} does not fit encoder_kwargs {encoder_kwargs_hint(folder)}: "
                           f"{str(exc).splitlines()[0]}") from None
 
 
