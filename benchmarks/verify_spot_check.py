@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from ecgllm.datasets.ptbxl import PTBXL
 from ecgllm.datasets.ptbxl_signals import PTBXLSignals
+from ecgllm.models.answering import generate_answers
 from ecgllm.models.ecg_lm import EcgLanguageModel
 from ecgllm.models.processor import EcgProcessor
 
@@ -37,11 +36,8 @@ def main() -> None:
         positive = [i for i in fold10 if code in ptbxl.labels(i, "all")][: args.per_side]
         negative = [i for i in fold10 if code not in ptbxl.labels(i, "all")][: args.per_side]
         ids = positive + negative
-        batch = processor([[{"role": "user", "content": question}]] * len(ids), [[source.get(i)] for i in ids],
-                          train=False)
-        with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=4, pad_token_id=processor.tokenizer.pad_token_id)
-        answers = [t.strip() for t in processor.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        answers = generate_answers(model, processor, [question] * len(ids), [[source.get(i)] for i in ids],
+                                   [[""]] * len(ids), max_new_tokens=4).texts
         print(f"{code}: with {answers[: len(positive)]}  without {answers[len(positive):]}")
 
 
