@@ -210,6 +210,11 @@ def test_image_instruction_data_trains_through_the_image_encoder(tmp_path, tiny_
     subprocess.run(CLI + ["data", "as-images", str(ws / "train.jsonl"), "-o", str(again), "--share", "0.5",
                           "--seed", "3"], capture_output=True, check=True)
     assert again.read_text() == (ws / "images.jsonl").read_text()  # seeded
+    from ecgllm.render.pages import PageSpec, training_page
+
+    specs = [PageSpec.from_reference(ref["render"]) for line in again.read_text().splitlines()
+             for ref in json.loads(line)["ecgs"] if ref.get("render")]
+    assert specs and all(spec == training_page(spec.seed, spec.augment) for spec in specs)  # distillation's pages
     dataset = ConversationDataset(ws / "images.jsonl", ECGCache.open(ws / "cache"))
     kinds = [type(e) for i in range(len(dataset)) for e in dataset[i][1]]
     assert ECGImage in kinds and any(k is not ECGImage for k in kinds)
@@ -256,13 +261,13 @@ def test_distillation_layouts_are_drawn_apart_from_the_paper_colour():
     """Each layout gets yellowed pages as often as the others: the layout has its own random stream (it once
     shared the renderer's, and every yellowed training page was 3x4)."""
     from ecgllm.render.augment import PROBABILITY, random_style
-    from ecgllm.training.distill_image import layout_for_seed
+    from ecgllm.render.pages import training_page
 
     pages: dict[str, list[bool]] = {}
     for seed in range(1200):
         applied: dict = {}
         random_style(np.random.default_rng(seed), applied)  # the renderer's first draw for this seed
-        pages.setdefault(layout_for_seed(seed), []).append("paper" in applied)
+        pages.setdefault(training_page(seed, True).layout, []).append("paper" in applied)
     assert set(pages) == {"3x4", "6x2", "12x1"}
     for layout, yellowed in pages.items():
         assert abs(np.mean(yellowed) - PROBABILITY["paper"]) < 0.1, (layout, np.mean(yellowed), len(yellowed))

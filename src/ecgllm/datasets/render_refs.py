@@ -1,8 +1,9 @@
 """Image instruction data: the same conversations with (a seeded share of) their ECGs given as paper renders.
 
 Any builder's output (ECG-QA-style, ECGInstruct-style, official) becomes image questions this way: each chosen
-ECG reference gets a ``render`` spec (layout, distortions on or off, seed), and training or evaluation draws
-that page from the record's signal when it loads the sample, so the answers stay those of the labels.
+ECG reference gets a ``render`` spec (`ecgllm.render.pages.PageSpec`: layout, distortions on or off, seed, drawn
+as image distillation draws its pages), and training draws that page from the record's signal when it loads the
+sample, so the answers stay those of the labels.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ecgllm.datasets.conversation import read_jsonl, write_jsonl
-from ecgllm.render.augment import random_layout
+from ecgllm.render.pages import training_page
 
 
 def as_images(conversations: str | Path, out: str | Path, share: float = 1.0, augment_share: float = 0.7,
@@ -28,9 +29,8 @@ def as_images(conversations: str | Path, out: str | Path, share: float = 1.0, au
             counts["conversations"] += 1
             if rng.random() < share:
                 for ref in conversation.ecgs:
-                    ref.render = {"layout": random_layout(rng),
-                                  "augment": bool(rng.random() < augment_share),
-                                  "seed": int(rng.integers(0, 2**31 - 1))}
+                    augment = bool(rng.random() < augment_share)  # the page as image distillation draws one
+                    ref.render = training_page(int(rng.integers(0, 2**31 - 1)), augment).reference()
                     counts["rendered_ecgs"] += 1
             else:
                 counts["signal_ecgs"] += len(conversation.ecgs)

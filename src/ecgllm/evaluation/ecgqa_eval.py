@@ -52,16 +52,12 @@ MODALITIES = ("signal", "image", "image-augmented")
 
 
 def picture_of(ecg, augment: bool, seed: int, key: int | str):
-    """One recording as a paper page (3x4 layout + rhythm strip), distorted if asked, with a seed of its own drawn
-    from the run's seed and the recording's key (a PTB-XL ecg_id, or a file name): the same record is drawn the
-    same way by every evaluation that asks about pictures."""
-    import zlib
+    """One recording as an evaluation page (`ecgllm.render.pages.evaluation_page`: 3x4 layout + rhythm strip),
+    distorted if asked: the same record is drawn the same way by every evaluation that asks about pictures."""
+    from ecgllm.render.pages import evaluation_page
 
-    from ecgllm.render import render_ecg
-
-    own = int(key) if isinstance(key, int) else zlib.crc32(str(key).encode())
     name = f"ecg_id {key}" if isinstance(key, int) else str(key)
-    return render_ecg(ecg, augment=augment, seed=seed * 1_000_003 + own).as_ecg_image(source=f"render of {name}")
+    return evaluation_page(seed, key, augment).draw(ecg).as_ecg_image(source=f"render of {name}")
 
 
 def rendered_source(get_ecg, augment: bool, seed: int):

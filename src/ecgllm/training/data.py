@@ -82,13 +82,12 @@ class ConversationDataset(Dataset):
 
 
 def _as_rendered(ecg: ECG, render: dict | None) -> ECG | ECGImage:
-    """The ECG itself, or the paper render its reference asks for (`ecgllm data as-images`)."""
+    """The ECG itself, or the page its reference asks for (`ecgllm data as-images`)."""
     if not render:
         return ecg
-    from ecgllm.render import render_ecg
+    from ecgllm.render.pages import PageSpec
 
-    return render_ecg(ecg, render.get("layout", "3x4"), augment=bool(render.get("augment")),
-                      seed=int(render.get("seed", 0))).as_ecg_image(render=render)
+    return PageSpec.from_reference(render).draw(ecg).as_ecg_image(render=render)
 
 
 def make_collate(processor, debias: str = "none"):

@@ -87,26 +87,16 @@ def teacher_targets(encoder, head, signals: np.ndarray, masks: np.ndarray,
     return np.concatenate(tokens), np.concatenate(logits)
 
 
-LAYOUT_STREAM = 1  # the layout's own random stream: see `layout_for_seed`
 RENDERS_VERSION = 2  # in the cached renders' names: a run folder from before the layout fix draws them again
-
-
-def layout_for_seed(seed: int) -> str:
-    """The layout of a training render. Drawn from its own stream (``[LAYOUT_STREAM, seed]``), not from
-    ``default_rng(seed)``: the renderer draws the paper colour first from that one, so sharing it tied the two
-    (every yellowed page was 3x4, no 6x2 or 12x1 page was ever yellowed)."""
-    from ecgllm.render.augment import random_layout
-
-    return random_layout(np.random.default_rng([LAYOUT_STREAM, seed]))
 
 
 def _render_one(task: tuple) -> np.ndarray:
     from ecgllm.io.leads import STANDARD_12
     from ecgllm.io.record import ECG
-    from ecgllm.render import render_ecg
+    from ecgllm.render.pages import training_page
 
     signal, fs, seed, augment, height, width = task
-    page = render_ecg(ECG(signal, fs, list(STANDARD_12)), layout_for_seed(seed), augment=augment, seed=seed).image
+    page = training_page(seed, augment).draw(ECG(signal, fs, list(STANDARD_12))).image
     return (image_input(page, height, width)[0] * 255).round().astype(np.uint8)
 
 
