@@ -52,7 +52,7 @@ class Conversation:
 
     def to_llava(self) -> dict[str, Any]:
         """LLaVA conversation format: ``<ecg>`` placeholders (with their tags) open the first human turn."""
-        intro = "\n".join(f"{e.tag}: {ECG_PLACEHOLDER}" if e.tag else ECG_PLACEHOLDER for e in self.ecgs)
+        intro = "\n".join(ecg_slot(e.tag) for e in self.ecgs)
         turns = []
         for i, t in enumerate(self.turns):
             value = f"{intro}\n{t.content}" if i == 0 else t.content
@@ -68,6 +68,11 @@ def ecg_tags(n: int, consecutive: bool = True) -> list[str]:
     if n == 2:
         return ["ECG 1 (earlier)", "ECG 2 (recent)"] if consecutive else ["ECG 1", "ECG 2"]
     return [f"ECG {i + 1}" for i in range(n)]
+
+
+def ecg_slot(tag: str, placeholder: str = ECG_PLACEHOLDER) -> str:
+    """How one ECG stands in a prompt: its tag, if any, then its placeholder (``"ECG 1 (earlier): <ecg>"``)."""
+    return f"{tag}: {placeholder}" if tag else placeholder
 
 
 def from_ecgqa(sample: dict[str, Any], dataset: str = "ptbxl", split: str | None = None,

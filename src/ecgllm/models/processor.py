@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ecgllm.datasets.conversation import ecg_tags
+from ecgllm.datasets.conversation import ecg_slot, ecg_tags
 from ecgllm.errors import InputError
 from ecgllm.io.image import ECGImage
 from ecgllm.io.record import ECG
@@ -89,7 +89,7 @@ class EcgProcessor:
                   notes: Sequence[str] | None = None) -> list[dict[str, str]]:
         """The chat messages: system prompt, then each ECG's tag and ``<ecg>`` (and its measurement note, if any)
         before the first question."""
-        slots = [f"{tag}: {self.config.ecg_token}" if tag else self.config.ecg_token for tag in tags]
+        slots = [ecg_slot(tag, self.config.ecg_token) for tag in tags]
         if notes:
             slots = [f"{slot} {note}" if note else slot for slot, note in zip(slots, notes, strict=True)]
         intro = "\n".join(slots)
