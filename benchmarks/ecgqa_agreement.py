@@ -27,7 +27,7 @@ from common import ROOT, SHARED, environment, ptbxl_wfdb_dir, write_result  # no
 
 from ecgllm.datasets import PTBXL  # noqa: E402
 from ecgllm.datasets.ecgqa import read_qa_file  # noqa: E402
-from ecgllm.datasets.ecgqa_attributes import FEATURES, NORMAL_RANGES, build_attributes  # noqa: E402
+from ecgllm.datasets.ecgqa_attributes import FEATURES, build_attributes  # noqa: E402
 from ecgllm.datasets.ecgqa_check import generator_agreement, numeric_feature_agreement, official_samples  # noqa: E402
 from ecgllm.datasets.ecgqa_attributes import load_ecgqa_ranges  # noqa: E402
 from ecgllm.datasets.measurements import measure_ecgqa_records  # noqa: E402
@@ -79,8 +79,6 @@ def main() -> None:
                                   "heart_axis": int(measurements.loc[measurements.index.isin(axis_ids),
                                                                      "axis_ecgqa_deg"].notna().sum())}
     result["normal_ranges_ms"] = {f: [None if abs(x) == math.inf else round(x, 1) for x in ranges[f]] for f in FEATURES}
-    result["literature_ranges_ms"] = {f: [None if abs(x) == math.inf else x for x in NORMAL_RANGES[f]]
-                                      for f in FEATURES}
     result["notes"] = (
         "Rules: ECG-QA's own (presence at any likelihood; certain = likelihood 0 or 100; letters-only superclasses; "
         "11 codes never asked; lead statements parsed from the report, German wording translated by a phrase "

@@ -135,6 +135,65 @@ def test_a_run_by_steps_with_accumulation_resumes_inside_an_epoch_to_bit_identic
         Schedule(epochs=1, max_steps=1)
 
 
+def test_a_step_checkpoint_of_the_earlier_loop_resumes_only_when_asked(tmp_path):
+    """The language-model stages' earlier loop counted the schedule and the batch size per process: its step
+    checkpoints (no "format" in trainer_state.json) are refused unless --resume-anyway."""
+    import json
+
+    recipe = ToyRecipe(str(tmp_path / "run"))
+    with pytest.raises(Crash):
+        train_steps(recipe, (1, 3))
+    state_file = tmp_path / "run/checkpoints/step-00000004/trainer_state.json"
+    state_file.write_text(json.dumps({"step": 4}))  # as the earlier loop wrote it
+    with pytest.raises(RecipeError, match="earlier training loop"):
+        train_steps(recipe)
+    run = toy_run(recipe)
+    run_training(run, ToyTask(0, batches_per_epoch=5), STEPS, recipe, progress=False, resume_anyway=True)
+    assert [row["step"] for row in logged(tmp_path / "run")] == list(range(1, 9))
+
+
+class FixedBatches(Task):
+    """The same batches every epoch, for the arithmetic of one optimizer step."""
+
+    label = "fixed"
+
+    def __init__(self, batches: list) -> None:
+        self.fixed, self.batches_per_epoch = batches, len(batches)
+
+    def epoch_batches(self, epoch: int):
+        return iter(self.fixed)
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.mse_loss(model(x), y)
+
+
+def one_step(batches: list, grad_accum: int, out: Path) -> dict:
+    """A linear model's weights after one SGD step over ``batches`` (grad_accum of them make the step)."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    run = prepare_run(stage_accelerator("cpu", "no"), model, optimizer, scheduler, out, 0)
+    run_training(run, FixedBatches(batches), Schedule(max_steps=1, grad_accum=grad_accum), ToyRecipe(str(out)),
+                 progress=False)
+    return {k: v.detach().clone() for k, v in run.trained.state_dict().items()}
+
+
+def close(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_accumulated_batches_step_as_their_combined_batch_would(tmp_path):
+    generator = torch.Generator().manual_seed(3)
+    x, y = torch.randn(8, 4, generator=generator), torch.randn(8, 1, generator=generator)
+    together = one_step([(x, y)], 1, tmp_path / "together")
+    accumulated = one_step([(x[:4], y[:4]), (x[4:], y[4:])], 2, tmp_path / "accumulated")
+    assert close(together, accumulated)
+    first_only = one_step([(x[:4], y[:4]), (x[4:], y[4:])], 1, tmp_path / "first")  # the check can fail
+    assert not close(together, first_only)
+
+
 def test_the_earlier_single_file_state_converts(tmp_path):
     clean, _ = train(ToyRecipe(str(tmp_path / "clean"), epochs=2))
     legacy = ToyRecipe(str(tmp_path / "legacy"), epochs=2)
@@ -271,3 +330,30 @@ def test_under_torchrun_each_process_takes_its_share_of_every_batch_and_draws_it
         assert not shares[0] & shares[1] and shares[0] | shares[1] == set(range(32))
     assert ranks[0]["seen"][:16] != ranks[0]["seen"][16:]  # a new shuffle each epoch
     assert ranks[0]["own"] != ranks[1]["own"]
+
+
+SEVEN_ROWS = """
+import json
+import sys
+from pathlib import Path
+import torch
+from tests.test_epochs import one_step
+from ecgllm.training.checkpoints import fresh_accelerator
+generator = torch.Generator().manual_seed(3)
+x, y = torch.randn(7, 4, generator=generator), torch.randn(7, 1, generator=generator)
+weights = one_step([(x, y)], 1, Path(sys.argv[1], "run"))
+rank = fresh_accelerator(cpu=True).process_index
+Path(sys.argv[1], f"rank{rank}.json").write_text(json.dumps({k: v.tolist() for k, v in weights.items()}))
+"""
+
+
+def test_two_processes_sharing_an_odd_batch_step_as_one_process_would(tmp_path):
+    """Rows 4 and 3 on the two processes, each share's mean loss weighed by its rows: the step is the one of the
+    whole batch's mean loss."""
+    generator = torch.Generator().manual_seed(3)
+    x, y = torch.randn(7, 4, generator=generator), torch.randn(7, 1, generator=generator)
+    alone = one_step([(x, y)], 1, tmp_path / "alone")
+    root = Path(__file__).resolve().parents[1]
+    ranks = on_two_processes(f"import sys\nsys.path.insert(0, {str(root)!r})\n" + SEVEN_ROWS, tmp_path)
+    for rank in ranks:
+        assert close(alone, {k: torch.tensor(v) for k, v in rank.items()})

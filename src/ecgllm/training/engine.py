@@ -32,6 +32,9 @@ from ecgllm.training.checkpoints import (drop_metrics_after, finished_checkpoint
 from ecgllm.training.recipes import check_resumable, resolved
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
+# in every step checkpoint: those of the language-model stages' earlier loop (before this engine) counted the
+# schedule per process and the batch size per process, so they resume here only when asked to
+STEP_FORMAT = 2
 LEGACY_STATE = "checkpoint.pt"  # the single-file state of the hand-written epoch loops this engine replaced
 
 
@@ -93,8 +96,11 @@ class Schedule:
         return self.max_steps is not None
 
     def steps_per_epoch(self, task: Task) -> int:
-        """Optimizer steps of an epoch: a short last group of batches still makes a step."""
-        return max(1, math.ceil(task.batches_per_epoch / self.grad_accum))
+        """Optimizer steps of an epoch: a short last group of batches still makes a step (its gradient is the mean
+        over the batches it has)."""
+        if task.batches_per_epoch < 1:
+            raise RecipeError(f"{task.label}: an epoch has no batch (too little training data for one batch)")
+        return math.ceil(task.batches_per_epoch / self.grad_accum)
 
     def total_steps(self, task: Task) -> int:
         return self.max_steps if self.by_steps else self.epochs * self.steps_per_epoch(task)
@@ -188,13 +194,18 @@ def prepare_run(accelerator, model: nn.Module, optimizer, scheduler, out: Path, 
     return Run(accelerator, model, optimizer, scheduler, Path(out), ema, max_grad_norm)
 
 
-def _resume(run: Run, schedule: Schedule, task: Task) -> tuple[int, list[dict]]:
+def _resume(run: Run, schedule: Schedule, task: Task, resume_anyway: bool) -> tuple[int, list[dict]]:
     """(optimizer steps done, metric history) of the run folder's last complete checkpoint; (0, []) for a new run."""
     unit = "step" if schedule.by_steps else "epoch"
     done = finished_checkpoints(run.out / "checkpoints", unit)
     if done:
-        run.accelerator.load_state(str(done[-1]))
         state = read_state(done[-1])
+        if schedule.by_steps and state.get("format") != STEP_FORMAT and not resume_anyway:
+            raise RecipeError(f"{done[-1]} was written by the earlier training loop, which counted the learning-rate "
+                              "schedule and the batch size per process: start a new output_dir, or pass "
+                              "--resume-anyway to continue from it (a single-process run continues on the same "
+                              "schedule)")
+        run.accelerator.load_state(str(done[-1]))
         run.accelerator.print(f"resuming from {done[-1]} ({unit} {state[unit]})")
         if schedule.by_steps:
             return state["step"], []
@@ -227,7 +238,7 @@ def run_training(run: Run, task: Task, schedule: Schedule, recipe: Any, progress
     unit = "step" if schedule.by_steps else "epoch"
     if finished_checkpoints(run.out / "checkpoints", unit) or (run.out / LEGACY_STATE).exists():
         check_resumable(run.out / "recipe.json", recipe, resume_anyway)
-    step, history = _resume(run, schedule, task)
+    step, history = _resume(run, schedule, task, resume_anyway)
     per_epoch, total = schedule.steps_per_epoch(task), schedule.total_steps(task)
     metrics_path = run.out / "metrics.jsonl"
     if run.is_main:
@@ -259,13 +270,15 @@ def run_training(run: Run, task: Task, schedule: Schedule, recipe: Any, progress
                 bar.update(1)
                 if loss is not None:
                     epoch_losses.append(loss)
-                    bar.set_postfix(loss=f"{loss.item():.3f}")
+                    if not bar.disable:  # .item() waits for the GPU: only where the bar shows it
+                        bar.set_postfix(loss=f"{loss.item():.3f}")
                 if schedule.by_steps:
                     if schedule.log_every and (step % schedule.log_every == 0 or step == total):
                         _log_step(run, metrics_path, step, loss, started)
                     if (schedule.save_every and step % schedule.save_every == 0) or step == total:
                         with frozen.original():  # checkpoints hold the float32 weights a resumed run loads
-                            save_checkpoint(accelerator, run.out / "checkpoints", f"step-{step:08d}", {"step": step},
+                            save_checkpoint(accelerator, run.out / "checkpoints", f"step-{step:08d}",
+                                            {"step": step, "format": STEP_FORMAT},
                                             schedule.keep)
                 if step >= total or done_in_epoch >= per_epoch:
                     break

@@ -221,6 +221,9 @@ def train(config: TrainConfig, llm=None, tokenizer=None, progress: bool = True, 
 
     output_dir = Path(config.output_dir)
     accelerator = stage_accelerator("auto", config.mixed_precision)
+    if config.optim.batch_size < accelerator.num_processes:
+        raise RecipeError(f"optim.batch_size {config.optim.batch_size} is the whole batch, shared out among the "
+                          f"{accelerator.num_processes} processes: give at least {accelerator.num_processes}")
     set_seed(config.seed)
     resuming = latest_checkpoint(output_dir) is not None  # its state brings fitted heads
     dataset, model, processor = _dataset_and_model(config, llm, tokenizer, fit_quality=not resuming,
