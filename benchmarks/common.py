@@ -19,17 +19,32 @@ DEFAULT_CHECKPOINT = ROOT / "src" / "ecgllm" / "data" / "checkpoint"
 
 
 def fingerprint(path: Path) -> str:
-    """A short hash of a file, or of a checkpoint's trained weights (what tells two models apart): every
-    *.safetensors under the folder, in the order of their paths relative to it."""
+    """A short hash of a file, or of a checkpoint's trained weights (what tells two models apart). A language-model
+    folder is hashed over its weights under the model's own keys (`model_folder.saved_weights`), so a folder
+    converted from the older layout keeps its fingerprint; any other folder over every *.safetensors under it, in
+    the order of their paths relative to it."""
     if path.is_file():
         return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    return weights_fingerprint({part.relative_to(path).as_posix(): part.read_bytes()
-                                for part in path.rglob("*.safetensors") if part.is_file()})
+    from ecgllm.models.model_folder import WEIGHT_FILES, is_model_folder, saved_weights
+
+    files = {part.relative_to(path).as_posix(): part for part in path.rglob("*.safetensors") if part.is_file()}
+    if not is_model_folder(path):
+        return weights_fingerprint({name: part.read_bytes() for name, part in files.items()})
+    # the rest (the page check beside the image encoder) counts by its bytes
+    return weights_fingerprint({name: part.read_bytes() for name, part in files.items() if name not in WEIGHT_FILES},
+                               saved_weights(path))
 
 
-def weights_fingerprint(files: dict[str, bytes]) -> str:
-    """fingerprint() of a checkpoint given as {path relative to the folder: bytes} (also read from git history)."""
+def weights_fingerprint(files: dict[str, bytes], state: dict | None = None) -> str:
+    """fingerprint() of a folder given as {path relative to it: bytes} and, for a language model, the weights read
+    under the model's own keys (each key with its tensor's dtype, shape and bytes, in the order of the keys)."""
+    import torch
+
     digest = hashlib.sha256()
+    for key in sorted(state or {}):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     for relative in sorted(files, key=lambda name: PurePosixPath(name).parts):  # the same on every platform
         digest.update(relative.encode() + files[relative])
     return digest.hexdigest()[:12]

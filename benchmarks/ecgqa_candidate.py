@@ -188,7 +188,7 @@ def render(result: dict) -> str:
              f"Written by `benchmarks/ecgqa_candidate.py` from `benchmarks/results/{result['result_file']}`; command: "
              f"`{result['command']}`.", "",
              f"Default: `{result['models']['default']}`. Candidate: `{result['models']['candidate']}`."
-             + (" Weights (fingerprints of their safetensors files): default {default}, candidate {candidate}."
+             + (" Weights (fingerprints of their saved weights): default {default}, candidate {candidate}."
                 .format(**result["fingerprints"]) if "fingerprints" in result else ""), "",
              f"Rule (fixed before the candidate was scored): {result['rule']}.", "",
              f"**Decision: {'replace the default' if result['decision']['replace'] else 'keep the default'}** "

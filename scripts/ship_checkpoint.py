@@ -53,6 +53,9 @@ def selection_metrics(result: Path, source: Path) -> dict:
                          f"{source} ({fingerprint(source)})")
     if not scored["decision"]["replace"]:
         raise SystemExit(f"error: by {result}, {source} does not replace the default")
+    if TARGET.exists() and scored["fingerprints"]["default"] != fingerprint(TARGET):
+        raise SystemExit(f"error: {result} weighed {source} against another default ({scored['fingerprints']['default']}) "
+                         f"than today's ({fingerprint(TARGET)})")
     metrics = {"selected_by": result.name, "split": "ECG-QA valid (model selection; no ECG of it seen in training)"}
     for name in ("official_valid", "valid_grouped"):
         for key in ("n", "em", "em_random_ecg", "drop_random_ecg"):

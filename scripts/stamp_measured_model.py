@@ -9,6 +9,11 @@ alone; the benchmarks record it themselves now.
 
     python scripts/stamp_measured_model.py benchmarks/results/ecgqa_evidence.json benchmarks/results/images.json \
         benchmarks/results/ecgbench_images.json
+
+A model's fingerprint was once the hash of its folder's safetensors files; it is now the hash of its weights read
+under the model's own keys, whichever layout saved them. ``--rehash COMMIT`` moves results that name the default as
+committed at COMMIT from the first to the second, once the default on disk holds those very weights (e.g. after
+its conversion to transformers' layout); a result that names another model is left alone.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import DEFAULT_CHECKPOINT, weights_fingerprint  # noqa: E402
+from common import DEFAULT_CHECKPOINT, fingerprint, weights_fingerprint  # noqa: E402
 
 CHECKPOINT = DEFAULT_CHECKPOINT.relative_to(ROOT).as_posix()
 
@@ -33,17 +39,44 @@ def git(*args: str) -> bytes:
     return done.stdout
 
 
-def checkpoint_at(commit: str) -> dict:
-    """measured_model() of the default checkpoint as committed at `commit`."""
+def checkpoint_at(commit: str, file_hash: bool = False) -> dict:
+    """measured_model() of the default checkpoint as committed at `commit` (its files written out, then read as
+    a benchmark reads the folder); ``file_hash``: with the hash of its safetensors files (the earlier fingerprint)."""
     names = [name for name in git("ls-tree", "-r", "-z", "--name-only", commit, "--", CHECKPOINT).decode().split("\0")
              if name]
-    weights = {name[len(CHECKPOINT) + 1:]: git("show", f"{commit}:{name}")
-               for name in names if name.endswith(".safetensors")}
-    if not weights:
+    if not any(name.endswith(".safetensors") for name in names):
         raise SystemExit(f"commit {commit} has no checkpoint at {CHECKPOINT}")
-    config = f"{CHECKPOINT}/config.json"
-    shipped_from = json.loads(git("show", f"{commit}:{config}")).get("shipped_from") if config in names else None
-    return {"fingerprint": weights_fingerprint(weights), "shipped_from": shipped_from}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for name in names:
+            target = folder / name[len(CHECKPOINT) + 1:]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(git("show", f"{commit}:{name}"))
+        config = folder / "config.json"
+        shipped_from = json.loads(config.read_text()).get("shipped_from") if config.exists() else None
+        out = {"fingerprint": fingerprint(folder), "shipped_from": shipped_from}
+        if file_hash:
+            out["file_hash"] = weights_fingerprint({part.relative_to(folder).as_posix(): part.read_bytes()
+                                                    for part in folder.rglob("*.safetensors")})
+        return out
+
+
+def rehash(results: list[Path], commit: str) -> None:
+    """``--rehash``: see the module's docstring."""
+    then = checkpoint_at(commit, file_hash=True)
+    now = fingerprint(DEFAULT_CHECKPOINT)
+    if then["fingerprint"] != now:
+        raise SystemExit(f"{CHECKPOINT} holds other weights ({now}) than at {commit} ({then['fingerprint']})")
+    for path in results:
+        result = json.loads(path.read_text())
+        measured = result.get("measured_model", {})
+        if measured.get("fingerprint") != then["file_hash"]:
+            print(f"{path}: names {measured.get('fingerprint')}, not the files of {commit[:7]}'s default: left alone")
+            continue
+        result["measured_model"] = {**measured, "fingerprint": now,
+                                    "file_hash": then["file_hash"]}  # what the result first recorded
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"{path}: {then['file_hash']} (its files at {commit[:7]}) -> {now} (its weights)")
 
 
 def last_unstamped_commit(relative: str) -> str:
@@ -57,7 +90,12 @@ def last_unstamped_commit(relative: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path, nargs="+", help="result JSON files (benchmarks/results/...)")
+    parser.add_argument("--rehash", metavar="COMMIT", help="move results that name the default as committed at "
+                        "COMMIT from the hash of its files to the hash of its weights")
     args = parser.parse_args()
+    if args.rehash:
+        rehash(args.results, args.rehash)
+        return
     for path in args.results:
         result = json.loads(path.read_text())
         if "measured_model" in result:

@@ -521,8 +521,15 @@ def test_a_page_of_the_default_says_when_a_newer_default_has_shipped(tmp_path, m
     assert "does not name" in common.stale_default_note({})
     other = tmp_path / "other"
     shutil.copytree(common.DEFAULT_CHECKPOINT, other)
-    weights = sorted(other.rglob("*.safetensors"))[0]  # any weight file changed: other weights
-    weights.write_bytes(weights.read_bytes() + b" ")
+    from safetensors.torch import load_file, save_file
+
+    for name in ("model.safetensors", "projector.safetensors"):  # one weight changed (either layout): other weights
+        if (other / name).exists():
+            state = load_file(other / name)
+            first = sorted(state)[0]
+            state[first] = state[first] + 1
+            save_file(state, other / name)
+            break
     config = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**config, "shipped_from": "an_earlier_run"}))
     earlier = common.measured_model(other)
@@ -534,7 +541,7 @@ def test_a_page_of_the_default_says_when_a_newer_default_has_shipped(tmp_path, m
     assert common.claim_run_folder(out, common.DEFAULT_CHECKPOINT) == today
     with pytest.raises(SystemExit, match="holds answers of another model"):
         common.claim_run_folder(out, other)
-    pinned = tmp_path / "pinned"  # the order committed fingerprints were made with: by path parts, not by string
+    pinned = tmp_path / "pinned"  # a folder that is no model's: its files' bytes, ordered by path parts, not by string
     (pinned / "a").mkdir(parents=True)
     (pinned / "a" / "x.safetensors").write_bytes(b"X")
     (pinned / "a-b.safetensors").write_bytes(b"Y")
@@ -570,3 +577,36 @@ def test_committed_pages_of_the_default_warn_exactly_when_it_has_changed(monkeyp
     evidence = json.loads((common.RESULTS / "ecgqa_evidence.json").read_text())
     other = {**evidence, "measured_model": {"fingerprint": "0" * 12, "shipped_from": "an_earlier_run"}}
     assert "an_earlier_run" in ecgqa_evidence.render_page(other) and "an_earlier_run" in ecgqa_evidence.readme_block(other)
+
+
+def test_the_shipped_card_takes_the_figures_of_the_selection_that_chose_those_very_weights(tiny_checkpoint, tmp_path,
+                                                                                          monkeypatch):
+    """scripts/ship_checkpoint.py --selected-by: the figures on ECG-QA valid go into the card only from a result that
+    scored these weights as its candidate and decided to replace the default."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(root / "benchmarks"))
+    monkeypatch.syspath_prepend(str(root / "scripts"))
+    import common
+    import ship_checkpoint
+
+    figures = {"n": 10, "em": 0.6, "em_random_ecg": 0.4, "drop_random_ecg": 0.2}
+    today = common.fingerprint(common.DEFAULT_CHECKPOINT)  # the default the selection weighed it against
+    result = {"fingerprints": {"candidate": common.fingerprint(tiny_checkpoint), "default": today},
+              "decision": {"replace": True}, "candidate": {"official_valid": figures, "valid_grouped": figures}}
+    path = tmp_path / "ecgqa_candidate_x.json"
+    path.write_text(json.dumps(result))
+    metrics = ship_checkpoint.selection_metrics(path, tiny_checkpoint)
+    assert metrics["official_valid_em"] == 0.6 and metrics["valid_grouped_drop_random_ecg"] == 0.2
+    assert metrics["selected_by"] == path.name and "ECG-QA valid" in metrics["split"]
+    path.write_text(json.dumps({**result, "fingerprints": {"candidate": "f" * 12, "default": today}}))
+    with pytest.raises(SystemExit, match="scored other weights"):
+        ship_checkpoint.selection_metrics(path, tiny_checkpoint)
+    path.write_text(json.dumps({**result, "fingerprints": {**result["fingerprints"], "default": "0" * 12}}))
+    with pytest.raises(SystemExit, match="against another default"):
+        ship_checkpoint.selection_metrics(path, tiny_checkpoint)
+    path.write_text(json.dumps({**result, "decision": {"replace": False}}))
+    with pytest.raises(SystemExit, match="does not replace the default"):
+        ship_checkpoint.selection_metrics(path, tiny_checkpoint)

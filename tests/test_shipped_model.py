@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,7 +53,7 @@ def fifty_prompts() -> list:
 def test_the_default_checkpoint_is_shipped_small_and_self_describing():
     weights = sum(p.stat().st_size for p in SHIPPED_CHECKPOINT.rglob("*.safetensors"))
     assert 0 < weights <= 40 * 2**20
-    config = json.loads((SHIPPED_CHECKPOINT / "config.json").read_text())["config"]
+    config = json.loads((SHIPPED_CHECKPOINT / "config.json").read_text())["model"]
     assert config["llm"] is None and config["encoder_init"] is None  # the embedded base; no machine-local paths
     for path in SHIPPED_CHECKPOINT.rglob("*.json"):
         assert "/work/" not in path.read_text() and "/home/" not in path.read_text(), path
@@ -83,31 +84,39 @@ def test_the_default_checkpoint_has_a_card_and_answers_50_questions_as_it_did_wi
     assert len(prompts) == 50 and answers[0] == answers[1]
 
 
-def test_the_default_checkpoint_converts_to_transformers_layout_and_answers_50_questions_alike(assistant, tmp_path):
-    """`EcgLanguageModel.save_pretrained` writes transformers' layout (config.json of model_type "ecgllm", one
-    model.safetensors without the base LLM's weights); the default, loaded and saved again in it, holds the same
-    weights under the model's own keys and gives the same answers to 50 fixed questions as the folder it came from."""
+def test_the_default_checkpoint_is_in_transformers_layout_and_answers_50_questions_as_in_the_older_one(
+        assistant, tmp_path, monkeypatch):
+    """The default ships in transformers' layout (`save_pretrained`: config.json of model_type "ecgllm", one
+    model.safetensors without the base LLM's weights). Written in the layout it shipped in before (a file per part,
+    as training runs still hold), it reads back to the same weights, the same fingerprint and the same answers to
+    50 fixed questions; saved again from there, it is the same folder."""
     from safetensors import safe_open
 
     from ecgllm.evaluation.runner import ModelAnswerer
     from ecgllm.models import EcgLanguageModel, EcgProcessor
     from ecgllm.models.model_folder import WEIGHTS_FILE, is_legacy, saved_weights
+    from tests.tiny_models import older_layout_copy
 
-    converted = tmp_path / "converted"
-    EcgLanguageModel.from_pretrained(SHIPPED_CHECKPOINT).save_pretrained(
-        converted, EcgProcessor.from_pretrained(SHIPPED_CHECKPOINT))
-    config = json.loads((converted / "config.json").read_text())
+    config = json.loads((SHIPPED_CHECKPOINT / "config.json").read_text())
     assert config["model_type"] == "ecgllm" and config["architectures"] == ["EcgLanguageModel"]
-    assert not is_legacy(converted) and config["name"] == "ecgllm-default"
-    with safe_open(str(converted / WEIGHTS_FILE), framework="pt") as f:
+    assert not is_legacy(SHIPPED_CHECKPOINT) and config["name"] == "ecgllm-default"
+    with safe_open(str(SHIPPED_CHECKPOINT / WEIGHTS_FILE), framework="pt") as f:
         keys = list(f.keys())
     assert any("lora_A" in k for k in keys) and not any(k.startswith("llm.") and "lora_" not in k for k in keys)
-    before, after = saved_weights(SHIPPED_CHECKPOINT), saved_weights(converted)
-    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    assert (converted / WEIGHTS_FILE).stat().st_size <= 40 * 2**20
+    assert (SHIPPED_CHECKPOINT / WEIGHTS_FILE).stat().st_size <= 40 * 2**20
+    older = older_layout_copy(SHIPPED_CHECKPOINT, tmp_path / "older")
+    assert is_legacy(older) and not (older / WEIGHTS_FILE).exists()
+    converted = tmp_path / "converted"
+    EcgLanguageModel.from_pretrained(older).save_pretrained(converted, EcgProcessor.from_pretrained(older))
+    weights = [saved_weights(folder) for folder in (SHIPPED_CHECKPOINT, older, converted)]
+    assert all(w.keys() == weights[0].keys() and all(torch.equal(w[k], weights[0][k]) for k in w) for w in weights)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from common import fingerprint  # what a results page records of the model it measured: the layout is not in it
+
+    assert fingerprint(older) == fingerprint(converted) == fingerprint(SHIPPED_CHECKPOINT)
     prompts = fifty_prompts()
     answers = [ModelAnswerer(EcgLanguageModel.from_pretrained(folder), EcgProcessor.from_pretrained(folder),
-                             batch_size=8, max_new_tokens=8)(prompts) for folder in (SHIPPED_CHECKPOINT, converted)]
+                             batch_size=8, max_new_tokens=8)(prompts) for folder in (SHIPPED_CHECKPOINT, older)]
     assert len(prompts) == 50 and answers[0] == answers[1] and len(set(map(str, answers[0]))) > 5
 
 

@@ -33,3 +33,37 @@ def tiny_llm(vocab: int):
     return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
                                         tie_word_embeddings=True))
+
+
+def older_layout_copy(folder, out):
+    """A copy of a model folder in the layout before transformers' (what training runs, and the default until it
+    was converted, hold): config.json nesting the parts under "config", a file per part, the LoRA adapter under
+    PEFT's names, labels.json and image_encoder.json; the processor files as they are."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    from ecgllm.models.model_folder import PARTS, WEIGHTS_FILE
+
+    folder, out = Path(folder), Path(out)
+    shutil.copytree(folder, out, ignore=shutil.ignore_patterns(WEIGHTS_FILE, "config.json", "generation_config.json"))
+    config = json.loads((folder / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({"config": config["model"], "name": config.get("name"),
+                                                 "ecgllm_version": config.get("ecgllm_version", ""),
+                                                 "shipped_from": config.get("shipped_from")}))
+    if config.get("label_vocab"):
+        (out / "labels.json").write_text(json.dumps(config["label_vocab"]))
+    if config.get("image_encoder"):
+        (out / "image_encoder.json").write_text(json.dumps(config["image_encoder"]))
+    state = load_file(folder / WEIGHTS_FILE)
+    for part in PARTS:
+        own = {k.removeprefix(f"{part}."): v for k, v in state.items() if k.startswith(f"{part}.")}
+        if own:
+            save_file(own, out / f"{part}.safetensors")
+    adapter = {k.removeprefix("llm.").replace(".default.", "."): v for k, v in state.items() if k.startswith("llm.")}
+    if adapter:
+        (out / "adapter").mkdir()
+        save_file(adapter, out / "adapter/adapter_model.safetensors")
+    return out

@@ -20,8 +20,20 @@ from ecgllm.models.removed_features import without_removed_keys
 
 PARTS = ("encoder", "projector", "label_tokens", "image_encoder")
 WEIGHTS_FILE = "model.safetensors"
+# the files `saved_weights` reads, in either layout
+WEIGHT_FILES = (WEIGHTS_FILE, *(f"{part}.safetensors" for part in PARTS), "adapter/adapter_model.safetensors")
 # what a folder of the older layout holds beside config.json (its llm/ stays: a recipe's `llm:` may point at it)
 LEGACY_FILES = tuple(f"{part}.safetensors" for part in PARTS) + ("image_encoder.json", "labels.json", "adapter")
+
+
+def is_model_folder(folder: str | Path) -> bool:
+    """A language-model folder of either layout (not an encoder run or any other folder with a config.json)."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return False
+    meta = json.loads(path.read_text())
+    return isinstance(meta, dict) and (meta.get("model_type") == EcgLanguageModelConfig.model_type
+                                       or ("config" in meta and "model_type" not in meta))
 
 
 def is_legacy(folder: str | Path) -> bool:
