@@ -20,9 +20,10 @@ DEFAULT_CHECKPOINT = ROOT / "src" / "ecgllm" / "data" / "checkpoint"
 
 def fingerprint(path: Path) -> str:
     """A short hash of a file, or of a checkpoint's trained weights (what tells two models apart). A language-model
-    folder is hashed over its weights under the model's own keys (`model_folder.saved_weights`), so a folder
-    converted from the older layout keeps its fingerprint; any other folder over every *.safetensors under it, in
-    the order of their paths relative to it."""
+    folder is hashed over its weights under the model's own keys (`model_folder.saved_weights`), so a LoRA or
+    frozen-LLM folder converted from the older layout keeps its fingerprint (an older full-LLM folder's llm/ counts
+    by its files' bytes); any other folder over every *.safetensors under it, in the order of their paths relative
+    to it."""
     if path.is_file():
         return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     from ecgllm.models.model_folder import WEIGHT_FILES, is_model_folder, saved_weights

@@ -133,6 +133,9 @@ def test_a_run_by_steps_with_accumulation_resumes_inside_an_epoch_to_bit_identic
     assert [row["loss"] for row in logged(tmp_path / "crashed")] == [row["loss"] for row in logged(tmp_path / "clean")]
     with pytest.raises(ValueError, match="either epochs or max_steps"):
         Schedule(epochs=1, max_steps=1)
+    empty = ToyRecipe(str(tmp_path / "empty"))
+    with pytest.raises(RecipeError, match="an epoch has no batch"):
+        run_training(toy_run(empty), ToyTask(0, batches_per_epoch=0), STEPS, empty, progress=False)
 
 
 def test_a_step_checkpoint_of_the_earlier_loop_resumes_only_when_asked(tmp_path):
@@ -145,7 +148,7 @@ def test_a_step_checkpoint_of_the_earlier_loop_resumes_only_when_asked(tmp_path)
         train_steps(recipe, (1, 3))
     state_file = tmp_path / "run/checkpoints/step-00000004/trainer_state.json"
     state_file.write_text(json.dumps({"step": 4}))  # as the earlier loop wrote it
-    with pytest.raises(RecipeError, match="earlier training loop"):
+    with pytest.raises(RecipeError, match="before step checkpoints recorded their format"):
         train_steps(recipe)
     run = toy_run(recipe)
     run_training(run, ToyTask(0, batches_per_epoch=5), STEPS, recipe, progress=False, resume_anyway=True)

@@ -144,6 +144,13 @@ def test_two_cpu_processes_with_gloo(workspace):
     assert export.returncode == 0, export.stderr[-2000:]
     final, exported = final_weights(workspace / "ddp"), model_weights(workspace / "ddp" / "step-4")
     assert final.keys() == exported.keys() and all((final[k] == exported[k]).all() for k in final)
+    # the recipe's batch is the whole batch, shared out: one row cannot feed two processes
+    small = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "ecgllm.serving.cli", "train",
+                            str(recipe(workspace, "ddp_small", max_steps=2, batch_size=1, grad_accum=1)), "--quiet"],
+                           capture_output=True, text=True, env=env, timeout=600)
+    # (each process stops with exit 3 and the sentence; torchrun itself reports the failed processes with 1)
+    assert small.returncode != 0 and "shared out among the 2 processes" in small.stderr, small.stderr[-2000:]
+    assert "exitcode  : 3" in small.stderr or "exitcode: 3" in small.stderr, small.stderr[-2000:]
 
 
 def test_recipe_errors_name_the_problem(tmp_path):

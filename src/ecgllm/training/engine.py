@@ -201,10 +201,10 @@ def _resume(run: Run, schedule: Schedule, task: Task, resume_anyway: bool) -> tu
     if done:
         state = read_state(done[-1])
         if schedule.by_steps and state.get("format") != STEP_FORMAT and not resume_anyway:
-            raise RecipeError(f"{done[-1]} was written by the earlier training loop, which counted the learning-rate "
-                              "schedule and the batch size per process: start a new output_dir, or pass "
-                              "--resume-anyway to continue from it (a single-process run continues on the same "
-                              "schedule)")
+            raise RecipeError(f"{done[-1]} was written before step checkpoints recorded their format, by a loop "
+                              "that counted the learning-rate schedule and the batch size per process: start a new "
+                              "output_dir, or pass --resume-anyway to continue from it (a single-process run "
+                              "continues on the same schedule; the flag also lets a changed recipe resume)")
         run.accelerator.load_state(str(done[-1]))
         run.accelerator.print(f"resuming from {done[-1]} ({unit} {state[unit]})")
         if schedule.by_steps:
