@@ -63,6 +63,25 @@ def selection_metrics(result: Path, source: Path) -> dict:
     return metrics
 
 
+def evidence_metrics(result: Path, source: Path) -> dict:
+    """The headline figures of `benchmarks/ecgqa_evidence.py`'s result for ``source`` (the generated test set over
+    ECG-QA test ECGs, which no stage trained on, and the balanced "Is this a normal ECG?" check), for its card; the
+    result must have measured these very weights."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from common import fingerprint
+
+    measured = json.loads(result.read_text())
+    if measured.get("measured_model", {}).get("fingerprint") != fingerprint(source):
+        raise SystemExit(f"error: {result} measured other weights ({measured.get('measured_model', {}).get('fingerprint')})"
+                         f" than {source} ({fingerprint(source)})")
+    test = measured["generated_test"]
+    return {"measured_by": result.name, "generated_test_split": test["split"], "generated_test_n": test["n"],
+            "generated_test_records_seen_in_training": test["seen_in_training"]["records_seen_in_training"],
+            **{f"generated_test_{key}": test[key] for key in ("em", "blind_em", "random_ecg_em",
+                                                               "single_verify_balanced_acc")},
+            "normal_ecg_balanced_acc": measured["normal_ecg"]["balanced_acc"]}
+
+
 def stage_card(staged: Path, source: Path, shipped_from: str, metrics: dict | None = None) -> None:
     """The shipped copy's card: the source's own, or for a folder from before cards one made from its files and its
     run's recipe; it names the run it was shipped from, hashes the copy's own training records, and carries the
@@ -94,8 +113,11 @@ def main() -> int:
     parser.add_argument("--image-encoder", type=Path, help="an image-distillation run to attach (reads ECG images)")
     parser.add_argument("--selected-by", type=Path, help="the benchmarks/ecgqa_candidate.py result (JSON) that chose "
                         "this model on ECG-QA valid: its headline figures go into the card")
+    parser.add_argument("--measured-by", type=Path, help="a benchmarks/ecgqa_evidence.py result (JSON) of these "
+                        "weights: its headline figures on ECG-QA test ECGs go into the card")
     args = parser.parse_args()
-    metrics = selection_metrics(args.selected_by, args.source) if args.selected_by else None
+    metrics = {**(selection_metrics(args.selected_by, args.source) if args.selected_by else {}),
+               **(evidence_metrics(args.measured_by, args.source) if args.measured_by else {})}
     from ecgllm.models.ecg_lm import EcgLanguageModel
     from ecgllm.models.model_folder import read_config
     from ecgllm.models.processor import EcgProcessor

@@ -610,3 +610,11 @@ def test_the_shipped_card_takes_the_figures_of_the_selection_that_chose_those_ve
     path.write_text(json.dumps({**result, "decision": {"replace": False}}))
     with pytest.raises(SystemExit, match="does not replace the default"):
         ship_checkpoint.selection_metrics(path, tiny_checkpoint)
+    evidence = json.loads((root / "benchmarks/results/ecgqa_evidence.json").read_text())  # --measured-by
+    path.write_text(json.dumps(evidence))
+    if evidence["measured_model"]["fingerprint"] == today:  # the page measured today's default
+        metrics = ship_checkpoint.evidence_metrics(path, common.DEFAULT_CHECKPOINT)
+        assert metrics["generated_test_em"] == evidence["generated_test"]["em"]
+        assert metrics["generated_test_records_seen_in_training"] == 0
+    with pytest.raises(SystemExit, match="measured other weights"):
+        ship_checkpoint.evidence_metrics(path, tiny_checkpoint)
