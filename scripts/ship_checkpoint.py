@@ -20,6 +20,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import fingerprint  # noqa: E402  (what results pages record of the model they measured)
+
 TARGET = ROOT / "src/ecgllm/data/checkpoint"
 
 
@@ -44,18 +47,17 @@ def attach_image_encoder(model, processor, run: Path) -> None:
 def selection_metrics(result: Path, source: Path) -> dict:
     """The headline figures of the model-selection run that chose ``source`` (`benchmarks/ecgqa_candidate.py`'s
     JSON, on ECG-QA valid), for its card; the result must have scored these very weights as its candidate."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from common import fingerprint
-
     scored = json.loads(result.read_text())
-    if scored["fingerprints"]["candidate"] != fingerprint(source):
+    weights = fingerprint(source)
+    if scored["fingerprints"]["candidate"] != weights:
         raise SystemExit(f"error: {result} scored other weights ({scored['fingerprints']['candidate']}) than "
-                         f"{source} ({fingerprint(source)})")
+                         f"{source} ({weights})")
     if not scored["decision"]["replace"]:
         raise SystemExit(f"error: by {result}, {source} does not replace the default")
-    if TARGET.exists() and scored["fingerprints"]["default"] != fingerprint(TARGET):
+    today = fingerprint(TARGET) if TARGET.exists() else None
+    if today is not None and scored["fingerprints"]["default"] != today:
         raise SystemExit(f"error: {result} weighed {source} against another default ({scored['fingerprints']['default']}) "
-                         f"than today's ({fingerprint(TARGET)})")
+                         f"than today's ({today})")
     metrics = {"selected_by": result.name, "split": "ECG-QA valid (model selection; no ECG of it seen in training)"}
     for name in ("official_valid", "valid_grouped"):
         for key in ("n", "em", "em_random_ecg", "drop_random_ecg"):
@@ -67,13 +69,10 @@ def evidence_metrics(result: Path, source: Path) -> dict:
     """The headline figures of `benchmarks/ecgqa_evidence.py`'s result for ``source`` (the generated test set over
     ECG-QA test ECGs, which no stage trained on, and the balanced "Is this a normal ECG?" check), for its card; the
     result must have measured these very weights."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from common import fingerprint
-
     measured = json.loads(result.read_text())
-    if measured.get("measured_model", {}).get("fingerprint") != fingerprint(source):
-        raise SystemExit(f"error: {result} measured other weights ({measured.get('measured_model', {}).get('fingerprint')})"
-                         f" than {source} ({fingerprint(source)})")
+    named, weights = measured.get("measured_model", {}).get("fingerprint"), fingerprint(source)
+    if named != weights:
+        raise SystemExit(f"error: {result} measured other weights ({named}) than {source} ({weights})")
     test = measured["generated_test"]
     return {"measured_by": result.name, "generated_test_split": test["split"], "generated_test_n": test["n"],
             "generated_test_records_seen_in_training": test["seen_in_training"]["records_seen_in_training"],

@@ -69,8 +69,10 @@ def encoder_state(folder: str | Path) -> dict[str, torch.Tensor]:
 
     folder = Path(folder)
     if _is_encoder_run(folder):
-        encoder_meta(folder)
-    state = load_file(folder / "encoder.safetensors") if _is_encoder_run(folder) else part_state(folder, "encoder")
+        encoder_meta(folder)  # its card checked
+        state = load_file(folder / "encoder.safetensors")
+    else:
+        state = part_state(folder, "encoder")
     if state is None:
         raise FileNotFoundError(f"{folder} holds no encoder weights")
     return state

@@ -33,12 +33,15 @@ def is_model_folder(folder: str | Path) -> bool:
         return False
     meta = json.loads(path.read_text())
     return isinstance(meta, dict) and (meta.get("model_type") == EcgLanguageModelConfig.model_type
-                                       or ("config" in meta and "model_type" not in meta))
+                                       or _nests_parts(meta))
 
 
 def is_legacy(folder: str | Path) -> bool:
     """A folder of the layout before transformers' (its config.json nests the parts under "config")."""
-    meta = json.loads((Path(folder) / "config.json").read_text())
+    return _nests_parts(json.loads((Path(folder) / "config.json").read_text()))
+
+
+def _nests_parts(meta: dict) -> bool:
     return "config" in meta and "model_type" not in meta
 
 

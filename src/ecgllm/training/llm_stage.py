@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ecgllm.training.checkpoints import STATE_FILE, finished_checkpoints
 from ecgllm.errors import RecipeError
+from ecgllm.training.checkpoints import STATE_FILE, finished_checkpoints
 from ecgllm.training.config import TrainConfig
 from ecgllm.training.engine import Schedule, Task, prepare_run, run_training, stage_accelerator
 from ecgllm.training.recipes import resolved
