@@ -89,7 +89,7 @@ def compare_trainer_paths(model, processor, samples: list[dict], ecg: dict, batc
     grouped = length_grouped_batches(lengths, batch_size, seed=0)
     params = [p for p in model.parameters() if p.requires_grad]
     start = {id(p): p.detach().clone() for p in params}
-    timed_encode = model.encode
+    timed_encode = model.encode_with_image_noise
     seconds = {"encoder": 0.0}
 
     def encode(*a, **k):
@@ -98,7 +98,7 @@ def compare_trainer_paths(model, processor, samples: list[dict], ecg: dict, batc
         seconds["encoder"] += time.perf_counter() - t0
         return out
 
-    model.encode = encode
+    model.encode_with_image_noise = encode
     results = {}
     own = float(model.ecg_config.lora.get("lora_dropout", 0.0)) if model.ecg_config.llm_policy == "lora" else EARLIER_LORA_DROPOUT
     paths = [("padded_full_logits", padded, False, False, EARLIER_LORA_DROPOUT)]
@@ -154,7 +154,7 @@ def compare_trainer_paths(model, processor, samples: list[dict], ecg: dict, batc
                              "seconds_by_part": {k: round(v, 2) for k, v in parts.items()},
                              "wall_s": round(wall, 1), "batches": len(batches)}
     finally:  # the model leaves as it came (its encoder, training paths), even if a path failed
-        model.encode = timed_encode
+        model.encode_with_image_noise = timed_encode
         model.sparse_logits = model.share_prefix = model.math_attention = True
     with torch.no_grad():  # what follows (answer latency) runs the weights every path started from
         for p in params:

@@ -18,12 +18,18 @@ CACHE = Path(os.environ.get("ECGLLM_CACHE", ROOT / ".cache"))
 DEFAULT_CHECKPOINT = ROOT / "src" / "ecgllm" / "data" / "checkpoint"
 
 
-def fingerprint(path: Path) -> str:
+# A model folder's picture path: the image encoder's weights (under this key prefix) and the files beside them; a
+# signal never meets them
+PICTURE_PATH_FILES = ("page_check.safetensors", "image_quality.safetensors")
+PICTURE_PATH_KEYS = "image_encoder."
+
+
+def fingerprint(path: Path, signals_only: bool = False) -> str:
     """A short hash of a file, or of a checkpoint's trained weights (what tells two models apart). A language-model
     folder is hashed over its weights under the model's own keys (`model_folder.saved_weights`), so a LoRA or
     frozen-LLM folder converted from the older layout keeps its fingerprint (an older full-LLM folder's llm/ counts
     by its files' bytes); any other folder over every *.safetensors under it, in the order of their paths relative
-    to it."""
+    to it. ``signals_only``: a language-model folder without its picture path (what a signal is answered with)."""
     if path.is_file():
         return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     from ecgllm.models.model_folder import WEIGHT_FILES, is_model_folder, saved_weights
@@ -31,9 +37,13 @@ def fingerprint(path: Path) -> str:
     files = {part.relative_to(path).as_posix(): part for part in path.rglob("*.safetensors") if part.is_file()}
     if not is_model_folder(path):
         return weights_fingerprint({name: part.read_bytes() for name, part in files.items()})
-    # the rest (the page check beside the image encoder) counts by its bytes
+    state = saved_weights(path)
+    if signals_only:
+        files = {name: part for name, part in files.items() if name not in PICTURE_PATH_FILES}
+        state = {key: tensor for key, tensor in state.items() if not key.startswith(PICTURE_PATH_KEYS)}
+    # the rest (the page check and image quality head beside the image encoder) counts by its bytes
     return weights_fingerprint({name: part.read_bytes() for name, part in files.items() if name not in WEIGHT_FILES},
-                               saved_weights(path))
+                               state)
 
 
 def weights_fingerprint(files: dict[str, bytes], state: dict | None = None) -> str:
@@ -61,10 +71,14 @@ def same_tensors(first: dict, second: dict) -> bool:
 def measured_model(folder: Path) -> dict:
     """Which checkpoint a page measured: its weights' fingerprint and the run it was shipped from (for a folder
     that was never shipped, its path). Every safetensors counts, the image encoder's too: a page names the whole
-    model it measured, so a new image encoder alone marks a page of the signal path as measured on another one."""
+    model it measured. A language-model folder's fingerprint without its picture path comes too: a page that gave
+    the model signals only still holds for a default whose picture path alone changed (`stale_default_note`)."""
+    from ecgllm.models.model_folder import is_model_folder
+
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
     name = os.path.relpath(folder.resolve(), ROOT) if folder.resolve().is_relative_to(ROOT.parent) else str(folder)
-    return {"fingerprint": fingerprint(folder), "shipped_from": config.get("shipped_from") or name}
+    return {"fingerprint": fingerprint(folder), "shipped_from": config.get("shipped_from") or name,
+            **({"signal_fingerprint": fingerprint(folder, signals_only=True)} if is_model_folder(folder) else {})}
 
 
 def claim_run_folder(out: Path, folder: Path) -> dict:
@@ -82,13 +96,21 @@ def claim_run_folder(out: Path, folder: Path) -> dict:
     return now
 
 
-def stale_default_note(result: dict) -> str:
+def stale_default_note(result: dict, reads_pictures: bool = True) -> str:
     """For a page that measures the shipped default: '' while its JSON's `measured_model` is today's default,
-    otherwise a warning that names both (a page is re-measured by its own command after a new default ships)."""
+    otherwise a warning that names both (a page is re-measured by its own command after a new default ships). A
+    page that gave the model signals only (``reads_pictures`` False) measured today's default too when only the
+    picture path has changed since; it says so instead."""
     now = measured_model(DEFAULT_CHECKPOINT)
     measured = result.get("measured_model")
     if measured and measured["fingerprint"] == now["fingerprint"]:
         return ""
+    if measured and not reads_pictures and measured.get("signal_fingerprint") == now.get("signal_fingerprint") \
+            and now.get("signal_fingerprint"):
+        return (f"Measured on `{measured.get('shipped_from')}` (weights {measured['fingerprint']}); today's default "
+                f"(weights {now['fingerprint']}) differs from it only in its picture path (image encoder, page check, "
+                f"image quality head), which these figures, all from signals, never used: the weights that answered "
+                f"them are today's (without the picture path: {now['signal_fingerprint']}).")
     was = (f"`{measured.get('shipped_from')}` (weights {measured.get('fingerprint')})" if measured
            else "a checkpoint this result does not name")
     return (f"**Not measured on today's default.** These figures were measured on {was}; the default shipped now is "

@@ -185,16 +185,18 @@ def fold10_test_reading(model_dir: str, cache: str, ptbxl_dir: str, ecgqa_dir: s
     encoder's tokens, the signal encoder's pooling, the label-token classifier head."""
     from ecgllm.datasets import ECGQA
     from ecgllm.datasets.split_policy import seen_by_checkpoint
+    from ecgllm.models.ecg_lm import EcgLanguageModel
     from ecgllm.models.image_encoder import load_image_encoder
     from ecgllm.training.distill_image import (load_teacher, render_set, student_outputs, superclass_metrics,
                                                teacher_targets)
+    from ecgllm.training.image_quality import noise_reading
     from ecgllm.training.pretrain_encoder import load_ptbxl_arrays
 
     folder = Path(model_dir)
     student, _ = load_image_encoder(folder)
     config = student.config
     encoder, head, saved = load_teacher(folder, config.n_tokens)
-    data, _ = load_ptbxl_arrays(cache, ptbxl_dir, saved["input"]["normalize"])
+    data, ptbxl = load_ptbxl_arrays(cache, ptbxl_dir, saved["input"]["normalize"])
     test_ids = sorted(ECGQA(ecgqa_dir).split_ecg_ids("test"))
     rows = data.test[np.isin(data.ids[data.test], test_ids)]
     rows = np.sort(np.random.default_rng(0).permutation(rows)[:n])
@@ -210,10 +212,16 @@ def fold10_test_reading(model_dir: str, cache: str, ptbxl_dir: str, ecgqa_dir: s
               "seen_in_training": seen}
     _, signal_logits = teacher_targets(encoder, head, data.signals[rows], data.masks[rows])
     result.update(superclass_metrics("signal", data.y[rows], signal_logits))
+    pages = {}
     for name, augment in (("image_clean", False), ("image_augmented", True)):
-        images = render_set(data.signals[rows], data.fs, seeds, np.full(len(rows), augment), config, workers, True,
-                            f"fold 10 ∩ test, {name.removeprefix('image_')}")
-        result.update(superclass_metrics(name, data.y[rows], student_outputs(student, head, images, encoder.pool)[1]))
+        pages[name] = render_set(data.signals[rows], data.fs, seeds, np.full(len(rows), augment), config, workers,
+                                 True, f"fold 10 ∩ test, {name.removeprefix('image_')}")
+        result.update(superclass_metrics(name, data.y[rows], student_outputs(student, head, pages[name],
+                                                                             encoder.pool)[1]))
+    model = EcgLanguageModel.from_pretrained(folder)
+    if model.image_quality is not None:  # a picture's noise, from the same renders, beside the signal heads'
+        result["noise"] = noise_reading(model, model.image_quality, data.signals[rows], data.masks[rows], pages,
+                                        ptbxl.table, data.ids[rows])
     return result
 
 
@@ -222,21 +230,22 @@ BLANK_QUALITY = "signal, quality slots blank"  # the signals, read as a picture 
 
 @contextlib.contextmanager
 def blank_signal_quality(model):
-    """The model answers signals with its signal-quality slots blank (NaN rows, as `_signal_quality` gives a
-    picture), so the signal-vs-picture gap that comes from those slots alone can be measured."""
+    """The model answers signals with its signal-quality slots blank (NaN rows, as `_noise` gives a picture where
+    the model has no image quality head), so the signal-vs-picture gap that comes from those slots alone can be
+    measured."""
     import torch
 
-    original = model._signal_quality
+    original = model._noise
 
     def blank(*args, **kwargs):
         out = original(*args, **kwargs)
         return None if out is None else torch.full_like(out, float("nan"))
 
-    model._signal_quality = blank
+    model._noise = blank
     try:
         yield
     finally:
-        del model._signal_quality
+        del model._noise
 
 
 def ecgqa_modalities(model_dir: str, data: str, signals: str, limit: int, out: Path) -> dict:
@@ -272,13 +281,29 @@ def attribute_table(ecgqa: dict) -> list[str]:
     kinds = sorted({k for v in ecgqa.values() for k in v["per_attribute_type"]})
     first = next(iter(ecgqa.values()))["per_attribute_type"]
     return ["By attribute type (EM). A question naming a noise gets a named slot filled from the signal-quality "
-            "heads, which read the signal; for a picture that slot stays blank (`ecgllm.models.label_tokens`). "
-            f"\"{BLANK_QUALITY}\" answers the same signals with those slots blank, as a picture gets them: what the "
-            "slots alone account for." if BLANK_QUALITY in ecgqa else "By attribute type (EM):", "",
+            "heads, which read the signal; for a picture, from the image quality head where the checkpoint has one "
+            "(the section above), else the slot stays blank (`ecgllm.models.label_tokens`). "
+            f"\"{BLANK_QUALITY}\" answers the same signals with those slots blank: what the slots alone account "
+            "for." if BLANK_QUALITY in ecgqa else "By attribute type (EM):", "",
             "| attribute type | n | " + " | ".join(ecgqa) + " |", "|---|---|" + "---|" * len(ecgqa),
             *[f"| {kind} | {first.get(kind, {}).get('n', '')} | "
               + " | ".join(str(v["per_attribute_type"].get(kind, {}).get("em", "")) for v in ecgqa.values()) + " |"
               for kind in kinds], ""]
+
+
+def noise_table(noise: dict, split: str) -> list[str]:
+    """The picture's noise (the image quality head on the renders) beside the signal's (the signal-quality heads)."""
+    kinds = [k for k in noise if k != "n"]
+    return [f"## Noise from a picture: {split}", "",
+            "A question naming a noise gets a named slot: for a signal, the signal-quality heads' probability; for a "
+            "picture, the image quality head's (`ecgllm.models.image_quality`: ridge regression from the image "
+            "encoder's early feature maps to the signal heads' logits, fitted on renders of training records by "
+            "`scripts/fit_image_quality.py`). How well each ranks PTB-XL's noise columns on the same records "
+            "(record level, AUC):", "",
+            "| noise | records with it | signal heads, signal | image head, clean render | image head, distorted render |",
+            "|---|---|---|---|---|",
+            *[f"| {k} | {noise[k]['positives']} of {noise['n']} | {noise[k]['signal']} | {noise[k]['image_clean']} | "
+              f"{noise[k]['image_augmented']} |" for k in kinds], ""]
 
 
 def write_doc(result: dict, command: str) -> None:
@@ -303,6 +328,8 @@ def write_doc(result: dict, command: str) -> None:
           if result.get("warm_started") else []),
         f"python scripts/ship_checkpoint.py runs/{result['shipped_from']}/final --image-encoder "
         f"runs/ecgqa/{result['distill_run']}",
+        *(["python scripts/fit_image_quality.py src/ecgllm/data/checkpoint --signals cache/ptbxl100 --ptbxl "
+           "../shared/data/ptbxl   # a picture's noise, imitating the signal-quality heads"] if "noise" in t else []),
         command, "```", "", "## Targets", "",
         "| target | measured | goal | met? |", "|---|---|---|---|",
         *[f"| {label} | {value} | ≥ {goal} | {'yes' if value >= goal else f'no (by {goal - value:.3f})'} |"
@@ -330,6 +357,7 @@ def write_doc(result: dict, command: str) -> None:
         *[f"| {label} | {t[k + '_super_macro_auc']} | {t[k + '_super_macro_f1']} | {t[k + '_super_hamming_loss']} | "
           f"{t[k + '_all71_macro_auc']} |" for label, k in (("signal (teacher)", "signal"), ("clean render", "image_clean"),
                                                               ("distorted render", "image_augmented"))], "",
+        *(noise_table(t["noise"], t["split"]) if "noise" in t else []),
         "## ECG-QA exact match, the same questions with the ECGs as signals or pictures", "",
         "| ECGs given as | EM | 95% CI | n |", "|---|---|---|---|",
         *[f"| {k} | {v['em']} | {v['ci95'][0]}–{v['ci95'][1]} | {v['n']} |" for k, v in q.items()], "",

@@ -4,8 +4,10 @@ The checkpoint is loaded (either folder layout, `ecgllm.models.model_folder`) an
 ``save_pretrained``, so the shipped copy holds what inference needs in transformers' layout (config.json,
 model.safetensors with the encoder, projector, label tokens, LoRA adapter and image encoder, the processor) plus
 the training records and the card; with --image-encoder, a distilled image encoder is attached first, so that the
-checkpoint also reads ECG images. Machine-local paths are dropped from the config; the weights must stay within
-the size budget on top of the SmolLM2 base, and the copy must load and answer before it replaces the shipped one.
+checkpoint also reads ECG images (an image quality head of the source, fitted for its own image encoder, is then
+dropped: fit one for the new pair with scripts/fit_image_quality.py). Machine-local paths are dropped from the
+config; the weights must stay within the size budget on top of the SmolLM2 base, and the copy must load and answer
+before it replaces the shipped one.
 
     python scripts/ship_checkpoint.py runs/ecgqa/instruct_debiased/final [--image-encoder runs/ecgqa/image_encoder]
 """

@@ -14,6 +14,10 @@ A model's fingerprint was once the hash of its folder's safetensors files; it is
 under the model's own keys, whichever layout saved them. ``--rehash COMMIT`` moves results that name the default as
 committed at COMMIT from the first to the second, once the default on disk holds those very weights (e.g. after
 its conversion to transformers' layout); a result that names another model is left alone.
+
+``--signal-fingerprint`` adds to results that name the default on disk (by its whole fingerprint) the fingerprint of
+its weights without the picture path (`benchmarks/common.py: measured_model`), which results written before it
+existed lack; run it before the picture path of the default changes.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import DEFAULT_CHECKPOINT, fingerprint, weights_fingerprint  # noqa: E402
+from common import DEFAULT_CHECKPOINT, fingerprint, measured_model, weights_fingerprint  # noqa: E402
 
 CHECKPOINT = DEFAULT_CHECKPOINT.relative_to(ROOT).as_posix()
 
@@ -79,6 +83,21 @@ def rehash(results: list[Path], commit: str) -> None:
         print(f"{path}: {then['file_hash']} (its files at {commit[:7]}) -> {now} (its weights)")
 
 
+def add_signal_fingerprint(results: list[Path]) -> None:
+    """``--signal-fingerprint``: see the module's docstring."""
+    now = measured_model(DEFAULT_CHECKPOINT)
+    for path in results:
+        result = json.loads(path.read_text())
+        measured = result.get("measured_model", {})
+        if measured.get("fingerprint") != now["fingerprint"]:
+            print(f"{path}: names {measured.get('fingerprint')}, not the default on disk ({now['fingerprint']}): "
+                  f"left alone")
+            continue
+        result["measured_model"] = {**measured, "signal_fingerprint": now["signal_fingerprint"]}
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"{path}: {now['fingerprint']}, without its picture path {now['signal_fingerprint']}")
+
+
 def last_unstamped_commit(relative: str) -> str:
     """The last commit that wrote the result's figures: the newest one whose copy names no model yet."""
     for commit in git("log", "--format=%H", "--", relative).decode().split():
@@ -92,7 +111,12 @@ def main() -> None:
     parser.add_argument("results", type=Path, nargs="+", help="result JSON files (benchmarks/results/...)")
     parser.add_argument("--rehash", metavar="COMMIT", help="move results that name the default as committed at "
                         "COMMIT from the hash of its files to the hash of its weights")
+    parser.add_argument("--signal-fingerprint", action="store_true", help="add the fingerprint without the picture "
+                        "path to results that name the default on disk")
     args = parser.parse_args()
+    if args.signal_fingerprint:
+        add_signal_fingerprint(args.results)
+        return
     if args.rehash:
         rehash(args.results, args.rehash)
         return

@@ -536,6 +536,19 @@ def test_a_page_of_the_default_says_when_a_newer_default_has_shipped(tmp_path, m
     assert earlier["fingerprint"] != today["fingerprint"]
     note = common.stale_default_note({"measured_model": earlier})
     assert "an_earlier_run" in note and earlier["fingerprint"] in note and today["fingerprint"] in note
+    assert earlier["signal_fingerprint"] != today["signal_fingerprint"]  # that weight answers signals too
+    assert "Not measured on today's default" in common.stale_default_note({"measured_model": earlier},
+                                                                           reads_pictures=False)
+    pictures = tmp_path / "pictures"  # the picture path alone changed: an image quality head added
+    shutil.copytree(common.DEFAULT_CHECKPOINT, pictures)
+    (pictures / "image_quality.safetensors").write_bytes((other / "config.json").read_bytes()[:64])
+    (pictures / "config.json").write_text(json.dumps({**config, "shipped_from": "a_picture_path_before"}))
+    before = common.measured_model(pictures)
+    assert before["fingerprint"] != today["fingerprint"] and before["signal_fingerprint"] == today["signal_fingerprint"]
+    assert "Not measured on today's default" in common.stale_default_note({"measured_model": before})
+    signals_only = common.stale_default_note({"measured_model": before}, reads_pictures=False)
+    assert "only in its picture path" in signals_only and before["fingerprint"] in signals_only
+    assert "Not measured" not in signals_only
     out = tmp_path / "runs"  # a benchmark's run folders resume by question: another model's answers are refused
     assert common.claim_run_folder(out, common.DEFAULT_CHECKPOINT) == today
     assert common.claim_run_folder(out, common.DEFAULT_CHECKPOINT) == today
@@ -564,12 +577,13 @@ def test_committed_pages_of_the_default_warn_exactly_when_it_has_changed(monkeyp
     import common
     import ecgqa_evidence
 
-    pages = {"ecgqa_evidence.json": ["docs/results/ecgqa_evidence.md", "README.md"],
-             "images.json": ["docs/results/images.md"], "ecgbench_images.json": ["docs/results/ecgbench_images.md"]}
-    for name, texts in pages.items():
+    pages = {"ecgqa_evidence.json": (["docs/results/ecgqa_evidence.md", "README.md"], False),
+             "images.json": (["docs/results/images.md"], True),
+             "ecgbench_images.json": (["docs/results/ecgbench_images.md"], True)}  # (pages, reads pictures)
+    for name, (texts, reads_pictures) in pages.items():
         result = json.loads((common.RESULTS / name).read_text())
         assert "measured_model" in result, f"{name} names no model (scripts/stamp_measured_model.py)"
-        note = common.stale_default_note(result)
+        note = common.stale_default_note(result, reads_pictures)
         for text in texts:
             page = (root / text).read_text()
             assert (note in page) if note else ("Not measured on today's default" not in page), (

@@ -182,6 +182,8 @@ def test_noise_questions_are_told_by_every_ecgqa_wording_and_pictures_numbered_a
     picture = ECGImage.__new__(ECGImage)  # only its type matters here
     notes = picture_noise_notes([read_ecg(PTBXL_1), picture, picture], "Which shows static noise?")
     assert [n.split(":")[0] for n in notes] == ["picture 1", "picture 2"]
+    read = picture_noise_notes([picture], "Does this ECG show static noise?", read_by_head=True)
+    assert len(read) == 1 and "read from the drawing by the image quality head" in read[0]
 
 
 def test_image_instruction_data_trains_through_the_image_encoder(tmp_path, tiny_tokenizer):

@@ -185,7 +185,7 @@ def test_a_named_noise_fills_its_slot_with_the_heads_probability_and_survives_sa
     with pytest.raises(ValueError, match="beyond this model's"):
         model.label_tokens(pooled, torch.tensor([[len(names), NOT_NAMED]]))
     # pictures have no signal: in a mixed prompt their noise rows are blank, the signal's are the heads'
-    mixed = model._signal_quality(batch["ecg"], batch["ecg_mask"], torch.tensor([True, False]), 2, "cpu")
+    mixed = model._noise(batch["ecg"], batch["ecg_mask"], torch.tensor([True, False]), None, 2, "cpu")
     assert mixed[0].isnan().all()
     assert torch.equal(mixed[1], model.label_tokens.quality(batch["ecg"], batch["ecg_mask"])[0])
     # a folder whose heads were never fitted is refused, not served with blank noise slots

@@ -81,6 +81,7 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
         self.projector = build_projector(parts.projector, self.encoder.dim, hidden)
         self.image_encoder: nn.Module | None = None  # set from config.image_encoder, or by `ecgllm.training.model_setup.attach_image_encoder`
         self.page_check = None  # with the image encoder: how far a picture lies from the pages it learned
+        self.image_quality = None  # with the image encoder: a picture's noise, read as the signal-quality heads read it
         if config.image_encoder:
             from ecgllm.models.image_encoder import ImageEncoder, ImageEncoderConfig
 
@@ -151,6 +152,16 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
         object.__setattr__(self, "_page_check_encoder",
                            None if check is None else copy.deepcopy(self.image_encoder).float().eval())
 
+    def set_image_quality(self, head) -> None:
+        """The image quality head (`ecgllm.models.image_quality.ImageQuality`, or None): a picture's noise
+        probabilities for the named slots the signal-quality heads fill for a signal (a plain attribute, never
+        saved with the weights nor cast)."""
+        quality = self.label_tokens.quality if self.label_tokens is not None else None
+        if head is not None and (quality is None or head.n_entries != quality.n_entries):
+            raise ValueError(f"an image quality head of {head.n_entries} entries for a model whose signal-quality "
+                             f"heads give {0 if quality is None else quality.n_entries}")
+        self.image_quality = head
+
     @torch.no_grad()
     def page_distances(self, pixels: torch.Tensor):
         """How far each picture [B, 1, H, W] lies from the ECG pages the image encoder learned from
@@ -175,9 +186,16 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
     # ------------------------------------------------------------------------------------ forward
     def encode(self, ecg: torch.Tensor | None, ecg_mask: torch.Tensor | None, images: torch.Tensor | None = None,
                ecg_is_image: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Encoder tokens [E, N, D] of every ECG in prompt order (`encode_with_image_noise` without the noise)."""
+        return self.encode_with_image_noise(ecg, ecg_mask, images, ecg_is_image)[0]
+
+    def encode_with_image_noise(self, ecg: torch.Tensor | None, ecg_mask: torch.Tensor | None,
+                                images: torch.Tensor | None = None, ecg_is_image: torch.Tensor | None = None
+                                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Encoder tokens [E, N, D] of every ECG in prompt order: signals by the signal encoder, pictures by the
-        image encoder (``ecg_is_image`` [E] says which is which). Inputs move to the encoders' device and take their
-        dtype, so a model loaded in bf16 on a GPU reads a processor's float32 CPU batch."""
+        image encoder (``ecg_is_image`` [E] says which is which); and the pictures' noise probabilities [pictures,
+        entries] from the image quality head (None without pictures or head). Inputs move to the encoders' device
+        and take their dtype, so a model loaded in bf16 on a GPU reads a processor's float32 CPU batch."""
         signal_weight = next(self.encoder.parameters())
         image_weight = signal_weight if self.image_encoder is None else next(self.image_encoder.parameters())
         ecg = None if ecg is None else ecg.to(signal_weight.device, signal_weight.dtype)
@@ -186,18 +204,22 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
         ecg_is_image = None if ecg_is_image is None else ecg_is_image.to(signal_weight.device)
         if ecg_is_image is None or not bool(ecg_is_image.any()):
             if ecg is None or ecg.shape[0] == 0:
-                return None
-            return self.encoder(ecg, ecg_mask)
+                return None, None
+            return self.encoder(ecg, ecg_mask), None
         if self.image_encoder is None:
             raise ImageNotSupportedError("this model has no image encoder: it reads ECG signals only, not pictures "
                                          "of printouts; send the signal file, or use a checkpoint with an image "
                                          "encoder (the shipped one has one)")
-        from_images = self.image_encoder(images)
+        if self.image_quality is None:
+            from_images, image_noise = self.image_encoder(images), None
+        else:
+            from_images, kept = self.image_encoder.encode(images, keep=self.image_quality.layers)
+            image_noise = self.image_quality(kept)
         features = from_images.new_zeros(len(ecg_is_image), *from_images.shape[1:])
         features[ecg_is_image] = from_images
         if bool((~ecg_is_image).any()):
             features[~ecg_is_image] = self.encoder(ecg, ecg_mask).to(features.dtype)
-        return features
+        return features, image_noise
 
     def embed(self, input_ids: torch.Tensor, ecg: torch.Tensor | None, ecg_mask: torch.Tensor | None,
               images: torch.Tensor | None = None,
@@ -205,7 +227,7 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
         embeds = self.llm.get_input_embeddings()(input_ids)
         slots = input_ids == self.ecg_token_id
         device = embeds.device
-        features = self.encode(ecg, ecg_mask, images, ecg_is_image)
+        features, image_noise = self.encode_with_image_noise(ecg, ecg_mask, images, ecg_is_image)
         n_ecgs = 0 if features is None else features.shape[0]
         expected = n_ecgs * self.tokens_per_ecg
         if int(slots.sum()) != expected:
@@ -216,23 +238,27 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
         tokens = self.projector(features)
         if self.label_tokens is not None:
             labels = self.label_tokens(self.encoder.pool(features), ecg_named,
-                                       self._signal_quality(ecg, ecg_mask, ecg_is_image, n_ecgs, device))
+                                       self._noise(ecg, ecg_mask, ecg_is_image, image_noise, n_ecgs, device))
             tokens = torch.cat([tokens, labels.to(tokens.dtype)], dim=1)
         return embeds.masked_scatter(slots.unsqueeze(-1), tokens.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
 
-    def _signal_quality(self, ecg, ecg_mask, ecg_is_image, n_ecgs: int, device) -> torch.Tensor | None:
-        """Noise probabilities [E, entries] of every ECG in prompt order; NaN rows for pictures (no signal)."""
+    def _noise(self, ecg, ecg_mask, ecg_is_image, image_noise, n_ecgs: int, device) -> torch.Tensor | None:
+        """Noise probabilities [E, entries] of every ECG in prompt order: the signal-quality heads' for a signal, the
+        image quality head's for a picture (NaN rows for a picture where the model has no such head)."""
         quality = self.label_tokens.quality if self.label_tokens is not None else None
-        if quality is None or ecg is None or ecg.shape[0] == 0:
+        if quality is None or n_ecgs == 0:
             return None
-        if ecg_mask is None:
-            ecg_mask = torch.ones(ecg.shape[:2], dtype=torch.bool)
         if ecg_is_image is None:
-            return quality(ecg.to(device), ecg_mask.to(device))
+            ecg_is_image = torch.zeros(n_ecgs, dtype=torch.bool)
+        ecg_is_image = ecg_is_image.to(device)
         out = torch.full((n_ecgs, quality.n_entries), float("nan"), device=device)
-        signals = ~ecg_is_image.to(device)
+        signals = ~ecg_is_image
         if bool(signals.any()):
-            out[signals] = quality(ecg.to(device), ecg_mask.to(device))
+            if ecg_mask is None:
+                ecg_mask = torch.ones(ecg.shape[:2], dtype=torch.bool)
+            out[signals] = quality(ecg.to(device), ecg_mask.to(device)).to(out.dtype)
+        if image_noise is not None:
+            out[ecg_is_image] = image_noise.to(device, out.dtype)
         return out
 
     def forward(self, input_ids=None, attention_mask=None, ecg=None, ecg_mask=None, labels=None,
@@ -445,6 +471,8 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
             processor.save_pretrained(directory)
         if self.page_check is not None:
             self.page_check.save(directory)
+        if self.image_quality is not None:
+            self.image_quality.save(directory)
         return directory
 
     @classmethod
@@ -459,6 +487,7 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
         weights are loaded over it: transformers' own loader would build the model on the meta device and treat
         every base weight, absent from the checkpoint by design, as missing and to be initialised anew."""
         from ecgllm.models import model_folder
+        from ecgllm.models.image_quality import ImageQuality
         from ecgllm.models.page_check import PageCheck
 
         directory = Path(directory)
@@ -476,6 +505,7 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
         model._check_label_tokens(directory)
         if model.image_encoder is not None:
             model.set_page_check(PageCheck.load(directory))
+            model.set_image_quality(ImageQuality.load(directory))
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)
         return model.eval()

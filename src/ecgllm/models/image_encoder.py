@@ -69,12 +69,21 @@ class ImageEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` [B, 1, H, W] from `image_input` → tokens [B, n_tokens, dim]."""
-        f = self.features(images)
+        return self.encode(images)[0]
+
+    def encode(self, images: torch.Tensor, keep: tuple[int, ...] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Tokens [B, n_tokens, dim], and the feature maps after the layers of `features` whose indices ``keep``
+        names (the image quality head, `ecgllm.models.image_quality`, reads them)."""
+        kept, f = [], images
+        for index, layer in enumerate(self.features):
+            f = layer(f)
+            if index in keep:
+                kept.append(f)
         if f.shape[-2:] != self.grid:
             raise ValueError(f"image input must be {self.config.height}x{self.config.width}, got {tuple(images.shape[-2:])}")
         f = f.flatten(2).transpose(1, 2) + self.position
         tokens, _ = self.attention(self.queries.expand(f.shape[0], -1, -1), f, f, need_weights=False)
-        return tokens + self.mlp(self.norm(tokens))
+        return tokens + self.mlp(self.norm(tokens)), kept
 
 
 def load_image_encoder(folder: str | Path) -> tuple[ImageEncoder, dict]:

@@ -31,16 +31,20 @@ NOISE_QUESTION = re.compile(r"nois|baseline (drift|wander)|electrodes? problems?
 PICTURE_NOISE_NOTE = ("noise is judged from the drawing alone: the signal-quality heads that read drift and static "
                       "noise from a signal do not see a picture, and the image encoder tells noise poorly, so this "
                       "answer may be unreliable. Ask with the signal file for noise")
+PICTURE_NOISE_HEAD_NOTE = ("noise is read from the drawing by the image quality head, which tells it less well than "
+                           "the signal-quality heads tell a signal's (docs/results/images.md), so this answer may be "
+                           "unreliable. Ask with the signal file for noise")
 
 
-def picture_noise_notes(records: Sequence[ECG | ECGImage], question: str) -> list[str]:
-    """A note for each picture asked about its noise: a picture leaves the signal-quality slots blank. Pictures are
-    numbered among the pictures, as the page check numbers them."""
+def picture_noise_notes(records: Sequence[ECG | ECGImage], question: str, read_by_head: bool = False) -> list[str]:
+    """A note for each picture asked about its noise: without an image quality head (``read_by_head``) a picture
+    leaves the signal-quality slots blank; with one, they are filled from a weaker reading than a signal's.
+    Pictures are numbered among the pictures, as the page check numbers them."""
     n_pictures = sum(isinstance(r, ECGImage) for r in records)
     if not n_pictures or not NOISE_QUESTION.search(question):
         return []
-    return [f"{f'picture {n}' if n_pictures > 1 else 'the picture'}: {PICTURE_NOISE_NOTE}"
-            for n in range(1, n_pictures + 1)]
+    note = PICTURE_NOISE_HEAD_NOTE if read_by_head else PICTURE_NOISE_NOTE
+    return [f"{f'picture {n}' if n_pictures > 1 else 'the picture'}: {note}" for n in range(1, n_pictures + 1)]
 
 
 class _RowDeadlines:
@@ -147,7 +151,8 @@ class ECGAssistant:
     def picture_warnings(self, records: Sequence[ECG | ECGImage], question: str) -> list[str]:
         """Every warning about the pictures among ``records`` asked ``question``: the page check's (a picture too
         unlike an ECG page is refused here, `check_pages`), then a note for each picture asked about noise."""
-        return self.check_pages(records) + picture_noise_notes(records, question)
+        return self.check_pages(records) + picture_noise_notes(records, question,
+                                                               self.model.image_quality is not None)
 
     def _measure_ahead(self, questions: Sequence[str], ecg_lists: Sequence[list[ECG | ECGImage]]) -> None:
         """Take the measurements of a checkpoint's measurement notes before the tokenizer lock (about 0.2 s per ECG,

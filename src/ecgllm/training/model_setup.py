@@ -68,6 +68,9 @@ def attach_image_encoder(model: EcgLanguageModel, folder: str | Path, processor:
     model.image_encoder = encoder.eval().requires_grad_(False)
     model.config.image_encoder = saved
     model.set_page_check(PageCheck.load(folder))  # None for an encoder distilled before the check existed
+    # an image quality head read another image encoder's feature maps: it goes (one is fitted for a pair of image
+    # encoder and signal-quality heads, in the model folder that holds both: `scripts/fit_image_quality.py`)
+    model.set_image_quality(None)
     processor.config.image = {"height": encoder.config.height, "width": encoder.config.width}
 
 
