@@ -189,7 +189,9 @@ def render(result: dict) -> str:
              f"`{result['command']}`.", "",
              f"Default: `{result['models']['default']}`. Candidate: `{result['models']['candidate']}`."
              + (" Weights (fingerprints of their saved weights): default {default}, candidate {candidate}."
-                .format(**result["fingerprints"]) if "fingerprints" in result else ""), "",
+                .format(**result["fingerprints"]) if "fingerprints" in result else "")
+             + (" Without the picture path (what answers a signal): default {default}, candidate {candidate}."
+                .format(**result["signal_fingerprints"]) if "signal_fingerprints" in result else ""), "",
              f"Rule (fixed before the candidate was scored): {result['rule']}.", "",
              f"**Decision: {'replace the default' if result['decision']['replace'] else 'keep the default'}** "
              f"({', '.join(f'{k}: {v}' for k, v in result['decision'].items() if k != 'replace')}).", "",
@@ -265,6 +267,7 @@ def main() -> None:
     evaluate_both(models, sets, args.signals, args.work, args.cores)
     result: dict = {"rule": RULE, "models": {k: str(v) for k, v in models.items()},
                     "fingerprints": {k: fingerprint(v) for k, v in models.items()},
+                    "signal_fingerprints": {k: fingerprint(v, signals_only=True) for k, v in models.items()},
                     "sets": {"official_valid": "ECG-QA valid: official_sample valid (template + paraphrased) and "
                                                f"{args.chunk_ids} sample ids of chunk 60000 (seed {args.seed}), "
                                                "both wordings",

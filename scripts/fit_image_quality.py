@@ -4,7 +4,9 @@ noise gets a blank slot for a picture; with it, the slot the language model lear
 
     python scripts/fit_image_quality.py src/ecgllm/data/checkpoint --signals cache/ptbxl100 \
         --ptbxl ../shared/data/ptbxl --report benchmarks/results/image_quality_fit.json
-        -> MODEL/image_quality.safetensors, and the held-out report (fold-9 records of ECG-QA train patients)
+        -> MODEL/image_quality.safetensors, and the report: the records it was fitted on (PTB-XL folds 1-8, no
+           ECG-QA valid or test patient) and a held-out check beside the signal heads (fold-9 records of ECG-QA
+           valid patients, the model-selection split, which no stage trains on)
 
 Renders of 3,000 training records take about 3 minutes on one core, their descriptors 2 more. Run it again after
 shipping a new image encoder or new signal-quality heads: the head belongs to that pair.
@@ -27,15 +29,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="rendering processes")
     parser.add_argument("--report", type=Path, help="write the fit's report (JSON) here too")
     args = parser.parse_args()
+    from ecgllm.datasets.split_policy import read_training_records
     from ecgllm.errors import InputError
     from ecgllm.models.ecg_lm import EcgLanguageModel
     from ecgllm.models.encoder_source import encoder_meta
     from ecgllm.training.image_quality import fit_image_quality
 
+    saved = read_training_records(args.model) or {"stages": []}
+    trained = frozenset(int(i) for stage in saved["stages"] if stage["records"] for i in stage["records"])
     try:
         model = EcgLanguageModel.from_pretrained(args.model)
         head, report = fit_image_quality(model, args.signals, args.ptbxl, encoder_meta(args.model)["input"]["normalize"],
-                                         n_train=args.n_train, seed=args.seed, workers=args.workers)
+                                         n_train=args.n_train, seed=args.seed, workers=args.workers, trained=trained)
     except (InputError, FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"fit_image_quality: {exc}")
     head.save(args.model)

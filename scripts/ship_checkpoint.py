@@ -50,16 +50,19 @@ def selection_metrics(result: Path, source: Path) -> dict:
     """The headline figures of the model-selection run that chose ``source`` (`benchmarks/ecgqa_candidate.py`'s
     JSON, on ECG-QA valid), for its card; the result must have scored these very weights as its candidate."""
     scored = json.loads(result.read_text())
-    weights = fingerprint(source)
-    if scored["fingerprints"]["candidate"] != weights:
-        raise SystemExit(f"error: {result} scored other weights ({scored['fingerprints']['candidate']}) than "
-                         f"{source} ({weights})")
+    # the selection answered signals only: models whose picture path alone changed since (an image quality head
+    # fitted) are the ones it weighed; a result from before signal fingerprints were recorded is held to the whole
+    signals_only = "signal_fingerprints" in scored
+    named = scored["signal_fingerprints" if signals_only else "fingerprints"]
+    weights = fingerprint(source, signals_only=signals_only)
+    if named["candidate"] != weights:
+        raise SystemExit(f"error: {result} scored other weights ({named['candidate']}) than {source} ({weights})")
     if not scored["decision"]["replace"]:
         raise SystemExit(f"error: by {result}, {source} does not replace the default")
-    today = fingerprint(TARGET) if TARGET.exists() else None
-    if today is not None and scored["fingerprints"]["default"] != today:
-        raise SystemExit(f"error: {result} weighed {source} against another default ({scored['fingerprints']['default']}) "
-                         f"than today's ({today})")
+    weighed = named["default"]
+    today = fingerprint(TARGET, signals_only=signals_only) if TARGET.exists() else None
+    if today is not None and weighed != today:
+        raise SystemExit(f"error: {result} weighed {source} against another default ({weighed}) than today's ({today})")
     metrics = {"selected_by": result.name, "split": "ECG-QA valid (model selection; no ECG of it seen in training)"}
     for name in ("official_valid", "valid_grouped"):
         for key in ("n", "em", "em_random_ecg", "drop_random_ecg"):
@@ -72,7 +75,11 @@ def evidence_metrics(result: Path, source: Path) -> dict:
     ECG-QA test ECGs, which no stage trained on, and the balanced "Is this a normal ECG?" check), for its card; the
     result must have measured these very weights."""
     measured = json.loads(result.read_text())
-    named, weights = measured.get("measured_model", {}).get("fingerprint"), fingerprint(source)
+    # the evidence answered signals only: the weights that answer a signal must be these
+    model = measured.get("measured_model", {})
+    signals_only = "signal_fingerprint" in model  # else (an earlier result) held to the whole model
+    named = model.get("signal_fingerprint" if signals_only else "fingerprint")
+    weights = fingerprint(source, signals_only=signals_only)
     if named != weights:
         raise SystemExit(f"error: {result} measured other weights ({named}) than {source} ({weights})")
     test = measured["generated_test"]
@@ -147,6 +154,10 @@ def main() -> int:
             # what the image encoder was distilled on belongs to what the shipped checkpoint has seen
             write_training_records(staged, None, inherited=[args.source, args.image_encoder])
         stage_card(staged, args.source, model.config.shipped_from, metrics)
+        if model.image_encoder is not None and model.image_quality is None and model.label_tokens is not None \
+                and model.label_tokens.quality is not None:
+            print(f"warning: no image quality head: pictures' noise slots stay blank (fit one: python "
+                  f"scripts/fit_image_quality.py {TARGET.relative_to(ROOT)} --signals ... --ptbxl ...)", file=sys.stderr)
         weights = sum(p.stat().st_size for p in staged.rglob("*.safetensors"))
         total = sum(p.stat().st_size for p in staged.rglob("*") if p.is_file())
         if weights > args.max_mb * 2**20:

@@ -58,7 +58,8 @@ def checkpoint_at(commit: str, file_hash: bool = False) -> dict:
             target.write_bytes(git("show", f"{commit}:{name}"))
         config = folder / "config.json"
         shipped_from = json.loads(config.read_text()).get("shipped_from") if config.exists() else None
-        out = {"fingerprint": fingerprint(folder), "shipped_from": shipped_from}
+        out = {"fingerprint": fingerprint(folder), "shipped_from": shipped_from,
+               "signal_fingerprint": fingerprint(folder, signals_only=True)}
         if file_hash:
             out["file_hash"] = weights_fingerprint({part.relative_to(folder).as_posix(): part.read_bytes()
                                                     for part in folder.rglob("*.safetensors")})

@@ -539,8 +539,12 @@ def test_a_page_of_the_default_says_when_a_newer_default_has_shipped(tmp_path, m
     assert earlier["signal_fingerprint"] != today["signal_fingerprint"]  # that weight answers signals too
     assert "Not measured on today's default" in common.stale_default_note({"measured_model": earlier},
                                                                            reads_pictures=False)
-    pictures = tmp_path / "pictures"  # the picture path alone changed: an image quality head added
+    pictures = tmp_path / "pictures"  # the picture path alone changed: an image encoder weight, a head added
     shutil.copytree(common.DEFAULT_CHECKPOINT, pictures)
+    state = load_file(pictures / "model.safetensors")
+    first = sorted(k for k in state if k.startswith("image_encoder."))[0]
+    state[first] = state[first] + 1
+    save_file(state, pictures / "model.safetensors")
     (pictures / "image_quality.safetensors").write_bytes((other / "config.json").read_bytes()[:64])
     (pictures / "config.json").write_text(json.dumps({**config, "shipped_from": "a_picture_path_before"}))
     before = common.measured_model(pictures)
@@ -608,25 +612,33 @@ def test_the_shipped_card_takes_the_figures_of_the_selection_that_chose_those_ve
 
     figures = {"n": 10, "em": 0.6, "em_random_ecg": 0.4, "drop_random_ecg": 0.2}
     today = common.fingerprint(common.DEFAULT_CHECKPOINT)  # the default the selection weighed it against
+    signals = common.fingerprint(common.DEFAULT_CHECKPOINT, signals_only=True)  # ... as a signal meets it
     result = {"fingerprints": {"candidate": common.fingerprint(tiny_checkpoint), "default": today},
+              "signal_fingerprints": {"candidate": common.fingerprint(tiny_checkpoint, signals_only=True),
+                                      "default": signals},
               "decision": {"replace": True}, "candidate": {"official_valid": figures, "valid_grouped": figures}}
     path = tmp_path / "ecgqa_candidate_x.json"
     path.write_text(json.dumps(result))
     metrics = ship_checkpoint.selection_metrics(path, tiny_checkpoint)
     assert metrics["official_valid_em"] == 0.6 and metrics["valid_grouped_drop_random_ecg"] == 0.2
     assert metrics["selected_by"] == path.name and "ECG-QA valid" in metrics["split"]
-    path.write_text(json.dumps({**result, "fingerprints": {"candidate": "f" * 12, "default": today}}))
+    path.write_text(json.dumps({**result, "signal_fingerprints": {**result["signal_fingerprints"],
+                                                                  "candidate": "f" * 12}}))
     with pytest.raises(SystemExit, match="scored other weights"):
         ship_checkpoint.selection_metrics(path, tiny_checkpoint)
-    path.write_text(json.dumps({**result, "fingerprints": {**result["fingerprints"], "default": "0" * 12}}))
+    path.write_text(json.dumps({**result, "signal_fingerprints": {**result["signal_fingerprints"],
+                                                                  "default": "0" * 12}}))
     with pytest.raises(SystemExit, match="against another default"):
         ship_checkpoint.selection_metrics(path, tiny_checkpoint)
+    earlier = {k: v for k, v in result.items() if k != "signal_fingerprints"}  # a result from before they existed
+    path.write_text(json.dumps(earlier))  # held to the whole model, which it names
+    assert ship_checkpoint.selection_metrics(path, tiny_checkpoint)["official_valid_em"] == 0.6
     path.write_text(json.dumps({**result, "decision": {"replace": False}}))
     with pytest.raises(SystemExit, match="does not replace the default"):
         ship_checkpoint.selection_metrics(path, tiny_checkpoint)
     evidence = json.loads((root / "benchmarks/results/ecgqa_evidence.json").read_text())  # --measured-by
     path.write_text(json.dumps(evidence))
-    if evidence["measured_model"]["fingerprint"] == today:  # the page measured today's default
+    if evidence["measured_model"].get("signal_fingerprint") == signals:  # the page measured today's default
         metrics = ship_checkpoint.evidence_metrics(path, common.DEFAULT_CHECKPOINT)
         assert metrics["generated_test_em"] == evidence["generated_test"]["em"]
         assert metrics["generated_test_records_seen_in_training"] == 0

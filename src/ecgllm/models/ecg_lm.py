@@ -152,15 +152,25 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
         object.__setattr__(self, "_page_check_encoder",
                            None if check is None else copy.deepcopy(self.image_encoder).float().eval())
 
-    def set_image_quality(self, head) -> None:
+    def set_image_quality(self, head, where: str = "the image quality head") -> None:
         """The image quality head (`ecgllm.models.image_quality.ImageQuality`, or None): a picture's noise
         probabilities for the named slots the signal-quality heads fill for a signal (a plain attribute, never
-        saved with the weights nor cast)."""
-        quality = self.label_tokens.quality if self.label_tokens is not None else None
-        if head is not None and (quality is None or head.n_entries != quality.n_entries):
-            raise ValueError(f"an image quality head of {head.n_entries} entries for a model whose signal-quality "
-                             f"heads give {0 if quality is None else quality.n_entries}")
+        saved with the weights nor cast). Only a head fitted for this very image encoder and these signal-quality
+        heads is taken; it reads a float32 copy of the image encoder's first layers, as it was fitted, so a model
+        cast to bf16 gives a picture the same noise as in float32."""
+        from ecgllm.models.image_quality import pair_fingerprint
+
+        if head is not None:
+            quality = self.label_tokens.quality if self.label_tokens is not None else None
+            if quality is None or self.image_encoder is None:
+                raise ValueError(f"{where}: this model has no {'signal-quality heads' if quality is None else 'image encoder'} "
+                                 "for an image quality head to stand beside")
+            if head.pair != pair_fingerprint(self.image_encoder, quality):
+                raise ValueError(f"{where} was fitted for another image encoder or other signal-quality heads than "
+                                 f"this model's; fit it again (scripts/fit_image_quality.py) or delete it")
         self.image_quality = head
+        object.__setattr__(self, "_image_quality_encoder",
+                           None if head is None else copy.deepcopy(self.image_encoder).float().eval())
 
     @torch.no_grad()
     def page_distances(self, pixels: torch.Tensor):
@@ -200,6 +210,7 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
         image_weight = signal_weight if self.image_encoder is None else next(self.image_encoder.parameters())
         ecg = None if ecg is None else ecg.to(signal_weight.device, signal_weight.dtype)
         ecg_mask = None if ecg_mask is None else ecg_mask.to(signal_weight.device)
+        pixels = images  # as the processor gave them (float32): what the image quality head reads
         images = None if images is None else images.to(image_weight.device, image_weight.dtype)
         ecg_is_image = None if ecg_is_image is None else ecg_is_image.to(signal_weight.device)
         if ecg_is_image is None or not bool(ecg_is_image.any()):
@@ -212,9 +223,14 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
                                          "encoder (the shipped one has one)")
         if self.image_quality is None:
             from_images, image_noise = self.image_encoder(images), None
-        else:
+        elif images.dtype == torch.float32:
             from_images, kept = self.image_encoder.encode(images, keep=self.image_quality.layers)
             image_noise = self.image_quality(kept)
+        else:  # a model cast to half precision: the head reads the float32 maps it was fitted on
+            from_images = self.image_encoder(images)
+            copy32 = self._image_quality_encoder.to(images.device)
+            image_noise = self.image_quality(copy32.feature_maps(pixels.to(images.device, torch.float32),
+                                                                 self.image_quality.layers))
         features = from_images.new_zeros(len(ecg_is_image), *from_images.shape[1:])
         features[ecg_is_image] = from_images
         if bool((~ecg_is_image).any()):
@@ -471,8 +487,12 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
             processor.save_pretrained(directory)
         if self.page_check is not None:
             self.page_check.save(directory)
+        from ecgllm.models.image_quality import IMAGE_QUALITY_FILE
+
         if self.image_quality is not None:
             self.image_quality.save(directory)
+        else:  # a head left from an earlier save into this folder would be another model's
+            (directory / IMAGE_QUALITY_FILE).unlink(missing_ok=True)
         return directory
 
     @classmethod
@@ -505,7 +525,7 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
         model._check_label_tokens(directory)
         if model.image_encoder is not None:
             model.set_page_check(PageCheck.load(directory))
-            model.set_image_quality(ImageQuality.load(directory))
+            model.set_image_quality(ImageQuality.load(directory), f"{directory}/image_quality.safetensors")
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)
         return model.eval()

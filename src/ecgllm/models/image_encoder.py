@@ -71,6 +71,15 @@ class ImageEncoder(nn.Module):
         """``images`` [B, 1, H, W] from `image_input` → tokens [B, n_tokens, dim]."""
         return self.encode(images)[0]
 
+    def feature_maps(self, images: torch.Tensor, keep: tuple[int, ...]) -> list[torch.Tensor]:
+        """The feature maps after the layers of `features` whose indices ``keep`` names, computed no further."""
+        kept, f = [], images
+        for index, layer in enumerate(self.features[: max(keep) + 1]):
+            f = layer(f)
+            if index in keep:
+                kept.append(f)
+        return kept
+
     def encode(self, images: torch.Tensor, keep: tuple[int, ...] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Tokens [B, n_tokens, dim], and the feature maps after the layers of `features` whose indices ``keep``
         names (the image quality head, `ecgllm.models.image_quality`, reads them)."""

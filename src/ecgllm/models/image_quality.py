@@ -12,6 +12,7 @@ language model learned to read, so nothing downstream changes.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,17 @@ def page_descriptors(feature_maps: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(parts, 1)
 
 
+def pair_fingerprint(image_encoder: torch.nn.Module, quality: torch.nn.Module) -> str:
+    """What a head was fitted for: the image encoder whose maps it reads and the signal-quality heads it imitates
+    (their weights as float32, and the maps and regions read). A head is served only beside that very pair."""
+    digest = hashlib.sha256(repr((LAYERS, REGIONS)).encode())
+    for module in (image_encoder, quality):
+        for key, tensor in sorted(module.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 class ImageQuality:
     """Standardised page descriptors -> the signal-quality heads' logits, linearly; ``__call__`` gives probabilities
     [B, entries] in `SignalQuality.entry_names` order. A plain object, not a module: fitted once, never trained by
@@ -41,12 +53,13 @@ class ImageQuality:
 
     layers = LAYERS
 
-    def __init__(self, center: np.ndarray, scale: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> None:
+    def __init__(self, center: np.ndarray, scale: np.ndarray, weight: np.ndarray, bias: np.ndarray, pair: str) -> None:
         if weight.shape != (len(center), len(bias)) or scale.shape != center.shape:
             raise ValueError(f"image quality head: inconsistent shapes {center.shape}, {scale.shape}, {weight.shape}, "
                              f"{bias.shape}")
         self.center, self.scale = np.asarray(center, np.float32), np.asarray(scale, np.float32)
         self.weight, self.bias = np.asarray(weight, np.float32), np.asarray(bias, np.float32)
+        self.pair = pair  # `pair_fingerprint` of the image encoder and signal-quality heads it was fitted for
 
     @property
     def n_entries(self) -> int:
@@ -67,7 +80,8 @@ class ImageQuality:
         from safetensors.numpy import save_file
 
         path = Path(folder) / IMAGE_QUALITY_FILE
-        save_file({"center": self.center, "scale": self.scale, "weight": self.weight, "bias": self.bias}, str(path))
+        save_file({"center": self.center, "scale": self.scale, "weight": self.weight, "bias": self.bias}, str(path),
+                  metadata={"pair": self.pair})
         return path
 
     @classmethod
@@ -77,7 +91,10 @@ class ImageQuality:
         path = Path(folder) / IMAGE_QUALITY_FILE
         if not path.exists():
             return None
+        from safetensors import safe_open
         from safetensors.numpy import load_file
 
+        with safe_open(str(path), framework="numpy") as opened:
+            pair = (opened.metadata() or {}).get("pair", "")
         saved = load_file(str(path))
-        return cls(saved["center"], saved["scale"], saved["weight"], saved["bias"])
+        return cls(saved["center"], saved["scale"], saved["weight"], saved["bias"], pair)

@@ -24,8 +24,9 @@ same number of ECG tokens.
 
 Noise names ("baseline drift", "static noise in lead V3", "any kind of noises") are named labels too when the
 model has signal-quality heads (`ecgllm.models.signal_quality`): their probability comes from those heads, read
-from the signal itself, and their token is built the same way. A picture of a printout has no signal to read:
-its noise slots stay blank.
+from the signal itself, and their token is built the same way. A picture of a printout has no signal to read: its
+noise slots are filled by the checkpoint's image quality head, which imitates those heads from the page
+(`ecgllm.models.image_quality`), or stay blank where it has none.
 
 Balanced named probabilities (`fit_priors`, recipe key ``model.balanced_named_labels``): each named label's
 probability is shifted to what it would be if the label were as common as its absence, p' = sigmoid(logit p −
@@ -169,7 +170,8 @@ class LabelTokens(nn.Module):
         """``pooled`` [B, D] encoder features → [B, k (+ named), hidden] tokens: the k most likely labels, most
         likely first, then one token per named-label slot. ``named`` [B, slots]: indices into
         `named_vocabulary`, `NOT_NAMED` where the question names none (None: no slot filled). ``quality``
-        [B, noise entries]: the signal-quality probabilities (NaN rows: no signal, e.g. a picture)."""
+        [B, noise entries]: the noise probabilities (NaN rows: none read, e.g. a picture without an image quality
+        head)."""
         logits = self.head(pooled)
         top = logits.topk(self.k, dim=-1)
         confidence = torch.sigmoid(top.values).unsqueeze(-1)

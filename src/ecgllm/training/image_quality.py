@@ -43,25 +43,34 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def fit_head(descriptors: np.ndarray, noise: np.ndarray) -> tuple[ImageQuality, float]:
+def fit_head(descriptors: np.ndarray, noise: np.ndarray, pair: str) -> tuple[ImageQuality, float]:
     """Ridge regression of the signal heads' logits (of probabilities ``noise`` [N, entries]) on standardised page
-    ``descriptors`` [N, F]; returns the head and the penalty chosen."""
+    ``descriptors`` [N, F]; returns the head (for the image encoder and signal heads ``pair`` names) and the
+    penalty chosen."""
     from sklearn.linear_model import RidgeCV
 
     center, scale = descriptors.mean(0), descriptors.std(0)
     scale = np.where(scale > 1e-6, scale, 1.0)
     ridge = RidgeCV(alphas=PENALTIES).fit((descriptors - center) / scale, _logit(noise))
-    return ImageQuality(center, scale, ridge.coef_.T, ridge.intercept_), float(ridge.alpha_)
+    return ImageQuality(center, scale, ridge.coef_.T, ridge.intercept_, pair), float(ridge.alpha_)
+
+
+def fill_missing_leads(noise: np.ndarray, n_leads: int) -> np.ndarray:
+    """The signal heads give a lead the record lacks NaN; a page still draws a trace there, so its target is the
+    record's own probability of that kind. ``noise`` [N, kinds x (1 + leads)], kind-major (`entry_names`)."""
+    per_kind = noise.reshape(len(noise), -1, 1 + n_leads)
+    return np.where(np.isnan(per_kind), per_kind[..., :1], per_kind).reshape(noise.shape)
 
 
 def fit_image_quality(model, ecg_cache: str, ptbxl: str, normalize: str, n_train: int = 3000,
                       augment_probability: float = 0.7, n_held_out: int = 600, seed: int = 0, workers: int = 1,
-                      progress: bool = True) -> tuple[ImageQuality, dict]:
+                      progress: bool = True, trained: frozenset[int] = frozenset()) -> tuple[ImageQuality, dict]:
     """The image quality head of ``model`` (an `EcgLanguageModel` with an image encoder and signal-quality heads),
     fitted on renders of PTB-XL training records from ``ecg_cache`` (``normalize``: its encoder's, as it was
-    trained), and the report: the penalty chosen and, per noise kind, the held-out AUC of the head and of the
-    signal heads."""
+    trained), and the report: the records and penalty of the fit and, per noise kind, the held-out AUC of the head
+    and of the signal heads (over records no stage of the model trained on: not in ``trained``)."""
     from ecgllm.datasets.split_policy import load_policy
+    from ecgllm.models.image_quality import pair_fingerprint
     from ecgllm.training.distill_image import render_set
     from ecgllm.training.pretrain_encoder import load_ptbxl_arrays
 
@@ -69,31 +78,42 @@ def fit_image_quality(model, ecg_cache: str, ptbxl: str, normalize: str, n_train
         lacking = "an image encoder" if model.image_encoder is None else "signal-quality heads"
         raise RecipeError(f"an image quality head imitates the signal-quality heads from the image encoder's view; "
                           f"this model lacks {lacking}")
+    quality = model.label_tokens.quality
     data, ptbxl_table = load_ptbxl_arrays(ecg_cache, ptbxl, normalize)
+    quality.check_rate(data.fs, str(ecg_cache))  # the heads' bands are in Hz: their targets need their rate
     rng = np.random.default_rng(seed)
     train = np.sort(rng.permutation(data.train)[:n_train])
     load_policy().refuse(data.ids[train], source=str(ecg_cache), stage="image quality head")
     seeds = rng.integers(0, 2**31 - 1, size=len(train))
     augment = rng.random(len(train)) < augment_probability
+    noise = fill_missing_leads(_noise_of_signals(model, data.signals[train], data.masks[train]), len(quality.leads))
+    usable = ~np.isnan(noise).any(1)  # a record with no lead at all says nothing
+    train, seeds, augment, noise = train[usable], seeds[usable], augment[usable], noise[usable]
     images = render_set(data.signals[train], data.fs, seeds, augment, model.image_encoder.config, workers, progress,
                         "train")
-    head, penalty = fit_head(_descriptors(model, images), _noise_of_signals(model, data.signals[train],
-                                                                           data.masks[train]))
-    return head, {"n_train": int(len(train)), "penalty": penalty,
-                  "held_out": held_out_report(model, head, data, ptbxl_table, n_held_out, workers, progress)}
+    head, penalty = fit_head(_descriptors(model, images), noise, pair_fingerprint(model.image_encoder, quality))
+    folds = ptbxl_table.table.loc[data.ids[train], "strat_fold"].astype(int)
+    return head, {"n_train": int(len(train)), "train_folds": sorted(set(folds.tolist())),
+                  "train_records": [int(i) for i in data.ids[train]], "penalty": penalty,
+                  "held_out": held_out_report(model, head, data, ptbxl_table, n_held_out, workers, progress, trained)}
 
 
-def held_out_report(model, head: ImageQuality, data, ptbxl_table, n: int, workers: int, progress: bool) -> dict:
-    """`noise_reading` over fold-9 records of ECG-QA train patients with PTB-XL's noise columns (no valid or test
-    record; the fit never saw them), each rendered once clean and once distorted."""
+def held_out_report(model, head: ImageQuality, data, ptbxl_table, n: int, workers: int, progress: bool,
+                    trained: frozenset[int] = frozenset()) -> dict:
+    """`noise_reading` over PTB-XL fold-9 records of ECG-QA *valid* patients with PTB-XL's noise columns, each
+    rendered once clean and once distorted: the split for model selection, which no stage trains on (the signal
+    heads were fitted on a stage's ECG-QA train records, which cover nearly every other fold-9 record, so only
+    these are unseen by both readers); ``trained``: the model's training records, left out should any be here."""
     from ecgllm.datasets.split_policy import load_policy
     from ecgllm.training.distill_image import render_set
 
-    fold9 = data.valid[~np.isin(data.ids[data.valid], list(load_policy().fit_forbidden))]
+    policy = load_policy()
+    valid = np.isin(data.ids[data.valid], list(policy.valid_patient_records - policy.test_patient_records - trained))
+    fold9 = data.valid[valid]
     known = fold9[ptbxl_table.table.loc[data.ids[fold9], "has_official_metadata"].to_numpy(bool)]
     rows = np.sort(np.random.default_rng(1).permutation(known)[:n])
     if len(rows) == 0:
-        print("no PTB-XL fold 9 record of an ECG-QA train patient with noise columns: no held-out report",
+        print("no PTB-XL fold 9 record of an ECG-QA valid patient with noise columns: no held-out report",
               file=sys.stderr)
         return {}
     seeds = np.arange(len(rows)) + 40_000_003
@@ -115,6 +135,9 @@ def noise_reading(model, head: ImageQuality, signals: np.ndarray, masks: np.ndar
     from ecgllm.models.signal_quality import QUALITY_KINDS
     from ecgllm.training.signal_quality import noise_targets
 
+    known = table.loc[[int(i) for i in ecg_ids], "has_official_metadata"].to_numpy(bool)  # the others: noise unknown
+    ecg_ids, signals, masks = np.asarray(ecg_ids)[known], signals[known], masks[known]
+    pages = {name: images[known] for name, images in pages.items()}
     leads = model.label_tokens.quality.leads
     _, truth = noise_targets(noise_leads_table(table, [int(i) for i in ecg_ids], leads))
     scores = {"signal": _noise_of_signals(model, signals, masks)}
