@@ -644,3 +644,15 @@ def test_the_shipped_card_takes_the_figures_of_the_selection_that_chose_those_ve
         assert metrics["generated_test_records_seen_in_training"] == 0
     with pytest.raises(SystemExit, match="measured other weights"):
         ship_checkpoint.evidence_metrics(path, tiny_checkpoint)
+    test = {"split": "ECG-QA test", "n": 5, "seen_in_training": {"records_seen_in_training": 0}, "em": 0.7,
+            "blind_em": 0.4, "random_ecg_em": 0.5, "single_verify_balanced_acc": 0.8}
+    measured = {"generated_test": test, "normal_ecg": {"balanced_acc": 0.9},
+                "measured_model": {"fingerprint": "e" * 12,  # another picture path, the same signal path
+                                   "signal_fingerprint": common.fingerprint(tiny_checkpoint, signals_only=True)}}
+    path.write_text(json.dumps(measured))
+    assert ship_checkpoint.evidence_metrics(path, tiny_checkpoint)["generated_test_em"] == 0.7
+    path.write_text(json.dumps({**measured, "measured_model": {"fingerprint": common.fingerprint(tiny_checkpoint)}}))
+    assert ship_checkpoint.evidence_metrics(path, tiny_checkpoint)["normal_ecg_balanced_acc"] == 0.9  # an earlier one
+    path.write_text(json.dumps({**measured, "measured_model": {"fingerprint": "e" * 12}}))
+    with pytest.raises(SystemExit, match="measured other weights"):  # ... held to the whole model
+        ship_checkpoint.evidence_metrics(path, tiny_checkpoint)

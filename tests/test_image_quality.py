@@ -124,13 +124,17 @@ def test_the_head_is_saved_with_the_model_and_must_fit_its_signal_heads(tmp_path
     assert loaded.image_quality is not None
     assert np.array_equal(loaded.image_quality.bias, model.image_quality.bias)
     head = loaded.image_quality
+    fitted_bias = loaded.label_tokens.quality.record_bias.clone()
     with torch.no_grad():  # other signal-quality heads than those it imitates: the head is refused
         loaded.label_tokens.quality.record_bias += 1.0
     with pytest.raises(ValueError, match="fitted for another image encoder or other signal-quality heads"):
         loaded.set_image_quality(head)
     with torch.no_grad():
-        loaded.label_tokens.quality.record_bias -= 1.0
+        loaded.label_tokens.quality.record_bias.copy_(fitted_bias)
     loaded.set_image_quality(head)
+    unrecorded = ImageQuality(head.center, head.scale, head.weight, head.bias, "")
+    with pytest.raises(ValueError, match="records no image encoder"):
+        loaded.set_image_quality(unrecorded)
     attach_image_encoder(loaded, tmp_path / "img", processor)  # another image encoder: the head read the old one's
     assert loaded.image_quality is None
     loaded.save_pretrained(tmp_path / "saved", processor)  # saved again without it: no stale head stays behind
@@ -155,6 +159,8 @@ def test_a_model_cast_to_bf16_reads_a_pictures_noise_as_in_float32(tmp_path, tin
         half = model.to(torch.bfloat16).encode_with_image_noise(None, None, pixels, is_image)[1]
     assert full.std() > 0.05  # a head whose output depends on the page
     assert torch.allclose(half, full, atol=1e-5)
+    with pytest.raises(ValueError, match="before casting"):
+        model.set_image_quality(model.image_quality)
 
 
 @needs_shared

@@ -165,6 +165,12 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
             if quality is None or self.image_encoder is None:
                 raise ValueError(f"{where}: this model has no {'signal-quality heads' if quality is None else 'image encoder'} "
                                  "for an image quality head to stand beside")
+            if next(self.image_encoder.parameters()).dtype != torch.float32:
+                raise ValueError(f"{where}: set the image quality head before casting the model (it is checked "
+                                 "against, and reads, the float32 image encoder)")
+            if not head.pair:
+                raise ValueError(f"{where} records no image encoder and signal-quality heads it was fitted for (a "
+                                 "head saved before they were recorded); fit it again (scripts/fit_image_quality.py)")
             if head.pair != pair_fingerprint(self.image_encoder, quality):
                 raise ValueError(f"{where} was fitted for another image encoder or other signal-quality heads than "
                                  f"this model's; fit it again (scripts/fit_image_quality.py) or delete it")
@@ -485,14 +491,15 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
             remove_legacy_files(directory)
         if processor is not None:
             processor.save_pretrained(directory)
-        if self.page_check is not None:
-            self.page_check.save(directory)
         from ecgllm.models.image_quality import IMAGE_QUALITY_FILE
+        from ecgllm.models.page_check import PAGE_CHECK_FILE
 
-        if self.image_quality is not None:
-            self.image_quality.save(directory)
-        else:  # a head left from an earlier save into this folder would be another model's
-            (directory / IMAGE_QUALITY_FILE).unlink(missing_ok=True)
+        # a check or head left from an earlier save into this folder would be another model's
+        for part, file in ((self.page_check, PAGE_CHECK_FILE), (self.image_quality, IMAGE_QUALITY_FILE)):
+            if part is not None:
+                part.save(directory)
+            else:
+                (directory / file).unlink(missing_ok=True)
         return directory
 
     @classmethod

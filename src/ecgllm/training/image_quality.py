@@ -4,8 +4,9 @@ Renders of PTB-XL training records (folds 1-8 without any ECG-QA valid or test p
 training pool), clean or with print/photo distortions, go through the folder's image encoder; the signal-quality
 heads read the same records' signals. Ridge regression (scikit-learn, its penalty chosen by efficient leave-one-out
 cross-validation over the training renders) maps the page descriptors to the heads' logits. Fold-9 records of
-ECG-QA train patients (no valid or test record), rendered once clean and once distorted, report how well the head's
-probabilities rank PTB-XL's own noise columns, beside the signal heads on the same records: the fit never sees them.
+ECG-QA valid patients (the model-selection split: nothing is fitted on them), rendered once clean and once
+distorted, report how well the head's probabilities rank PTB-XL's own noise columns, beside the signal heads on the
+same records.
 """
 
 from __future__ import annotations
