@@ -3,8 +3,6 @@ of a picture (it used to leave them blank); the fit imitates the signal heads on
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -13,20 +11,17 @@ from ecgllm import read_ecg
 from ecgllm.io.leads import STANDARD_12
 from ecgllm.io.record import ECG
 from ecgllm.models import EcgLanguageModel
-from ecgllm.models.configuration import EcgLMConfig
 from ecgllm.models.image_encoder import ImageEncoder, ImageEncoderConfig
 from ecgllm.models.image_quality import IMAGE_QUALITY_FILE, ImageQuality, page_descriptors, pair_fingerprint
-from ecgllm.models.processor import ProcessorConfig
 from ecgllm.render import render_ecg
 from ecgllm.training.distill_image import save_image_encoder
 from ecgllm.training.image_quality import fill_missing_leads, fit_head, fit_image_quality
-from ecgllm.training.model_setup import attach_image_encoder, build_model
+from ecgllm.training.model_setup import attach_image_encoder
 from ecgllm.training.signal_quality import fit_signal_quality
 from tests.conftest import PTBXL_1, SHARED, needs_shared
 from tests.test_images import TINY_IMAGE
-from tests.test_models import encoder_run_with_head
 from tests.test_pretrain_encoder import subset  # noqa: F401  (a fixture: PTB-XL records of every fold, cached)
-from tests.test_signal_quality import FS, synthetic
+from tests.test_signal_quality import FS, model_naming_noise, synthetic
 from tests.tiny_models import tiny_llm
 
 NOISE_QUESTION = "Does this ECG show baseline drift in lead V2?"
@@ -35,17 +30,8 @@ NOISE_QUESTION = "Does this ECG show baseline drift in lead V2?"
 def _model_reading_pictures(folder, tiny_tokenizer, head_probability: float | None):
     """A tiny model with fitted signal-quality heads and an image encoder; with ``head_probability``, an image
     quality head that answers that probability for every noise entry of any picture."""
-    from ecgllm.signal import PrepConfig
-
-    kwargs = {"widths": [16, 32], "n_tokens": 4}
     folder.mkdir(parents=True, exist_ok=True)
-    encoder_run_with_head(folder / "enc", kwargs, seed=4)
-    config = EcgLMConfig(llm="tiny", encoder_kwargs=kwargs, encoder_init=str(folder / "enc"), label_tokens=1,
-                         named_label_tokens=2, signal_quality=True, encoder_policy="frozen",
-                         lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]})
-    torch.manual_seed(0)
-    model, processor = build_model(config, ProcessorConfig(prep=PrepConfig(normalize="center").to_dict()),
-                                   llm=tiny_llm(len(tiny_tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))
+    model, processor = model_naming_noise(folder, tiny_tokenizer)
     signals, noise = synthetic(120, seed=0)
     fit_signal_quality(model.label_tokens.quality, signals, np.ones(signals.shape[:2], bool), noise, FS)
     run = folder / "img"

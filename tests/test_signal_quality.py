@@ -54,6 +54,21 @@ def synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return signals.astype(np.float32), noise
 
 
+def model_naming_noise(folder, tiny_tokenizer):
+    """A tiny model (frozen random encoder with a 3-label head, LoRA) whose named slots include the noise entries of
+    its signal-quality heads, not yet fitted; and its processor."""
+    from ecgllm.signal import PrepConfig
+
+    kwargs = {"widths": [16, 32], "n_tokens": 4}
+    encoder_run_with_head(folder / "enc", kwargs, seed=4)
+    config = EcgLMConfig(llm="tiny", encoder_kwargs=kwargs, encoder_init=str(folder / "enc"), label_tokens=1,
+                         named_label_tokens=2, signal_quality=True, encoder_policy="frozen",
+                         lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]})
+    torch.manual_seed(0)
+    return build_model(config, ProcessorConfig(prep=PrepConfig(normalize="center").to_dict()),
+                       llm=tiny_llm(len(tiny_tokenizer)), tokenizer=copy.deepcopy(tiny_tokenizer))
+
+
 @pytest.fixture(scope="module")
 def fitted() -> SignalQuality:
     signals, noise = synthetic(240, seed=0)
@@ -139,17 +154,8 @@ def test_noise_columns_are_read_per_lead_as_ecg_qa_reads_them():
 def test_a_named_noise_fills_its_slot_with_the_heads_probability_and_survives_save_load(tmp_path, tiny_tokenizer,
                                                                                         fitted):
     from ecgllm.io.record import ECG
-    from ecgllm.signal import PrepConfig
 
-    kwargs = {"widths": [16, 32], "n_tokens": 4}
-    encoder_run_with_head(tmp_path / "enc", kwargs, seed=4)
-    config = EcgLMConfig(llm="tiny", encoder_kwargs=kwargs, encoder_init=str(tmp_path / "enc"), label_tokens=1,
-                         named_label_tokens=2, signal_quality=True, encoder_policy="frozen",
-                         lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]})
-    torch.manual_seed(0)
-    model, processor = build_model(config, ProcessorConfig(prep=PrepConfig(normalize="center").to_dict()),
-                                   llm=tiny_llm(len(tiny_tokenizer)),
-                                   tokenizer=copy.deepcopy(tiny_tokenizer))
+    model, processor = model_naming_noise(tmp_path, tiny_tokenizer)
     names = processor.config.named_labels
     assert names[:3] == ["atrial fibrillation", "normal ecg", "left ventricular hypertrophy"]
     assert names[3:] == model.label_tokens.quality.entry_names()
@@ -189,9 +195,8 @@ def test_a_named_noise_fills_its_slot_with_the_heads_probability_and_survives_sa
     assert mixed[0].isnan().all()
     assert torch.equal(mixed[1], model.label_tokens.quality(batch["ecg"], batch["ecg_mask"])[0])
     # a folder whose heads were never fitted is refused, not served with blank noise slots
-    unfitted, unfitted_processor = build_model(config, ProcessorConfig(prep=PrepConfig(normalize="center").to_dict()),
-                                               llm=tiny_llm(len(tiny_tokenizer)),
-                                               tokenizer=copy.deepcopy(tiny_tokenizer))
+    (tmp_path / "again").mkdir()
+    unfitted, unfitted_processor = model_naming_noise(tmp_path / "again", tiny_tokenizer)
     unfitted.save_pretrained(tmp_path / "unfitted", unfitted_processor)
     with pytest.raises(ValueError, match="no fitted noise heads"):
         EcgLanguageModel.from_pretrained(tmp_path / "unfitted", llm=tiny_llm(len(tiny_tokenizer)))
