@@ -29,14 +29,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="rendering processes")
     parser.add_argument("--report", type=Path, help="write the fit's report (JSON) here too")
     args = parser.parse_args()
-    from ecgllm.datasets.split_policy import read_training_records
+    from ecgllm.datasets.split_policy import read_training_records, trained_records
     from ecgllm.errors import InputError
     from ecgllm.models.ecg_lm import EcgLanguageModel
     from ecgllm.models.encoder_source import encoder_meta
     from ecgllm.training.image_quality import fit_image_quality
 
-    saved = read_training_records(args.model) or {"stages": []}
-    trained = frozenset(int(i) for stage in saved["stages"] if stage["records"] for i in stage["records"])
+    trained = trained_records(read_training_records(args.model))
     try:
         model = EcgLanguageModel.from_pretrained(args.model)
         head, report = fit_image_quality(model, args.signals, args.ptbxl, encoder_meta(args.model)["input"]["normalize"],

@@ -153,6 +153,11 @@ def read_training_records(folder: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def trained_records(saved: dict | None) -> frozenset[int]:
+    """Every record some stage of a `read_training_records` answer recorded training on (none for no answer)."""
+    return frozenset(int(i) for s in (saved or {"stages": []})["stages"] if s["records"] for i in s["records"])
+
+
 def seen_by_checkpoint(folder: str | Path, evaluated: Iterable[int], policy: SplitPolicy | None = None,
                        patients: dict[int, object] | None = None) -> dict:
     """For an evaluation report: how many of its records (and patients' records) any stage of the checkpoint
@@ -168,8 +173,7 @@ def seen_by_checkpoint(folder: str | Path, evaluated: Iterable[int], policy: Spl
         raise PolicyMismatchError(f"{folder}: trained under split policy {saved['split_policy_sha256'][:12]}, "
                                   f"but this evaluation uses {policy.sha256[:12]}; their held-out sets differ")
     unknown = [s["stage"] for s in saved["stages"] if s["records"] is None]
-    trained = {i for s in saved["stages"] if s["records"] for i in s["records"]}
-    return {"split_policy": policy.sha256[:12], **policy.seen(evaluated, trained, patients),
+    return {"split_policy": policy.sha256[:12], **policy.seen(evaluated, trained_records(saved), patients),
             "stages_with_unrecorded_records": unknown}
 
 

@@ -28,7 +28,7 @@ def _descriptors(model, images: np.ndarray, batch: int = 32) -> np.ndarray:
     with torch.no_grad():
         for start in range(0, len(images), batch):
             pixels = torch.from_numpy(np.asarray(images[start:start + batch], dtype=np.float32) / 255.0)[:, None]
-            out.append(page_descriptors(model.image_encoder.encode(pixels, keep=LAYERS)[1]).numpy())
+            out.append(page_descriptors(model.image_encoder.feature_maps(pixels, LAYERS)).numpy())
     return np.concatenate(out)
 
 
