@@ -263,6 +263,7 @@ def ecgqa_modalities(model_dir: str, data: str, signals: str, limit: int, out: P
         with blank_signal_quality(model) if blank else contextlib.nullcontext():
             metrics = evaluate_ecgqa(run, model, processor)
         result[modality] = {"em": round(metrics["overall_em"], 3), "n": metrics["n"],
+                            "seen_in_training": metrics.get("seen_in_training"),
                             "ci95": [round(v, 3) for v in metrics["overall_em_ci95"]],
                             "per_attribute_type": {k: {"em": round(v, 3), "n": metrics["per_attribute_type_n"][k]}
                                                    for k, v in sorted(metrics["per_attribute_type"].items())}}
@@ -306,9 +307,28 @@ def noise_table(noise: dict, split: str) -> list[str]:
               f"{noise[k]['image_augmented']} |" for k in kinds], ""]
 
 
+def recipe_chain(described: dict) -> list[str]:
+    """The distillation runs that made an image encoder (its saved description: `load_image_encoder`), first first:
+    the ones it continued (its recorded lineage; for an encoder saved before lineage was recorded, the run its
+    init_student names), then its own."""
+    recipes = [*described.get("continued_from", []), described["distillation"]]
+    names = [Path(r["output_dir"]).name for r in recipes]
+    if recipes[0].get("init_student"):
+        names.insert(0, Path(recipes[0]["init_student"]).name)
+    return names
+
+
+def distill_chain(result: dict) -> list[str]:
+    """The chain a result recorded; a result written before chains were recorded had at most one continuation."""
+    if "distill_chain" in result:
+        return result["distill_chain"]
+    return ["image_encoder", result["distill_run"]] if result.get("warm_started") else [result["distill_run"]]
+
+
 def write_doc(result: dict, command: str) -> None:
     r, d, p, q, t = result["render"], result["distillation"], result["printed"], result["ecgqa"], result["fold10_test"]
     n = result["not_ecg"]
+    chain = distill_chain(result)
     rows = [(label, t[key], goal) for label, key, goal in TARGETS]
     rows += [("real printouts: \"Is this a normal ECG?\" answered right", p["llm_accuracy"], 0.75),
              ("real printouts: normal-vs-abnormal AUC of P(normal ECG)", p["label_token_auc"], 0.90)]
@@ -320,12 +340,13 @@ def write_doc(result: dict, command: str) -> None:
         *([note, ""] if (note := stale_default_note(result)) else []),
         "Every number here is read from `benchmarks/results/images.json`, written by the last command below",
         "(the distillation run and the shipped checkpoint come first):", "", "```bash",
-        "ecgllm train recipes/ecgqa/image_encoder.yaml   # renders of folds 1-8 "
+        f"ecgllm train recipes/ecgqa/{chain[0]}.yaml   # renders of folds 1-8 "
         "(no ECG-QA valid/test patient) -> the shipped signal encoder's tokens",
-        *(["ecgllm train recipes/ecgqa/image_encoder_more.yaml   # continued from it on fresh renders (init_student)",
-           "python benchmarks/image_encoder_selection.py --teacher src/ecgllm/data/checkpoint --candidates "
-           "runs/ecgqa/image_encoder runs/ecgqa/image_encoder_more --signals cache/ptbxl100   # chosen on valid"]
-          if result.get("warm_started") else []),
+        *[f"ecgllm train recipes/ecgqa/{name}.yaml   # continued from the one above on fresh renders (init_student)"
+          for name in chain[1:]],
+        *(["python benchmarks/image_encoder_selection.py --teacher src/ecgllm/data/checkpoint --candidates "
+           f"{' '.join('runs/ecgqa/' + name for name in chain[-2:])} --signals cache/ptbxl100   # each continuation "
+           "chosen on fold 9 ∩ ECG-QA valid over the encoder it continued"] if len(chain) > 1 else []),
         f"python scripts/ship_checkpoint.py runs/{result['shipped_from']}/final --image-encoder "
         f"runs/ecgqa/{result['distill_run']}",
         *(["python scripts/fit_image_quality.py src/ecgllm/data/checkpoint --signals cache/ptbxl100 --ptbxl "
@@ -345,8 +366,9 @@ def write_doc(result: dict, command: str) -> None:
         f"## {t['split']}: image encoder vs signal encoder", "",
         "The shipped checkpoint's image encoder (distilled on "
         f"{d['n_train']} renders of PTB-XL folds 1-8 records without any ECG-QA valid/test patient, "
-        f"{d.get('epochs', len(d.get('history', [])))} epochs" + (", continued from an earlier distillation of as many epochs on other "
-                                                  "renders" if result.get("warm_started") else "")
+        f"{d.get('epochs', len(d.get('history', [])))} epochs"
+        + (f", continued from {len(chain) - 1} earlier distillation{'s' if len(chain) > 2 else ''} on other renders: "
+           + ", ".join(f"`{name}`" for name in chain[:-1]) if len(chain) > 1 else "")
         + ") against the signal encoder it imitates, on the same records, each "
         "rendered once clean and once with print/photo distortions; read as the served model reads a picture (the "
         "signal encoder's pooling, the label-token classifier head). Of these records, seen in training by any stage "
@@ -359,6 +381,10 @@ def write_doc(result: dict, command: str) -> None:
                                                               ("distorted render", "image_augmented"))], "",
         *(noise_table(t["noise"], t["split"]) if "noise" in t else []),
         "## ECG-QA exact match, the same questions with the ECGs as signals or pictures", "",
+        *([f"Generated questions over ECG-QA test ECGs (the first {first_q['n']} of `--generated-test`); of their "
+           f"{seen['records_evaluated']} records, seen in training by any stage of the checkpoint: "
+           f"{seen['records_seen_in_training']}.", ""] if (seen := (first_q := next(iter(q.values()))).get(
+               "seen_in_training")) else []),
         "| ECGs given as | EM | 95% CI | n |", "|---|---|---|---|",
         *[f"| {k} | {v['em']} | {v['ci95'][0]}–{v['ci95'][1]} | {v['n']} |" for k, v in q.items()], "",
         *(attribute_table(q) if all("per_attribute_type" in v for v in q.values()) else []),
@@ -439,7 +465,8 @@ def main() -> None:
     states = [encoder.state_dict() for encoder, _ in encoders.values()]
     if not all(same_tensors(states[0], state) for state in states[1:]):
         raise SystemExit(f"{args.model}'s image encoder is not the one {args.distill} distilled (other weights)")
-    made = encoders[args.distill or args.model][1].get("distillation", {})
+    described = encoders[args.distill or args.model][1]
+    made = described.get("distillation", {})
     if args.distill:
         distillation = json.loads((Path(args.distill) / "result.json").read_text())
     elif made:
@@ -455,6 +482,7 @@ def main() -> None:
               "distillation": distillation, "shipped_from": f"ecgqa/{shipped_from}",
               "distill_run": Path(args.distill).name if args.distill else Path(made["output_dir"]).name,
               "warm_started": bool(made.get("init_student")),
+              "distill_chain": recipe_chain(described) if made else [Path(args.distill).name],
               "ecgqa": ecgqa_modalities(args.model, args.generated_test, args.signals, args.limit, Path(args.out)),
               "printed": printed_images(args.model), "not_ecg": not_ecg_pictures(args.model),
               "measured_model": measured}

@@ -38,12 +38,17 @@ def attach_image_encoder(model, processor, run: Path) -> None:
         print(f"warning: {run} has no page check: pictures will be answered without one "
               f"(fit it: python scripts/fit_page_check.py {run} --signals ... --ptbxl ...)", file=sys.stderr)
 
-    def local(value):  # paths of the training machine shrink to their last part
-        return Path(value).name if isinstance(value, str) and "/" in value else value
-
     saved = model.config.image_encoder
-    model.config.image_encoder = {k: ({kk: local(vv) for kk, vv in v.items()} if isinstance(v, dict) and k != "config"
-                                      else local(v)) for k, v in saved.items()}
+    model.config.image_encoder = {k: v if k == "config" else machine_local(v) for k, v in saved.items()}
+
+
+def machine_local(value):
+    """Paths of the training machine shrunk to their last part, in recipes and lineages as well."""
+    if isinstance(value, dict):
+        return {k: machine_local(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [machine_local(v) for v in value]
+    return Path(value).name if isinstance(value, str) and "/" in value else value
 
 
 def selection_metrics(result: Path, source: Path) -> dict:

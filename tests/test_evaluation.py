@@ -597,6 +597,31 @@ def test_committed_pages_of_the_default_warn_exactly_when_it_has_changed(monkeyp
     assert "an_earlier_run" in ecgqa_evidence.render_page(other) and "an_earlier_run" in ecgqa_evidence.readme_block(other)
 
 
+def test_a_shipped_image_encoder_names_every_distillation_that_made_it(monkeypatch):
+    """The images page lists the distillation runs behind the shipped image encoder, first first, from the lineage
+    the encoder recorded; shipping shrinks that lineage's machine paths as it does the recipe's."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(root / "benchmarks"))
+    monkeypatch.syspath_prepend(str(root / "scripts"))
+    import images
+    import ship_checkpoint
+
+    described = {"distillation": {"output_dir": "runs/ecgqa/third", "init_student": "runs/ecgqa/x/final"},
+                 "continued_from": [{"output_dir": "runs/ecgqa/first"},
+                                    {"output_dir": "/abs/runs/ecgqa/second", "init_student": "runs/ecgqa/first"}]}
+    assert images.recipe_chain(described) == ["first", "second", "third"]
+    before_lineage = {"distillation": {"output_dir": "runs/ecgqa/image_encoder_more",
+                                       "init_student": "runs/ecgqa/image_encoder"}}
+    assert images.recipe_chain(before_lineage) == ["image_encoder", "image_encoder_more"]
+    assert images.distill_chain({"distill_run": "image_encoder_more", "warm_started": True}) == [
+        "image_encoder", "image_encoder_more"]  # a result written before chains were recorded
+    assert ship_checkpoint.machine_local({"teacher": "/a/b/run", "continued_from": [{"output_dir": "/x/y/first"}],
+                                          "epochs": 5}) == {"teacher": "run", "continued_from": [
+                                              {"output_dir": "first"}], "epochs": 5}
+
+
 def test_the_shipped_card_takes_the_figures_of_the_selection_that_chose_those_very_weights(tiny_checkpoint, tmp_path,
                                                                                           monkeypatch):
     """scripts/ship_checkpoint.py --selected-by: the figures on ECG-QA valid go into the card only from a result that

@@ -293,6 +293,35 @@ def test_distillation_scores_renders_through_the_pooling_the_model_serves():
     assert np.allclose(logits, served, atol=1e-5) and not np.allclose(logits, mean_only, atol=1e-3)
 
 
+def test_distillation_adds_the_records_own_labels_only_when_asked():
+    """``truth_weight`` adds a binary cross-entropy of the served label logits against the record's PTB-XL labels to
+    the token and teacher-probability terms; at 0 the loss is the imitation loss alone."""
+    from ecgllm.models import build_encoder
+    from ecgllm.training.distill_image import DistillTask, ImageDistillConfig
+
+    torch.manual_seed(0)
+    teacher = build_encoder("resnet1d", widths=(8, 16), n_tokens=4, pool="meanmax")
+    student = ImageEncoder(ImageEncoderConfig(n_tokens=4, dim=teacher.dim, **TINY_IMAGE)).eval()
+    head = torch.nn.Linear(teacher.dim, 3)
+    rng = np.random.default_rng(0)
+    images = (rng.random((4, TINY_IMAGE["height"], TINY_IMAGE["width"])) * 255).astype(np.uint8)
+    tokens = rng.normal(size=(4, 4, teacher.dim)).astype(np.float32)
+    logits = rng.normal(size=(4, 3)).astype(np.float32)
+    labels = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0], [1, 1, 0]], np.float32)
+
+    def loss(weight: float) -> float:
+        config = ImageDistillConfig(output_dir="-", teacher="-", ecg_cache="-", ptbxl="-", batch_size=4,
+                                    truth_weight=weight)
+        task = DistillTask(config, images, tokens, logits, teacher, head, labels)
+        with torch.no_grad():
+            return float(task.loss(student, next(iter(task.epoch_batches(0)))))
+
+    with torch.no_grad():
+        served = head(teacher.pool(student(torch.from_numpy(images.astype(np.float32) / 255.0)[:, None])))
+        truth = float(torch.nn.functional.binary_cross_entropy_with_logits(served, torch.from_numpy(labels)))
+    assert loss(0.5) == pytest.approx(loss(0.0) + 0.5 * truth, rel=1e-5) and truth > 0
+
+
 @needs_shared
 def test_the_ecgbench_suite_reads_renders_of_every_recording_through_the_image_encoder(image_checkpoint, tmp_path,
                                                                                        monkeypatch, tiny_checkpoint):

@@ -382,6 +382,8 @@ def test_image_distillation_stage_runs_resumes_and_reports(subset):
     assert more["history"][0]["epoch"] == 1
     stages = [s["stage"] for s in read_training_records(root / "img_more")["stages"]]
     assert stages.count("image_distillation") == 2  # its own renders and those of the encoder it started from
+    lineage = json.loads((root / "img_more/image_encoder.json").read_text())["continued_from"]
+    assert [Path(r["output_dir"]).name for r in lineage] == ["img"]  # the recipes that made its starting weights
 
 
 def test_a_warm_started_image_encoder_begins_with_the_earlier_weights_and_refuses_another_shape(tmp_path):
@@ -392,10 +394,11 @@ def test_a_warm_started_image_encoder_begins_with_the_earlier_weights_and_refuse
     shape = {"n_tokens": 2, "dim": 8, "height": 64, "width": 96, "widths": [4, 8], "heads": 2}
     torch.manual_seed(0)
     earlier = ImageEncoder(ImageEncoderConfig(**shape))
-    save_image_encoder(tmp_path, earlier, {"teacher": "test"})
+    made = [{"output_dir": "runs/first"}, {"output_dir": "runs/second"}]
+    save_image_encoder(tmp_path, earlier, {"teacher": "test", "distillation": made[1], "continued_from": made[:1]})
     torch.manual_seed(1)
     student = ImageEncoder(ImageEncoderConfig(**shape))
-    load_student_init(student, tmp_path)
+    assert load_student_init(student, tmp_path) == made  # its lineage, first first, then its own recipe
     assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), earlier.state_dict().values()))
     with pytest.raises(InputError, match=r"another shape \(widths: \[4, 8\] there, \[4, 16\] here\)"):
         load_student_init(ImageEncoder(ImageEncoderConfig(**{**shape, "widths": [4, 16]})), tmp_path)

@@ -71,23 +71,25 @@ class ImageEncoder(nn.Module):
         """``images`` [B, 1, H, W] from `image_input` → tokens [B, n_tokens, dim]."""
         return self.encode(images)[0]
 
-    def feature_maps(self, images: torch.Tensor, keep: tuple[int, ...]) -> list[torch.Tensor]:
-        """The feature maps after the layers of `features` whose indices ``keep`` names, computed no further."""
+    @staticmethod
+    def _through(layers: nn.Sequential, images: torch.Tensor, keep: tuple[int, ...]
+                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``images`` through ``layers``: the last output and the outputs of the layers whose indices ``keep`` names."""
         kept, f = [], images
-        for index, layer in enumerate(self.features[: max(keep) + 1]):
+        for index, layer in enumerate(layers):
             f = layer(f)
             if index in keep:
                 kept.append(f)
-        return kept
+        return f, kept
+
+    def feature_maps(self, images: torch.Tensor, keep: tuple[int, ...]) -> list[torch.Tensor]:
+        """The feature maps after the layers of `features` whose indices ``keep`` names, computed no further."""
+        return self._through(self.features[: max(keep) + 1], images, keep)[1]
 
     def encode(self, images: torch.Tensor, keep: tuple[int, ...] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Tokens [B, n_tokens, dim], and the feature maps after the layers of `features` whose indices ``keep``
         names (the image quality head, `ecgllm.models.image_quality`, reads them)."""
-        kept, f = [], images
-        for index, layer in enumerate(self.features):
-            f = layer(f)
-            if index in keep:
-                kept.append(f)
+        f, kept = self._through(self.features, images, keep)
         if f.shape[-2:] != self.grid:
             raise ValueError(f"image input must be {self.config.height}x{self.config.width}, got {tuple(images.shape[-2:])}")
         f = f.flatten(2).transpose(1, 2) + self.position

@@ -45,6 +45,8 @@ class ImageDistillConfig:
     batch_size: int = 32
     lr: float = 2e-3
     label_weight: float = 1.0
+    truth_weight: float = 0.0           # binary cross-entropy against the record's own PTB-XL labels as well (the
+                                        # teacher's probabilities alone cap the student at the teacher's AUC)
     seed: int = 0
     threads: int | None = None
     workers: int = 2                    # processes that render
@@ -154,8 +156,9 @@ class DistillTask(Task):
     label = "image distillation"
 
     def __init__(self, config: ImageDistillConfig, images: np.ndarray, target_tokens: np.ndarray,
-                 target_logits: np.ndarray, encoder: nn.Module, head: nn.Module) -> None:
+                 target_logits: np.ndarray, encoder: nn.Module, head: nn.Module, labels: np.ndarray) -> None:
         self.config, self.images, self.target_tokens, self.target_logits = config, images, target_tokens, target_logits
+        self.labels = labels.astype(np.float32)
         self.encoder, self.head = encoder, head
         self.scale = float(target_tokens.var()) + 1e-8
         self.batches_per_epoch = int(np.ceil(len(images) / config.batch_size))
@@ -166,15 +169,19 @@ class DistillTask(Task):
         for step in range(self.batches_per_epoch):
             rows = np.sort(order[step * size: (step + 1) * size])  # sorted: the cached renders are read from disk
             yield (torch.from_numpy(np.asarray(self.images[rows], dtype=np.float32) / 255.0)[:, None],
-                   torch.from_numpy(self.target_tokens[rows]), torch.from_numpy(self.target_logits[rows]))
+                   torch.from_numpy(self.target_tokens[rows]), torch.from_numpy(self.target_logits[rows]),
+                   torch.from_numpy(self.labels[rows]))
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
-        images, target_tokens, target_logits = batch
+        images, target_tokens, target_logits, labels = batch
         tokens = model(images).float()
         token_loss = nn.functional.mse_loss(tokens, target_tokens) / self.scale
-        label_loss = nn.functional.binary_cross_entropy_with_logits(self.head(self.encoder.pool(tokens)),
-                                                                    torch.sigmoid(target_logits))
-        return token_loss + self.config.label_weight * label_loss
+        logits = self.head(self.encoder.pool(tokens))
+        label_loss = nn.functional.binary_cross_entropy_with_logits(logits, torch.sigmoid(target_logits))
+        loss = token_loss + self.config.label_weight * label_loss
+        if self.config.truth_weight:
+            loss = loss + self.config.truth_weight * nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        return loss
 
 
 def distill_image_encoder(config: ImageDistillConfig, progress: bool = True, resume_anyway: bool = False) -> dict:
@@ -203,11 +210,10 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True, res
             data.signals[test], data.fs, test_seeds, np.ones(len(test), bool), image_config, config.workers,
             progress, "fold 10 distorted"))
     target_tokens, target_logits = teacher_targets(encoder, head, data.signals[train], data.masks[train])
-    task = DistillTask(config, train_images, target_tokens, target_logits, encoder, head)
+    task = DistillTask(config, train_images, target_tokens, target_logits, encoder, head, data.y[train])
 
     student = ImageEncoder(image_config)
-    if config.init_student:
-        load_student_init(student, Path(config.init_student))
+    lineage = load_student_init(student, Path(config.init_student)) if config.init_student else []
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr,
                                                     total_steps=config.epochs * task.batches_per_epoch, pct_start=0.1)
@@ -216,14 +222,15 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True, res
     if run.is_main:
         with run.scored() as student:
             _finish(config, student, encoder, head, data, train, test, train_images, clean, distorted, image_config,
-                    history, out, progress)
+                    history, out, progress, lineage)
     accelerator.wait_for_everyone()
     return json.loads((out / "result.json").read_text())
 
 
 def _finish(config: ImageDistillConfig, student: ImageEncoder, encoder: nn.Module, head: nn.Module, data,
             train: np.ndarray, test: np.ndarray, train_images: np.ndarray, clean: np.ndarray, distorted: np.ndarray,
-            image_config: ImageEncoderConfig, history: list[dict], out: Path, progress: bool) -> None:
+            image_config: ImageEncoderConfig, history: list[dict], out: Path, progress: bool,
+            lineage: list[dict]) -> None:
     """Fold-10 scores of the renders and of the signals, the image encoder, its page check and the records it
     trained on (the main process)."""
     from ecgllm.datasets.split_policy import write_training_records
@@ -237,7 +244,8 @@ def _finish(config: ImageDistillConfig, student: ImageEncoder, encoder: nn.Modul
                                               for name, images in (("clean", clean), ("augmented", distorted))]
     for name, logits in outputs:
         result.update(superclass_metrics(name, y, logits))
-    save_image_encoder(out, student.cpu(), {"teacher": config.teacher, "distillation": asdict(config)})
+    save_image_encoder(out, student.cpu(), {"teacher": config.teacher, "distillation": asdict(config),
+                                            "continued_from": lineage})
     write_training_records(out, "image_distillation", data.ids[train], inherited=[config.teacher, config.init_student])
     held_out = page_check_pages(data, image_config, workers=config.workers, progress=progress)
     if held_out is None:
@@ -319,9 +327,10 @@ def fit_page_check_of_run(run: Path, teacher: Path | None, ecg_cache: str, ptbxl
     return fit_page_check(run, student, train_images, held_out)
 
 
-def load_student_init(student: ImageEncoder, folder: Path) -> None:
+def load_student_init(student: ImageEncoder, folder: Path) -> list[dict]:
     """Warm start: the weights of an earlier image encoder of the same shape, so a distillation can go on with
-    fresh renders and a fresh schedule instead of starting again."""
+    fresh renders and a fresh schedule instead of starting again. Returns the recipes that made those weights, first
+    first (the earlier encoder's own lineage, then its recipe), for the new encoder's provenance."""
     from ecgllm.models.image_encoder import load_image_encoder
 
     try:
@@ -334,6 +343,7 @@ def load_student_init(student: ImageEncoder, folder: Path) -> None:
         differ = ", ".join(f"{k}: {saved.get(k)} there, {v} here" for k, v in wanted.items() if saved.get(k) != v)
         raise RecipeError(f"init_student: the image encoder in {folder} has another shape ({differ})")
     student.load_state_dict(earlier.state_dict())
+    return [*described.get("continued_from", []), *([described["distillation"]] if "distillation" in described else [])]
 
 
 def superclass_metrics(name: str, y: np.ndarray, logits: np.ndarray) -> dict:
