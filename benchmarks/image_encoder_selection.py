@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--ptbxl", default=str(SHARED / "ptbxl"))
     parser.add_argument("--ecgqa", default=str(SHARED / "ecgqa/ecgqa"))
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--name", help="a name for the result file (image_encoder_selection_NAME.json), so that "
+                                       "earlier selections stay beside it")
     args = parser.parse_args()
     from ecgllm.datasets import ECGQA
     from ecgllm.models.image_encoder import load_image_encoder
@@ -56,12 +58,13 @@ def main() -> None:
         row["score"] = round((row["image_clean_super_macro_auc"] + row["image_augmented_super_macro_auc"]) / 2, 4)
         candidates.append(row)
     chosen = max(candidates, key=lambda c: c["score"])  # max keeps the first of equal scores
-    write_result("image_encoder_selection.json", {
+    write_result(f"image_encoder_selection{'_' + args.name if args.name else ''}.json", {
         "split": f"PTB-XL fold 9 ∩ ECG-QA valid ({len(rows)} records), rendered clean and distorted",
         "rule": "highest mean of clean and distorted superclass macro AUC; ties to the first listed",
         "candidates": candidates, "chosen": chosen["candidate"],
         "command": "python benchmarks/image_encoder_selection.py --teacher " + args.teacher + " --candidates "
-                   + " ".join(args.candidates) + " --signals " + args.signals, "environment": environment()})
+                   + " ".join(args.candidates) + " --signals " + args.signals
+                   + (f" --name {args.name}" if args.name else ""), "environment": environment()})
     print(f"chosen: {chosen['candidate']}")
 
 

@@ -42,13 +42,15 @@ def attach_image_encoder(model, processor, run: Path) -> None:
     model.config.image_encoder = {k: v if k == "config" else machine_local(v) for k, v in saved.items()}
 
 
-def machine_local(value):
-    """Paths of the training machine shrunk to their last part, in recipes and lineages as well."""
+def machine_local(value, absolute_only: bool = False):
+    """Paths of the training machine shrunk to their last part, in recipes and lineages as well (with
+    ``absolute_only``, only absolute ones: a card's recipe keeps the relative paths a reader can follow)."""
     if isinstance(value, dict):
-        return {k: machine_local(v) for k, v in value.items()}
+        return {k: machine_local(v, absolute_only) for k, v in value.items()}
     if isinstance(value, list):
-        return [machine_local(v) for v in value]
-    return Path(value).name if isinstance(value, str) and "/" in value else value
+        return [machine_local(v, absolute_only) for v in value]
+    is_path = isinstance(value, str) and (value.startswith("/") if absolute_only else "/" in value)
+    return Path(value).name if is_path else value
 
 
 def selection_metrics(result: Path, source: Path) -> dict:
@@ -103,14 +105,7 @@ def stage_card(staged: Path, source: Path, shipped_from: str, metrics: dict | No
 
     card = read_card(source) or card_of_model_folder(source)
 
-    def local(value):  # an absolute path of the training machine shrinks to its last part
-        if isinstance(value, dict):
-            return {k: local(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [local(v) for v in value]
-        return Path(value).name if isinstance(value, str) and value.startswith("/") else value
-
-    card.provenance.recipe = local(card.provenance.recipe)
+    card.provenance.recipe = machine_local(card.provenance.recipe, absolute_only=True)
     card.provenance.shipped_from = shipped_from
     records = staged / "training_records.json"
     card.provenance.training_records_sha256 = file_sha256(records) if records.exists() else None

@@ -620,6 +620,8 @@ def test_a_shipped_image_encoder_names_every_distillation_that_made_it(monkeypat
     assert ship_checkpoint.machine_local({"teacher": "/a/b/run", "continued_from": [{"output_dir": "/x/y/first"}],
                                           "epochs": 5}) == {"teacher": "run", "continued_from": [
                                               {"output_dir": "first"}], "epochs": 5}
+    assert ship_checkpoint.machine_local({"data": ["/a/b.jsonl", "runs/c.jsonl"]}, absolute_only=True) == {
+        "data": ["b.jsonl", "runs/c.jsonl"]}  # a card's recipe keeps its relative paths
 
 
 def test_the_shipped_card_takes_the_figures_of_the_selection_that_chose_those_very_weights(tiny_checkpoint, tmp_path,
