@@ -248,6 +248,16 @@ def blank_signal_quality(model):
         del model._noise
 
 
+def test_patient_share(data: str, limit: int) -> dict:
+    """How many of the ECGs the first ``limit`` sample ids of ``data`` ask about are ECGs of ECG-QA test patients
+    (the page calls them test ECGs only when all are)."""
+    from ecgllm.datasets.split_policy import load_policy
+    from ecgllm.evaluation.ecgqa_score import first_samples, load_gold
+
+    records = {int(i) for s in first_samples(load_gold([data]), limit) for i in s.ecg_id}
+    return {"records": len(records), "of_test_patients": len(records & load_policy().test_patient_records)}
+
+
 def ecgqa_modalities(model_dir: str, data: str, signals: str, limit: int, out: Path) -> dict:
     from ecgllm.evaluation.ecgqa_eval import EcgqaRun, evaluate_ecgqa
     from ecgllm.models.ecg_lm import EcgLanguageModel
@@ -258,12 +268,15 @@ def ecgqa_modalities(model_dir: str, data: str, signals: str, limit: int, out: P
     result = {}
     for modality in ("signal", "image", "image-augmented", BLANK_QUALITY):
         blank = modality == BLANK_QUALITY
-        run = EcgqaRun(data=[data], ptbxl=signals, out=str(out / ("signal-blank-quality" if blank else modality)),
+        # model= names the folder the model in memory came from: the run reports what of its ECGs training saw
+        run = EcgqaRun(data=[data], ptbxl=signals, model=model_dir,
+                       out=str(out / ("signal-blank-quality" if blank else modality)),
                        labels=str(SHARED / "ptbxl"), limit=limit, modality="signal" if blank else modality)
         with blank_signal_quality(model) if blank else contextlib.nullcontext():
             metrics = evaluate_ecgqa(run, model, processor)
         result[modality] = {"em": round(metrics["overall_em"], 3), "n": metrics["n"],
                             "seen_in_training": metrics.get("seen_in_training"),
+                            "test_patient_records": test_patient_share(data, limit),
                             "ci95": [round(v, 3) for v in metrics["overall_em_ci95"]],
                             "per_attribute_type": {k: {"em": round(v, 3), "n": metrics["per_attribute_type_n"][k]}
                                                    for k, v in sorted(metrics["per_attribute_type"].items())}}
@@ -313,8 +326,9 @@ def recipe_chain(described: dict) -> list[str]:
     init_student names), then its own."""
     recipes = [*described.get("continued_from", []), described["distillation"]]
     names = [Path(r["output_dir"]).name for r in recipes]
-    if recipes[0].get("init_student"):
-        names.insert(0, Path(recipes[0]["init_student"]).name)
+    start = Path(recipes[0].get("init_student") or "").name
+    if start and start != "final":  # a distillation run's folder (a model folder's is ".../final")
+        names.insert(0, start)
     return names
 
 
@@ -345,8 +359,8 @@ def write_doc(result: dict, command: str) -> None:
         *[f"ecgllm train recipes/ecgqa/{name}.yaml   # continued from the one above on fresh renders (init_student)"
           for name in chain[1:]],
         *(["python benchmarks/image_encoder_selection.py --teacher src/ecgllm/data/checkpoint --candidates "
-           f"{' '.join('runs/ecgqa/' + name for name in chain[-2:])} --signals cache/ptbxl100   # each continuation "
-           "chosen on fold 9 ∩ ECG-QA valid over the encoder it continued"] if len(chain) > 1 else []),
+           f"{' '.join('runs/ecgqa/' + name for name in chain[-2:])} --signals cache/ptbxl100   # the last "
+           "continuation chosen on fold 9 ∩ ECG-QA valid over the encoder it continued"] if len(chain) > 1 else []),
         f"python scripts/ship_checkpoint.py runs/{result['shipped_from']}/final --image-encoder "
         f"runs/ecgqa/{result['distill_run']}",
         *(["python scripts/fit_image_quality.py src/ecgllm/data/checkpoint --signals cache/ptbxl100 --ptbxl "
@@ -381,10 +395,11 @@ def write_doc(result: dict, command: str) -> None:
                                                               ("distorted render", "image_augmented"))], "",
         *(noise_table(t["noise"], t["split"]) if "noise" in t else []),
         "## ECG-QA exact match, the same questions with the ECGs as signals or pictures", "",
-        *([f"Generated questions over ECG-QA test ECGs (the first {first_q['n']} of `--generated-test`); of their "
-           f"{seen['records_evaluated']} records, seen in training by any stage of the checkpoint: "
-           f"{seen['records_seen_in_training']}.", ""] if (seen := (first_q := next(iter(q.values()))).get(
-               "seen_in_training")) else []),
+        *([f"Generated questions ({first_q['n']}, from `--generated-test`) over {share['records']} ECGs, "
+           f"{share['of_test_patients']} of them of ECG-QA test patients; seen in training by any stage of the "
+           f"checkpoint: {seen['records_seen_in_training']}.", ""]
+          if (share := (first_q := next(iter(q.values()))).get("test_patient_records"))
+          and (seen := first_q.get("seen_in_training") or {}).get("records_seen_in_training") is not None else []),
         "| ECGs given as | EM | 95% CI | n |", "|---|---|---|---|",
         *[f"| {k} | {v['em']} | {v['ci95'][0]}–{v['ci95'][1]} | {v['n']} |" for k, v in q.items()], "",
         *(attribute_table(q) if all("per_attribute_type" in v for v in q.values()) else []),

@@ -624,6 +624,37 @@ def test_a_shipped_image_encoder_names_every_distillation_that_made_it(monkeypat
         "data": ["b.jsonl", "runs/c.jsonl"]}  # a card's recipe keeps its relative paths
 
 
+def test_the_images_page_names_the_chain_and_what_its_ecgqa_questions_ask_about(monkeypatch, tmp_path):
+    """The page written from a result with a three-run chain lists the three recipes, and its ECG-QA table says how
+    many of the ECGs asked about are of ECG-QA test patients and were seen in training; a result without those
+    fields (written before them) still renders."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(root / "benchmarks"))
+    import images
+
+    monkeypatch.setattr(images, "DOC", tmp_path / "images.md")
+    saved = json.loads((root / "benchmarks/results/images.json").read_text())
+    images.write_doc(saved, saved["command"])  # as committed
+    assert "of ECG-QA test patients" not in images.DOC.read_text()
+    seen = {"records_evaluated": 160, "records_seen_in_training": 0}
+    newer = {**saved, "distill_chain": ["image_encoder", "image_encoder_more", "image_encoder_truth"],
+             "ecgqa": {k: {**v, "seen_in_training": seen, "test_patient_records": {"records": 160,
+                                                                                  "of_test_patients": 160}}
+                       for k, v in saved["ecgqa"].items()}}
+    images.write_doc(newer, newer["command"])
+    page = images.DOC.read_text()
+    assert "recipes/ecgqa/image_encoder_truth.yaml   # continued from the one above" in page
+    assert "continued from 2 earlier distillations on other renders: `image_encoder`, `image_encoder_more`" in page
+    assert "over 160 ECGs, 160 of them of ECG-QA test patients; seen in training by any stage of the checkpoint: 0" in page
+    unchecked = {**newer, "ecgqa": {k: {**v, "seen_in_training": {"split_policy": "not checked"}}
+                                    for k, v in newer["ecgqa"].items()}}
+    images.write_doc(unchecked, newer["command"])  # a run that could not tell what training saw: no sentence
+    assert "of ECG-QA test patients" not in images.DOC.read_text()
+
+
 def test_the_shipped_card_takes_the_figures_of_the_selection_that_chose_those_very_weights(tiny_checkpoint, tmp_path,
                                                                                           monkeypatch):
     """scripts/ship_checkpoint.py --selected-by: the figures on ECG-QA valid go into the card only from a result that

@@ -295,7 +295,8 @@ def test_distillation_scores_renders_through_the_pooling_the_model_serves():
 
 def test_distillation_adds_the_records_own_labels_only_when_asked():
     """``truth_weight`` adds a binary cross-entropy of the served label logits against the record's PTB-XL labels to
-    the token and teacher-probability terms; at 0 the loss is the imitation loss alone."""
+    the token and teacher-probability terms; at 0 the loss is the imitation loss alone. A shuffled batch keeps each
+    render with its own targets and labels."""
     from ecgllm.models import build_encoder
     from ecgllm.training.distill_image import DistillTask, ImageDistillConfig
 
@@ -304,22 +305,29 @@ def test_distillation_adds_the_records_own_labels_only_when_asked():
     student = ImageEncoder(ImageEncoderConfig(n_tokens=4, dim=teacher.dim, **TINY_IMAGE)).eval()
     head = torch.nn.Linear(teacher.dim, 3)
     rng = np.random.default_rng(0)
-    images = (rng.random((4, TINY_IMAGE["height"], TINY_IMAGE["width"])) * 255).astype(np.uint8)
-    tokens = rng.normal(size=(4, 4, teacher.dim)).astype(np.float32)
-    logits = rng.normal(size=(4, 3)).astype(np.float32)
-    labels = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0], [1, 1, 0]], np.float32)
+    images = (rng.random((6, TINY_IMAGE["height"], TINY_IMAGE["width"])) * 255).astype(np.uint8)
+    tokens = rng.normal(size=(6, 4, teacher.dim)).astype(np.float32)
+    logits = rng.normal(size=(6, 3)).astype(np.float32)
+    labels = (rng.random((6, 3)) < 0.5).astype(np.float32)
 
-    def loss(weight: float) -> float:
-        config = ImageDistillConfig(output_dir="-", teacher="-", ecg_cache="-", ptbxl="-", batch_size=4,
+    def task(weight: float) -> DistillTask:
+        config = ImageDistillConfig(output_dir="-", teacher="-", ecg_cache="-", ptbxl="-", batch_size=2,
                                     truth_weight=weight)
-        task = DistillTask(config, images, tokens, logits, teacher, head, labels)
-        with torch.no_grad():
-            return float(task.loss(student, next(iter(task.epoch_batches(0)))))
+        return DistillTask(config, images, tokens, logits, teacher, head, labels)
 
+    batch = next(iter(task(0.0).epoch_batches(0)))
+    rows = [int(np.flatnonzero((images == (b.numpy()[0] * 255).round()).all(axis=(1, 2)))[0]) for b in batch[0]]
+    assert rows != [0, 1]  # the epoch's order is shuffled, so alignment is tested
+    assert np.array_equal(batch[3].numpy(), labels[rows]) and np.array_equal(batch[2].numpy(), logits[rows])
     with torch.no_grad():
-        served = head(teacher.pool(student(torch.from_numpy(images.astype(np.float32) / 255.0)[:, None])))
-        truth = float(torch.nn.functional.binary_cross_entropy_with_logits(served, torch.from_numpy(labels)))
-    assert loss(0.5) == pytest.approx(loss(0.0) + 0.5 * truth, rel=1e-5) and truth > 0
+        imitation, with_truth = (float(task(w).loss(student, batch)) for w in (0.0, 0.5))
+        out = student(batch[0])
+        served = head(teacher.pool(out))
+        expected = float(torch.nn.functional.mse_loss(out, batch[1]) / task(0.0).scale
+                         + torch.nn.functional.binary_cross_entropy_with_logits(served, torch.sigmoid(batch[2])))
+        truth = float(torch.nn.functional.binary_cross_entropy_with_logits(served, batch[3]))
+    assert imitation == pytest.approx(expected, rel=1e-5)  # the loss before truth_weight existed
+    assert with_truth == pytest.approx(imitation + 0.5 * truth, rel=1e-5) and truth > 0
 
 
 @needs_shared
