@@ -431,8 +431,30 @@ def write_doc(result: dict, command: str) -> None:
         f"{t['image_augmented_super_macro_auc']} ({t['image_clean_super_macro_auc']} clean), "
         f"{gap:.3f} below the signal encoder on the same records ({t['signal_super_macro_auc']}).",
         "- The 20 printouts are too few to fit anything on: nothing here was tuned to them (a hidden set of "
-        "real printouts judges the image path).", ""]
+        "real printouts judges the image path).", "",
+        *selection_section()]
     DOC.write_text("\n".join(lines))
+
+
+def selection_section() -> list[str]:
+    """Every image-encoder selection on record (`benchmarks/image_encoder_selection.py`'s JSON files): the
+    candidates' scores on ECG-QA valid renders and which one was kept, so the encoders tried and not shipped are
+    on the page with the numbers that turned them down."""
+    files = sorted((ROOT / "benchmarks/results").glob("image_encoder_selection*.json"))
+    if not files:
+        return []
+    lines = ["## Image encoders weighed on ECG-QA valid", "",
+             "Each selection rendered the same PTB-XL fold 9 records of ECG-QA valid patients (never trained on) once "
+             "clean and once distorted; the rule: the highest mean of the two superclass macro AUCs, ties to the "
+             "first listed (the encoder shipped at the time).", "",
+             "| selection | candidate | clean | distorted | mean | kept |", "|---|---|---|---|---|---|"]
+    for file in files:
+        saved = json.loads(file.read_text())
+        for row in saved["candidates"]:
+            lines.append(f"| `{file.name}` ({saved['split']}) | `{row['candidate']}` | "
+                         f"{row['image_clean_super_macro_auc']} | {row['image_augmented_super_macro_auc']} | "
+                         f"{row['score']} | {'yes' if row['candidate'] == saved['chosen'] else 'no'} |")
+    return [*lines, ""]
 
 
 def main() -> None:

@@ -649,6 +649,9 @@ def test_the_images_page_names_the_chain_and_what_its_ecgqa_questions_ask_about(
     assert "recipes/ecgqa/image_encoder_truth.yaml   # continued from the one above" in page
     assert "continued from 2 earlier distillations on other renders: `image_encoder`, `image_encoder_more`" in page
     assert "over 160 ECGs, 160 of them of ECG-QA test patients; seen in training by any stage of the checkpoint: 0" in page
+    for file in (root / "benchmarks/results").glob("image_encoder_selection*.json"):  # encoders tried, kept or not
+        chosen = json.loads(file.read_text())["chosen"]
+        assert f"`{file.name}`" in page and f"`{chosen}` |" in page
     unchecked = {**newer, "ecgqa": {k: {**v, "seen_in_training": {"split_policy": "not checked"}}
                                     for k, v in newer["ecgqa"].items()}}
     images.write_doc(unchecked, newer["command"])  # a run that could not tell what training saw: no sentence
