@@ -406,9 +406,9 @@ def render(result: dict) -> str:
         lines += ["", "The arms took only the encoder and its classifier head from the default they started from "
                   "(`encoder_init: runs/ecgqa/shipped_q600`); today's default keeps both, frozen, bit for bit, so "
                   "the arms stand for it unchanged and only its own valid EM is new. The default they were last "
-                  f"compared with ({earlier['model']}) has its run on those questions read beside today's "
-                  f"(EM {earlier['valid_em']:.3f}, as recorded), and the two runs asked the same questions of the same "
-                  "ECGs with the same answers due, so today's default answered the very same questions."]
+                  f"compared with ({earlier['model']}): its run on those questions, read beside today's, gives the EM "
+                  f"recorded for it ({earlier['valid_em']:.3f}), and the two runs asked the same questions (sample ids, "
+                  "ECGs, templates and answers due), so today's default answered the very questions the arms did."]
     lines += ["", f"Command: `{result['command']}`"]
     if "shipping_command" in result:
         lines += ["", f"Shipping decided again: `{result['shipping_command']}`"]

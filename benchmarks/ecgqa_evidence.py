@@ -118,7 +118,8 @@ rule (`ecgqa_candidate_fresh_pairs_again.md`: an official valid EM gain whose bo
 0, and a larger fall with another patient's ECG on valid_grouped) and became the default (the note at the top of this
 page, if any, says that its figures were measured on an earlier one). From it, a continuation that drew twice as many
 counterfactual pairs of the templates it answered worst on ECG-QA valid (`continue_weak_templates.yaml`: comparison
-queries, symptom, lead and noise queries) answered them no better with the ECG and did not pass the rule
+queries; symptom, lead and noise queries; the rhythm and extra-systole verify templates) leaned on the ECG less, on
+those templates and overall (a smaller fall with another patient's ECG), and did not pass the rule
 (`ecgqa_candidate_weak_templates.md`): the default stayed.
 All LLM stages ran on CPU, batch 8, on one core (`continue_measurement_comparison` resumed from its step 500 on two
 threads); no GPU was available. For the

@@ -327,7 +327,7 @@ def recipe_chain(described: dict) -> list[str]:
     recipes = [*described.get("continued_from", []), described["distillation"]]
     names = [Path(r["output_dir"]).name for r in recipes]
     start = Path(recipes[0].get("init_student") or "").name
-    if start and start != "final":  # a distillation run's folder (a model folder's is ".../final")
+    if start and start not in ("final", "checkpoint"):  # a distillation run (not a run's or the packaged model)
         names.insert(0, start)
     return names
 
@@ -353,7 +353,8 @@ def write_doc(result: dict, command: str) -> None:
         "# ECG images: renders, the image encoder, real printed ECGs", "",
         *([note, ""] if (note := stale_default_note(result)) else []),
         "Every number here is read from `benchmarks/results/images.json`, written by the last command below",
-        "(the distillation run and the shipped checkpoint come first):", "", "```bash",
+        "(the distillation run and the shipped checkpoint come first), except the last section's, read from the",
+        "image-encoder selections' own results:", "", "```bash",
         f"ecgllm train recipes/ecgqa/{chain[0]}.yaml   # renders of folds 1-8 "
         "(no ECG-QA valid/test patient) -> the shipped signal encoder's tokens",
         *[f"ecgllm train recipes/ecgqa/{name}.yaml   # continued from the one above on fresh renders (init_student)"
@@ -443,13 +444,16 @@ def selection_section() -> list[str]:
     files = sorted((ROOT / "benchmarks/results").glob("image_encoder_selection*.json"))
     if not files:
         return []
+    selections = {file.name: json.loads(file.read_text()) for file in files}
+    rules = sorted({saved["rule"] for saved in selections.values()})
     lines = ["## Image encoders weighed on ECG-QA valid", "",
-             "Each selection rendered the same PTB-XL fold 9 records of ECG-QA valid patients (never trained on) once "
-             "clean and once distorted; the rule: the highest mean of the two superclass macro AUCs, ties to the "
-             "first listed (the encoder shipped at the time).", "",
-             "| selection | candidate | clean | distorted | mean | kept |", "|---|---|---|---|---|---|"]
-    for file in files:
-        saved = json.loads(file.read_text())
+             "Read from `benchmarks/results/image_encoder_selection*.json` (`benchmarks/image_encoder_selection.py`). "
+             "Each selection renders its records once clean and once distorted and reads them as the served model "
+             f"reads a picture; the rule: {'; '.join(rules)} (the first listed is the encoder shipped at the time).",
+             "", "| selection | candidate | clean superclass AUC | distorted | mean | kept |",
+             "|---|---|---|---|---|---|"]
+    for name, saved in selections.items():
+        file = Path(name)
         for row in saved["candidates"]:
             lines.append(f"| `{file.name}` ({saved['split']}) | `{row['candidate']}` | "
                          f"{row['image_clean_super_macro_auc']} | {row['image_augmented_super_macro_auc']} | "

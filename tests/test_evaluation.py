@@ -615,6 +615,9 @@ def test_a_shipped_image_encoder_names_every_distillation_that_made_it(monkeypat
     before_lineage = {"distillation": {"output_dir": "runs/ecgqa/image_encoder_more",
                                        "init_student": "runs/ecgqa/image_encoder"}}
     assert images.recipe_chain(before_lineage) == ["image_encoder", "image_encoder_more"]
+    for model_folder in ("runs/ecgqa/x/final", "src/ecgllm/data/checkpoint"):  # a model folder is no recipe
+        assert images.recipe_chain({"distillation": {"output_dir": "runs/ecgqa/a", "init_student": model_folder}}) \
+            == ["a"]
     assert images.distill_chain({"distill_run": "image_encoder_more", "warm_started": True}) == [
         "image_encoder", "image_encoder_more"]  # a result written before chains were recorded
     assert ship_checkpoint.machine_local({"teacher": "/a/b/run", "continued_from": [{"output_dir": "/x/y/first"}],
@@ -636,9 +639,13 @@ def test_the_images_page_names_the_chain_and_what_its_ecgqa_questions_ask_about(
     import images
 
     monkeypatch.setattr(images, "DOC", tmp_path / "images.md")
-    saved = json.loads((root / "benchmarks/results/images.json").read_text())
-    images.write_doc(saved, saved["command"])  # as committed
+    committed = json.loads((root / "benchmarks/results/images.json").read_text())
+    saved = {**{k: v for k, v in committed.items() if k != "distill_chain"},  # as written before these fields
+             "ecgqa": {k: {kk: vv for kk, vv in v.items() if kk not in ("seen_in_training", "test_patient_records")}
+                       for k, v in committed["ecgqa"].items()}}
+    images.write_doc(saved, saved["command"])
     assert "of ECG-QA test patients" not in images.DOC.read_text()
+    assert "recipes/ecgqa/image_encoder_more.yaml   # continued from the one above" in images.DOC.read_text()
     seen = {"records_evaluated": 160, "records_seen_in_training": 0}
     newer = {**saved, "distill_chain": ["image_encoder", "image_encoder_more", "image_encoder_truth"],
              "ecgqa": {k: {**v, "seen_in_training": seen, "test_patient_records": {"records": 160,
@@ -650,8 +657,23 @@ def test_the_images_page_names_the_chain_and_what_its_ecgqa_questions_ask_about(
     assert "continued from 2 earlier distillations on other renders: `image_encoder`, `image_encoder_more`" in page
     assert "over 160 ECGs, 160 of them of ECG-QA test patients; seen in training by any stage of the checkpoint: 0" in page
     for file in (root / "benchmarks/results").glob("image_encoder_selection*.json"):  # encoders tried, kept or not
-        chosen = json.loads(file.read_text())["chosen"]
-        assert f"`{file.name}`" in page and f"`{chosen}` |" in page
+        selection = json.loads(file.read_text())
+        for row in selection["candidates"]:
+            kept = "yes" if row["candidate"] == selection["chosen"] else "no"
+            assert f"`{row['candidate']}` | {row['image_clean_super_macro_auc']} | " \
+                   f"{row['image_augmented_super_macro_auc']} | {row['score']} | {kept} |" in page
+    from ecgllm.datasets.split_policy import load_policy
+
+    policy = load_policy()
+    test_record = min(policy.test_patient_records)
+    other = next(i for i in range(1, 30000) if i not in policy.test_patient_records | policy.valid_patient_records)
+    rows = [{"template_id": 1, "question_id": 0, "sample_id": k, "question_type": "single-verify",
+             "attribute_type": "scp_code", "question": "Is this a normal ECG?", "answer": ["no"], "ecg_id": ecg,
+             "attribute": None} for k, ecg in enumerate([[test_record], [test_record], [other]])]
+    questions = tmp_path / "questions.json"
+    questions.write_text(json.dumps(rows))
+    assert images.test_patient_share(str(questions), 2) == {"records": 1, "of_test_patients": 1}
+    assert images.test_patient_share(str(questions), 3) == {"records": 2, "of_test_patients": 1}
     unchecked = {**newer, "ecgqa": {k: {**v, "seen_in_training": {"split_policy": "not checked"}}
                                     for k, v in newer["ecgqa"].items()}}
     images.write_doc(unchecked, newer["command"])  # a run that could not tell what training saw: no sentence
