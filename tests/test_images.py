@@ -199,7 +199,6 @@ def test_image_instruction_data_trains_through_the_image_encoder(tmp_path, tiny_
     from ecgllm.io import ECGImage
     from ecgllm.training.data import ConversationDataset
     from ecgllm.training.distill_image import save_image_encoder
-    from ecgllm.training.model_setup import attach_image_encoder
     from tests.conftest import make_training_workspace
 
     ws = make_training_workspace(tmp_path, copy.deepcopy(tiny_tokenizer), n_conversations=16)
@@ -251,7 +250,6 @@ def test_image_instruction_data_trains_through_the_image_encoder(tmp_path, tiny_
 
 def test_frozen_encoders_keep_their_batch_norm_statistics_in_training(image_checkpoint):
     from ecgllm.models.ecg_lm import EcgLanguageModel
-    from ecgllm.models.processor import EcgProcessor
 
     model = EcgLanguageModel.from_pretrained(image_checkpoint)
     model.ecg_config.encoder_policy = "frozen"
