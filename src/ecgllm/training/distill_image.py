@@ -5,7 +5,8 @@ model's tokens per ECG, and its classifier head: a model folder's label-token he
 (`ecgllm.models.image_encoder`) sees a render of the record — layout, paper and distortions drawn at random with
 the record's seed — and learns to reproduce the teacher's tokens (mean squared error, scaled by their variance) and
 the head's label probabilities computed from them (binary cross-entropy against the teacher's probabilities), so
-the label tokens come out right too.
+the label tokens come out right too; with ``truth_weight``, also the record's own PTB-XL labels (binary
+cross-entropy), since the teacher's probabilities alone cap the student at the teacher.
 
 Split discipline as for the signal encoder: training renders come from PTB-XL folds 1-8 minus the forbidden records
 of the split policy (every record of an ECG-QA valid or test patient); fold 10 is rendered clean and distorted to
