@@ -265,7 +265,7 @@ def ecgqa_modalities(model_dir: str, data: str, signals: str, limit: int, out: P
 
     model = EcgLanguageModel.from_pretrained(model_dir)
     processor = EcgProcessor.from_pretrained(model_dir)
-    result = {}
+    result, share = {}, test_patient_share(data, limit)  # the same questions in every modality
     for modality in ("signal", "image", "image-augmented", BLANK_QUALITY):
         blank = modality == BLANK_QUALITY
         # model= names the folder the model in memory came from: the run reports what of its ECGs training saw
@@ -276,7 +276,7 @@ def ecgqa_modalities(model_dir: str, data: str, signals: str, limit: int, out: P
             metrics = evaluate_ecgqa(run, model, processor)
         result[modality] = {"em": round(metrics["overall_em"], 3), "n": metrics["n"],
                             "seen_in_training": metrics.get("seen_in_training"),
-                            "test_patient_records": test_patient_share(data, limit),
+                            "test_patient_records": share,
                             "ci95": [round(v, 3) for v in metrics["overall_em_ci95"]],
                             "per_attribute_type": {k: {"em": round(v, 3), "n": metrics["per_attribute_type_n"][k]}
                                                    for k, v in sorted(metrics["per_attribute_type"].items())}}
@@ -453,9 +453,8 @@ def selection_section() -> list[str]:
              "", "| selection | candidate | clean superclass AUC | distorted | mean | kept |",
              "|---|---|---|---|---|---|"]
     for name, saved in selections.items():
-        file = Path(name)
         for row in saved["candidates"]:
-            lines.append(f"| `{file.name}` ({saved['split']}) | `{row['candidate']}` | "
+            lines.append(f"| `{name}` ({saved['split']}) | `{row['candidate']}` | "
                          f"{row['image_clean_super_macro_auc']} | {row['image_augmented_super_macro_auc']} | "
                          f"{row['score']} | {'yes' if row['candidate'] == saved['chosen'] else 'no'} |")
     return [*lines, ""]
