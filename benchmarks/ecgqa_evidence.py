@@ -302,7 +302,12 @@ def per_wording(run: Path, data: list[str]) -> dict:
             for k, g in table.groupby("wording")}
 
 
-def probes_summary(run: Path, summary: dict) -> dict:
+def probes_summary(run: Path, summary: dict, data: list[str] | None = None, attributes: dict | None = None) -> dict:
+    """``data`` and ``attributes`` (the labels its answers come from): add the fall a reader that is always
+    right would show on the random-ECG probe's own swaps (`ecgllm.evaluation.probes.random_ecg_ceiling`)."""
+    from ecgllm.evaluation.ecgqa_score import load_gold
+    from ecgllm.evaluation.probes import random_ecg_ceiling
+
     none = json.loads((run / "none" / "metrics.json").read_text())
     table = per_sample(run / "none")
     single_verify = table[table["question_type"] == "single-verify"]
@@ -316,6 +321,10 @@ def probes_summary(run: Path, summary: dict) -> dict:
            "official_mix": official_mix({"em": run / "none", "blind_em": run / "blind",
                                          "random_ecg_em": run / "random-ecg"}),
            "seen_in_training": none.get("seen_in_training")}
+    if data is not None and attributes is not None:
+        ceiling = random_ecg_ceiling(run / "random-ecg", load_gold(data).samples, attributes)
+        out["random_ecg_ceiling"] = {**ceiling, "share_reached": round(out["random_ecg_drop"] / ceiling["ceiling"], 4)
+                                     if ceiling["ceiling"] else None}
     for key in ("per_question_type", "per_question_type_ci95", "per_question_type_n", "per_attribute_type",
                 "per_attribute_type_ci95", "per_attribute_type_n", "per_variant", "paraphrase_gap"):
         if key in none:
@@ -331,7 +340,14 @@ def evaluate(args: argparse.Namespace) -> dict:
     from ecgllm.evaluation.runner import ModelAnswerer
     from ecgllm.models.default import load_checkpoint
 
+    from ecgllm.datasets import PTBXL
+    from ecgllm.datasets.ecgqa_attributes import build_attributes
+
     model, processor, model_dir = load_checkpoint(args.model, "cpu", "float32")
+    ptbxl = PTBXL.load(SHARED / "ptbxl")
+    label_attributes = build_attributes(ptbxl)  # what the generated sets were answered from
+    measured_attributes = (build_attributes(ptbxl, pd.read_csv(args.features, index_col="ecg_id"))
+                           if args.features else None)  # and the numeric set
     loaded = (model, processor)
     out, labels, signals = args.out, str(SHARED / "ptbxl"), args.signals
     result: dict = {"model": str(model_dir.relative_to(ROOT)) if model_dir.is_relative_to(ROOT) else str(model_dir),
@@ -356,7 +372,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     asked = args.limit_generated or args.n_generated
     result["generated_test"] = {"split": f"ECG-QA test ECGs (never trained on); the first {asked} of {args.n_generated} "
                                          "generated questions, template wording",
-                                **probes_summary(out / "generated", summary)}
+                                **probes_summary(out / "generated", summary, [str(generated)], label_attributes)}
 
     train = [str(QA / "template/train"), str(SAMPLE / "template_train.json")]
     which = ["majority", "question-only"] + (["classifier"] if args.encoder else [])
@@ -381,7 +397,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                                            "drawn as ECG-QA drew them (`--answer-groups`, the test split's answer "
                                            f"quotas: {quota['choose']} records of each answer of a choose question, "
                                            f"{quota['query']} of a query one), the others record first",
-                                  **probes_summary(runs, summary)}
+                                  **probes_summary(runs, summary, [str(grouped)], label_attributes)}
         result["grouped_test"]["baselines"] = run_baselines(
             train, [str(grouped)], signals, str(runs / "baselines"), which=["majority", "question-only"],
             labels=labels, progress=not args.quiet)["per_baseline"]
@@ -408,7 +424,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         result["numeric_test"] = {"split": f"ECG-QA test ECGs (never trained on); {args.n_numeric} generated "
                                            "numeric-feature and heart-axis questions, template wording, answered from "
                                            "our re-measurement of ECG-QA's features",
-                                  **probes_summary(out / "numeric", summary)}
+                                  **probes_summary(out / "numeric", summary, [str(numeric)], measured_attributes)}
 
     answerer = ModelAnswerer(model, processor, batch_size=args.batch_size, max_new_tokens=8)
     result["zero_shot"] = {name: zero_shot(answerer, SHARED / "external" / name, args.batch_size, not args.quiet)
@@ -488,6 +504,13 @@ def _probe_section(name: str, p: dict) -> list[str]:
              f"| blind (no ECG) | {_fmt(p['blind_em'])} |", f"| another patient's ECG | {_fmt(p['random_ecg_em'])} |", "",
              f"McNemar, real vs random ECG (paired, n = {m['n']}): only real correct {m['only_real_correct']}, "
              f"only random correct {m['only_random_correct']}, χ² = {m['statistic']}, p = {m['p_value']}.", ""]
+    if (c := p.get("random_ecg_ceiling")) and c["ceiling"] is not None:
+        lines += [f"How far another patient's ECG can make EM fall: on these very swaps, the answer ECG-QA's rules give "
+                  f"for the other ECG differs from the gold answer on {_fmt(c['ceiling'])} of the questions "
+                  f"(of the {c['n']} questions where the rules give both answers and agree with the gold one; "
+                  f"{c['not_covered']} set apart), so a reader that is "
+                  f"always right would fall by {_fmt(c['ceiling'])}. The model falls by {_fmt(p['random_ecg_drop'])}, "
+                  f"{c['share_reached']:.0%} of that.", ""]
     if "official_mix" in p:
         mix = p["official_mix"]
         lines += [f"With each template weighted by its share of the official train split ({OFFICIAL_MIX_NOTE}; these "

@@ -359,9 +359,7 @@ def write_doc(result: dict, command: str) -> None:
         "(no ECG-QA valid/test patient) -> the shipped signal encoder's tokens",
         *[f"ecgllm train recipes/ecgqa/{name}.yaml   # continued from the one above on fresh renders (init_student)"
           for name in chain[1:]],
-        *(["python benchmarks/image_encoder_selection.py --teacher src/ecgllm/data/checkpoint --candidates "
-           f"{' '.join('runs/ecgqa/' + name for name in chain[-2:])} --signals cache/ptbxl100   # the last "
-           "continuation chosen on fold 9 ∩ ECG-QA valid over the encoder it continued"] if len(chain) > 1 else []),
+        *([f"{selection_command(chain)}   # chosen on ECG-QA valid renders (never fold 10)"] if len(chain) > 1 else []),
         f"python scripts/ship_checkpoint.py runs/{result['shipped_from']}/final --image-encoder "
         f"runs/ecgqa/{result['distill_run']}",
         *(["python scripts/fit_image_quality.py src/ecgllm/data/checkpoint --signals cache/ptbxl100 --ptbxl "
@@ -437,14 +435,29 @@ def write_doc(result: dict, command: str) -> None:
     DOC.write_text("\n".join(lines))
 
 
+def _selections() -> dict[str, dict]:
+    files = sorted((ROOT / "benchmarks/results").glob("image_encoder_selection*.json"))
+    return {file.name: json.loads(file.read_text()) for file in files}
+
+
+def selection_command(chain: list[str]) -> str:
+    """The command of the selection that chose the shipped run (the last of ``chain``), as it was run; before
+    selections recorded their commands, the shipped run against the one it continued."""
+    chosen = [saved["command"] for saved in _selections().values()
+              if Path(saved["chosen"]).name == chain[-1] and "command" in saved]
+    if chosen:
+        return chosen[-1]
+    return ("python benchmarks/image_encoder_selection.py --teacher src/ecgllm/data/checkpoint --candidates "
+            f"{' '.join('runs/ecgqa/' + name for name in chain[-2:])} --signals cache/ptbxl100")
+
+
 def selection_section() -> list[str]:
     """Every image-encoder selection on record (`benchmarks/image_encoder_selection.py`'s JSON files): the
     candidates' scores on ECG-QA valid renders and which one was kept, so the encoders tried and not shipped are
     on the page with the numbers that turned them down."""
-    files = sorted((ROOT / "benchmarks/results").glob("image_encoder_selection*.json"))
-    if not files:
+    selections = _selections()
+    if not selections:
         return []
-    selections = {file.name: json.loads(file.read_text()) for file in files}
     rules = sorted({saved["rule"] for saved in selections.values()})
     lines = ["## Image encoders weighed on ECG-QA valid", "",
              "Read from `benchmarks/results/image_encoder_selection*.json` (`benchmarks/image_encoder_selection.py`). "
@@ -453,6 +466,10 @@ def selection_section() -> list[str]:
              "", "| selection | candidate | clean superclass AUC | distorted | mean | kept |",
              "|---|---|---|---|---|---|"]
     for name, saved in selections.items():
+        if "teacher_signal" in saved:  # the signal encoder on the same records: what imitation alone aims at
+            teacher = saved["teacher_signal"]
+            lines.append(f"| `{name}` ({saved['split']}) | the teacher: the signal encoder reading the signals | "
+                         f"{teacher['signal_super_macro_auc']} (signals) | – | – | |")
         for row in saved["candidates"]:
             lines.append(f"| `{name}` ({saved['split']}) | `{row['candidate']}` | "
                          f"{row['image_clean_super_macro_auc']} | {row['image_augmented_super_macro_auc']} | "

@@ -222,6 +222,30 @@ def test_random_ecg_mapping_is_a_derangement_across_patients():
     assert all(patient[a] != patient[b] for a, b in mapping.items())
 
 
+def test_random_ecg_ceiling_counts_the_swaps_whose_answer_changes(tmp_path):
+    """A perfect reader's fall on the probe's swaps: a normal ECG swapped for an infarction changes the answer to
+    "Is this a normal ECG?", a normal one for another normal one does not, and a gold answer our rules do not
+    reproduce is set apart instead of counted."""
+    from ecgllm.datasets import PTBXL
+    from ecgllm.datasets.ecgqa_attributes import build_attributes
+    from ecgllm.evaluation.probes import random_ecg_ceiling
+
+    attributes = build_attributes(PTBXL.load(FIXTURES / "ptbxl_labels"))
+    assert attributes[1].normal and attributes[2].normal and attributes[3].normal and not attributes[8].normal
+    base = {"question_id": 0, "template_id": 2, "question_type": "single-verify", "attribute_type": "scp_code",
+            "question": "Is this a normal ECG?", "attribute": ["normal ecg"]}
+    gold = [(0, 1, "yes", 8), (1, 8, "no", 2), (2, 2, "yes", 3), (3, 3, "no", 8)]  # id, ECG, gold, swapped ECG
+    (tmp_path / "gold.json").write_text(json.dumps([{**base, "sample_id": i, "ecg_id": [e], "answer": [a]}
+                                                    for i, e, a, _ in gold]))
+    run = tmp_path / "random-ecg"
+    run.mkdir()
+    (run / "predictions.jsonl").write_text("".join(json.dumps({"sample_id": i, "variant": None, "answer": "yes",
+                                                               "probe": "random-ecg", "ecg_ids": [s]}) + "\n"
+                                                   for i, _, _, s in gold))
+    samples = load_gold(tmp_path / "gold.json").samples
+    assert random_ecg_ceiling(run, samples, attributes) == {"ceiling": round(2 / 3, 4), "n": 3, "not_covered": 1}
+
+
 def test_key_normalisation():
     assert key("  ST/T-Change. ") == "st t change" == key("st t change")
 
