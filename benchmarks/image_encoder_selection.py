@@ -8,8 +8,10 @@
 Every candidate (a distillation run, or a model folder with an image encoder) reads the same renders of every
 ECG-QA valid record outside PTB-XL fold 10 (folds 1-9; no stage trains on them: the split policy), once clean and
 once with print/photo distortions, through the teacher's pooling and classifier head, as the served model reads a
-picture. Selections before 2026-12-05 read only the fold-9 part (164 records); at that size two encoders 0.001
-apart could not be told apart, so the set was widened to the 1,120 records before the next candidate was scored.
+picture. Selections before 2026-12-05 read only the fold-9 part (164 records). At that size two encoders 0.001 apart
+cannot be told apart, so the set was widened to the 1,120 records; the first selection on it re-scored a candidate
+that had just lost on the 164 records (image_encoder_truth, by 0.0007), and won on the 1,120.
+Every candidate and the teacher must record their training records, none of them a selection record.
 Rule, stated before the scores are read: the highest mean of the clean and distorted superclass macro AUC; a tie
 goes to the candidate listed first (the shipped one).
 """
@@ -35,6 +37,7 @@ def main() -> None:
                                        "earlier selections stay beside it")
     args = parser.parse_args()
     from ecgllm.datasets import ECGQA
+    from ecgllm.datasets.split_policy import read_training_records, trained_records
     from ecgllm.models.image_encoder import load_image_encoder
     from ecgllm.training.distill_image import (load_teacher, render_set, student_outputs, superclass_metrics,
                                                teacher_targets)
@@ -48,8 +51,15 @@ def main() -> None:
     data, _ = load_ptbxl_arrays(args.signals, args.ptbxl, saved["input"]["normalize"])
     valid_ids = sorted(ECGQA(args.ecgqa).split_ecg_ids("valid"))
     rows = np.setdiff1d(np.flatnonzero(np.isin(data.ids, valid_ids)), data.test)  # fold 10 is the images page's
-    if np.isin(rows, data.train).any():
-        raise SystemExit("error: the split policy let ECG-QA valid records into the distillation's training set")
+    for folder in [args.teacher, *args.candidates]:  # what every stage of each recorded training on
+        saved = read_training_records(folder)
+        if saved is None:
+            raise SystemExit(f"error: {folder} records no training records (training_records.json), so it cannot be "
+                             "shown never to have trained on the selection records")
+        seen = trained_records(saved) & set(data.ids[rows].tolist())
+        if seen:
+            raise SystemExit(f"error: {folder} trained on {len(seen)} of the ECG-QA valid selection records "
+                             f"(e.g. ecg_id {min(seen)}); it cannot be chosen on them")
     seeds = np.arange(len(rows)) + 20_000_003
     pages = {name: render_set(data.signals[rows], data.fs, seeds, np.full(len(rows), augment), configs[0],
                               args.workers, True, f"folds 1-9 ∩ valid, {name}")

@@ -359,7 +359,7 @@ def write_doc(result: dict, command: str) -> None:
         "(no ECG-QA valid/test patient) -> the shipped signal encoder's tokens",
         *[f"ecgllm train recipes/ecgqa/{name}.yaml   # continued from the one above on fresh renders (init_student)"
           for name in chain[1:]],
-        *([f"{selection_command(chain)}   # chosen on ECG-QA valid renders (never fold 10)"] if len(chain) > 1 else []),
+        *([f"{selection_command(chain)}"] if len(chain) > 1 else []),
         f"python scripts/ship_checkpoint.py runs/{result['shipped_from']}/final --image-encoder "
         f"runs/ecgqa/{result['distill_run']}",
         *(["python scripts/fit_image_quality.py src/ecgllm/data/checkpoint --signals cache/ptbxl100 --ptbxl "
@@ -443,12 +443,13 @@ def _selections() -> dict[str, dict]:
 def selection_command(chain: list[str]) -> str:
     """The command of the selection that chose the shipped run (the last of ``chain``), as it was run; before
     selections recorded their commands, the shipped run against the one it continued."""
-    chosen = [saved["command"] for saved in _selections().values()
+    chosen = [f"{saved['command']}   # chosen on {saved['split']}" for saved in _selections().values()
               if Path(saved["chosen"]).name == chain[-1] and "command" in saved]
     if chosen:
         return chosen[-1]
     return ("python benchmarks/image_encoder_selection.py --teacher src/ecgllm/data/checkpoint --candidates "
-            f"{' '.join('runs/ecgqa/' + name for name in chain[-2:])} --signals cache/ptbxl100")
+            f"{' '.join('runs/ecgqa/' + name for name in chain[-2:])} --signals cache/ptbxl100   # chosen on ECG-QA "
+            "valid renders (never fold 10)")
 
 
 def selection_section() -> list[str]:
@@ -462,8 +463,9 @@ def selection_section() -> list[str]:
     lines = ["## Image encoders weighed on ECG-QA valid", "",
              "Read from `benchmarks/results/image_encoder_selection*.json` (`benchmarks/image_encoder_selection.py`). "
              "Each selection renders its records once clean and once distorted and reads them as the served model "
-             f"reads a picture; the rule: {'; '.join(rules)} (the first listed is the encoder shipped at the time).",
-             "", "| selection | candidate | clean superclass AUC | distorted | mean | kept |",
+             f"reads a picture; the rule: {'; '.join(rules)} (the first listed is the encoder shipped at the time). "
+             "The encoder shipped now is the one measured above.",
+             "", "| selection | candidate | clean superclass AUC | distorted | mean | chosen by the rule |",
              "|---|---|---|---|---|---|"]
     for name, saved in selections.items():
         if "teacher_signal" in saved:  # the signal encoder on the same records: what imitation alone aims at

@@ -225,7 +225,8 @@ def test_random_ecg_mapping_is_a_derangement_across_patients():
 def test_random_ecg_ceiling_counts_the_swaps_whose_answer_changes(tmp_path):
     """A perfect reader's fall on the probe's swaps: a normal ECG swapped for an infarction changes the answer to
     "Is this a normal ECG?", a normal one for another normal one does not, and a gold answer our rules do not
-    reproduce is set apart instead of counted."""
+    reproduce is set apart instead of counted. A comparison swaps both of its ECGs: an infarction newly detected
+    in the recent tracing is no longer there when both become normal ECGs, and stays when the recent one stays."""
     from ecgllm.datasets import PTBXL
     from ecgllm.datasets.ecgqa_attributes import build_attributes
     from ecgllm.evaluation.probes import random_ecg_ceiling
@@ -235,15 +236,26 @@ def test_random_ecg_ceiling_counts_the_swaps_whose_answer_changes(tmp_path):
     base = {"question_id": 0, "template_id": 2, "question_type": "single-verify", "attribute_type": "scp_code",
             "question": "Is this a normal ECG?", "attribute": ["normal ecg"]}
     gold = [(0, 1, "yes", 8), (1, 8, "no", 2), (2, 2, "yes", 3), (3, 3, "no", 8)]  # id, ECG, gold, swapped ECG
-    (tmp_path / "gold.json").write_text(json.dumps([{**base, "sample_id": i, "ecg_id": [e], "answer": [a]}
-                                                    for i, e, a, _ in gold]))
+    compare = {"question_id": 1, "template_id": 44, "question_type": "comparison_consecutive-verify",
+               "attribute_type": "scp_code", "attribute": ["myocardial infarction in inferior leads"],
+               "question": "Compared to the previous tracing, has myocardial infarction in inferior leads been newly "
+                           "detected in the recent tracing?", "answer": ["yes"]}
+    pairs = [(4, [1, 8], [2, 3]), (5, [2, 8], [3, 8])]  # id, ECGs, swapped ECGs
+    folder = tmp_path / "template"  # a variant's folder, as generated sets are laid out
+    folder.mkdir()
+    (folder / "gold.json").write_text(json.dumps(
+        [{**base, "sample_id": i, "ecg_id": [e], "answer": [a]} for i, e, a, _ in gold]
+        + [{**compare, "sample_id": i, "ecg_id": e} for i, e, _ in pairs]))
     run = tmp_path / "random-ecg"
     run.mkdir()
-    (run / "predictions.jsonl").write_text("".join(json.dumps({"sample_id": i, "variant": None, "answer": "yes",
-                                                               "probe": "random-ecg", "ecg_ids": [s]}) + "\n"
-                                                   for i, _, _, s in gold))
-    samples = load_gold(tmp_path / "gold.json").samples
-    assert random_ecg_ceiling(run, samples, attributes) == {"ceiling": round(2 / 3, 4), "n": 3, "not_covered": 1}
+    swaps = [(i, [s]) for i, _, _, s in gold] + [(i, s) for i, _, s in pairs]
+    (run / "predictions.jsonl").write_text("".join(json.dumps({"sample_id": i, "variant": "template", "answer": "yes",
+                                                               "probe": "random-ecg", "ecg_ids": s}) + "\n"
+                                                   for i, s in swaps))
+    samples = load_gold(folder / "gold.json").samples
+    assert ("template", 4) in samples
+    assert random_ecg_ceiling(run, samples, attributes) == {"ceiling": round(3 / 5, 4), "n": 5, "not_covered": 1,
+                                                            "set_apart": [["template", 3]]}
 
 
 def test_key_normalisation():

@@ -31,22 +31,24 @@ def random_ecg_ceiling(random_run: str | Path, samples: dict, attributes: dict) 
     samples by (variant, sample_id) (`ecgllm.evaluation.ecgqa_score.load_gold`); ``attributes``:
     `ecgllm.datasets.ecgqa_attributes.build_attributes` of the labels the questions were answered from.
     Questions whose answer our rules do not define, for either ECG, or define otherwise than the gold answer for
-    the question's own ECG, are counted apart, never as a change."""
+    the question's own ECG, are set apart (``set_apart``: their (variant, sample_id)), never counted as a change."""
     from ecgllm.datasets.ecgqa_check import regenerate
 
-    changed = covered = not_covered = 0
+    changed = covered = 0
+    set_apart: list[list] = []
     with open(Path(random_run) / "predictions.jsonl", encoding="utf-8") as fh:
         for line in fh:
             row = json.loads(line)
-            gold = samples[(row["variant"], int(row["sample_id"]))]
+            gold = samples[(row.get("variant"), int(row["sample_id"]))]
             own = regenerate(gold, attributes).answer
             swapped = regenerate(replace(gold, ecg_id=[int(e) for e in row["ecg_ids"]]), attributes).answer
             if swapped is None or own is None or sorted(own) != sorted(gold.answer):  # rules silent or disagreeing
-                not_covered += 1
+                set_apart.append([row.get("variant"), int(row["sample_id"])])
                 continue
             covered += 1
             changed += sorted(swapped) != sorted(gold.answer)
-    return {"ceiling": round(changed / covered, 4) if covered else None, "n": covered, "not_covered": not_covered}
+    return {"ceiling": round(changed / covered, 4) if covered else None, "n": covered,
+            "not_covered": len(set_apart), "set_apart": set_apart}
 
 
 def run_probes(data: Sequence[str], ptbxl: str, out: str, model: str | None = None, labels: str | None = None,
