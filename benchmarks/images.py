@@ -431,7 +431,7 @@ def write_doc(result: dict, command: str) -> None:
         f"{gap:.3f} below the signal encoder on the same records ({t['signal_super_macro_auc']}).",
         "- The 20 printouts are too few to fit anything on: nothing here was tuned to them (a hidden set of "
         "real printouts judges the image path).", "",
-        *selection_section()]
+        *selection_section(result["distill_run"])]
     DOC.write_text("\n".join(lines))
 
 
@@ -452,7 +452,7 @@ def selection_command(chain: list[str]) -> str:
             "valid renders (never fold 10)")
 
 
-def selection_section() -> list[str]:
+def selection_section(shipped_run: str) -> list[str]:
     """Every image-encoder selection on record (`benchmarks/image_encoder_selection.py`'s JSON files): the
     candidates' scores on ECG-QA valid renders and which one was kept, so the encoders tried and not shipped are
     on the page with the numbers that turned them down."""
@@ -476,7 +476,13 @@ def selection_section() -> list[str]:
             lines.append(f"| `{name}` ({saved['split']}) | `{row['candidate']}` | "
                          f"{row['image_clean_super_macro_auc']} | {row['image_augmented_super_macro_auc']} | "
                          f"{row['score']} | {'yes' if row['candidate'] == saved['chosen'] else 'no'} |")
-    return [*lines, ""]
+    lines.append("")
+    for name, saved in selections.items():  # a choice that did not ship: its recipe's Outcome says why
+        run = Path(saved["chosen"]).name
+        if run not in (shipped_run, "checkpoint"):
+            lines += [f"`{name}` chose `{run}` by its rule, and it was not shipped: `recipes/ecgqa/{run}.yaml` "
+                      "(Outcome) says why.", ""]
+    return lines
 
 
 def main() -> None:
