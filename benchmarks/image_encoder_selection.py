@@ -8,10 +8,11 @@
 Every candidate (a distillation run, or a model folder with an image encoder) reads the same renders of every
 ECG-QA valid record outside PTB-XL fold 10 (folds 1-9; no stage trains on them: the split policy), once clean and
 once with print/photo distortions, through the teacher's pooling and classifier head, as the served model reads a
-picture. Selections before 2026-12-05 read only the fold-9 part (164 records). At that size two encoders 0.001 apart
-cannot be told apart, so the set was widened to the 1,120 records; the first selection on it re-scored a candidate
-that had just lost on the 164 records (image_encoder_truth, by 0.0007), and won on the 1,120.
-Every candidate and the teacher must record their training records, none of them a selection record.
+picture. image_encoder_selection.json and image_encoder_selection_truth.json read only the fold-9 part (164
+records; the script as of commit cf26575). At that size two encoders 0.001 apart cannot be told apart, so the set was
+widened to the 1,120 records; the first selection on it (image_encoder_selection_truth_wide.json) re-scored a
+candidate that had just lost on the 164 records (image_encoder_truth, by 0.0007), and it won on the 1,120.
+Every candidate and the teacher must record what each of their stages trained on, none of it a selection record.
 Rule, stated before the scores are read: the highest mean of the clean and distorted superclass macro AUC; a tie
 goes to the candidate listed first (the shipped one).
 """
@@ -37,7 +38,7 @@ def main() -> None:
                                        "earlier selections stay beside it")
     args = parser.parse_args()
     from ecgllm.datasets import ECGQA
-    from ecgllm.datasets.split_policy import read_training_records, trained_records
+    from ecgllm.datasets.split_policy import seen_by_checkpoint
     from ecgllm.models.image_encoder import load_image_encoder
     from ecgllm.training.distill_image import (load_teacher, render_set, student_outputs, superclass_metrics,
                                                teacher_targets)
@@ -52,14 +53,13 @@ def main() -> None:
     valid_ids = sorted(ECGQA(args.ecgqa).split_ecg_ids("valid"))
     rows = np.setdiff1d(np.flatnonzero(np.isin(data.ids, valid_ids)), data.test)  # fold 10 is the images page's
     for folder in [args.teacher, *args.candidates]:  # what every stage of each recorded training on
-        saved = read_training_records(folder)
-        if saved is None:
-            raise SystemExit(f"error: {folder} records no training records (training_records.json), so it cannot be "
-                             "shown never to have trained on the selection records")
-        seen = trained_records(saved) & set(data.ids[rows].tolist())
-        if seen:
-            raise SystemExit(f"error: {folder} trained on {len(seen)} of the ECG-QA valid selection records "
-                             f"(e.g. ecg_id {min(seen)}); it cannot be chosen on them")
+        seen = seen_by_checkpoint(folder, data.ids[rows].tolist())  # stops on another split policy
+        if seen["records_seen_in_training"] is None or seen["stages_with_unrecorded_records"]:
+            raise SystemExit(f"error: {folder} does not record what every stage trained on (training_records.json), "
+                             "so it cannot be shown never to have seen the selection records")
+        if seen["records_seen_in_training"]:
+            raise SystemExit(f"error: {folder} trained on {seen['records_seen_in_training']} of the ECG-QA valid "
+                             "selection records; it cannot be chosen on them")
     seeds = np.arange(len(rows)) + 20_000_003
     pages = {name: render_set(data.signals[rows], data.fs, seeds, np.full(len(rows), augment), configs[0],
                               args.workers, True, f"folds 1-9 ∩ valid, {name}")

@@ -418,7 +418,9 @@ def write_doc(result: dict, command: str) -> None:
         "records of ECG-QA train patients; no valid or test record): "
         f"beyond {n['typical']} (99 % of them lie within) a picture is answered with a stated warning that it looks "
         f"unlike the pages the model learned from; beyond {n['refuse']} it is refused (\"could not be read as an ECG "
-        "page\"). Nothing was fitted on the pictures below or on the printouts.", "",
+        "page\"). Nothing was fitted on the pictures below or on the printouts; an image encoder whose check answers "
+        "any of these pictures plainly is not shipped (`image_encoder_truth_more` was not, "
+        "`benchmarks/results/image_encoder_truth_more_not_shipped.json`).", "",
         "| picture | distance | result |", "|---|---|---|",
         *[f"| {row['picture']} | {row['distance']} | {row['verdict']} |" for row in n["pictures"]], "",
         f"Real printouts above: {p['page_check']['typical']} answered plainly, {p['page_check']['unlike']} with the "
@@ -440,10 +442,12 @@ def _selections() -> dict[str, dict]:
     return {file.name: json.loads(file.read_text()) for file in files}
 
 
-def selection_command(chain: list[str]) -> str:
+def selection_command(chain: list[str], selections: dict[str, dict] | None = None) -> str:
     """The command of the selection that chose the shipped run (the last of ``chain``), as it was run; before
     selections recorded their commands, the shipped run against the one it continued."""
-    chosen = [f"{saved['command']}   # chosen on {saved['split']}" for saved in _selections().values()
+    chosen = [f"{saved['command'].replace('../cache/', '')}   # chosen on {saved['split']}"
+              + ("" if "folds 1-9" in saved["split"] else " (the script as of commit cf26575)")
+              for saved in (selections or _selections()).values()
               if Path(saved["chosen"]).name == chain[-1] and "command" in saved]
     if chosen:
         return chosen[-1]
@@ -479,7 +483,7 @@ def selection_section(shipped_run: str) -> list[str]:
     lines.append("")
     for name, saved in selections.items():  # a choice that did not ship: its recipe's Outcome says why
         run = Path(saved["chosen"]).name
-        if run not in (shipped_run, "checkpoint"):
+        if run not in (shipped_run, "checkpoint", "final"):  # a model folder is the encoder shipped at the time
             lines += [f"`{name}` chose `{run}` by its rule, and it was not shipped: `recipes/ecgqa/{run}.yaml` "
                       "(Outcome) says why.", ""]
     return lines

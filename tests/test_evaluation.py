@@ -698,6 +698,18 @@ def test_the_images_page_names_the_chain_and_what_its_ecgqa_questions_ask_about(
             kept = "yes" if row["candidate"] == selection["chosen"] else "no"
             assert f"`{row['candidate']}` | {row['image_clean_super_macro_auc']} | " \
                    f"{row['image_augmented_super_macro_auc']} | {row['score']} | {kept} |" in page
+        if "teacher_signal" in selection:
+            assert f"reading the signals | {selection['teacher_signal']['signal_super_macro_auc']} (signals)" in page
+        chosen = Path(selection["chosen"]).name
+        if chosen not in ("checkpoint", newer["distill_run"]):  # chosen, not shipped: the page says where to read why
+            assert f"`{file.name}` chose `{chosen}` by its rule, and it was not shipped: " \
+                   f"`recipes/ecgqa/{chosen}.yaml`" in page
+    # the selection that chose the last of the chain gives the page its command, paths as the other lines write them
+    fake = {"a.json": {"chosen": "../cache/runs/ecgqa/image_encoder_truth", "split": "PTB-XL folds 1-9 ∩ ECG-QA valid",
+                       "command": "python benchmarks/image_encoder_selection.py --candidates ../cache/runs/ecgqa/x"}}
+    assert images.selection_command(newer["distill_chain"], fake) == ("python benchmarks/image_encoder_selection.py "
+                                                                "--candidates runs/ecgqa/x   # chosen on PTB-XL folds "
+                                                                "1-9 ∩ ECG-QA valid")
     from ecgllm.datasets.split_policy import load_policy
 
     policy = load_policy()
