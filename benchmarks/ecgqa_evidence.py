@@ -127,12 +127,22 @@ answer latency: the prompt's common start (system prompt, user header, ECG tags)
 last few distinct starts, so questions about one ECG and comparisons of two asked in turn both reuse theirs."""
 
 
+@functools.lru_cache(maxsize=2)
+def record_attributes(features: Path | None = None) -> dict:
+    """What the generated questions are answered from (`build_attributes`): PTB-XL's labels, and with ``features``
+    ECG-QA's re-measured numeric features; built once per run for the sets and their random-ECG ceilings."""
+    from ecgllm.datasets import PTBXL
+    from ecgllm.datasets.ecgqa_attributes import build_attributes
+
+    measured = pd.read_csv(features, index_col="ecg_id") if features else None
+    return build_attributes(PTBXL.load(SHARED / "ptbxl"), measured)
+
+
 def generated_test(n: int, seed: int, out: Path, answer_groups: bool = False) -> Path:
     """Official-format questions over ECG-QA test ECGs (templates the generator can answer from our labels);
     ``answer_groups``: choose and query questions drawn as ECG-QA drew them (an answer first, weighted by min(its
     records, a quota), `ECGQAGenerator.generate`), in a folder of their own."""
-    from ecgllm.datasets import ECGQA, PTBXL
-    from ecgllm.datasets.ecgqa_attributes import build_attributes
+    from ecgllm.datasets import ECGQA
     from ecgllm.datasets.ecgqa_generator import ANSWER_QUOTA, ECGQAGenerator
 
     # the grouped set's folder names its size, seed and answer quotas (the test split's, as ECG-QA drew its test
@@ -141,8 +151,7 @@ def generated_test(n: int, seed: int, out: Path, answer_groups: bool = False) ->
     folder = f"grouped_test_n{n}_s{seed}_q{quota['choose']}-{quota['query']}" if answer_groups else "generated_test"
     path = out / folder / "template" / "generated.json"
     if not path.exists():
-        ptbxl = PTBXL.load(SHARED / "ptbxl")
-        samples = ECGQAGenerator(build_attributes(ptbxl), ECGQA(QA).split_ecg_ids("test")).generate(
+        samples = ECGQAGenerator(record_attributes(), ECGQA(QA).split_ecg_ids("test")).generate(
             n, seed=seed, answer_groups=answer_groups, quota_split="test")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(samples))
@@ -152,15 +161,12 @@ def generated_test(n: int, seed: int, out: Path, answer_groups: bool = False) ->
 def numeric_test(n: int, seed: int, out: Path, features: Path) -> Path:
     """Numeric-feature and heart-axis questions over ECG-QA test ECGs, answered from ECG-QA's features as we
     re-measure them (`ecgllm data measure ptbxl --ecgqa-features`)."""
-    from ecgllm.datasets import ECGQA, PTBXL
-    from ecgllm.datasets.ecgqa_attributes import build_attributes
+    from ecgllm.datasets import ECGQA
     from ecgllm.datasets.ecgqa_generator import ECGQAGenerator
 
     path = out / "numeric_test" / "template" / "generated.json"
     if not path.exists():
-        ptbxl = PTBXL.load(SHARED / "ptbxl")
-        attributes = build_attributes(ptbxl, pd.read_csv(features, index_col="ecg_id"))
-        samples = ECGQAGenerator(attributes, ECGQA(QA).split_ecg_ids("test")).generate(
+        samples = ECGQAGenerator(record_attributes(features), ECGQA(QA).split_ecg_ids("test")).generate(
             n, seed=seed, template_ids=NUMERIC_AXIS_TEMPLATES)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(samples))
@@ -252,12 +258,17 @@ def em_per_template(table: pd.DataFrame) -> dict[str, float]:
     return {str(t): round(em, 3) for t, em in template_em(table).items()}
 
 
+def real_and_random(probes: Path) -> pd.DataFrame:
+    """Each question's row with the real ECG beside its row with another patient's ECG (``_real``, ``_random``)."""
+    real, rand = per_sample(probes / "none"), per_sample(probes / "random-ecg")
+    return real.merge(rand, on=["sample_id", "variant"], suffixes=("_real", "_random"))
+
+
 def mcnemar_real_vs_random(probes: Path) -> dict:
     """Paired test: the same questions answered with the real ECG and with another patient's ECG."""
     from statsmodels.stats.contingency_tables import mcnemar
 
-    real, rand = per_sample(probes / "none"), per_sample(probes / "random-ecg")
-    both = real.merge(rand, on=["sample_id", "variant"], suffixes=("_real", "_random"))
+    both = real_and_random(probes)
     a, b = both["correct_real"].astype(bool), both["correct_random"].astype(bool)
     table = [[int((a & b).sum()), int((a & ~b).sum())], [int((~a & b).sum()), int((~a & ~b).sum())]]
     test = mcnemar(table, exact=False, correction=True)
@@ -325,9 +336,8 @@ def probes_summary(run: Path, summary: dict, data: list[str] | None = None, attr
         ceiling = random_ecg_ceiling(run / "random-ecg", load_gold(data).samples, attributes)
         # the model's fall on the same questions the ceiling counts
         apart = {(v, int(i)) for v, i in ceiling["set_apart"]}
-        real, rand = per_sample(run / "none"), per_sample(run / "random-ecg")
-        kept = [(None if v == "" else v, int(i)) not in apart for v, i in zip(real["variant"], real["sample_id"])]
-        both = real[kept].merge(rand, on=["sample_id", "variant"], suffixes=("_real", "_random"))
+        both = real_and_random(run)
+        both = both[[(None if v == "" else v, int(i)) not in apart for v, i in zip(both["variant"], both["sample_id"])]]
         drop = float(both["correct_real"].astype(bool).mean() - both["correct_random"].astype(bool).mean())
         out["random_ecg_ceiling"] = {**ceiling, "model_drop": round(drop, 4),
                                      "share_reached": round(drop / ceiling["ceiling"], 4) if ceiling["ceiling"] else None}
@@ -346,14 +356,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     from ecgllm.evaluation.runner import ModelAnswerer
     from ecgllm.models.default import load_checkpoint
 
-    from ecgllm.datasets import PTBXL
-    from ecgllm.datasets.ecgqa_attributes import build_attributes
-
     model, processor, model_dir = load_checkpoint(args.model, "cpu", "float32")
-    ptbxl = PTBXL.load(SHARED / "ptbxl")
-    label_attributes = build_attributes(ptbxl)  # what the generated sets were answered from
-    measured_attributes = (build_attributes(ptbxl, pd.read_csv(args.features, index_col="ecg_id"))
-                           if args.features else None)  # and the numeric set
     loaded = (model, processor)
     out, labels, signals = args.out, str(SHARED / "ptbxl"), args.signals
     result: dict = {"model": str(model_dir.relative_to(ROOT)) if model_dir.is_relative_to(ROOT) else str(model_dir),
@@ -378,7 +381,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     asked = args.limit_generated or args.n_generated
     result["generated_test"] = {"split": f"ECG-QA test ECGs (never trained on); the first {asked} of {args.n_generated} "
                                          "generated questions, template wording",
-                                **probes_summary(out / "generated", summary, [str(generated)], label_attributes)}
+                                **probes_summary(out / "generated", summary, [str(generated)], record_attributes())}
 
     train = [str(QA / "template/train"), str(SAMPLE / "template_train.json")]
     which = ["majority", "question-only"] + (["classifier"] if args.encoder else [])
@@ -403,7 +406,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                                            "drawn as ECG-QA drew them (`--answer-groups`, the test split's answer "
                                            f"quotas: {quota['choose']} records of each answer of a choose question, "
                                            f"{quota['query']} of a query one), the others record first",
-                                  **probes_summary(runs, summary, [str(grouped)], label_attributes)}
+                                  **probes_summary(runs, summary, [str(grouped)], record_attributes())}
         result["grouped_test"]["baselines"] = run_baselines(
             train, [str(grouped)], signals, str(runs / "baselines"), which=["majority", "question-only"],
             labels=labels, progress=not args.quiet)["per_baseline"]
@@ -430,7 +433,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         result["numeric_test"] = {"split": f"ECG-QA test ECGs (never trained on); {args.n_numeric} generated "
                                            "numeric-feature and heart-axis questions, template wording, answered from "
                                            "our re-measurement of ECG-QA's features",
-                                  **probes_summary(out / "numeric", summary, [str(numeric)], measured_attributes)}
+                                  **probes_summary(out / "numeric", summary, [str(numeric)],
+                                                   record_attributes(args.features))}
 
     answerer = ModelAnswerer(model, processor, batch_size=args.batch_size, max_new_tokens=8)
     result["zero_shot"] = {name: zero_shot(answerer, SHARED / "external" / name, args.batch_size, not args.quiet)
