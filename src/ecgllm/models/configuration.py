@@ -11,6 +11,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from ecgllm.models.measurement_note import NOTE_VERSIONS
+from ecgllm.models.statement_note import STATEMENT_NOTE_VERSIONS
 
 LLM_POLICIES = ("frozen", "lora", "full")
 ENCODER_POLICIES = ("frozen", "trained")
@@ -31,6 +32,8 @@ class EcgLMConfig:
     balanced_named_labels: bool = False          # named slots read p shifted to equal priors (LabelTokens.fit_priors)
     measurement_note: int = 0                    # measured intervals as text when asked: the note's version
                                                  # (models/measurement_note.py NOTE_VERSIONS; 0 none, true 1)
+    statement_note: int = 0                      # two ECGs' classifier statements compared, as text: the note's
+                                                 # version (models/statement_note.py; 0 none; needs label_tokens)
     image_encoder_init: str | None = None        # a distilled image encoder run: the model also reads ECG images
     lora: dict = field(default_factory=lambda: {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
                                                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]})
@@ -53,6 +56,11 @@ class EcgLMConfig:
         if self.measurement_note and self.measurement_note not in NOTE_VERSIONS:
             raise ValueError(f"measurement_note must be 0 (no notes) or a note version {sorted(NOTE_VERSIONS)}, "
                              f"not {self.measurement_note!r}")
+        if self.statement_note and self.statement_note not in STATEMENT_NOTE_VERSIONS:
+            raise ValueError(f"statement_note must be 0 (no notes) or a note version "
+                             f"{sorted(STATEMENT_NOTE_VERSIONS)}, not {self.statement_note!r}")
+        if self.statement_note and not self.label_tokens:
+            raise ValueError("statement_note needs label_tokens (their classifier head finds the statements)")
 
 
 @strict(accept_kwargs=True)

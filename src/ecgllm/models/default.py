@@ -42,10 +42,13 @@ def load_checkpoint(model: str | None, device: str = "auto", dtype: str = "auto"
     from ecgllm.models.ecg_lm import EcgLanguageModel
     from ecgllm.models.processor import EcgProcessor
     from ecgllm.models.llm import quiet_transformers
+    from ecgllm.models.statement_note import attach_statement_reader
     from ecgllm.models.placement import resolve_device, resolve_dtype
 
     folder = resolve_model_dir(model)
     placed = resolve_device(device)
     with quiet_transformers():  # a first run still says, in one line and one bar, that it prepares the LLM
         loaded = EcgLanguageModel.from_pretrained(folder, device=placed, dtype=resolve_dtype(dtype, placed))
-    return loaded, EcgProcessor.from_pretrained(folder), folder
+    processor = EcgProcessor.from_pretrained(folder)
+    attach_statement_reader(loaded, processor)
+    return loaded, processor, folder

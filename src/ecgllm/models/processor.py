@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,8 @@ from ecgllm.io.record import ECG
 from ecgllm.models.label_tokens import find_named_labels
 from ecgllm.models.measurement_note import (NOTE_VERSIONS, asks_for_measurements, comparison_note, measurement_note,
                                             measurements_of)
+from ecgllm.models.statement_note import META_KEY as STATEMENTS_KEY
+from ecgllm.models.statement_note import STATEMENT_NOTE_VERSIONS, statement_comparison_note
 from ecgllm.signal.prepare import PrepConfig, PreparedECG, prepare
 
 ECG_TOKEN = "<ecg>"
@@ -49,6 +51,8 @@ class ProcessorConfig:
     named_labels: list[str] | None = None  # the label names looked for in the question, in the classifier's order
     measurement_note: int = 0  # each ECG's measured intervals as text when the question asks about them: the
     # note's version (`measurement_note.NOTE_VERSIONS`), 0 for none (a checkpoint's `true` reads as version 1)
+    statement_note: int = 0  # for two ECGs, the classifier's statements new, gone and still present, as text: the
+    # note's version (`statement_note.STATEMENT_NOTE_VERSIONS`), 0 for none
 
 
 def first_question(turns: list[dict[str, str]]) -> str:
@@ -63,6 +67,11 @@ class EcgProcessor:
         if config.measurement_note and config.measurement_note not in NOTE_VERSIONS:
             raise ValueError(f"measurement_note {config.measurement_note!r}: this package writes notes of versions "
                              f"{sorted(NOTE_VERSIONS)} (0: none)")
+        if config.statement_note and config.statement_note not in STATEMENT_NOTE_VERSIONS:
+            raise ValueError(f"statement_note {config.statement_note!r}: this package writes statement notes of "
+                             f"versions {sorted(STATEMENT_NOTE_VERSIONS)} (0: none)")
+        # reads the statements of ECGs the caller did not hand over (`statement_note.attach_statement_reader`)
+        self.statement_reader: Callable[[Sequence[ECG | PreparedECG | ECGImage]], list[list[str]]] | None = None
         self.prep = PrepConfig.from_dict(config.prep)
         if config.ecg_token not in tokenizer.get_vocab():
             tokenizer.add_special_tokens({"additional_special_tokens": [config.ecg_token]})
@@ -122,20 +131,46 @@ class EcgProcessor:
         return self._expand(self._template(self._messages(turns, tags, notes), add_generation_prompt))
 
     def notes(self, turns: list[dict[str, str]], ecgs: Sequence[ECG | PreparedECG | ECGImage]) -> list[str] | None:
-        """Each ECG's measurement note (`ecgllm.models.measurement_note`) when the checkpoint reads notes and the
-        question asks about a measurement; an ECG image gets none (its signal is not known)."""
-        if not self.wants_notes(turns, len(ecgs)):
-            return None
-        return self.notes_of_rows([None if isinstance(e, ECGImage) else measurements_of(e.signal, e.fs, e.leads, e.meta)
-                                   for e in ecgs])
+        """Each ECG's notes: its measurement note (`ecgllm.models.measurement_note`) when the checkpoint reads them
+        and the question asks about a measurement (an ECG image gets none: its signal is not known), and for two
+        ECGs the classifier's statement comparison (`ecgllm.models.statement_note`) when the checkpoint reads it."""
+        rows = None
+        if self.wants_notes(turns, len(ecgs)):
+            rows = [None if isinstance(e, ECGImage) else measurements_of(e.signal, e.fs, e.leads, e.meta) for e in ecgs]
+        statements = self.statements_of(ecgs) if self.wants_statement_note(turns, len(ecgs)) else None
+        return self.notes_of_rows(rows, statements) if rows is not None or statements is not None else None
 
-    def notes_of_rows(self, rows: Sequence[Mapping[str, object] | None]) -> list[str]:
-        """The notes of ECGs with these measurement rows (None: a picture, which gets none); from version 3 the
-        second of two measured ECGs also gets the serial comparison with the first."""
-        notes = ["" if row is None else measurement_note(row, self.note_version) for row in rows]
-        if self.note_version >= 3 and len(rows) == 2 and rows[0] is not None and rows[1] is not None:
+    def notes_of_rows(self, rows: Sequence[Mapping[str, object] | None] | None,
+                      statements: Sequence[Sequence[str]] | None = None) -> list[str]:
+        """The notes of ECGs with these measurement rows (None: a picture, which gets none; ``rows`` None: no
+        measurement notes); from version 3 the second of two measured ECGs also gets the serial comparison with the
+        first. ``statements``: each ECG's classifier statements, for the statement comparison the second of two
+        ECGs gets."""
+        n = len(rows) if rows is not None else len(statements or ())
+        notes = [""] * n if rows is None else ["" if row is None else measurement_note(row, self.note_version)
+                                               for row in rows]
+        if rows is not None and self.note_version >= 3 and len(rows) == 2 and None not in rows:
             notes[1] += " " + comparison_note(rows[0], rows[1])
+        if statements is not None and len(statements) == 2:
+            notes[1] = (notes[1] + " " if notes[1] else "") + statement_comparison_note(*statements)
         return notes
+
+    def wants_statement_note(self, turns: list[dict[str, str]], n_ecgs: int) -> bool:
+        """Does this conversation get the statement comparison (a checkpoint that reads it, two ECGs, a question
+        not about measurements, which the measurement notes answer)?"""
+        return bool(self.config.statement_note and n_ecgs == 2 and not asks_for_measurements(first_question(turns)))
+
+    def statements_of(self, ecgs: Sequence[ECG | PreparedECG | ECGImage]) -> list[list[str]]:
+        """Each ECG's classifier statements: those training handed over with the ECG (``meta``), else read now by
+        the model's `statement_reader` (attached where the model is loaded: `attach_statement_reader`)."""
+        known = [None if isinstance(e, ECGImage) else (e.meta or {}).get(STATEMENTS_KEY) for e in ecgs]
+        todo = [e for e, k in zip(ecgs, known) if k is None]
+        if todo and self.statement_reader is None:
+            raise RuntimeError("this checkpoint reads statement notes, which its own classifier writes: load it "
+                               "with `ecgllm.models.default.load_checkpoint` (or call `attach_statement_reader` with "
+                               "the model)")
+        read = iter(self.statement_reader(todo) if todo else [])
+        return [list(k) if k is not None else next(read) for k in known]
 
     @property
     def note_version(self) -> int:

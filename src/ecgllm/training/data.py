@@ -16,6 +16,7 @@ from ecgllm.datasets.split_policy import load_policy
 from ecgllm.io.image import ECGImage
 from ecgllm.io.record import ECG
 from ecgllm.models.measurement_note import META_KEY, read_measurement_rows
+from ecgllm.models.statement_note import META_KEY as STATEMENTS_KEY
 
 
 class ConversationDataset(Dataset):
@@ -35,6 +36,8 @@ class ConversationDataset(Dataset):
         self.cache = cache
         # each record's measured features, handed to the processor's measurement notes with its ECG
         self.measurements = read_measurement_rows(measurements) if measurements else {}
+        # each record's classifier statements, for statement notes (filled by the stage: `read_statements`)
+        self.statements: dict[int, list[str]] = {}
         # before anything else: weight training never sees an ECG-QA valid/test patient (datasets/split_policy.py)
         load_policy().refuse(self.ptbxl_record_ids(), source=str(jsonl), stage=stage)
         held_out = held_out_worded(self.rows)  # and never a wording kept for measuring unseen paraphrases
@@ -67,6 +70,19 @@ class ConversationDataset(Dataset):
         """Each ECG's row of the measurement table (empty where the table lacks the record)."""
         return [self.measurements.get(int(e["record_id"]), {}) for e in self.rows[i]["ecgs"]]
 
+    def two_ecg_record_ids(self) -> set[int]:
+        """Records of the conversations about two ECGs (the ones statement notes compare)."""
+        return {int(e["record_id"]) for r in self.rows if len(r["ecgs"]) == 2 for e in r["ecgs"]}
+
+    def read_statements(self, reader) -> None:
+        """Each two-ECG record's statements, read once by the model's frozen classifier (`StatementReader`)."""
+        self.statements = reader.of_records(sorted(self.two_ecg_record_ids()), self.cache)
+
+    def statements_of(self, i: int) -> list[list[str]] | None:
+        """Each ECG's statements of conversation ``i``, where all were read (None otherwise)."""
+        ids = [int(e["record_id"]) for e in self.rows[i]["ecgs"]]
+        return [self.statements[r] for r in ids] if all(r in self.statements for r in ids) else None
+
     def __getitem__(self, i: int):
         row = self.rows[i]
         ids = [int(e["record_id"]) for e in row["ecgs"]]
@@ -74,6 +90,8 @@ class ConversationDataset(Dataset):
         for ecg, record_id in zip(ecgs, ids):
             if record_id in self.measurements:
                 ecg.meta[META_KEY] = self.measurements[record_id]
+            if record_id in self.statements:
+                ecg.meta[STATEMENTS_KEY] = self.statements[record_id]
         ecgs = [_as_rendered(ecg, ref.get("render")) for ecg, ref in zip(ecgs, row["ecgs"])]
         turns = [{"role": t["role"], "content": t["content"]} for t in row["turns"]]
         meta = row.get("meta", {})
@@ -126,10 +144,13 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int = 0, e
 
 def token_lengths(dataset: ConversationDataset, processor) -> list[int]:
     """Training tokens of every conversation, as the processor will encode it (measurement notes from the data's
-    table; a record the table lacks is counted with a note that measured nothing)."""
+    table, a record the table lacks counted with a note that measured nothing; statement notes from the statements
+    the stage read)."""
     lengths = []
     for i in range(len(dataset)):
         turns, tags = dataset.text(i)
-        notes = processor.notes_of_rows(dataset.measurement_rows(i)) if processor.wants_notes(turns, len(tags)) else None
+        rows = dataset.measurement_rows(i) if processor.wants_notes(turns, len(tags)) else None
+        statements = dataset.statements_of(i) if processor.wants_statement_note(turns, len(tags)) else None
+        notes = processor.notes_of_rows(rows, statements) if rows is not None or statements is not None else None
         lengths.append(len(processor.encode_for_training(turns, tags, notes)[0]))
     return lengths

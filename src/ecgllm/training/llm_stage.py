@@ -97,6 +97,8 @@ def _dataset_and_model(config: TrainConfig, llm=None, tokenizer=None, fit_qualit
             quality.check_rate(processor.prep.fs, f"model.signal_quality from {config.init_from} (this recipe's prep.fs)")
         except ValueError as exc:
             raise RecipeError(str(exc)) from None
+    if processor.statement_reader is not None:  # after the start's weights: its frozen classifier writes the notes
+        dataset.read_statements(processor.statement_reader)
     loaded: list = []  # PTB-XL's metadata, read once for whichever fit below needs it
 
     def ptbxl(purpose: str):

@@ -19,6 +19,7 @@ from ecgllm.models.encoder_source import (ENCODER_TO_PREP_NORMALIZE, encoder_hea
 from ecgllm.models.encoders import build_encoder
 from ecgllm.models.model_folder import load_weights, read_config
 from ecgllm.models.processor import EcgProcessor, ProcessorConfig
+from ecgllm.models.statement_note import attach_statement_reader
 
 
 def build_model(config: EcgLMConfig, processor_config: ProcessorConfig | None = None, llm=None, tokenizer=None,
@@ -35,6 +36,7 @@ def build_model(config: EcgLMConfig, processor_config: ProcessorConfig | None = 
     processor_config.n_ecg_tokens = encoder.n_tokens + config.label_tokens + config.named_label_tokens
     processor_config.named_slots = config.named_label_tokens
     processor_config.measurement_note = config.measurement_note
+    processor_config.statement_note = config.statement_note
     if config.signal_quality and tuple(processor_config.prep.get("leads", STANDARD_12)) != STANDARD_12:
         raise ValueError(f"signal_quality reads the 12 standard leads in order {STANDARD_12}; the recipe's prep "
                          f"has {processor_config.prep.get('leads')}")
@@ -53,6 +55,7 @@ def build_model(config: EcgLMConfig, processor_config: ProcessorConfig | None = 
         model.label_tokens.head.load_state_dict(head)
         model.label_tokens.set_names(model.label_names(), tokenizer, model.llm.get_input_embeddings())
     name_labels_for(model, processor)
+    attach_statement_reader(model, processor)
     return model, processor
 
 
