@@ -227,7 +227,9 @@ def main() -> None:
 
     shipped_dir = resolve_model_dir(args.model)
     shipped = EcgLanguageModel.from_pretrained(shipped_dir)
+    from ecgllm.models.statement_note import attach_statement_reader
     processor = EcgProcessor.from_pretrained(shipped_dir)
+    attach_statement_reader(shipped, processor)
     for name, p in shipped.llm.named_parameters():  # the adapter loads frozen for inference; train it here
         p.requires_grad_("lora_" in name)
     step_s, lengths = train_steps(shipped, processor)

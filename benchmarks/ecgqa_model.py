@@ -31,7 +31,10 @@ def per_variant(run_dir: Path, probe: str, variant: str) -> float:
 
 
 def evaluate(model_dir: Path, out: Path, generated: Path | None, limit: int, signals: str) -> dict:
+    from ecgllm.models.statement_note import attach_statement_reader
+
     loaded = EcgLanguageModel.from_pretrained(model_dir), EcgProcessor.from_pretrained(model_dir)
+    attach_statement_reader(*loaded)
     official = out / "official_valid"
     labels = str(SHARED / "ptbxl")
     summary = run_probes([str(QA / "template/valid"), str(QA / "paraphrased/valid")], signals,

@@ -47,7 +47,9 @@ def main() -> None:
 
     measured = claim_run_folder(args.work, args.model)
     model = EcgLanguageModel.from_pretrained(args.model)
+    from ecgllm.models.statement_note import attach_statement_reader
     processor = EcgProcessor.from_pretrained(args.model)
+    attach_statement_reader(model, processor)
     head = model.image_quality
     if head is None:
         raise SystemExit(f"{args.model} has no image quality head (scripts/fit_image_quality.py fits one)")

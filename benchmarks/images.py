@@ -264,7 +264,9 @@ def ecgqa_modalities(model_dir: str, data: str, signals: str, limit: int, out: P
     from ecgllm.models.processor import EcgProcessor
 
     model = EcgLanguageModel.from_pretrained(model_dir)
+    from ecgllm.models.statement_note import attach_statement_reader
     processor = EcgProcessor.from_pretrained(model_dir)
+    attach_statement_reader(model, processor)
     result, share = {}, test_patient_share(data, limit)  # the same questions in every modality
     for modality in ("signal", "image", "image-augmented", BLANK_QUALITY):
         blank = modality == BLANK_QUALITY

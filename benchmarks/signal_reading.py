@@ -52,7 +52,9 @@ def main() -> None:
     from ecgllm.models.signal_quality import QUALITY_KINDS
 
     model = EcgLanguageModel.from_pretrained(args.model)
+    from ecgllm.models.statement_note import attach_statement_reader
     processor = EcgProcessor.from_pretrained(args.model)
+    attach_statement_reader(model, processor)
     model.eval()
     if model.label_tokens is None:
         raise SystemExit(f"{args.model}: this checkpoint has no label tokens (nothing to measure)")

@@ -29,7 +29,9 @@ def main() -> None:
     parser.add_argument("--per-side", type=int, default=6)
     args = parser.parse_args()
     model = EcgLanguageModel.from_pretrained(args.checkpoint)
+    from ecgllm.models.statement_note import attach_statement_reader
     processor = EcgProcessor.from_pretrained(args.checkpoint)
+    attach_statement_reader(model, processor)
     ptbxl, source = PTBXL.load(args.ptbxl), PTBXLSignals.open(args.signals)
     fold10 = [int(i) for i in ptbxl.table.index[ptbxl.table.strat_fold == 10]]
     for code, question in QUESTIONS:

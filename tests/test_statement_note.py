@@ -97,26 +97,35 @@ def _model_with_statement_notes(tmp_path, tiny_tokenizer):
     tokenizer = copy.deepcopy(tiny_tokenizer)
     prep = ProcessorConfig(prep=PrepConfig(normalize="center").to_dict())
     model, processor = build_model(config, prep, llm=tiny_llm(len(tokenizer)), tokenizer=tokenizer)
-    return model.eval(), processor
+    return model, processor  # in training mode, as a stage's model is when it reads its records' statements
 
 
 def test_the_model_s_own_classifier_writes_the_note_from_the_ecgs_it_is_given(tmp_path, tiny_tokenizer):
-    """The reader is the label tokens' frozen head on the pooled encoder tokens: what the model itself reads; other
-    ECGs bring another note (the random-ECG probe still measures reliance on the signal)."""
+    """The reader is the label tokens' frozen head on the pooled encoder tokens: exactly what the model's label tokens
+    read in its forward pass; other ECGs bring another note (the random-ECG probe still measures reliance on the
+    signal)."""
     model, processor = _model_with_statement_notes(tmp_path, tiny_tokenizer)
     assert processor.config.statement_note == 1 and isinstance(processor.statement_reader, StatementReader)
-    ecg = read_ecg(PTBXL_1)
-    x, mask = processor.prepare_ecgs([ecg])
+    ecg, flat = read_ecg(PTBXL_1), read_ecg(PTBXL_1)
+    flat.signal[:] = 0.0
+    seen = []
+    hook = model.label_tokens.register_forward_hook(lambda module, args, out: seen.append(args[0].detach()))
+    model.eval()
     with torch.no_grad():
-        probabilities = torch.sigmoid(model.label_tokens.head(model.encoder.pool(model.encoder(x, mask))))[0]
-    assert np.allclose(processor.statement_reader.probabilities([ecg])[0], probabilities.numpy(), atol=1e-6)
-    with torch.no_grad():  # a head that finds NORM only, then atrial fibrillation only
-        model.label_tokens.head.weight.zero_()
-        model.label_tokens.head.bias.copy_(torch.tensor([-20.0, 20.0, -20.0]))
-    assert processor.statement_reader([ecg]) == [[]]  # NORM (output 1) is never a statement
-    with torch.no_grad():
-        model.label_tokens.head.bias.copy_(torch.tensor([20.0, -20.0, -20.0]))
-    assert processor.statement_reader([ecg]) == [["atrial fibrillation"]]
+        model(**processor([NEW], [[ecg, flat]]))
+    hook.remove()
+    inside = torch.sigmoid(model.label_tokens.head(seen[0])).numpy()
+    assert np.allclose(processor.statement_reader.probabilities([ecg, flat]), inside, atol=1e-6)
+
+    def reads(bias: list[float]) -> list[list[str]]:
+        with torch.no_grad():  # a head that finds only what its bias says, whatever the ECG
+            model.label_tokens.head.weight.zero_()
+            model.label_tokens.head.bias.copy_(torch.tensor(bias))
+        processor.statement_reader = StatementReader(model, processor)  # a reader belongs to one set of weights
+        return processor.statement_reader([ecg])
+
+    assert reads([-20.0, 20.0, -20.0]) == [[]]  # NORM (output 1) is never a statement
+    assert reads([20.0, -20.0, -20.0]) == [["atrial fibrillation"]]
     notes = processor.notes(NEW, [ecg, ecg])
     assert notes[1] == statement_comparison_note(["atrial fibrillation"], ["atrial fibrillation"])
     handed = read_ecg(PTBXL_1)
@@ -124,6 +133,22 @@ def test_the_model_s_own_classifier_writes_the_note_from_the_ecgs_it_is_given(tm
     assert processor.notes(NEW, [handed, ecg])[1].startswith("Statements against the first ECG: new: atrial")
     batch = processor([NEW], [[ecg, ecg]])
     assert model(**batch).loss.isfinite()
+
+
+def test_reading_statements_leaves_a_training_model_s_frozen_encoder_as_it_was(tmp_path, tiny_tokenizer):
+    """A stage's model is built in training mode; reading with it there would normalise each batch by its own
+    statistics and move the frozen encoder's running statistics. The reader reads in eval mode and restores the mode."""
+    model, processor = _model_with_statement_notes(tmp_path, tiny_tokenizer)
+    assert model.training
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    ecgs = [read_ecg(PTBXL_1), read_ecg(PTBXL_1)]
+    ecgs[1].signal[:] *= 0.5
+    training_read = processor.statement_reader.probabilities(ecgs)
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.encoder.state_dict().items())
+    model.eval()
+    assert np.allclose(training_read, StatementReader(model, processor).probabilities(ecgs), atol=1e-6)
+    with pytest.raises(ValueError, match="encoder_policy: frozen"):
+        EcgLMConfig(label_tokens=2, statement_note=1, encoder_policy="trained")
 
 
 def test_a_stage_reads_each_two_ecg_record_once_and_counts_the_note_in_its_lengths(tmp_path, tiny_tokenizer):

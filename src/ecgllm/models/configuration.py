@@ -61,6 +61,9 @@ class EcgLMConfig:
                              f"{sorted(STATEMENT_NOTE_VERSIONS)}, not {self.statement_note!r}")
         if self.statement_note and not self.label_tokens:
             raise ValueError("statement_note needs label_tokens (their classifier head finds the statements)")
+        if self.statement_note and self.encoder_policy != "frozen":
+            raise ValueError("statement_note needs encoder_policy: frozen (a stage reads each record's statements "
+                             "once, at its start; a trained encoder would make them stale)")
 
 
 @strict(accept_kwargs=True)

@@ -19,6 +19,9 @@ read the measurement notes), which keeps other prompts as short as before.
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,6 +33,7 @@ META_KEY = "classifier_statements"  # an ECG's statements, when the caller read 
 THRESHOLD = 0.5  # a calibrated classifier's "more likely present than not"; fixed before any model read a note
 STATEMENT_NOTE_VERSIONS = {1: "for two ECGs, the classifier's statements (p >= 0.5) only in the second, only in the "
                               "first and in both, when the question is not about measurements"}
+_MEMO_SIZE = 4096
 _ASKABLE = set(ALL_CODES)  # the statements ECG-QA asks about (NORM and its never-asked codes left out)
 
 
@@ -48,15 +52,31 @@ def statement_comparison_note(first: Sequence[str], second: Sequence[str]) -> st
     return f"Statements against the first ECG: new: {new}. Gone: {gone}. Still present: {still}."
 
 
+def _content_key(ecg) -> bytes:
+    """What an ECG's statements depend on: its samples, rate and leads, or a picture's pixels."""
+    from ecgllm.io.image import ECGImage
+
+    if isinstance(ecg, ECGImage):
+        data, extra = np.ascontiguousarray(ecg.image), b"image"
+    else:
+        data, extra = np.ascontiguousarray(ecg.signal), repr((float(ecg.fs), tuple(ecg.leads))).encode()
+        mask = getattr(ecg, "mask", None)  # a prepared ECG's real leads
+        extra += b"" if mask is None else np.ascontiguousarray(mask).tobytes()
+    return hashlib.blake2b(data.tobytes() + str(data.shape).encode() + extra, digest_size=16).digest()
+
+
 class StatementReader:
     """The statements a model's own classifier finds in ECGs (signals or pictures), as `statements_above` names
-    them: the frozen label-token head on the pooled encoder tokens, in float32 on the model's device."""
+    them: the frozen label-token head on the pooled encoder tokens, on the model's device. Statements are kept per
+    ECG content: a reader belongs to one model whose encoders and head no longer change."""
 
     def __init__(self, model, processor) -> None:
         if model.label_tokens is None:
             raise ValueError("statement notes need a model with label tokens (their classifier head finds the "
                              "statements)")
         self.model, self.processor = model, processor
+        self._memo: OrderedDict[bytes, list[str]] = OrderedDict()
+        self._lock = threading.Lock()  # serving answers from several threads
 
     @property
     def codes(self) -> list[str]:
@@ -70,7 +90,9 @@ class StatementReader:
 
     @torch.no_grad()
     def probabilities(self, ecgs: Sequence) -> np.ndarray:
-        """[len(ecgs), labels] probabilities of the classifier's statements."""
+        """[len(ecgs), labels] probabilities of the classifier's statements, read with the model in eval mode
+        whatever its mode (a model just built for a stage is in training mode: its encoder's batch norms would
+        normalise by the batch and move their running statistics, changing the frozen encoder), then left as it was."""
         from ecgllm.io.image import ECGImage
 
         if not ecgs:
@@ -80,14 +102,32 @@ class StatementReader:
         images = [e for e, image in zip(ecgs, is_image) if image]
         ecg, mask = self.processor.prepare_ecgs(signals) if signals else (None, None)
         pixels = self.processor.prepare_images(images) if images else None
-        features = self.model.encode(ecg, mask, pixels, torch.tensor(is_image) if images else None)
-        head = self.model.label_tokens.head
-        pooled = self.model.encoder.pool(features).to(head.weight.dtype)
-        return torch.sigmoid(head(pooled).float()).cpu().numpy()
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            features = self.model.encode(ecg, mask, pixels, torch.tensor(is_image) if images else None)
+            head = self.model.label_tokens.head
+            pooled = self.model.encoder.pool(features).to(head.weight.dtype)
+            return torch.sigmoid(head(pooled).float()).cpu().numpy()
+        finally:
+            self.model.train(was_training)
 
     def __call__(self, ecgs: Sequence) -> list[list[str]]:
-        codes = self.codes
-        return [statements_above(row, codes) for row in self.probabilities(ecgs)]
+        """Each ECG's statements; kept per ECG content for the rest of the process, so a server that prepares a
+        prompt twice (`ECGAssistant._measure_ahead`) or an evaluation that asks one ECG many questions reads it once."""
+        keys = [_content_key(e) for e in ecgs]
+        with self._lock:
+            found = {key: self._memo[key] for key in keys if key in self._memo}
+        todo = [i for i, key in enumerate(keys) if key not in found]
+        if todo:
+            codes = self.codes
+            for i, row in zip(todo, self.probabilities([ecgs[i] for i in todo])):
+                found[keys[i]] = statements_above(row, codes)
+            with self._lock:
+                self._memo.update((keys[i], found[keys[i]]) for i in todo)
+                while len(self._memo) > _MEMO_SIZE:
+                    self._memo.popitem(last=False)
+        return [list(found[key]) for key in keys]
 
     def of_records(self, record_ids: Sequence[int], cache, batch: int = 256) -> dict[int, list[str]]:
         """Statements of cached records (`ECGCache`), read in batches: what training hands the processor with
