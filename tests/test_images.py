@@ -384,6 +384,50 @@ def test_the_page_check_fits_thresholds_on_held_out_renders_and_round_trips(tmp_
     assert PageCheck.load(tmp_path / "none") is None
 
 
+def test_the_texture_view_adds_its_distance_in_the_tokens_units_and_round_trips(tmp_path):
+    """A picture typical by its tokens but unlike any render in its first feature maps (a page of text, to an
+    encoder whose tokens learned the labels) is judged by the larger of the two views; old checks load as they were."""
+    from types import SimpleNamespace
+
+    from safetensors.numpy import load_file, save_file
+
+    from ecgllm.models.ecg_lm import EcgLanguageModel
+    from ecgllm.models.image_quality import page_descriptors
+    from ecgllm.models.page_check import TEXTURE_LAYERS, PageCheck, page_features
+
+    rng = np.random.default_rng(0)
+    train, held_out = rng.normal(size=(400, 6)), rng.normal(size=(200, 6))
+    train_texture, held_out_texture = rng.normal(size=(400, 4)), rng.normal(size=(200, 4))
+    check = PageCheck.fit(train, held_out, train_texture, held_out_texture)
+    tokens_only = PageCheck.fit(train, held_out)
+    assert check.layers == TEXTURE_LAYERS and tokens_only.layers == () and check.typical == tokens_only.typical
+    both = check.distance(held_out, held_out_texture)
+    assert np.all(both >= tokens_only.distance(held_out) - 1e-12)
+    t_mean, t_precision, t_typical = check.texture
+    assert np.isclose(t_typical, np.percentile(PageCheck(t_mean, t_precision, 0, 0).distance(held_out_texture), 99))
+    text_page = check.distance(train.mean(0), np.full(4, 20.0))[0]  # typical tokens, far texture
+    assert tokens_only.distance(train.mean(0))[0] < tokens_only.typical and check.verdict(text_page) == "not an ECG page"
+    with pytest.raises(ValueError, match="texture"):
+        check.distance(held_out)
+    check.save(tmp_path)
+    again = PageCheck.load(tmp_path)
+    assert np.isclose(again.distance(train.mean(0), np.full(4, 20.0))[0], text_page) and again.layers == TEXTURE_LAYERS
+    saved = load_file(str(tmp_path / "page_check.safetensors"))
+    save_file({**saved, "texture_layers": np.array([5])}, str(tmp_path / "page_check.safetensors"))
+    with pytest.raises(ValueError, match="fit it again"):
+        PageCheck.load(tmp_path)
+    # the model reads both views from one pass of its float32 image encoder
+    torch.manual_seed(0)
+    encoder = ImageEncoder(ImageEncoderConfig(n_tokens=2, dim=16, widths=[4, 8], height=64, width=96, heads=2)).eval()
+    pixels = torch.rand(3, 1, 64, 96)
+    with torch.no_grad():
+        tokens, kept = encoder.encode(pixels, keep=TEXTURE_LAYERS)
+    features, texture = page_features(tokens), page_descriptors(kept).double().numpy()
+    fitted = PageCheck.fit(features, features, texture, texture)
+    model = SimpleNamespace(image_encoder=encoder, page_check=fitted, _page_check_encoder=encoder)
+    assert np.allclose(EcgLanguageModel.page_distances(model, pixels), fitted.distance(features, texture))
+
+
 def test_pictures_unlike_an_ecg_page_are_answered_with_a_warning_or_refused(image_checkpoint, page, tmp_path):
     """The wiring, with thresholds set around the distances of three pictures: the ECG page is answered plainly,
     a photo-like picture with a note (Python API, CLI on stderr, REST `warnings`), a blank page is refused (exit 3,

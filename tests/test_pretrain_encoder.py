@@ -367,6 +367,9 @@ def test_image_distillation_stage_runs_resumes_and_reports(subset):
     assert result["n_train"] == 16 and (root / "img/image_encoder.safetensors").exists()
     assert (root / "img/page_check.safetensors").exists() and 0 < result["page_check"]["typical"] < \
         result["page_check"]["refuse"]  # the run fits its page check on fold-9 renders it never trained on
+    from ecgllm.models.page_check import PageCheck
+
+    assert PageCheck.load(root / "img").texture is not None  # with the texture view
     from ecgllm.models.image_encoder import ImageEncoderConfig
 
     saved = json.loads((root / "img/image_encoder.json").read_text())

@@ -14,6 +14,16 @@ and distorted; no ECG-QA valid or test record), never from real printouts, which
 
 Real printouts come from other printers and cameras than the renderer, so some sit beyond ``typical``: they are
 answered, with the warning.
+
+A second view, the page's texture (a check fitted with ``texture``): the same distance on descriptors of the image
+encoder's first feature maps (`TEXTURE_LAYERS`; per channel the mean, maximum, spread and region means of
+`ecgllm.models.image_quality.page_descriptors`), with its own typical distance from the same held-out renders. A
+picture's distance is the larger of the two, the texture's expressed in the tokens' units (its distance times the
+tokens' typical over its own), so the thresholds and messages stay as they were. Why: the pooled tokens are what the
+encoder learned to make of an ECG page, and an encoder also trained against the records' labels
+(`image_encoder_truth_more`) put a page of text among typical ECG pages by its tokens
+(`benchmarks/results/image_encoder_truth_more_not_shipped.json`); strokes of letters and a trace on a grid differ in
+the first feature maps, before label training shaped much.
 """
 
 from __future__ import annotations
@@ -29,6 +39,8 @@ PAGE_CHECK_FILE = "page_check.safetensors"
 TYPICAL_PERCENTILE = 99  # of the held-out renders' distances: beyond it, a picture is answered with a warning
 REFUSE_FACTOR = 1.5      # times that: beyond it, a picture is refused
 SHRINKAGE = 1e-3         # covariance + SHRINKAGE x mean variance: the pooled tokens are many, the renders few
+TEXTURE_LAYERS = (3,)    # the image encoder's `features` whose output the texture view reads: the stem, after its
+#                          max-pool (24 maps of strokes and grid)
 
 
 class NotAnECGPageError(InputError):
@@ -40,24 +52,58 @@ def page_features(tokens: torch.Tensor) -> np.ndarray:
     return torch.cat([tokens.float().mean(1), tokens.float().amax(1)], -1).double().cpu().numpy()
 
 
+def _reference(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and precision (inverse of the shrunk covariance) of reference features."""
+    mean = train.mean(0)
+    cov = np.cov(train - mean, rowvar=False)
+    cov += SHRINKAGE * np.trace(cov) / len(cov) * np.eye(len(cov))
+    return mean, np.linalg.inv(cov)
+
+
+def _mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    centred = np.atleast_2d(features) - mean
+    return np.sqrt(np.einsum("ij,jk,ik->i", centred, precision, centred))
+
+
 class PageCheck:
-    def __init__(self, mean: np.ndarray, precision: np.ndarray, typical: float, refuse: float) -> None:
+    """``texture``: (mean, precision, typical distance) of the texture view, or None (a check of the tokens alone,
+    as every check fitted before the view existed)."""
+
+    def __init__(self, mean: np.ndarray, precision: np.ndarray, typical: float, refuse: float,
+                 texture: tuple[np.ndarray, np.ndarray, float] | None = None) -> None:
         self.mean, self.precision, self.typical, self.refuse = mean, precision, float(typical), float(refuse)
+        self.texture = texture
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The image encoder's feature maps the check reads besides its tokens (none without the texture view)."""
+        return TEXTURE_LAYERS if self.texture is not None else ()
 
     @classmethod
-    def fit(cls, train: np.ndarray, held_out: np.ndarray) -> "PageCheck":
+    def fit(cls, train: np.ndarray, held_out: np.ndarray, train_texture: np.ndarray | None = None,
+            held_out_texture: np.ndarray | None = None) -> "PageCheck":
         """``train``: features of training renders (the reference); ``held_out``: of renders never trained on
-        (they set the thresholds)."""
-        mean = train.mean(0)
-        cov = np.cov(train - mean, rowvar=False)
-        cov += SHRINKAGE * np.trace(cov) / len(cov) * np.eye(len(cov))
-        check = cls(mean, np.linalg.inv(cov), 0.0, 0.0)
-        typical = float(np.percentile(check.distance(held_out), TYPICAL_PERCENTILE))
-        return cls(mean, check.precision, typical, REFUSE_FACTOR * typical)
+        (they set the thresholds); the ``*_texture`` descriptors of the same renders add the texture view."""
+        mean, precision = _reference(train)
+        typical = float(np.percentile(_mahalanobis(held_out, mean, precision), TYPICAL_PERCENTILE))
+        texture = None
+        if train_texture is not None and held_out_texture is not None:
+            t_mean, t_precision = _reference(train_texture)
+            t_typical = float(np.percentile(_mahalanobis(held_out_texture, t_mean, t_precision), TYPICAL_PERCENTILE))
+            texture = (t_mean, t_precision, t_typical)
+        return cls(mean, precision, typical, REFUSE_FACTOR * typical, texture)
 
-    def distance(self, features: np.ndarray) -> np.ndarray:
-        centred = np.atleast_2d(features) - self.mean
-        return np.sqrt(np.einsum("ij,jk,ik->i", centred, self.precision, centred))
+    def distance(self, features: np.ndarray, texture: np.ndarray | None = None) -> np.ndarray:
+        """Distances of pictures from their token ``features`` (`page_features`) and, for a check with the texture
+        view, their ``texture`` descriptors: the larger of the two views, in the tokens' units."""
+        distance = _mahalanobis(features, self.mean, self.precision)
+        if self.texture is None:
+            return distance
+        if texture is None:
+            raise ValueError("this page check also reads the page's texture: give the descriptors of the image "
+                             f"encoder's feature maps {TEXTURE_LAYERS} (`EcgLanguageModel.page_distances` does)")
+        t_mean, t_precision, t_typical = self.texture
+        return np.maximum(distance, _mahalanobis(texture, t_mean, t_precision) * self.typical / t_typical)
 
     def verdict(self, distance: float) -> str:
         """"typical", "unlike" (answered with a warning) or "not an ECG page" (refused)."""
@@ -69,8 +115,12 @@ class PageCheck:
         from safetensors.numpy import save_file
 
         path = Path(folder) / PAGE_CHECK_FILE
-        save_file({"mean": self.mean, "precision": self.precision,
-                   "thresholds": np.array([self.typical, self.refuse])}, str(path))
+        arrays = {"mean": self.mean, "precision": self.precision, "thresholds": np.array([self.typical, self.refuse])}
+        if self.texture is not None:
+            t_mean, t_precision, t_typical = self.texture
+            arrays.update(texture_mean=t_mean, texture_precision=t_precision, texture_typical=np.array([t_typical]),
+                          texture_layers=np.array(TEXTURE_LAYERS))
+        save_file(arrays, str(path))
         return path
 
     @classmethod
@@ -81,7 +131,14 @@ class PageCheck:
         from safetensors.numpy import load_file
 
         saved = load_file(str(path))
-        return cls(saved["mean"], saved["precision"], *saved["thresholds"].tolist())
+        texture = None
+        if "texture_mean" in saved:
+            if tuple(saved["texture_layers"].tolist()) != TEXTURE_LAYERS:
+                raise ValueError(f"{path}: its texture view reads the image encoder's feature maps "
+                                 f"{tuple(saved['texture_layers'].tolist())}; this package reads {TEXTURE_LAYERS}: fit "
+                                 "it again (scripts/fit_page_check.py)")
+            texture = (saved["texture_mean"], saved["texture_precision"], float(saved["texture_typical"][0]))
+        return cls(saved["mean"], saved["precision"], *saved["thresholds"].tolist(), texture=texture)
 
 
 UNLIKE_WARNING = ("looks unlike the ECG pages this model learned to read (distance {distance:.1f} from its training "

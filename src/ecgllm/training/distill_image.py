@@ -295,16 +295,27 @@ def fit_page_check(run: Path, student: ImageEncoder, train_images: np.ndarray, h
                    n_train: int = 2000, seed: int = 0):
     """Fit and save the run's page check (`ecgllm.models.page_check`): the reference from ``n_train`` of its
     training renders, the thresholds from ``held_out_images`` (`page_check_pages`), which it never trained on."""
-    from ecgllm.models.page_check import PageCheck, page_features
+    from ecgllm.models.image_quality import page_descriptors
+    from ecgllm.models.page_check import TEXTURE_LAYERS, PageCheck, page_features
 
-    student = student.cpu()
+    student = student.cpu().eval()
     rows = np.sort(np.random.default_rng(seed).choice(len(train_images), min(n_train, len(train_images)),
                                                      replace=False))
 
-    def features(images) -> np.ndarray:
-        return page_features(torch.from_numpy(student_tokens(student, images, batch=32)))
+    @torch.no_grad()
+    def readings(images, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """Token features and texture descriptors of renders (uint8 pages, as `render_set` makes them)."""
+        features, textures = [], []
+        for i in range(0, len(images), batch):
+            pixels = torch.from_numpy(np.asarray(images[i: i + batch], dtype=np.float32) / 255.0)[:, None]
+            tokens, kept = student.encode(pixels, keep=TEXTURE_LAYERS)
+            features.append(page_features(tokens))
+            textures.append(page_descriptors(kept).double().numpy())
+        return np.concatenate(features), np.concatenate(textures)
 
-    check = PageCheck.fit(features(train_images[rows]), features(held_out_images))
+    train, train_texture = readings(train_images[rows])
+    held_out, held_out_texture = readings(held_out_images)
+    check = PageCheck.fit(train, held_out, train_texture, held_out_texture)
     check.save(run)
     return check
 
