@@ -173,6 +173,7 @@ def not_ecg_pictures(model_dir: str) -> dict:
         [ECGImage(plain, {"source": "no grid"})]))[0])
     check = assistant.model.page_check
     return {"typical": round(check.typical, 1), "refuse": round(check.refuse, 1), "pictures": rows,
+            "texture_view": check.texture is not None,
             "answered_plainly": sum(r["verdict"] == "answered plainly" for r in rows),
             "ecg_without_grid": {"distance": round(gridless, 1), "verdict": check.verdict(gridless)}}
 
@@ -416,7 +417,9 @@ def write_doc(result: dict, command: str) -> None:
         f"{p['llm_said_normal']} of {p['n']} images; {p['llm_unparsed']} answers were not a yes/no.", "",
         "## Pictures that are not ECG pages", "",
         "The page check (`ecgllm.models.page_check`) measures how far a picture's image tokens lie from those of the "
-        "distillation's training renders. Its thresholds come from renders the encoder never trained on (PTB-XL fold 9 "
+        "distillation's training renders" + (", and how far the texture of the image encoder's first feature maps lies "
+        "from theirs (the larger of the two counts, in the tokens' units)" if n.get("texture_view") else "") +
+        ". Its thresholds come from renders the encoder never trained on (PTB-XL fold 9 "
         "records of ECG-QA train patients; no valid or test record): "
         f"beyond {n['typical']} (99 % of them lie within) a picture is answered with a stated warning that it looks "
         f"unlike the pages the model learned from; beyond {n['refuse']} it is refused (\"could not be read as an ECG "
