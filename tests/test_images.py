@@ -393,7 +393,7 @@ def test_the_texture_view_adds_its_distance_in_the_tokens_units_and_round_trips(
 
     from ecgllm.models.ecg_lm import EcgLanguageModel
     from ecgllm.models.image_quality import page_descriptors
-    from ecgllm.models.page_check import TEXTURE_LAYERS, PageCheck, page_features
+    from ecgllm.models.page_check import TEXTURE_LAYERS, TEXTURE_WEIGHT, PageCheck, page_features
 
     rng = np.random.default_rng(0)
     train, held_out = rng.normal(size=(400, 6)), rng.normal(size=(200, 6))
@@ -406,6 +406,8 @@ def test_the_texture_view_adds_its_distance_in_the_tokens_units_and_round_trips(
     t_mean, t_precision, t_typical = check.texture
     assert np.isclose(t_typical, np.percentile(PageCheck(t_mean, t_precision, 0, 0).distance(held_out_texture), 99))
     text_page = check.distance(train.mean(0), np.full(4, 20.0))[0]  # typical tokens, far texture
+    far_texture = PageCheck(t_mean, t_precision, 0, 0).distance(np.full(4, 20.0))[0]
+    assert np.isclose(text_page, TEXTURE_WEIGHT * far_texture * check.typical / t_typical)
     assert tokens_only.distance(train.mean(0))[0] < tokens_only.typical and check.verdict(text_page) == "not an ECG page"
     with pytest.raises(ValueError, match="texture"):
         check.distance(held_out)

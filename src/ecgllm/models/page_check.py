@@ -19,11 +19,15 @@ A second view, the page's texture (a check fitted with ``texture``): the same di
 encoder's first feature maps (`TEXTURE_LAYERS`; per channel the mean, maximum, spread and region means of
 `ecgllm.models.image_quality.page_descriptors`), with its own typical distance from the same held-out renders. A
 picture's distance is the larger of the two, the texture's expressed in the tokens' units (its distance times the
-tokens' typical over its own), so the thresholds and messages stay as they were. Why: the pooled tokens are what the
-encoder learned to make of an ECG page, and an encoder also trained against the records' labels
-(`image_encoder_truth_more`) put a page of text among typical ECG pages by its tokens
+tokens' typical over its own) and weighed by `TEXTURE_WEIGHT`, so the thresholds and messages stay as they were. Why:
+the pooled tokens are what the encoder learned to make of an ECG page, and an encoder also trained against the
+records' labels (`image_encoder_truth_more`) put a page of text among typical ECG pages by its tokens
 (`benchmarks/results/image_encoder_truth_more_not_shipped.json`); strokes of letters and a trace on a grid differ in
-the first feature maps, before label training shaped much.
+the first feature maps, before label training shaped much. Why the weight: photographs of real printouts differ from
+the renderer's pages in paper, light and lens, which the first feature maps see; at full weight the view warned on
+all 20 real printouts in ../shared (their texture lay 1.0-1.2 times its typical distance; seen before the weight was
+set, so these printouts no longer judge it). At half weight the view warns from twice its typical distance and refuses
+from three times: it catches what is no ECG page at all and leaves photographs of ECGs to the tokens.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ REFUSE_FACTOR = 1.5      # times that: beyond it, a picture is refused
 SHRINKAGE = 1e-3         # covariance + SHRINKAGE x mean variance: the pooled tokens are many, the renders few
 TEXTURE_LAYERS = (3,)    # the image encoder's `features` whose output the texture view reads: the stem, after its
 #                          max-pool (24 maps of strokes and grid)
+TEXTURE_WEIGHT = 0.5     # the texture view's distance counts at half (see the module's note)
 
 
 class NotAnECGPageError(InputError):
@@ -95,7 +100,8 @@ class PageCheck:
 
     def distance(self, features: np.ndarray, texture: np.ndarray | None = None) -> np.ndarray:
         """Distances of pictures from their token ``features`` (`page_features`) and, for a check with the texture
-        view, their ``texture`` descriptors: the larger of the two views, in the tokens' units."""
+        view, their ``texture`` descriptors: the larger of the two views, in the tokens' units, the texture's weighed by
+        `TEXTURE_WEIGHT`."""
         distance = _mahalanobis(features, self.mean, self.precision)
         if self.texture is None:
             return distance
@@ -103,7 +109,8 @@ class PageCheck:
             raise ValueError("this page check also reads the page's texture: give the descriptors of the image "
                              f"encoder's feature maps {TEXTURE_LAYERS} (`EcgLanguageModel.page_distances` does)")
         t_mean, t_precision, t_typical = self.texture
-        return np.maximum(distance, _mahalanobis(texture, t_mean, t_precision) * self.typical / t_typical)
+        texture_distance = _mahalanobis(texture, t_mean, t_precision) * self.typical / t_typical
+        return np.maximum(distance, TEXTURE_WEIGHT * texture_distance)
 
     def verdict(self, distance: float) -> str:
         """"typical", "unlike" (answered with a warning) or "not an ECG page" (refused)."""
