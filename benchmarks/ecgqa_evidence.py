@@ -120,7 +120,11 @@ page, if any, says that its figures were measured on an earlier one). From it, a
 counterfactual pairs of the templates it answered worst on ECG-QA valid (`continue_weak_templates.yaml`: comparison
 queries; symptom, lead and noise queries; the rhythm and extra-systole verify templates) leaned on the ECG less, on
 those templates and overall (a smaller fall with another patient's ECG), and did not pass the rule
-(`ecgqa_candidate_weak_templates.md`): the default stayed.
+(`ecgqa_candidate_weak_templates.md`): the default stayed. The same run again with one change, a statement note beside
+the second of two ECGs (`continue_statement_note.yaml`, `ecgllm.models.statement_note`: which statements the model's
+own classifier finds new, gone and still present, the set difference the comparison queries ask for), answered those
+templates no better and the others worse, and did not pass the rule (`ecgqa_candidate_statement_note.md`): the default
+stayed.
 All LLM stages ran on CPU, batch 8, on one core (`continue_measurement_comparison` resumed from its step 500 on two
 threads); no GPU was available. For the
 answer latency: the prompt's common start (system prompt, user header, ECG tags) is computed once and kept for the
