@@ -448,7 +448,7 @@ def write_doc(result: dict, command: str) -> None:
         "real printouts judges the image path)" + ("; the page check's texture weight was chosen after seeing their "
                                                   "distances (the section above)" if n.get("texture_view") else "") +
         ".", "",
-        *selection_section(result["distill_run"])]
+        *selection_section(result["distill_run"], chain)]
     DOC.write_text("\n".join(lines))
 
 
@@ -471,10 +471,11 @@ def selection_command(chain: list[str], selections: dict[str, dict] | None = Non
             "valid renders (never fold 10)")
 
 
-def selection_section(shipped_run: str) -> list[str]:
+def selection_section(shipped_run: str, chain: list[str] | None = None) -> list[str]:
     """Every image-encoder selection on record (`benchmarks/image_encoder_selection.py`'s JSON files): the
     candidates' scores on ECG-QA valid renders and which one was kept, so the encoders tried and not shipped are
-    on the page with the numbers that turned them down."""
+    on the page with the numbers that turned them down. ``chain``: the shipped encoder's distillations, first first
+    (a choice the shipped encoder was continued from did ship, as its start)."""
     selections = _selections()
     if not selections:
         return []
@@ -498,7 +499,12 @@ def selection_section(shipped_run: str) -> list[str]:
     lines.append("")
     for name, saved in selections.items():  # a choice that did not ship: its recipe's Outcome says why
         run = Path(saved["chosen"]).name
-        if run not in (shipped_run, "checkpoint", "final"):  # a model folder is the encoder shipped at the time
+        if run in (shipped_run, "checkpoint", "final"):  # a model folder is the encoder shipped at the time
+            continue
+        if run in (chain or []):
+            lines += [f"`{name}` chose `{run}` by its rule: the shipped encoder (`{shipped_run}`) was continued from "
+                      "it.", ""]
+        else:
             lines += [f"`{name}` chose `{run}` by its rule, and it was not shipped: `recipes/ecgqa/{run}.yaml` "
                       "(Outcome) says why.", ""]
     return lines

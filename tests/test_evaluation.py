@@ -701,7 +701,9 @@ def test_the_images_page_names_the_chain_and_what_its_ecgqa_questions_ask_about(
         if "teacher_signal" in selection:
             assert f"reading the signals | {selection['teacher_signal']['signal_super_macro_auc']} (signals)" in page
         chosen = Path(selection["chosen"]).name
-        if chosen not in ("checkpoint", newer["distill_run"]):  # chosen, not shipped: the page says where to read why
+        if chosen in newer["distill_chain"] and chosen != newer["distill_run"]:  # shipped as the start of the encoder
+            assert f"`{file.name}` chose `{chosen}` by its rule: the shipped encoder" in page
+        elif chosen not in ("checkpoint", newer["distill_run"]):  # chosen, not shipped: the page says where to read why
             assert f"`{file.name}` chose `{chosen}` by its rule, and it was not shipped: " \
                    f"`recipes/ecgqa/{chosen}.yaml`" in page
     # the selection that chose the last of the chain gives the page its command, paths as the other lines write them
