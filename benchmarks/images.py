@@ -431,9 +431,10 @@ def write_doc(result: dict, command: str) -> None:
         "page\"). Nothing was fitted on the pictures below or on the printouts; an image encoder whose check answers "
         "any of these pictures plainly is not shipped (`image_encoder_truth_more` was not, while its check read the "
         "tokens alone: `benchmarks/results/image_encoder_truth_more_not_shipped.json`)." + (
-            " The texture view counts at half weight, a weight set after seeing that at full weight it warned on all 20 "
-            "real printouts (their texture lies just beyond its typical distance): so the printouts' verdicts below no "
-            "longer judge the check." if n.get("texture_view") else ""), "",
+            " The texture view was added because the page of text below was answered plainly by a check of the tokens "
+            "alone, and it counts at half weight, a weight set after seeing that at full weight it warned on all 20 "
+            "real printouts (their texture lies just beyond its typical distance): so neither the pictures below nor "
+            "the printouts' verdicts judge the check any more." if n.get("texture_view") else ""), "",
         "| picture | distance | result |", "|---|---|---|",
         *[f"| {row['picture']} | {row['distance']} | {row['verdict']} |" for row in n["pictures"]], "",
         f"Real printouts above: {p['page_check']['typical']} answered plainly, {p['page_check']['unlike']} with the "

@@ -401,8 +401,13 @@ def test_the_texture_view_adds_its_distance_in_the_tokens_units_and_round_trips(
     check = PageCheck.fit(train, held_out, train_texture, held_out_texture)
     tokens_only = PageCheck.fit(train, held_out)
     assert check.layers == TEXTURE_LAYERS and tokens_only.layers == () and check.typical == tokens_only.typical
-    both = check.distance(held_out, held_out_texture)
-    assert np.all(both >= tokens_only.distance(held_out) - 1e-12)
+    # a file of the format before the view (means, precision, thresholds) loads as a check of the tokens alone
+    from safetensors.numpy import save_file as save_arrays
+
+    save_arrays({"mean": tokens_only.mean, "precision": tokens_only.precision,
+                 "thresholds": np.array([tokens_only.typical, tokens_only.refuse])}, str(tmp_path / "page_check.safetensors"))
+    old = PageCheck.load(tmp_path)
+    assert old.texture is None and old.layers == () and np.allclose(old.distance(held_out), tokens_only.distance(held_out))
     t_mean, t_precision, t_typical = check.texture
     assert np.isclose(t_typical, np.percentile(PageCheck(t_mean, t_precision, 0, 0).distance(held_out_texture), 99))
     text_page = check.distance(train.mean(0), np.full(4, 20.0))[0]  # typical tokens, far texture
@@ -428,6 +433,9 @@ def test_the_texture_view_adds_its_distance_in_the_tokens_units_and_round_trips(
     fitted = PageCheck.fit(features, features, texture, texture)
     model = SimpleNamespace(image_encoder=encoder, page_check=fitted, _page_check_encoder=encoder)
     assert np.allclose(EcgLanguageModel.page_distances(model, pixels), fitted.distance(features, texture))
+    tokens_check = PageCheck(fitted.mean, fitted.precision, fitted.typical, fitted.refuse)  # a check of old
+    old_model = SimpleNamespace(image_encoder=encoder, page_check=tokens_check, _page_check_encoder=encoder)
+    assert np.allclose(EcgLanguageModel.page_distances(old_model, pixels), tokens_check.distance(features))
 
 
 def test_pictures_unlike_an_ecg_page_are_answered_with_a_warning_or_refused(image_checkpoint, page, tmp_path):

@@ -4,9 +4,10 @@ of text the model reads beside the second ECG's tokens.
 Why: ECG-QA's comparison queries ("What symptoms are newly detected in the second ECG as compared to the first
 ECG?", "... have been resolved ...", "... still remain ...") ask for the set difference of two ECGs' statements. The
 model reads each ECG's likeliest statements as label tokens, and taking the difference of two such lists is a step
-it did not learn: the default answered these templates with EM 0.19-0.38 on the generated test set, about as well with
-another patient's ECGs (docs/results/ecgqa_evidence.md), while copying the difference of the classifier's own
-statements gives 0.43 on generated ECG-QA valid questions (an ad-hoc read, valid only). A serial comparison is what
+it did not learn: the default answered these templates worst of all (docs/results/ecgqa_evidence.md), about as well
+with another patient's ECGs, while copying the difference of the classifier's own statements would answer more of them
+(an ad-hoc read on generated ECG-QA valid questions, recipes/ecgqa/continue_statement_note.yaml). A model trained with
+the note did not learn to read it in 1,000 steps (docs/results/ecgqa_candidate_statement_note.md). A serial comparison is what
 ECG machines print beside a repeat ECG, and the measurement notes' comparison (`measurement_note.comparison_note`)
 did the same for the numeric templates.
 
