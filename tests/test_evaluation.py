@@ -676,7 +676,8 @@ def test_the_images_page_names_the_chain_and_what_its_ecgqa_questions_ask_about(
 
     monkeypatch.setattr(images, "DOC", tmp_path / "images.md")
     committed = json.loads((root / "benchmarks/results/images.json").read_text())
-    saved = {**{k: v for k, v in committed.items() if k != "distill_chain"},  # as written before these fields
+    saved = {**{k: v for k, v in committed.items() if k != "distill_chain"},  # as written before these fields,
+             "distill_run": "image_encoder_more", "warm_started": True,          # when this was the shipped encoder
              "ecgqa": {k: {kk: vv for kk, vv in v.items() if kk not in ("seen_in_training", "test_patient_records")}
                        for k, v in committed["ecgqa"].items()}}
     images.write_doc(saved, saved["command"])
@@ -684,6 +685,7 @@ def test_the_images_page_names_the_chain_and_what_its_ecgqa_questions_ask_about(
     assert "recipes/ecgqa/image_encoder_more.yaml   # continued from the one above" in images.DOC.read_text()
     seen = {"records_evaluated": 160, "records_seen_in_training": 0}
     newer = {**saved, "distill_chain": ["image_encoder", "image_encoder_more", "image_encoder_truth"],
+             "distill_run": "image_encoder_truth",
              "ecgqa": {k: {**v, "seen_in_training": seen, "test_patient_records": {"records": 160,
                                                                                   "of_test_patients": 160}}
                        for k, v in saved["ecgqa"].items()}}
