@@ -44,7 +44,7 @@ from ecgllm import read_ecg  # noqa: E402
 from ecgllm.datasets import ECGQA, PTBXL  # noqa: E402
 from ecgllm.datasets.ecgqa_attributes import build_attributes  # noqa: E402
 from ecgllm.datasets.ecgqa_generator import ECGQAGenerator  # noqa: E402
-from ecgllm.models import EcgLanguageModel, EcgLMConfig, EcgProcessor  # noqa: E402
+from ecgllm.models import EcgLMConfig  # noqa: E402
 from ecgllm.training.model_setup import build_model  # noqa: E402
 from ecgllm.models.placement import FrozenWeightsCast, cpu_has_bf16_instructions  # noqa: E402
 
@@ -222,14 +222,11 @@ def main() -> None:
     questions = samples[-args.questions:]
 
     # 1. the shipped default checkpoint, as `ecgllm ask` runs it
-    from ecgllm.models.default import resolve_model_dir
+    from ecgllm.models.default import load_checkpoint, resolve_model_dir
     from ecgllm.serving.assistant import ECGAssistant
 
     shipped_dir = resolve_model_dir(args.model)
-    shipped = EcgLanguageModel.from_pretrained(shipped_dir)
-    from ecgllm.models.statement_note import attach_statement_reader
-    processor = EcgProcessor.from_pretrained(shipped_dir)
-    attach_statement_reader(shipped, processor)
+    shipped, processor, _ = load_checkpoint(str(shipped_dir), "cpu", "float32")
     for name, p in shipped.llm.named_parameters():  # the adapter loads frozen for inference; train it here
         p.requires_grad_("lora_" in name)
     step_s, lengths = train_steps(shipped, processor)

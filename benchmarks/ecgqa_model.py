@@ -19,8 +19,7 @@ from common import SHARED, environment, write_result
 
 from ecgllm.evaluation.baselines import run_baselines
 from ecgllm.evaluation.probes import run_probes
-from ecgllm.models.ecg_lm import EcgLanguageModel
-from ecgllm.models.processor import EcgProcessor
+from ecgllm.models.default import load_checkpoint
 
 QA = SHARED / "ecgqa/ecgqa/ptbxl"
 
@@ -31,10 +30,7 @@ def per_variant(run_dir: Path, probe: str, variant: str) -> float:
 
 
 def evaluate(model_dir: Path, out: Path, generated: Path | None, limit: int, signals: str) -> dict:
-    from ecgllm.models.statement_note import attach_statement_reader
-
-    loaded = EcgLanguageModel.from_pretrained(model_dir), EcgProcessor.from_pretrained(model_dir)
-    attach_statement_reader(*loaded)
+    loaded = load_checkpoint(str(model_dir), "cpu", "float32")[:2]
     official = out / "official_valid"
     labels = str(SHARED / "ptbxl")
     summary = run_probes([str(QA / "template/valid"), str(QA / "paraphrased/valid")], signals,

@@ -42,14 +42,10 @@ def main() -> None:
     args = parser.parse_args()
     from ecgllm.datasets.split_policy import seen_by_checkpoint
     from ecgllm.evaluation.ecgqa_eval import EcgqaRun, evaluate_ecgqa
-    from ecgllm.models.ecg_lm import EcgLanguageModel
-    from ecgllm.models.processor import EcgProcessor
+    from ecgllm.models.default import load_checkpoint
 
     measured = claim_run_folder(args.work, args.model)
-    model = EcgLanguageModel.from_pretrained(args.model)
-    from ecgllm.models.statement_note import attach_statement_reader
-    processor = EcgProcessor.from_pretrained(args.model)
-    attach_statement_reader(model, processor)
+    model, processor, _ = load_checkpoint(str(args.model), "cpu", "float32")
     head = model.image_quality
     if head is None:
         raise SystemExit(f"{args.model} has no image quality head (scripts/fit_image_quality.py fits one)")

@@ -261,13 +261,9 @@ def test_patient_share(data: str, limit: int) -> dict:
 
 def ecgqa_modalities(model_dir: str, data: str, signals: str, limit: int, out: Path) -> dict:
     from ecgllm.evaluation.ecgqa_eval import EcgqaRun, evaluate_ecgqa
-    from ecgllm.models.ecg_lm import EcgLanguageModel
-    from ecgllm.models.processor import EcgProcessor
+    from ecgllm.models.default import load_checkpoint
 
-    model = EcgLanguageModel.from_pretrained(model_dir)
-    from ecgllm.models.statement_note import attach_statement_reader
-    processor = EcgProcessor.from_pretrained(model_dir)
-    attach_statement_reader(model, processor)
+    model, processor, _ = load_checkpoint(model_dir, "cpu", "float32")
     result, share = {}, test_patient_share(data, limit)  # the same questions in every modality
     for modality in ("signal", "image", "image-augmented", BLANK_QUALITY):
         blank = modality == BLANK_QUALITY

@@ -47,14 +47,10 @@ def main() -> None:
     from ecgllm.datasets.ecgqa_attributes import noise_leads_table
     from ecgllm.datasets.ptbxl import PTBXL
     from ecgllm.datasets.split_policy import seen_by_checkpoint
-    from ecgllm.models.ecg_lm import EcgLanguageModel
-    from ecgllm.models.processor import EcgProcessor
+    from ecgllm.models.default import load_checkpoint
     from ecgllm.models.signal_quality import QUALITY_KINDS
 
-    model = EcgLanguageModel.from_pretrained(args.model)
-    from ecgllm.models.statement_note import attach_statement_reader
-    processor = EcgProcessor.from_pretrained(args.model)
-    attach_statement_reader(model, processor)
+    model, processor, _ = load_checkpoint(args.model, "cpu", "float32")
     model.eval()
     if model.label_tokens is None:
         raise SystemExit(f"{args.model}: this checkpoint has no label tokens (nothing to measure)")

@@ -14,8 +14,7 @@ import argparse
 from ecgllm.datasets.ptbxl import PTBXL
 from ecgllm.datasets.ptbxl_signals import PTBXLSignals
 from ecgllm.models.answering import generate_answers
-from ecgllm.models.ecg_lm import EcgLanguageModel
-from ecgllm.models.processor import EcgProcessor
+from ecgllm.models.default import load_checkpoint
 
 QUESTIONS = (("AFIB", "Does this ECG show symptoms of atrial fibrillation?"), ("NORM", "Is this a normal ECG?"),
              ("LVH", "Does this ECG show symptoms of left ventricular hypertrophy?"))
@@ -28,10 +27,7 @@ def main() -> None:
     parser.add_argument("--signals", required=True, help="PTB-XL signals: official folder or prepared cache")
     parser.add_argument("--per-side", type=int, default=6)
     args = parser.parse_args()
-    model = EcgLanguageModel.from_pretrained(args.checkpoint)
-    from ecgllm.models.statement_note import attach_statement_reader
-    processor = EcgProcessor.from_pretrained(args.checkpoint)
-    attach_statement_reader(model, processor)
+    model, processor, _ = load_checkpoint(args.checkpoint, "cpu", "float32")
     ptbxl, source = PTBXL.load(args.ptbxl), PTBXLSignals.open(args.signals)
     fold10 = [int(i) for i in ptbxl.table.index[ptbxl.table.strat_fold == 10]]
     for code, question in QUESTIONS:
