@@ -184,13 +184,10 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
         (`ecgllm.models.page_check`); None when the model has no image encoder or no fitted check."""
         if self.image_encoder is None or self.page_check is None:
             return None
-        from ecgllm.models.image_quality import page_descriptors
-        from ecgllm.models.page_check import page_features
+        from ecgllm.models.page_check import page_readings
 
-        layers = self.page_check.layers
-        tokens, kept = self._page_check_encoder.encode(pixels.to("cpu", torch.float32), keep=layers)
-        texture = page_descriptors(kept).double().numpy() if layers else None
-        return self.page_check.distance(page_features(tokens), texture)
+        readings = page_readings(self._page_check_encoder, pixels.to("cpu", torch.float32), self.page_check.layers)
+        return self.page_check.distance(*readings)
 
     def train(self, mode: bool = True) -> "EcgLanguageModel":
         """Frozen encoders stay in eval mode: their batch-norm statistics must not drift with the LLM's batches

@@ -57,6 +57,16 @@ def page_features(tokens: torch.Tensor) -> np.ndarray:
     return torch.cat([tokens.float().mean(1), tokens.float().amax(1)], -1).double().cpu().numpy()
 
 
+def page_readings(encoder, pixels: torch.Tensor, layers: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pictures [B, 1, H, W] through an image encoder once: their token features (`page_features`) and, where
+    ``layers`` names feature maps (`PageCheck.layers`), their texture descriptors; what a check is fitted on and
+    what it reads."""
+    from ecgllm.models.image_quality import page_descriptors
+
+    tokens, kept = encoder.encode(pixels, keep=layers)
+    return page_features(tokens), (page_descriptors(kept).double().numpy() if layers else None)
+
+
 def _reference(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and precision (inverse of the shrunk covariance) of reference features."""
     mean = train.mean(0)

@@ -130,13 +130,18 @@ def _load_or_render(path: Path, make) -> np.ndarray:
     return images
 
 
+def render_pixels(images: np.ndarray) -> torch.Tensor:
+    """Renders (uint8 pages [N, H, W], as `render_set` makes them) as the image encoder's input [N, 1, H, W]."""
+    return torch.from_numpy(np.asarray(images, dtype=np.float32) / 255.0)[:, None]
+
+
 @torch.no_grad()
 def student_tokens(student: ImageEncoder, images: np.ndarray, batch: int = 64) -> np.ndarray:
     """The student's tokens [N, n_tokens, dim] of renders (uint8 pages, as `render_set` makes them)."""
     student.eval()
     device = next(student.parameters()).device
-    return np.concatenate([student(torch.from_numpy(np.asarray(images[i: i + batch], dtype=np.float32) / 255.0)
-                                   [:, None].to(device)).cpu().numpy() for i in range(0, len(images), batch)])
+    return np.concatenate([student(render_pixels(images[i: i + batch]).to(device)).cpu().numpy()
+                           for i in range(0, len(images), batch)])
 
 
 @torch.no_grad()
@@ -169,7 +174,7 @@ class DistillTask(Task):
         size = self.config.batch_size
         for step in range(self.batches_per_epoch):
             rows = np.sort(order[step * size: (step + 1) * size])  # sorted: the cached renders are read from disk
-            yield (torch.from_numpy(np.asarray(self.images[rows], dtype=np.float32) / 255.0)[:, None],
+            yield (render_pixels(self.images[rows]),
                    torch.from_numpy(self.target_tokens[rows]), torch.from_numpy(self.target_logits[rows]),
                    torch.from_numpy(self.labels[rows]))
 
@@ -295,8 +300,7 @@ def fit_page_check(run: Path, student: ImageEncoder, train_images: np.ndarray, h
                    n_train: int = 2000, seed: int = 0):
     """Fit and save the run's page check (`ecgllm.models.page_check`): the reference from ``n_train`` of its
     training renders, the thresholds from ``held_out_images`` (`page_check_pages`), which it never trained on."""
-    from ecgllm.models.image_quality import page_descriptors
-    from ecgllm.models.page_check import TEXTURE_LAYERS, PageCheck, page_features
+    from ecgllm.models.page_check import TEXTURE_LAYERS, PageCheck, page_readings
 
     student = student.cpu().eval()
     rows = np.sort(np.random.default_rng(seed).choice(len(train_images), min(n_train, len(train_images)),
@@ -305,13 +309,9 @@ def fit_page_check(run: Path, student: ImageEncoder, train_images: np.ndarray, h
     @torch.no_grad()
     def readings(images, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """Token features and texture descriptors of renders (uint8 pages, as `render_set` makes them)."""
-        features, textures = [], []
-        for i in range(0, len(images), batch):
-            pixels = torch.from_numpy(np.asarray(images[i: i + batch], dtype=np.float32) / 255.0)[:, None]
-            tokens, kept = student.encode(pixels, keep=TEXTURE_LAYERS)
-            features.append(page_features(tokens))
-            textures.append(page_descriptors(kept).double().numpy())
-        return np.concatenate(features), np.concatenate(textures)
+        read = [page_readings(student, render_pixels(images[i: i + batch]), TEXTURE_LAYERS)
+                for i in range(0, len(images), batch)]
+        return np.concatenate([f for f, _ in read]), np.concatenate([t for _, t in read])
 
     train, train_texture = readings(train_images[rows])
     held_out, held_out_texture = readings(held_out_images)

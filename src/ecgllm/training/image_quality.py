@@ -24,10 +24,12 @@ PENALTIES = tuple(np.logspace(0, 4, 9))
 
 
 def _descriptors(model, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    from ecgllm.training.distill_image import render_pixels
+
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch):
-            pixels = torch.from_numpy(np.asarray(images[start:start + batch], dtype=np.float32) / 255.0)[:, None]
+            pixels = render_pixels(images[start:start + batch])
             out.append(page_descriptors(model.image_encoder.feature_maps(pixels, LAYERS)).numpy())
     return np.concatenate(out)
 
