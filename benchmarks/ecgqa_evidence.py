@@ -124,9 +124,11 @@ those templates and overall (a smaller fall with another patient's ECG), and did
 the second of two ECGs (`continue_statement_note.yaml`, `ecgllm.models.statement_note`: which statements the model's
 own classifier finds new, gone and still present, the set difference the comparison queries ask for), answered those
 templates no better and the others worse, and did not pass the rule (`ecgqa_candidate_statement_note.md`): the default
-stayed.
-All LLM stages ran on CPU, batch 8, on one core (`continue_measurement_comparison` resumed from its step 500 on two
-threads); no GPU was available. For the
+stayed. A plain continuation on a fresh draw of the default's own mix (`continue_fresh_pairs_anew.yaml`, the kind of
+run that had passed the rule twice) answered the official and the grouped valid questions slightly worse and fell less
+with another patient's ECG, and did not pass the rule (`ecgqa_candidate_fresh_pairs_anew.md`): the default stayed.
+All LLM stages ran on CPU, batch 8, on one core (`continue_measurement_comparison` from its step 500,
+`continue_statement_note` and `continue_fresh_pairs_anew` throughout, on two threads); no GPU was available. For the
 answer latency: the prompt's common start (system prompt, user header, ECG tags) is computed once and kept for the
 last few distinct starts, so questions about one ECG and comparisons of two asked in turn both reuse theirs."""
 
