@@ -13,6 +13,9 @@ records; the script as of commit cf26575). At that size two encoders 0.001 apart
 widened to the 1,120 records; the first selection on it (image_encoder_selection_truth_wide.json) re-scored a
 candidate that had just lost on the 164 records (image_encoder_truth, by 0.0007), and it won on the 1,120.
 Every candidate and the teacher must record what each of their stages trained on, none of it a selection record.
+With ``--view-shift N`` every candidate is scored twice: as saved, and reading each picture as the mean of the
+page and four copies moved by N pixels (`ImageEncoderConfig.view_shift`; each row records its ``view_shift``, and
+``chosen_view_shift`` the winner's).
 Rule, stated before the scores are read: the highest mean of the clean and distorted superclass macro AUC; a tie
 goes to the candidate listed first (the shipped one).
 """
@@ -34,6 +37,8 @@ def main() -> None:
     parser.add_argument("--ptbxl", default=str(SHARED / "ptbxl"))
     parser.add_argument("--ecgqa", default=str(SHARED / "ecgqa/ecgqa"))
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--view-shift", type=int, default=0, help="also score every candidate reading the mean of "
+                        "the page and four copies moved by this many pixels")
     parser.add_argument("--name", help="a name for the result file (image_encoder_selection_NAME.json), so that "
                                        "earlier selections stay beside it")
     args = parser.parse_args()
@@ -68,8 +73,14 @@ def main() -> None:
     teacher = superclass_metrics("signal", data.y[rows],
                                  teacher_targets(encoder, head, data.signals[rows], data.masks[rows])[1])
     candidates = []
-    for folder, student in zip(args.candidates, students):
-        row = {"candidate": str(folder)}
+    readings = [(str(folder), student, student.config.view_shift) for folder, student in zip(args.candidates, students)]
+    if args.view_shift:
+        readings += [(str(folder), student, args.view_shift)
+                     for folder, student in zip(args.candidates, students)
+                     if student.config.view_shift != args.view_shift]
+    for label, student, view_shift in readings:
+        student.config.view_shift = view_shift
+        row = {"candidate": label, "view_shift": view_shift}
         for name, images in pages.items():
             row.update(superclass_metrics(f"image_{name}", data.y[rows],
                                           student_outputs(student, head, images, encoder.pool)[1]))
@@ -80,10 +91,13 @@ def main() -> None:
         "split": f"PTB-XL folds 1-9 ∩ ECG-QA valid ({len(rows)} records), rendered clean and distorted",
         "rule": "highest mean of clean and distorted superclass macro AUC; ties to the first listed",
         "teacher_signal": teacher, "candidates": candidates, "chosen": chosen["candidate"],
+        "chosen_view_shift": chosen["view_shift"],
         "command": "python benchmarks/image_encoder_selection.py --teacher " + args.teacher + " --candidates "
                    + " ".join(args.candidates) + " --signals " + args.signals
+                   + (f" --view-shift {args.view_shift}" if args.view_shift else "")
                    + (f" --name {args.name}" if args.name else ""), "environment": environment()})
-    print(f"chosen: {chosen['candidate']}")
+    print(f"chosen: {chosen['candidate']}"
+          + (f" read at view shift {chosen['view_shift']}" if chosen["view_shift"] else ""))
 
 
 if __name__ == "__main__":

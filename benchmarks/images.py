@@ -86,16 +86,18 @@ def printed_images(model_dir: str) -> dict:
     model, processor = assistant.model, assistant.processor
     # the classifier head scores the 71 statements, then the 5 superclasses: NORM's superclass column
     normal_column = len(model.label_vocab["all71"]) + model.label_vocab["superclass"].index("NORM")
-    rows = []
+    rows, seconds = [], []  # one picture at a time after load, page check and image encoder included
     from ecgllm.models.page_check import NotAnECGPageError
 
     for _, row in labels.iterrows():
         image = read_ecg(folder / row.file)
+        started = time.perf_counter()
         try:
             answered = assistant.ask(image, "Is this a normal ECG?", max_new_tokens=8, measure=False)
             answer, page = answered.text, "unlike" if answered.warnings else "typical"
         except NotAnECGPageError:  # refused by the page check: no answer, counted wrong
             answer, page = "", "refused"
+        seconds.append(time.perf_counter() - started)
         parsed = parse_answer(answer, ("yes", "no")).answers
         with torch.no_grad():  # pooled as the served label tokens pool: the signal encoder's own `pool`
             pooled = model.encoder.pool(model.image_encoder(processor.prepare_images([image])))
@@ -116,6 +118,7 @@ def printed_images(model_dir: str) -> dict:
             "label_token_auc": round(float(roc_auc_score(truth, scores)), 3),
             "majority_accuracy": round(max(truth.mean(), 1 - truth.mean()), 3),
             "page_check": {v: sum(r["page_check"] == v for r in rows) for v in ("typical", "unlike", "refused")},
+            "answer_seconds_median": round(float(np.median(seconds)), 3), "threads": torch.get_num_threads(),
             "per_image": rows}
 
 
@@ -362,10 +365,16 @@ def write_doc(result: dict, command: str) -> None:
         # a check with the texture view is what fit_page_check writes (seeded: the same file again); a run distilled
         # before the view existed got one from it afterwards
         *([f"python scripts/fit_page_check.py runs/ecgqa/{result['distill_run']} --signals cache/ptbxl100 --ptbxl "
-           "../shared/data/ptbxl --workers 2   # the page check, with its texture view"]
+           f"../shared/data/ptbxl --workers 2{f' --view-shift {shift}' if (shift := result.get('view_shift')) else ''}"
+           "   # the page check, with its texture view" + (f"; the encoder set to read each picture as the mean of "
+                                                          f"the page and four copies moved {shift} pixels" if shift
+                                                          else "")]
           if n.get("texture_view") else []),
-        f"python scripts/ship_checkpoint.py runs/{result['shipped_from']}/final --image-encoder "
-        f"runs/ecgqa/{result['distill_run']}",
+        *([f"python scripts/ship_checkpoint.py src/ecgllm/data/checkpoint --image-encoder "
+           f"runs/ecgqa/{result['distill_run']}   # the shipped model, its image encoder replaced (its card keeps "
+           "its figures)"] if len(chain) > 1 else
+          [f"python scripts/ship_checkpoint.py runs/{result['shipped_from']}/final --image-encoder "
+           f"runs/ecgqa/{result['distill_run']}"]),
         *(["python scripts/fit_image_quality.py src/ecgllm/data/checkpoint --signals cache/ptbxl100 --ptbxl "
            "../shared/data/ptbxl   # a picture's noise, imitating the signal-quality heads"] if "noise" in t else []),
         command, "```", "", "## Targets", "",
@@ -415,7 +424,9 @@ def write_doc(result: dict, command: str) -> None:
         f"| majority class | {p['majority_accuracy']} | |", "",
         f"P(normal ECG) as a score: AUC {p['label_token_auc']}; it is at least 0.5 for "
         f"{sum(x['p_normal'] >= 0.5 for x in p['per_image'])} of {p['n']} images. The model said \"normal\" for "
-        f"{p['llm_said_normal']} of {p['n']} images; {p['llm_unparsed']} answers were not a yes/no.", "",
+        f"{p['llm_said_normal']} of {p['n']} images; {p['llm_unparsed']} answers were not a yes/no."
+        + (f" One answer took {p['answer_seconds_median']} s (median; one picture at a time after the model is loaded, "
+           f"page check included, {p['threads']} PyTorch threads)." if "answer_seconds_median" in p else ""), "",
         "## Pictures that are not ECG pages", "",
         "The page check (`ecgllm.models.page_check`) measures how far a picture's image tokens lie from those of the "
         "distillation's training renders" + (", and how far the texture of the image encoder's first feature maps lies "
@@ -490,9 +501,12 @@ def selection_section(shipped_run: str, chain: list[str] | None = None) -> list[
             lines.append(f"| `{name}` ({saved['split']}) | the teacher: the signal encoder reading the signals | "
                          f"{teacher['signal_super_macro_auc']} (signals) | – | – | |")
         for row in saved["candidates"]:
-            lines.append(f"| `{name}` ({saved['split']}) | `{row['candidate']}` | "
+            shift = row.get("view_shift", 0)  # selections before view shifts read every page alone
+            chosen = row["candidate"] == saved["chosen"] and shift == saved.get("chosen_view_shift", 0)
+            lines.append(f"| `{name}` ({saved['split']}) | `{row['candidate']}`"
+                         f"{f' read at view shift {shift}' if shift else ''} | "
                          f"{row['image_clean_super_macro_auc']} | {row['image_augmented_super_macro_auc']} | "
-                         f"{row['score']} | {'yes' if row['candidate'] == saved['chosen'] else 'no'} |")
+                         f"{row['score']} | {'yes' if chosen else 'no'} |")
     lines.append("")
     for name, saved in selections.items():  # a choice that did not ship: its recipe's Outcome says why
         run = Path(saved["chosen"]).name
@@ -570,6 +584,7 @@ def main() -> None:
               "distill_run": Path(args.distill).name if args.distill else Path(made["output_dir"]).name,
               "warm_started": bool(made.get("init_student")),
               "distill_chain": recipe_chain(described) if made else [Path(args.distill).name],
+              "view_shift": encoders[args.model][0].config.view_shift,
               "ecgqa": ecgqa_modalities(args.model, args.generated_test, args.signals, args.limit, Path(args.out)),
               "printed": printed_images(args.model), "not_ecg": not_ecg_pictures(args.model),
               "measured_model": measured}

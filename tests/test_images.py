@@ -328,6 +328,75 @@ def test_distillation_adds_the_records_own_labels_only_when_asked():
     assert with_truth == pytest.approx(imitation + 0.5 * truth, rel=1e-5) and truth > 0
 
 
+def test_distillation_moves_each_training_page_by_its_own_offset_within_the_bound():
+    """``shift_pixels`` moves every page of a batch by a whole-pixel offset of its own, at most the bound on each
+    axis and drawn from (seed, epoch, step): the same batch again, another batch otherwise; at 0 pages stay put."""
+    from ecgllm.training.distill_image import DistillTask, ImageDistillConfig, shifted
+
+    rng = np.random.default_rng(0)
+    pixels = torch.from_numpy(rng.random((8, 1, 24, 32)).astype(np.float32))
+    moved = shifted(pixels, np.random.default_rng(1), 3)
+    offsets = []
+    for page, out in zip(pixels, moved):
+        found = [(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)
+                 if torch.equal(torch.roll(page, (dy, dx), dims=(-2, -1)), out)]
+        assert len(found) == 1
+        offsets.append(found[0])
+    assert len(set(offsets)) > 1  # each page its own offset
+    assert torch.equal(shifted(pixels, np.random.default_rng(1), 3), moved)
+
+    images = (rng.random((4, TINY_IMAGE["height"], TINY_IMAGE["width"])) * 255).astype(np.uint8)
+    targets = (np.zeros((4, 4, 8), np.float32), np.zeros((4, 3), np.float32))
+    head = torch.nn.Linear(8, 3)
+
+    def first_batch(shift: int, epoch: int) -> torch.Tensor:
+        config = ImageDistillConfig(output_dir="-", teacher="-", ecg_cache="-", ptbxl="-", batch_size=4,
+                                    shift_pixels=shift)
+        task = DistillTask(config, images, *targets, torch.nn.Identity(), head, np.zeros((4, 3)))
+        return next(iter(task.epoch_batches(epoch)))[0]
+
+    still = first_batch(0, 0)
+    assert torch.equal(still, torch.from_numpy(images[:, None] / np.float32(255)))
+    assert torch.equal(first_batch(2, 0), first_batch(2, 0)) and not torch.equal(first_batch(2, 0), still)
+    assert not torch.equal(first_batch(2, 0), first_batch(2, 1))
+
+
+def test_a_view_shift_reads_the_mean_of_the_page_and_four_moved_copies(tmp_path):
+    """Out of training, ``view_shift`` s averages the tokens of the page and of its copies moved s pixels up, down,
+    left and right; the feature maps the image quality head reads stay the page's own; training reads the page
+    alone; the shift is saved with the encoder, and an encoder saved before it existed reads one view."""
+    import json
+
+    from ecgllm.models.image_encoder import load_image_encoder
+    from ecgllm.training.distill_image import save_image_encoder
+
+    torch.manual_seed(0)
+    encoder = ImageEncoder(ImageEncoderConfig(n_tokens=2, dim=16, **TINY_IMAGE)).eval()
+    pages = torch.rand(3, 1, TINY_IMAGE["height"], TINY_IMAGE["width"])
+    with torch.no_grad():
+        alone, alone_maps = encoder.encode(pages, keep=(2,))
+        views = [encoder(torch.roll(pages, offset, dims=(-2, -1))) for offset in ((4, 0), (-4, 0), (0, 4), (0, -4))]
+        encoder.config.view_shift = 4
+        tokens, maps = encoder.encode(pages, keep=(2,))
+        assert torch.allclose(tokens, torch.stack([alone, *views]).mean(0), atol=1e-6)
+        assert not torch.allclose(tokens, alone, atol=1e-4)
+        assert torch.equal(maps[0], alone_maps[0])
+        encoder.train()  # batch statistics: the same pages read with and without the shift must agree
+        shifted_training_read = encoder(pages)
+        encoder.config.view_shift = 0
+        assert torch.equal(shifted_training_read, encoder(pages))
+    encoder.eval()
+    save_image_encoder(tmp_path, encoder, {"teacher": "test"})
+    encoder.config.view_shift = 4
+    (tmp_path / "shifted").mkdir()
+    save_image_encoder(tmp_path / "shifted", encoder, {})
+    assert load_image_encoder(tmp_path / "shifted")[0].config.view_shift == 4
+    saved = json.loads((tmp_path / "image_encoder.json").read_text())
+    del saved["config"]["view_shift"]  # as written before view shifts existed
+    (tmp_path / "image_encoder.json").write_text(json.dumps(saved))
+    assert load_image_encoder(tmp_path)[0].config.view_shift == 0
+
+
 @needs_shared
 def test_the_ecgbench_suite_reads_renders_of_every_recording_through_the_image_encoder(image_checkpoint, tmp_path,
                                                                                        monkeypatch, tiny_checkpoint):

@@ -30,6 +30,8 @@ class ImageEncoderConfig:
     height: int = 448
     width: int = 576
     heads: int = 4
+    view_shift: int = 0                     # > 0: read (not trained) as the mean tokens of the page and four copies of
+                                            # it moved by this many pixels up, down, left and right
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,7 +90,18 @@ class ImageEncoder(nn.Module):
 
     def encode(self, images: torch.Tensor, keep: tuple[int, ...] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Tokens [B, n_tokens, dim], and the feature maps after the layers of `features` whose indices ``keep``
-        names (the image quality head, `ecgllm.models.image_quality`, reads them)."""
+        names (the image quality head, `ecgllm.models.image_quality`, reads them). Out of training, with a
+        ``view_shift``, the tokens are averaged over the page and its four moved copies; the feature maps stay the
+        page's own."""
+        tokens, kept = self._encode_view(images, keep)
+        shift = self.config.view_shift
+        if not shift or self.training:
+            return tokens, kept
+        moved = [self._encode_view(torch.roll(images, offset, dims=(-2, -1)), ())[0]
+                 for offset in ((shift, 0), (-shift, 0), (0, shift), (0, -shift))]
+        return torch.stack([tokens, *moved]).mean(0), kept
+
+    def _encode_view(self, images: torch.Tensor, keep: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         f, kept = self._through(self.features, images, keep)
         if f.shape[-2:] != self.grid:
             raise ValueError(f"image input must be {self.config.height}x{self.config.width}, got {tuple(images.shape[-2:])}")

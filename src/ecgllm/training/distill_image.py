@@ -54,6 +54,8 @@ class ImageDistillConfig:
     device: str = "auto"                # "auto" uses a CUDA GPU when PyTorch sees one
     mixed_precision: str = "no"         # "bf16": autocast the student's forward passes
     init_student: str | None = None     # a folder with an image encoder (a distillation run or a model): start from it
+    shift_pixels: int = 0               # each training page moved by up to this many pixels, up/down and left/right,
+                                        # drawn anew every epoch (the encoder's reading moved with a 4-pixel shift)
 
 
 def load_teacher(run: Path, n_tokens: int):
@@ -135,6 +137,13 @@ def render_pixels(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(images, dtype=np.float32) / 255.0)[:, None]
 
 
+def shifted(pixels: torch.Tensor, rng: np.random.Generator, most: int) -> torch.Tensor:
+    """Each page of ``pixels`` [N, 1, H, W] moved by its own whole-pixel offset in [-most, most] on each axis; what
+    leaves one edge comes back at the other (a page's margins are blank paper, 0 in the encoder's input)."""
+    offsets = rng.integers(-most, most + 1, size=(len(pixels), 2))
+    return torch.stack([torch.roll(page, (int(dy), int(dx)), dims=(-2, -1)) for page, (dy, dx) in zip(pixels, offsets)])
+
+
 @torch.no_grad()
 def student_tokens(student: ImageEncoder, images: np.ndarray, batch: int = 64) -> np.ndarray:
     """The student's tokens [N, n_tokens, dim] of renders (uint8 pages, as `render_set` makes them)."""
@@ -174,7 +183,11 @@ class DistillTask(Task):
         size = self.config.batch_size
         for step in range(self.batches_per_epoch):
             rows = np.sort(order[step * size: (step + 1) * size])  # sorted: the cached renders are read from disk
-            yield (render_pixels(self.images[rows]),
+            pixels = render_pixels(self.images[rows])
+            if self.config.shift_pixels:
+                offsets = np.random.default_rng([self.config.seed, epoch, step])
+                pixels = shifted(pixels, offsets, self.config.shift_pixels)
+            yield (pixels,
                    torch.from_numpy(self.target_tokens[rows]), torch.from_numpy(self.target_logits[rows]),
                    torch.from_numpy(self.labels[rows]))
 
@@ -320,15 +333,21 @@ def fit_page_check(run: Path, student: ImageEncoder, train_images: np.ndarray, h
     return check
 
 
-def fit_page_check_of_run(run: Path, teacher: Path | None, ecg_cache: str, ptbxl: str, workers: int = 2):
+def fit_page_check_of_run(run: Path, teacher: Path | None, ecg_cache: str, ptbxl: str, workers: int = 2,
+                          view_shift: int | None = None):
     """`fit_page_check` for a finished distillation run folder (its weights, its cached training renders); the
-    teacher (by default the one the run recorded) gives the signals' normalisation, as in the distillation."""
+    teacher (by default the one the run recorded) gives the signals' normalisation, as in the distillation. A
+    ``view_shift`` other than the run's is written into its image encoder first (`ImageEncoderConfig.view_shift`:
+    the check reads the tokens the encoder will serve)."""
     from ecgllm.models.image_encoder import load_image_encoder
     from ecgllm.training.pretrain_encoder import load_ptbxl_arrays
 
     run = Path(run)
     student, described = load_image_encoder(run)
     config = student.config
+    if view_shift is not None and view_shift != config.view_shift:
+        config.view_shift = view_shift
+        save_image_encoder(run, student, {k: v for k, v in described.items() if k != "config"})
     _, _, saved = load_teacher(Path(teacher or described["teacher"]), config.n_tokens)
     data, _ = load_ptbxl_arrays(ecg_cache, ptbxl, saved["input"]["normalize"])
     train_images = np.load(run / f"renders_train_v{RENDERS_VERSION}.npy", mmap_mode="r")
