@@ -362,6 +362,7 @@ def write_doc(result: dict, command: str) -> None:
         *[f"ecgllm train recipes/ecgqa/{name}.yaml   # continued from the one above on fresh renders (init_student)"
           for name in chain[1:]],
         *([f"{selection_command(chain)}"] if len(chain) > 1 else []),
+        *view_shift_selection(result.get("view_shift")),
         # a check with the texture view is what fit_page_check writes (seeded: the same file again); a run distilled
         # before the view existed got one from it afterwards
         *([f"python scripts/fit_page_check.py runs/ecgqa/{result['distill_run']} --signals cache/ptbxl100 --ptbxl "
@@ -477,6 +478,16 @@ def selection_command(chain: list[str], selections: dict[str, dict] | None = Non
     return ("python benchmarks/image_encoder_selection.py --teacher src/ecgllm/data/checkpoint --candidates "
             f"{' '.join('runs/ecgqa/' + name for name in chain[-2:])} --signals cache/ptbxl100   # chosen on ECG-QA "
             "valid renders (never fold 10)")
+
+
+def view_shift_selection(shift: int | None, selections: dict[str, dict] | None = None) -> list[str]:
+    """The command of the last selection that chose reading pictures at the shipped encoder's view shift, as run."""
+    if not shift:
+        return []
+    chose = [saved for saved in (selections or _selections()).values()
+             if saved.get("chosen_view_shift") == shift and "command" in saved]
+    return [f"{chose[-1]['command'].replace('../cache/', '')}   # the view shift chosen on {chose[-1]['split']}"
+            ] if chose else []
 
 
 def selection_section(shipped_run: str, chain: list[str] | None = None) -> list[str]:

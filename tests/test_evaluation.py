@@ -696,10 +696,13 @@ def test_the_images_page_names_the_chain_and_what_its_ecgqa_questions_ask_about(
     assert "over 160 ECGs, 160 of them of ECG-QA test patients; seen in training by any stage of the checkpoint: 0" in page
     for file in (root / "benchmarks/results").glob("image_encoder_selection*.json"):  # encoders tried, kept or not
         selection = json.loads(file.read_text())
-        for row in selection["candidates"]:
-            kept = "yes" if row["candidate"] == selection["chosen"] else "no"
-            assert f"`{row['candidate']}` | {row['image_clean_super_macro_auc']} | " \
-                   f"{row['image_augmented_super_macro_auc']} | {row['score']} | {kept} |" in page
+        for row in selection["candidates"]:  # a row read at a view shift is its own candidate
+            shift = row.get("view_shift", 0)
+            kept = "yes" if (row["candidate"], shift) == (selection["chosen"], selection.get("chosen_view_shift", 0)) \
+                else "no"
+            assert f"`{row['candidate']}`{f' read at view shift {shift}' if shift else ''} | " \
+                   f"{row['image_clean_super_macro_auc']} | {row['image_augmented_super_macro_auc']} | {row['score']} | " \
+                   f"{kept} |" in page
         if "teacher_signal" in selection:
             assert f"reading the signals | {selection['teacher_signal']['signal_super_macro_auc']} (signals)" in page
         chosen = Path(selection["chosen"]).name
