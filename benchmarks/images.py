@@ -362,7 +362,7 @@ def write_doc(result: dict, command: str) -> None:
         *[f"ecgllm train recipes/ecgqa/{name}.yaml   # continued from the one above on fresh renders (init_student)"
           for name in chain[1:]],
         *([f"{selection_command(chain)}"] if len(chain) > 1 else []),
-        *view_shift_selection(result.get("view_shift")),
+        *view_shift_selection(result.get("view_shift"), chain),
         # a check with the texture view is what fit_page_check writes (seeded: the same file again); a run distilled
         # before the view existed got one from it afterwards
         *([f"python scripts/fit_page_check.py runs/ecgqa/{result['distill_run']} --signals cache/ptbxl100 --ptbxl "
@@ -480,14 +480,26 @@ def selection_command(chain: list[str], selections: dict[str, dict] | None = Non
             "valid renders (never fold 10)")
 
 
-def view_shift_selection(shift: int | None, selections: dict[str, dict] | None = None) -> list[str]:
-    """The command of the last selection that chose reading pictures at the shipped encoder's view shift, as run."""
+def reading_label(row: dict) -> str:
+    """How a selection row read its pictures, where the selection scored view shifts (rows with ``view_shift``)."""
+    if "view_shift" not in row:
+        return ""
+    return f" read at view shift {row['view_shift']}" if row["view_shift"] else " reading the page alone"
+
+
+def view_shift_selection(shift: int | None, chain: list[str], selections: dict[str, dict] | None = None) -> list[str]:
+    """The last selection that chose reading pictures at the shipped encoder's view shift, as run, after the
+    distillations it weighed that are not in the shipped encoder's ``chain``."""
     if not shift:
         return []
     chose = [saved for saved in (selections or _selections()).values()
              if saved.get("chosen_view_shift") == shift and "command" in saved]
-    return [f"{chose[-1]['command'].replace('../cache/', '')}   # the view shift chosen on {chose[-1]['split']}"
-            ] if chose else []
+    if not chose:
+        return []
+    runs = dict.fromkeys(Path(row["candidate"]).name for row in chose[-1]["candidates"])
+    return [*[f"ecgllm train recipes/ecgqa/{run}.yaml   # weighed beside it, not chosen" for run in runs
+              if run not in chain and run not in ("checkpoint", "final")],
+            f"{chose[-1]['command'].replace('../cache/', '')}   # the view shift chosen on {chose[-1]['split']}"]
 
 
 def selection_section(shipped_run: str, chain: list[str] | None = None) -> list[str]:
@@ -514,8 +526,7 @@ def selection_section(shipped_run: str, chain: list[str] | None = None) -> list[
         for row in saved["candidates"]:
             shift = row.get("view_shift", 0)  # selections before view shifts read every page alone
             chosen = row["candidate"] == saved["chosen"] and shift == saved.get("chosen_view_shift", 0)
-            lines.append(f"| `{name}` ({saved['split']}) | `{row['candidate']}`"
-                         f"{f' read at view shift {shift}' if shift else ''} | "
+            lines.append(f"| `{name}` ({saved['split']}) | `{row['candidate']}`{reading_label(row)} | "
                          f"{row['image_clean_super_macro_auc']} | {row['image_augmented_super_macro_auc']} | "
                          f"{row['score']} | {'yes' if chosen else 'no'} |")
     lines.append("")

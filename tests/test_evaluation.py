@@ -700,7 +700,9 @@ def test_the_images_page_names_the_chain_and_what_its_ecgqa_questions_ask_about(
             shift = row.get("view_shift", 0)
             kept = "yes" if (row["candidate"], shift) == (selection["chosen"], selection.get("chosen_view_shift", 0)) \
                 else "no"
-            assert f"`{row['candidate']}`{f' read at view shift {shift}' if shift else ''} | " \
+            label = "" if "view_shift" not in row else \
+                f" read at view shift {shift}" if shift else " reading the page alone"
+            assert f"`{row['candidate']}`{label} | " \
                    f"{row['image_clean_super_macro_auc']} | {row['image_augmented_super_macro_auc']} | {row['score']} | " \
                    f"{kept} |" in page
         if "teacher_signal" in selection:

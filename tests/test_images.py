@@ -397,6 +397,44 @@ def test_a_view_shift_reads_the_mean_of_the_page_and_four_moved_copies(tmp_path)
     assert load_image_encoder(tmp_path)[0].config.view_shift == 0
 
 
+def test_a_warm_start_takes_an_encoder_read_at_any_view_shift_but_not_another_shape(tmp_path):
+    """``init_student`` compares the weights' shape only: an encoder saved before view shifts existed, or read at a
+    shift, warm-starts a student read at none; another width is refused with a sentence."""
+    import json
+
+    from ecgllm.errors import RecipeError
+    from ecgllm.training.distill_image import load_student_init, save_image_encoder
+
+    torch.manual_seed(0)
+    earlier = ImageEncoder(ImageEncoderConfig(n_tokens=2, dim=16, view_shift=6, **TINY_IMAGE))
+    for name, drop_shift in (("shifted", False), ("before", True)):
+        (tmp_path / name).mkdir()
+        save_image_encoder(tmp_path / name, earlier, {"distillation": {"output_dir": name}})
+        if drop_shift:  # as written before view shifts existed
+            saved = json.loads((tmp_path / name / "image_encoder.json").read_text())
+            del saved["config"]["view_shift"]
+            (tmp_path / name / "image_encoder.json").write_text(json.dumps(saved))
+        student = ImageEncoder(ImageEncoderConfig(n_tokens=2, dim=16, **TINY_IMAGE))
+        assert load_student_init(student, tmp_path / name) == [{"output_dir": name}]
+        assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), earlier.state_dict().values()))
+        assert student.config.view_shift == 0
+    wider = ImageEncoder(ImageEncoderConfig(n_tokens=2, dim=16, **{**TINY_IMAGE, "widths": [4, 16]}))
+    with pytest.raises(RecipeError, match="another shape"):
+        load_student_init(wider, tmp_path / "before")
+
+
+def test_the_page_check_is_refitted_only_in_a_distillation_run(tmp_path):
+    """A model folder keeps no training renders, and an image encoder written into it would shadow its own: the
+    refit refuses it with a sentence, before anything is written."""
+    from ecgllm.errors import RecipeError
+    from ecgllm.training.distill_image import fit_page_check_of_run
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(RecipeError, match="is a model folder"):
+        fit_page_check_of_run(tmp_path, None, "-", "-", view_shift=6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
 @needs_shared
 def test_the_ecgbench_suite_reads_renders_of_every_recording_through_the_image_encoder(image_checkpoint, tmp_path,
                                                                                        monkeypatch, tiny_checkpoint):

@@ -36,6 +36,10 @@ class ImageEncoderConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def shape(self) -> dict:
+        """What the weights depend on: every field but ``view_shift``, which is how they are read."""
+        return {k: v for k, v in self.to_dict().items() if k != "view_shift"}
+
 
 def image_input(image: Image.Image, height: int, width: int) -> np.ndarray:
     """``[1, height, width]`` float32: grey levels inverted so ink is bright (max-pooling keeps thin traces)."""

@@ -55,7 +55,8 @@ class ImageDistillConfig:
     mixed_precision: str = "no"         # "bf16": autocast the student's forward passes
     init_student: str | None = None     # a folder with an image encoder (a distillation run or a model): start from it
     shift_pixels: int = 0               # each training page moved by up to this many pixels, up/down and left/right,
-                                        # drawn anew every epoch (the encoder's reading moved with a 4-pixel shift)
+                                        # drawn anew every epoch (the encoder's reading moved with a page moved by a
+                                        # few pixels)
 
 
 def load_teacher(run: Path, n_tokens: int):
@@ -343,11 +344,13 @@ def fit_page_check_of_run(run: Path, teacher: Path | None, ecg_cache: str, ptbxl
     from ecgllm.training.pretrain_encoder import load_ptbxl_arrays
 
     run = Path(run)
+    if (run / "config.json").exists():
+        raise RecipeError(f"{run} is a model folder; name the distillation run whose training renders it keeps")
     student, described = load_image_encoder(run)
     config = student.config
-    if view_shift is not None and view_shift != config.view_shift:
+    changed = view_shift is not None and view_shift != config.view_shift
+    if changed:
         config.view_shift = view_shift
-        save_image_encoder(run, student, {k: v for k, v in described.items() if k != "config"})
     _, _, saved = load_teacher(Path(teacher or described["teacher"]), config.n_tokens)
     data, _ = load_ptbxl_arrays(ecg_cache, ptbxl, saved["input"]["normalize"])
     train_images = np.load(run / f"renders_train_v{RENDERS_VERSION}.npy", mmap_mode="r")
@@ -355,7 +358,10 @@ def fit_page_check_of_run(run: Path, teacher: Path | None, ecg_cache: str, ptbxl
     if held_out is None:
         raise RecipeError(f"{ecg_cache} holds no PTB-XL fold 9 record of an ECG-QA train patient to set the "
                           "page check's thresholds on")
-    return fit_page_check(run, student, train_images, held_out)
+    check = fit_page_check(run, student, train_images, held_out)
+    if changed:  # written once the check for that reading is: a failed fit leaves the run as it was
+        save_image_encoder(run, student, {k: v for k, v in described.items() if k != "config"})
+    return check
 
 
 def load_student_init(student: ImageEncoder, folder: Path) -> list[dict]:
@@ -369,8 +375,8 @@ def load_student_init(student: ImageEncoder, folder: Path) -> list[dict]:
     except FileNotFoundError:
         raise RecipeError(f"init_student: {folder} holds no image encoder; name a finished distillation run or a "
                           f"model folder with one") from None
-    saved, wanted = described["config"], student.config.to_dict()
-    if saved != wanted:
+    saved, wanted = ImageEncoderConfig(**described["config"]).shape(), student.config.shape()
+    if saved != wanted:  # the view shift is how the weights are read, not their shape: it may differ
         differ = ", ".join(f"{k}: {saved.get(k)} there, {v} here" for k, v in wanted.items() if saved.get(k) != v)
         raise RecipeError(f"init_student: the image encoder in {folder} has another shape ({differ})")
     student.load_state_dict(earlier.state_dict())
