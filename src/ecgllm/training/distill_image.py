@@ -338,8 +338,8 @@ def fit_page_check_of_run(run: Path, teacher: Path | None, ecg_cache: str, ptbxl
                           view_shift: int | None = None):
     """`fit_page_check` for a finished distillation run folder (its weights, its cached training renders); the
     teacher (by default the one the run recorded) gives the signals' normalisation, as in the distillation. A
-    ``view_shift`` other than the run's is written into its image encoder first (`ImageEncoderConfig.view_shift`:
-    the check reads the tokens the encoder will serve)."""
+    ``view_shift`` other than the run's is the one the check is fitted for (`ImageEncoderConfig.view_shift`: the check
+    reads the tokens the encoder will serve), written into the run's image encoder once the check is."""
     from ecgllm.models.image_encoder import load_image_encoder
     from ecgllm.training.pretrain_encoder import load_ptbxl_arrays
 
