@@ -345,6 +345,7 @@ def write_doc(result: dict, command: str) -> None:
     r, d, p, q, t = result["render"], result["distillation"], result["printed"], result["ecgqa"], result["fold10_test"]
     n = result["not_ecg"]
     chain = distill_chain(result)
+    shift = result.get("view_shift")  # a result written before view shifts read each page alone
     rows = [(label, t[key], goal) for label, key, goal in TARGETS]
     rows += [("real printouts: \"Is this a normal ECG?\" answered right", p["llm_accuracy"], 0.75),
              ("real printouts: normal-vs-abnormal AUC of P(normal ECG)", p["label_token_auc"], 0.90)]
@@ -362,14 +363,13 @@ def write_doc(result: dict, command: str) -> None:
         *[f"ecgllm train recipes/ecgqa/{name}.yaml   # continued from the one above on fresh renders (init_student)"
           for name in chain[1:]],
         *([f"{selection_command(chain)}"] if len(chain) > 1 else []),
-        *view_shift_selection(result.get("view_shift"), chain),
+        *view_shift_selection(shift, chain),
         # a check with the texture view is what fit_page_check writes (seeded: the same file again); a run distilled
         # before the view existed got one from it afterwards
         *([f"python scripts/fit_page_check.py runs/ecgqa/{result['distill_run']} --signals cache/ptbxl100 --ptbxl "
-           f"../shared/data/ptbxl --workers 2{f' --view-shift {shift}' if (shift := result.get('view_shift')) else ''}"
-           "   # the page check, with its texture view" + (f"; the encoder set to read each picture as the mean of "
-                                                          f"the page and four copies moved {shift} pixels" if shift
-                                                          else "")]
+           f"../shared/data/ptbxl --workers 2{f' --view-shift {shift}' if shift else ''}   # the page check, with its "
+           "texture view" + (f"; the encoder set to read each picture as the mean of the page and four copies moved "
+                             f"{shift} pixels" if shift else "")]
           if n.get("texture_view") else []),
         *([f"python scripts/ship_checkpoint.py src/ecgllm/data/checkpoint --image-encoder "
            f"runs/ecgqa/{result['distill_run']}   # the shipped model, its image encoder replaced (its card keeps "
