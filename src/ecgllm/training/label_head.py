@@ -1,0 +1,146 @@
+"""Refit a checkpoint's label head on what its language model reads: whole windows.
+
+The label head (`ecgllm.models.label_tokens`) is the classifier that names the likeliest statements to the LLM and
+gives the named statements their probabilities; the image encoder's tokens go through it too. It comes from the
+encoder pretraining, which fitted it on pooled tokens of 2.5 s crops (16 tokens per crop, scores averaged over
+sliding windows), while the language model pools the 4 tokens of a whole 10 s window. Refitting the same linear
+layer on those pooled tokens, with the encoder frozen, changes nothing else in the model.
+
+Records: fitted on PTB-XL folds 1-8 outside every ECG-QA valid/test patient (the split policy's fit rule), stopped
+on fold 9 records of ECG-QA train patients; both are recorded as the stage ``label_head``. ECG-QA valid and test
+records are never read.
+
+Outcome for the default checkpoint (`docs/results/ecgqa_candidate_label_head.md`): on fold 9 records of ECG-QA
+train patients the refit ranks the 71 statements better (`benchmarks/results/label_head_fit.json`), but a
+language model trained on the old head's statements answered ECG-QA valid questions no better with it, so it was
+not shipped. A head refitted before the language-model stages (or a continuation that learns to read it) is where
+it could pay off.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+STAGE = "label_head"
+HEAD_KEYS = ("label_tokens.head.weight", "label_tokens.head.bias")
+
+
+@torch.no_grad()
+def pooled_features(encoder: nn.Module, signals: np.ndarray, masks: np.ndarray, batch: int = 256) -> np.ndarray:
+    """The frozen encoder's pooled tokens [N, D] of ``signals`` [N, leads, T] (what the label head reads)."""
+    out = []
+    for i in range(0, len(signals), batch):
+        tokens = encoder(torch.from_numpy(signals[i:i + batch]), torch.from_numpy(masks[i:i + batch]))
+        out.append(encoder.pool(tokens).numpy())
+    return np.concatenate(out)
+
+
+def head_aucs(head: nn.Linear, features: np.ndarray, y: np.ndarray) -> dict:
+    """Macro AUC of the head's scores: the 71 statements and the 5 superclasses (outputs 71-75)."""
+    from ecgllm.training.pretrain_encoder import group_aucs
+
+    with torch.no_grad():
+        superclass, statements = group_aucs(y, head(torch.from_numpy(features).float()).numpy())
+    return {"statements_macro_auc": round(statements, 4), "superclass_macro_auc": round(superclass, 4)}
+
+
+def fit_head(head: nn.Linear, train: tuple[np.ndarray, np.ndarray], stop: tuple[np.ndarray, np.ndarray],
+             epochs: int = 30, lr: float = 1e-3, weight_decay: float = 1e-3, batch_size: int = 256, seed: int = 0,
+             progress: bool = True) -> tuple[nn.Linear, list[dict]]:
+    """A copy of ``head`` fitted from its own weights with a plain BCE loss (unweighted, so the probabilities stay
+    calibrated, as `label_tokens` assumes) on ``train`` (features, labels); the epoch kept is the one with the
+    highest sum of the two macro AUCs on ``stop`` (epoch 0: the head as it was). Returns it and the history."""
+    from tqdm import tqdm
+
+    generator = torch.Generator().manual_seed(seed)
+    fitted = nn.Linear(head.in_features, head.out_features)
+    fitted.load_state_dict(head.state_dict())
+    optimizer = torch.optim.AdamW(fitted.parameters(), lr=lr, weight_decay=weight_decay)
+    x, y = torch.from_numpy(train[0]).float(), torch.from_numpy(train[1]).float()
+    history = [{"epoch": 0, **head_aucs(fitted, *stop)}]
+    best = (sum(history[0][k] for k in ("statements_macro_auc", "superclass_macro_auc")), 0,
+            {k: v.clone() for k, v in fitted.state_dict().items()})
+    for epoch in tqdm(range(1, epochs + 1), desc="label head", unit="epoch", disable=not progress):
+        order = torch.randperm(len(x), generator=generator)
+        for i in range(0, len(x), batch_size):
+            rows = order[i:i + batch_size]
+            loss = nn.functional.binary_cross_entropy_with_logits(fitted(x[rows]), y[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        history.append({"epoch": epoch, "loss": round(float(loss.detach()), 5), **head_aucs(fitted, *stop)})
+        score = history[-1]["statements_macro_auc"] + history[-1]["superclass_macro_auc"]
+        if score > best[0]:
+            best = (score, epoch, {k: v.clone() for k, v in fitted.state_dict().items()})
+    fitted.load_state_dict(best[2])
+    return fitted.requires_grad_(False), history
+
+
+def write_refitted_model(model: Path, out: Path, head: nn.Linear, records: np.ndarray) -> None:
+    """``out``: a copy of the model folder ``model`` with ``head``'s weights as its label head, named after its
+    folder, and the ``records`` the fit read recorded as the stage `STAGE` after the stages ``model`` recorded."""
+    from safetensors.torch import load_file, save_file
+
+    from ecgllm.datasets.split_policy import TRAINING_RECORDS, write_training_records
+    from ecgllm.models.model_folder import WEIGHTS_FILE
+
+    shutil.copytree(model, out)
+    weights = load_file(out / WEIGHTS_FILE)
+    missing = [key for key in HEAD_KEYS if key not in weights]
+    if missing:
+        shutil.rmtree(out)
+        raise ValueError(f"{model} has no label head ({', '.join(missing)} missing from {WEIGHTS_FILE})")
+    weights[HEAD_KEYS[0]], weights[HEAD_KEYS[1]] = head.weight.detach().clone(), head.bias.detach().clone()
+    save_file({k: v.contiguous() for k, v in weights.items()}, out / WEIGHTS_FILE, metadata={"format": "pt"})
+    config = json.loads((out / "config.json").read_text())
+    # the copy is a model of its own: named after its folder, as a trained run's final folder is
+    config.update(name=out.name, shipped_from=None)
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (out / TRAINING_RECORDS).unlink(missing_ok=True)
+    write_training_records(out, STAGE, records, inherited=[model])
+
+
+def refit_label_head(model: Path, signals: str, ptbxl: str, out: Path, epochs: int = 30, lr: float = 1e-3,
+                     weight_decay: float = 1e-3, seed: int = 0) -> dict:
+    """Write ``out``: a copy of the model folder ``model`` whose label head is refitted (`fit_head`) on whole
+    windows, with the stage recorded in its training records. Returns the report (also ``out``/label_head_fit.json)."""
+    from ecgllm.datasets.split_policy import load_policy
+    from ecgllm.models.encoder_source import encoder_meta
+    from ecgllm.models.model_folder import WEIGHTS_FILE, is_legacy, is_model_folder, read_config
+    from ecgllm.training.distill_image import load_teacher
+    from ecgllm.training.pretrain_encoder import load_ptbxl_arrays
+
+    if not is_model_folder(model) or is_legacy(model):
+        raise ValueError(f"{model} is not a model folder of the current layout (config.json and {WEIGHTS_FILE}); "
+                         f"write it anew first with scripts/ship_checkpoint.py")
+    if out.exists():
+        raise FileExistsError(f"{out} exists; give a new folder")
+    saved = encoder_meta(model)
+    encoder, head, _ = load_teacher(model, saved["encoder_kwargs"]["n_tokens"])
+    data, _ = load_ptbxl_arrays(signals, ptbxl, saved["input"]["normalize"])
+    vocabulary = read_config(model).label_vocab or {}
+    if (vocabulary.get("all71"), vocabulary.get("superclass")) != (data.classes71, data.superclasses):
+        raise ValueError(f"{model}'s label vocabulary is not PTB-XL's 71 statements and 5 superclasses in the "
+                         f"order of {ptbxl}")
+    policy = load_policy()
+    stop = np.setdiff1d(data.valid, np.flatnonzero(np.isin(data.ids, list(policy.fit_forbidden))))
+    policy.refuse(data.ids[stop], source=str(signals), stage=STAGE)
+    train = (pooled_features(encoder, data.signals[data.train], data.masks[data.train]), data.y[data.train])
+    held = (pooled_features(encoder, data.signals[stop], data.masks[stop]), data.y[stop])
+    fitted, history = fit_head(head, train, held, epochs, lr, weight_decay, seed=seed)
+
+    write_refitted_model(model, out, fitted, data.ids[np.concatenate([data.train, stop])])
+    kept = max(history, key=lambda h: (h["statements_macro_auc"] + h["superclass_macro_auc"], -h["epoch"]))
+    report = {"model": str(model), "out": str(out), "fit_records": int(len(data.train)),
+              "stop_records": int(len(stop)), "stop_split": "PTB-XL fold 9, ECG-QA train patients only",
+              "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "seed": seed, "kept_epoch": kept["epoch"],
+              "before": history[0], "after": {k: kept[k] for k in ("statements_macro_auc", "superclass_macro_auc")},
+              "history": history}
+    (out / "label_head_fit.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
