@@ -36,14 +36,36 @@ def fingerprint(path: Path, signals_only: bool = False) -> str:
 
     files = {part.relative_to(path).as_posix(): part for part in path.rglob("*.safetensors") if part.is_file()}
     if not is_model_folder(path):
-        return weights_fingerprint({name: part.read_bytes() for name, part in files.items()})
+        return weights_fingerprint({**{name: part.read_bytes() for name, part in files.items()},
+                                    **picture_reading(path)})
     state = saved_weights(path)
     if signals_only:
         files = {name: part for name, part in files.items() if name not in PICTURE_PATH_FILES}
         state = {key: tensor for key, tensor in state.items() if not key.startswith(PICTURE_PATH_KEYS)}
     # the rest (the page check and image quality head beside the image encoder) counts by its bytes
-    return weights_fingerprint({name: part.read_bytes() for name, part in files.items() if name not in WEIGHT_FILES},
-                               state)
+    return weights_fingerprint({**{name: part.read_bytes() for name, part in files.items() if name not in WEIGHT_FILES},
+                                **({} if signals_only else picture_reading(path))}, state)
+
+
+def picture_reading(path: Path) -> dict[str, bytes]:
+    """How the folder's image encoder reads a picture, where no weight says it: the fields of its config beyond its
+    shape (`ImageEncoderConfig.shape`: today the view shift) that differ from their defaults, as one entry for
+    `weights_fingerprint` (none for a folder that reads the page alone, so its fingerprint is what it was before
+    the field existed). Two folders with the same weights that read pictures differently answer differently."""
+    from ecgllm.models.image_encoder import ImageEncoderConfig
+    from ecgllm.models.model_folder import is_model_folder, read_config
+
+    if (path / "image_encoder.json").is_file():
+        config = json.loads((path / "image_encoder.json").read_text()).get("config")
+    elif is_model_folder(path):
+        config = (read_config(path).image_encoder or {}).get("config")
+    else:
+        config = None
+    if not config:
+        return {}
+    default, read = ImageEncoderConfig().to_dict(), ImageEncoderConfig(**config)
+    reading = {k: v for k, v in read.to_dict().items() if k not in read.shape() and v != default[k]}
+    return {"image encoder reading": json.dumps(reading, sort_keys=True).encode()} if reading else {}
 
 
 def weights_fingerprint(files: dict[str, bytes], state: dict | None = None) -> str:

@@ -634,3 +634,57 @@ def test_pictures_unlike_an_ecg_page_are_answered_with_a_warning_or_refused(imag
     noted: list[str] = []
     assert "".join(assistant.stream(unlike, "Normal?", max_new_tokens=2, warnings=noted)) is not None
     assert len(noted) == 1
+
+
+def test_a_page_check_records_its_view_shift_and_a_model_refuses_one_fitted_for_another(tmp_path, image_checkpoint):
+    """The check compares a picture's tokens with those it was fitted on, which depend on the view shift: a model
+    whose image encoder reads pictures at another shift refuses it with a sentence; a check saved before the shift
+    was recorded loads as before."""
+    from safetensors.numpy import load_file, save_file
+
+    from ecgllm.models.ecg_lm import EcgLanguageModel
+    from ecgllm.models.page_check import PageCheck
+
+    rng = np.random.default_rng(0)
+    check = PageCheck.fit(rng.normal(size=(100, 4)), rng.normal(size=(50, 4)), view_shift=6)
+    check.save(tmp_path)
+    assert PageCheck.load(tmp_path).view_shift == 6
+    model = EcgLanguageModel.from_pretrained(image_checkpoint)
+    assert model.image_encoder.config.view_shift == 0
+    with pytest.raises(ValueError, match="fitted on pictures read at view shift 6, but the image encoder reads them "
+                                         "at 0.*--view-shift 0"):
+        model.set_page_check(PageCheck.load(tmp_path))
+    model.image_encoder.config.view_shift = 6
+    model.set_page_check(PageCheck.load(tmp_path))
+    assert model.page_check.view_shift == 6
+    saved = load_file(str(tmp_path / "page_check.safetensors"))
+    del saved["view_shift"]  # as saved before the shift was recorded
+    save_file(saved, str(tmp_path / "page_check.safetensors"))
+    older = PageCheck.load(tmp_path)
+    assert older.view_shift is None
+    model.image_encoder.config.view_shift = 0
+    model.set_page_check(older)
+
+
+def test_a_models_fingerprint_tells_apart_two_readings_of_the_same_image_encoder(image_checkpoint, tmp_path,
+                                                                                monkeypatch):
+    """Results pages name the model they measured by its fingerprint; a view shift changes what a picture is
+    answered with, so it changes the fingerprint (not the one without the picture path); a folder that reads the
+    page alone keeps the fingerprint it had before the field existed."""
+    import json
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from common import fingerprint, weights_fingerprint
+
+    from ecgllm.models.model_folder import WEIGHT_FILES, saved_weights
+
+    shifted = tmp_path / "shifted"
+    shutil.copytree(image_checkpoint, shifted)
+    config = json.loads((shifted / "config.json").read_text())
+    config["image_encoder"]["config"]["view_shift"] = 6
+    (shifted / "config.json").write_text(json.dumps(config))
+    assert fingerprint(shifted) != fingerprint(image_checkpoint)
+    assert fingerprint(shifted, signals_only=True) == fingerprint(image_checkpoint, signals_only=True)
+    files = {p.relative_to(image_checkpoint).as_posix(): p.read_bytes() for p in image_checkpoint.rglob("*.safetensors")
+             if p.relative_to(image_checkpoint).as_posix() not in WEIGHT_FILES}
+    assert fingerprint(image_checkpoint) == weights_fingerprint(files, saved_weights(image_checkpoint))

@@ -82,12 +82,14 @@ def _mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) 
 
 class PageCheck:
     """``texture``: (mean, precision, typical distance) of the texture view, or None (a check of the tokens alone,
-    as every check fitted before the view existed)."""
+    as every check fitted before the view existed). ``view_shift``: the image encoder's view shift the check was
+    fitted on (`ImageEncoderConfig.view_shift`: the tokens it compares depend on it), None for a check saved before
+    it was recorded."""
 
     def __init__(self, mean: np.ndarray, precision: np.ndarray, typical: float, refuse: float,
-                 texture: tuple[np.ndarray, np.ndarray, float] | None = None) -> None:
+                 texture: tuple[np.ndarray, np.ndarray, float] | None = None, view_shift: int | None = None) -> None:
         self.mean, self.precision, self.typical, self.refuse = mean, precision, float(typical), float(refuse)
-        self.texture = texture
+        self.texture, self.view_shift = texture, view_shift
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -96,7 +98,7 @@ class PageCheck:
 
     @classmethod
     def fit(cls, train: np.ndarray, held_out: np.ndarray, train_texture: np.ndarray | None = None,
-            held_out_texture: np.ndarray | None = None) -> "PageCheck":
+            held_out_texture: np.ndarray | None = None, view_shift: int | None = None) -> "PageCheck":
         """``train``: features of training renders (the reference); ``held_out``: of renders never trained on
         (they set the thresholds); the ``*_texture`` descriptors of the same renders add the texture view."""
         mean, precision = _reference(train)
@@ -106,7 +108,7 @@ class PageCheck:
             t_mean, t_precision = _reference(train_texture)
             t_typical = float(np.percentile(_mahalanobis(held_out_texture, t_mean, t_precision), TYPICAL_PERCENTILE))
             texture = (t_mean, t_precision, t_typical)
-        return cls(mean, precision, typical, REFUSE_FACTOR * typical, texture)
+        return cls(mean, precision, typical, REFUSE_FACTOR * typical, texture, view_shift)
 
     def distance(self, features: np.ndarray, texture: np.ndarray | None = None) -> np.ndarray:
         """Distances of pictures from their token ``features`` (`page_features`) and, for a check with the texture
@@ -137,6 +139,8 @@ class PageCheck:
             t_mean, t_precision, t_typical = self.texture
             arrays.update(texture_mean=t_mean, texture_precision=t_precision, texture_typical=np.array([t_typical]),
                           texture_layers=np.array(TEXTURE_LAYERS))
+        if self.view_shift is not None:
+            arrays["view_shift"] = np.array([self.view_shift])
         save_file(arrays, str(path))
         return path
 
@@ -155,7 +159,17 @@ class PageCheck:
                                  f"{tuple(saved['texture_layers'].tolist())}; this package reads {TEXTURE_LAYERS}: fit "
                                  "it again (scripts/fit_page_check.py)")
             texture = (saved["texture_mean"], saved["texture_precision"], float(saved["texture_typical"][0]))
-        return cls(saved["mean"], saved["precision"], *saved["thresholds"].tolist(), texture=texture)
+        view_shift = int(saved["view_shift"][0]) if "view_shift" in saved else None
+        return cls(saved["mean"], saved["precision"], *saved["thresholds"].tolist(), texture=texture,
+                   view_shift=view_shift)
+
+    def check_reading(self, view_shift: int, where: str = "the page check") -> None:
+        """ValueError unless the check was fitted on tokens read at ``view_shift`` (a check that did not record its
+        shift passes): compared with tokens read otherwise, its distances and thresholds mean nothing."""
+        if self.view_shift is not None and self.view_shift != view_shift:
+            raise ValueError(f"{where} was fitted on pictures read at view shift {self.view_shift}, but the image "
+                             f"encoder reads them at {view_shift}: fit it again for that reading "
+                             f"(scripts/fit_page_check.py RUN --view-shift {view_shift})")
 
 
 UNLIKE_WARNING = ("looks unlike the ECG pages this model learned to read (distance {distance:.1f} from its training "

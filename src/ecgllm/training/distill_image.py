@@ -329,7 +329,7 @@ def fit_page_check(run: Path, student: ImageEncoder, train_images: np.ndarray, h
 
     train, train_texture = readings(train_images[rows])
     held_out, held_out_texture = readings(held_out_images)
-    check = PageCheck.fit(train, held_out, train_texture, held_out_texture)
+    check = PageCheck.fit(train, held_out, train_texture, held_out_texture, view_shift=student.config.view_shift)
     check.save(run)
     return check
 
