@@ -31,16 +31,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", type=Path, help="also write the fit's report (AUCs before and after) here")
     args = parser.parse_args()
+    from ecgllm.errors import InputError
     from ecgllm.training.label_head import refit_label_head
 
     try:
         report = refit_label_head(args.model, args.signals, args.ptbxl, args.out, args.epochs, args.lr,
                                   args.weight_decay, args.seed)
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
+    except (InputError, ValueError, FileExistsError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(3) from None
     if args.report:
-        args.report.write_text(json.dumps(report, indent=2) + "\n")
+        command = " ".join(["python", "scripts/fit_label_head.py", *sys.argv[1:]])
+        args.report.write_text(json.dumps({"command": command, **report}, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("kept_epoch", "before", "after", "fit_records", "stop_records")}))
 
 

@@ -80,6 +80,10 @@ def _mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) 
     return np.sqrt(np.einsum("ij,jk,ik->i", centred, precision, centred))
 
 
+class PageCheckReadingError(InputError, ValueError):
+    """A page check fitted on tokens read at another view shift than the image encoder's."""
+
+
 class PageCheck:
     """``texture``: (mean, precision, typical distance) of the texture view, or None (a check of the tokens alone,
     as every check fitted before the view existed). ``view_shift``: the image encoder's view shift the check was
@@ -164,10 +168,10 @@ class PageCheck:
                    view_shift=view_shift)
 
     def check_reading(self, view_shift: int, where: str = "the page check") -> None:
-        """ValueError unless the check was fitted on tokens read at ``view_shift`` (a check that did not record its
+        """`PageCheckReadingError` unless the check was fitted on tokens read at ``view_shift`` (a check that did not record its
         shift passes): compared with tokens read otherwise, its distances and thresholds mean nothing."""
         if self.view_shift is not None and self.view_shift != view_shift:
-            raise ValueError(f"{where} was fitted on pictures read at view shift {self.view_shift}, but the image "
+            raise PageCheckReadingError(f"{where} was fitted on pictures read at view shift {self.view_shift}, but the image "
                              f"encoder reads them at {view_shift}: fit it again for that reading "
                              f"(scripts/fit_page_check.py RUN --view-shift {view_shift})")
 

@@ -311,8 +311,8 @@ def page_check_pages(data, config: ImageEncoderConfig, n: int = 300, workers: in
 
 
 def fit_page_check(run: Path, student: ImageEncoder, train_images: np.ndarray, held_out_images: np.ndarray,
-                   n_train: int = 2000, seed: int = 0):
-    """Fit and save the run's page check (`ecgllm.models.page_check`): the reference from ``n_train`` of its
+                   n_train: int = 2000, seed: int = 0, save: bool = True):
+    """Fit and (``save``) save the run's page check (`ecgllm.models.page_check`): the reference from ``n_train`` of its
     training renders, the thresholds from ``held_out_images`` (`page_check_pages`), which it never trained on."""
     from ecgllm.models.page_check import TEXTURE_LAYERS, PageCheck, page_readings
 
@@ -330,7 +330,8 @@ def fit_page_check(run: Path, student: ImageEncoder, train_images: np.ndarray, h
     train, train_texture = readings(train_images[rows])
     held_out, held_out_texture = readings(held_out_images)
     check = PageCheck.fit(train, held_out, train_texture, held_out_texture, view_shift=student.config.view_shift)
-    check.save(run)
+    if save:
+        check.save(run)
     return check
 
 
@@ -358,9 +359,10 @@ def fit_page_check_of_run(run: Path, teacher: Path | None, ecg_cache: str, ptbxl
     if held_out is None:
         raise RecipeError(f"{ecg_cache} holds no PTB-XL fold 9 record of an ECG-QA train patient to set the "
                           "page check's thresholds on")
-    check = fit_page_check(run, student, train_images, held_out)
-    if changed:  # written once the check for that reading is: a failed fit leaves the run as it was
+    check = fit_page_check(run, student, train_images, held_out, save=False)
+    if changed:  # written once the check for that reading is fitted: a failed fit leaves the run as it was
         save_image_encoder(run, student, {k: v for k, v in described.items() if k != "config"})
+    check.save(run)
     return check
 
 
