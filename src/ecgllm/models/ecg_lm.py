@@ -148,7 +148,7 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
         """The image encoder's page check (`ecgllm.models.page_check.PageCheck`, or None), read with a float32 copy
         of the image encoder as it is now, kept on the CPU: the check's thresholds were fitted in float32, and a
         model cast to bf16 rounds its weights (a plain attribute, never saved nor cast). A check fitted for another
-        view shift than the image encoder's is refused (ValueError)."""
+        view shift than the image encoder's is refused (`PageCheckReadingError`)."""
         if check is not None:
             check.check_reading(self.image_encoder.config.view_shift)
         self.page_check = check

@@ -168,12 +168,13 @@ class PageCheck:
                    view_shift=view_shift)
 
     def check_reading(self, view_shift: int, where: str = "the page check") -> None:
-        """`PageCheckReadingError` unless the check was fitted on tokens read at ``view_shift`` (a check that did not record its
-        shift passes): compared with tokens read otherwise, its distances and thresholds mean nothing."""
+        """`PageCheckReadingError` unless the check was fitted on tokens read at ``view_shift`` (a check that did not
+        record its shift passes): compared with tokens read otherwise, its distances and thresholds mean nothing."""
         if self.view_shift is not None and self.view_shift != view_shift:
-            raise PageCheckReadingError(f"{where} was fitted on pictures read at view shift {self.view_shift}, but the image "
-                             f"encoder reads them at {view_shift}: fit it again for that reading "
-                             f"(scripts/fit_page_check.py RUN --view-shift {view_shift})")
+            raise PageCheckReadingError(
+                f"{where} was fitted on pictures read at view shift {self.view_shift}, but the image encoder reads "
+                f"them at {view_shift}: fit it again for that reading (scripts/fit_page_check.py RUN --view-shift "
+                f"{view_shift})")
 
 
 UNLIKE_WARNING = ("looks unlike the ECG pages this model learned to read (distance {distance:.1f} from its training "

@@ -312,8 +312,9 @@ def page_check_pages(data, config: ImageEncoderConfig, n: int = 300, workers: in
 
 def fit_page_check(run: Path, student: ImageEncoder, train_images: np.ndarray, held_out_images: np.ndarray,
                    n_train: int = 2000, seed: int = 0, save: bool = True):
-    """Fit and (``save``) save the run's page check (`ecgllm.models.page_check`): the reference from ``n_train`` of its
-    training renders, the thresholds from ``held_out_images`` (`page_check_pages`), which it never trained on."""
+    """Fit the run's page check (`ecgllm.models.page_check`), and save it unless ``save`` is False: the reference
+    from ``n_train`` of its training renders, the thresholds from ``held_out_images`` (`page_check_pages`), which it
+    never trained on."""
     from ecgllm.models.page_check import TEXTURE_LAYERS, PageCheck, page_readings
 
     student = student.cpu().eval()
