@@ -29,7 +29,8 @@ def fingerprint(path: Path, signals_only: bool = False) -> str:
     folder is hashed over its weights under the model's own keys (`model_folder.saved_weights`), so a LoRA or
     frozen-LLM folder converted from the older layout keeps its fingerprint (an older full-LLM folder's llm/ counts
     by its files' bytes); any other folder over every *.safetensors under it, in the order of their paths relative
-    to it. ``signals_only``: a language-model folder without its picture path (what a signal is answered with)."""
+    to it. ``signals_only``: a language-model folder without its picture path (what a signal is answered with).
+    How the image encoder reads a picture counts too, where it is not the default (`picture_reading`)."""
     if path.is_file():
         return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     from ecgllm.models.model_folder import WEIGHT_FILES, is_model_folder, saved_weights
@@ -53,12 +54,13 @@ def picture_reading(path: Path) -> dict[str, bytes]:
     `weights_fingerprint` (none for a folder that reads the page alone, so its fingerprint is what it was before
     the field existed). Two folders with the same weights that read pictures differently answer differently."""
     from ecgllm.models.image_encoder import ImageEncoderConfig
-    from ecgllm.models.model_folder import is_model_folder, read_config
+    from ecgllm.models.model_folder import is_model_folder
 
+    # the raw JSON, not read_config: a folder trained with a feature since removed still has a fingerprint
     if (path / "image_encoder.json").is_file():
         config = json.loads((path / "image_encoder.json").read_text()).get("config")
     elif is_model_folder(path):
-        config = (read_config(path).image_encoder or {}).get("config")
+        config = (json.loads((path / "config.json").read_text()).get("image_encoder") or {}).get("config")
     else:
         config = None
     if not config:

@@ -144,13 +144,13 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
             raise ValueError(f"{which} makes {encoder.n_tokens} tokens of width {encoder.dim}; this model's signal "
                              f"encoder makes {self.encoder.n_tokens} of width {self.encoder.dim}")
 
-    def set_page_check(self, check) -> None:
+    def set_page_check(self, check, where: str = "the page check") -> None:
         """The image encoder's page check (`ecgllm.models.page_check.PageCheck`, or None), read with a float32 copy
         of the image encoder as it is now, kept on the CPU: the check's thresholds were fitted in float32, and a
         model cast to bf16 rounds its weights (a plain attribute, never saved nor cast). A check fitted for another
         view shift than the image encoder's is refused (`PageCheckReadingError`)."""
         if check is not None:
-            check.check_reading(self.image_encoder.config.view_shift)
+            check.check_reading(self.image_encoder.config.view_shift, where)
         self.page_check = check
         object.__setattr__(self, "_page_check_encoder",
                            None if check is None else copy.deepcopy(self.image_encoder).float().eval())
@@ -518,7 +518,7 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
         every base weight, absent from the checkpoint by design, as missing and to be initialised anew."""
         from ecgllm.models import model_folder
         from ecgllm.models.image_quality import ImageQuality
-        from ecgllm.models.page_check import PageCheck
+        from ecgllm.models.page_check import PAGE_CHECK_FILE, PageCheck
 
         directory = Path(directory)
         check_card(directory, "language_model", EcgProcessor.read_prep(directory))
@@ -534,7 +534,7 @@ class EcgLanguageModel(PreTrainedModel, GenerationMixin):
                 parameter.requires_grad_(False)
         model._check_label_tokens(directory)
         if model.image_encoder is not None:
-            model.set_page_check(PageCheck.load(directory))
+            model.set_page_check(PageCheck.load(directory), f"{directory}/{PAGE_CHECK_FILE}")
             model.set_image_quality(ImageQuality.load(directory), f"{directory}/image_quality.safetensors")
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)

@@ -343,6 +343,7 @@ def fit_page_check_of_run(run: Path, teacher: Path | None, ecg_cache: str, ptbxl
     ``view_shift`` other than the run's is the one the check is fitted for (`ImageEncoderConfig.view_shift`: the check
     reads the tokens the encoder will serve), written into the run's image encoder once the check is."""
     from ecgllm.models.image_encoder import load_image_encoder
+    from ecgllm.models.page_check import PAGE_CHECK_FILE
     from ecgllm.training.pretrain_encoder import load_ptbxl_arrays
 
     run = Path(run)
@@ -362,6 +363,8 @@ def fit_page_check_of_run(run: Path, teacher: Path | None, ecg_cache: str, ptbxl
                           "page check's thresholds on")
     check = fit_page_check(run, student, train_images, held_out, save=False)
     if changed:  # written once the check for that reading is fitted: a failed fit leaves the run as it was
+        # the old check goes first: a run cut off before the new one is saved has none, never a mismatched one
+        (run / PAGE_CHECK_FILE).unlink(missing_ok=True)
         save_image_encoder(run, student, {k: v for k, v in described.items() if k != "config"})
     check.save(run)
     return check

@@ -96,10 +96,11 @@ def fit_rows(ids: np.ndarray, train: np.ndarray, fold9: np.ndarray, policy) -> t
     return train, stop
 
 
-def write_refitted_model(model: Path, out: Path, head: nn.Linear, records: np.ndarray, recipe: dict) -> None:
+def write_refitted_model(model: Path, out: Path, head: nn.Linear, records: np.ndarray, recipe: dict,
+                         data_files: list | None = None) -> None:
     """``out``: a copy of the model folder ``model`` with ``head``'s weights as its label head, named after its
     folder, the ``records`` the fit read recorded as the stage `STAGE` after the stages ``model`` recorded, and a
-    card of its own (its ``recipe``, no figures of the model it came from). Written beside ``out`` and renamed at
+    card of its own (its ``recipe`` and the hashes of its ``data_files``, no figures of the model it came from). Written beside ``out`` and renamed at
     the end, so a failure leaves no half-written folder."""
     from safetensors.torch import load_file, save_file
 
@@ -130,7 +131,7 @@ def write_refitted_model(model: Path, out: Path, head: nn.Linear, records: np.nd
         write_training_records(staged, STAGE, records, inherited=[model])
         card = read_card(model)
         if card is not None:  # the model's card, with this folder's provenance and none of its figures
-            write_card(staged, card.model_copy(update={"provenance": provenance(staged, recipe, []), "metrics": {}}))
+            write_card(staged, card.model_copy(update={"provenance": provenance(staged, recipe, data_files or []), "metrics": {}}))
         staged.rename(out)
 
 
@@ -139,6 +140,7 @@ def refit_label_head(model: Path, signals: str, ptbxl: str, out: Path, epochs: i
     """Write ``out``: a copy of the model folder ``model`` whose label head is refitted (`fit_head`) on whole
     windows, with the stage recorded in its training records. Returns the report (also ``out``/label_head_fit.json)."""
     from ecgllm.datasets.split_policy import inherited_stages, load_policy
+    from ecgllm.models.card import cache_files
     from ecgllm.models.encoder_source import encoder_meta
     from ecgllm.models.model_folder import WEIGHTS_FILE, is_legacy, is_model_folder, read_config
     from ecgllm.training.distill_image import load_teacher
@@ -164,7 +166,8 @@ def refit_label_head(model: Path, signals: str, ptbxl: str, out: Path, epochs: i
     fitted, kept, history = fit_head(head, features["fit"], features["stop"], epochs, lr, weight_decay, seed=seed)
     recipe = {"stage": STAGE, "model": str(model), "signals": str(signals), "ptbxl": str(ptbxl), "epochs": epochs,
               "lr": lr, "weight_decay": weight_decay, "seed": seed}
-    write_refitted_model(model, out, fitted, data.ids[np.concatenate([train, stop])], recipe)
+    write_refitted_model(model, out, fitted, data.ids[np.concatenate([train, stop])], recipe,
+                         cache_files(signals, ptbxl))
     report = {"model": str(model), "out": str(out), "fit_records": int(len(train)), "stop_records": int(len(stop)),
               "fit_split": "PTB-XL folds 1-8 outside every ECG-QA valid/test patient",
               "stop_split": "PTB-XL fold 9, ECG-QA train patients only (they also chose the epoch kept, so the AUCs "

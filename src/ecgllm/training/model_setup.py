@@ -63,14 +63,15 @@ def attach_image_encoder(model: EcgLanguageModel, folder: str | Path, processor:
     """Add a distilled image encoder (`ecgllm.training.distill_image` output) so the model reads ECG images through
     the same projector, label tokens and LLM; the processor learns its input size."""
     from ecgllm.models.image_encoder import load_image_encoder
-    from ecgllm.models.page_check import PageCheck
+    from ecgllm.models.page_check import PAGE_CHECK_FILE, PageCheck
 
     folder = Path(folder)
     encoder, saved = load_image_encoder(folder)
     model.check_image_tokens(encoder, f"the image encoder in {folder}")
     model.image_encoder = encoder.eval().requires_grad_(False)
     model.config.image_encoder = saved
-    model.set_page_check(PageCheck.load(folder))  # None for an encoder distilled before the check existed
+    # None for an encoder distilled before the check existed
+    model.set_page_check(PageCheck.load(folder), str(folder / PAGE_CHECK_FILE))
     # an image quality head read another image encoder's feature maps: it goes (one is fitted for a pair of image
     # encoder and signal-quality heads, in the model folder that holds both: `scripts/fit_image_quality.py`)
     model.set_image_quality(None)
