@@ -14,8 +14,9 @@ that chose the epoch, so they flatter the refit a little.
 Outcome for the default checkpoint (`docs/results/ecgqa_candidate_label_head.md`): the refit ranks the statements
 better on those fold 9 records (`benchmarks/results/label_head_fit.json`), but the language model, trained on the
 old head's statements and confidences, answered ECG-QA valid questions about as well with it as without (a gain on
-the official ones within chance), so it was not shipped. A head refitted before the language-model stages, or a
-continuation that learns to read it (`recipes/ecgqa/continue_label_head.yaml`), is where it could pay off.
+the official ones within chance), so it was not shipped; nor was a 1,000-step continuation that learned to read it
+(`recipes/ecgqa/continue_label_head.yaml`, `docs/results/ecgqa_candidate_continue_label_head.md`). A head refitted
+before the language-model stages is where it could still pay off.
 """
 
 from __future__ import annotations
