@@ -101,8 +101,8 @@ def write_refitted_model(model: Path, out: Path, head: nn.Linear, records: np.nd
                          data_files: list | None = None) -> None:
     """``out``: a copy of the model folder ``model`` with ``head``'s weights as its label head, named after its
     folder, the ``records`` the fit read recorded as the stage `STAGE` after the stages ``model`` recorded, and a
-    card of its own (its ``recipe`` and the hashes of its ``data_files``, no figures of the model it came from). Written beside ``out`` and renamed at
-    the end, so a failure leaves no half-written folder."""
+    card of its own (its ``recipe`` and the hashes of its ``data_files``, no figures of the model it came from).
+    Written beside ``out`` and renamed at the end, so a failure leaves no half-written folder."""
     from safetensors.torch import load_file, save_file
 
     from ecgllm.datasets.split_policy import TRAINING_RECORDS, write_training_records
@@ -132,7 +132,8 @@ def write_refitted_model(model: Path, out: Path, head: nn.Linear, records: np.nd
         write_training_records(staged, STAGE, records, inherited=[model])
         card = read_card(model)
         if card is not None:  # the model's card, with this folder's provenance and none of its figures
-            write_card(staged, card.model_copy(update={"provenance": provenance(staged, recipe, data_files or []), "metrics": {}}))
+            own = provenance(staged, recipe, data_files or [])
+            write_card(staged, card.model_copy(update={"provenance": own, "metrics": {}}))
         staged.rename(out)
 
 
