@@ -173,8 +173,9 @@ class PageCheck:
         if self.view_shift is not None and self.view_shift != view_shift:
             raise PageCheckReadingError(
                 f"{where} was fitted on pictures read at view shift {self.view_shift}, but the image encoder reads "
-                f"them at {view_shift}: fit it again for that reading on the distillation run (scripts/fit_page_check.py "
-                f"RUN --view-shift {view_shift}), then attach it (scripts/ship_checkpoint.py MODEL --image-encoder RUN)")
+                f"them at {view_shift}: fit it again for that reading on the distillation run "
+                f"(scripts/fit_page_check.py RUN --view-shift {view_shift}), then attach it "
+                f"(scripts/ship_checkpoint.py MODEL --image-encoder RUN)")
 
 
 UNLIKE_WARNING = ("looks unlike the ECG pages this model learned to read (distance {distance:.1f} from its training "

@@ -35,16 +35,6 @@ HEAD_KEYS = ("label_tokens.head.weight", "label_tokens.head.bias")
 AUC_KEYS = ("statements_macro_auc", "superclass_macro_auc")
 
 
-@torch.no_grad()
-def pooled_features(encoder: nn.Module, signals: np.ndarray, masks: np.ndarray, batch: int = 256) -> np.ndarray:
-    """The frozen encoder's pooled tokens [N, D] of ``signals`` [N, leads, T] (what the label head reads)."""
-    out = []
-    for i in range(0, len(signals), batch):
-        tokens = encoder(torch.from_numpy(signals[i:i + batch]), torch.from_numpy(masks[i:i + batch]))
-        out.append(encoder.pool(tokens).numpy())
-    return np.concatenate(out)
-
-
 def head_aucs(head: nn.Linear, features: np.ndarray, y: np.ndarray) -> dict:
     """Macro AUC of the head's scores: the 71 statements and the 5 superclasses (outputs 71-75)."""
     from ecgllm.training.pretrain_encoder import group_aucs
@@ -145,7 +135,7 @@ def refit_label_head(model: Path, signals: str, ptbxl: str, out: Path, epochs: i
     from ecgllm.models.card import cache_files
     from ecgllm.models.encoder_source import encoder_meta
     from ecgllm.models.model_folder import WEIGHTS_FILE, is_legacy, is_model_folder, read_config
-    from ecgllm.training.distill_image import load_teacher
+    from ecgllm.training.distill_image import load_teacher, teacher_targets
     from ecgllm.training.pretrain_encoder import load_ptbxl_arrays
 
     if not is_model_folder(model) or is_legacy(model):
@@ -163,8 +153,11 @@ def refit_label_head(model: Path, signals: str, ptbxl: str, out: Path, epochs: i
         raise ValueError(f"{model}'s label vocabulary is not PTB-XL's 71 statements and 5 superclasses in the "
                          f"order of {ptbxl}")
     train, stop = fit_rows(data.ids, data.train, data.valid, policy)
-    features = {name: (pooled_features(encoder, data.signals[rows], data.masks[rows]), data.y[rows])
-                for name, rows in (("fit", train), ("stop", stop))}
+    features = {}
+    for name, rows in (("fit", train), ("stop", stop)):  # what the label head reads: the pooled tokens
+        tokens, _ = teacher_targets(encoder, head, data.signals[rows], data.masks[rows])
+        with torch.no_grad():
+            features[name] = (encoder.pool(torch.from_numpy(tokens)).numpy(), data.y[rows])
     fitted, kept, history = fit_head(head, features["fit"], features["stop"], epochs, lr, weight_decay, seed=seed)
     recipe = {"stage": STAGE, "model": str(model), "signals": str(signals), "ptbxl": str(ptbxl), "epochs": epochs,
               "lr": lr, "weight_decay": weight_decay, "seed": seed}
