@@ -15,7 +15,8 @@
 4. The real printed ECGs in ../shared/data/external/ecg_images (20 photographed/printed 12-lead reports:
    normal, myocardial infarction, abnormal heartbeat, history of MI): the model is asked "Is this a normal
    ECG?" (ECG-QA's template), scored against label == normal; and the label tokens' P(normal ECG) as a score
-   (AUC). Wilson 95% CIs: n is 20.
+   (AUC). Wilson 95% CIs: n is 20. The same printouts again with the renderer's print/photo distortions on top,
+   five seeded draws (`printed_images_photographed`): does the reading hold on worse photographs?
 5. Pictures that are no ECG page (blank, noise, a photo-like field, text, empty ECG paper, a gradient): the page
    check must refuse each or answer it with a warning; and how it treats the real printouts.
 """
@@ -71,26 +72,25 @@ def render_speed(n: int) -> dict:
     return out
 
 
-def printed_images(model_dir: str) -> dict:
-    import pandas as pd
+PRINTOUTS = SHARED / "external/ecg_images"
+PHOTO_SEEDS = (1, 2, 3, 4, 5)  # the seeds of the printouts' extra distortions (one draw per picture and seed)
+
+
+def read_printouts(assistant, images: list, truth: np.ndarray) -> tuple[list[dict], dict]:
+    """Each picture asked "Is this a normal ECG?" (one at a time after load, page check included) and its label
+    tokens' P(normal ECG): (per-picture rows, the summary scored against ``truth``, True where normal)."""
     import torch
     from sklearn.metrics import roc_auc_score
 
-    from ecgllm import ECGAssistant
     from ecgllm.evaluation.answers import parse_answer
     from ecgllm.evaluation.stats import wilson_ci
+    from ecgllm.models.page_check import NotAnECGPageError
 
-    folder = SHARED / "external/ecg_images"
-    labels = pd.read_csv(folder / "labels.csv")
-    assistant = ECGAssistant.load(model_dir)
     model, processor = assistant.model, assistant.processor
     # the classifier head scores the 71 statements, then the 5 superclasses: NORM's superclass column
     normal_column = len(model.label_vocab["all71"]) + model.label_vocab["superclass"].index("NORM")
-    rows, seconds = [], []  # one picture at a time after load, page check and image encoder included
-    from ecgllm.models.page_check import NotAnECGPageError
-
-    for _, row in labels.iterrows():
-        image = read_ecg(folder / row.file)
+    rows, seconds = [], []
+    for image in images:
         started = time.perf_counter()
         try:
             answered = assistant.ask(image, "Is this a normal ECG?", max_new_tokens=8, measure=False)
@@ -102,24 +102,72 @@ def printed_images(model_dir: str) -> dict:
         with torch.no_grad():  # pooled as the served label tokens pool: the signal encoder's own `pool`
             pooled = model.encoder.pool(model.image_encoder(processor.prepare_images([image])))
             p_normal = float(torch.sigmoid(model.label_tokens.head(pooled))[0, normal_column])
-        rows.append({"file": row.file, "label": row.label, "answer": answer, "page_check": page,
-                     "said_normal": None if not parsed else "yes" in parsed, "p_normal": round(p_normal, 4)})
-    truth = np.array([r["label"] == "normal" for r in rows])
+        rows.append({"answer": answer, "page_check": page, "said_normal": None if not parsed else "yes" in parsed,
+                     "p_normal": round(p_normal, 4)})
     said = [r["said_normal"] for r in rows]
-    correct = sum(s is not None and s == t for s, t in zip(said, truth))
-    lo, hi = wilson_ci(correct, len(rows))
+    correct = int(sum(s is not None and s == t for s, t in zip(said, truth)))
     scores = np.array([r["p_normal"] for r in rows])
     p_correct = int(((scores >= 0.5) == truth).sum())
-    return {"n": len(rows), "task": "normal vs not normal (MI, abnormal heartbeat, history of MI)",
-            "llm_accuracy": round(correct / len(rows), 3), "llm_ci95": [round(lo, 3), round(hi, 3)],
-            "llm_unparsed": sum(s is None for s in said), "llm_said_normal": sum(bool(s) for s in said),
-            "label_token_accuracy": round(p_correct / len(rows), 3),
-            "label_token_ci95": [round(v, 3) for v in wilson_ci(p_correct, len(rows))],
-            "label_token_auc": round(float(roc_auc_score(truth, scores)), 3),
-            "majority_accuracy": round(max(truth.mean(), 1 - truth.mean()), 3),
-            "page_check": {v: sum(r["page_check"] == v for r in rows) for v in ("typical", "unlike", "refused")},
-            "answer_seconds_median": round(float(np.median(seconds)), 3), "threads": torch.get_num_threads(),
-            "per_image": rows}
+    return rows, {"n": len(rows), "llm_accuracy": round(correct / len(rows), 3),
+                  "llm_ci95": [round(v, 3) for v in wilson_ci(correct, len(rows))],
+                  "llm_unparsed": sum(s is None for s in said), "llm_said_normal": sum(bool(s) for s in said),
+                  "label_token_accuracy": round(p_correct / len(rows), 3),
+                  "label_token_ci95": [round(v, 3) for v in wilson_ci(p_correct, len(rows))],
+                  "label_token_auc": round(float(roc_auc_score(truth, scores)), 3),
+                  "page_check": {v: sum(r["page_check"] == v for r in rows) for v in ("typical", "unlike", "refused")},
+                  "answer_seconds_median": round(float(np.median(seconds)), 3)}
+
+
+def printed_images(model_dir: str) -> dict:
+    import pandas as pd
+    import torch
+
+    from ecgllm import ECGAssistant
+
+    labels = pd.read_csv(PRINTOUTS / "labels.csv")
+    truth = (labels.label == "normal").to_numpy()
+    rows, summary = read_printouts(ECGAssistant.load(model_dir), [read_ecg(PRINTOUTS / f) for f in labels.file],
+                                   truth)
+    return {**summary, "task": "normal vs not normal (MI, abnormal heartbeat, history of MI)",
+            "majority_accuracy": round(max(truth.mean(), 1 - truth.mean()), 3), "threads": torch.get_num_threads(),
+            "per_image": [{"file": f, "label": label, **row} for f, label, row in zip(labels.file, labels.label, rows)]}
+
+
+def printed_images_photographed(model_dir: str, printed: dict, seeds: tuple[int, ...] = PHOTO_SEEDS) -> dict:
+    """The same printouts photographed worse: each picture with the renderer's print/photo distortions on top
+    (`ecgllm.render.augment.distort`: rotation, perspective, wrinkles, creases, shadow, blur, sensor noise, JPEG,
+    each with its training probability), one seeded draw per picture and seed. Whether the reading holds on
+    worse pictures of the same pages; nothing is fitted, and the distortions were made for renders, not chosen
+    on these pictures. ``printed``: `printed_images`' result, the answers each draw is compared with."""
+    import pandas as pd
+
+    from ecgllm import ECGAssistant
+    from ecgllm.io.image import ECGImage
+    from ecgllm.render.augment import distort
+
+    labels = pd.read_csv(PRINTOUTS / "labels.csv")
+    truth = (labels.label == "normal").to_numpy()
+    assistant = ECGAssistant.load(model_dir)
+    originals = [read_ecg(PRINTOUTS / f) for f in labels.file]
+    before = [row["said_normal"] for row in printed["per_image"]]
+    draws = []
+    for seed in seeds:
+        images, applied = [], []
+        for index, original in enumerate(originals):
+            done: dict = {}
+            picture = distort(original.image.copy(), np.random.default_rng([seed, index]), done)
+            images.append(ECGImage(picture, {**original.meta, "distortions": done}))
+            applied.append(sorted(done))
+        rows, summary = read_printouts(assistant, images, truth)
+        same = sum(row["said_normal"] == old for row, old in zip(rows, before))
+        draws.append({"seed": seed, **summary, "same_answer": same, "distortions_per_picture":
+                      round(float(np.mean([len(a) for a in applied])), 2), "applied": applied})
+    accuracy = [d["llm_accuracy"] for d in draws]
+    auc = [d["label_token_auc"] for d in draws]
+    return {"seeds": list(seeds), "draws": draws, "llm_accuracy_mean": round(float(np.mean(accuracy)), 3),
+            "llm_accuracy_min": min(accuracy), "label_token_auc_mean": round(float(np.mean(auc)), 3),
+            "label_token_auc_min": min(auc),
+            "same_answer_share": round(sum(d["same_answer"] for d in draws) / sum(d["n"] for d in draws), 3)}
 
 
 def not_ecg_pictures(model_dir: str) -> dict:
@@ -341,6 +389,24 @@ def distill_chain(result: dict) -> list[str]:
     return ["image_encoder", result["distill_run"]] if result.get("warm_started") else [result["distill_run"]]
 
 
+def photographed_section(photo: dict) -> list[str]:
+    """The real printouts read again under the renderer's print/photo distortions, one row per seed."""
+    return [
+        "### The same printouts photographed worse", "",
+        "Each printout again with the renderer's print/photo distortions on top (`ecgllm.render.augment.distort`: "
+        "rotation, perspective, wrinkles, creases, shadow, blur, sensor noise, JPEG, each with its training "
+        f"probability), one seeded draw per picture for each of {len(photo['seeds'])} seeds. Nothing was fitted on "
+        "them; the distortions were made for renders, not chosen on these pictures.", "",
+        "| seed | distortions per picture | answered right | P(normal ECG) AUC | same answer as the picture as is | "
+        "answered plainly / with the warning / refused |", "|---|---|---|---|---|---|",
+        *[f"| {d['seed']} | {d['distortions_per_picture']} | {d['llm_accuracy']} | {d['label_token_auc']} | "
+          f"{d['same_answer']} of {d['n']} | {d['page_check']['typical']} / {d['page_check']['unlike']} / "
+          f"{d['page_check']['refused']} |" for d in photo["draws"]], "",
+        f"Over the draws: answered right {photo['llm_accuracy_mean']} on average (lowest {photo['llm_accuracy_min']}), "
+        f"AUC {photo['label_token_auc_mean']} (lowest {photo['label_token_auc_min']}); "
+        f"{photo['same_answer_share']:.0%} of the answers are those given to the pictures as they are.", ""]
+
+
 def write_doc(result: dict, command: str) -> None:
     r, d, p, q, t = result["render"], result["distillation"], result["printed"], result["ecgqa"], result["fold10_test"]
     n = result["not_ecg"]
@@ -428,6 +494,7 @@ def write_doc(result: dict, command: str) -> None:
         f"{p['llm_said_normal']} of {p['n']} images; {p['llm_unparsed']} answers were not a yes/no."
         + (f" One answer took {p['answer_seconds_median']} s (median; one picture at a time after the model is loaded, "
            f"page check included, {p['threads']} PyTorch threads)." if "answer_seconds_median" in p else ""), "",
+        *(photographed_section(result["printed_photographed"]) if "printed_photographed" in result else []),
         "## Pictures that are not ECG pages", "",
         "The page check (`ecgllm.models.page_check`) measures how far a picture's image tokens lie from those of the "
         "distillation's training renders" + (", and how far the texture of the image encoder's first feature maps lies "
@@ -610,6 +677,7 @@ def main() -> None:
               "ecgqa": ecgqa_modalities(args.model, args.generated_test, args.signals, args.limit, Path(args.out)),
               "printed": printed_images(args.model), "not_ecg": not_ecg_pictures(args.model),
               "measured_model": measured}
+    result["printed_photographed"] = printed_images_photographed(args.model, result["printed"])
     t = result["fold10_test"]
     flat = {"render_images_per_s": result["render"]["augmented_2proc_per_s"],
             "render_clean_images_per_s": result["render"]["clean_2proc_per_s"],
@@ -621,6 +689,8 @@ def main() -> None:
             "printed_images_auc": result["printed"]["label_token_auc"],
             "printed_images_n": result["printed"]["n"],
             "printed_images_ci95": result["printed"]["llm_ci95"],
+            "printed_photographed_accuracy_mean": result["printed_photographed"]["llm_accuracy_mean"],
+            "printed_photographed_auc_mean": result["printed_photographed"]["label_token_auc_mean"],
             "not_ecg_pictures_answered_plainly": result["not_ecg"]["answered_plainly"]}
     write_result("images.json", {**flat, **result, "command": command, "environment": environment()})
     write_doc(result, command)

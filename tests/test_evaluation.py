@@ -694,6 +694,13 @@ def test_the_images_page_names_the_chain_and_what_its_ecgqa_questions_ask_about(
     assert "recipes/ecgqa/image_encoder_truth.yaml   # continued from the one above" in page
     assert "continued from 2 earlier distillations on other renders: `image_encoder`, `image_encoder_more`" in page
     assert "over 160 ECGs, 160 of them of ECG-QA test patients; seen in training by any stage of the checkpoint: 0" in page
+    photo = committed["printed_photographed"]  # the printouts photographed worse: one row per seed, from the JSON
+    assert len(photo["draws"]) == len(photo["seeds"]) >= 5
+    for draw in photo["draws"]:
+        assert f"| {draw['seed']} | {draw['distortions_per_picture']} | {draw['llm_accuracy']} | " \
+               f"{draw['label_token_auc']} | {draw['same_answer']} of {draw['n']} |" in page
+        assert 0 < draw["distortions_per_picture"] and len(draw["applied"]) == draw["n"]  # every picture was drawn
+    assert f"{photo['same_answer_share']:.0%} of the answers are those given to the pictures as they are" in page
     for file in (root / "benchmarks/results").glob("image_encoder_selection*.json"):  # encoders tried, kept or not
         selection = json.loads(file.read_text())
         for row in selection["candidates"]:  # a row read at a view shift is its own candidate
