@@ -23,11 +23,12 @@ features, which agrees with an official numeric question 48 % of the time
     python benchmarks/ecgqa_candidate.py --default src/ecgllm/data/checkpoint \\
         --candidate ../cache/runs/ecgqa/continue_numeric_paraphrased/final --signals ../cache/cache/ptbxl100 \\
         --valid-gen ../cache/monitor/valid_gen.json --features ../cache/ecgqa_features_ptbxl100.csv \\
-        --work ../cache/candidate [--name NAME]
+        --work ../cache/candidate [--name NAME] [--default-runs ../cache/EARLIER_WORK]
     -> benchmarks/results/ecgqa_candidate[_NAME].json, docs/results/ecgqa_candidate[_NAME].md
 
 Every evaluation is an `ecgllm eval ecgqa` run folder under --work (resumable); the runs of both models are spread
-over the cores, one run per core at a time.
+over the cores, one run per core at a time. Each candidate needs a --work of its own; ``--default-runs`` copies the
+default's runs from an earlier one that scored the same default, which saves about half the time.
 """
 
 from __future__ import annotations
@@ -115,6 +116,30 @@ def check_work(work: Path, inputs: dict[str, Path]) -> None:
             raise SystemExit(f"{work} was scored with another {', '.join(changed)} ({seen}); give another --work")
     work.mkdir(parents=True, exist_ok=True)
     seen.write_text(json.dumps(now, indent=2))
+
+
+def reuse_default_runs(source: Path, work: Path, inputs: dict[str, Path]) -> list[str]:
+    """Copy into ``work`` the default's run folders and the question sets of an earlier ``--work`` (``source``) that
+    scored the same default on the same valid_gen and features (its inputs.json says so, or this stops), so that a
+    new candidate's comparison does not answer the default's questions again. Folders ``work`` has are kept; a
+    copied run that was cut short resumes as any run does. Returns the names copied."""
+    import shutil
+
+    recorded = source / "inputs.json"
+    if not recorded.exists():
+        raise SystemExit(f"--default-runs {source}: no inputs.json, so not a --work of this script")
+    before = json.loads(recorded.read_text())
+    differ = [k for k in ("default", "valid_gen", "features")
+              if before.get(k, {}).get("fingerprint") != fingerprint(inputs[k])]
+    if differ:
+        raise SystemExit(f"--default-runs {source} was scored with another {', '.join(differ)} ({recorded}); its "
+                         "default's answers are not this default's")
+    copied = []
+    for folder in [source / "sets", *sorted(source.glob("default-*"))]:
+        if folder.is_dir() and not (work / folder.name).exists():
+            shutil.copytree(folder, work / folder.name)
+            copied.append(folder.name)
+    return copied
 
 
 def run(command: list[str]) -> None:
@@ -251,14 +276,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", help="a name for this candidate's result files (ecgqa_candidate_NAME.json/.md), so "
                                        "that several candidates' decisions stay side by side")
+    parser.add_argument("--default-runs", type=Path,
+                        help="an earlier --work that scored the same default (on the same --valid-gen and --features): "
+                             "its default runs and question sets are copied in, not answered again")
     parser.add_argument("--cores", type=int, nargs="+", default=sorted(os.sched_getaffinity(0))[:2],
                         help="CPU cores the runs are spread over, one run per core at a time (default: the first two)")
     args = parser.parse_args()
     for path in (args.default, args.candidate, args.signals, args.valid_gen, args.features):
         if not path.exists():
             raise SystemExit(f"{path}: not found")
-    check_work(args.work, {"default": args.default, "candidate": args.candidate, "valid_gen": args.valid_gen,
-                           "features": args.features})
+    inputs = {"default": args.default, "candidate": args.candidate, "valid_gen": args.valid_gen,
+              "features": args.features}
+    check_work(args.work, inputs)
+    if args.default_runs:
+        copied = reuse_default_runs(args.default_runs, args.work, inputs)
+        print(f"copied from {args.default_runs}: {', '.join(copied) or 'nothing (all here already)'}")
     sets = {"official_valid": official_valid_set(args.work, args.chunk_ids, args.seed),
             "valid_gen": args.valid_gen,
             "valid_grouped": grouped_valid_set(args.work),

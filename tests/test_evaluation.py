@@ -499,6 +499,41 @@ def test_candidate_runs_are_spread_over_the_cores_and_a_failure_stops_with_a_sen
         ecgqa_candidate.evaluate_both(models, sets, tmp_path, tmp_path / "other", cores)
 
 
+def test_a_candidate_comparison_copies_the_default_runs_of_an_earlier_one_only_for_the_same_default(tmp_path,
+                                                                                                 monkeypatch):
+    """``--default-runs``: the default's run folders and the question sets of an earlier --work are copied into the
+    new one (never the earlier candidate's, never over a folder the new one has); an earlier work scored with another
+    default, valid_gen or features stops with a sentence."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ecgqa_candidate
+
+    inputs = {}
+    for name in ("default", "candidate", "valid_gen", "features"):
+        inputs[name] = tmp_path / f"{name}.bin"
+        inputs[name].write_text(name)
+    earlier, work = tmp_path / "earlier", tmp_path / "work"
+    ecgqa_candidate.check_work(earlier, inputs)
+    for folder in ("sets", "default-valid_gen-none", "default-valid_gen-random-ecg", "candidate-valid_gen-none"):
+        (earlier / folder).mkdir()
+        (earlier / folder / "predictions.jsonl").write_text(folder)
+    (work / "default-valid_gen-none").mkdir(parents=True)
+    (work / "default-valid_gen-none" / "predictions.jsonl").write_text("kept")
+    other = {**inputs, "candidate": tmp_path / "candidate2.bin"}
+    other["candidate"].write_text("another candidate")
+    copied = ecgqa_candidate.reuse_default_runs(earlier, work, other)
+    assert copied == ["sets", "default-valid_gen-random-ecg"]
+    assert not (work / "candidate-valid_gen-none").exists()
+    assert (work / "default-valid_gen-none" / "predictions.jsonl").read_text() == "kept"
+    assert (work / "sets" / "predictions.jsonl").read_text() == "sets"
+    inputs["default"].write_text("a retrained default")
+    with pytest.raises(SystemExit, match="scored with another default"):
+        ecgqa_candidate.reuse_default_runs(earlier, tmp_path / "third", inputs)
+    with pytest.raises(SystemExit, match="no inputs.json"):
+        ecgqa_candidate.reuse_default_runs(tmp_path, tmp_path / "third", inputs)
+
+
 @needs_shared
 def test_official_mix_weighs_templates_by_their_official_share(tmp_path, monkeypatch):
     """Template 1 ("Does this ECG show symptoms of X?") is some seventy times as common in the official train split as
