@@ -28,7 +28,7 @@ features, which agrees with an official numeric question 48 % of the time
 
 Every evaluation is an `ecgllm eval ecgqa` run folder under --work (resumable); the runs of both models are spread
 over the cores, one run per core at a time. Each candidate needs a --work of its own; ``--default-runs`` copies the
-default's runs from an earlier one that scored the same default, which saves about half the time.
+default's runs from an earlier one that scored the same default, so only the candidate's questions are answered.
 """
 
 from __future__ import annotations
@@ -119,10 +119,13 @@ def check_work(work: Path, inputs: dict[str, Path]) -> None:
 
 
 def reuse_default_runs(source: Path, work: Path, inputs: dict[str, Path]) -> list[str]:
-    """Copy into ``work`` the default's run folders and the question sets of an earlier ``--work`` (``source``) that
+    """Copy into ``work`` the question sets and the default's run folders of an earlier ``--work`` (``source``) that
     scored the same default on the same valid_gen and features (its inputs.json says so, or this stops), so that a
-    new candidate's comparison does not answer the default's questions again. Folders ``work`` has are kept; a
-    copied run that was cut short resumes as any run does. Returns the names copied."""
+    new candidate's comparison does not answer the default's questions again. The answers are those the code of
+    that time gave. A set file ``work`` already has must be byte-identical to the source's (a run's answers are
+    matched to its questions by sample id alone), or this stops before copying anything; a run folder ``work``
+    already has is kept. Each folder is copied under a temporary name and renamed when complete, so an interrupted
+    copy is redone; a copied run that was cut short resumes as any run does. Returns the names copied."""
     import shutil
 
     recorded = source / "inputs.json"
@@ -134,10 +137,27 @@ def reuse_default_runs(source: Path, work: Path, inputs: dict[str, Path]) -> lis
     if differ:
         raise SystemExit(f"--default-runs {source} was scored with another {', '.join(differ)} ({recorded}); its "
                          "default's answers are not this default's")
+    sets = sorted(f for f in (source / "sets").rglob("*") if f.is_file())
+    clashing = [f.relative_to(source) for f in sets
+                if (work / f.relative_to(source)).exists()
+                and (work / f.relative_to(source)).read_bytes() != f.read_bytes()]
+    if clashing:
+        raise SystemExit(f"{work} holds other questions than {source} in {', '.join(map(str, clashing))}; the "
+                         "default's answers there are to those of the source: give a new --work")
     copied = []
-    for folder in [source / "sets", *sorted(source.glob("default-*"))]:
+    for file in sets:
+        target = work / file.relative_to(source)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, target.with_name(target.name + ".partial"))
+            target.with_name(target.name + ".partial").replace(target)
+            copied.append(str(file.relative_to(source)))
+    for folder in sorted(source.glob("default-*")):
         if folder.is_dir() and not (work / folder.name).exists():
-            shutil.copytree(folder, work / folder.name)
+            partial = work / f".{folder.name}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(folder, partial)
+            partial.rename(work / folder.name)
             copied.append(folder.name)
     return copied
 
@@ -278,7 +298,8 @@ def main() -> None:
                                        "that several candidates' decisions stay side by side")
     parser.add_argument("--default-runs", type=Path,
                         help="an earlier --work that scored the same default (on the same --valid-gen and --features): "
-                             "its default runs and question sets are copied in, not answered again")
+                             "its default runs and question sets are copied in, not answered again (the answers are "
+                             "those the code of that time gave)")
     parser.add_argument("--cores", type=int, nargs="+", default=sorted(os.sched_getaffinity(0))[:2],
                         help="CPU cores the runs are spread over, one run per core at a time (default: the first two)")
     args = parser.parse_args()

@@ -149,7 +149,7 @@ def printed_images_photographed(model_dir: str, printed: dict, seeds: tuple[int,
     truth = (labels.label == "normal").to_numpy()
     assistant = ECGAssistant.load(model_dir)
     originals = [read_ecg(PRINTOUTS / f) for f in labels.file]
-    before = [row["said_normal"] for row in printed["per_image"]]
+    before = {row["file"]: row["said_normal"] for row in printed["per_image"]}
     draws = []
     for seed in seeds:
         images, applied = [], []
@@ -159,7 +159,9 @@ def printed_images_photographed(model_dir: str, printed: dict, seeds: tuple[int,
             images.append(ECGImage(picture, {**original.meta, "distortions": done}))
             applied.append(sorted(done))
         rows, summary = read_printouts(assistant, images, truth)
-        same = sum(row["said_normal"] == old for row, old in zip(rows, before))
+        # the same yes/no as the picture as it is; a refused or unparsed answer is never the same
+        same = sum(row["said_normal"] is not None and row["said_normal"] == before[file]
+                   for row, file in zip(rows, labels.file))
         draws.append({"seed": seed, **summary, "same_answer": same, "distortions_per_picture":
                       round(float(np.mean([len(a) for a in applied])), 2), "applied": applied})
     accuracy = [d["llm_accuracy"] for d in draws]

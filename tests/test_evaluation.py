@@ -523,13 +523,23 @@ def test_a_candidate_comparison_copies_the_default_runs_of_an_earlier_one_only_f
     other = {**inputs, "candidate": tmp_path / "candidate2.bin"}
     other["candidate"].write_text("another candidate")
     copied = ecgqa_candidate.reuse_default_runs(earlier, work, other)
-    assert copied == ["sets", "default-valid_gen-random-ecg"]
+    assert copied == ["sets/predictions.jsonl", "default-valid_gen-random-ecg"]
     assert not (work / "candidate-valid_gen-none").exists()
     assert (work / "default-valid_gen-none" / "predictions.jsonl").read_text() == "kept"
     assert (work / "sets" / "predictions.jsonl").read_text() == "sets"
-    inputs["default"].write_text("a retrained default")
-    with pytest.raises(SystemExit, match="scored with another default"):
-        ecgqa_candidate.reuse_default_runs(earlier, tmp_path / "third", inputs)
+    assert not list(work.glob(".*partial*")) and not list((work / "sets").glob("*.partial"))
+    assert ecgqa_candidate.reuse_default_runs(earlier, work, other) == []  # nothing left to copy
+    clash = tmp_path / "clash"
+    (clash / "sets").mkdir(parents=True)
+    (clash / "sets" / "predictions.jsonl").write_text("other questions")
+    with pytest.raises(SystemExit, match="holds other questions"):
+        ecgqa_candidate.reuse_default_runs(earlier, clash, other)
+    assert not (clash / "default-valid_gen-none").exists()  # refused before anything was copied
+    for changed in ("valid_gen", "default"):
+        inputs[changed].write_text(f"another {changed}")
+        with pytest.raises(SystemExit, match=f"scored with another {changed}"):
+            ecgqa_candidate.reuse_default_runs(earlier, tmp_path / "third", inputs)
+        inputs[changed].write_text(changed)
     with pytest.raises(SystemExit, match="no inputs.json"):
         ecgqa_candidate.reuse_default_runs(tmp_path, tmp_path / "third", inputs)
 
@@ -736,6 +746,9 @@ def test_the_images_page_names_the_chain_and_what_its_ecgqa_questions_ask_about(
                f"{draw['label_token_auc']} | {draw['same_answer']} of {draw['n']} |" in page
         assert 0 < draw["distortions_per_picture"] and len(draw["applied"]) == draw["n"]  # every picture was drawn
     assert f"{photo['same_answer_share']:.0%} of the answers are those given to the pictures as they are" in page
+    committed_page = (root / "docs/results/images.md").read_text()  # the committed page is the JSON's too
+    assert all(f"| {d['seed']} | {d['distortions_per_picture']} | {d['llm_accuracy']} | {d['label_token_auc']} | "
+               f"{d['same_answer']} of {d['n']} |" in committed_page for d in photo["draws"])
     for file in (root / "benchmarks/results").glob("image_encoder_selection*.json"):  # encoders tried, kept or not
         selection = json.loads(file.read_text())
         for row in selection["candidates"]:  # a row read at a view shift is its own candidate
