@@ -600,11 +600,38 @@ def render_page(r: dict) -> str:
     if "numeric_test" in r:
         lines += _probe_section("Numeric features and heart axis (generated, ECG-QA test ECGs)", r["numeric_test"])
         lines += [numeric_note(), ""]
-    lines += ["## Zero-shot: other hospitals and machines", "", "| data | questions | positives | metrics |", "|---|---|---|---|"]
-    for name, z in r["zero_shot"].items():
-        metrics = {k: v for k, v in z.items() if k not in ("records", "questions", "positives", "examples", "per_question")}
-        lines.append(f"| {name} | {z['questions']} | {z['positives']} | {json.dumps(metrics)} |")
+    lines += zero_shot_section(r["zero_shot"])
     return "\n".join(lines) + "\n"
+
+
+ZERO_SHOT_SHOWN = ("records", "questions", "positives", "accuracy", "accuracy_ci95", "sensitivity", "specificity",
+                   "balanced_acc", "macro_auc_from_scores", "per_class_auc", "unparseable")
+
+
+def zero_shot_section(zero: dict) -> list[str]:
+    """The zero-shot yes/no questions on other datasets: one row per dataset, the AUC of P(yes) per statement
+    asked, and any further figure the JSON holds (so none is dropped from the page)."""
+    lines = ["## Zero-shot: other hospitals and machines", "",
+             "| data | records | questions | positives | accuracy [95 % CI] | sensitivity | specificity | "
+             "balanced accuracy | macro AUC of P(yes) | not a yes/no |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, z in zero.items():
+        ci = z.get("accuracy_ci95") or [None, None]
+        lines.append(f"| {name} | {_fmt(z.get('records'))} | {z['questions']} | {z['positives']} | "
+                     f"{_fmt(z.get('accuracy'))} [{_fmt(ci[0])}, {_fmt(ci[1])}] | {_fmt(z.get('sensitivity'))} | "
+                     f"{_fmt(z.get('specificity'))} | {_fmt(z.get('balanced_acc'))} | "
+                     f"{_fmt(z.get('macro_auc_from_scores'))} | {_fmt(z.get('unparseable'))} |")
+    statements = sorted({s for z in zero.values() for s in (z.get("per_class_auc") or {})})
+    if statements:
+        lines += ["", "AUC of P(yes) per statement asked (a blank: not asked of that dataset's records):", "",
+                  "| statement | " + " | ".join(zero) + " |", "|---|" + "---|" * len(zero)]
+        lines += [f"| {s} | " + " | ".join(_fmt((z.get("per_class_auc") or {}).get(s, "")) for z in zero.values())
+                  + " |" for s in statements]
+    rest = {name: {k: v for k, v in z.items() if k not in ZERO_SHOT_SHOWN + ("examples", "per_question")}
+            for name, z in zero.items()}
+    if any(rest.values()):
+        lines += ["", "Further figures: " + "; ".join(f"{name}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in m.items())
+                                                   for name, m in rest.items() if m) + "."]
+    return lines
 
 
 def readme_block(r: dict) -> str:

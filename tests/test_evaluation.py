@@ -851,3 +851,24 @@ def test_the_shipped_card_takes_the_figures_of_the_selection_that_chose_those_ve
     path.write_text(json.dumps({**measured, "measured_model": {"fingerprint": "e" * 12}}))
     with pytest.raises(SystemExit, match="measured other weights"):  # ... held to the whole model
         ship_checkpoint.evidence_metrics(path, tiny_checkpoint)
+
+
+def test_the_zero_shot_section_shows_every_figure_of_its_json(monkeypatch):
+    """The evidence page's zero-shot section: a row per dataset, the AUC per statement asked (blank where a dataset
+    was not asked it), and every other figure of the JSON named in a sentence, none dropped."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ecgqa_evidence
+
+    zero = {"a": {"records": 6, "questions": 24, "positives": 5, "accuracy": 0.875, "accuracy_ci95": [0.69, 0.957],
+                  "sensitivity": 0.4, "specificity": 1.0, "balanced_acc": 0.7, "macro_auc_from_scores": 0.625,
+                  "per_class_auc": {"first degree av block": 1.0}, "unparseable": 0, "macro_f1": 0.417,
+                  "per_question": [{"q": 1}]},
+            "b": {"records": 10, "questions": 60, "positives": 10, "accuracy": 0.967, "accuracy_ci95": [0.886, 0.991],
+                  "sensitivity": 0.9, "specificity": 0.98, "balanced_acc": 0.94, "macro_auc_from_scores": 1.0,
+                  "per_class_auc": {"sinus bradycardia": 1.0}, "unparseable": 0}}
+    page = "\n".join(ecgqa_evidence.zero_shot_section(zero))
+    assert "| a | 6 | 24 | 5 | 0.875 [0.690, 0.957] | 0.400 | 1.000 | 0.700 | 0.625 | 0 |" in page
+    assert "| first degree av block | 1.000 |  |" in page and "| sinus bradycardia |  | 1.000 |" in page
+    assert "Further figures: a: macro_f1 0.417." in page and "per_question" not in page
