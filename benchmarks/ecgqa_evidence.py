@@ -524,10 +524,22 @@ def _target_rows(r: dict) -> list[str]:
     return rows
 
 
+def seen_sentence(seen: dict | None) -> str:
+    """What any training stage of the checkpoint saw of the evaluated ECGs (`split_policy.seen_by_checkpoint`), as a
+    sentence; a result that could not tell says so."""
+    if not seen or seen.get("records_seen_in_training") is None:
+        return f"Seen in training: not known (`{json.dumps(seen)}`)."
+    unrecorded = seen.get("stages_with_unrecorded_records") or []
+    return (f"Seen in training by any stage of the checkpoint: {seen['records_seen_in_training']} of the "
+            f"{seen['records_evaluated']} ECGs and {_fmt(seen.get('patients_seen_in_training'))} of their "
+            f"{_fmt(seen.get('patients_evaluated'))} patients (split policy {seen.get('split_policy')}"
+            + (f"; stages that did not record their records: {', '.join(unrecorded)}" if unrecorded else "") + ").")
+
+
 def _probe_section(name: str, p: dict) -> list[str]:
     m = p["mcnemar_real_vs_random_ecg"]
-    lines = [f"## {name}", "", f"Split: {p['split']}. Questions: {p['n']}. Seen in training: "
-             f"`{json.dumps(p.get('seen_in_training'))}`.", "",
+    lines = [f"## {name}", "", f"Split: {p['split']}. Questions: {p['n']}. {seen_sentence(p.get('seen_in_training'))}",
+             "",
              "| probe | EM |", "|---|---|", f"| with the ECG | {_ci(p['em'], p['em_ci95'])} |",
              f"| blind (no ECG) | {_fmt(p['blind_em'])} |", f"| another patient's ECG | {_fmt(p['random_ecg_em'])} |", "",
              f"McNemar, real vs random ECG (paired, n = {m['n']}): only real correct {m['only_real_correct']}, "

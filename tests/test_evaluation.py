@@ -872,3 +872,21 @@ def test_the_zero_shot_section_shows_every_figure_of_its_json(monkeypatch):
     assert "| a | 6 | 24 | 5 | 0.875 [0.690, 0.957] | 0.400 | 1.000 | 0.700 | 0.625 | 0 |" in page
     assert "| first degree av block | 1.000 |  |" in page and "| sinus bradycardia |  | 1.000 |" in page
     assert "Further figures: a: macro_f1 0.417." in page and "per_question" not in page
+
+
+def test_what_training_saw_of_an_evaluation_reads_as_a_sentence(monkeypatch):
+    """Each evidence section says, in words, how many of its ECGs and patients any stage saw; a result that could not
+    tell (no recorded records) says it is not known instead of giving a count."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ecgqa_evidence
+
+    seen = {"split_policy": "e5a9", "records_evaluated": 1662, "records_seen_in_training": 0,
+            "patients_evaluated": 1424, "patients_seen_in_training": 0, "stages_with_unrecorded_records": []}
+    assert ecgqa_evidence.seen_sentence(seen) == ("Seen in training by any stage of the checkpoint: 0 of the 1662 ECGs "
+                                                  "and 0 of their 1424 patients (split policy e5a9).")
+    assert "stages that did not record their records: instruct" in ecgqa_evidence.seen_sentence(
+        {**seen, "stages_with_unrecorded_records": ["instruct"]})
+    assert ecgqa_evidence.seen_sentence({"split_policy": "not checked"}).startswith("Seen in training: not known")
+    assert ecgqa_evidence.seen_sentence(None).startswith("Seen in training: not known")
