@@ -1,7 +1,7 @@
 """Evidence that a checkpoint answers ECG-QA from the ECG, in one run, into one JSON and one page.
 
     python benchmarks/ecgqa_evidence.py [--model DIR] [--encoder RUN] [--n-generated 2100] [--out DIR]
-        -> benchmarks/results/ecgqa_evidence.json, docs/results/ecgqa_evidence.md (+ run folders under --out)
+        -> benchmarks/results/ecgqa_evidence.json, docs/results/ecgqa_evidence.md and its figure ecgqa_evidence.png (+ run folders under --out)
 
 What it measures (every number says its split; ECG-QA test patients are never trained on, which the run
 checks through the checkpoint's training_records.json):
@@ -579,6 +579,53 @@ def _probe_section(name: str, p: dict) -> list[str]:
     return lines + [""]
 
 
+FIGURE = PAGE.with_suffix(".png")
+FIGURE_SETS = (("generated_test", "generated\nECG-QA test"), ("grouped_test", "as ECG-QA drew\nECG-QA test"),
+               ("official_valid", "official\nECG-QA valid"), ("numeric_test", "numeric, axis\nECG-QA test"))
+
+
+def plot_evidence(r: dict, path: Path = FIGURE) -> None:
+    """The page's figure, from the JSON alone: EM with the ECG, with another patient's ECG and without any, on each
+    question set; and EM per question type on the generated test set with its 95 % interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = [(key, label) for key, label in FIGURE_SETS if key in r]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.1, 1]})
+    probes = (("em", "with its ECG", "#1f3b73"), ("random_ecg_em", "another patient's ECG", "#8fa7cf"),
+              ("blind_em", "no ECG (blind)", "#d9d9d9"))
+    for j, (field, label, colour) in enumerate(probes):
+        xs = np.arange(len(sets)) + (j - 1) * 0.27
+        left.bar(xs, [r[key][field] for key, _ in sets], width=0.27, color=colour, edgecolor="#333333", lw=0.5,
+                 label=label)
+    for x, (key, _) in enumerate(sets):  # the with-ECG interval
+        lo, hi = r[key]["em_ci95"]
+        left.plot([x - 0.27] * 2, [lo, hi], color="black", lw=1)
+    g = r["generated_test"]
+    left.axhline(g["best_baseline_em"], color="#b5523b", ls="--", lw=1,
+                 label=f"best question-only or classifier baseline (generated test) {g['best_baseline_em']:.3f}")
+    left.set_xticks(range(len(sets)), [label for _, label in sets], fontsize=8)
+    left.set_ylabel("exact match")
+    left.set_ylim(0, 1)
+    left.legend(fontsize=7, loc="upper right")
+    left.set_title("Answers with the ECG, another patient's ECG, none", fontsize=10)
+    types = sorted(g["per_question_type"], key=lambda t: g["per_question_type"][t])
+    em = [g["per_question_type"][t] for t in types]
+    ci = [g["per_question_type_ci95"][t] for t in types]
+    right.barh(range(len(types)), em, color="#1f3b73", height=0.6)
+    right.errorbar(em, range(len(types)), xerr=[[e - c[0] for e, c in zip(em, ci)], [c[1] - e for e, c in zip(em, ci)]],
+                   fmt="none", ecolor="black", lw=1)
+    right.set_yticks(range(len(types)), [f"{t} (n = {g['per_question_type_n'][t]})" for t in types], fontsize=8)
+    right.set_xlim(0, 1)
+    right.set_xlabel("exact match with the ECG, 95 % interval")
+    right.set_title("Generated test set (ECG-QA test ECGs), per question type", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def render_page(r: dict) -> str:
     g = r["generated_test"]
     lines = ["# ECG-QA: does the default model read the ECG?", "",
@@ -587,6 +634,7 @@ def render_page(r: dict) -> str:
              "## Targets", ""] + _target_rows(r) + (
                 ["", f"The answer latency comes from its own benchmark: `{r['answer_latency_measured']}`."]
                 if r.get("answer_latency_measured") else []) + ["", TRIED, ""]
+    lines += [f"![EM with the ECG, another patient's ECG and none; EM per question type]({FIGURE.name})", ""]
     lines += _probe_section("Generated test set (ECG-QA test ECGs)", g)
     mix = g.get("baselines_official_mix", {})
     lines += ["Baselines on the same questions (trained on the official template train data we have):", "",
@@ -714,6 +762,7 @@ def main() -> None:
     result = json.loads((RESULTS / RESULT).read_text())
     PAGE.parent.mkdir(parents=True, exist_ok=True)
     PAGE.write_text(render_page(result))
+    plot_evidence(result)
     update_readme(result)
     print(f"wrote {PAGE} and the summary in {README.name}")
 

@@ -890,3 +890,20 @@ def test_what_training_saw_of_an_evaluation_reads_as_a_sentence(monkeypatch):
         {**seen, "stages_with_unrecorded_records": ["instruct"]})
     assert ecgqa_evidence.seen_sentence({"split_policy": "not checked"}).startswith("Seen in training: not known")
     assert ecgqa_evidence.seen_sentence(None).startswith("Seen in training: not known")
+
+
+def test_the_evidence_figure_is_drawn_from_the_committed_json(monkeypatch, tmp_path):
+    """The evidence page's figure comes from its JSON alone (a PNG is written for the committed result), and the
+    committed page embeds the committed figure."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(root / "benchmarks"))
+    import ecgqa_evidence
+
+    result = json.loads((root / "benchmarks/results/ecgqa_evidence.json").read_text())
+    ecgqa_evidence.plot_evidence(result, tmp_path / "figure.png")
+    assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "](ecgqa_evidence.png)" in (root / "docs/results/ecgqa_evidence.md").read_text()
+    assert (root / "docs/results/ecgqa_evidence.png").exists()
