@@ -1,7 +1,7 @@
 """Evidence that a checkpoint answers ECG-QA from the ECG, in one run, into one JSON and one page.
 
     python benchmarks/ecgqa_evidence.py [--model DIR] [--encoder RUN] [--n-generated 2100] [--out DIR]
-        -> benchmarks/results/ecgqa_evidence.json, docs/results/ecgqa_evidence.md and its figure ecgqa_evidence.png (+ run folders under --out)
+        -> benchmarks/results/ecgqa_evidence.json, docs/results/ecgqa_evidence.md and .png (+ run folders under --out)
 
 What it measures (every number says its split; ECG-QA test patients are never trained on, which the run
 checks through the checkpoint's training_records.json):

@@ -72,6 +72,26 @@ def render_speed(n: int) -> dict:
     return out
 
 
+EXAMPLES = DOC.with_name("images_examples.jpg")  # a photo-like sheet: JPEG is a sixth of a PNG
+EXAMPLE_PAGES = (("3x4", False, 0), ("3x4", True, 1), ("6x2", True, 2), ("12x1", True, 5))  # layout, distorted, seed
+
+
+def draw_examples(path: Path = EXAMPLES) -> list[dict]:
+    """The bundled record rendered as the renders of this page are drawn: clean, and with seeded print/photo
+    distortions in each layout, side by side at half size (what the image encoder reads, as a picture). Returns
+    each page's layout, seed and the distortions applied."""
+    from PIL import Image
+
+    pages = [(layout, seed, render_ecg(_ECG, layout, augment=augment, seed=seed))
+             for layout, augment, seed in EXAMPLE_PAGES]
+    width, height = pages[0][2].image.size[0] // 2, pages[0][2].image.size[1] // 2
+    sheet = Image.new("RGB", (2 * width, 2 * height), "white")
+    for i, (_, _, page) in enumerate(pages):
+        sheet.paste(page.image.resize((width, height), Image.LANCZOS), ((i % 2) * width, (i // 2) * height))
+    sheet.save(path, quality=85, optimize=True)
+    return [{"layout": layout, "seed": seed, "distortions": sorted(page.augmentations)} for layout, seed, page in pages]
+
+
 PRINTOUTS = SHARED / "external/ecg_images"
 PHOTO_SEEDS = (1, 2, 3, 4, 5)  # the seeds of the printouts' extra distortions (one draw per picture and seed)
 
@@ -391,6 +411,16 @@ def distill_chain(result: dict) -> list[str]:
     return ["image_encoder", result["distill_run"]] if result.get("warm_started") else [result["distill_run"]]
 
 
+def examples_section(examples: list[dict]) -> list[str]:
+    """The example sheet (`draw_examples`) and what each of its pages is."""
+    described = [f"{e['layout']}, " + (f"seed {e['seed']}: " + ", ".join(e["distortions"]) if e["distortions"]
+                                        else "clean") for e in examples]
+    return [f"![the bundled record rendered clean and distorted]({EXAMPLES.name})", "",
+            "The bundled record (`ptbxl_00001_lr`) as the renders above are drawn, left to right and top to bottom: "
+            + "; ".join(described) + " (`ecgllm render FILE --layout L --augment --seed N --no-measure` draws the "
+            "same page).", ""]
+
+
 def photographed_section(photo: dict) -> list[str]:
     """The real printouts read again under the renderer's print/photo distortions, one row per seed."""
     return [
@@ -458,6 +488,7 @@ def write_doc(result: dict, command: str) -> None:
         f"| distorted, 1 process | {r['augmented_1proc_per_s']} |",
         f"| distorted, 2 processes | {r['augmented_2proc_per_s']} |",
         f"| baseline: matplotlib plot (`ecgllm plot`) | {r['baseline_matplotlib_plot_per_s']} |", "",
+        *(examples_section(result["examples"]) if "examples" in result else []),
         f"## {t['split']}: image encoder vs signal encoder", "",
         "The shipped checkpoint's image encoder (distilled on "
         f"{d['n_train']} renders of PTB-XL folds 1-8 records without any ECG-QA valid/test patient, "
@@ -632,7 +663,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.page_only:
         saved = json.loads((ROOT / "benchmarks/results/images.json").read_text())
-        write_doc(saved, saved["command"])
+        write_doc({**saved, "examples": draw_examples()}, saved["command"])
         print(f"wrote {DOC}")
         return
     missing = [f"--{name.replace('_', '-')}" for name in ("model", "generated_test", "signals") if not getattr(args, name)]
@@ -680,6 +711,7 @@ def main() -> None:
               "printed": printed_images(args.model), "not_ecg": not_ecg_pictures(args.model),
               "measured_model": measured}
     result["printed_photographed"] = printed_images_photographed(args.model, result["printed"])
+    result["examples"] = draw_examples()
     t = result["fold10_test"]
     flat = {"render_images_per_s": result["render"]["augmented_2proc_per_s"],
             "render_clean_images_per_s": result["render"]["clean_2proc_per_s"],

@@ -907,3 +907,23 @@ def test_the_evidence_figure_is_drawn_from_the_committed_json(monkeypatch, tmp_p
     assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "](ecgqa_evidence.png)" in (root / "docs/results/ecgqa_evidence.md").read_text()
     assert (root / "docs/results/ecgqa_evidence.png").exists()
+
+
+def test_the_images_page_shows_the_bundled_record_rendered_clean_and_distorted(monkeypatch, tmp_path):
+    """The example sheet: the bundled record once clean and once distorted in each layout, seeded (the same sheet
+    twice), and the committed images page embeds the committed sheet."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(root / "benchmarks"))
+    import images
+
+    examples = images.draw_examples(tmp_path / "a.jpg")
+    again = images.draw_examples(tmp_path / "b.jpg")
+    assert examples == again and examples[0]["distortions"] == [] and all(e["distortions"] for e in examples[1:])
+    assert {e["layout"] for e in examples} == {"3x4", "6x2", "12x1"}
+    assert Image.open(tmp_path / "a.jpg").size == (1100, 850)  # four half-size 1100x850 pages, two by two
+    assert "](images_examples.jpg)" in (root / "docs/results/images.md").read_text()
+    assert (root / "docs/results/images_examples.jpg").exists()
