@@ -138,7 +138,11 @@ fell slightly less on the grouped generated questions and slightly more on the o
 (`continue_label_head.yaml`), so that the language model learns to read the refitted head, answered the official valid
 questions about as well as the default (an EM difference whose bootstrap interval includes 0), the grouped generated
 ones slightly better with a fall with another patient's ECG a little smaller, and did not pass the rule
-(`ecgqa_candidate_continue_label_head.md`): the default stayed.
+(`ecgqa_candidate_continue_label_head.md`): the default stayed. Then 1,000 steps from the default on a fresh draw of
+its mix plus every official train question of chunk 260000 in both wordings, 7,539 numeric-feature comparisons of two
+patients' ECGs answered from ECG-QA's own features (`continue_official_numeric.yaml`): it answered the official valid
+questions worse (an EM loss whose bootstrap interval lies below 0; worse on two of those three templates, better on the
+third) and did not pass the rule (`ecgqa_candidate_official_numeric.md`): the default stayed.
 All LLM stages ran on CPU, batch 8, on one core (`continue_measurement_comparison` from its step 500,
 `continue_statement_note` and `continue_fresh_pairs_anew` throughout, on two threads); no GPU was available. For the
 answer latency: the prompt's common start (system prompt, user header, ECG tags) is computed once and kept for the
