@@ -139,12 +139,14 @@ fell slightly less on the grouped generated questions and slightly more on the o
 questions about as well as the default (an EM difference whose bootstrap interval includes 0), the grouped generated
 ones slightly better with a fall with another patient's ECG a little smaller, and did not pass the rule
 (`ecgqa_candidate_continue_label_head.md`): the default stayed. Then 1,000 steps from the default on a fresh draw of
-its mix plus every official train question of chunk 260000 in both wordings, 7,539 numeric-feature comparisons of two
-patients' ECGs answered from ECG-QA's own features (`continue_official_numeric.yaml`): it answered the official valid
-questions worse (an EM loss whose bootstrap interval lies below 0; worse on two of those three templates, better on the
-third) and did not pass the rule (`ecgqa_candidate_official_numeric.md`): the default stayed.
+its mix plus the official train questions of chunk 260000, numeric-feature comparisons of two patients' ECGs (templates
+68 "became normal", 69 "became abnormal", 70 "still abnormal") with ECG-QA's official answers, 7,539 in template wording
+and 6,463 in trained paraphrases (`continue_official_numeric.yaml`): it answered the official valid questions worse (an
+EM loss whose bootstrap interval lies below 0; worse on templates 68 and 69, better on 70) and did not pass the rule
+(`ecgqa_candidate_official_numeric.md`): the default stayed.
 All LLM stages ran on CPU, batch 8, on one core (`continue_measurement_comparison` from its step 500,
-`continue_statement_note` and `continue_fresh_pairs_anew` throughout, on two threads); no GPU was available. For the
+`continue_statement_note`, `continue_fresh_pairs_anew`, `continue_label_head` and `continue_official_numeric`
+throughout, on two threads); no GPU was available. For the
 answer latency: the prompt's common start (system prompt, user header, ECG tags) is computed once and kept for the
 last few distinct starts, so questions about one ECG and comparisons of two asked in turn both reuse theirs."""
 
@@ -534,9 +536,10 @@ def seen_sentence(seen: dict | None) -> str:
     if not seen or seen.get("records_seen_in_training") is None:
         return f"Seen in training: not known (`{json.dumps(seen)}`)."
     unrecorded = seen.get("stages_with_unrecorded_records") or []
+    patients = (f" and {seen['patients_seen_in_training']} of their {seen['patients_evaluated']} patients"
+                if seen.get("patients_evaluated") is not None else "")
     return (f"Seen in training by any stage of the checkpoint: {seen['records_seen_in_training']} of the "
-            f"{seen['records_evaluated']} ECGs and {_fmt(seen.get('patients_seen_in_training'))} of their "
-            f"{_fmt(seen.get('patients_evaluated'))} patients (split policy {seen.get('split_policy')}"
+            f"{seen['records_evaluated']} ECGs{patients} (split policy {seen.get('split_policy')}"
             + (f"; stages that did not record their records: {', '.join(unrecorded)}" if unrecorded else "") + ").")
 
 
@@ -588,28 +591,32 @@ FIGURE_SETS = (("generated_test", "generated\nECG-QA test"), ("grouped_test", "a
                ("official_valid", "official\nECG-QA valid"), ("numeric_test", "numeric, axis\nECG-QA test"))
 
 
-def plot_evidence(r: dict, path: Path = FIGURE) -> None:
+def plot_evidence(r: dict, path: Path = FIGURE) -> dict:
     """The page's figure, from the JSON alone: EM with the ECG, with another patient's ECG and without any, on each
-    question set; and EM per question type on the generated test set with its 95 % interval."""
+    question set; and EM per question type on the generated test set with its 95 % interval. Returns the bars'
+    values as drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     sets = [(key, label) for key, label in FIGURE_SETS if key in r]
+    plotted: dict = {"sets": {}, "per_question_type": {}}
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.1, 1]})
     probes = (("em", "with its ECG", "#1f3b73"), ("random_ecg_em", "another patient's ECG", "#8fa7cf"),
               ("blind_em", "no ECG (blind)", "#d9d9d9"))
     for j, (field, label, colour) in enumerate(probes):
         xs = np.arange(len(sets)) + (j - 1) * 0.27
-        left.bar(xs, [r[key][field] for key, _ in sets], width=0.27, color=colour, edgecolor="#333333", lw=0.5,
-                 label=label)
+        bars = left.bar(xs, [r[key][field] for key, _ in sets], width=0.27, color=colour, edgecolor="#333333",
+                        lw=0.5, label=label)
+        for (key, _), bar in zip(sets, bars):
+            plotted["sets"].setdefault(key, {})[field] = bar.get_height()
     for x, (key, _) in enumerate(sets):  # the with-ECG interval
         lo, hi = r[key]["em_ci95"]
         left.plot([x - 0.27] * 2, [lo, hi], color="black", lw=1)
     g = r["generated_test"]
-    left.axhline(g["best_baseline_em"], color="#b5523b", ls="--", lw=1,
-                 label=f"best question-only or classifier baseline (generated test) {g['best_baseline_em']:.3f}")
+    left.hlines(g["best_baseline_em"], -0.45, 0.45, color="#b5523b", ls="--", lw=1.5,  # measured there alone
+                label=f"best question-only or classifier baseline, generated test {g['best_baseline_em']:.3f}")
     left.set_xticks(range(len(sets)), [label for _, label in sets], fontsize=8)
     left.set_ylabel("exact match")
     left.set_ylim(0, 1)
@@ -618,7 +625,8 @@ def plot_evidence(r: dict, path: Path = FIGURE) -> None:
     types = sorted(g["per_question_type"], key=lambda t: g["per_question_type"][t])
     em = [g["per_question_type"][t] for t in types]
     ci = [g["per_question_type_ci95"][t] for t in types]
-    right.barh(range(len(types)), em, color="#1f3b73", height=0.6)
+    for t, bar in zip(types, right.barh(range(len(types)), em, color="#1f3b73", height=0.6)):
+        plotted["per_question_type"][t] = bar.get_width()
     right.errorbar(em, range(len(types)), xerr=[[e - c[0] for e, c in zip(em, ci)], [c[1] - e for e, c in zip(em, ci)]],
                    fmt="none", ecolor="black", lw=1)
     right.set_yticks(range(len(types)), [f"{t} (n = {g['per_question_type_n'][t]})" for t in types], fontsize=8)
@@ -628,6 +636,7 @@ def plot_evidence(r: dict, path: Path = FIGURE) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return plotted
 
 
 def render_page(r: dict) -> str:

@@ -889,6 +889,9 @@ def test_what_training_saw_of_an_evaluation_reads_as_a_sentence(monkeypatch):
     assert "stages that did not record their records: instruct" in ecgqa_evidence.seen_sentence(
         {**seen, "stages_with_unrecorded_records": ["instruct"]})
     assert ecgqa_evidence.seen_sentence({"split_policy": "not checked"}).startswith("Seen in training: not known")
+    no_patients = {k: v for k, v in seen.items() if not k.startswith("patients")}
+    assert ecgqa_evidence.seen_sentence(no_patients) == ("Seen in training by any stage of the checkpoint: 0 of the "
+                                                         "1662 ECGs (split policy e5a9).")
     assert ecgqa_evidence.seen_sentence(None).startswith("Seen in training: not known")
 
 
@@ -903,8 +906,12 @@ def test_the_evidence_figure_is_drawn_from_the_committed_json(monkeypatch, tmp_p
     import ecgqa_evidence
 
     result = json.loads((root / "benchmarks/results/ecgqa_evidence.json").read_text())
-    ecgqa_evidence.plot_evidence(result, tmp_path / "figure.png")
+    plotted = ecgqa_evidence.plot_evidence(result, tmp_path / "figure.png")
     assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(plotted["sets"]) == {k for k, _ in ecgqa_evidence.FIGURE_SETS if k in result} >= {"generated_test"}
+    for name, bars in plotted["sets"].items():  # each bar is its set's figure, each probe where it belongs
+        assert bars == {f: result[name][f] for f in ("em", "random_ecg_em", "blind_em")}
+    assert plotted["per_question_type"] == result["generated_test"]["per_question_type"]
     assert "](ecgqa_evidence.png)" in (root / "docs/results/ecgqa_evidence.md").read_text()
     assert (root / "docs/results/ecgqa_evidence.png").exists()
 
@@ -923,6 +930,7 @@ def test_the_images_page_shows_the_bundled_record_rendered_clean_and_distorted(m
     examples = images.draw_examples(tmp_path / "a.jpg")
     again = images.draw_examples(tmp_path / "b.jpg")
     assert examples == again and examples[0]["distortions"] == [] and all(e["distortions"] for e in examples[1:])
+    assert (tmp_path / "a.jpg").read_bytes() == (tmp_path / "b.jpg").read_bytes()  # seeded to the pixel
     assert {e["layout"] for e in examples} == {"3x4", "6x2", "12x1"}
     assert Image.open(tmp_path / "a.jpg").size == (1100, 850)  # four half-size 1100x850 pages, two by two
     assert "](images_examples.jpg)" in (root / "docs/results/images.md").read_text()
