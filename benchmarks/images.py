@@ -138,37 +138,36 @@ def read_printouts(assistant, images: list, truth: np.ndarray) -> tuple[list[dic
                   "answer_seconds_median": round(float(np.median(seconds)), 3)}
 
 
-def printed_images(model_dir: str) -> dict:
+def load_printouts() -> tuple:
+    """The real printouts: their labels table, True where normal, and the pictures as read."""
     import pandas as pd
-    import torch
-
-    from ecgllm import ECGAssistant
 
     labels = pd.read_csv(PRINTOUTS / "labels.csv")
-    truth = (labels.label == "normal").to_numpy()
-    rows, summary = read_printouts(ECGAssistant.load(model_dir), [read_ecg(PRINTOUTS / f) for f in labels.file],
-                                   truth)
+    return labels, (labels.label == "normal").to_numpy(), [read_ecg(PRINTOUTS / f) for f in labels.file]
+
+
+def printed_images(assistant, printouts: tuple) -> dict:
+    """The printouts (`load_printouts`) as they are, read by ``assistant`` (an `ECGAssistant`)."""
+    import torch
+
+    labels, truth, originals = printouts
+    rows, summary = read_printouts(assistant, originals, truth)
     return {**summary, "task": "normal vs not normal (MI, abnormal heartbeat, history of MI)",
             "majority_accuracy": round(max(truth.mean(), 1 - truth.mean()), 3), "threads": torch.get_num_threads(),
             "per_image": [{"file": f, "label": label, **row} for f, label, row in zip(labels.file, labels.label, rows)]}
 
 
-def printed_images_photographed(model_dir: str, printed: dict, seeds: tuple[int, ...] = PHOTO_SEEDS) -> dict:
+def printed_images_photographed(assistant, printouts: tuple, printed: dict,
+                                seeds: tuple[int, ...] = PHOTO_SEEDS) -> dict:
     """The same printouts photographed worse: each picture with the renderer's print/photo distortions on top
     (`ecgllm.render.augment.distort`: rotation, perspective, wrinkles, creases, shadow, blur, sensor noise, JPEG,
     each with its training probability), one seeded draw per picture and seed. Whether the reading holds on
     worse pictures of the same pages; nothing is fitted, and the distortions were made for renders, not chosen
     on these pictures. ``printed``: `printed_images`' result, the answers each draw is compared with."""
-    import pandas as pd
-
-    from ecgllm import ECGAssistant
     from ecgllm.io.image import ECGImage
     from ecgllm.render.augment import distort
 
-    labels = pd.read_csv(PRINTOUTS / "labels.csv")
-    truth = (labels.label == "normal").to_numpy()
-    assistant = ECGAssistant.load(model_dir)
-    originals = [read_ecg(PRINTOUTS / f) for f in labels.file]
+    labels, truth, originals = printouts
     before = {row["file"]: row["said_normal"] for row in printed["per_image"]}
     draws = []
     for seed in seeds:
@@ -699,6 +698,9 @@ def main() -> None:
         raise SystemExit(f"{args.model}'s image_encoder.json records no distillation recipe: name the run (--distill)")
     shipped_from = json.loads((Path(args.model) / "config.json").read_text()).get("shipped_from") or "RUN"
     measured = claim_run_folder(Path(args.out), Path(args.model))
+    from ecgllm import ECGAssistant
+
+    assistant, printouts = ECGAssistant.load(args.model), load_printouts()  # read as they are, then worse
     result = {"render": render_speed(args.render_n),
               "fold10_test": fold10_test_reading(args.model, args.signals, args.ptbxl, args.ecgqa, args.n_eval,
                                                  args.workers),
@@ -708,9 +710,9 @@ def main() -> None:
               "distill_chain": recipe_chain(described) if made else [Path(args.distill).name],
               "view_shift": encoders[args.model][0].config.view_shift,
               "ecgqa": ecgqa_modalities(args.model, args.generated_test, args.signals, args.limit, Path(args.out)),
-              "printed": printed_images(args.model), "not_ecg": not_ecg_pictures(args.model),
+              "printed": printed_images(assistant, printouts), "not_ecg": not_ecg_pictures(args.model),
               "measured_model": measured}
-    result["printed_photographed"] = printed_images_photographed(args.model, result["printed"])
+    result["printed_photographed"] = printed_images_photographed(assistant, printouts, result["printed"])
     result["examples"] = draw_examples()
     t = result["fold10_test"]
     flat = {"render_images_per_s": result["render"]["augmented_2proc_per_s"],
