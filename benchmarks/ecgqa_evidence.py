@@ -162,24 +162,64 @@ def record_attributes(features: Path | None = None) -> dict:
     return build_attributes(PTBXL.load(SHARED / "ptbxl"), measured)
 
 
-def generated_test(n: int, seed: int, out: Path, answer_groups: bool = False) -> Path:
-    """Official-format questions over ECG-QA test ECGs (templates the generator can answer from our labels);
+def generated_test(n: int, seed: int, out: Path, answer_groups: bool = False, split: str = "test") -> Path:
+    """Official-format questions over ECG-QA ``split`` ECGs (templates the generator can answer from our labels);
     ``answer_groups``: choose and query questions drawn as ECG-QA drew them (an answer first, weighted by min(its
-    records, a quota), `ECGQAGenerator.generate`), in a folder of their own."""
+    records, a quota), `ECGQAGenerator.generate`), in a folder of their own. A train-split set is drawn exactly as
+    the test set is (the test split's quotas included), for the baselines to learn that draw's answers."""
     from ecgllm.datasets import ECGQA
     from ecgllm.datasets.ecgqa_generator import ANSWER_QUOTA, ECGQAGenerator
 
     # the grouped set's folder names its size, seed and answer quotas (the test split's, as ECG-QA drew its test
     # questions): another draw is another set, never a stale one reused
     quota = ANSWER_QUOTA["test"]
-    folder = f"grouped_test_n{n}_s{seed}_q{quota['choose']}-{quota['query']}" if answer_groups else "generated_test"
+    folder = f"grouped_{split}_n{n}_s{seed}_q{quota['choose']}-{quota['query']}" if answer_groups else (
+        "generated_test" if split == "test" else f"generated_{split}_n{n}_s{seed}")
     path = out / folder / "template" / "generated.json"
     if not path.exists():
-        samples = ECGQAGenerator(record_attributes(), ECGQA(QA).split_ecg_ids("test")).generate(
+        samples = ECGQAGenerator(record_attributes(), ECGQA(QA).split_ecg_ids(split)).generate(
             n, seed=seed, answer_groups=answer_groups, quota_split="test")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(samples))
     return path
+
+
+OFFICIAL_TRAIN = "official train"
+SAME_DRAW = "generated train"
+
+
+def trained_on(args: argparse.Namespace, same_draw_seed: int | None = None) -> dict[str, str]:
+    """What each trained baseline learnt from, for the page."""
+    sources = {OFFICIAL_TRAIN: "the official template train data we have (ECG-QA train ECGs)"}
+    if same_draw_seed is not None:
+        sources[SAME_DRAW] = (f"{args.n_baseline_train} generated questions over ECG-QA train ECGs, drawn as this set "
+                              f"was (seed {same_draw_seed})")
+    return sources
+
+
+def baselines(data: list[str], out: Path, args: argparse.Namespace, same_draw: Path | None = None,
+              classifier: bool = True, limit: int | None = None) -> tuple[dict[str, float], dict[str, Path]]:
+    """Every answer that needs no ECG, and the classifier, on ``data``: the constant answer; the majority and
+    question-only baselines (and the classifier) trained on the official template train data we have; with
+    ``same_draw``, the same trained on generated questions over ECG-QA train ECGs drawn as ``data`` was (a
+    question-only answer that knows the test set's own answer frequencies). Returns EM and run folder by name."""
+    from ecgllm.evaluation.baselines import run_baselines
+
+    encoder = str(args.encoder) if args.encoder and classifier else None
+    trained = ["majority", "question-only"] + (["classifier"] if encoder else [])
+    labels = str(SHARED / "ptbxl")
+    sources = [(OFFICIAL_TRAIN, [str(QA / "template/train"), str(SAMPLE / "template_train.json")], out / "baselines")]
+    if same_draw is not None:
+        sources.append((SAME_DRAW, [str(same_draw)], out / "baselines_same_draw"))
+    scores = run_baselines([], data, args.signals, str(out / "baselines_untrained"), which=["constant"],
+                           labels=labels, progress=not args.quiet, limit=limit)["per_baseline"]
+    folders = {"constant": out / "baselines_untrained" / "constant"}
+    for source, train, folder in sources:
+        per = run_baselines(train, data, args.signals, str(folder), encoder=encoder, which=trained, labels=labels,
+                            progress=not args.quiet, limit=limit)["per_baseline"]
+        scores |= {f"{name} ({source})": em for name, em in per.items()}
+        folders |= {f"{name} ({source})": folder / name for name in per}
+    return scores, folders
 
 
 def numeric_test(n: int, seed: int, out: Path, features: Path) -> Path:
@@ -373,7 +413,6 @@ def probes_summary(run: Path, summary: dict, data: list[str] | None = None, attr
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    from ecgllm.evaluation.baselines import run_baselines
     from ecgllm.evaluation.ecgbench import zero_shot
     from ecgllm.evaluation.ecgqa_eval import EcgqaRun, evaluate_ecgqa
     from ecgllm.evaluation.probes import run_probes
@@ -407,16 +446,14 @@ def evaluate(args: argparse.Namespace) -> dict:
                                          "generated questions, template wording",
                                 **probes_summary(out / "generated", summary, [str(generated)], record_attributes())}
 
-    train = [str(QA / "template/train"), str(SAMPLE / "template_train.json")]
-    which = ["majority", "question-only"] + (["classifier"] if args.encoder else [])
-    baselines = run_baselines(train, [str(generated)], signals, str(out / "baselines"),
-                              encoder=str(args.encoder) if args.encoder else None, which=which, labels=labels,
-                              progress=not args.quiet, limit=args.limit_generated)["per_baseline"]
-    result["generated_test"]["baselines"] = baselines
-    result["generated_test"]["baselines_official_mix"] = official_mix({k: out / "baselines" / k for k in baselines})
-    best = max(v["overall_em"] if isinstance(v, dict) else v for v in baselines.values())
-    result["generated_test"]["best_baseline_em"] = best
-    result["generated_test"]["margin_over_best_baseline"] = round(result["generated_test"]["em"] - best, 4)
+    same_draw = generated_test(args.n_baseline_train, args.seed + 2, out, split="train")
+    scores, folders = baselines([str(generated)], out / "generated", args, same_draw, limit=args.limit_generated)
+    result["generated_test"]["baselines"] = scores
+    result["generated_test"]["baselines_trained_on"] = trained_on(args, args.seed + 2)
+    result["generated_test"]["baselines_official_mix"] = official_mix(folders)
+    result["generated_test"]["best_baseline_em"] = max(scores.values())
+    result["generated_test"]["best_baseline"] = max(scores, key=scores.get)
+    result["generated_test"]["margin_over_best_baseline"] = round(result["generated_test"]["em"] - max(scores.values()), 4)
 
     if args.n_grouped:
         from ecgllm.datasets.ecgqa_generator import ANSWER_QUOTA
@@ -431,9 +468,9 @@ def evaluate(args: argparse.Namespace) -> dict:
                                            f"quotas: {quota['choose']} records of each answer of a choose question, "
                                            f"{quota['query']} of a query one), the others record first",
                                   **probes_summary(runs, summary, [str(grouped)], record_attributes())}
-        result["grouped_test"]["baselines"] = run_baselines(
-            train, [str(grouped)], signals, str(runs / "baselines"), which=["majority", "question-only"],
-            labels=labels, progress=not args.quiet)["per_baseline"]
+        same_draw = generated_test(args.n_baseline_train, args.seed + 3, out, answer_groups=True, split="train")
+        result["grouped_test"]["baselines"] = baselines([str(grouped)], runs, args, same_draw, classifier=False)[0]
+        result["grouped_test"]["baselines_trained_on"] = trained_on(args, args.seed + 3)
 
     metrics = evaluate_ecgqa(EcgqaRun(data=[str(normal)], ptbxl=signals, out=str(out / "normal_ecg_run"),
                                       model=str(model_dir), labels=labels, batch_size=args.batch_size), *loaded,
@@ -449,7 +486,9 @@ def evaluate(args: argparse.Namespace) -> dict:
                                          "ids), template and paraphrased; valid questions choose between models "
                                          "(benchmarks/ecgqa_candidate.py), so these are not a held-out measure",
                                 **probes_summary(out / "official_valid", summary),
-                                "per_wording": per_wording(out / "official_valid" / "none", valid)}
+                                "per_wording": per_wording(out / "official_valid" / "none", valid),
+                                "baselines": baselines(valid, out / "official_valid", args, limit=args.limit_valid)[0],
+                                "baselines_trained_on": trained_on(args)}
 
     if numeric:
         summary = run_probes([str(numeric)], signals, str(out / "numeric"), model=str(model_dir), labels=labels,
@@ -593,7 +632,7 @@ FIGURE_SETS = (("generated_test", "generated\nECG-QA test"), ("grouped_test", "a
 
 def plot_evidence(r: dict, path: Path = FIGURE) -> dict:
     """The page's figure, from the JSON alone: EM with the ECG, with another patient's ECG and without any, on each
-    question set; and EM per question type on the generated test set with its 95 % interval. Returns the bars'
+    question set, under the best of its baselines; and EM per question type on the generated test set with its 95 % interval. Returns the bars'
     values as drawn."""
     import matplotlib
 
@@ -601,7 +640,7 @@ def plot_evidence(r: dict, path: Path = FIGURE) -> dict:
     import matplotlib.pyplot as plt
 
     sets = [(key, label) for key, label in FIGURE_SETS if key in r]
-    plotted: dict = {"sets": {}, "per_question_type": {}}
+    plotted: dict = {"sets": {}, "per_question_type": {}, "best_baseline": {}}
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.1, 1]})
     probes = (("em", "with its ECG", "#1f3b73"), ("random_ecg_em", "another patient's ECG", "#8fa7cf"),
               ("blind_em", "no ECG (blind)", "#d9d9d9"))
@@ -614,9 +653,14 @@ def plot_evidence(r: dict, path: Path = FIGURE) -> dict:
     for x, (key, _) in enumerate(sets):  # the with-ECG interval
         lo, hi = r[key]["em_ci95"]
         left.plot([x - 0.27] * 2, [lo, hi], color="black", lw=1)
+    for x, (key, _) in enumerate(sets):  # each set's best baseline, over its own bars only
+        if r[key].get("baselines"):
+            best = max(v["overall_em"] if isinstance(v, dict) else v for v in r[key]["baselines"].values())
+            left.hlines(best, x - 0.45, x + 0.45, color="#b5523b", ls="--", lw=1.5,
+                        label=None if plotted["best_baseline"] else "best baseline (constant, majority, "
+                                                                    "question-only or classifier)")
+            plotted["best_baseline"][key] = best
     g = r["generated_test"]
-    left.hlines(g["best_baseline_em"], -0.45, 0.45, color="#b5523b", ls="--", lw=1.5,  # measured there alone
-                label=f"best question-only or classifier baseline, generated test {g['best_baseline_em']:.3f}")
     left.set_xticks(range(len(sets)), [label for _, label in sets], fontsize=8)
     left.set_ylabel("exact match")
     left.set_ylim(0, 1)
@@ -639,6 +683,23 @@ def plot_evidence(r: dict, path: Path = FIGURE) -> dict:
     return plotted
 
 
+def baseline_rows(p: dict) -> list[str]:
+    """The answers that need no ECG (and the classifier) on a set's questions, best first, beside the model's EM."""
+    mix = p.get("baselines_official_mix", {})
+    trained_on = p.get("baselines_trained_on", {})
+    lines = ["Baselines on the same questions: the constant answer (\"no\" to yes/no questions, \"none\" to the "
+             "others, no training); majority (each template's commonest answer), question-only (TF-IDF and logistic "
+             "regression from the question to its answer) and classifier (the default's own encoder with one logistic "
+             "regression per template), each trained on "
+             + "; or on ".join(f"{k}: {v}" for k, v in trained_on.items()) + ".", "",
+             "| answered by | EM | EM, official template mix |" if mix else "| answered by | EM |",
+             "|---|---|---|" if mix else "|---|---|"]
+    rows = [("the model, with the ECG", p["em"], (p.get("official_mix") or {}).get("em"))]
+    rows += sorted(((k, v["overall_em"] if isinstance(v, dict) else v, mix.get(k)) for k, v in p["baselines"].items()),
+                   key=lambda row: -row[1])
+    return lines + [f"| {name} | {_fmt(em)} |" + (f" {_fmt(m)} |" if mix else "") for name, em, m in rows] + [""]
+
+
 def render_page(r: dict) -> str:
     g = r["generated_test"]
     lines = ["# ECG-QA: does the default model read the ECG?", "",
@@ -649,11 +710,7 @@ def render_page(r: dict) -> str:
                 if r.get("answer_latency_measured") else []) + ["", TRIED, ""]
     lines += [f"![EM with the ECG, another patient's ECG and none; EM per question type]({FIGURE.name})", ""]
     lines += _probe_section("Generated test set (ECG-QA test ECGs)", g)
-    mix = g.get("baselines_official_mix", {})
-    lines += ["Baselines on the same questions (trained on the official template train data we have):", "",
-              "| baseline | EM | EM, official template mix |", "|---|---|---|"]
-    lines += [f"| {k} | {_fmt(v['overall_em'] if isinstance(v, dict) else v)} | {_fmt(mix.get(k))} |"
-              for k, v in g["baselines"].items()]
+    lines += baseline_rows(g)
     if "grouped_test" in r:
         q = r["grouped_test"]
         lines += [""] + _probe_section("Generated test set, choose and query questions drawn as ECG-QA drew them "
@@ -664,12 +721,13 @@ def render_page(r: dict) -> str:
                   "between: on the official valid questions we have, \"none\" answers most questions of some query "
                   "templates (\"What leads are showing X?\"), and a continuation trained on this draw answered those "
                   "worse (`ecgqa_candidate_answer_groups.md`). Yes/no and comparison questions are drawn as in the "
-                  "main set. Baselines on the same questions:", "", "| baseline | EM |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v['overall_em'] if isinstance(v, dict) else v)} |" for k, v in q["baselines"].items()]
+                  "main set.", ""] + baseline_rows(q)
     n = r["normal_ecg"]
     lines += ["", "## \"Is this a normal ECG?\"", "", f"Split: {n['split']}. Balanced accuracy {_fmt(n['balanced_acc'])}; "
               f"answered \"yes\" {n['answered_yes']} times of {n['n']}.", ""]
     lines += _probe_section("Official ECG-QA valid questions", r["official_valid"])
+    if "baselines" in r["official_valid"]:
+        lines += baseline_rows(r["official_valid"]) + [""]
     if "numeric_test" in r:
         lines += _probe_section("Numeric features and heart axis (generated, ECG-QA test ECGs)", r["numeric_test"])
         lines += [numeric_note(), ""]
@@ -725,7 +783,10 @@ def readme_block(r: dict) -> str:
         f"| {v['n']} official questions | ECG-QA valid ({seen(v)}) | "
         f"{_ci(v['em'], v['em_ci95'])} | {_fmt(v['blind_em'])} | {_fmt(v['random_ecg_em'])} |",
         "",
-        f"Best question-only or classifier baseline on the generated questions: {_fmt(g['best_baseline_em'])}. "
+        f"Best baseline (an answer without the ECG, or the classifier): on the generated questions "
+        f"{_fmt(g['best_baseline_em'])} ({g.get('best_baseline', 'n/a')})"
+        + (f"; on the official questions {_fmt(max(v['baselines'].values()))} "
+           f"({max(v['baselines'], key=v['baselines'].get)})" if v.get("baselines") else "") + ". "
         f"Balanced accuracy: single-verify {_fmt(g['single_verify_balanced_acc'])}, \"Is this a normal ECG?\" "
         f"{_fmt(n['balanced_acc'])} ({n['split']}). Zero-shot yes/no on other hospitals' ECGs (balanced accuracy): "
         f"{zero or 'n/a'}. Targets and what was missed: `docs/results/ecgqa_evidence.md`."])
@@ -756,6 +817,9 @@ def main() -> None:
     parser.add_argument("--n-numeric", type=int, default=300)
     parser.add_argument("--n-grouped", type=int, default=1000,
                         help="generated test questions drawn as ECG-QA drew them (answer groups); 0: none")
+    parser.add_argument("--n-baseline-train", type=int, default=10000,
+                        help="generated questions over ECG-QA train ECGs, drawn as each generated test set is, for "
+                             "the baselines that learn that draw's answers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--signals", default=str(SHARED / "ptbxl"),

@@ -360,7 +360,7 @@ def test_ecgbench_superclass_metrics_follow_the_answers_against_the_labels(tmp_p
     assert (metrics["macro_f1"] > 0.5) if truthful else (metrics["macro_f1"] == 0.0)
 
 
-def test_all_four_baselines_are_scored_like_a_model(tmp_path, tiny_checkpoint, two_record_gold):
+def test_all_five_baselines_are_scored_like_a_model(tmp_path, tiny_checkpoint, two_record_gold):
     import torch
     from safetensors.torch import save_file
 
@@ -382,10 +382,14 @@ def test_all_four_baselines_are_scored_like_a_model(tmp_path, tiny_checkpoint, t
     summary = run_baselines([str(two_record_gold)], [str(two_record_gold)], str(FIXTURES / "ptbxl"), str(tmp_path / "bl"),
                             encoder=str(run), llm=str(tiny_checkpoint.parent / "llm"),
                             labels=str(FIXTURES / "ptbxl_labels"), progress=False,
-                            which=["majority", "question-only", "classifier", "text-tags"])
-    assert set(summary["per_baseline"]) == {"majority", "question-only", "classifier", "text-tags"}
-    # the verify questions' majority answer is "yes" (6 of 7 samples): the prior gets exactly those right
+                            which=["constant", "majority", "question-only", "classifier", "text-tags"])
+    assert set(summary["per_baseline"]) == {"constant", "majority", "question-only", "classifier", "text-tags"}
+    # the verify questions' majority answer is "yes" (6 of 7 samples): the prior gets exactly those right; the
+    # constant answer says "no" to all seven, wrong on those six and, on the seventh, not an answer its template
+    # (ECG-QA's 32 asks for a noise) allows
     assert summary["per_baseline"]["majority"] == pytest.approx(6 / 7, abs=1e-3)
+    constant = [json.loads(line) for line in (tmp_path / "bl/constant/predictions.jsonl").read_text().splitlines()]
+    assert [c["answer"] for c in constant] == [["no"]] * 7 and summary["per_baseline"]["constant"] == 0.0
     for name in summary["per_baseline"]:
         assert (tmp_path / "bl" / name / "metrics.json").exists()
     assert "| text-tags |" in (tmp_path / "bl/report.md").read_text()
@@ -912,6 +916,9 @@ def test_the_evidence_figure_is_drawn_from_the_committed_json(monkeypatch, tmp_p
     for name, bars in plotted["sets"].items():  # each bar is its set's figure, each probe where it belongs
         assert bars == {f: result[name][f] for f in ("em", "random_ecg_em", "blind_em")}
     assert plotted["per_question_type"] == result["generated_test"]["per_question_type"]
+    for name, best in plotted["best_baseline"].items():  # drawn over its own set, the best of that set's baselines
+        assert best == max(result[name]["baselines"].values()) and name in plotted["sets"]
+    assert "generated_test" in plotted["best_baseline"]
     assert "](ecgqa_evidence.png)" in (root / "docs/results/ecgqa_evidence.md").read_text()
     assert (root / "docs/results/ecgqa_evidence.png").exists()
 

@@ -1,5 +1,7 @@
 """ECG-QA baselines, measured in the same run and scored by the same scorer as any model:
 
+- ``constant``: "no" to every yes/no question and "none" to every other, with no training at all (where most ECGs
+  show nothing that is asked about, this alone scores high);
 - ``majority``: the most frequent training answer of each template (the question-only prior; a model that
   ignores the ECG can reach this);
 - ``question-only``: a text classifier (TF-IDF + logistic regression) from the question to the answer set;
@@ -22,7 +24,7 @@ import torch
 from ecgllm.datasets.ecgqa import QASample
 from ecgllm.io.record import ECG
 
-BASELINES = ("majority", "question-only", "classifier", "text-tags")
+BASELINES = ("constant", "majority", "question-only", "classifier", "text-tags")
 
 
 def answer_key(answers: Sequence[str]) -> str:
@@ -37,6 +39,11 @@ def write_predictions(samples: Sequence[QASample], answers: Sequence[str | list[
             answer = a.split("; ") if isinstance(a, str) and a else a
             fh.write(json.dumps({"sample_id": s.sample_id, "variant": s.variant, "answer": answer}) + "\n")
     return path
+
+
+def constant_answers(test: Sequence[QASample]) -> list[str]:
+    """"no" to a verify question, "none" to any other: the answer that needs neither training data nor the ECG."""
+    return ["no" if s.question_type.endswith("verify") else "none" for s in test]
 
 
 def majority_answers(train: Sequence[QASample], test: Sequence[QASample]) -> list[str]:
@@ -218,7 +225,9 @@ def run_baselines(train: Sequence[str], data: Sequence[str], ptbxl: str, out: st
     root = Path(out)
     for name in which:
         path = root / name / "predictions.jsonl"
-        if name == "majority":
+        if name == "constant":
+            write_predictions(test, constant_answers(test), path)
+        elif name == "majority":
             write_predictions(test, majority_answers(train_set, test), path)
         elif name == "question-only":
             write_predictions(test, question_only_answers(train_set, test, seed), path)

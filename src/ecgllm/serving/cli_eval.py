@@ -174,7 +174,7 @@ example:
     s.add_argument("--encoder", metavar="RUN", help="finished encoder run (classifier and text-tags baselines)")
     s.add_argument("--llm", metavar="DIR", help="LLM for text-tags (default: the embedded SmolLM2)")
     s.add_argument("--baselines", nargs="+", default=["majority", "question-only"],
-                   choices=["majority", "question-only", "classifier", "text-tags"])
+                   choices=["constant", "majority", "question-only", "classifier", "text-tags"])
     s.add_argument("--out", required=True, metavar="RUN_DIR")
     s.add_argument("--labels", metavar="DIR", help="PTB-XL labels (strata, statement names)")
     s.add_argument("--limit", type=int, help="only the first N samples")
