@@ -108,3 +108,30 @@ def test_training_data_with_a_held_out_paraphrase_is_refused_with_its_line(tmp_p
     held.write_text("\n".join([row(t.pattern), row(t.held_out_paraphrases[0])]) + "\n")
     with pytest.raises(HeldOutWordingError, match=r"held.jsonl: 1 ECG-QA questions .* line 2"):
         ConversationDataset(held, cache)
+
+
+def test_the_policy_guard_on_ptbxl_arrays_names_the_stage_that_asked(tmp_path, monkeypatch):
+    """`load_ptbxl_arrays` serves the encoder, contrastive, label-head, image-quality and distillation stages; its
+    guard's sentence names the one that loaded the records, not always the encoder."""
+    from ecgllm.datasets import PTBXL
+    from ecgllm.datasets.cache import build_cache
+    from ecgllm.signal import PrepConfig
+    from ecgllm.training import pretrain_encoder
+    from tests.conftest import FIXTURES
+
+    ptbxl = PTBXL.load(FIXTURES / "ptbxl")
+    paths = [ptbxl.record_path(i, prefer_fs=100) for i in ptbxl.ecg_ids]
+    cache = build_cache(paths, ptbxl.table[["strat_fold"]].reset_index(), tmp_path / "cache",
+                        PrepConfig(fs=100.0, bandpass=None, window_s=10.0), "test", workers=1, progress=False)
+
+    class EveryRecordForbidden:  # the filter lets every record through, the guard refuses them all
+        fit_forbidden: set = set()
+        sha256 = "0" * 64
+
+        def refuse(self, record_ids, source, stage):
+            raise ForbiddenRecordsError(f"{source}: {len(list(record_ids))} records in the {stage} stage")
+
+    monkeypatch.setattr(pretrain_encoder, "load_policy", EveryRecordForbidden)
+    for stage in ("contrastive", "image distillation"):
+        with pytest.raises(ForbiddenRecordsError, match=f"in the {stage} stage"):
+            pretrain_encoder.load_ptbxl_arrays(str(cache), str(FIXTURES / "ptbxl"), "mv", stage=stage)

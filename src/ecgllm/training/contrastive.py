@@ -161,7 +161,8 @@ def pretrain_contrastive(config: ContrastiveConfig, progress: bool = True, resum
 
     accelerator = stage_accelerator(config.device, config.mixed_precision)
     out = start_run(config.output_dir, config.seed, config.threads)
-    data, ptbxl = load_ptbxl_arrays(config.ecg_cache, config.ptbxl, config.normalize, config.exclude_ids_file)
+    data, ptbxl = load_ptbxl_arrays(config.ecg_cache, config.ptbxl, config.normalize, config.exclude_ids_file,
+                                    stage="contrastive")
     texts = record_texts(ptbxl, data.ids, config.text)
     has_text = np.array([bool(t) for t in texts])
     train, valid = data.train[has_text[data.train]], data.valid[has_text[data.valid]]

@@ -82,7 +82,7 @@ def fit_image_quality(model, ecg_cache: str, ptbxl: str, normalize: str, n_train
         raise RecipeError(f"an image quality head imitates the signal-quality heads from the image encoder's view; "
                           f"this model lacks {lacking}")
     quality = model.label_tokens.quality
-    data, ptbxl_table = load_ptbxl_arrays(ecg_cache, ptbxl, normalize)
+    data, ptbxl_table = load_ptbxl_arrays(ecg_cache, ptbxl, normalize, stage="image quality head")
     quality.check_rate(data.fs, str(ecg_cache))  # the heads' bands are in Hz: their targets need their rate
     rng = np.random.default_rng(seed)
     train = np.sort(rng.permutation(data.train)[:n_train])

@@ -147,7 +147,7 @@ def refit_label_head(model: Path, signals: str, ptbxl: str, out: Path, epochs: i
     inherited_stages([model], policy)  # a model trained under another policy stops here, before any fitting
     saved = encoder_meta(model)
     encoder, head, _ = load_teacher(model, saved["encoder_kwargs"]["n_tokens"])
-    data, _ = load_ptbxl_arrays(signals, ptbxl, saved["input"]["normalize"])
+    data, _ = load_ptbxl_arrays(signals, ptbxl, saved["input"]["normalize"], stage=STAGE)
     vocabulary = read_config(model).label_vocab or {}
     if (vocabulary.get("all71"), vocabulary.get("superclass")) != (data.classes71, data.superclasses):
         raise ValueError(f"{model}'s label vocabulary is not PTB-XL's 71 statements and 5 superclasses in the "

@@ -180,8 +180,8 @@ class PTBXLArrays:
     prep: dict | None = None         # the cache's preparation (filtering, leads, window) before `normalize`
 
 
-def load_ptbxl_arrays(ecg_cache: str, ptbxl_dir: str, normalize: str,
-                      exclude_ids_file: str | None = None) -> tuple[PTBXLArrays, "PTBXL"]:
+def load_ptbxl_arrays(ecg_cache: str, ptbxl_dir: str, normalize: str, exclude_ids_file: str | None = None,
+                      stage: str = "encoder") -> tuple[PTBXLArrays, "PTBXL"]:
     from ecgllm.datasets.cache import ECGCache
     from ecgllm.datasets.ptbxl import PTBXL
 
@@ -210,7 +210,7 @@ def load_ptbxl_arrays(ecg_cache: str, ptbxl_dir: str, normalize: str,
                          valid=np.flatnonzero(folds == 9), test=np.flatnonzero(folds == 10),
                          excluded=len(excluded), fs=float(cache.meta["fs"]), excluded_by_policy=int(held_out.sum()),
                          prep=cache.meta.get("prep"))
-    policy.refuse(ids[arrays.train], source=str(ecg_cache), stage="encoder")  # a guard: the filter above
+    policy.refuse(ids[arrays.train], source=str(ecg_cache), stage=stage)  # a guard: the filter above
     if arrays.excluded_by_policy:
         print(f"split policy {policy.sha256[:12]}: {arrays.excluded_by_policy} records of ECG-QA valid/test patients "
               f"in folds 1-8 of {ecg_cache} are left out of training", file=sys.stderr)
