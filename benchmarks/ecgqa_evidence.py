@@ -8,13 +8,16 @@ checks through the checkpoint's training_records.json):
 - a generated test set over ECG-QA *test* ECGs, all seven question types, official template wording: EM per
   question type and per attribute type with 95 % bootstrap intervals; blind and random-ECG probes, with a paired
   McNemar test between the answers with the real ECG and with another patient's ECG; the confusion of verify
-  answers; the majority, question-only and classifier baselines on the same questions;
+  answers; on the same questions the constant answer ("no"/"none") and the majority, question-only and classifier
+  baselines, each trained on the official train data we have and on generated questions over ECG-QA train ECGs
+  drawn as the set was (`--n-baseline-train`);
 - a second generated test set over ECG-QA test ECGs whose choose and query questions are drawn as ECG-QA drew
   them (`--answer-groups`: an answer first, weighted by min(its records, a quota), so "none" is one answer among
-  many), with the same probes and the majority and question-only baselines;
+  many), with the same probes and baselines (no classifier);
 - every EM also weighted by the official template mix (`ecgllm.datasets.ecgqa_shares`);
 - the official ECG-QA *valid* questions we have (chunk 60000 and official_sample, template and paraphrased):
-  the same probes (valid is for model selection, so it is reported, never tuned on here);
+  the same probes and the baselines trained on official train (valid is for model selection, so it is reported,
+  never tuned on here);
 - "Is this a normal ECG?" on 200 ECG-QA test ECGs, 100 with NORM and 100 without: balanced accuracy;
 - zero-shot yes/no questions on the CPSC 2018 and CODE-15% samples in ../shared (other hospitals, 500 / 400 Hz),
   scored against their labels.
@@ -188,38 +191,33 @@ OFFICIAL_TRAIN = "official train"
 SAME_DRAW = "generated train"
 
 
-def trained_on(args: argparse.Namespace, same_draw_seed: int | None = None) -> dict[str, str]:
-    """What each trained baseline learnt from, for the page."""
-    sources = {OFFICIAL_TRAIN: "the official template train data we have (ECG-QA train ECGs)"}
-    if same_draw_seed is not None:
-        sources[SAME_DRAW] = (f"{args.n_baseline_train:,} generated questions over ECG-QA train ECGs, drawn as this set "
-                              f"was (seed {same_draw_seed})")
-    return sources
-
-
 def baselines(data: list[str], out: Path, args: argparse.Namespace, same_draw: Path | None = None,
-              classifier: bool = True, limit: int | None = None) -> tuple[dict[str, float], dict[str, Path]]:
+              classifier: bool = True, limit: int | None = None) -> tuple[dict[str, float], dict[str, Path], dict]:
     """Every answer that needs no ECG, and the classifier, on ``data``: the constant answer; the majority and
     question-only baselines (and the classifier) trained on the official template train data we have; with
-    ``same_draw``, the same trained on generated questions over ECG-QA train ECGs drawn as ``data`` was (a
-    question-only answer that knows the test set's own answer frequencies). Returns EM and run folder by name."""
+    ``same_draw``, the same trained on generated questions over ECG-QA train ECGs drawn as ``data`` was (they learn
+    that draw's answer frequencies over train ECGs). Returns EM and run folder by name, and what each learnt from."""
     from ecgllm.evaluation.baselines import run_baselines
 
     encoder = str(args.encoder) if args.encoder and classifier else None
     trained = ["majority", "question-only"] + (["classifier"] if encoder else [])
     labels = str(SHARED / "ptbxl")
-    sources = [(OFFICIAL_TRAIN, [str(QA / "template/train"), str(SAMPLE / "template_train.json")], out / "baselines")]
+    sources = [(OFFICIAL_TRAIN, [str(QA / "template/train"), str(SAMPLE / "template_train.json")], out / "baselines",
+                "the official template train data we have (ECG-QA train ECGs)")]
     if same_draw is not None:
-        sources.append((SAME_DRAW, [str(same_draw)], out / "baselines_same_draw"))
+        sources.append((SAME_DRAW, [str(same_draw)], out / "baselines_same_draw",
+                        f"generated questions over ECG-QA train ECGs, drawn as this set was ({same_draw.parents[1].name})"))
     scores = run_baselines([], data, args.signals, str(out / "baselines_untrained"), which=["constant"],
                            labels=labels, progress=not args.quiet, limit=limit)["per_baseline"]
     folders = {"constant": out / "baselines_untrained" / "constant"}
-    for source, train, folder in sources:
-        per = run_baselines(train, data, args.signals, str(folder), encoder=encoder, which=trained, labels=labels,
-                            progress=not args.quiet, limit=limit)["per_baseline"]
-        scores |= {f"{name} ({source})": em for name, em in per.items()}
-        folders |= {f"{name} ({source})": folder / name for name in per}
-    return scores, folders
+    learnt: dict = {"encoder": encoder, "sources": {}}
+    for source, train, folder, what in sources:
+        summary = run_baselines(train, data, args.signals, str(folder), encoder=encoder, which=trained, labels=labels,
+                                progress=not args.quiet, limit=limit)
+        scores |= {f"{name} ({source})": em for name, em in summary["per_baseline"].items()}
+        folders |= {f"{name} ({source})": folder / name for name in summary["per_baseline"]}
+        learnt["sources"][source] = {"what": what, "questions": summary["train_samples"]}
+    return scores, folders, learnt
 
 
 def numeric_test(n: int, seed: int, out: Path, features: Path) -> Path:
@@ -447,13 +445,13 @@ def evaluate(args: argparse.Namespace) -> dict:
                                 **probes_summary(out / "generated", summary, [str(generated)], record_attributes())}
 
     same_draw = generated_test(args.n_baseline_train, args.seed + 2, out, split="train")
-    scores, folders = baselines([str(generated)], out / "generated", args, same_draw, limit=args.limit_generated)
+    scores, folders, learnt = baselines([str(generated)], out / "generated", args, same_draw, limit=args.limit_generated)
     result["generated_test"]["baselines"] = scores
-    result["generated_test"]["baselines_trained_on"] = trained_on(args, args.seed + 2)
+    result["generated_test"]["baselines_trained_on"] = learnt
     result["generated_test"]["baselines_official_mix"] = official_mix(folders)
-    result["generated_test"]["best_baseline_em"] = max(scores.values())
-    result["generated_test"]["best_baseline"] = max(scores, key=scores.get)
-    result["generated_test"]["margin_over_best_baseline"] = round(result["generated_test"]["em"] - max(scores.values()), 4)
+    name, best = best_baseline(result["generated_test"])
+    result["generated_test"] |= {"best_baseline": name, "best_baseline_em": best,
+                                 "margin_over_best_baseline": round(result["generated_test"]["em"] - best, 4)}
 
     if args.n_grouped:
         from ecgllm.datasets.ecgqa_generator import ANSWER_QUOTA
@@ -469,8 +467,8 @@ def evaluate(args: argparse.Namespace) -> dict:
                                            f"{quota['query']} of a query one), the others record first",
                                   **probes_summary(runs, summary, [str(grouped)], record_attributes())}
         same_draw = generated_test(args.n_baseline_train, args.seed + 3, out, answer_groups=True, split="train")
-        result["grouped_test"]["baselines"] = baselines([str(grouped)], runs, args, same_draw, classifier=False)[0]
-        result["grouped_test"]["baselines_trained_on"] = trained_on(args, args.seed + 3)
+        scores, _, learnt = baselines([str(grouped)], runs, args, same_draw, classifier=False)
+        result["grouped_test"] |= {"baselines": scores, "baselines_trained_on": learnt}
 
     metrics = evaluate_ecgqa(EcgqaRun(data=[str(normal)], ptbxl=signals, out=str(out / "normal_ecg_run"),
                                       model=str(model_dir), labels=labels, batch_size=args.batch_size), *loaded,
@@ -486,9 +484,9 @@ def evaluate(args: argparse.Namespace) -> dict:
                                          "ids), template and paraphrased; valid questions choose between models "
                                          "(benchmarks/ecgqa_candidate.py), so these are not a held-out measure",
                                 **probes_summary(out / "official_valid", summary),
-                                "per_wording": per_wording(out / "official_valid" / "none", valid),
-                                "baselines": baselines(valid, out / "official_valid", args, limit=args.limit_valid)[0],
-                                "baselines_trained_on": trained_on(args)}
+                                "per_wording": per_wording(out / "official_valid" / "none", valid)}
+    scores, _, learnt = baselines(valid, out / "official_valid", args, limit=args.limit_valid)
+    result["official_valid"] |= {"baselines": scores, "baselines_trained_on": learnt}
 
     if numeric:
         summary = run_probes([str(numeric)], signals, str(out / "numeric"), model=str(model_dir), labels=labels,
@@ -683,15 +681,23 @@ def plot_evidence(r: dict, path: Path = FIGURE) -> dict:
     return plotted
 
 
+BASELINE_WORDS = {"constant": "the constant answer (\"no\" to yes/no questions, \"none\" to the others, no training)",
+                  "majority": "majority (each template's commonest training answer)",
+                  "question-only": "question-only (TF-IDF and logistic regression from the question to its answer)",
+                  "classifier": "classifier (the encoder's pooled embedding with one logistic regression per template)"}
+
+
 def baseline_rows(p: dict) -> list[str]:
-    """The answers that need no ECG (and the classifier) on a set's questions, best first, beside the model's EM."""
+    """The answers that need no ECG (and the classifier) on a set's questions, best first, beside the model's EM;
+    the text names only the baselines the set has, and what each trained one learnt from."""
     mix = p.get("baselines_official_mix", {})
-    trained_on = p.get("baselines_trained_on", {})
-    lines = ["Baselines on the same questions: the constant answer (\"no\" to yes/no questions, \"none\" to the "
-             "others, no training); majority (each template's commonest answer), question-only (TF-IDF and logistic "
-             "regression from the question to its answer) and classifier (the default's own encoder with one logistic "
-             "regression per template), each trained on "
-             + "; or on ".join(f"{k}: {v}" for k, v in trained_on.items()) + ".", "",
+    learnt = p.get("baselines_trained_on") or {}
+    kinds = [k for k in BASELINE_WORDS if any(name == k or name.startswith(k + " (") for name in p["baselines"])]
+    sources = "; ".join(f"{k}: {v['what']}, {v['questions']:,} questions" for k, v in learnt.get("sources", {}).items())
+    lines = ["Baselines on the same questions: " + "; ".join(BASELINE_WORDS[k] for k in kinds) + "."
+             + (f" Trained on {sources}." if sources else "")
+             + (f" The classifier reads `{learnt['encoder']}`." if learnt.get("encoder") else "")
+             + " The best of them is picked on these very questions, which favours the baselines.", "",
              "| answered by | EM | EM, official template mix |" if mix else "| answered by | EM |",
              "|---|---|---|" if mix else "|---|---|"]
     rows = [("the model, with the ECG", p["em"], (p.get("official_mix") or {}).get("em"))]
@@ -700,15 +706,26 @@ def baseline_rows(p: dict) -> list[str]:
     return lines + [f"| {name} | {_fmt(em)} |" + (f" {_fmt(m)} |" if mix else "") for name, em, m in rows] + [""]
 
 
+def best_baseline(p: dict) -> tuple[str, float]:
+    """A set's best baseline and its EM."""
+    name = max(p["baselines"], key=p["baselines"].get)
+    return name, p["baselines"][name]
+
+
 def baseline_note(r: dict) -> list[str]:
-    """Which baseline the margin target is measured against, and why it is strong on the main generated set."""
+    """Which baseline the margin target is measured against, and why baselines are strong on the generated sets."""
     g, q = r["generated_test"], r.get("grouped_test", {})
     if "constant" not in g.get("baselines", {}):
         return []
-    grouped = (f" Drawn as ECG-QA drew its questions (the second set below), the constant answer scores "
-               f"{_fmt(q['baselines']['constant'])} and the model {_fmt(q['em'])}." if "constant" in q.get("baselines", {}) else "")
+    grouped = ""
+    if "constant" in q.get("baselines", {}):
+        name, em = best_baseline(q)
+        grouped = (f" Drawn as ECG-QA drew its choose and query questions (the second set below), the constant answer "
+                   f"scores {_fmt(q['baselines']['constant'])}, the best baseline ({name}) {_fmt(em)} and the model "
+                   f"{_fmt(q['em'])}.")
     return [f"The best baseline on the generated test set is {g['best_baseline']}, at {_fmt(g['best_baseline_em'])}. "
-            "That set draws a record first and then a question about it, so most of its answers are \"no\" or "
+            "That set's yes/no questions are drawn to answer \"yes\" one time in three (about the official "
+            "release's ratio), and its choose and query questions are asked of a record drawn first, so most of them answer "
             f"\"none\": the constant answer alone scores {_fmt(g['baselines']['constant'])}.{grouped}", ""]
 
 
@@ -795,12 +812,11 @@ def readme_block(r: dict) -> str:
         f"| {v['n']} official questions | ECG-QA valid ({seen(v)}) | "
         f"{_ci(v['em'], v['em_ci95'])} | {_fmt(v['blind_em'])} | {_fmt(v['random_ecg_em'])} |",
         "",
-        f"Best baseline (an answer without the ECG, or the classifier): on the generated questions "
-        f"{_fmt(g['best_baseline_em'])}, {g.get('best_baseline', 'n/a')}, {_fmt(g['margin_over_best_baseline'])} "
-        "below the model"
-        + (f"; on the official questions {_fmt(max(v['baselines'].values()))}, "
-           f"{max(v['baselines'], key=v['baselines'].get)}, {_fmt(round(v['em'] - max(v['baselines'].values()), 4))} "
-           "below the model" if v.get("baselines") else "") + ". "
+        "Best baseline (constant, majority, question-only or classifier; the model's own answer without an ECG is the "
+        f"blind column): on the generated questions {_fmt(g['best_baseline_em'])}, {g.get('best_baseline', 'n/a')}, "
+        f"{_fmt(g['margin_over_best_baseline'])} below the model"
+        + (f"; on the official questions {_fmt(best_baseline(v)[1])}, {best_baseline(v)[0]}, "
+           f"{_fmt(round(v['em'] - best_baseline(v)[1], 4))} below the model" if v.get("baselines") else "") + ". "
         f"Balanced accuracy: single-verify {_fmt(g['single_verify_balanced_acc'])}, \"Is this a normal ECG?\" "
         f"{_fmt(n['balanced_acc'])} ({n['split']}). Zero-shot yes/no on other hospitals' ECGs (balanced accuracy): "
         f"{zero or 'n/a'}. Targets and what was missed: `docs/results/ecgqa_evidence.md`."])

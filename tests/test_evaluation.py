@@ -568,6 +568,18 @@ def test_official_mix_weighs_templates_by_their_official_share(tmp_path, monkeyp
 
 
 @needs_shared
+def test_the_constant_baseline_says_no_to_yes_no_questions_and_none_to_the_others():
+    from ecgllm.datasets.ecgqa import QASample
+    from ecgllm.evaluation.baselines import constant_answers
+
+    kinds = ["single-verify", "comparison_consecutive-verify", "single-choose", "single-query",
+             "comparison_irrelevant-query"]
+    samples = [QASample(sample_id=i, template_id=1, question_id=0, question_type=kind, attribute_type="scp_code",
+                        question="?", answer=["yes"], ecg_id=[1])
+               for i, kind in enumerate(kinds)]
+    assert constant_answers(samples) == ["no", "no", "none", "none", "none"]
+
+
 def test_question_only_baseline_does_not_depend_on_the_thread_count():
     """Its lbfgs fit took another path with two BLAS threads than with one (EM 0.4375 vs 0.4345 on the evidence
     page's questions); it now fits on one thread whatever the caller's setting."""
@@ -916,9 +928,15 @@ def test_the_evidence_figure_is_drawn_from_the_committed_json(monkeypatch, tmp_p
     for name, bars in plotted["sets"].items():  # each bar is its set's figure, each probe where it belongs
         assert bars == {f: result[name][f] for f in ("em", "random_ecg_em", "blind_em")}
     assert plotted["per_question_type"] == result["generated_test"]["per_question_type"]
-    for name, best in plotted["best_baseline"].items():  # drawn over its own set, the best of that set's baselines
-        assert best == max(result[name]["baselines"].values()) and name in plotted["sets"]
-    assert "generated_test" in plotted["best_baseline"]
+    # a line over every set that has baselines, at the best of that set's own baselines
+    assert set(plotted["best_baseline"]) == {k for k in plotted["sets"] if result[k].get("baselines")} >= {
+        "generated_test", "official_valid"}
+    for name, best in plotted["best_baseline"].items():
+        assert best == max(result[name]["baselines"].values())
+    g = result["generated_test"]  # the margin target is measured against that best, named
+    assert g["baselines"][g["best_baseline"]] == g["best_baseline_em"] == max(g["baselines"].values())
+    assert g["margin_over_best_baseline"] == round(g["em"] - g["best_baseline_em"], 4)
+    assert "constant" in g["baselines"] and "constant" in result["official_valid"]["baselines"]
     assert "](ecgqa_evidence.png)" in (root / "docs/results/ecgqa_evidence.md").read_text()
     assert (root / "docs/results/ecgqa_evidence.png").exists()
 

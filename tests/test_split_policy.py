@@ -132,6 +132,6 @@ def test_the_policy_guard_on_ptbxl_arrays_names_the_stage_that_asked(tmp_path, m
             raise ForbiddenRecordsError(f"{source}: {len(list(record_ids))} records in the {stage} stage")
 
     monkeypatch.setattr(pretrain_encoder, "load_policy", EveryRecordForbidden)
-    for stage in ("contrastive", "image distillation"):
+    for stage in ("encoder_contrastive", "image_distillation"):
         with pytest.raises(ForbiddenRecordsError, match=f"in the {stage} stage"):
             pretrain_encoder.load_ptbxl_arrays(str(cache), str(FIXTURES / "ptbxl"), "mv", stage=stage)

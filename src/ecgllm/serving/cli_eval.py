@@ -160,7 +160,8 @@ example:
     s.set_defaults(func=cmd_probes)
 
     s = actions.add_parser("baselines", formatter_class=formatter, help="ECG-QA baselines in one report",
-                           description="Baselines scored exactly like a model: majority answer per template "
+                           description="Baselines scored exactly like a model: the constant answer (\"no\" to "
+                                       "yes/no questions, \"none\" to the others; --train unused), majority answer per template "
                                        "(question-only prior), a question-only text classifier, the ECG-QA "
                                        "classifier upper bound (frozen pretrained encoder + one head per template) "
                                        "and the training-free text-tags pipeline (the encoder's labels written into "
@@ -174,7 +175,7 @@ example:
     s.add_argument("--encoder", metavar="RUN", help="finished encoder run (classifier and text-tags baselines)")
     s.add_argument("--llm", metavar="DIR", help="LLM for text-tags (default: the embedded SmolLM2)")
     s.add_argument("--baselines", nargs="+", default=["majority", "question-only"],
-                   choices=["constant", "majority", "question-only", "classifier", "text-tags"])
+                   choices=["constant", "majority", "question-only", "classifier", "text-tags"])  # baselines.BASELINES
     s.add_argument("--out", required=True, metavar="RUN_DIR")
     s.add_argument("--labels", metavar="DIR", help="PTB-XL labels (strata, statement names)")
     s.add_argument("--limit", type=int, help="only the first N samples")

@@ -214,7 +214,7 @@ def distill_image_encoder(config: ImageDistillConfig, progress: bool = True, res
     encoder, head = encoder.to(accelerator.device), head.to(accelerator.device)
     image_config = ImageEncoderConfig(**{"n_tokens": config.n_tokens, "dim": encoder.dim, **config.image})
     data, _ = load_ptbxl_arrays(config.ecg_cache, config.ptbxl, saved["input"]["normalize"], config.exclude_ids_file,
-                                stage="image distillation")
+                                stage="image_distillation")
     rng = np.random.default_rng(config.seed)
     train = rng.permutation(data.train)[: config.n_train]
     test = rng.permutation(data.test)[: config.n_eval]
@@ -356,7 +356,7 @@ def fit_page_check_of_run(run: Path, teacher: Path | None, ecg_cache: str, ptbxl
     if changed:
         config.view_shift = view_shift
     _, _, saved = load_teacher(Path(teacher or described["teacher"]), config.n_tokens)
-    data, _ = load_ptbxl_arrays(ecg_cache, ptbxl, saved["input"]["normalize"])
+    data, _ = load_ptbxl_arrays(ecg_cache, ptbxl, saved["input"]["normalize"], stage="page_check")
     train_images = np.load(run / f"renders_train_v{RENDERS_VERSION}.npy", mmap_mode="r")
     held_out = page_check_pages(data, config, workers=workers, progress=True)
     if held_out is None:

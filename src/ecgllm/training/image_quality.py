@@ -82,11 +82,11 @@ def fit_image_quality(model, ecg_cache: str, ptbxl: str, normalize: str, n_train
         raise RecipeError(f"an image quality head imitates the signal-quality heads from the image encoder's view; "
                           f"this model lacks {lacking}")
     quality = model.label_tokens.quality
-    data, ptbxl_table = load_ptbxl_arrays(ecg_cache, ptbxl, normalize, stage="image quality head")
+    data, ptbxl_table = load_ptbxl_arrays(ecg_cache, ptbxl, normalize, stage="image_quality_head")
     quality.check_rate(data.fs, str(ecg_cache))  # the heads' bands are in Hz: their targets need their rate
     rng = np.random.default_rng(seed)
     train = np.sort(rng.permutation(data.train)[:n_train])
-    load_policy().refuse(data.ids[train], source=str(ecg_cache), stage="image quality head")
+    load_policy().refuse(data.ids[train], source=str(ecg_cache), stage="image_quality_head")
     seeds = rng.integers(0, 2**31 - 1, size=len(train))
     augment = rng.random(len(train)) < augment_probability
     noise = fill_missing_leads(_noise_of_signals(model, data.signals[train], data.masks[train]), len(quality.leads))

@@ -181,7 +181,7 @@ class PTBXLArrays:
 
 
 def load_ptbxl_arrays(ecg_cache: str, ptbxl_dir: str, normalize: str, exclude_ids_file: str | None = None,
-                      stage: str = "encoder") -> tuple[PTBXLArrays, "PTBXL"]:
+                      stage: str = "encoder_pretraining") -> tuple[PTBXLArrays, "PTBXL"]:
     from ecgllm.datasets.cache import ECGCache
     from ecgllm.datasets.ptbxl import PTBXL
 
