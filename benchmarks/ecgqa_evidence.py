@@ -653,7 +653,7 @@ def plot_evidence(r: dict, path: Path = FIGURE) -> dict:
         left.plot([x - 0.27] * 2, [lo, hi], color="black", lw=1)
     for x, (key, _) in enumerate(sets):  # each set's best baseline, over its own bars only
         if r[key].get("baselines"):
-            best = max(v["overall_em"] if isinstance(v, dict) else v for v in r[key]["baselines"].values())
+            best = best_baseline(r[key])[1]
             left.hlines(best, x - 0.45, x + 0.45, color="#b5523b", ls="--", lw=1.5,
                         label=None if plotted["best_baseline"] else "best baseline (constant, majority, "
                                                                     "question-only or classifier)")
@@ -701,8 +701,7 @@ def baseline_rows(p: dict) -> list[str]:
              "| answered by | EM | EM, official template mix |" if mix else "| answered by | EM |",
              "|---|---|---|" if mix else "|---|---|"]
     rows = [("the model, with the ECG", p["em"], (p.get("official_mix") or {}).get("em"))]
-    rows += sorted(((k, v["overall_em"] if isinstance(v, dict) else v, mix.get(k)) for k, v in p["baselines"].items()),
-                   key=lambda row: -row[1])
+    rows += sorted(((k, em, mix.get(k)) for k, em in p["baselines"].items()), key=lambda row: -row[1])
     return lines + [f"| {name} | {_fmt(em)} |" + (f" {_fmt(m)} |" if mix else "") for name, em, m in rows] + [""]
 
 
@@ -797,6 +796,7 @@ def zero_shot_section(zero: dict) -> list[str]:
 def readme_block(r: dict) -> str:
     """The README's summary of the shipped model's numbers, read from the JSON (the README holds no typed figure)."""
     g, n, v = r["generated_test"], r["normal_ecg"], r["official_valid"]
+    official_best = best_baseline(v) if v.get("baselines") else None
     zero = "; ".join(f"{name} {_fmt(z.get('balanced_acc'))} ({z['questions']} questions)" for name, z in r["zero_shot"].items())
 
     def seen(p: dict) -> str:
@@ -815,8 +815,8 @@ def readme_block(r: dict) -> str:
         "Best baseline (constant, majority, question-only or classifier; the model's own answer without an ECG is the "
         f"blind column): on the generated questions {_fmt(g['best_baseline_em'])}, {g.get('best_baseline', 'n/a')}, "
         f"{_fmt(g['margin_over_best_baseline'])} below the model"
-        + (f"; on the official questions {_fmt(best_baseline(v)[1])}, {best_baseline(v)[0]}, "
-           f"{_fmt(round(v['em'] - best_baseline(v)[1], 4))} below the model" if v.get("baselines") else "") + ". "
+        + (f"; on the official questions {_fmt(official_best[1])}, {official_best[0]}, "
+           f"{_fmt(round(v['em'] - official_best[1], 4))} below the model" if official_best else "") + ". "
         f"Balanced accuracy: single-verify {_fmt(g['single_verify_balanced_acc'])}, \"Is this a normal ECG?\" "
         f"{_fmt(n['balanced_acc'])} ({n['split']}). Zero-shot yes/no on other hospitals' ECGs (balanced accuracy): "
         f"{zero or 'n/a'}. Targets and what was missed: `docs/results/ecgqa_evidence.md`."])

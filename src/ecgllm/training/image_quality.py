@@ -72,7 +72,6 @@ def fit_image_quality(model, ecg_cache: str, ptbxl: str, normalize: str, n_train
     fitted on renders of PTB-XL training records from ``ecg_cache`` (``normalize``: its encoder's, as it was
     trained), and the report: the records and penalty of the fit and, per noise kind, the held-out AUC of the head
     and of the signal heads (over records no stage of the model trained on: not in ``trained``)."""
-    from ecgllm.datasets.split_policy import load_policy
     from ecgllm.models.image_quality import pair_fingerprint
     from ecgllm.training.distill_image import render_set
     from ecgllm.training.pretrain_encoder import load_ptbxl_arrays
@@ -86,7 +85,6 @@ def fit_image_quality(model, ecg_cache: str, ptbxl: str, normalize: str, n_train
     quality.check_rate(data.fs, str(ecg_cache))  # the heads' bands are in Hz: their targets need their rate
     rng = np.random.default_rng(seed)
     train = np.sort(rng.permutation(data.train)[:n_train])
-    load_policy().refuse(data.ids[train], source=str(ecg_cache), stage="image_quality_head")
     seeds = rng.integers(0, 2**31 - 1, size=len(train))
     augment = rng.random(len(train)) < augment_probability
     noise = fill_missing_leads(_noise_of_signals(model, data.signals[train], data.masks[train]), len(quality.leads))
